@@ -1,0 +1,43 @@
+# phivault: `make run` starts a development vault, `make test` runs every test,
+# `make bench` measures. Each first installs the Debian packages the build
+# needs (libclang for RocksDB's bindings, a C++ compiler) when it can.
+
+SHELL := /bin/bash
+CARGO ?= cargo
+APT_PACKAGES := libclang-dev g++
+DEV_DIR ?= .phivault-dev
+
+.PHONY: run test bench deps check fmt clippy
+
+run: deps
+	$(CARGO) run --locked --bin phivault -- dev --dir $(DEV_DIR)
+
+test: deps
+	$(CARGO) test --locked --workspace
+
+bench: deps
+	$(CARGO) bench --locked -p phivault --bench engine
+
+check: test fmt clippy
+
+fmt:
+	$(CARGO) fmt --all --check
+
+clippy: deps
+	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
+
+# Installs what is missing, as root or through passwordless sudo; otherwise
+# stops and prints the command to run.
+deps:
+	@missing=""; \
+	for p in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then sudo=""; \
+	  elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then sudo="sudo"; \
+	  else echo "missing Debian packages:$$missing"; \
+	       echo "run: sudo apt-get update && sudo apt-get install -y$$missing"; exit 1; fi; \
+	  echo "installing:$$missing"; \
+	  $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq$$missing >/dev/null; \
+	fi

@@ -1,0 +1,776 @@
+//! Tokenize and detokenize orchestration over the store, the keys and the
+//! formats. No transport types in here: the server maps these results.
+//!
+//! The write path (DESIGN.md §5): request tasks parse, hash and look values
+//! up (cache, then one `multi_get`); only values never seen before go to the
+//! writer, together with a precomputed first candidate token and its sealed
+//! row so the single writer thread does as little crypto as possible. The
+//! writer re-checks the forward index, dedups within its batch and checks the
+//! reverse index before it takes a token, so concurrent callers of the same
+//! new value always get one token.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use quick_cache::sync::Cache;
+use zeroize::Zeroizing;
+
+use crate::crypto::kek::KdfRecord;
+use crate::crypto::{
+    CryptoError, KdfParams, Kek, KeyPurpose, Keyset, MasterKey, SlotRng, TokenRng,
+};
+use crate::error::{Error, ItemCode, ItemError};
+use crate::format::{Parsed, Shape};
+use crate::namespace::{self, Namespace, NamespaceSpec};
+use crate::store::keys::{self, ForwardKey, KeysetRow, KeysetState, ReverseRow};
+use crate::store::{Cf, Store, StoreError, StoreOptions, Txn};
+
+pub use crate::store::Durability;
+
+/// The outcome of one item: a token (or value), or why that item failed.
+pub type ItemResult = Result<String, ItemError>;
+
+/// Shortest passphrase `init` accepts.
+const MIN_PASSPHRASE_CHARS: usize = 12;
+/// Collision attempts per value: enough to find the last free token of a
+/// small domain with overwhelming probability (40 × the domain size misses a
+/// single free slot with probability e^-40), capped so that a nearly full
+/// large domain fails in bounded time.
+const ATTEMPTS_PER_DOMAIN_TOKEN: u128 = 40;
+const MAX_ATTEMPTS: u128 = 65_536;
+
+/// Request limits, enforced before any work.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Items in one tokenize or detokenize call.
+    pub max_items: usize,
+    /// Bytes in one value or token.
+    pub max_value_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_items: 10_000,
+            max_value_bytes: 4096,
+        }
+    }
+}
+
+/// How a vault is created and run.
+#[derive(Debug, Clone)]
+pub struct VaultOptions {
+    /// Storage tuning and durability.
+    pub store: StoreOptions,
+    /// Argon2id cost for a new passphrase vault (unsealing uses the stored
+    /// parameters).
+    pub kdf: KdfParams,
+    /// Entries in the forward-key → token cache (0 disables it).
+    pub cache_entries: usize,
+    /// Request limits.
+    pub limits: Limits,
+}
+
+impl Default for VaultOptions {
+    fn default() -> Self {
+        Self {
+            store: StoreOptions::default(),
+            kdf: KdfParams::default(),
+            cache_entries: 1 << 20,
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// The keysets of an unsealed vault.
+struct Keyring {
+    active: Arc<Keyset>,
+    by_version: HashMap<u32, Arc<Keyset>>,
+}
+
+/// An unsealed vault.
+pub struct Vault {
+    store: Store,
+    // Kept while unsealed so that new keysets can be wrapped.
+    _kek: Kek,
+    keyring: Keyring,
+    namespaces: RwLock<HashMap<String, Arc<Namespace>>>,
+    /// Forward key → canonical token. Holds no plaintext: a forward key is a
+    /// keyed hash.
+    cache: Option<Cache<ForwardKey, Arc<str>>>,
+    limits: Limits,
+}
+
+/// A value that missed the cache and the forward index, on its way to the
+/// writer.
+struct NewMapping {
+    forward: Option<ForwardKey>,
+    canonical: Zeroizing<String>,
+    /// Attempt 0's token and sealed row, computed off the writer thread.
+    first: Option<(String, Vec<u8>)>,
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn master_key_error(e: CryptoError) -> Error {
+    match e {
+        CryptoError::DecryptionFailed => Error::WrongMasterKey,
+        CryptoError::Rng => Error::Crypto(e),
+        other => Error::MasterKey(other),
+    }
+}
+
+async fn derive_kek(master: MasterKey, record: KdfRecord) -> Result<Kek, Error> {
+    // Argon2id at 64 MiB takes a noticeable fraction of a second: keep it off
+    // the async workers.
+    tokio::task::spawn_blocking(move || Kek::derive(&master, &record))
+        .await
+        .map_err(|_| {
+            Error::Crypto(CryptoError::KdfParams(
+                "key derivation was interrupted".into(),
+            ))
+        })?
+        .map_err(master_key_error)
+}
+
+impl Vault {
+    /// Creates a vault at `path`: KDF record, KEK check, keyset 1 and the
+    /// default namespaces, in one durable commit.
+    pub async fn init(
+        path: &Path,
+        master: MasterKey,
+        options: VaultOptions,
+    ) -> Result<Self, Error> {
+        if Store::exists(path) {
+            return Err(Error::AlreadyInitialized(path.display().to_string()));
+        }
+        if let MasterKey::Passphrase(p) = &master
+            && p.chars().count() < MIN_PASSPHRASE_CHARS
+        {
+            return Err(Error::WeakPassphrase {
+                min: MIN_PASSPHRASE_CHARS,
+            });
+        }
+        options.kdf.check().map_err(Error::MasterKey)?;
+        let record = KdfRecord::generate(&master, options.kdf).map_err(Error::Crypto)?;
+        let kek = derive_kek(master, record.clone()).await?;
+        let check = kek.check_value(&record).map_err(Error::Crypto)?;
+        let keyset = Keyset::generate(1).map_err(Error::Crypto)?;
+        let wrapped = keyset.wrap(&kek, KeyPurpose::Data).map_err(Error::Crypto)?;
+        let now = now_secs();
+        let namespaces: Vec<Namespace> = namespace::defaults()
+            .into_iter()
+            .zip(1u32..)
+            .map(|(spec, id)| Namespace {
+                name: spec.name,
+                id,
+                format: spec.format,
+                deterministic: spec.deterministic,
+                created_at: now,
+            })
+            .collect();
+        let next_id = namespaces.len() as u32 + 1;
+
+        let store = Store::create(path, &options.store)?;
+        let stored = namespaces.clone();
+        store
+            .write(move |txn| {
+                txn.put(
+                    Cf::Meta,
+                    keys::META_FORMAT_VERSION,
+                    keys::u32_bytes(keys::FORMAT_VERSION),
+                );
+                txn.put(Cf::Meta, keys::META_KDF, record.encode());
+                txn.put(Cf::Meta, keys::META_KEK_CHECK, check);
+                txn.put(Cf::Meta, keys::META_ACTIVE_KEYSET, keys::u32_bytes(1));
+                txn.put(
+                    Cf::Meta,
+                    keys::META_NEXT_NAMESPACE_ID,
+                    keys::u32_bytes(next_id),
+                );
+                let row = KeysetRow {
+                    state: KeysetState::Active,
+                    created_at: now,
+                    wrapped,
+                };
+                txn.put(Cf::Keys, keys::u32_bytes(1), row.encode());
+                for ns in &stored {
+                    txn.put(Cf::Namespaces, ns.name.as_bytes(), encode_namespace(ns));
+                }
+                Ok(())
+            })
+            .await?;
+        tracing::info!(path = %path.display(), namespaces = namespaces.len(), "vault initialised");
+        let keyset = Arc::new(keyset);
+        let keyring = Keyring {
+            by_version: HashMap::from([(1, Arc::clone(&keyset))]),
+            active: keyset,
+        };
+        Ok(Self::assemble(store, kek, keyring, namespaces, options))
+    }
+
+    /// Unseals the vault at `path`. The KEK is checked against a read-only
+    /// view first: a wrong passphrase or key file fails with
+    /// [`Error::WrongMasterKey`] and changes nothing on disk.
+    pub async fn open(
+        path: &Path,
+        master: MasterKey,
+        options: VaultOptions,
+    ) -> Result<Self, Error> {
+        if !Store::exists(path) {
+            return Err(Error::NotInitialized(path.display().to_string()));
+        }
+        let meta = Store::read_meta_read_only(
+            path,
+            &[
+                keys::META_FORMAT_VERSION,
+                keys::META_KDF,
+                keys::META_KEK_CHECK,
+            ],
+        )?;
+        let [version, kdf, check] =
+            <[Option<Vec<u8>>; 3]>::try_from(meta).map_err(|_| Error::Corrupt("meta"))?;
+        match version.as_deref().and_then(keys::decode_u32) {
+            Some(keys::FORMAT_VERSION) => {}
+            Some(_) => return Err(Error::Corrupt("unknown format version")),
+            None => {
+                return Err(Error::Corrupt(
+                    "missing format version (was init interrupted?)",
+                ));
+            }
+        }
+        let record = kdf
+            .as_deref()
+            .and_then(KdfRecord::decode)
+            .ok_or(Error::Corrupt("KDF record"))?;
+        let check = check.ok_or(Error::Corrupt("KEK check"))?;
+        let kek = derive_kek(master, record.clone()).await?;
+        kek.verify(&record, &check)
+            .map_err(|_| Error::WrongMasterKey)?;
+
+        let store = Store::open(path, &options.store)?;
+        let keyring = load_keyring(&store, &kek)?;
+        let mut namespaces: Vec<Namespace> = Vec::new();
+        for entry in store.scan(Cf::Namespaces) {
+            let (_, value) = entry?;
+            namespaces.push(
+                serde_json::from_slice(&value)
+                    .map_err(|_| Error::Corrupt("namespace definition"))?,
+            );
+        }
+        tracing::info!(path = %path.display(), active_keyset = keyring.active.version(), "vault unsealed");
+        Ok(Self::assemble(store, kek, keyring, namespaces, options))
+    }
+
+    fn assemble(
+        store: Store,
+        kek: Kek,
+        keyring: Keyring,
+        namespaces: Vec<Namespace>,
+        options: VaultOptions,
+    ) -> Self {
+        let namespaces = namespaces
+            .into_iter()
+            .map(|ns| (ns.name.clone(), Arc::new(ns)))
+            .collect();
+        let cache = (options.cache_entries > 0).then(|| Cache::new(options.cache_entries));
+        Self {
+            store,
+            _kek: kek,
+            keyring,
+            namespaces: RwLock::new(namespaces),
+            cache,
+            limits: options.limits,
+        }
+    }
+
+    /// Flushes and closes the vault; its directory can be opened again.
+    pub fn close(self) -> Result<(), Error> {
+        Ok(self.store.close()?)
+    }
+
+    /// The request limits in force.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// The version new mappings are written under.
+    pub fn active_keyset_version(&self) -> u32 {
+        self.keyring.active.version()
+    }
+
+    /// Commit statistics of the single writer.
+    pub fn writer_stats(&self) -> crate::store::WriterStats {
+        self.store.writer_stats()
+    }
+
+    /// Every namespace, by name.
+    pub fn namespaces(&self) -> Vec<Namespace> {
+        let map = self.namespaces.read().unwrap_or_else(|e| e.into_inner());
+        let mut all: Vec<Namespace> = map.values().map(|ns| (**ns).clone()).collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
+
+    fn namespace(&self, name: &str) -> Result<Arc<Namespace>, Error> {
+        let map = self.namespaces.read().unwrap_or_else(|e| e.into_inner());
+        map.get(name)
+            .cloned()
+            .ok_or_else(|| Error::NamespaceNotFound(name.to_owned()))
+    }
+
+    /// Creates a namespace.
+    pub async fn create_namespace(&self, spec: NamespaceSpec) -> Result<Namespace, Error> {
+        spec.validate().map_err(Error::InvalidNamespace)?;
+        let created = self
+            .store
+            .write(move |txn| {
+                if txn.contains(Cf::Namespaces, spec.name.as_bytes())? {
+                    return Ok(Err(Error::NamespaceExists(spec.name)));
+                }
+                let id = txn
+                    .get(Cf::Meta, keys::META_NEXT_NAMESPACE_ID)?
+                    .as_deref()
+                    .and_then(keys::decode_u32)
+                    .ok_or(StoreError::Rocks("meta lacks the next namespace id".into()))?;
+                let ns = Namespace {
+                    name: spec.name,
+                    id,
+                    format: spec.format,
+                    deterministic: spec.deterministic,
+                    created_at: now_secs(),
+                };
+                txn.put(
+                    Cf::Meta,
+                    keys::META_NEXT_NAMESPACE_ID,
+                    keys::u32_bytes(id + 1),
+                );
+                txn.put(Cf::Namespaces, ns.name.as_bytes(), encode_namespace(&ns));
+                Ok(Ok(ns))
+            })
+            .await??;
+        let mut map = self.namespaces.write().unwrap_or_else(|e| e.into_inner());
+        map.insert(created.name.clone(), Arc::new(created.clone()));
+        tracing::info!(namespace = %created.name, format = %created.format.kind, "namespace created");
+        Ok(created)
+    }
+
+    fn check_batch(&self, items: usize) -> Result<(), Error> {
+        if items > self.limits.max_items {
+            return Err(Error::TooManyItems {
+                got: items,
+                limit: self.limits.max_items,
+            });
+        }
+        Ok(())
+    }
+
+    fn check_length(&self, ns: &Namespace, item: &str, what: &str) -> Result<(), ItemError> {
+        if item.len() > self.limits.max_value_bytes {
+            return Err(ItemError::new(
+                ItemCode::InvalidArgument,
+                &ns.name,
+                format_args!(
+                    "the {what} is {} bytes; the limit is {}",
+                    item.len(),
+                    self.limits.max_value_bytes
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Tokenizes `values` in `namespace`. The result has one entry per value,
+    /// in order; a value that does not fit fails alone.
+    pub async fn tokenize<S: AsRef<str>>(
+        &self,
+        namespace: &str,
+        values: &[S],
+    ) -> Result<Vec<ItemResult>, Error> {
+        self.check_batch(values.len())?;
+        let ns = self.namespace(namespace)?;
+        let keyset = Arc::clone(&self.keyring.active);
+        let mut results: Vec<Option<ItemResult>> = vec![None; values.len()];
+        // (result slot, parsed value, forward key) of values not in the cache.
+        let mut pending: Vec<(usize, Parsed, Option<ForwardKey>)> = Vec::new();
+
+        for (slot, value) in values.iter().enumerate() {
+            let value = value.as_ref();
+            let parsed = match self.check_length(&ns, value, "value").and_then(|()| {
+                ns.format.parse_value(value).map_err(|e| {
+                    ItemError::new(
+                        ItemCode::InvalidArgument,
+                        &ns.name,
+                        format_args!("not a valid {}: {e}", ns.format.kind),
+                    )
+                })
+            }) {
+                Ok(parsed) => parsed,
+                Err(e) => {
+                    results[slot] = Some(Err(e));
+                    continue;
+                }
+            };
+            let forward = ns.deterministic.then(|| {
+                let index = keyset.prf().blind_index(ns.id, parsed.canonical.as_bytes());
+                ForwardKey::new(ns.id, keyset.version(), &index)
+            });
+            if let (Some(key), Some(cache)) = (&forward, &self.cache)
+                && let Some(token) = cache.get(key)
+            {
+                results[slot] = Some(Ok(ns.format.render(&token, &parsed.shape)));
+                continue;
+            }
+            pending.push((slot, parsed, forward));
+        }
+
+        // One multi_get for every deterministic value the cache missed.
+        let lookups: Vec<[u8; 40]> = pending
+            .iter()
+            .filter_map(|(_, _, fk)| fk.map(|k| k.0))
+            .collect();
+        let mut found = self.store.multi_get(Cf::Forward, &lookups)?.into_iter();
+        let mut new_values: Vec<(usize, Parsed, Option<ForwardKey>)> = Vec::new();
+        for (slot, parsed, forward) in pending {
+            if let Some(key) = forward
+                && let Some(Some(token)) = found.next()
+            {
+                results[slot] = Some(self.existing_token(&ns, key, &token, &parsed.shape));
+                continue;
+            }
+            new_values.push((slot, parsed, forward));
+        }
+
+        if !new_values.is_empty() {
+            self.allocate(&ns, &keyset, new_values, &mut results)
+                .await?;
+        }
+        Ok(results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(internal(&ns))))
+            .collect())
+    }
+
+    fn existing_token(
+        &self,
+        ns: &Namespace,
+        key: ForwardKey,
+        token: &[u8],
+        shape: &Shape,
+    ) -> ItemResult {
+        let Ok(token) = std::str::from_utf8(token) else {
+            tracing::error!(namespace = %ns.name, "a forward entry holds a token that is not UTF-8");
+            return Err(ItemError::new(
+                ItemCode::DataLoss,
+                &ns.name,
+                "the stored mapping is damaged",
+            ));
+        };
+        if let Some(cache) = &self.cache {
+            cache.insert(key, Arc::from(token));
+        }
+        Ok(ns.format.render(token, shape))
+    }
+
+    /// Sends values never seen before to the writer and fills their slots.
+    async fn allocate(
+        &self,
+        ns: &Arc<Namespace>,
+        keyset: &Arc<Keyset>,
+        new_values: Vec<(usize, Parsed, Option<ForwardKey>)>,
+        results: &mut [Option<ItemResult>],
+    ) -> Result<(), Error> {
+        // Repeats of one new value within the request share one mapping
+        // (random namespaces excepted: there every value gets its own token).
+        let mut mappings: Vec<NewMapping> = Vec::new();
+        let mut slots: Vec<Vec<(usize, Shape)>> = Vec::new();
+        let mut by_key: HashMap<ForwardKey, usize> = HashMap::new();
+        let now = now_secs();
+        for (slot, parsed, forward) in new_values {
+            if let Some(&i) = forward.as_ref().and_then(|k| by_key.get(k)) {
+                slots[i].push((slot, parsed.shape));
+                continue;
+            }
+            if let Some(key) = forward {
+                by_key.insert(key, mappings.len());
+            }
+            let first = candidate(ns, keyset, &parsed.canonical, 0).and_then(|token| {
+                let row = seal_row(ns, keyset, &token, &parsed.canonical, now).ok()?;
+                Some((token, row))
+            });
+            mappings.push(NewMapping {
+                forward,
+                canonical: parsed.canonical,
+                first,
+            });
+            slots.push(vec![(slot, parsed.shape)]);
+        }
+
+        let forwards: Vec<Option<ForwardKey>> = mappings.iter().map(|m| m.forward).collect();
+        let (job_ns, job_keyset) = (Arc::clone(ns), Arc::clone(keyset));
+        let outcomes = self
+            .store
+            .write(move |txn| write_mappings(txn, &job_ns, &job_keyset, mappings, now))
+            .await?;
+
+        for ((outcome, forward), slots) in outcomes.into_iter().zip(forwards).zip(slots) {
+            if let (Ok(token), Some(key), Some(cache)) = (&outcome, forward, &self.cache) {
+                cache.insert(key, Arc::clone(token));
+            }
+            for (slot, shape) in slots {
+                results[slot] = Some(match &outcome {
+                    Ok(token) => Ok(ns.format.render(token, &shape)),
+                    Err(code) => Err(allocation_error(ns, *code)),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Detokenizes `tokens` in `namespace`: each value is printed in the shape
+    /// of the token asked for. A token that is unknown, malformed or fails its
+    /// integrity check fails alone.
+    pub async fn detokenize<S: AsRef<str>>(
+        &self,
+        namespace: &str,
+        tokens: &[S],
+    ) -> Result<Vec<ItemResult>, Error> {
+        self.check_batch(tokens.len())?;
+        let ns = self.namespace(namespace)?;
+        let mut results: Vec<Option<ItemResult>> = vec![None; tokens.len()];
+        let mut lookups: Vec<(usize, Parsed)> = Vec::with_capacity(tokens.len());
+        for (slot, token) in tokens.iter().enumerate() {
+            let token = token.as_ref();
+            let parsed = self.check_length(&ns, token, "token").and_then(|()| {
+                ns.format.parse_token(token).map_err(|e| {
+                    ItemError::new(
+                        ItemCode::InvalidArgument,
+                        &ns.name,
+                        format_args!("not a {} token: {e}", ns.format.kind),
+                    )
+                })
+            });
+            match parsed {
+                Ok(parsed) => lookups.push((slot, parsed)),
+                Err(e) => results[slot] = Some(Err(e)),
+            }
+        }
+        let keys: Vec<Vec<u8>> = lookups
+            .iter()
+            .map(|(_, p)| keys::reverse_key(ns.id, &p.canonical))
+            .collect();
+        let rows = self.store.multi_get(Cf::Reverse, &keys)?;
+        for ((slot, parsed), row) in lookups.into_iter().zip(rows) {
+            results[slot] = Some(match row {
+                None => Err(ItemError::new(
+                    ItemCode::NotFound,
+                    &ns.name,
+                    "no such token",
+                )),
+                Some(row) => self.reveal(&ns, &parsed, &row),
+            });
+        }
+        Ok(results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(internal(&ns))))
+            .collect())
+    }
+
+    fn reveal(&self, ns: &Namespace, token: &Parsed, row: &[u8]) -> ItemResult {
+        let damaged = || {
+            // Logged without the token: the namespace is enough to start from,
+            // and `phivault verify` finds the row.
+            tracing::error!(namespace = %ns.name, "a reverse row failed its integrity check");
+            ItemError::new(
+                ItemCode::DataLoss,
+                &ns.name,
+                "the stored mapping failed its integrity check",
+            )
+        };
+        let row = ReverseRow::decode(row).ok_or_else(damaged)?;
+        let keyset = self
+            .keyring
+            .by_version
+            .get(&row.version)
+            .ok_or_else(damaged)?;
+        let ad = reverse_ad(ns.id, &token.canonical, row.version);
+        let plain = keyset
+            .enc()
+            .open(&ad.each(), &row.ciphertext)
+            .map_err(|_| damaged())?;
+        let value = std::str::from_utf8(&plain).map_err(|_| damaged())?;
+        Ok(ns.format.render(value, &token.shape))
+    }
+}
+
+fn internal(ns: &Namespace) -> ItemError {
+    ItemError::new(ItemCode::Internal, &ns.name, "internal error")
+}
+
+fn allocation_error(ns: &Namespace, code: ItemCode) -> ItemError {
+    match code {
+        ItemCode::ResourceExhausted => ItemError::new(
+            code,
+            &ns.name,
+            "no free token is left for a value of this shape (the format's token space is exhausted)",
+        ),
+        _ => internal(ns),
+    }
+}
+
+fn encode_namespace(ns: &Namespace) -> Vec<u8> {
+    // Serialising a struct of strings, integers and enums cannot fail.
+    serde_json::to_vec(ns).unwrap_or_default()
+}
+
+fn load_keyring(store: &Store, kek: &Kek) -> Result<Keyring, Error> {
+    let active = store
+        .get(Cf::Meta, keys::META_ACTIVE_KEYSET)?
+        .as_deref()
+        .and_then(keys::decode_u32)
+        .ok_or(Error::Corrupt("active keyset"))?;
+    let mut by_version = HashMap::new();
+    for entry in store.scan(Cf::Keys) {
+        let (key, value) = entry?;
+        let version = keys::decode_u32(&key).ok_or(Error::Corrupt("keyset version"))?;
+        let row = KeysetRow::decode(&value).ok_or(Error::Corrupt("keyset row"))?;
+        let keyset = Keyset::unwrap(kek, version, KeyPurpose::Data, &row.wrapped)
+            .map_err(|_| Error::KeyIntegrity)?;
+        by_version.insert(version, Arc::new(keyset));
+    }
+    let active = by_version
+        .get(&active)
+        .cloned()
+        .ok_or(Error::Corrupt("the active keyset is missing"))?;
+    Ok(Keyring { active, by_version })
+}
+
+/// The associated data of a reverse row: namespace, token and key version,
+/// so that a ciphertext moved to another row fails to open.
+struct ReverseAd {
+    namespace: [u8; 4],
+    token: Vec<u8>,
+    version: [u8; 4],
+}
+
+impl ReverseAd {
+    fn each(&self) -> [&[u8]; 3] {
+        [&self.namespace, &self.token, &self.version]
+    }
+}
+
+fn reverse_ad(namespace_id: u32, token: &str, version: u32) -> ReverseAd {
+    ReverseAd {
+        namespace: namespace_id.to_be_bytes(),
+        token: token.as_bytes().to_vec(),
+        version: version.to_be_bytes(),
+    }
+}
+
+/// The `attempt`-th candidate token of a value: from the PRF stream in a
+/// deterministic namespace, from the OS RNG in a random one.
+fn candidate(ns: &Namespace, keyset: &Keyset, canonical: &str, attempt: u32) -> Option<String> {
+    if ns.deterministic {
+        draw(
+            ns,
+            canonical,
+            &mut keyset
+                .prf()
+                .token_stream(ns.id, canonical.as_bytes(), attempt),
+        )
+    } else {
+        draw(ns, canonical, &mut TokenRng::os())
+    }
+}
+
+fn draw(ns: &Namespace, canonical: &str, rng: &mut impl SlotRng) -> Option<String> {
+    ns.format
+        .generate(canonical, rng)
+        .filter(|token| token != canonical)
+}
+
+fn seal_row(
+    ns: &Namespace,
+    keyset: &Keyset,
+    token: &str,
+    canonical: &str,
+    now: u64,
+) -> Result<Vec<u8>, CryptoError> {
+    let ad = reverse_ad(ns.id, token, keyset.version());
+    let ciphertext = keyset.enc().seal(&ad.each(), canonical.as_bytes())?;
+    Ok(ReverseRow {
+        version: keyset.version(),
+        created_at: now,
+        ciphertext,
+    }
+    .encode())
+}
+
+/// The token a new value received, or why it received none.
+type Allocation = Result<Arc<str>, ItemCode>;
+
+/// Runs on the writer thread: takes a token for every new value, or finds the
+/// one another request took for it since the caller looked.
+fn write_mappings(
+    txn: &mut Txn<'_>,
+    ns: &Namespace,
+    keyset: &Keyset,
+    mappings: Vec<NewMapping>,
+    now: u64,
+) -> Result<Vec<Allocation>, StoreError> {
+    let mut outcomes = Vec::with_capacity(mappings.len());
+    for mut mapping in mappings {
+        if let Some(key) = &mapping.forward
+            && let Some(token) = txn.get(Cf::Forward, &key.0)?
+        {
+            let outcome = String::from_utf8(token)
+                .map(Arc::from)
+                .map_err(|_| ItemCode::DataLoss);
+            outcomes.push(outcome);
+            continue;
+        }
+        let domain = ns.format.domain_size(&mapping.canonical);
+        let attempts =
+            (domain.saturating_mul(ATTEMPTS_PER_DOMAIN_TOKEN)).clamp(64, MAX_ATTEMPTS) as u32;
+        let mut outcome = Err(ItemCode::ResourceExhausted);
+        for attempt in 0..attempts {
+            let (token, row) = match (attempt, mapping.first.take()) {
+                (0, Some(first)) => (first.0, Some(first.1)),
+                _ => match candidate(ns, keyset, &mapping.canonical, attempt) {
+                    Some(token) => (token, None),
+                    None => continue,
+                },
+            };
+            let reverse = keys::reverse_key(ns.id, &token);
+            if txn.contains(Cf::Reverse, &reverse)? {
+                continue;
+            }
+            let row = match row
+                .map_or_else(|| seal_row(ns, keyset, &token, &mapping.canonical, now), Ok)
+            {
+                Ok(row) => row,
+                Err(_) => {
+                    outcome = Err(ItemCode::Internal);
+                    break;
+                }
+            };
+            txn.put(Cf::Reverse, reverse, row);
+            if let Some(key) = &mapping.forward {
+                txn.put(Cf::Forward, key.0.as_slice(), token.as_bytes());
+            }
+            outcome = Ok(Arc::from(token));
+            break;
+        }
+        if outcome == Err(ItemCode::ResourceExhausted) {
+            tracing::warn!(namespace = %ns.name, attempts, "token space exhausted for a value");
+        }
+        outcomes.push(outcome);
+    }
+    Ok(outcomes)
+}

@@ -1,0 +1,39 @@
+//! phivault: a format-preserving tokenization vault for protected health
+//! information.
+//!
+//! A [`Vault`] swaps PHI values for deterministic tokens that keep the value's
+//! format, and keeps the way back in an encrypted RocksDB mapping:
+//!
+//! * [`crypto`] — the key hierarchy: an Argon2id (or key-file) KEK wraps
+//!   versioned keysets of an AES-256-SIV key and an HMAC-SHA256 PRF key;
+//! * [`format`] — how each kind of value is validated and how a token of the
+//!   same shape is drawn;
+//! * [`store`] — the only module that touches RocksDB, including the single
+//!   writer that group-commits every write;
+//! * [`Vault`] — tokenize and detokenize orchestration.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use phivault::{MasterKey, Vault, VaultOptions};
+//! let key = MasterKey::read_key_file("vault.key".as_ref())?;
+//! let vault = Vault::open("data".as_ref(), key, VaultOptions::default()).await?;
+//! let token = vault.tokenize("ssn", &["123-45-6789"]).await?.remove(0)?;
+//! let value = vault.detokenize("ssn", &[&token]).await?.remove(0)?;
+//! assert_eq!(value, "123-45-6789");
+//! # Ok(()) }
+//! ```
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod crypto;
+mod engine;
+mod error;
+pub mod format;
+mod namespace;
+pub mod store;
+
+pub use crypto::MasterKey;
+pub use engine::{Durability, ItemResult, Limits, Vault, VaultOptions};
+pub use error::{Error, ItemCode, ItemError};
+pub use namespace::{Namespace, NamespaceSpec};

@@ -1,0 +1,109 @@
+//! Namespaces: a name, a format, and whether tokens are deterministic.
+//! Each namespace has its own id inside every blind index, token stream and
+//! reverse key, so the same value gets unrelated tokens in two namespaces.
+
+use serde::{Deserialize, Serialize};
+
+use crate::format::{FormatKind, FormatSpec};
+
+/// A namespace as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Namespace {
+    /// Unique name (`[a-z0-9][a-z0-9._-]{0,63}`).
+    pub name: String,
+    /// Internal id, part of every key derived for this namespace.
+    pub id: u32,
+    /// Format and its options.
+    pub format: FormatSpec,
+    /// `true`: the same value always gets the same token (joins work).
+    /// `false`: every tokenize call draws a fresh random token, which hides
+    /// value frequencies of low-cardinality fields.
+    pub deterministic: bool,
+    /// Seconds since the Unix epoch.
+    pub created_at: u64,
+}
+
+/// What a caller asks for when creating a namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamespaceSpec {
+    /// The name.
+    pub name: String,
+    /// Format and options.
+    pub format: FormatSpec,
+    /// Deterministic (default) or random tokens.
+    pub deterministic: bool,
+}
+
+impl NamespaceSpec {
+    /// A deterministic namespace.
+    pub fn new(name: impl Into<String>, format: FormatSpec) -> Self {
+        Self {
+            name: name.into(),
+            format,
+            deterministic: true,
+        }
+    }
+
+    /// Makes the namespace issue a fresh random token on every call.
+    pub fn random(mut self) -> Self {
+        self.deterministic = false;
+        self
+    }
+
+    /// Checks the name and the format options.
+    pub fn validate(&self) -> Result<(), String> {
+        let name = self.name.as_bytes();
+        let name_ok = (1..=64).contains(&name.len())
+            && (name[0].is_ascii_lowercase() || name[0].is_ascii_digit())
+            && name
+                .iter()
+                .all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"._-".contains(&c));
+        if !name_ok {
+            return Err(
+                "a namespace name is 1 to 64 characters of a-z, 0-9, '.', '_' or '-', starting with a letter or digit"
+                    .into(),
+            );
+        }
+        self.format.validate()
+    }
+}
+
+/// The namespaces every new vault starts with (DESIGN.md §4).
+pub(crate) fn defaults() -> Vec<NamespaceSpec> {
+    use FormatKind::*;
+    vec![
+        NamespaceSpec::new("ssn", FormatSpec::new(Ssn)),
+        NamespaceSpec::new("card", FormatSpec::new(Card)),
+        NamespaceSpec::new("phone", FormatSpec::new(Phone)),
+        NamespaceSpec::new("email", FormatSpec::new(Email)),
+        NamespaceSpec::new("dob", FormatSpec::new(Date)),
+        NamespaceSpec::new("name", FormatSpec::new(Name)),
+        NamespaceSpec::new("mrn", FormatSpec::new(Alnum)),
+        NamespaceSpec::new("zip", FormatSpec::new(Alnum).keep_prefix(3)),
+        NamespaceSpec::new("text", FormatSpec::new(Opaque)),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        for spec in defaults() {
+            spec.validate()
+                .unwrap_or_else(|e| panic!("{}: {e}", spec.name));
+        }
+    }
+
+    #[test]
+    fn names_are_restricted() {
+        let spec = |name: &str| NamespaceSpec::new(name, FormatSpec::new(FormatKind::Alnum));
+        for ok in ["ssn", "ssn-research", "member_id.v2", "9lives"] {
+            assert!(spec(ok).validate().is_ok(), "{ok}");
+        }
+        for bad in ["", "SSN", "-x", "a b", "名前", &"x".repeat(65)] {
+            assert!(spec(bad).validate().is_err(), "{bad}");
+        }
+    }
+}

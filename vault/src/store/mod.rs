@@ -1,0 +1,270 @@
+//! The only module that touches RocksDB: column families, options, key
+//! encodings, reads, and the single writer every write goes through.
+
+pub mod keys;
+mod writer;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rocksdb::{
+    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DB, DBCompressionType, Options,
+};
+
+pub use writer::{Txn, WriterStats};
+
+/// A key and its value, as a scan yields them.
+pub type Entry = (Box<[u8]>, Box<[u8]>);
+
+/// The column families of DESIGN.md §3.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Cf {
+    /// Format version, KDF record, KEK check, active keyset, counters.
+    Meta,
+    /// Wrapped keysets by version.
+    Keys,
+    /// Namespace definitions by name.
+    Namespaces,
+    /// Blind index → token.
+    Forward,
+    /// Token → sealed value.
+    Reverse,
+    /// API clients.
+    Clients,
+    /// The audit chain.
+    Audit,
+}
+
+impl Cf {
+    /// Every column family, in a fixed order (their index in [`Cf::index`]).
+    pub const ALL: [Self; 7] = [
+        Self::Meta,
+        Self::Keys,
+        Self::Namespaces,
+        Self::Forward,
+        Self::Reverse,
+        Self::Clients,
+        Self::Audit,
+    ];
+
+    /// The RocksDB name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Meta => "meta",
+            Self::Keys => "keys",
+            Self::Namespaces => "namespaces",
+            Self::Forward => "forward",
+            Self::Reverse => "reverse",
+            Self::Clients => "clients",
+            Self::Audit => "audit",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// How writes reach the disk before a caller is told they succeeded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// Every commit is fsynced (the default). Group commit amortises the cost.
+    #[default]
+    Fsync,
+    /// Commits are in the OS page cache only: a power loss can drop
+    /// acknowledged mappings. For benchmarks and throwaway vaults.
+    Os,
+}
+
+/// Storage tuning.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Commit durability.
+    pub durability: Durability,
+    /// Bytes of RocksDB block cache shared by all column families.
+    pub block_cache_bytes: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            durability: Durability::Fsync,
+            block_cache_bytes: 256 << 20,
+        }
+    }
+}
+
+/// Storage failures. The text is for operators' logs; it carries file names
+/// and RocksDB's reason, never keys or values of rows.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// RocksDB reported an error.
+    #[error("storage error: {0}")]
+    Rocks(String),
+    /// The writer thread is gone (shut down or crashed).
+    #[error("the storage writer has stopped")]
+    WriterStopped,
+    /// A column family is missing from an existing database.
+    #[error("the database lacks column family {0:?}")]
+    MissingColumnFamily(&'static str),
+}
+
+impl From<rocksdb::Error> for StoreError {
+    fn from(e: rocksdb::Error) -> Self {
+        Self::Rocks(e.into_string())
+    }
+}
+
+struct Inner {
+    db: DB,
+}
+
+impl Inner {
+    fn cf(&self, cf: Cf) -> &ColumnFamily {
+        // Every column family is created or verified when the database opens
+        // (see `Store::open_db`), so the handle always exists.
+        #[allow(clippy::expect_used)]
+        self.db
+            .cf_handle(cf.name())
+            .expect("column families are verified at open")
+    }
+}
+
+/// An open vault database.
+pub struct Store {
+    inner: Arc<Inner>,
+    writer: writer::Writer,
+}
+
+impl Store {
+    /// Whether `path` holds a database.
+    pub fn exists(path: &Path) -> bool {
+        path.join("CURRENT").is_file()
+    }
+
+    /// Creates a new database; fails if one exists at `path`.
+    pub fn create(path: &Path, options: &StoreOptions) -> Result<Self, StoreError> {
+        if Self::exists(path) {
+            return Err(StoreError::Rocks(format!(
+                "a database already exists at {}",
+                path.display()
+            )));
+        }
+        Self::open_db(path, options, true)
+    }
+
+    /// Opens an existing database for reading and writing.
+    pub fn open(path: &Path, options: &StoreOptions) -> Result<Self, StoreError> {
+        Self::open_db(path, options, false)
+    }
+
+    /// Reads one `meta` entry without opening the database for writing: no
+    /// lock taken, no file created or changed. Unsealing checks the KEK this
+    /// way first, so a wrong passphrase leaves the directory byte for byte
+    /// as it was.
+    pub fn read_meta_read_only(
+        path: &Path,
+        keys: &[&[u8]],
+    ) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        let options = Options::default();
+        let names = Cf::ALL.map(Cf::name);
+        let db = DB::open_cf_for_read_only(&options, path, names, false)?;
+        let cf = db
+            .cf_handle(Cf::Meta.name())
+            .ok_or(StoreError::MissingColumnFamily("meta"))?;
+        keys.iter().map(|k| Ok(db.get_cf(cf, k)?)).collect()
+    }
+
+    fn open_db(path: &Path, options: &StoreOptions, create: bool) -> Result<Self, StoreError> {
+        let (db_options, descriptors) = rocks_options(options, create);
+        let db = DB::open_cf_descriptors(&db_options, path, descriptors)?;
+        for cf in Cf::ALL {
+            if db.cf_handle(cf.name()).is_none() {
+                return Err(StoreError::MissingColumnFamily(cf.name()));
+            }
+        }
+        let inner = Arc::new(Inner { db });
+        let writer = writer::Writer::start(Arc::clone(&inner), options.durability)?;
+        Ok(Self { inner, writer })
+    }
+
+    /// Reads one key.
+    pub fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.inner.db.get_cf(self.inner.cf(cf), key)?)
+    }
+
+    /// Reads many keys of one column family in one RocksDB call.
+    pub fn multi_get<K: AsRef<[u8]>>(
+        &self,
+        cf: Cf,
+        keys: &[K],
+    ) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        self.inner
+            .db
+            .batched_multi_get_cf(self.inner.cf(cf), keys.iter().map(|k| k.as_ref()), false)
+            .into_iter()
+            .map(|r| Ok(r?.map(|v| v.to_vec())))
+            .collect()
+    }
+
+    /// Every entry of a column family in key order.
+    pub fn scan(&self, cf: Cf) -> impl Iterator<Item = Result<Entry, StoreError>> + '_ {
+        self.inner
+            .db
+            .full_iterator_cf(self.inner.cf(cf), rocksdb::IteratorMode::Start)
+            .map(|r| r.map_err(StoreError::from))
+    }
+
+    /// Runs `job` on the writer thread inside the next group commit and
+    /// returns its result once the commit is durable. A job that fails has
+    /// its writes discarded; the other jobs of the commit are unaffected.
+    pub async fn write<R, F>(&self, job: F) -> Result<R, StoreError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Txn<'_>) -> Result<R, StoreError> + Send + 'static,
+    {
+        self.writer.submit(job).await
+    }
+
+    /// Commit statistics of the writer.
+    pub fn writer_stats(&self) -> WriterStats {
+        self.writer.stats()
+    }
+
+    /// Stops the writer after the queued jobs and flushes the memtables.
+    pub fn close(self) -> Result<(), StoreError> {
+        self.writer.stop();
+        self.inner.db.flush_wal(true)?;
+        Ok(())
+    }
+}
+
+fn rocks_options(options: &StoreOptions, create: bool) -> (Options, Vec<ColumnFamilyDescriptor>) {
+    let cache = Cache::new_lru_cache(options.block_cache_bytes);
+    let mut table = BlockBasedOptions::default();
+    table.set_block_cache(&cache);
+    // Most reads are point lookups of keys that do not exist yet (a new
+    // value's forward entry, a candidate token's reverse entry): a bloom
+    // filter answers those without touching a data block.
+    table.set_bloom_filter(10.0, false);
+    table.set_cache_index_and_filter_blocks(true);
+    table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+
+    let mut cf_options = Options::default();
+    // Values are ciphertext and keys are keyed hashes: incompressible.
+    cf_options.set_compression_type(DBCompressionType::None);
+    cf_options.set_block_based_table_factory(&table);
+
+    let mut db_options = cf_options.clone();
+    db_options.create_if_missing(create);
+    db_options.create_missing_column_families(create);
+    db_options.set_max_background_jobs(2);
+    db_options.set_keep_log_file_num(4);
+    db_options.set_max_log_file_size(16 << 20);
+    let descriptors = Cf::ALL
+        .iter()
+        .map(|cf| ColumnFamilyDescriptor::new(cf.name(), cf_options.clone()))
+        .collect();
+    (db_options, descriptors)
+}

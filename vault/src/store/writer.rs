@@ -1,0 +1,301 @@
+//! The single writer: one thread owns every RocksDB write. Jobs queue on a
+//! bounded channel; the writer drains whatever is queued, runs each job
+//! against one overlay of pending writes, commits them as one `WriteBatch`
+//! (fsynced by default), then answers every waiter. This is group commit:
+//! under load one fsync covers many requests.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread::JoinHandle;
+
+use rocksdb::{WriteBatch, WriteOptions};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Cf, Durability, Inner, StoreError};
+
+/// Jobs waiting for the writer before submitters have to wait.
+const QUEUE_DEPTH: usize = 4096;
+/// Jobs folded into one commit at most, so a flood of small requests still
+/// sees its answers in bounded time.
+const MAX_JOBS_PER_COMMIT: usize = 1024;
+
+type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+type Job = Box<dyn FnOnce(&mut Txn<'_>) -> Completion + Send>;
+
+/// Counters of the group commit, for metrics and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriterStats {
+    /// `WriteBatch` commits made.
+    pub commits: u64,
+    /// Jobs run.
+    pub jobs: u64,
+}
+
+pub(super) struct Writer {
+    sender: Option<mpsc::Sender<Job>>,
+    thread: Option<JoinHandle<()>>,
+    counters: Arc<Counters>,
+}
+
+#[derive(Default)]
+struct Counters {
+    commits: AtomicU64,
+    jobs: AtomicU64,
+}
+
+impl Writer {
+    pub(super) fn start(inner: Arc<Inner>, durability: Durability) -> Result<Self, StoreError> {
+        let (sender, receiver) = mpsc::channel(QUEUE_DEPTH);
+        let counters = Arc::new(Counters::default());
+        let thread_counters = Arc::clone(&counters);
+        let thread = std::thread::Builder::new()
+            .name("phivault-writer".into())
+            .spawn(move || run(&inner, durability, receiver, &thread_counters))
+            .map_err(|e| StoreError::Rocks(format!("cannot start the writer thread: {e}")))?;
+        Ok(Self {
+            sender: Some(sender),
+            thread: Some(thread),
+            counters,
+        })
+    }
+
+    pub(super) async fn submit<R, F>(&self, job: F) -> Result<R, StoreError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Txn<'_>) -> Result<R, StoreError> + Send + 'static,
+    {
+        let sender = self.sender.as_ref().ok_or(StoreError::WriterStopped)?;
+        let (reply, answer) = oneshot::channel();
+        let job: Job = Box::new(move |txn: &mut Txn<'_>| {
+            txn.begin_job();
+            match job(txn) {
+                Ok(value) => Box::new(move |committed: Result<(), StoreError>| {
+                    let _ = reply.send(committed.map(|()| value));
+                }),
+                Err(e) => {
+                    txn.rollback_job();
+                    Box::new(move |_| {
+                        let _ = reply.send(Err(e));
+                    })
+                }
+            }
+        });
+        sender
+            .send(job)
+            .await
+            .map_err(|_| StoreError::WriterStopped)?;
+        answer.await.map_err(|_| StoreError::WriterStopped)?
+    }
+
+    pub(super) fn stats(&self) -> WriterStats {
+        WriterStats {
+            commits: self.counters.commits.load(Ordering::Relaxed),
+            jobs: self.counters.jobs.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Closes the queue, lets the writer commit what was queued, and joins it.
+    pub(super) fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        self.sender = None;
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            tracing::error!("the storage writer thread panicked");
+        }
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn run(
+    inner: &Inner,
+    durability: Durability,
+    mut receiver: mpsc::Receiver<Job>,
+    counters: &Counters,
+) {
+    let mut write_options = WriteOptions::default();
+    write_options.set_sync(durability == Durability::Fsync);
+    let mut jobs = Vec::with_capacity(MAX_JOBS_PER_COMMIT);
+    while let Some(first) = receiver.blocking_recv() {
+        jobs.push(first);
+        while jobs.len() < MAX_JOBS_PER_COMMIT {
+            match receiver.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        let mut txn = Txn::new(inner);
+        let completions: Vec<Completion> = jobs.drain(..).map(|job| job(&mut txn)).collect();
+        let committed = txn.commit(&write_options);
+        if let Err(e) = &committed {
+            tracing::error!(error = %e, jobs = completions.len(), "group commit failed; every job in it fails");
+        }
+        counters.commits.fetch_add(1, Ordering::Relaxed);
+        counters
+            .jobs
+            .fetch_add(completions.len() as u64, Ordering::Relaxed);
+        for complete in completions {
+            complete(committed.clone());
+        }
+    }
+}
+
+/// Key → pending value (`None`: a pending delete).
+type Overlay = HashMap<Box<[u8]>, Option<Box<[u8]>>>;
+/// A key a job touched and the overlay's entry for it before (`None`: none).
+type Undo = (Cf, Box<[u8]>, Option<Option<Box<[u8]>>>);
+
+/// The pending writes of one group commit, as jobs see them: reads return
+/// what earlier jobs of the same commit wrote, then what is on disk.
+pub struct Txn<'a> {
+    inner: &'a Inner,
+    writes: [Overlay; Cf::ALL.len()],
+    /// For the running job: each key it touched and what the overlay held
+    /// for that key before, so that a failed job can be undone.
+    undo: Vec<Undo>,
+}
+
+impl<'a> Txn<'a> {
+    fn new(inner: &'a Inner) -> Self {
+        Self {
+            inner,
+            writes: Default::default(),
+            undo: Vec::new(),
+        }
+    }
+
+    /// Reads a key as the commit will leave it.
+    pub fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        match self.writes[cf.index()].get(key) {
+            Some(pending) => Ok(pending.as_deref().map(<[u8]>::to_vec)),
+            None => Ok(self.inner.db.get_cf(self.inner.cf(cf), key)?),
+        }
+    }
+
+    /// Whether a key exists as the commit will leave it.
+    pub fn contains(&self, cf: Cf, key: &[u8]) -> Result<bool, StoreError> {
+        match self.writes[cf.index()].get(key) {
+            Some(pending) => Ok(pending.is_some()),
+            None => Ok(self
+                .inner
+                .db
+                .get_pinned_cf(self.inner.cf(cf), key)?
+                .is_some()),
+        }
+    }
+
+    /// Writes a key.
+    pub fn put(&mut self, cf: Cf, key: impl Into<Box<[u8]>>, value: impl Into<Box<[u8]>>) {
+        self.set(cf, key.into(), Some(value.into()));
+    }
+
+    /// Deletes a key.
+    pub fn delete(&mut self, cf: Cf, key: impl Into<Box<[u8]>>) {
+        self.set(cf, key.into(), None);
+    }
+
+    fn set(&mut self, cf: Cf, key: Box<[u8]>, value: Option<Box<[u8]>>) {
+        let previous = self.writes[cf.index()].insert(key.clone(), value);
+        self.undo.push((cf, key, previous));
+    }
+
+    fn begin_job(&mut self) {
+        self.undo.clear();
+    }
+
+    fn rollback_job(&mut self) {
+        while let Some((cf, key, previous)) = self.undo.pop() {
+            match previous {
+                Some(value) => self.writes[cf.index()].insert(key, value),
+                None => self.writes[cf.index()].remove(&key),
+            };
+        }
+    }
+
+    fn commit(self, options: &WriteOptions) -> Result<(), StoreError> {
+        let mut batch = WriteBatch::default();
+        for cf in Cf::ALL {
+            let handle = self.inner.cf(cf);
+            for (key, value) in &self.writes[cf.index()] {
+                match value {
+                    Some(value) => batch.put_cf(handle, key, value),
+                    None => batch.delete_cf(handle, key),
+                }
+            }
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        Ok(self.inner.db.write_opt(batch, options)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Store, StoreOptions};
+
+    #[test]
+    fn rollback_restores_what_earlier_jobs_of_the_commit_wrote() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::create(dir.path(), &StoreOptions::default()).expect("create");
+        let mut txn = Txn::new(&store.inner);
+        txn.begin_job();
+        txn.put(Cf::Meta, &b"k"[..], &b"first"[..]);
+        txn.begin_job();
+        txn.put(Cf::Meta, &b"k"[..], &b"second"[..]);
+        txn.put(Cf::Meta, &b"new"[..], &b"x"[..]);
+        txn.delete(Cf::Meta, &b"new"[..]);
+        assert_eq!(
+            txn.get(Cf::Meta, b"k").expect("get"),
+            Some(b"second".to_vec())
+        );
+        txn.rollback_job();
+        assert_eq!(
+            txn.get(Cf::Meta, b"k").expect("get"),
+            Some(b"first".to_vec())
+        );
+        assert!(!txn.contains(Cf::Meta, b"new").expect("get"));
+        txn.commit(&WriteOptions::default()).expect("commit");
+        assert_eq!(
+            store.get(Cf::Meta, b"k").expect("get"),
+            Some(b"first".to_vec())
+        );
+        assert_eq!(store.get(Cf::Meta, b"new").expect("get"), None);
+    }
+
+    #[tokio::test]
+    async fn a_failed_job_is_discarded_and_the_others_commit() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::create(dir.path(), &StoreOptions::default()).expect("create");
+        let failed = store
+            .write(|txn| {
+                txn.put(Cf::Meta, &b"a"[..], &b"1"[..]);
+                Err::<(), _>(StoreError::Rocks("refused".into()))
+            })
+            .await;
+        assert_eq!(failed, Err(StoreError::Rocks("refused".into())));
+        let seen = store
+            .write(|txn| {
+                txn.put(Cf::Meta, &b"b"[..], &b"2"[..]);
+                txn.get(Cf::Meta, b"b")
+            })
+            .await
+            .expect("commit");
+        assert_eq!(seen, Some(b"2".to_vec()), "a job reads its own writes");
+        assert_eq!(store.get(Cf::Meta, b"a").expect("get"), None);
+        assert_eq!(store.get(Cf::Meta, b"b").expect("get"), Some(b"2".to_vec()));
+        let stats = store.writer_stats();
+        assert_eq!((stats.jobs, stats.commits), (2, 2));
+        store.close().expect("close");
+    }
+}
