@@ -23,6 +23,16 @@ fn key(seed: [u8; 32]) -> PrfKey {
     PrfKey::from_bytes(Zeroizing::new(seed))
 }
 
+/// Another namespace draws from another stream: across eight namespaces a
+/// value's tokens are not all the same (for the smallest domain here, 26
+/// tokens, that would happen with probability 26^-7).
+fn namespaces_differ(spec: &FormatSpec, key: &PrfKey, value: &str) -> Result<(), TestCaseError> {
+    let tokens: std::collections::HashSet<_> =
+        (1..=8).map(|ns| token(spec, key, ns, value)).collect();
+    prop_assert!(tokens.len() > 1, "every namespace gave the same token");
+    Ok(())
+}
+
 #[derive(Debug, PartialEq)]
 enum Class {
     Digit,
@@ -127,6 +137,7 @@ proptest! {
         prop_assert_eq!(&vd[vd.len() - 4..], &td[td.len() - 4..]);
         prop_assert_eq!(&vd[..usize::from(keep_prefix)], &td[..usize::from(keep_prefix)]);
         prop_assert_eq!(token(&spec, &k, 1, &value), Some(t));
+        namespaces_differ(&spec, &k, &value)?;
     }
 
     #[test]
@@ -137,6 +148,7 @@ proptest! {
         digit_positions_match(&value, &t)?;
         prop_assert!(spec.parse_value(&t).is_ok());
         prop_assert_eq!(token(&spec, &k, 1, &value), Some(t));
+        namespaces_differ(&spec, &k, &value)?;
     }
 
     #[test]
@@ -150,6 +162,7 @@ proptest! {
         prop_assert_eq!(td, domain.as_str());
         assert_class_preserving(&local, tl, 0, 0)?;
         prop_assert_eq!(token(&spec, &k, 1, &value), Some(t.clone()));
+        namespaces_differ(&spec, &k, &value)?;
     }
 
     #[test]
@@ -169,6 +182,7 @@ proptest! {
         let year: u16 = canonical[..4].parse().expect("year");
         prop_assert!((options.token_year_min..=options.token_year_max).contains(&year));
         prop_assert_eq!(token(&spec, &k, 1, &value), Some(t));
+        namespaces_differ(&spec, &k, &value)?;
     }
 
     #[test]
@@ -185,6 +199,7 @@ proptest! {
         assert_class_preserving(&value, &t, keep.0.into(), keep.1.into())?;
         prop_assert!(spec.parse_value(&t).is_ok());
         prop_assert_eq!(token(&spec, &k, 1, &value), Some(t));
+        namespaces_differ(&spec, &k, &value)?;
     }
 
     #[test]
@@ -198,6 +213,7 @@ proptest! {
         };
         assert_class_preserving(&value, &t, keep.0.into(), keep.1.into())?;
         prop_assert_eq!(token(&spec, &k, 1, &value), Some(t.clone()));
+        namespaces_differ(&spec, &k, &value)?;
         let big_domain = spec.domain_size(&value) >= 1_000_000;
         if big_domain {
             prop_assert_ne!(token(&spec, &k, 2, &value), Some(t));
