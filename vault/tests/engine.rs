@@ -5,6 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use phivault::format::{FormatKind, FormatSpec};
+use phivault::store::Cf;
 use phivault::{Durability, Error, ItemCode, MasterKey, NamespaceSpec, Vault, VaultOptions};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
@@ -36,15 +37,7 @@ fn ok(results: Vec<phivault::ItemResult>) -> Vec<String> {
 
 /// Row counts of a column family, read straight from RocksDB.
 fn count_rows(dir: &Path, cf: &str) -> usize {
-    let names = [
-        "meta",
-        "keys",
-        "namespaces",
-        "forward",
-        "reverse",
-        "clients",
-        "audit",
-    ];
+    let names = Cf::ALL.map(Cf::name);
     let db = rocksdb::DB::open_cf_for_read_only(&rocksdb::Options::default(), dir, names, false)
         .expect("open");
     let handle = db.cf_handle(cf).expect("cf");
@@ -129,15 +122,7 @@ async fn swapped_ciphertexts_fail_their_integrity_check() {
 
     {
         // Swap the two reverse rows' values behind the vault's back.
-        let names = [
-            "meta",
-            "keys",
-            "namespaces",
-            "forward",
-            "reverse",
-            "clients",
-            "audit",
-        ];
+        let names = Cf::ALL.map(Cf::name);
         let db =
             rocksdb::DB::open_cf(&rocksdb::Options::default(), dir.path(), names).expect("open");
         let reverse = db.cf_handle("reverse").expect("cf");
