@@ -68,6 +68,8 @@ fn baseline(values: &[String]) -> Duration {
     let mut cf = Options::default();
     cf.set_compression_type(DBCompressionType::None);
     cf.set_block_based_table_factory(&table);
+    cf.set_memtable_whole_key_filtering(true);
+    cf.set_memtable_prefix_bloom_ratio(0.1);
     let mut db_options = cf.clone();
     db_options.create_if_missing(true);
     db_options.create_missing_column_families(true);
