@@ -5,12 +5,13 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 APT_PACKAGES := libclang-dev g++
-DEV_DIR ?= .phivault-dev
+LISTEN ?= 127.0.0.1:50051
 
 .PHONY: run test bench deps check fmt clippy
 
 run: deps
-	$(CARGO) run --locked --bin phivault -- dev --dir $(DEV_DIR)
+	$(CARGO) build --locked --bins
+	target/debug/phivault serve --dev --listen $(LISTEN)
 
 test: deps
 	$(CARGO) test --locked --workspace

@@ -1,6 +1,180 @@
-//! End-to-end tests that start the real `phivault` binaries on
-//! `127.0.0.1:0` and drive them as users would. The shared harness lives
-//! here; the tests themselves live in `tests/tests/`.
+//! End-to-end harness: starts the real `phivault` binary on `127.0.0.1:0`
+//! and waits for its readiness line — no fixed ports, no sleeps.
 //!
-//! The crate is empty until the gRPC service lands; the vault core's own
-//! tests are in `vault/tests/`.
+//! The binaries are the ones `cargo test --workspace` builds next to this
+//! test executable (`target/<profile>/`).
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// How long a server may take to unseal and bind.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The path of a workspace binary built alongside the running test.
+pub fn binary(name: &str) -> PathBuf {
+    // target/<profile>/deps/<test> → target/<profile>/<name>
+    let exe = std::env::current_exe().expect("the test knows its own path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("tests run from target/<profile>/deps");
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: run `cargo test --workspace` (or `cargo build --bins`) first",
+        path.display()
+    );
+    path
+}
+
+/// A vault directory with its master key file and admin API key.
+pub struct VaultDir {
+    /// Keeps the directory alive.
+    pub root: tempfile::TempDir,
+    /// The admin client's API key.
+    pub admin_key: String,
+}
+
+impl VaultDir {
+    /// Runs `phivault init` with a fresh master key file.
+    pub fn init() -> Self {
+        let root = tempfile::tempdir().expect("tempdir");
+        let vault = Self {
+            root,
+            admin_key: String::new(),
+        };
+        let status = Command::new(binary("phivault"))
+            .arg("init")
+            .args(["--data-dir", vault.data().to_str().expect("utf-8 path")])
+            .args([
+                "--master-key-file",
+                vault.key_file().to_str().expect("utf-8 path"),
+                "--create-key-file",
+            ])
+            .args([
+                "--admin-key-file",
+                vault.admin_file().to_str().expect("utf-8 path"),
+            ])
+            .stdout(Stdio::null())
+            .status()
+            .expect("run phivault init");
+        assert!(status.success(), "phivault init failed");
+        let admin_key = std::fs::read_to_string(vault.admin_file())
+            .expect("admin key")
+            .trim()
+            .to_owned();
+        Self { admin_key, ..vault }
+    }
+
+    /// The RocksDB directory.
+    pub fn data(&self) -> PathBuf {
+        self.root.path().join("data")
+    }
+
+    /// The master key file.
+    pub fn key_file(&self) -> PathBuf {
+        self.root.path().join("master.key")
+    }
+
+    fn admin_file(&self) -> PathBuf {
+        self.root.path().join("admin.key")
+    }
+}
+
+/// A running `phivault serve`. Killed when dropped.
+pub struct Server {
+    child: Child,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Everything it wrote to stderr so far is collected here on `stop`.
+    stderr: Option<std::thread::JoinHandle<String>>,
+}
+
+impl Server {
+    /// Serves `vault` on a free loopback port with `extra` arguments.
+    pub fn start(vault: &VaultDir, extra: &[&str]) -> Self {
+        let mut child = Command::new(binary("phivault"))
+            .arg("serve")
+            .args(["--data-dir", vault.data().to_str().expect("utf-8 path")])
+            .args([
+                "--master-key-file",
+                vault.key_file().to_str().expect("utf-8 path"),
+            ])
+            .args(["--listen", "127.0.0.1:0"])
+            .args(extra)
+            .env("PHIVAULT_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start phivault serve");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (ready, wait) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("phivault listening on ") {
+                    let _ = ready.send(addr.parse::<SocketAddr>().ok());
+                }
+            }
+            let _ = ready.send(None);
+        });
+        let stderr = std::thread::spawn(move || {
+            let mut all = String::new();
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                all.push_str(&line);
+                all.push('\n');
+            }
+            all
+        });
+        match wait.recv_timeout(READY_TIMEOUT) {
+            Ok(Some(addr)) => Self {
+                child,
+                addr,
+                stderr: Some(stderr),
+            },
+            _ => {
+                let _ = child.kill();
+                let log = stderr.join().unwrap_or_default();
+                panic!("phivault serve did not become ready:\n{log}");
+            }
+        }
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Sends SIGTERM, waits for a clean exit, and returns what the server
+    /// wrote to stderr.
+    pub fn stop(mut self) -> String {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("run kill");
+        assert!(sent.success());
+        let status = self.child.wait().expect("wait for phivault");
+        let log = self
+            .stderr
+            .take()
+            .and_then(|h| h.join().ok())
+            .unwrap_or_default();
+        assert!(
+            status.success(),
+            "phivault exited with {status} on SIGTERM:\n{log}"
+        );
+        log
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -17,6 +17,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use quick_cache::sync::Cache;
 use zeroize::Zeroizing;
 
+use crate::auth::{self, ApiKey, AuthError, Client, ClientRecord, ClientTable, Scope};
 use crate::crypto::kek::KdfRecord;
 use crate::crypto::{
     CryptoError, KdfParams, Kek, KeyPurpose, Keyset, MasterKey, SlotRng, TokenRng,
@@ -97,6 +98,7 @@ pub struct Vault {
     _kek: Kek,
     keyring: Keyring,
     namespaces: RwLock<HashMap<String, Arc<Namespace>>>,
+    clients: RwLock<ClientTable>,
     /// Forward key → canonical token. Holds no plaintext: a forward key is a
     /// keyed hash.
     cache: Option<Cache<ForwardKey, Arc<str>>>,
@@ -212,7 +214,14 @@ impl Vault {
             by_version: HashMap::from([(1, Arc::clone(&keyset))]),
             active: keyset,
         };
-        Ok(Self::assemble(store, kek, keyring, namespaces, options))
+        Ok(Self::assemble(
+            store,
+            kek,
+            keyring,
+            namespaces,
+            ClientTable::default(),
+            options,
+        ))
     }
 
     /// Unseals the vault at `path`. The KEK is checked against a read-only
@@ -264,8 +273,21 @@ impl Vault {
                     .map_err(|_| Error::Corrupt("namespace definition"))?,
             );
         }
+        let mut clients = ClientTable::default();
+        for entry in store.scan(Cf::Clients) {
+            let (id, value) = entry?;
+            let id = std::str::from_utf8(&id).map_err(|_| Error::Corrupt("client id"))?;
+            let record: ClientRecord =
+                serde_json::from_slice(&value).map_err(|_| Error::Corrupt("client record"))?;
+            let client = record
+                .to_client(id)
+                .map_err(|_| Error::Corrupt("client scopes"))?;
+            clients.insert(client, &record.secret_sha256);
+        }
         tracing::info!(path = %path.display(), active_keyset = keyring.active.version(), "vault unsealed");
-        Ok(Self::assemble(store, kek, keyring, namespaces, options))
+        Ok(Self::assemble(
+            store, kek, keyring, namespaces, clients, options,
+        ))
     }
 
     fn assemble(
@@ -273,6 +295,7 @@ impl Vault {
         kek: Kek,
         keyring: Keyring,
         namespaces: Vec<Namespace>,
+        clients: ClientTable,
         options: VaultOptions,
     ) -> Self {
         let namespaces = namespaces
@@ -285,9 +308,116 @@ impl Vault {
             _kek: kek,
             keyring,
             namespaces: RwLock::new(namespaces),
+            clients: RwLock::new(clients),
             cache,
             limits: options.limits,
         }
+    }
+
+    /// Authenticates `authorization` metadata (`Bearer pv_<id>_<secret>`)
+    /// against the clients in memory: no disk read, constant-time digest
+    /// comparison.
+    pub fn authenticate(&self, authorization: Option<&str>) -> Result<Client, AuthError> {
+        self.clients
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .authenticate(authorization)
+    }
+
+    /// Every client, by name.
+    pub fn clients(&self) -> Vec<Client> {
+        self.clients.read().unwrap_or_else(|e| e.into_inner()).all()
+    }
+
+    /// Creates a client with `scopes` and returns it with its API key, which
+    /// is not stored anywhere and cannot be shown again.
+    pub async fn create_client(
+        &self,
+        name: &str,
+        scopes: &[impl AsRef<str>],
+    ) -> Result<(Client, ApiKey), Error> {
+        let name_ok = (1..=64).contains(&name.len())
+            && name
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || b" ._-".contains(&c));
+        if !name_ok {
+            return Err(Error::InvalidClient(
+                "a client name is 1 to 64 characters of letters, digits, space, '.', '_' or '-'"
+                    .into(),
+            ));
+        }
+        let scopes: Vec<Scope> = scopes
+            .iter()
+            .map(|s| s.as_ref().parse())
+            .collect::<Result<_, _>>()
+            .map_err(Error::InvalidClient)?;
+        if scopes.is_empty() {
+            return Err(Error::InvalidClient(
+                "a client needs at least one scope".into(),
+            ));
+        }
+        let (id, key, digest) = auth::mint_key().map_err(Error::Crypto)?;
+        let record = ClientRecord {
+            name: name.to_owned(),
+            scopes: scopes.iter().map(ToString::to_string).collect(),
+            secret_sha256: digest.clone(),
+            created_at: now_secs(),
+            revoked_at: None,
+        };
+        let client = record.to_client(&id).map_err(Error::InvalidClient)?;
+        let encoded =
+            serde_json::to_vec(&record).map_err(|_| Error::InvalidClient("unencodable".into()))?;
+        let job_id = id.clone();
+        self.store
+            .write(move |txn| {
+                // 64 random bits: a clash is all but impossible, and never
+                // silently overwrites.
+                if txn.contains(Cf::Clients, job_id.as_bytes())? {
+                    return Err(StoreError::Rocks("client id clash; retry".into()));
+                }
+                txn.put(Cf::Clients, job_id.as_bytes(), encoded);
+                Ok(())
+            })
+            .await?;
+        self.clients
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(client.clone(), &digest);
+        tracing::info!(client_id = %id, client = %client.name, "client created");
+        Ok((client, key))
+    }
+
+    /// Revokes a client; its next call is refused. Revoking twice keeps the
+    /// first revocation time.
+    pub async fn revoke_client(&self, id: &str) -> Result<Client, Error> {
+        let job_id = id.to_owned();
+        let now = now_secs();
+        let record = self
+            .store
+            .write(move |txn| {
+                let Some(bytes) = txn.get(Cf::Clients, job_id.as_bytes())? else {
+                    return Ok(None);
+                };
+                let mut record: ClientRecord = serde_json::from_slice(&bytes)
+                    .map_err(|_| StoreError::Rocks("a client record is unreadable".into()))?;
+                record.revoked_at.get_or_insert(now);
+                let encoded = serde_json::to_vec(&record)
+                    .map_err(|_| StoreError::Rocks("a client record is unencodable".into()))?;
+                txn.put(Cf::Clients, job_id.as_bytes(), encoded);
+                Ok(Some(record))
+            })
+            .await?
+            .ok_or_else(|| Error::ClientNotFound(id.to_owned()))?;
+        let client = record
+            .to_client(id)
+            .map_err(|_| Error::Corrupt("client scopes"))?;
+        let revoked_at = client.revoked_at.unwrap_or(now);
+        self.clients
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .revoke(id, revoked_at);
+        tracing::info!(client_id = %id, "client revoked");
+        Ok(client)
     }
 
     /// Flushes and closes the vault; its directory can be opened again.
@@ -607,6 +737,19 @@ impl Vault {
         let value = std::str::from_utf8(&plain).map_err(|_| damaged())?;
         Ok(ns.format.render(value, &token.shape))
     }
+}
+
+/// Masks a revealed value for `detokenize-masked`: all but the last 4
+/// characters become `*`, and never more than half of them stay visible, so
+/// a short value (a 3-letter name) is not revealed whole.
+pub fn mask(value: &str) -> String {
+    let len = value.chars().count();
+    let visible = 4.min(len / 2);
+    value
+        .chars()
+        .enumerate()
+        .map(|(i, c)| if i + visible < len { '*' } else { c })
+        .collect()
 }
 
 fn internal(ns: &Namespace) -> ItemError {

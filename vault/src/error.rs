@@ -46,6 +46,12 @@ pub enum Error {
     /// A namespace definition that cannot be created.
     #[error("invalid namespace: {0}")]
     InvalidNamespace(String),
+    /// The client does not exist.
+    #[error("client {0:?} not found")]
+    ClientNotFound(String),
+    /// A client definition that cannot be created.
+    #[error("invalid client: {0}")]
+    InvalidClient(String),
     /// More items in one call than the configured limit.
     #[error("{got} items in one request exceed the limit of {limit}")]
     TooManyItems {

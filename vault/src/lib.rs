@@ -26,14 +26,16 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod auth;
 pub mod crypto;
 mod engine;
 mod error;
 pub mod format;
 mod namespace;
+pub mod server;
 pub mod store;
 
 pub use crypto::MasterKey;
-pub use engine::{Durability, ItemResult, Limits, Vault, VaultOptions};
+pub use engine::{Durability, ItemResult, Limits, Vault, VaultOptions, mask};
 pub use error::{Error, ItemCode, ItemError};
 pub use namespace::{Namespace, NamespaceSpec};

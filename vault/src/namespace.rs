@@ -50,15 +50,20 @@ impl NamespaceSpec {
         self
     }
 
-    /// Checks the name and the format options.
-    pub fn validate(&self) -> Result<(), String> {
-        let name = self.name.as_bytes();
-        let name_ok = (1..=64).contains(&name.len())
+    /// Whether `name` may name a namespace: 1 to 64 characters of a-z, 0-9,
+    /// `.`, `_` or `-`, starting with a letter or digit.
+    pub fn valid_name(name: &str) -> bool {
+        let name = name.as_bytes();
+        (1..=64).contains(&name.len())
             && (name[0].is_ascii_lowercase() || name[0].is_ascii_digit())
             && name
                 .iter()
-                .all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"._-".contains(&c));
-        if !name_ok {
+                .all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"._-".contains(&c))
+    }
+
+    /// Checks the name and the format options.
+    pub fn validate(&self) -> Result<(), String> {
+        if !Self::valid_name(&self.name) {
             return Err(
                 "a namespace name is 1 to 64 characters of a-z, 0-9, '.', '_' or '-', starting with a letter or digit"
                     .into(),

@@ -549,3 +549,54 @@ async fn repeated_values_are_served_without_the_writer() {
     );
     assert_eq!(cold.writer_stats().jobs, 0);
 }
+
+#[tokio::test]
+async fn clients_authenticate_until_revoked_across_restarts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let vault = new_vault(dir.path()).await;
+    let (billing, key) = vault
+        .create_client("billing", &["detokenize-masked:ssn"])
+        .await
+        .expect("create");
+    let bearer = format!("Bearer {}", key.expose());
+    assert_eq!(vault.authenticate(Some(&bearer)), Ok(billing.clone()));
+    assert!(matches!(
+        vault.create_client("bad", &["reveal:ssn"]).await,
+        Err(Error::InvalidClient(_))
+    ));
+    assert!(matches!(
+        vault.create_client("none", &[] as &[&str]).await,
+        Err(Error::InvalidClient(_))
+    ));
+    vault.close().expect("close");
+
+    let vault = Vault::open(dir.path(), key_file(), options())
+        .await
+        .expect("open");
+    assert_eq!(
+        vault.authenticate(Some(&bearer)),
+        Ok(billing.clone()),
+        "clients persist"
+    );
+    let revoked = vault.revoke_client(&billing.id).await.expect("revoke");
+    assert!(revoked.revoked_at.is_some());
+    assert_eq!(
+        vault.authenticate(Some(&bearer)),
+        Err(phivault::auth::AuthError::Revoked)
+    );
+    assert!(matches!(
+        vault.revoke_client("0000000000000000").await,
+        Err(Error::ClientNotFound(_))
+    ));
+    vault.close().expect("close");
+
+    let vault = Vault::open(dir.path(), key_file(), options())
+        .await
+        .expect("open");
+    assert_eq!(
+        vault.authenticate(Some(&bearer)),
+        Err(phivault::auth::AuthError::Revoked),
+        "revocation persists"
+    );
+    assert_eq!(vault.clients().len(), 1);
+}

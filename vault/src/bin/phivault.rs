@@ -1,10 +1,15 @@
-//! The `phivault` command: create, unseal and inspect a vault.
+//! The `phivault` command: create, unseal, inspect and serve a vault.
 
+use std::io::Write as _;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
+use phivault::server::{ServeOptions, TlsOptions};
+use phivault::store::{Durability, StoreOptions};
 use phivault::{MasterKey, Vault, VaultOptions};
 use zeroize::Zeroizing;
 
@@ -18,22 +23,21 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Create a new vault with the default namespaces.
+    /// Create a new vault with the default namespaces and an `admin` client.
     Init {
         #[command(flatten)]
         vault: VaultArgs,
+        /// Write the admin API key to this file (mode 0600) instead of
+        /// printing it.
+        #[arg(long)]
+        admin_key_file: Option<PathBuf>,
     },
-    /// Unseal a vault and print its keys and namespaces.
+    /// Unseal a vault and serve gRPC until SIGTERM or Ctrl-C.
+    Serve(ServeArgs),
+    /// Unseal a vault and print its keys, namespaces and clients.
     Status {
         #[command(flatten)]
         vault: VaultArgs,
-    },
-    /// DEVELOPMENT ONLY: create (first run) or unseal a throwaway vault whose
-    /// master key file sits next to its data, and print its state.
-    Dev {
-        /// Folder of the development vault.
-        #[arg(long, default_value = ".phivault-dev")]
-        dir: PathBuf,
     },
 }
 
@@ -55,45 +59,108 @@ struct VaultArgs {
     create_key_file: bool,
 }
 
-impl VaultArgs {
-    fn master_key(&self, confirm: bool) -> anyhow::Result<MasterKey> {
-        if let Some(path) = &self.master_key_file {
-            return Ok(if self.create_key_file {
-                MasterKey::create_key_file(path)?
-            } else {
-                MasterKey::read_key_file(path)?
-            });
-        }
-        if let Some(path) = &self.passphrase_file {
-            let text = Zeroizing::new(
-                std::fs::read_to_string(path)
-                    .with_context(|| format!("cannot read {}", path.display()))?,
-            );
-            let line = text.strip_suffix('\n').unwrap_or(&text);
-            let line = line.strip_suffix('\r').unwrap_or(line);
-            return Ok(MasterKey::Passphrase(Zeroizing::new(line.to_owned())));
-        }
-        if let Ok(passphrase) = std::env::var("PHIVAULT_PASSPHRASE") {
-            return Ok(MasterKey::Passphrase(Zeroizing::new(passphrase)));
-        }
-        let first = Zeroizing::new(rpassword::prompt_password("vault passphrase: ").context(
-            "no passphrase: pass --passphrase-file, set PHIVAULT_PASSPHRASE, or run on a terminal",
-        )?);
-        if confirm {
-            let again = Zeroizing::new(rpassword::prompt_password("repeat passphrase: ")?);
-            if first != again {
-                bail!("the passphrases differ");
-            }
-        }
-        Ok(MasterKey::Passphrase(first))
+#[derive(Args)]
+struct ServeArgs {
+    /// DEVELOPMENT ONLY: a throwaway vault in ./.phivault-dev, created on
+    /// first start, whose master key and admin key sit next to its data.
+    #[arg(long, conflicts_with_all = ["data_dir", "passphrase_file", "master_key_file"])]
+    dev: bool,
+    /// The vault's data directory.
+    #[arg(long, env = "PHIVAULT_DATA_DIR", required_unless_present = "dev")]
+    data_dir: Option<PathBuf>,
+    /// File holding the passphrase; without it PHIVAULT_PASSPHRASE, else a
+    /// prompt on the terminal.
+    #[arg(long, conflicts_with = "master_key_file")]
+    passphrase_file: Option<PathBuf>,
+    /// A 32-byte master key file instead of a passphrase.
+    #[arg(long)]
+    master_key_file: Option<PathBuf>,
+    /// Address to listen on; port 0 picks a free port.
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    listen: SocketAddr,
+    /// PEM certificate chain for TLS.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for TLS.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// PEM CA bundle: require client certificates that chain to it (mTLS).
+    #[arg(long, requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
+    /// DANGEROUS: serve plaintext gRPC on a non-loopback address.
+    #[arg(long)]
+    insecure_plaintext: bool,
+    /// Largest gRPC message accepted, in bytes.
+    #[arg(long, default_value_t = 4 << 20)]
+    max_message_bytes: usize,
+    /// Items per tokenize or detokenize request.
+    #[arg(long, default_value_t = 10_000)]
+    max_items: usize,
+    /// Bytes per value or token.
+    #[arg(long, default_value_t = 4096)]
+    max_value_bytes: usize,
+    /// `fsync` (default): every acknowledged write is on disk. `os`: leave
+    /// flushing to the OS — faster, loses acknowledged writes on power loss.
+    #[arg(long, default_value = "fsync", value_parser = ["fsync", "os"])]
+    durability: String,
+}
+
+fn master_key(
+    passphrase_file: Option<&Path>,
+    master_key_file: Option<&Path>,
+    create_key_file: bool,
+    confirm: bool,
+) -> anyhow::Result<MasterKey> {
+    if let Some(path) = master_key_file {
+        return Ok(if create_key_file {
+            MasterKey::create_key_file(path)?
+        } else {
+            MasterKey::read_key_file(path)?
+        });
     }
+    if let Some(path) = passphrase_file {
+        let text = Zeroizing::new(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?,
+        );
+        let line = text.strip_suffix('\n').unwrap_or(&text);
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        return Ok(MasterKey::Passphrase(Zeroizing::new(line.to_owned())));
+    }
+    if let Ok(passphrase) = std::env::var("PHIVAULT_PASSPHRASE") {
+        return Ok(MasterKey::Passphrase(Zeroizing::new(passphrase)));
+    }
+    let first = Zeroizing::new(rpassword::prompt_password("vault passphrase: ").context(
+        "no passphrase: pass --passphrase-file, set PHIVAULT_PASSPHRASE, or run on a terminal",
+    )?);
+    if confirm {
+        let again = Zeroizing::new(rpassword::prompt_password("repeat passphrase: ")?);
+        if first != again {
+            bail!("the passphrases differ");
+        }
+    }
+    Ok(MasterKey::Passphrase(first))
+}
+
+/// Writes a secret to a new file readable by its owner only.
+fn write_secret_file(path: &Path, secret: &str) -> anyhow::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    writeln!(file, "{secret}")?;
+    file.sync_all()?;
+    Ok(())
 }
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("PHIVAULT_LOG")
-                .unwrap_or_else(|_| "warn".into()),
+                .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -119,43 +186,142 @@ fn main() -> ExitCode {
 
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Init { vault } => {
-            let master = vault.master_key(true)?;
+        Command::Init {
+            vault,
+            admin_key_file,
+        } => {
+            let master = master_key(
+                vault.passphrase_file.as_deref(),
+                vault.master_key_file.as_deref(),
+                vault.create_key_file,
+                true,
+            )?;
             let opened = Vault::init(&vault.data_dir, master, VaultOptions::default()).await?;
+            let (_, key) = opened.create_client("admin", &["admin"]).await?;
             println!("initialised a vault at {}", vault.data_dir.display());
-            print_status(&opened);
+            match admin_key_file {
+                Some(path) => {
+                    write_secret_file(&path, key.expose())?;
+                    println!("admin API key written to {}", path.display());
+                }
+                None => println!("admin API key (shown once, store it now): {}", key.expose()),
+            }
             opened.close()?;
         }
         Command::Status { vault } => {
-            let opened = Vault::open(
-                &vault.data_dir,
-                vault.master_key(false)?,
-                VaultOptions::default(),
-            )
-            .await?;
+            let master = master_key(
+                vault.passphrase_file.as_deref(),
+                vault.master_key_file.as_deref(),
+                false,
+                false,
+            )?;
+            let opened = Vault::open(&vault.data_dir, master, VaultOptions::default()).await?;
             print_status(&opened);
             opened.close()?;
         }
-        Command::Dev { dir } => dev(&dir).await?,
+        Command::Serve(args) => serve(args).await?,
     }
     Ok(())
 }
 
-async fn dev(dir: &Path) -> anyhow::Result<()> {
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let durability = if args.durability == "os" {
+        Durability::Os
+    } else {
+        Durability::Fsync
+    };
+    if durability == Durability::Os {
+        tracing::warn!("durability = os: acknowledged writes can be lost on power failure");
+    }
+    let options = VaultOptions {
+        store: StoreOptions {
+            durability,
+            ..StoreOptions::default()
+        },
+        limits: phivault::Limits {
+            max_items: args.max_items,
+            max_value_bytes: args.max_value_bytes,
+        },
+        ..VaultOptions::default()
+    };
+    let vault = if args.dev {
+        dev_vault(Path::new(".phivault-dev"), options).await?
+    } else {
+        let data_dir = args.data_dir.as_deref().context("--data-dir is required")?;
+        let master = master_key(
+            args.passphrase_file.as_deref(),
+            args.master_key_file.as_deref(),
+            false,
+            false,
+        )?;
+        Vault::open(data_dir, master, options).await?
+    };
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(TlsOptions {
+            cert_pem: std::fs::read(cert)
+                .with_context(|| format!("cannot read {}", cert.display()))?,
+            key_pem: std::fs::read(key)
+                .with_context(|| format!("cannot read {}", key.display()))?,
+            client_ca_pem: args
+                .tls_client_ca
+                .as_ref()
+                .map(|ca| {
+                    std::fs::read(ca).with_context(|| format!("cannot read {}", ca.display()))
+                })
+                .transpose()?,
+        }),
+        _ => None,
+    };
+    let serve_options = ServeOptions {
+        listen: args.listen,
+        tls,
+        insecure_plaintext: args.insecure_plaintext,
+        max_message_bytes: args.max_message_bytes,
+    };
+    let vault = Arc::new(vault);
+    phivault::server::serve(Arc::clone(&vault), serve_options, shutdown_signal()).await?;
+    // Every service is gone with the server; the writer flushes what is
+    // queued and RocksDB closes cleanly.
+    match Arc::try_unwrap(vault) {
+        Ok(vault) => vault.close()?,
+        Err(_) => tracing::warn!(
+            "the vault was still shared at shutdown; RocksDB closes as the process exits"
+        ),
+    }
+    tracing::info!("vault closed");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot watch SIGTERM; stop with Ctrl-C");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutting down: no new calls; finishing those in flight");
+}
+
+async fn dev_vault(dir: &Path, options: VaultOptions) -> anyhow::Result<Vault> {
     let data = dir.join("data");
     let key_file = dir.join("master.key");
+    let admin_file = dir.join("admin.key");
     eprintln!(
-        "WARNING: development vault in {}: its master key file sits next to its data.",
+        "WARNING: development vault in {}: its master key and admin key sit next to its data.",
         dir.display()
     );
     eprintln!("WARNING: never put real PHI in it.");
     let vault = if data.join("CURRENT").exists() {
-        Vault::open(
-            &data,
-            MasterKey::read_key_file(&key_file)?,
-            VaultOptions::default(),
-        )
-        .await?
+        Vault::open(&data, MasterKey::read_key_file(&key_file)?, options).await?
     } else {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let master = if key_file.exists() {
@@ -163,17 +329,20 @@ async fn dev(dir: &Path) -> anyhow::Result<()> {
         } else {
             MasterKey::create_key_file(&key_file)?
         };
-        Vault::init(&data, master, VaultOptions::default()).await?
+        let vault = Vault::init(&data, master, options).await?;
+        let (_, key) = vault.create_client("admin", &["admin"]).await?;
+        write_secret_file(&admin_file, key.expose())?;
+        vault
     };
-    print_status(&vault);
-    // A synthetic SSN (area 000 is never issued) shows the round trip.
-    let sample = "000-12-3456";
-    let token = vault.tokenize("ssn", &[sample]).await?.remove(0)?;
-    let back = vault.detokenize("ssn", &[&token]).await?.remove(0)?;
-    println!("\nsample (synthetic) ssn {sample} -> token {token} -> detokenized {back}");
-    println!("\nThe gRPC service is not part of this build yet: nothing is listening.");
-    vault.close()?;
-    Ok(())
+    let admin_key = std::fs::read_to_string(&admin_file).unwrap_or_default();
+    eprintln!("\nadmin API key: {}", admin_key.trim());
+    eprintln!("try, in another terminal:");
+    eprintln!("  export PHIVAULT_API_KEY=$(cat {})", admin_file.display());
+    eprintln!(
+        "  cargo run -q --bin phivault-client -- clients create pipeline --scope tokenize:ssn"
+    );
+    eprintln!("  cargo run -q --bin phivault-client -- namespaces list\n");
+    Ok(vault)
 }
 
 fn print_status(vault: &Vault) {
@@ -204,6 +373,22 @@ fn print_status(vault: &Vault) {
             ns.format.kind,
             mode,
             options.join(" ")
+        );
+    }
+    println!("clients:");
+    for client in vault.clients() {
+        let scopes: Vec<String> = client.scopes.iter().map(ToString::to_string).collect();
+        let state = if client.revoked_at.is_some() {
+            "revoked"
+        } else {
+            "active"
+        };
+        println!(
+            "  {} {:<20} {:<8} {}",
+            client.id,
+            client.name,
+            state,
+            scopes.join(" ")
         );
     }
 }

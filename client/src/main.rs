@@ -1,0 +1,333 @@
+//! `phivault-client`: tokenize, reveal and administer from the shell.
+
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use phivault_client::{Client, ClientOptions, ItemResult, v1 as pb};
+
+/// Command-line client of a phivault vault.
+#[derive(Parser)]
+#[command(name = "phivault-client", version, about)]
+struct Cli {
+    #[command(flatten)]
+    connection: Connection,
+    /// Print JSON instead of plain text.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args)]
+struct Connection {
+    /// The vault's address: http://host:port (loopback) or https://host:port.
+    #[arg(
+        long,
+        env = "PHIVAULT_ENDPOINT",
+        default_value = "http://127.0.0.1:50051",
+        global = true
+    )]
+    endpoint: String,
+    /// File holding the API key. Without it, PHIVAULT_API_KEY.
+    #[arg(long, global = true)]
+    api_key_file: Option<PathBuf>,
+    /// PEM CA bundle to verify the server with (default: system roots).
+    #[arg(long, global = true)]
+    tls_ca: Option<PathBuf>,
+    /// PEM client certificate for mTLS.
+    #[arg(long, global = true, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM client key for mTLS.
+    #[arg(long, global = true, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// The server name to verify, when it differs from the endpoint's host.
+    #[arg(long, global = true)]
+    tls_domain: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Tokenize values (arguments, or one per line on standard input).
+    Tokenize {
+        /// Namespace.
+        #[arg(short, long)]
+        namespace: String,
+        values: Vec<String>,
+    },
+    /// Reveal tokens (arguments, or one per line on standard input).
+    Detokenize {
+        /// Namespace.
+        #[arg(short, long)]
+        namespace: String,
+        /// Reveal all but the last 4 characters masked.
+        #[arg(long)]
+        masked: bool,
+        tokens: Vec<String>,
+    },
+    /// Create or list namespaces.
+    #[command(subcommand)]
+    Namespaces(NamespaceCommand),
+    /// Create, list or revoke clients.
+    #[command(subcommand)]
+    Clients(ClientCommand),
+    /// Check the server's health (exit status 0 when serving).
+    Health,
+}
+
+#[derive(Subcommand)]
+enum NamespaceCommand {
+    /// Create a namespace.
+    Create {
+        name: String,
+        /// ssn, card, phone, email, date, name, alnum or opaque.
+        #[arg(long)]
+        format: String,
+        #[arg(long)]
+        keep_prefix: Option<u32>,
+        #[arg(long)]
+        keep_suffix: Option<u32>,
+        /// date: the pattern, e.g. %m/%d/%Y.
+        #[arg(long)]
+        date_pattern: Option<String>,
+        /// A fresh random token on every call instead of a deterministic one.
+        #[arg(long)]
+        random: bool,
+    },
+    /// List namespaces.
+    List,
+}
+
+#[derive(Subcommand)]
+enum ClientCommand {
+    /// Create a client; its API key is printed once, alone on stdout.
+    Create {
+        name: String,
+        /// tokenize:<ns>, detokenize:<ns>, detokenize-masked:<ns>, admin (repeatable).
+        #[arg(long = "scope", required = true)]
+        scopes: Vec<String>,
+    },
+    /// List clients.
+    List,
+    /// Revoke a client.
+    Revoke { client_id: String },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("phivault-client: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("phivault-client: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn connect(c: &Connection) -> anyhow::Result<Client> {
+    let mut options = ClientOptions::new(&c.endpoint);
+    let key = match &c.api_key_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?,
+        ),
+        None => std::env::var("PHIVAULT_API_KEY").ok(),
+    };
+    if let Some(key) = key {
+        options = options.api_key(key);
+    }
+    let read =
+        |p: &PathBuf| std::fs::read(p).with_context(|| format!("cannot read {}", p.display()));
+    if let Some(ca) = &c.tls_ca {
+        options = options.ca_pem(read(ca)?);
+    }
+    if let (Some(cert), Some(key)) = (&c.tls_cert, &c.tls_key) {
+        options = options.identity_pem(read(cert)?, read(key)?);
+    }
+    if let Some(domain) = &c.tls_domain {
+        options = options.domain(domain);
+    }
+    Ok(Client::connect(options).await?)
+}
+
+/// Arguments, or when there are none, the lines of standard input.
+fn items(args: Vec<String>) -> anyhow::Result<Vec<String>> {
+    if !args.is_empty() {
+        return Ok(args);
+    }
+    std::io::stdin()
+        .lock()
+        .lines()
+        .collect::<Result<_, _>>()
+        .context("cannot read standard input")
+}
+
+/// Prints one line per item (the text, or `error <code>: <message>` on
+/// standard error) and says whether every item succeeded.
+fn print_items(results: &[ItemResult], json: bool) -> anyhow::Result<bool> {
+    let mut out = std::io::stdout().lock();
+    let mut all_ok = true;
+    for result in results {
+        match (result, json) {
+            (Ok(text), false) => writeln!(out, "{text}")?,
+            (Ok(text), true) => writeln!(out, "{}", serde_json::json!({ "text": text }))?,
+            (Err(e), false) => {
+                all_ok = false;
+                writeln!(out)?;
+                eprintln!("error {}: {}", e.code, e.message);
+            }
+            (Err(e), true) => {
+                all_ok = false;
+                writeln!(
+                    out,
+                    "{}",
+                    serde_json::json!({ "error": { "code": e.code, "message": e.message } })
+                )?;
+            }
+        }
+    }
+    Ok(all_ok)
+}
+
+fn namespace_json(ns: &pb::Namespace) -> serde_json::Value {
+    let o = ns.options.clone().unwrap_or_default();
+    serde_json::json!({
+        "name": ns.name, "format": ns.format, "deterministic": ns.deterministic, "created_at": ns.created_at,
+        "keep_prefix": o.keep_prefix, "keep_suffix": o.keep_suffix, "date_pattern": o.date_pattern,
+    })
+}
+
+fn client_json(c: &pb::Client) -> serde_json::Value {
+    serde_json::json!({ "client_id": c.client_id, "name": c.name, "scopes": c.scopes, "revoked": c.revoked })
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let client = connect(&cli.connection).await?;
+    let json = cli.json;
+    let ok = match cli.command {
+        Command::Tokenize { namespace, values } => {
+            print_items(&client.tokenize(&namespace, items(values)?).await?, json)?
+        }
+        Command::Detokenize {
+            namespace,
+            masked,
+            tokens,
+        } => print_items(
+            &client
+                .detokenize(&namespace, items(tokens)?, masked)
+                .await?,
+            json,
+        )?,
+        Command::Namespaces(NamespaceCommand::Create {
+            name,
+            format,
+            keep_prefix,
+            keep_suffix,
+            date_pattern,
+            random,
+        }) => {
+            let options = pb::FormatOptions {
+                keep_prefix,
+                keep_suffix,
+                date_pattern,
+                ..Default::default()
+            };
+            let ns = client
+                .create_namespace(pb::CreateNamespaceRequest {
+                    name,
+                    format,
+                    options: Some(options),
+                    random,
+                })
+                .await?;
+            if json {
+                println!("{}", namespace_json(&ns));
+            } else {
+                println!("created namespace {} ({})", ns.name, ns.format);
+            }
+            true
+        }
+        Command::Namespaces(NamespaceCommand::List) => {
+            for ns in client.list_namespaces().await? {
+                if json {
+                    println!("{}", namespace_json(&ns));
+                } else {
+                    let mode = if ns.deterministic {
+                        "deterministic"
+                    } else {
+                        "random"
+                    };
+                    println!("{:<16} {:<7} {mode}", ns.name, ns.format);
+                }
+            }
+            true
+        }
+        Command::Clients(ClientCommand::Create { name, scopes }) => {
+            let created = client.create_client(&name, scopes).await?;
+            let c = created.client.unwrap_or_default();
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "client": client_json(&c), "api_key": created.api_key })
+                );
+            } else {
+                // The key alone on stdout, so `KEY=$(phivault-client clients
+                // create …)` works; the rest is for the person at the terminal.
+                eprintln!(
+                    "created client {} ({}); its API key is shown this once:",
+                    c.client_id, c.name
+                );
+                println!("{}", created.api_key);
+            }
+            true
+        }
+        Command::Clients(ClientCommand::List) => {
+            for c in client.list_clients().await? {
+                if json {
+                    println!("{}", client_json(&c));
+                } else {
+                    let state = if c.revoked { "revoked" } else { "active" };
+                    println!(
+                        "{} {:<20} {:<8} {}",
+                        c.client_id,
+                        c.name,
+                        state,
+                        c.scopes.join(" ")
+                    );
+                }
+            }
+            true
+        }
+        Command::Clients(ClientCommand::Revoke { client_id }) => {
+            let c = client.revoke_client(&client_id).await?;
+            if json {
+                println!("{}", client_json(&c));
+            } else {
+                println!("revoked client {} ({})", c.client_id, c.name);
+            }
+            true
+        }
+        Command::Health => {
+            let serving = client.health().await?;
+            println!("{}", if serving { "SERVING" } else { "NOT_SERVING" });
+            serving
+        }
+    };
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

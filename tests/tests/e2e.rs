@@ -1,0 +1,570 @@
+//! The real `phivault` binary on a loopback port, driven through the client
+//! library.
+
+use std::collections::HashMap;
+
+use futures_util::{StreamExt, stream};
+use phivault_client::{Client, ClientOptions, v1 as pb};
+use phivault_tests::{Server, VaultDir};
+use tonic::Code;
+
+async fn connect(server: &Server, key: Option<&str>) -> Client {
+    let mut options = ClientOptions::new(server.endpoint());
+    if let Some(key) = key {
+        options = options.api_key(key);
+    }
+    Client::connect(options).await.expect("connect")
+}
+
+async fn client_with(
+    admin: &Client,
+    server: &Server,
+    name: &str,
+    scopes: &[&str],
+) -> (Client, String) {
+    let created = admin
+        .create_client(name, scopes.iter().map(|s| (*s).to_owned()).collect())
+        .await
+        .expect("create client");
+    let key = created.api_key;
+    (connect(server, Some(&key)).await, key)
+}
+
+fn texts(results: Vec<phivault_client::ItemResult>) -> Vec<String> {
+    results
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|e| panic!("item failed: {} {}", e.code, e.message)))
+        .collect()
+}
+
+fn code(error: phivault_client::ClientError) -> Code {
+    match error {
+        phivault_client::ClientError::Status(status) => status.code(),
+        other => panic!("expected a status, got {other}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_default_namespace_round_trips_and_survives_a_restart() {
+    let vault = VaultDir::init();
+    let server = Server::start(&vault, &[]);
+    let admin = connect(&server, Some(&vault.admin_key)).await;
+    let (pipeline, _) =
+        client_with(&admin, &server, "pipeline", &["tokenize:*", "detokenize:*"]).await;
+    let samples = [
+        ("ssn", "123-45-6789"),
+        ("card", "4111 1111 1111 1111"),
+        ("phone", "+1 (555) 010-0199 x12"),
+        ("email", "jane.doe@example.org"),
+        ("dob", "1984-02-29"),
+        ("name", "Zoë O'Brien"),
+        ("mrn", "MRN-0042"),
+        ("zip", "02139"),
+        ("text", "Patient reports chest pain since Tuesday."),
+    ];
+    let mut tokens = HashMap::new();
+    for (ns, value) in samples {
+        let token = texts(
+            pipeline
+                .tokenize(ns, vec![value.into()])
+                .await
+                .expect("tokenize"),
+        )
+        .remove(0);
+        assert_ne!(token, value, "{ns}");
+        let back = texts(
+            pipeline
+                .detokenize(ns, vec![token.clone()], false)
+                .await
+                .expect("detokenize"),
+        )
+        .remove(0);
+        assert_eq!(back, value, "{ns}");
+        tokens.insert(ns, token);
+    }
+    drop((admin, pipeline));
+    let log = server.stop();
+    for (_, value) in samples {
+        assert!(!log.contains(value), "a value reached the server log");
+    }
+    for token in tokens.values() {
+        assert!(
+            !log.contains(token.as_str()),
+            "a token reached the server log"
+        );
+    }
+
+    let server = Server::start(&vault, &[]);
+    let admin = connect(&server, Some(&vault.admin_key)).await;
+    let (pipeline, _) = client_with(&admin, &server, "pipeline-2", &["tokenize:*"]).await;
+    for (ns, value) in samples {
+        let token = texts(
+            pipeline
+                .tokenize(ns, vec![value.into()])
+                .await
+                .expect("tokenize"),
+        )
+        .remove(0);
+        assert_eq!(&token, &tokens[ns], "{ns}: token changed across a restart");
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Tokenize,
+    Detokenize,
+    DetokenizeMasked,
+    CreateClient,
+}
+
+/// One caller's expected code for each (operation, namespace).
+type Row = [(Op, &'static str, Code); 8];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scope_matrix() {
+    let vault = VaultDir::init();
+    let server = Server::start(&vault, &[]);
+    let admin = connect(&server, Some(&vault.admin_key)).await;
+    let (pipeline, _) = client_with(&admin, &server, "pipeline", &["tokenize:*"]).await;
+    let ssn_token = texts(
+        pipeline
+            .tokenize("ssn", vec!["123-45-6789".into()])
+            .await
+            .expect("t"),
+    )
+    .remove(0);
+    let email_token = texts(
+        pipeline
+            .tokenize("email", vec!["jane@example.org".into()])
+            .await
+            .expect("t"),
+    )
+    .remove(0);
+    let (_, revoked_key) = client_with(
+        &admin,
+        &server,
+        "gone",
+        &["tokenize:*", "detokenize:*", "admin"],
+    )
+    .await;
+    let revoked_id = revoked_key
+        .split('_')
+        .nth(1)
+        .expect("pv_<id>_<secret>")
+        .to_owned();
+    admin.revoke_client(&revoked_id).await.expect("revoke");
+
+    let unknown = format!("pv_{}_{}", "0123456789abcdef", "ab".repeat(32));
+    let mut callers: Vec<(&str, Client)> = vec![
+        ("no key", connect(&server, None).await),
+        ("malformed key", connect(&server, Some("not-a-key")).await),
+        ("unknown key", connect(&server, Some(&unknown)).await),
+        ("revoked key", connect(&server, Some(&revoked_key)).await),
+    ];
+    for (label, scope) in [
+        ("tokenize:ssn", "tokenize:ssn"),
+        ("detokenize:ssn", "detokenize:ssn"),
+        ("detokenize-masked:ssn", "detokenize-masked:ssn"),
+        ("admin", "admin"),
+    ] {
+        callers.push((
+            label,
+            client_with(&admin, &server, &label.replace(':', "-"), &[scope])
+                .await
+                .0,
+        ));
+    }
+
+    use Code::{Ok as Allowed, PermissionDenied as Denied, Unauthenticated as Unauth};
+    use Op::*;
+    // caller → (operation, namespace) → expected code.
+    let expected: Vec<(&str, Row)> = vec![
+        (
+            "no key",
+            [
+                (Tokenize, "ssn", Unauth),
+                (Tokenize, "email", Unauth),
+                (Detokenize, "ssn", Unauth),
+                (Detokenize, "email", Unauth),
+                (DetokenizeMasked, "ssn", Unauth),
+                (DetokenizeMasked, "email", Unauth),
+                (CreateClient, "ssn", Unauth),
+                (CreateClient, "email", Unauth),
+            ],
+        ),
+        (
+            "malformed key",
+            [
+                (Tokenize, "ssn", Unauth),
+                (Tokenize, "email", Unauth),
+                (Detokenize, "ssn", Unauth),
+                (Detokenize, "email", Unauth),
+                (DetokenizeMasked, "ssn", Unauth),
+                (DetokenizeMasked, "email", Unauth),
+                (CreateClient, "ssn", Unauth),
+                (CreateClient, "email", Unauth),
+            ],
+        ),
+        (
+            "unknown key",
+            [
+                (Tokenize, "ssn", Unauth),
+                (Tokenize, "email", Unauth),
+                (Detokenize, "ssn", Unauth),
+                (Detokenize, "email", Unauth),
+                (DetokenizeMasked, "ssn", Unauth),
+                (DetokenizeMasked, "email", Unauth),
+                (CreateClient, "ssn", Unauth),
+                (CreateClient, "email", Unauth),
+            ],
+        ),
+        (
+            "revoked key",
+            [
+                (Tokenize, "ssn", Unauth),
+                (Tokenize, "email", Unauth),
+                (Detokenize, "ssn", Unauth),
+                (Detokenize, "email", Unauth),
+                (DetokenizeMasked, "ssn", Unauth),
+                (DetokenizeMasked, "email", Unauth),
+                (CreateClient, "ssn", Unauth),
+                (CreateClient, "email", Unauth),
+            ],
+        ),
+        (
+            "tokenize:ssn",
+            [
+                (Tokenize, "ssn", Allowed),
+                (Tokenize, "email", Denied),
+                (Detokenize, "ssn", Denied),
+                (Detokenize, "email", Denied),
+                (DetokenizeMasked, "ssn", Denied),
+                (DetokenizeMasked, "email", Denied),
+                (CreateClient, "ssn", Denied),
+                (CreateClient, "email", Denied),
+            ],
+        ),
+        (
+            "detokenize:ssn",
+            [
+                (Tokenize, "ssn", Denied),
+                (Tokenize, "email", Denied),
+                (Detokenize, "ssn", Allowed),
+                (Detokenize, "email", Denied),
+                (DetokenizeMasked, "ssn", Allowed),
+                (DetokenizeMasked, "email", Denied),
+                (CreateClient, "ssn", Denied),
+                (CreateClient, "email", Denied),
+            ],
+        ),
+        (
+            "detokenize-masked:ssn",
+            [
+                (Tokenize, "ssn", Denied),
+                (Tokenize, "email", Denied),
+                (Detokenize, "ssn", Denied),
+                (Detokenize, "email", Denied),
+                (DetokenizeMasked, "ssn", Allowed),
+                (DetokenizeMasked, "email", Denied),
+                (CreateClient, "ssn", Denied),
+                (CreateClient, "email", Denied),
+            ],
+        ),
+        (
+            "admin",
+            [
+                (Tokenize, "ssn", Denied),
+                (Tokenize, "email", Denied),
+                (Detokenize, "ssn", Denied),
+                (Detokenize, "email", Denied),
+                (DetokenizeMasked, "ssn", Denied),
+                (DetokenizeMasked, "email", Denied),
+                (CreateClient, "ssn", Allowed),
+                (CreateClient, "email", Allowed),
+            ],
+        ),
+    ];
+
+    let mut created = 0;
+    for (label, cells) in expected {
+        let caller = &callers.iter().find(|(l, _)| *l == label).expect("caller").1;
+        for (op, ns, want) in cells {
+            let (value, token) = if ns == "ssn" {
+                ("123-45-6789", &ssn_token)
+            } else {
+                ("jane@example.org", &email_token)
+            };
+            let got = match op {
+                Tokenize => caller
+                    .tokenize(ns, vec![value.into()])
+                    .await
+                    .map(|r| texts(r).remove(0)),
+                Detokenize => caller
+                    .detokenize(ns, vec![token.clone()], false)
+                    .await
+                    .map(|r| texts(r).remove(0)),
+                DetokenizeMasked => caller
+                    .detokenize(ns, vec![token.clone()], true)
+                    .await
+                    .map(|r| texts(r).remove(0)),
+                CreateClient => {
+                    created += 1;
+                    caller
+                        .create_client(&format!("made-{created}"), vec!["tokenize:ssn".into()])
+                        .await
+                        .map(|r| r.api_key)
+                }
+            };
+            match got {
+                Ok(text) => {
+                    assert_eq!(
+                        want, Allowed,
+                        "{label} {op:?} {ns}: allowed, expected {want:?}"
+                    );
+                    match op {
+                        Detokenize => assert_eq!(text, value),
+                        DetokenizeMasked => assert_eq!(text, "*******6789"),
+                        _ => {}
+                    }
+                }
+                Err(e) => assert_eq!(code(e), want, "{label} {op:?} {ns}"),
+            }
+        }
+    }
+
+    // Without detokenize scope an existing and an unknown token look alike.
+    let tokenize_only = &callers
+        .iter()
+        .find(|(l, _)| *l == "tokenize:ssn")
+        .expect("caller")
+        .1;
+    let existing = tokenize_only
+        .detokenize("ssn", vec![ssn_token.clone()], false)
+        .await
+        .err()
+        .map(|e| e.to_string());
+    let missing = tokenize_only
+        .detokenize("ssn", vec!["999-99-9999".into()], false)
+        .await
+        .err()
+        .map(|e| e.to_string());
+    let no_namespace = tokenize_only
+        .detokenize("nope", vec!["x".into()], false)
+        .await
+        .err()
+        .map(|e| e.to_string());
+    assert!(existing.is_some());
+    assert_eq!(existing, missing);
+    assert_eq!(
+        no_namespace.map(|m| m.replace("\"nope\"", "\"ssn\"")),
+        existing
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_give_clear_statuses_and_the_server_keeps_serving() {
+    let vault = VaultDir::init();
+    let server = Server::start(&vault, &[]);
+    let admin = connect(&server, Some(&vault.admin_key)).await;
+    let (pipeline, _) =
+        client_with(&admin, &server, "pipeline", &["tokenize:*", "detokenize:*"]).await;
+
+    let oversize = vec!["x".repeat(4000); 1100];
+    let error = pipeline
+        .tokenize("text", oversize)
+        .await
+        .expect_err("over 4 MiB");
+    assert_eq!(code(error), Code::ResourceExhausted);
+
+    let too_many = vec!["123-45-6789".to_owned(); 10_001];
+    let error = pipeline
+        .tokenize("ssn", too_many)
+        .await
+        .expect_err("10,001 items");
+    assert_eq!(code(error), Code::InvalidArgument);
+
+    let results = pipeline
+        .tokenize("text", vec!["y".repeat(5 * 1024), "fine".into()])
+        .await
+        .expect("call succeeds");
+    let item = results[0].as_ref().expect_err("5 KiB value");
+    assert_eq!(item.code, Code::InvalidArgument as i32);
+    assert!(item.message.contains("4096"), "{}", item.message);
+    assert!(results[1].is_ok());
+
+    let error = pipeline
+        .tokenize("no-such-namespace", vec!["x".into()])
+        .await
+        .expect_err("unknown namespace");
+    assert_eq!(code(error), Code::NotFound);
+
+    // 1,000 malformed requests of every kind, then business as usual.
+    for i in 0..1000 {
+        let result = match i % 4 {
+            0 => pipeline
+                .tokenize("ssn", vec!["not an ssn".into()])
+                .await
+                .map(drop),
+            1 => pipeline
+                .detokenize("ssn", vec!["zzz".into()], false)
+                .await
+                .map(drop),
+            2 => pipeline.tokenize("", vec![]).await.map(drop),
+            _ => connect(&server, Some("Bearer nonsense"))
+                .await
+                .tokenize("ssn", vec![])
+                .await
+                .map(drop),
+        };
+        let _ = result;
+    }
+    let token = texts(
+        pipeline
+            .tokenize("ssn", vec!["123-45-6789".into()])
+            .await
+            .expect("still serving"),
+    )
+    .remove(0);
+    assert_eq!(
+        texts(
+            pipeline
+                .detokenize("ssn", vec![token], false)
+                .await
+                .expect("still serving")
+        ),
+        ["123-45-6789"]
+    );
+    assert!(admin.health().await.expect("health"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_keep_order_and_survive_a_cancelling_client() {
+    let vault = VaultDir::init();
+    let server = Server::start(&vault, &[]);
+    let admin = connect(&server, Some(&vault.admin_key)).await;
+    let (pipeline, _) =
+        client_with(&admin, &server, "pipeline", &["tokenize:*", "detokenize:*"]).await;
+
+    let batches: Vec<Vec<String>> = (0..200)
+        .map(|b| {
+            (0..50)
+                .map(|i| format!("{:09}", 100_000_000 + b * 50 + i))
+                .collect()
+        })
+        .collect();
+    let responses: Vec<_> = pipeline
+        .tokenize_stream("ssn", stream::iter(batches.clone()), 8)
+        .await
+        .expect("stream")
+        .collect()
+        .await;
+    assert_eq!(responses.len(), 200);
+    for (batch, response) in batches.iter().zip(responses) {
+        let tokens = texts(response.expect("batch"));
+        // Order within and across batches: each token reveals its own value.
+        let values = texts(
+            pipeline
+                .detokenize("ssn", tokens, false)
+                .await
+                .expect("detokenize"),
+        );
+        assert_eq!(&values, batch);
+    }
+
+    // A client that walks away mid-stream.
+    {
+        let endless = stream::iter(0..).map(|b: u64| vec![format!("{:09}", 200_000_000 + b)]);
+        let mut responses = pipeline
+            .tokenize_stream("ssn", endless, 8)
+            .await
+            .expect("stream");
+        for _ in 0..10 {
+            responses.next().await.expect("a response").expect("ok");
+        }
+    }
+    assert!(admin.health().await.expect("health"));
+    assert!(
+        pipeline
+            .tokenize("ssn", vec!["123-45-6789".into()])
+            .await
+            .is_ok()
+    );
+    drop((admin, pipeline));
+    server.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plaintext_is_refused_off_loopback() {
+    let vault = VaultDir::init();
+    let output = std::process::Command::new(phivault_tests::binary("phivault"))
+        .arg("serve")
+        .args(["--data-dir", vault.data().to_str().expect("utf-8")])
+        .args([
+            "--master-key-file",
+            vault.key_file().to_str().expect("utf-8"),
+        ])
+        .args(["--listen", "0.0.0.0:0"])
+        .output()
+        .expect("run");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("refusing plaintext"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn namespaces_and_clients_are_administered_over_the_wire() {
+    let vault = VaultDir::init();
+    let server = Server::start(&vault, &[]);
+    let admin = connect(&server, Some(&vault.admin_key)).await;
+    let created = admin
+        .create_namespace(pb::CreateNamespaceRequest {
+            name: "visit-date".into(),
+            format: "date".into(),
+            options: Some(pb::FormatOptions {
+                date_pattern: Some("%m/%d/%Y".into()),
+                ..Default::default()
+            }),
+            random: false,
+        })
+        .await
+        .expect("create namespace");
+    assert_eq!(created.format, "date");
+    let names: Vec<String> = admin
+        .list_namespaces()
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|n| n.name)
+        .collect();
+    assert!(names.contains(&"visit-date".to_owned()));
+    let error = admin
+        .create_namespace(pb::CreateNamespaceRequest {
+            name: "x".into(),
+            format: "nope".into(),
+            options: None,
+            random: false,
+        })
+        .await
+        .expect_err("unknown format");
+    assert_eq!(code(error), Code::InvalidArgument);
+
+    let (pipeline, key) = client_with(&admin, &server, "pipeline", &["tokenize:visit-date"]).await;
+    let token = texts(
+        pipeline
+            .tokenize("visit-date", vec!["07/04/1976".into()])
+            .await
+            .expect("tokenize"),
+    )
+    .remove(0);
+    assert_eq!(token.len(), 10);
+    assert_eq!(&token[2..3], "/");
+    let id = key.split('_').nth(1).expect("id").to_owned();
+    let clients = admin.list_clients().await.expect("list");
+    assert!(clients.iter().any(|c| c.client_id == id && !c.revoked));
+    admin.revoke_client(&id).await.expect("revoke");
+    let error = pipeline
+        .tokenize("visit-date", vec!["07/04/1976".into()])
+        .await
+        .expect_err("revoked");
+    assert_eq!(code(error), Code::Unauthenticated);
+}

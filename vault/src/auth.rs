@@ -1,0 +1,366 @@
+//! Clients, API keys and scopes.
+//!
+//! An API key is `pv_<client-id>_<secret>`: 8 random bytes of id and 32 of
+//! secret, hex-encoded. Only the SHA-256 of the secret is stored; the key is
+//! shown once, when the client is created. Authentication compares digests
+//! in constant time against an in-memory copy of the `clients` column
+//! family, so it costs no disk read, and a revocation takes effect on the
+//! client's next call.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use zeroize::Zeroizing;
+
+use crate::crypto::{self, CryptoError};
+
+const KEY_PREFIX: &str = "pv_";
+const ID_BYTES: usize = 8;
+const SECRET_BYTES: usize = 32;
+
+/// Which namespaces a scope covers.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum NamespacePattern {
+    /// `*`: every namespace, present and future.
+    Any,
+    /// One namespace by name.
+    Exact(String),
+}
+
+impl NamespacePattern {
+    fn matches(&self, namespace: &str) -> bool {
+        match self {
+            Self::Any => true,
+            Self::Exact(name) => name == namespace,
+        }
+    }
+}
+
+/// A permission. Default deny: a client may do exactly what its scopes say.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Scope {
+    /// `tokenize:<ns>`
+    Tokenize(NamespacePattern),
+    /// `detokenize:<ns>`: full reveal (masked reveal too).
+    Detokenize(NamespacePattern),
+    /// `detokenize-masked:<ns>`: reveal with all but the last 4 characters
+    /// masked.
+    DetokenizeMasked(NamespacePattern),
+    /// `admin`: namespaces, clients and keys.
+    Admin,
+    /// `audit`: read the audit trail.
+    Audit,
+}
+
+impl FromStr for Scope {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "admin" => return Ok(Self::Admin),
+            "audit" => return Ok(Self::Audit),
+            _ => {}
+        }
+        let (kind, namespace) = s
+            .split_once(':')
+            .ok_or_else(|| format!("unknown scope {s:?}; expected tokenize:<ns>, detokenize:<ns>, detokenize-masked:<ns>, admin or audit"))?;
+        let pattern = match namespace {
+            "*" => NamespacePattern::Any,
+            name if crate::NamespaceSpec::valid_name(name) => {
+                NamespacePattern::Exact(name.to_owned())
+            }
+            _ => {
+                return Err(format!(
+                    "scope {s:?} names no valid namespace (a name, or * for every namespace)"
+                ));
+            }
+        };
+        match kind {
+            "tokenize" => Ok(Self::Tokenize(pattern)),
+            "detokenize" => Ok(Self::Detokenize(pattern)),
+            "detokenize-masked" => Ok(Self::DetokenizeMasked(pattern)),
+            _ => Err(format!(
+                "unknown scope {s:?}; expected tokenize:<ns>, detokenize:<ns>, detokenize-masked:<ns>, admin or audit"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (kind, pattern) = match self {
+            Self::Admin => return f.write_str("admin"),
+            Self::Audit => return f.write_str("audit"),
+            Self::Tokenize(p) => ("tokenize", p),
+            Self::Detokenize(p) => ("detokenize", p),
+            Self::DetokenizeMasked(p) => ("detokenize-masked", p),
+        };
+        match pattern {
+            NamespacePattern::Any => write!(f, "{kind}:*"),
+            NamespacePattern::Exact(name) => write!(f, "{kind}:{name}"),
+        }
+    }
+}
+
+/// What a caller is asking to do, checked against its scopes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action<'a> {
+    /// Tokenize in a namespace.
+    Tokenize(&'a str),
+    /// Reveal values in full.
+    Detokenize(&'a str),
+    /// Reveal masked values.
+    DetokenizeMasked(&'a str),
+    /// Administer the vault.
+    Admin,
+    /// Read the audit trail (admins may too).
+    Audit,
+}
+
+/// A client of the vault as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Client {
+    /// 16 hex digits.
+    pub id: String,
+    /// A human name (`billing-service`).
+    pub name: String,
+    /// What it may do.
+    pub scopes: Vec<Scope>,
+    /// Seconds since the Unix epoch.
+    pub created_at: u64,
+    /// When it was revoked, if it was.
+    pub revoked_at: Option<u64>,
+}
+
+impl Client {
+    /// Whether the client may perform `action`.
+    pub fn allows(&self, action: Action<'_>) -> bool {
+        self.scopes.iter().any(|scope| match (scope, action) {
+            (Scope::Admin, Action::Admin | Action::Audit) => true,
+            (Scope::Audit, Action::Audit) => true,
+            (Scope::Tokenize(p), Action::Tokenize(ns)) => p.matches(ns),
+            (Scope::Detokenize(p), Action::Detokenize(ns) | Action::DetokenizeMasked(ns)) => {
+                p.matches(ns)
+            }
+            (Scope::DetokenizeMasked(p), Action::DetokenizeMasked(ns)) => p.matches(ns),
+            _ => false,
+        })
+    }
+}
+
+/// A client as stored in the `clients` column family.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct ClientRecord {
+    pub(crate) name: String,
+    pub(crate) scopes: Vec<String>,
+    /// SHA-256 of the secret part of the API key, hex.
+    pub(crate) secret_sha256: String,
+    pub(crate) created_at: u64,
+    pub(crate) revoked_at: Option<u64>,
+}
+
+impl ClientRecord {
+    pub(crate) fn to_client(&self, id: &str) -> Result<Client, String> {
+        let scopes = self
+            .scopes
+            .iter()
+            .map(|s| s.parse())
+            .collect::<Result<_, _>>()?;
+        Ok(Client {
+            id: id.to_owned(),
+            name: self.name.clone(),
+            scopes,
+            created_at: self.created_at,
+            revoked_at: self.revoked_at,
+        })
+    }
+}
+
+/// A freshly minted API key. Printed once; never stored.
+pub struct ApiKey(Zeroizing<String>);
+
+impl ApiKey {
+    /// The key text, `pv_<client-id>_<secret>`.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A new client id, API key and the digest to store.
+pub(crate) fn mint_key() -> Result<(String, ApiKey, String), CryptoError> {
+    let mut id = [0u8; ID_BYTES];
+    crypto::fill_random(&mut id)?;
+    let mut secret = Zeroizing::new([0u8; SECRET_BYTES]);
+    crypto::fill_random(&mut secret[..])?;
+    let id = hex(&id);
+    let secret = Zeroizing::new(hex(&secret[..]));
+    let digest = hex(&Sha256::digest(secret.as_bytes()));
+    let key = ApiKey(Zeroizing::new(format!(
+        "{KEY_PREFIX}{id}_{}",
+        secret.as_str()
+    )));
+    Ok((id, key, digest))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Why a caller could not be authenticated. Deliberately uninformative to the
+/// caller: missing, malformed, unknown and revoked keys all look alike on the
+/// wire, and only the server log tells them apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// No `authorization` metadata.
+    #[error("no API key")]
+    Missing,
+    /// Not `Bearer pv_<id>_<secret>`.
+    #[error("malformed API key")]
+    Malformed,
+    /// No client with that id, or the secret does not match.
+    #[error("unknown API key")]
+    Unknown,
+    /// The client was revoked.
+    #[error("revoked API key")]
+    Revoked,
+}
+
+/// The in-memory view of every client, keyed by id.
+#[derive(Default)]
+pub(crate) struct ClientTable {
+    by_id: HashMap<String, (Client, [u8; 32])>,
+}
+
+impl ClientTable {
+    pub(crate) fn insert(&mut self, client: Client, secret_sha256: &str) {
+        let mut digest = [0u8; 32];
+        for (out, pair) in digest
+            .iter_mut()
+            .zip(secret_sha256.as_bytes().chunks_exact(2))
+        {
+            *out = std::str::from_utf8(pair)
+                .ok()
+                .and_then(|p| u8::from_str_radix(p, 16).ok())
+                .unwrap_or(0);
+        }
+        self.by_id.insert(client.id.clone(), (client, digest));
+    }
+
+    pub(crate) fn revoke(&mut self, id: &str, at: u64) {
+        if let Some((client, _)) = self.by_id.get_mut(id) {
+            client.revoked_at = Some(at);
+        }
+    }
+
+    pub(crate) fn all(&self) -> Vec<Client> {
+        let mut all: Vec<Client> = self.by_id.values().map(|(c, _)| c.clone()).collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name).then_with(|| a.id.cmp(&b.id)));
+        all
+    }
+
+    /// Checks `authorization` metadata (`Bearer pv_<id>_<secret>`).
+    pub(crate) fn authenticate(&self, header: Option<&str>) -> Result<Client, AuthError> {
+        let header = header.ok_or(AuthError::Missing)?;
+        let key = header.strip_prefix("Bearer ").ok_or(AuthError::Malformed)?;
+        let (id, secret) = key
+            .strip_prefix(KEY_PREFIX)
+            .and_then(|rest| rest.split_once('_'))
+            .filter(|(id, secret)| id.len() == 2 * ID_BYTES && secret.len() == 2 * SECRET_BYTES)
+            .ok_or(AuthError::Malformed)?;
+        let digest = Sha256::digest(secret.as_bytes());
+        let (client, stored) = self.by_id.get(id).ok_or(AuthError::Unknown)?;
+        if !bool::from(digest.as_slice().ct_eq(stored)) {
+            return Err(AuthError::Unknown);
+        }
+        if client.revoked_at.is_some() {
+            return Err(AuthError::Revoked);
+        }
+        Ok(client.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scopes_round_trip_and_reject_nonsense() {
+        for s in [
+            "tokenize:ssn",
+            "detokenize:*",
+            "detokenize-masked:ssn-research",
+            "admin",
+            "audit",
+        ] {
+            assert_eq!(s.parse::<Scope>().map(|x| x.to_string()).as_deref(), Ok(s));
+        }
+        for bad in [
+            "tokenize",
+            "tokenize:",
+            "reveal:ssn",
+            "tokenize:SSN",
+            "admin:*",
+            "*",
+        ] {
+            assert!(bad.parse::<Scope>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn scopes_grant_exactly_what_they_say() {
+        let client = |scopes: &[&str]| Client {
+            id: "0".repeat(16),
+            name: "t".into(),
+            scopes: scopes.iter().map(|s| s.parse().expect("scope")).collect(),
+            created_at: 0,
+            revoked_at: None,
+        };
+        let masked = client(&["detokenize-masked:ssn"]);
+        assert!(masked.allows(Action::DetokenizeMasked("ssn")));
+        assert!(!masked.allows(Action::Detokenize("ssn")));
+        assert!(!masked.allows(Action::DetokenizeMasked("email")));
+        let full = client(&["detokenize:*"]);
+        assert!(
+            full.allows(Action::Detokenize("email"))
+                && full.allows(Action::DetokenizeMasked("ssn"))
+        );
+        assert!(!full.allows(Action::Tokenize("ssn")));
+        let admin = client(&["admin"]);
+        assert!(admin.allows(Action::Admin) && admin.allows(Action::Audit));
+        assert!(!admin.allows(Action::Tokenize("ssn")) && !admin.allows(Action::Detokenize("ssn")));
+        assert!(!client(&[]).allows(Action::Tokenize("ssn")));
+    }
+
+    #[test]
+    fn keys_authenticate_until_revoked() {
+        let (id, key, digest) = mint_key().expect("rng");
+        let mut table = ClientTable::default();
+        let client = Client {
+            id: id.clone(),
+            name: "c".into(),
+            scopes: vec![Scope::Admin],
+            created_at: 1,
+            revoked_at: None,
+        };
+        table.insert(client.clone(), &digest);
+        let bearer = format!("Bearer {}", key.expose());
+        assert_eq!(table.authenticate(Some(&bearer)), Ok(client));
+        assert_eq!(table.authenticate(None), Err(AuthError::Missing));
+        assert_eq!(
+            table.authenticate(Some(key.expose())),
+            Err(AuthError::Malformed)
+        );
+        let mut wrong = bearer.clone();
+        wrong.pop();
+        wrong.push(if bearer.ends_with('0') { '1' } else { '0' });
+        assert_eq!(table.authenticate(Some(&wrong)), Err(AuthError::Unknown));
+        let other = format!("Bearer pv_{}_{}", "f".repeat(16), "0".repeat(64));
+        assert_eq!(table.authenticate(Some(&other)), Err(AuthError::Unknown));
+        table.revoke(&id, 2);
+        assert_eq!(table.authenticate(Some(&bearer)), Err(AuthError::Revoked));
+    }
+}

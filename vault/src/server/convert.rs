@@ -1,0 +1,88 @@
+//! Conversions between wire messages and the core's types.
+
+use phivault_proto::v1 as pb;
+use tonic::Status;
+
+use crate::auth::Client;
+use crate::format::{DateOptions, FormatKind, FormatSpec};
+use crate::{ItemResult, Namespace, NamespaceSpec};
+
+pub(crate) fn item_results(results: Vec<ItemResult>) -> Vec<pb::ItemResult> {
+    results
+        .into_iter()
+        .map(|r| pb::ItemResult {
+            outcome: Some(match r {
+                Ok(text) => pb::item_result::Outcome::Text(text),
+                Err(e) => pb::item_result::Outcome::Error(pb::ItemError {
+                    code: e.code.grpc_code(),
+                    message: e.message,
+                }),
+            }),
+        })
+        .collect()
+}
+
+pub(crate) fn namespace(ns: &Namespace) -> pb::Namespace {
+    let f = &ns.format;
+    pb::Namespace {
+        name: ns.name.clone(),
+        format: f.kind.as_str().to_owned(),
+        options: Some(pb::FormatOptions {
+            keep_prefix: Some(f.keep_prefix.into()),
+            keep_suffix: Some(f.keep_suffix.into()),
+            date_pattern: f.date.as_ref().map(|d| d.pattern.clone()),
+            token_year_min: f.date.as_ref().map(|d| d.token_year_min.into()),
+            token_year_max: f.date.as_ref().map(|d| d.token_year_max.into()),
+        }),
+        deterministic: ns.deterministic,
+        created_at: i64::try_from(ns.created_at).unwrap_or(i64::MAX),
+    }
+}
+
+impl TryFrom<pb::CreateNamespaceRequest> for NamespaceSpec {
+    type Error = Status;
+
+    fn try_from(request: pb::CreateNamespaceRequest) -> Result<Self, Status> {
+        let kind: FormatKind = request.format.parse().map_err(Status::invalid_argument)?;
+        let mut format = FormatSpec::new(kind);
+        let options = request.options.unwrap_or_default();
+        let small = |n: Option<u32>, what: &str| -> Result<Option<u16>, Status> {
+            n.map(|n| {
+                u16::try_from(n)
+                    .map_err(|_| Status::invalid_argument(format!("{what} is out of range")))
+            })
+            .transpose()
+        };
+        if let Some(n) = small(options.keep_prefix, "keep_prefix")? {
+            format.keep_prefix = n;
+        }
+        if let Some(n) = small(options.keep_suffix, "keep_suffix")? {
+            format.keep_suffix = n;
+        }
+        let year_min = small(options.token_year_min, "token_year_min")?;
+        let year_max = small(options.token_year_max, "token_year_max")?;
+        if options.date_pattern.is_some() || year_min.is_some() || year_max.is_some() {
+            let defaults = DateOptions::default();
+            format.date = Some(DateOptions {
+                pattern: options.date_pattern.unwrap_or(defaults.pattern),
+                token_year_min: year_min.unwrap_or(defaults.token_year_min),
+                token_year_max: year_max.unwrap_or(defaults.token_year_max),
+            });
+        }
+        let spec = NamespaceSpec {
+            name: request.name,
+            format,
+            deterministic: !request.random,
+        };
+        Ok(spec)
+    }
+}
+
+pub(crate) fn client(c: &Client) -> pb::Client {
+    pb::Client {
+        client_id: c.id.clone(),
+        name: c.name.clone(),
+        scopes: c.scopes.iter().map(ToString::to_string).collect(),
+        revoked: c.revoked_at.is_some(),
+    }
+}

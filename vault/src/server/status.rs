@@ -1,0 +1,47 @@
+//! The one place where core errors become gRPC statuses. Messages are fixed
+//! or name only what the caller sent that is not PHI (a namespace, a client
+//! id, a limit); the details of storage and crypto failures go to the log.
+
+use tonic::{Code, Status};
+
+use crate::Error;
+use crate::auth::AuthError;
+
+impl From<Error> for Status {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::NamespaceNotFound(_) | Error::ClientNotFound(_) => {
+                Status::not_found(e.to_string())
+            }
+            Error::NamespaceExists(_) => Status::already_exists(e.to_string()),
+            Error::InvalidNamespace(_) | Error::InvalidClient(_) | Error::TooManyItems { .. } => {
+                Status::invalid_argument(e.to_string())
+            }
+            Error::Store(ref detail) => {
+                tracing::error!(error = %detail, "storage failure");
+                Status::unavailable("the vault's storage is unavailable; retry later")
+            }
+            Error::WrongMasterKey
+            | Error::MasterKey(_)
+            | Error::WeakPassphrase { .. }
+            | Error::NotInitialized(_)
+            | Error::AlreadyInitialized(_)
+            | Error::Corrupt(_)
+            | Error::KeyIntegrity
+            | Error::Crypto(_) => {
+                tracing::error!(error = %e, "internal failure");
+                Status::internal("internal error")
+            }
+        }
+    }
+}
+
+/// Missing, malformed, unknown and revoked keys look alike to the caller;
+/// the log says which it was.
+pub(crate) fn unauthenticated(e: AuthError) -> Status {
+    tracing::info!(reason = %e, "unauthenticated call refused");
+    Status::new(
+        Code::Unauthenticated,
+        "a valid API key is required (authorization: Bearer pv_...)",
+    )
+}
