@@ -92,8 +92,16 @@ pub enum ClientError {
     #[error("the API key holds characters that cannot be sent")]
     BadKey,
     /// The server refused or failed the call.
-    #[error("{}: {}", .0.code(), .0.message())]
-    Status(#[from] Status),
+    #[error("{:?}: {}", .0.code(), .0.message())]
+    Status(Status),
+}
+
+// Not `#[from]`: that would also make the status the error's source, and
+// error reports would print its code and message twice.
+impl From<Status> for ClientError {
+    fn from(status: Status) -> Self {
+        Self::Status(status)
+    }
 }
 
 /// Adds `authorization: Bearer <key>` to every call.

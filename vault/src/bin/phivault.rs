@@ -338,10 +338,8 @@ async fn dev_vault(dir: &Path, options: VaultOptions) -> anyhow::Result<Vault> {
     eprintln!("\nadmin API key: {}", admin_key.trim());
     eprintln!("try, in another terminal:");
     eprintln!("  export PHIVAULT_API_KEY=$(cat {})", admin_file.display());
-    eprintln!(
-        "  cargo run -q --bin phivault-client -- clients create pipeline --scope tokenize:ssn"
-    );
-    eprintln!("  cargo run -q --bin phivault-client -- namespaces list\n");
+    eprintln!("  ./target/debug/phivault-client clients create pipeline --scope tokenize:ssn");
+    eprintln!("  ./target/debug/phivault-client namespaces list\n");
     Ok(vault)
 }
 
