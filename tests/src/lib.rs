@@ -59,6 +59,7 @@ impl VaultDir {
                 "--admin-key-file",
                 vault.admin_file().to_str().expect("utf-8 path"),
             ])
+            .env("PHIVAULT_LOG", "warn")
             .stdout(Stdio::null())
             .status()
             .expect("run phivault init");

@@ -568,3 +568,178 @@ async fn namespaces_and_clients_are_administered_over_the_wire() {
         .expect_err("revoked");
     assert_eq!(code(error), Code::Unauthenticated);
 }
+
+/// A throwaway CA with a server certificate for 127.0.0.1 and a client
+/// certificate, written as PEM files.
+struct Pki {
+    dir: tempfile::TempDir,
+}
+
+impl Pki {
+    fn new() -> Self {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+            KeyPair,
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca_key = KeyPair::generate().expect("key");
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "phivault test CA");
+        let ca = ca_params.self_signed(&ca_key).expect("CA");
+        let issuer = Issuer::new(ca_params, ca_key);
+        let mut files = vec![("ca.pem", ca.pem())];
+        for (name, san, usage) in [
+            ("server", "127.0.0.1", ExtendedKeyUsagePurpose::ServerAuth),
+            (
+                "client",
+                "pipeline.example",
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ),
+        ] {
+            let key = KeyPair::generate().expect("key");
+            let mut params = CertificateParams::new(vec![san.to_owned()]).expect("params");
+            params.extended_key_usages = vec![usage];
+            let cert = params.signed_by(&key, &issuer).expect("sign");
+            files.push((
+                if name == "server" {
+                    "server.pem"
+                } else {
+                    "client.pem"
+                },
+                cert.pem(),
+            ));
+            files.push((
+                if name == "server" {
+                    "server.key"
+                } else {
+                    "client.key"
+                },
+                key.serialize_pem(),
+            ));
+        }
+        for (file, pem) in files {
+            std::fs::write(dir.path().join(file), pem).expect("write");
+        }
+        Self { dir }
+    }
+
+    fn path(&self, file: &str) -> String {
+        self.dir
+            .path()
+            .join(file)
+            .to_str()
+            .expect("utf-8")
+            .to_owned()
+    }
+
+    fn read(&self, file: &str) -> Vec<u8> {
+        std::fs::read(self.dir.path().join(file)).expect("read")
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_and_mutual_tls() {
+    let pki = Pki::new();
+    let vault = VaultDir::init();
+
+    let server = Server::start(
+        &vault,
+        &[
+            "--tls-cert",
+            &pki.path("server.pem"),
+            "--tls-key",
+            &pki.path("server.key"),
+        ],
+    );
+    let https = format!("https://{}", server.addr);
+    let options = ClientOptions::new(&https)
+        .api_key(&vault.admin_key)
+        .ca_pem(pki.read("ca.pem"));
+    let admin = Client::connect(options).await.expect("TLS connect");
+    assert!(admin.health().await.expect("health over TLS"));
+    assert!(
+        !admin
+            .list_clients()
+            .await
+            .expect("admin over TLS")
+            .is_empty()
+    );
+    // A plaintext client gets nowhere.
+    let plaintext =
+        Client::connect(ClientOptions::new(server.endpoint()).api_key(&vault.admin_key)).await;
+    assert!(plaintext.is_err() || plaintext.expect("connected").health().await.is_err());
+    drop(admin);
+    server.stop();
+
+    let server = Server::start(
+        &vault,
+        &[
+            "--tls-cert",
+            &pki.path("server.pem"),
+            "--tls-key",
+            &pki.path("server.key"),
+            "--tls-client-ca",
+            &pki.path("ca.pem"),
+        ],
+    );
+    let https = format!("https://{}", server.addr);
+    let anonymous = ClientOptions::new(&https)
+        .api_key(&vault.admin_key)
+        .ca_pem(pki.read("ca.pem"));
+    let refused = match Client::connect(anonymous).await {
+        Err(_) => true,
+        Ok(client) => client.health().await.is_err(),
+    };
+    assert!(refused, "mTLS must refuse a client without a certificate");
+    let with_certificate = ClientOptions::new(&https)
+        .api_key(&vault.admin_key)
+        .ca_pem(pki.read("ca.pem"))
+        .identity_pem(pki.read("client.pem"), pki.read("client.key"));
+    let admin = Client::connect(with_certificate)
+        .await
+        .expect("mTLS connect");
+    assert!(admin.health().await.expect("health over mTLS"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflection_lists_every_service() {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    let vault = VaultDir::init();
+    let server = Server::start(&vault, &[]);
+    let channel = tonic::transport::Endpoint::from_shared(server.endpoint())
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect");
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = ServerReflectionClient::new(channel)
+        .server_reflection_info(stream::iter(vec![request]))
+        .await
+        .expect("reflection")
+        .into_inner();
+    let response = responses.next().await.expect("a response").expect("ok");
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("expected a service list");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for service in [
+        "phivault.v1.Tokenizer",
+        "phivault.v1.Admin",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(
+            names.iter().any(|n| n == service),
+            "{service} missing from {names:?}"
+        );
+    }
+}
