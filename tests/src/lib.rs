@@ -91,6 +91,8 @@ pub struct Server {
     child: Child,
     /// Where it listens.
     pub addr: SocketAddr,
+    /// Where it serves metrics, when started with `--metrics-listen`.
+    pub metrics_addr: Option<SocketAddr>,
     /// Everything it wrote to stderr so far is collected here on `stop`.
     stderr: Option<std::thread::JoinHandle<String>>,
 }
@@ -116,9 +118,13 @@ impl Server {
         let stderr = child.stderr.take().expect("piped stderr");
         let (ready, wait) = mpsc::channel();
         std::thread::spawn(move || {
+            let mut metrics = None;
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("phivault metrics on ") {
+                    metrics = addr.parse::<SocketAddr>().ok();
+                }
                 if let Some(addr) = line.strip_prefix("phivault listening on ") {
-                    let _ = ready.send(addr.parse::<SocketAddr>().ok());
+                    let _ = ready.send(addr.parse::<SocketAddr>().ok().map(|a| (a, metrics)));
                 }
             }
             let _ = ready.send(None);
@@ -132,9 +138,10 @@ impl Server {
             all
         });
         match wait.recv_timeout(READY_TIMEOUT) {
-            Ok(Some(addr)) => Self {
+            Ok(Some((addr, metrics_addr))) => Self {
                 child,
                 addr,
+                metrics_addr,
                 stderr: Some(stderr),
             },
             _ => {

@@ -743,3 +743,54 @@ async fn reflection_lists_every_service() {
         );
     }
 }
+
+/// `GET /metrics` over a plain TCP connection.
+fn scrape(addr: std::net::SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let mut connection = std::net::TcpStream::connect(addr).expect("connect to metrics");
+    connection
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .expect("request");
+    let mut response = String::new();
+    connection.read_to_string(&mut response).expect("response");
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    response
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_calls_by_method_and_status() {
+    let vault = VaultDir::init();
+    let server = Server::start(&vault, &["--metrics-listen", "127.0.0.1:0"]);
+    let metrics = server.metrics_addr.expect("metrics address printed");
+    let admin = connect(&server, Some(&vault.admin_key)).await;
+    let (pipeline, _) = client_with(&admin, &server, "pipeline", &["tokenize:ssn"]).await;
+    for _ in 0..3 {
+        texts(
+            pipeline
+                .tokenize("ssn", vec!["123-45-6789".into()])
+                .await
+                .expect("tokenize"),
+        );
+    }
+    let denied = pipeline
+        .detokenize("ssn", vec!["999-99-9999".into()], false)
+        .await
+        .expect_err("no scope");
+    assert_eq!(code(denied), Code::PermissionDenied);
+
+    let text = scrape(metrics);
+    assert!(
+        text.contains(
+            r#"phivault_grpc_calls_total{rpc="/phivault.v1.Tokenizer/Tokenize",code="Ok"} 3"#
+        ),
+        "{text}"
+    );
+    assert!(text.contains(r#"phivault_grpc_calls_total{rpc="/phivault.v1.Tokenizer/Detokenize",code="PermissionDenied"} 1"#));
+    assert!(
+        text.contains(
+            r#"phivault_grpc_call_seconds_count{rpc="/phivault.v1.Tokenizer/Tokenize"} 3"#
+        )
+    );
+    assert!(text.contains("phivault_writer_jobs_per_commit_bucket"));
+    assert!(!text.contains("123-45-6789"));
+}

@@ -90,6 +90,10 @@ struct ServeArgs {
     /// DANGEROUS: serve plaintext gRPC on a non-loopback address.
     #[arg(long)]
     insecure_plaintext: bool,
+    /// Serve Prometheus metrics on http://ADDR/metrics (port 0 picks one;
+    /// the address is printed as `phivault metrics on IP:PORT`).
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
     /// Largest gRPC message accepted, in bytes.
     #[arg(long, default_value_t = 4 << 20)]
     max_message_bytes: usize,
@@ -277,6 +281,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tls,
         insecure_plaintext: args.insecure_plaintext,
         max_message_bytes: args.max_message_bytes,
+        metrics_listen: args.metrics_listen,
     };
     let vault = Arc::new(vault);
     phivault::server::serve(Arc::clone(&vault), serve_options, shutdown_signal()).await?;

@@ -4,6 +4,7 @@
 
 mod admin;
 mod convert;
+mod metrics;
 mod status;
 mod tokenizer;
 
@@ -20,6 +21,7 @@ use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 pub use admin::AdminService;
+pub use metrics::Metrics;
 pub use tokenizer::TokenizerService;
 
 use crate::Vault;
@@ -37,6 +39,8 @@ pub struct ServeOptions {
     pub insecure_plaintext: bool,
     /// Largest gRPC message accepted or sent.
     pub max_message_bytes: usize,
+    /// Where to serve Prometheus metrics over HTTP (`/metrics`), if at all.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// PEM-encoded TLS material.
@@ -169,9 +173,25 @@ pub async fn serve(
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
 
-    let mut builder = Server::builder().layer(tower::util::MapResponseLayer::new(
-        oversize_is_resource_exhausted,
-    ));
+    let metrics = Arc::new(Metrics::new(Arc::clone(&vault)));
+    let metrics_task = match options.metrics_listen {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| ServeError::Bind(addr, e))?;
+            let bound = listener
+                .local_addr()
+                .map_err(|e| ServeError::Bind(addr, e))?;
+            println!("phivault metrics on {bound}");
+            Some(tokio::spawn(metrics::serve(listener, Arc::clone(&metrics))))
+        }
+        None => None,
+    };
+    // Outermost first: the call is recorded with the status the client sees.
+    let layers = tower::ServiceBuilder::new()
+        .layer(metrics::RecordLayer(metrics))
+        .map_response(oversize_is_resource_exhausted::<tonic::body::Body>);
+    let mut builder = Server::builder().layer(layers);
     if let Some(tls) = &options.tls {
         let mut config =
             ServerTlsConfig::new().identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem));
@@ -202,6 +222,9 @@ pub async fn serve(
     health
         .set_not_serving::<TokenizerServer<TokenizerService>>()
         .await;
+    if let Some(task) = metrics_task {
+        task.abort();
+    }
     tracing::info!("stopped accepting calls; in-flight calls finished");
     Ok(result?)
 }

@@ -11,7 +11,7 @@ use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DB, DBCompressionType, Options,
 };
 
-pub use writer::{Txn, WriterStats};
+pub use writer::{BATCH_BUCKETS, Txn, WriterStats};
 
 /// A key and its value, as a scan yields them.
 pub type Entry = (Box<[u8]>, Box<[u8]>);

@@ -23,6 +23,9 @@ const MAX_JOBS_PER_COMMIT: usize = 1024;
 type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 type Job = Box<dyn FnOnce(&mut Txn<'_>) -> Completion + Send>;
 
+/// Upper bounds of the jobs-per-commit histogram: 1, 2, 4, … 1024.
+pub const BATCH_BUCKETS: [u64; 11] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024];
+
 /// Counters of the group commit, for metrics and tests.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct WriterStats {
@@ -30,6 +33,9 @@ pub struct WriterStats {
     pub commits: u64,
     /// Jobs run.
     pub jobs: u64,
+    /// Commits by how many jobs they carried: `batches[i]` counts commits of
+    /// more than `BATCH_BUCKETS[i-1]` and at most `BATCH_BUCKETS[i]` jobs.
+    pub batches: [u64; BATCH_BUCKETS.len()],
 }
 
 pub(super) struct Writer {
@@ -42,6 +48,7 @@ pub(super) struct Writer {
 struct Counters {
     commits: AtomicU64,
     jobs: AtomicU64,
+    batches: [AtomicU64; BATCH_BUCKETS.len()],
 }
 
 impl Writer {
@@ -92,6 +99,7 @@ impl Writer {
         WriterStats {
             commits: self.counters.commits.load(Ordering::Relaxed),
             jobs: self.counters.jobs.load(Ordering::Relaxed),
+            batches: std::array::from_fn(|i| self.counters.batches[i].load(Ordering::Relaxed)),
         }
     }
 
@@ -143,6 +151,10 @@ fn run(
         counters
             .jobs
             .fetch_add(completions.len() as u64, Ordering::Relaxed);
+        let bucket = BATCH_BUCKETS.partition_point(|&upper| upper < completions.len() as u64);
+        if let Some(count) = counters.batches.get(bucket) {
+            count.fetch_add(1, Ordering::Relaxed);
+        }
         for complete in completions {
             complete(committed.clone());
         }
@@ -296,6 +308,7 @@ mod tests {
         assert_eq!(store.get(Cf::Meta, b"b").expect("get"), Some(b"2".to_vec()));
         let stats = store.writer_stats();
         assert_eq!((stats.jobs, stats.commits), (2, 2));
+        assert_eq!(stats.batches[0], 2, "two commits of one job each");
         store.close().expect("close");
     }
 }

@@ -1,0 +1,219 @@
+//! Prometheus metrics: calls by RPC and status, call latency, and the
+//! writer's group-commit batch sizes, served as text on `/metrics`.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use tonic::codegen::http;
+
+use crate::Vault;
+use crate::store::BATCH_BUCKETS;
+
+/// The RPCs metrics are kept for. Anything else is counted as `other`, so
+/// that a caller cannot grow the label set by inventing method names.
+const KNOWN_RPCS: [&str; 9] = [
+    "/phivault.v1.Tokenizer/Tokenize",
+    "/phivault.v1.Tokenizer/Detokenize",
+    "/phivault.v1.Tokenizer/TokenizeStream",
+    "/phivault.v1.Tokenizer/DetokenizeStream",
+    "/phivault.v1.Admin/CreateNamespace",
+    "/phivault.v1.Admin/ListNamespaces",
+    "/phivault.v1.Admin/CreateClient",
+    "/phivault.v1.Admin/ListClients",
+    "/phivault.v1.Admin/RevokeClient",
+];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CallLabels {
+    rpc: &'static str,
+    code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RpcLabel {
+    rpc: &'static str,
+}
+
+/// The server's metrics registry.
+pub struct Metrics {
+    registry: Registry,
+    calls: Family<CallLabels, Counter>,
+    latency: Family<RpcLabel, Histogram>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Metrics {
+    /// Metrics for `vault`'s server.
+    pub fn new(vault: Arc<Vault>) -> Self {
+        let mut registry = Registry::with_prefix("phivault");
+        let calls = Family::<CallLabels, Counter>::default();
+        registry.register(
+            "grpc_calls",
+            "gRPC calls by method and status code",
+            calls.clone(),
+        );
+        let latency = Family::<RpcLabel, Histogram>::new_with_constructor(|| {
+            // 250 µs to about 4 s.
+            Histogram::new(exponential_buckets(0.000_25, 2.0, 15))
+        });
+        registry.register(
+            "grpc_call_seconds",
+            "gRPC call latency until the response headers",
+            latency.clone(),
+        );
+        registry.register(
+            "writer_jobs_per_commit",
+            "Requests folded into one durable group commit",
+            WriterBatches(vault),
+        );
+        Self {
+            registry,
+            calls,
+            latency,
+        }
+    }
+
+    fn record(&self, path: &str, code: String, seconds: f64) {
+        let rpc = KNOWN_RPCS
+            .iter()
+            .copied()
+            .find(|known| *known == path)
+            .unwrap_or("other");
+        self.calls.get_or_create(&CallLabels { rpc, code }).inc();
+        self.latency
+            .get_or_create(&RpcLabel { rpc })
+            .observe(seconds);
+    }
+
+    /// The registry in the Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+/// Reads the writer's batch-size counters when scraped.
+struct WriterBatches(Arc<Vault>);
+
+impl std::fmt::Debug for WriterBatches {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WriterBatches")
+    }
+}
+
+impl EncodeMetric for WriterBatches {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let stats = self.0.writer_stats();
+        let buckets: Vec<(f64, u64)> = BATCH_BUCKETS
+            .iter()
+            .zip(stats.batches)
+            .map(|(&upper, count)| (upper as f64, count))
+            .collect();
+        encoder.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+            stats.jobs as f64,
+            stats.commits,
+            &buckets,
+            None,
+        )
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
+/// Records every gRPC call: its method, status and time to the response
+/// headers. A unary error's status is in the headers (trailers-only
+/// response); a call whose headers carry no status succeeded or is a stream
+/// whose status comes later, and counts as `Ok`.
+#[derive(Clone)]
+pub(crate) struct RecordLayer(pub(crate) Arc<Metrics>);
+
+impl<S> tower::Layer<S> for RecordLayer {
+    type Service = Record<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Record {
+            inner,
+            metrics: Arc::clone(&self.0),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub(crate) struct Record<S> {
+    inner: S,
+    metrics: Arc<Metrics>,
+}
+
+impl<S, B, R> tower::Service<http::Request<B>> for Record<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<R>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let path = request.uri().path().to_owned();
+        let started = Instant::now();
+        let metrics = Arc::clone(&self.metrics);
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let response = response.await;
+            if let Ok(response) = &response {
+                let code = response
+                    .headers()
+                    .get("grpc-status")
+                    .map(|v| tonic::Code::from_bytes(v.as_bytes()))
+                    .unwrap_or(tonic::Code::Ok);
+                metrics.record(&path, format!("{code:?}"), started.elapsed().as_secs_f64());
+            }
+            response
+        })
+    }
+}
+
+/// Serves `/metrics` on `listener` until the task is dropped or aborted.
+pub(crate) async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>) {
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let metrics = Arc::clone(&metrics);
+            async move {
+                (
+                    [(
+                        http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )],
+                    metrics.render(),
+                )
+            }
+        }),
+    );
+    if let Err(e) = axum::serve(listener, app).await {
+        tracing::error!(error = %e, "the metrics endpoint stopped");
+    }
+}
