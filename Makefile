@@ -17,7 +17,7 @@ test: deps
 	$(CARGO) test --locked --workspace
 
 bench: deps
-	$(CARGO) bench --locked -p phivault --bench engine
+	$(CARGO) bench --locked -p phivault
 
 check: test fmt clippy
 

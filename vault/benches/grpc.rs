@@ -1,0 +1,271 @@
+//! gRPC throughput, client and server on this machine, against a bare tonic
+//! service with the same messages measured in the same run:
+//!
+//! * unary `Detokenize` of one item at 32 concurrent callers: requests/s,
+//!   p50 and p99 — against an echo `Tokenizer` whose `Detokenize` returns its
+//!   tokens unchanged, so the ratio shows what the vault adds to plain gRPC;
+//! * `TokenizeStream` of repeated values: fields/s.
+//!
+//! `make bench` (or `cargo bench -p phivault --bench grpc`).
+//! `PHIVAULT_BENCH_SECONDS` sets each measurement's length (default 10).
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::{StreamExt, stream};
+use phivault_client::{Client, ClientOptions};
+use phivault_proto::v1 as pb;
+use phivault_proto::v1::tokenizer_server::{Tokenizer, TokenizerServer};
+use tonic::{Request, Response, Status, Streaming};
+
+const CALLERS: usize = 32;
+const STREAM_BATCH: usize = 1000;
+
+/// The bare service: same messages, no vault behind them.
+struct Echo;
+
+#[tonic::async_trait]
+impl Tokenizer for Echo {
+    async fn tokenize(
+        &self,
+        r: Request<pb::TokenizeRequest>,
+    ) -> Result<Response<pb::TokenizeResponse>, Status> {
+        Ok(Response::new(pb::TokenizeResponse {
+            results: echo(r.into_inner().values),
+        }))
+    }
+
+    async fn detokenize(
+        &self,
+        r: Request<pb::DetokenizeRequest>,
+    ) -> Result<Response<pb::DetokenizeResponse>, Status> {
+        Ok(Response::new(pb::DetokenizeResponse {
+            results: echo(r.into_inner().tokens),
+        }))
+    }
+
+    type TokenizeStreamStream =
+        futures_util::stream::BoxStream<'static, Result<pb::TokenizeResponse, Status>>;
+
+    async fn tokenize_stream(
+        &self,
+        r: Request<Streaming<pb::TokenizeRequest>>,
+    ) -> Result<Response<Self::TokenizeStreamStream>, Status> {
+        Ok(Response::new(
+            r.into_inner()
+                .map(|m| {
+                    m.map(|m| pb::TokenizeResponse {
+                        results: echo(m.values),
+                    })
+                })
+                .boxed(),
+        ))
+    }
+
+    type DetokenizeStreamStream =
+        futures_util::stream::BoxStream<'static, Result<pb::DetokenizeResponse, Status>>;
+
+    async fn detokenize_stream(
+        &self,
+        r: Request<Streaming<pb::DetokenizeRequest>>,
+    ) -> Result<Response<Self::DetokenizeStreamStream>, Status> {
+        Ok(Response::new(
+            r.into_inner()
+                .map(|m| {
+                    m.map(|m| pb::DetokenizeResponse {
+                        results: echo(m.tokens),
+                    })
+                })
+                .boxed(),
+        ))
+    }
+}
+
+fn echo(items: Vec<String>) -> Vec<pb::ItemResult> {
+    items
+        .into_iter()
+        .map(|t| pb::ItemResult {
+            outcome: Some(pb::item_result::Outcome::Text(t)),
+        })
+        .collect()
+}
+
+/// The real `phivault serve` on a free loopback port, fsync on.
+struct Vault {
+    child: Child,
+    addr: SocketAddr,
+    admin_key: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Vault {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (data, key, admin) = (
+            dir.path().join("data"),
+            dir.path().join("master.key"),
+            dir.path().join("admin.key"),
+        );
+        let bin = env!("CARGO_BIN_EXE_phivault");
+        let status = Command::new(bin)
+            .args(["init", "--data-dir"])
+            .arg(&data)
+            .arg("--master-key-file")
+            .arg(&key)
+            .arg("--create-key-file")
+            .arg("--admin-key-file")
+            .arg(&admin)
+            .env("PHIVAULT_LOG", "warn")
+            .stdout(Stdio::null())
+            .status()
+            .expect("init");
+        assert!(status.success());
+        let mut child = Command::new(bin)
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(&data)
+            .arg("--master-key-file")
+            .arg(&key)
+            .env("PHIVAULT_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let addr = BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .find_map(|line| {
+                line.strip_prefix("phivault listening on ")
+                    .and_then(|a| a.parse().ok())
+            })
+            .expect("readiness line");
+        let admin_key = std::fs::read_to_string(admin)
+            .expect("admin key")
+            .trim()
+            .to_owned();
+        Self {
+            child,
+            addr,
+            admin_key,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Vault {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Latency {
+    rate: f64,
+    p50: Duration,
+    p99: Duration,
+}
+
+/// `CALLERS` tasks calling `Detokenize` with one token for `seconds`.
+async fn unary_detokenize(client: Client, token: String, seconds: f64) -> Latency {
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..CALLERS)
+        .map(|_| {
+            let (client, token) = (client.clone(), token.clone());
+            tokio::spawn(async move {
+                let mut samples = Vec::new();
+                while Instant::now() < deadline {
+                    let t = Instant::now();
+                    let results = client
+                        .detokenize("ssn", vec![token.clone()], false)
+                        .await
+                        .expect("detokenize");
+                    assert!(results[0].is_ok());
+                    samples.push(t.elapsed());
+                }
+                samples
+            })
+        })
+        .collect();
+    let mut samples = Vec::new();
+    for task in tasks {
+        samples.extend(task.await.expect("caller"));
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    samples.sort();
+    let at = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)];
+    Latency {
+        rate: samples.len() as f64 / elapsed,
+        p50: at(0.50),
+        p99: at(0.99),
+    }
+}
+
+/// `TokenizeStream` of repeated values for `seconds`: fields/s.
+async fn stream_tokenize(client: Client, values: Arc<Vec<String>>, seconds: f64) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    let batches = stream::iter(0..)
+        .take_while(move |_| std::future::ready(Instant::now() < deadline))
+        .map(move |_| values.as_ref().clone());
+    let started = Instant::now();
+    let mut responses = client
+        .tokenize_stream("ssn", batches, 16)
+        .await
+        .expect("stream");
+    let mut fields = 0usize;
+    while let Some(response) = responses.next().await {
+        fields += response.expect("batch").len();
+    }
+    fields as f64 / started.elapsed().as_secs_f64()
+}
+
+fn main() {
+    let seconds: f64 = std::env::var("PHIVAULT_BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10.0);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        // The echo server in this process, on its own port.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let echo_addr = listener.local_addr().expect("addr");
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(TokenizerServer::new(Echo))
+                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+        );
+        let echo = Client::connect(ClientOptions::new(format!("http://{echo_addr}"))).await.expect("echo");
+
+        let vault = Vault::start();
+        let endpoint = format!("http://{}", vault.addr);
+        let admin = Client::connect(ClientOptions::new(&endpoint).api_key(&vault.admin_key)).await.expect("admin");
+        let key = admin
+            .create_client("bench", vec!["tokenize:ssn".into(), "detokenize:ssn".into()])
+            .await
+            .expect("client")
+            .api_key;
+        let client = Client::connect(ClientOptions::new(&endpoint).api_key(key)).await.expect("connect");
+        let values: Arc<Vec<String>> = Arc::new((0..STREAM_BATCH).map(|i| format!("{:09}", 100_000_000 + i)).collect());
+        let tokens = client.tokenize("ssn", values.as_ref().clone()).await.expect("warm-up");
+        let token = tokens[0].clone().expect("token");
+
+        println!("gRPC benchmark: {CALLERS} concurrent unary callers, stream batches of {STREAM_BATCH}, {seconds} s each");
+        let bare = unary_detokenize(echo.clone(), token.clone(), seconds).await;
+        let real = unary_detokenize(client.clone(), token, seconds).await;
+        let bare_stream = stream_tokenize(echo, Arc::clone(&values), seconds).await;
+        let real_stream = stream_tokenize(client, values, seconds).await;
+
+        println!();
+        println!("| measure | bare tonic echo | phivault | ratio |");
+        println!("|---|---:|---:|---:|");
+        println!("| unary Detokenize (1 item), requests/s | {:.0} | {:.0} | {:.2} |", bare.rate, real.rate, real.rate / bare.rate);
+        println!("| unary Detokenize p50 | {:.2?} | {:.2?} | |", bare.p50, real.p50);
+        println!("| unary Detokenize p99 | {:.2?} | {:.2?} | |", bare.p99, real.p99);
+        println!("| TokenizeStream of repeated values, fields/s | {bare_stream:.0} | {real_stream:.0} | {:.2} |", real_stream / bare_stream);
+    });
+}
