@@ -794,3 +794,29 @@ async fn metrics_count_calls_by_method_and_status() {
     assert!(text.contains("phivault_writer_jobs_per_commit_bucket"));
     assert!(!text.contains("123-45-6789"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configuration_file_sets_limits_and_flags_override_it() {
+    let vault = VaultDir::init();
+    let config = vault.root.path().join("phivault.toml");
+    std::fs::write(
+        &config,
+        "listen = \"127.0.0.1:1\"\n[limits]\nmax_items = 5\n",
+    )
+    .expect("write");
+    // --listen on the command line wins over the file's unusable port 1.
+    let server = Server::start(&vault, &["--config", config.to_str().expect("utf-8")]);
+    let admin = connect(&server, Some(&vault.admin_key)).await;
+    let (pipeline, _) = client_with(&admin, &server, "pipeline", &["tokenize:ssn"]).await;
+    assert!(
+        pipeline
+            .tokenize("ssn", vec!["123-45-6789".into(); 5])
+            .await
+            .is_ok()
+    );
+    let error = pipeline
+        .tokenize("ssn", vec!["123-45-6789".into(); 6])
+        .await
+        .expect_err("over the file's limit");
+    assert_eq!(code(error), Code::InvalidArgument);
+}

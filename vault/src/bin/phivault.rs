@@ -33,7 +33,7 @@ enum Command {
         admin_key_file: Option<PathBuf>,
     },
     /// Unseal a vault and serve gRPC until SIGTERM or Ctrl-C.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Unseal a vault and print its keys, namespaces and clients.
     Status {
         #[command(flatten)]
@@ -61,12 +61,16 @@ struct VaultArgs {
 
 #[derive(Args)]
 struct ServeArgs {
+    /// A TOML file with any of the settings below; flags given on the
+    /// command line override it. See deploy/phivault.toml.
+    #[arg(long)]
+    config: Option<PathBuf>,
     /// DEVELOPMENT ONLY: a throwaway vault in ./.phivault-dev, created on
     /// first start, whose master key and admin key sit next to its data.
     #[arg(long, conflicts_with_all = ["data_dir", "passphrase_file", "master_key_file"])]
     dev: bool,
     /// The vault's data directory.
-    #[arg(long, env = "PHIVAULT_DATA_DIR", required_unless_present = "dev")]
+    #[arg(long, env = "PHIVAULT_DATA_DIR")]
     data_dir: Option<PathBuf>,
     /// File holding the passphrase; without it PHIVAULT_PASSPHRASE, else a
     /// prompt on the terminal.
@@ -75,9 +79,10 @@ struct ServeArgs {
     /// A 32-byte master key file instead of a passphrase.
     #[arg(long)]
     master_key_file: Option<PathBuf>,
-    /// Address to listen on; port 0 picks a free port.
-    #[arg(long, default_value = "127.0.0.1:50051")]
-    listen: SocketAddr,
+    /// Address to listen on [default: 127.0.0.1:50051]; port 0 picks a free
+    /// port.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
     /// PEM certificate chain for TLS.
     #[arg(long, requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -94,19 +99,117 @@ struct ServeArgs {
     /// the address is printed as `phivault metrics on IP:PORT`).
     #[arg(long)]
     metrics_listen: Option<SocketAddr>,
-    /// Largest gRPC message accepted, in bytes.
-    #[arg(long, default_value_t = 4 << 20)]
-    max_message_bytes: usize,
-    /// Items per tokenize or detokenize request.
-    #[arg(long, default_value_t = 10_000)]
-    max_items: usize,
-    /// Bytes per value or token.
-    #[arg(long, default_value_t = 4096)]
-    max_value_bytes: usize,
+    /// Largest gRPC message accepted, in bytes [default: 4194304].
+    #[arg(long)]
+    max_message_bytes: Option<usize>,
+    /// Items per tokenize or detokenize request [default: 10000].
+    #[arg(long)]
+    max_items: Option<usize>,
+    /// Bytes per value or token [default: 4096].
+    #[arg(long)]
+    max_value_bytes: Option<usize>,
     /// `fsync` (default): every acknowledged write is on disk. `os`: leave
     /// flushing to the OS — faster, loses acknowledged writes on power loss.
-    #[arg(long, default_value = "fsync", value_parser = ["fsync", "os"])]
-    durability: String,
+    #[arg(long, value_parser = ["fsync", "os"])]
+    durability: Option<String>,
+}
+
+/// `phivault serve --config FILE`: the same settings as the flags.
+/// Unknown keys are an error, so a typo cannot silently leave a default in
+/// place.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    data_dir: Option<PathBuf>,
+    passphrase_file: Option<PathBuf>,
+    master_key_file: Option<PathBuf>,
+    listen: Option<SocketAddr>,
+    metrics_listen: Option<SocketAddr>,
+    insecure_plaintext: Option<bool>,
+    durability: Option<String>,
+    #[serde(default)]
+    tls: TlsConfig,
+    #[serde(default)]
+    limits: LimitsConfig,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TlsConfig {
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    client_ca: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitsConfig {
+    max_message_bytes: Option<usize>,
+    max_items: Option<usize>,
+    max_value_bytes: Option<usize>,
+}
+
+impl ConfigFile {
+    fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        toml::from_str(&text)
+            .with_context(|| format!("invalid configuration in {}", path.display()))
+    }
+}
+
+/// Flags over the configuration file over the built-in defaults.
+fn resolve(args: ServeArgs) -> anyhow::Result<ServeArgs> {
+    let file = match &args.config {
+        Some(path) => ConfigFile::load(path)?,
+        None => ConfigFile::default(),
+    };
+    let durability = args
+        .durability
+        .or(file.durability)
+        .unwrap_or_else(|| "fsync".into());
+    if durability != "fsync" && durability != "os" {
+        bail!("durability must be \"fsync\" or \"os\"");
+    }
+    let resolved = ServeArgs {
+        config: args.config,
+        dev: args.dev,
+        data_dir: args.data_dir.or(file.data_dir),
+        passphrase_file: args.passphrase_file.or(file.passphrase_file),
+        master_key_file: args.master_key_file.or(file.master_key_file),
+        listen: Some(
+            args.listen
+                .or(file.listen)
+                .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 50051))),
+        ),
+        tls_cert: args.tls_cert.or(file.tls.cert),
+        tls_key: args.tls_key.or(file.tls.key),
+        tls_client_ca: args.tls_client_ca.or(file.tls.client_ca),
+        insecure_plaintext: args.insecure_plaintext || file.insecure_plaintext.unwrap_or(false),
+        metrics_listen: args.metrics_listen.or(file.metrics_listen),
+        max_message_bytes: Some(
+            args.max_message_bytes
+                .or(file.limits.max_message_bytes)
+                .unwrap_or(4 << 20),
+        ),
+        max_items: Some(args.max_items.or(file.limits.max_items).unwrap_or(10_000)),
+        max_value_bytes: Some(
+            args.max_value_bytes
+                .or(file.limits.max_value_bytes)
+                .unwrap_or(4096),
+        ),
+        durability: Some(durability),
+    };
+    if resolved.tls_cert.is_some() != resolved.tls_key.is_some() {
+        bail!("TLS needs both a certificate and a key");
+    }
+    if !resolved.dev && resolved.data_dir.is_none() {
+        bail!("no data directory: pass --data-dir, set it in --config, or use --dev");
+    }
+    if resolved.passphrase_file.is_some() && resolved.master_key_file.is_some() {
+        bail!("give a passphrase file or a master key file, not both");
+    }
+    Ok(resolved)
 }
 
 fn master_key(
@@ -223,13 +326,14 @@ async fn run(command: Command) -> anyhow::Result<()> {
             print_status(&opened);
             opened.close()?;
         }
-        Command::Serve(args) => serve(args).await?,
+        Command::Serve(args) => serve(*args).await?,
     }
     Ok(())
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let durability = if args.durability == "os" {
+    let args = resolve(args)?;
+    let durability = if args.durability.as_deref() == Some("os") {
         Durability::Os
     } else {
         Durability::Fsync
@@ -243,8 +347,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             ..StoreOptions::default()
         },
         limits: phivault::Limits {
-            max_items: args.max_items,
-            max_value_bytes: args.max_value_bytes,
+            max_items: args.max_items.unwrap_or(10_000),
+            max_value_bytes: args.max_value_bytes.unwrap_or(4096),
         },
         ..VaultOptions::default()
     };
@@ -277,10 +381,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         _ => None,
     };
     let serve_options = ServeOptions {
-        listen: args.listen,
+        listen: args
+            .listen
+            .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 50051))),
         tls,
         insecure_plaintext: args.insecure_plaintext,
-        max_message_bytes: args.max_message_bytes,
+        max_message_bytes: args.max_message_bytes.unwrap_or(4 << 20),
         metrics_listen: args.metrics_listen,
     };
     let vault = Arc::new(vault);
@@ -393,5 +499,54 @@ fn print_status(vault: &Vault) {
             state,
             scopes.join(" ")
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_configuration_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/phivault.toml");
+        let config = ConfigFile::load(&path).expect("deploy/phivault.toml parses");
+        assert!(config.data_dir.is_some() && config.tls.cert.is_some());
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let error = toml::from_str::<ConfigFile>("lissen = \"0.0.0.0:1\"").expect_err("typo");
+        assert!(error.to_string().contains("lissen"), "{error}");
+        assert!(toml::from_str::<ConfigFile>("[limits]\nmax_itemz = 1").is_err());
+    }
+
+    #[test]
+    fn flags_override_the_file_which_overrides_defaults() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "data_dir = \"/srv/v\"\nlisten = \"127.0.0.1:7000\"\n[limits]\nmax_items = 50\n",
+        )
+        .expect("write");
+        let args = Cli::parse_from([
+            "phivault",
+            "serve",
+            "--config",
+            path.to_str().expect("utf-8"),
+            "--listen",
+            "127.0.0.1:8000",
+        ]);
+        let Command::Serve(args) = args.command else {
+            panic!("serve")
+        };
+        let resolved = resolve(*args).expect("resolve");
+        assert_eq!(
+            resolved.listen,
+            Some(SocketAddr::from(([127, 0, 0, 1], 8000)))
+        );
+        assert_eq!(resolved.data_dir.as_deref(), Some(Path::new("/srv/v")));
+        assert_eq!(resolved.max_items, Some(50));
+        assert_eq!(resolved.max_value_bytes, Some(4096));
     }
 }
