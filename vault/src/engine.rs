@@ -595,7 +595,7 @@ impl Vault {
         shape: &Shape,
     ) -> ItemResult {
         let Ok(token) = std::str::from_utf8(token) else {
-            tracing::error!(namespace = %ns.name, "a forward entry holds a token that is not UTF-8");
+            tracing::error!(namespace = %ns.name, "a forward entry is damaged (not UTF-8)");
             return Err(ItemError::new(
                 ItemCode::DataLoss,
                 &ns.name,
@@ -911,7 +911,7 @@ fn write_mappings(
             break;
         }
         if outcome == Err(ItemCode::ResourceExhausted) {
-            tracing::warn!(namespace = %ns.name, attempts, "token space exhausted for a value");
+            tracing::warn!(namespace = %ns.name, attempts, "no free candidate left for a value of this shape");
         }
         outcomes.push(outcome);
     }
