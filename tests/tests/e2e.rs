@@ -820,3 +820,116 @@ async fn a_configuration_file_sets_limits_and_flags_override_it() {
         .expect_err("over the file's limit");
     assert_eq!(code(error), Code::InvalidArgument);
 }
+
+/// Runs `phivault-client` against `server` with `key`, feeding `stdin`.
+fn cli(server: &Server, key: &str, args: &[&str], stdin: &str) -> std::process::Output {
+    use std::io::Write;
+    let mut child = std::process::Command::new(phivault_tests::binary("phivault-client"))
+        .args(["--endpoint", &server.endpoint()])
+        .args(args)
+        .env("PHIVAULT_API_KEY", key)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run phivault-client");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("write stdin");
+    child.wait_with_output().expect("wait")
+}
+
+fn stdout(output: &std::process::Output) -> String {
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout.clone()).expect("utf-8")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_walkthrough() {
+    let vault = VaultDir::init();
+    let server = Server::start(&vault, &[]);
+    let admin = vault.admin_key.as_str();
+    let pipeline = stdout(&cli(
+        &server,
+        admin,
+        &["clients", "create", "pipeline", "--scope", "tokenize:ssn"],
+        "",
+    ));
+    let billing = stdout(&cli(
+        &server,
+        admin,
+        &[
+            "clients",
+            "create",
+            "billing",
+            "--scope",
+            "detokenize-masked:ssn",
+        ],
+        "",
+    ));
+    let (pipeline, billing) = (pipeline.trim(), billing.trim());
+    assert!(
+        pipeline.starts_with("pv_") && billing.starts_with("pv_"),
+        "the key alone on stdout"
+    );
+
+    // Values from standard input, one per line; tokens in the same order.
+    let tokens = stdout(&cli(
+        &server,
+        pipeline,
+        &["tokenize", "-n", "ssn"],
+        "123-45-6789\n987654321\n",
+    ));
+    let tokens: Vec<&str> = tokens.lines().collect();
+    assert_eq!(tokens.len(), 2);
+    assert_eq!(tokens[0].len(), 11);
+    assert_eq!(tokens[1].len(), 9);
+
+    let masked = stdout(&cli(
+        &server,
+        billing,
+        &["detokenize", "-n", "ssn", "--masked", tokens[0], tokens[1]],
+        "",
+    ));
+    assert_eq!(masked, "*******6789\n*****4321\n");
+    let json = stdout(&cli(
+        &server,
+        billing,
+        &["--json", "detokenize", "-n", "ssn", "--masked", tokens[0]],
+        "",
+    ));
+    assert_eq!(json.trim(), r#"{"text":"*******6789"}"#);
+
+    let denied = cli(
+        &server,
+        billing,
+        &["detokenize", "-n", "ssn", tokens[0]],
+        "",
+    );
+    assert!(!denied.status.success());
+    let message = String::from_utf8_lossy(&denied.stderr);
+    assert!(message.contains("PermissionDenied"), "{message}");
+    assert!(!message.contains("6789"));
+
+    // A bad item fails alone and makes the exit status non-zero.
+    let mixed = cli(
+        &server,
+        pipeline,
+        &["tokenize", "-n", "ssn", "123-45-6789", "12-34"],
+        "",
+    );
+    assert!(!mixed.status.success());
+    assert!(String::from_utf8_lossy(&mixed.stderr).contains("error 3: namespace \"ssn\""));
+    assert_eq!(String::from_utf8_lossy(&mixed.stdout).lines().count(), 2);
+
+    assert_eq!(stdout(&cli(&server, admin, &["health"], "")), "SERVING\n");
+    let listed = stdout(&cli(&server, admin, &["clients", "list"], ""));
+    assert!(listed.contains("billing") && listed.contains("detokenize-masked:ssn"));
+}
