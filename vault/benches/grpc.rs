@@ -221,6 +221,33 @@ async fn stream_tokenize(client: Client, values: Arc<Vec<String>>, seconds: f64)
     fields as f64 / started.elapsed().as_secs_f64()
 }
 
+/// Starts the echo server on its own threads and runtime, as the vault has
+/// its own process, so that neither server shares a scheduler with the
+/// benchmark's callers.
+fn start_echo() -> SocketAddr {
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            sender
+                .send(listener.local_addr().expect("addr"))
+                .expect("report the address");
+            tonic::transport::Server::builder()
+                .add_service(TokenizerServer::new(Echo))
+                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
+                .await
+                .expect("echo server");
+        });
+    });
+    receiver.recv().expect("echo server address")
+}
+
 fn main() {
     let seconds: f64 = std::env::var("PHIVAULT_BENCH_SECONDS")
         .ok()
@@ -231,14 +258,7 @@ fn main() {
         .build()
         .expect("runtime");
     runtime.block_on(async {
-        // The echo server in this process, on its own port.
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let echo_addr = listener.local_addr().expect("addr");
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(TokenizerServer::new(Echo))
-                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
-        );
+        let echo_addr = start_echo();
         let echo = Client::connect(ClientOptions::new(format!("http://{echo_addr}"))).await.expect("echo");
 
         let vault = Vault::start();
