@@ -911,7 +911,7 @@ fn write_mappings(
             break;
         }
         if outcome == Err(ItemCode::ResourceExhausted) {
-            tracing::warn!(namespace = %ns.name, attempts, "no free candidate left for a value of this shape");
+            tracing::warn!(namespace = %ns.name, attempts, "no free candidate left for this shape");
         }
         outcomes.push(outcome);
     }
