@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -229,10 +230,11 @@ pub enum AuthError {
     Revoked,
 }
 
-/// The in-memory view of every client, keyed by id.
+/// The in-memory view of every client, keyed by id. Records are shared
+/// (`Arc`) so that authenticating a call copies no strings or scopes.
 #[derive(Default)]
 pub(crate) struct ClientTable {
-    by_id: HashMap<String, (Client, [u8; 32])>,
+    by_id: HashMap<String, (Arc<Client>, [u8; 32])>,
 }
 
 impl ClientTable {
@@ -247,23 +249,24 @@ impl ClientTable {
                 .and_then(|p| u8::from_str_radix(p, 16).ok())
                 .unwrap_or(0);
         }
-        self.by_id.insert(client.id.clone(), (client, digest));
+        self.by_id
+            .insert(client.id.clone(), (Arc::new(client), digest));
     }
 
     pub(crate) fn revoke(&mut self, id: &str, at: u64) {
         if let Some((client, _)) = self.by_id.get_mut(id) {
-            client.revoked_at = Some(at);
+            Arc::make_mut(client).revoked_at = Some(at);
         }
     }
 
     pub(crate) fn all(&self) -> Vec<Client> {
-        let mut all: Vec<Client> = self.by_id.values().map(|(c, _)| c.clone()).collect();
+        let mut all: Vec<Client> = self.by_id.values().map(|(c, _)| Client::clone(c)).collect();
         all.sort_by(|a, b| a.name.cmp(&b.name).then_with(|| a.id.cmp(&b.id)));
         all
     }
 
     /// Checks `authorization` metadata (`Bearer pv_<id>_<secret>`).
-    pub(crate) fn authenticate(&self, header: Option<&str>) -> Result<Client, AuthError> {
+    pub(crate) fn authenticate(&self, header: Option<&str>) -> Result<Arc<Client>, AuthError> {
         let header = header.ok_or(AuthError::Missing)?;
         let key = header.strip_prefix("Bearer ").ok_or(AuthError::Malformed)?;
         let (id, secret) = key
@@ -279,7 +282,7 @@ impl ClientTable {
         if client.revoked_at.is_some() {
             return Err(AuthError::Revoked);
         }
-        Ok(client.clone())
+        Ok(Arc::clone(client))
     }
 }
 
@@ -348,7 +351,7 @@ mod tests {
         };
         table.insert(client.clone(), &digest);
         let bearer = format!("Bearer {}", key.expose());
-        assert_eq!(table.authenticate(Some(&bearer)), Ok(client));
+        assert_eq!(table.authenticate(Some(&bearer)), Ok(Arc::new(client)));
         assert_eq!(table.authenticate(None), Err(AuthError::Missing));
         assert_eq!(
             table.authenticate(Some(key.expose())),

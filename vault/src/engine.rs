@@ -317,7 +317,7 @@ impl Vault {
     /// Authenticates `authorization` metadata (`Bearer pv_<id>_<secret>`)
     /// against the clients in memory: no disk read, constant-time digest
     /// comparison.
-    pub fn authenticate(&self, authorization: Option<&str>) -> Result<Client, AuthError> {
+    pub fn authenticate(&self, authorization: Option<&str>) -> Result<Arc<Client>, AuthError> {
         self.clients
             .read()
             .unwrap_or_else(|e| e.into_inner())

@@ -559,7 +559,10 @@ async fn clients_authenticate_until_revoked_across_restarts() {
         .await
         .expect("create");
     let bearer = format!("Bearer {}", key.expose());
-    assert_eq!(vault.authenticate(Some(&bearer)), Ok(billing.clone()));
+    assert_eq!(
+        vault.authenticate(Some(&bearer)),
+        Ok(std::sync::Arc::new(billing.clone()))
+    );
     assert!(matches!(
         vault.create_client("bad", &["reveal:ssn"]).await,
         Err(Error::InvalidClient(_))
@@ -575,7 +578,7 @@ async fn clients_authenticate_until_revoked_across_restarts() {
         .expect("open");
     assert_eq!(
         vault.authenticate(Some(&bearer)),
-        Ok(billing.clone()),
+        Ok(std::sync::Arc::new(billing.clone())),
         "clients persist"
     );
     let revoked = vault.revoke_client(&billing.id).await.expect("revoke");

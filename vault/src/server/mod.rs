@@ -87,7 +87,7 @@ pub(crate) fn authorize(
     vault: &Vault,
     authorization: Option<&str>,
     action: Action<'_>,
-) -> Result<Client, Status> {
+) -> Result<Arc<Client>, Status> {
     let client = vault
         .authenticate(authorization)
         .map_err(status::unauthenticated)?;
