@@ -13,7 +13,11 @@ run: deps
 	$(CARGO) build --locked --bins
 	target/debug/phivault serve --dev --listen $(LISTEN)
 
+# `cargo test` links a package's binaries only for that package's own
+# integration tests; the end-to-end tests drive every binary, so build them
+# all first (same profile, so nothing is compiled twice).
 test: deps
+	$(CARGO) build --locked --workspace --bins
 	$(CARGO) test --locked --workspace
 
 bench: deps

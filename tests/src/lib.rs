@@ -1,8 +1,8 @@
 //! End-to-end harness: starts the real `phivault` binary on `127.0.0.1:0`
 //! and waits for its readiness line — no fixed ports, no sleeps.
 //!
-//! The binaries are the ones `cargo test --workspace` builds next to this
-//! test executable (`target/<profile>/`).
+//! The binaries are the ones `make test` builds (`cargo build --bins`) next to
+//! this test executable (`target/<profile>/`).
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -25,7 +25,7 @@ pub fn binary(name: &str) -> PathBuf {
     let path = dir.join(name);
     assert!(
         path.is_file(),
-        "{} is missing: run `cargo test --workspace` (or `cargo build --bins`) first",
+        "{} is missing: run `make test` (or `cargo build --workspace --bins` first)",
         path.display()
     );
     path
