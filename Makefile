@@ -16,9 +16,13 @@ run: deps
 # `cargo test` links a package's binaries only for that package's own
 # integration tests; the end-to-end tests drive every binary, so build them
 # all first (same profile, so nothing is compiled twice).
+# The tests also turn on the failpoints that crash a command at a named step
+# (compiled out of every other build).
+TEST_FEATURES := --features phivault/failpoints
+
 test: deps
-	$(CARGO) build --locked --workspace --bins
-	$(CARGO) test --locked --workspace
+	$(CARGO) build --locked --workspace --bins $(TEST_FEATURES)
+	$(CARGO) test --locked --workspace $(TEST_FEATURES)
 
 bench: deps
 	$(CARGO) bench --locked -p phivault

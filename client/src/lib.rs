@@ -317,6 +317,36 @@ impl Client {
             .into_inner())
     }
 
+    /// Starts a key rotation; returns the version now active.
+    pub async fn rotate_keys(&self) -> Result<u32, ClientError> {
+        Ok(self
+            .admin
+            .clone()
+            .rotate_keys(pb::RotateKeysRequest {})
+            .await?
+            .into_inner()
+            .new_version)
+    }
+
+    /// Key versions and rotation progress.
+    pub async fn key_status(&self) -> Result<pb::KeyStatus, ClientError> {
+        Ok(self
+            .admin
+            .clone()
+            .get_key_status(pb::GetKeyStatusRequest {})
+            .await?
+            .into_inner())
+    }
+
+    /// Has the server write a consistent checkpoint to `path` (on the
+    /// server's file system).
+    pub async fn backup(&self, path: &str) -> Result<pb::BackupResponse, ClientError> {
+        let request = pb::BackupRequest {
+            path: path.to_owned(),
+        };
+        Ok(self.admin.clone().backup(request).await?.into_inner())
+    }
+
     /// The standard gRPC health check of the whole server (`""`).
     pub async fn health(&self) -> Result<bool, ClientError> {
         use tonic_health::pb::health_check_response::ServingStatus;

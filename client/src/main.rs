@@ -73,8 +73,31 @@ enum Command {
     /// Create, list or revoke clients.
     #[command(subcommand)]
     Clients(ClientCommand),
+    /// Rotate keys or show their status.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Have the server write a consistent backup to a new directory PATH on
+    /// its own file system.
+    Backup {
+        /// An absolute path on the server that does not exist yet.
+        path: String,
+    },
     /// Check the server's health (exit status 0 when serving).
     Health,
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Start a key rotation: new writes use the new keys at once; existing
+    /// mappings move in the background; no token changes.
+    Rotate {
+        /// Follow the rotation (progress bar on a terminal) until the old keys
+        /// are destroyed.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Key versions and the progress of a running rotation.
+    Status,
 }
 
 #[derive(Subcommand)]
@@ -213,6 +236,84 @@ fn client_json(c: &pb::Client) -> serde_json::Value {
     serde_json::json!({ "client_id": c.client_id, "name": c.name, "scopes": c.scopes, "revoked": c.revoked })
 }
 
+fn key_status_json(s: &pb::KeyStatus) -> serde_json::Value {
+    let versions: Vec<_> = s
+        .versions
+        .iter()
+        .map(|v| serde_json::json!({ "version": v.version, "state": v.state, "created_at": v.created_at, "destroyed_at": v.destroyed_at }))
+        .collect();
+    let rotation = s.rotation.as_ref().map(|r| {
+        serde_json::json!({
+            "target_version": r.target_version, "phase": r.phase, "done": r.done, "total": r.total,
+            "rate": r.rate, "eta_seconds": r.eta_seconds, "started_at": r.started_at, "damaged": r.damaged,
+        })
+    });
+    let last = s.last_rotation.as_ref().map(|l| {
+        serde_json::json!({ "target_version": l.target_version, "started_at": l.started_at, "finished_at": l.finished_at, "mappings": l.mappings })
+    });
+    serde_json::json!({ "active_version": s.active_version, "versions": versions, "rotation": rotation, "last_rotation": last })
+}
+
+fn print_key_status(s: &pb::KeyStatus) {
+    println!("active keyset: {}", s.active_version);
+    for v in &s.versions {
+        println!(
+            "  keyset {:<4} {:<10} created {}",
+            v.version, v.state, v.created_at
+        );
+    }
+    match &s.rotation {
+        Some(r) => {
+            let eta = r
+                .eta_seconds
+                .map_or_else(|| "-".to_owned(), |e| format!("{e:.0}s"));
+            println!(
+                "rotation to keyset {}: {} {}/{} mappings, {:.0}/s, ETA {eta}",
+                r.target_version, r.phase, r.done, r.total, r.rate
+            );
+            if r.damaged > 0 {
+                println!(
+                    "  {} damaged rows could not be moved (run `phivault verify`)",
+                    r.damaged
+                );
+            }
+        }
+        None => println!("no rotation running"),
+    }
+    if let Some(l) = &s.last_rotation {
+        println!(
+            "last rotation: to keyset {}, {} mappings, finished {} (old keys destroyed, compacted)",
+            l.target_version, l.mappings, l.finished_at
+        );
+    }
+}
+
+/// Polls the key status until no rotation runs, with a progress bar when
+/// standard error is a terminal.
+async fn wait_for_rotation(client: &Client) -> anyhow::Result<pb::KeyStatus> {
+    use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} {msg:<14} [{bar:40}] {pos}/{len} mappings ({per_sec}, ETA {eta})",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    let mut interval = tokio::time::interval(std::time::Duration::from_millis(250));
+    loop {
+        interval.tick().await;
+        let status = client.key_status().await?;
+        let Some(r) = &status.rotation else {
+            bar.finish_and_clear();
+            return Ok(status);
+        };
+        bar.set_length(r.total.max(r.done));
+        bar.set_position(r.done);
+        bar.set_message(r.phase.clone());
+    }
+}
+
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let client = connect(&cli.connection).await?;
     let json = cli.json;
@@ -316,6 +417,49 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("{}", client_json(&c));
             } else {
                 println!("revoked client {} ({})", c.client_id, c.name);
+            }
+            true
+        }
+        Command::Keys(KeysCommand::Rotate { wait }) => {
+            let version = client.rotate_keys().await?;
+            if json && !wait {
+                println!("{}", serde_json::json!({ "new_version": version }));
+            } else if !json {
+                eprintln!(
+                    "keyset {version} is active for new writes; existing mappings are moving to it"
+                );
+            }
+            if wait {
+                let status = wait_for_rotation(&client).await?;
+                if json {
+                    println!("{}", key_status_json(&status));
+                } else {
+                    print_key_status(&status);
+                }
+            }
+            true
+        }
+        Command::Keys(KeysCommand::Status) => {
+            let status = client.key_status().await?;
+            if json {
+                println!("{}", key_status_json(&status));
+            } else {
+                print_key_status(&status);
+            }
+            true
+        }
+        Command::Backup { path } => {
+            let backup = client.backup(&path).await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "path": backup.path, "bytes": backup.bytes })
+                );
+            } else {
+                println!(
+                    "backup written to {} ({} bytes) on the server",
+                    backup.path, backup.bytes
+                );
             }
             true
         }

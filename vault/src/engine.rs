@@ -34,7 +34,7 @@ pub use crate::store::Durability;
 pub type ItemResult = Result<String, ItemError>;
 
 /// Shortest passphrase `init` accepts.
-const MIN_PASSPHRASE_CHARS: usize = 12;
+pub(crate) const MIN_PASSPHRASE_CHARS: usize = 12;
 /// Collision attempts per value: enough to find the last free token of a
 /// small domain with overwhelming probability (40 × the domain size misses a
 /// single free slot with probability e^-40), capped so that a nearly full
@@ -72,6 +72,9 @@ pub struct VaultOptions {
     pub cache_entries: usize,
     /// Request limits.
     pub limits: Limits,
+    /// Most mappings a key rotation moves per second (`None`: as fast as
+    /// the writer allows), to leave headroom for live traffic.
+    pub rotation_max_rate: Option<u32>,
 }
 
 impl Default for VaultOptions {
@@ -81,40 +84,91 @@ impl Default for VaultOptions {
             kdf: KdfParams::default(),
             cache_entries: 1 << 20,
             limits: Limits::default(),
+            rotation_max_rate: None,
         }
     }
 }
 
-/// The keysets of an unsealed vault.
-struct Keyring {
-    active: Arc<Keyset>,
-    by_version: HashMap<u32, Arc<Keyset>>,
+/// The keysets of an unsealed vault. Replaced whole (never edited in place)
+/// when a rotation starts or ends, on the writer thread, between commits.
+pub(crate) struct Keyring {
+    pub(crate) active: Arc<Keyset>,
+    pub(crate) by_version: HashMap<u32, Arc<Keyset>>,
+    /// The versions other than the active one, newest first: during a
+    /// rotation a mapping may still sit under one of them.
+    older: Vec<Arc<Keyset>>,
+}
+
+impl Keyring {
+    pub(crate) fn new(active: Arc<Keyset>, by_version: HashMap<u32, Arc<Keyset>>) -> Self {
+        let mut older: Vec<Arc<Keyset>> = by_version
+            .values()
+            .filter(|k| k.version() != active.version())
+            .cloned()
+            .collect();
+        older.sort_by_key(|k| std::cmp::Reverse(k.version()));
+        Self {
+            active,
+            by_version,
+            older,
+        }
+    }
+
+    /// Where a value's forward entry may be: under the active keyset, or
+    /// while a rotation runs under an older one.
+    pub(crate) fn lookup(&self, namespace_id: u32, canonical: &str) -> Lookup {
+        let key = |keyset: &Keyset| {
+            let index = keyset.prf().blind_index(namespace_id, canonical.as_bytes());
+            ForwardKey::new(namespace_id, keyset.version(), &index)
+        };
+        Lookup {
+            active: key(&self.active),
+            older: self.older.iter().map(|k| key(k)).collect(),
+        }
+    }
+}
+
+/// The keyring shared by request tasks and writer jobs.
+pub(crate) type SharedKeyring = Arc<RwLock<Arc<Keyring>>>;
+
+/// The forward keys a deterministic value may be stored under, active first.
+#[derive(Clone)]
+pub(crate) struct Lookup {
+    active: ForwardKey,
+    older: Vec<ForwardKey>,
+}
+
+impl Lookup {
+    fn all(&self) -> impl Iterator<Item = &ForwardKey> {
+        std::iter::once(&self.active).chain(&self.older)
+    }
 }
 
 /// An unsealed vault.
 pub struct Vault {
-    store: Store,
-    // Kept while unsealed so that new keysets can be wrapped.
-    _kek: Kek,
-    keyring: Keyring,
+    pub(crate) store: Store,
+    /// Kept while unsealed so that new keysets can be wrapped.
+    pub(crate) kek: Kek,
+    pub(crate) keyring: SharedKeyring,
     namespaces: RwLock<HashMap<String, Arc<Namespace>>>,
     clients: RwLock<ClientTable>,
     /// Forward key → canonical token. Holds no plaintext: a forward key is a
     /// keyed hash.
     cache: Option<Cache<ForwardKey, Arc<str>>>,
     limits: Limits,
+    pub(crate) rotation: crate::rotation::RotationState,
 }
 
 /// A value that missed the cache and the forward index, on its way to the
 /// writer.
 struct NewMapping {
-    forward: Option<ForwardKey>,
+    forward: Option<Lookup>,
     canonical: Zeroizing<String>,
     /// Attempt 0's token and sealed row, computed off the writer thread.
     first: Option<(String, Vec<u8>)>,
 }
 
-fn now_secs() -> u64 {
+pub(crate) fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
@@ -128,7 +182,7 @@ fn master_key_error(e: CryptoError) -> Error {
     }
 }
 
-async fn derive_kek(master: MasterKey, record: KdfRecord) -> Result<Kek, Error> {
+pub(crate) async fn derive_kek(master: MasterKey, record: KdfRecord) -> Result<Kek, Error> {
     // Argon2id at 64 MiB takes a noticeable fraction of a second: keep it off
     // the async workers.
     tokio::task::spawn_blocking(move || Kek::derive(&master, &record))
@@ -210,10 +264,10 @@ impl Vault {
             .await?;
         tracing::info!(path = %path.display(), namespaces = namespaces.len(), "vault initialised");
         let keyset = Arc::new(keyset);
-        let keyring = Keyring {
-            by_version: HashMap::from([(1, Arc::clone(&keyset))]),
-            active: keyset,
-        };
+        let keyring = Keyring::new(
+            Arc::clone(&keyset),
+            HashMap::from([(1, Arc::clone(&keyset))]),
+        );
         Ok(Self::assemble(
             store,
             kek,
@@ -235,34 +289,7 @@ impl Vault {
         if !Store::exists(path) {
             return Err(Error::NotInitialized(path.display().to_string()));
         }
-        let meta = Store::read_meta_read_only(
-            path,
-            &[
-                keys::META_FORMAT_VERSION,
-                keys::META_KDF,
-                keys::META_KEK_CHECK,
-            ],
-        )?;
-        let [version, kdf, check] =
-            <[Option<Vec<u8>>; 3]>::try_from(meta).map_err(|_| Error::Corrupt("meta"))?;
-        match version.as_deref().and_then(keys::decode_u32) {
-            Some(keys::FORMAT_VERSION) => {}
-            Some(_) => return Err(Error::Corrupt("unknown format version")),
-            None => {
-                return Err(Error::Corrupt(
-                    "missing format version (was init interrupted?)",
-                ));
-            }
-        }
-        let record = kdf
-            .as_deref()
-            .and_then(KdfRecord::decode)
-            .ok_or(Error::Corrupt("KDF record"))?;
-        let check = check.ok_or(Error::Corrupt("KEK check"))?;
-        let kek = derive_kek(master, record.clone()).await?;
-        kek.verify(&record, &check)
-            .map_err(|_| Error::WrongMasterKey)?;
-
+        let kek = unseal_kek(path, master).await?;
         let store = Store::open(path, &options.store)?;
         let keyring = load_keyring(&store, &kek)?;
         let mut namespaces: Vec<Namespace> = Vec::new();
@@ -284,7 +311,7 @@ impl Vault {
                 .map_err(|_| Error::Corrupt("client scopes"))?;
             clients.insert(client, &record.secret_sha256);
         }
-        tracing::info!(path = %path.display(), active_keyset = keyring.active.version(), "vault unsealed");
+        tracing::info!(path = %path.display(), active_keyset = keyring.active.version(), keysets = keyring.by_version.len(), "vault unsealed");
         Ok(Self::assemble(
             store, kek, keyring, namespaces, clients, options,
         ))
@@ -305,12 +332,13 @@ impl Vault {
         let cache = (options.cache_entries > 0).then(|| Cache::new(options.cache_entries));
         Self {
             store,
-            _kek: kek,
-            keyring,
+            kek,
+            keyring: Arc::new(RwLock::new(Arc::new(keyring))),
             namespaces: RwLock::new(namespaces),
             clients: RwLock::new(clients),
             cache,
             limits: options.limits,
+            rotation: crate::rotation::RotationState::new(options.rotation_max_rate),
         }
     }
 
@@ -432,7 +460,12 @@ impl Vault {
 
     /// The version new mappings are written under.
     pub fn active_keyset_version(&self) -> u32 {
-        self.keyring.active.version()
+        self.keyring().active.version()
+    }
+
+    /// The keysets as they are now.
+    pub(crate) fn keyring(&self) -> Arc<Keyring> {
+        Arc::clone(&self.keyring.read().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// Commit statistics of the single writer.
@@ -446,6 +479,12 @@ impl Vault {
         let mut all: Vec<Namespace> = map.values().map(|ns| (**ns).clone()).collect();
         all.sort_by(|a, b| a.name.cmp(&b.name));
         all
+    }
+
+    /// Every namespace by id, for jobs that walk the mappings.
+    pub(crate) fn namespaces_by_id(&self) -> HashMap<u32, Arc<Namespace>> {
+        let map = self.namespaces.read().unwrap_or_else(|e| e.into_inner());
+        map.values().map(|ns| (ns.id, Arc::clone(ns))).collect()
     }
 
     fn namespace(&self, name: &str) -> Result<Arc<Namespace>, Error> {
@@ -525,10 +564,10 @@ impl Vault {
     ) -> Result<Vec<ItemResult>, Error> {
         self.check_batch(values.len())?;
         let ns = self.namespace(namespace)?;
-        let keyset = Arc::clone(&self.keyring.active);
+        let ring = self.keyring();
         let mut results: Vec<Option<ItemResult>> = vec![None; values.len()];
-        // (result slot, parsed value, forward key) of values not in the cache.
-        let mut pending: Vec<(usize, Parsed, Option<ForwardKey>)> = Vec::new();
+        // (result slot, parsed value, forward keys) of values not in the cache.
+        let mut pending: Vec<(usize, Parsed, Option<Lookup>)> = Vec::new();
 
         for (slot, value) in values.iter().enumerate() {
             let value = value.as_ref();
@@ -547,39 +586,47 @@ impl Vault {
                     continue;
                 }
             };
-            let forward = ns.deterministic.then(|| {
-                let index = keyset.prf().blind_index(ns.id, parsed.canonical.as_bytes());
-                ForwardKey::new(ns.id, keyset.version(), &index)
-            });
-            if let (Some(key), Some(cache)) = (&forward, &self.cache)
-                && let Some(token) = cache.get(key)
+            let lookup = ns
+                .deterministic
+                .then(|| ring.lookup(ns.id, &parsed.canonical));
+            if let (Some(lookup), Some(cache)) = (&lookup, &self.cache)
+                && let Some(token) = lookup.all().find_map(|key| cache.get(key))
             {
                 results[slot] = Some(Ok(ns.format.render(&token, &parsed.shape)));
                 continue;
             }
-            pending.push((slot, parsed, forward));
+            pending.push((slot, parsed, lookup));
         }
 
-        // One multi_get for every deterministic value the cache missed.
-        let lookups: Vec<[u8; 40]> = pending
+        // One multi_get for every deterministic value the cache missed (under
+        // each keyset version while a rotation runs).
+        let keys: Vec<[u8; 40]> = pending
             .iter()
-            .filter_map(|(_, _, fk)| fk.map(|k| k.0))
+            .filter_map(|(_, _, lookup)| lookup.as_ref())
+            .flat_map(|lookup| lookup.all().map(|k| k.0))
             .collect();
-        let mut found = self.store.multi_get(Cf::Forward, &lookups)?.into_iter();
-        let mut new_values: Vec<(usize, Parsed, Option<ForwardKey>)> = Vec::new();
-        for (slot, parsed, forward) in pending {
-            if let Some(key) = forward
-                && let Some(Some(token)) = found.next()
-            {
-                results[slot] = Some(self.existing_token(&ns, key, &token, &parsed.shape));
-                continue;
+        let mut found = self.store.multi_get(Cf::Forward, &keys)?.into_iter();
+        let mut new_values: Vec<(usize, Parsed, Option<Lookup>)> = Vec::new();
+        for (slot, parsed, lookup) in pending {
+            if let Some(lookup) = &lookup {
+                let mut hit = None;
+                for key in lookup.all() {
+                    if let Some(Some(token)) = found.next()
+                        && hit.is_none()
+                    {
+                        hit = Some((*key, token));
+                    }
+                }
+                if let Some((key, token)) = hit {
+                    results[slot] = Some(self.existing_token(&ns, key, &token, &parsed.shape));
+                    continue;
+                }
             }
-            new_values.push((slot, parsed, forward));
+            new_values.push((slot, parsed, lookup));
         }
 
         if !new_values.is_empty() {
-            self.allocate(&ns, &keyset, new_values, &mut results)
-                .await?;
+            self.allocate(&ns, &ring, new_values, &mut results).await?;
         }
         Ok(results
             .into_iter()
@@ -612,8 +659,8 @@ impl Vault {
     async fn allocate(
         &self,
         ns: &Arc<Namespace>,
-        keyset: &Arc<Keyset>,
-        new_values: Vec<(usize, Parsed, Option<ForwardKey>)>,
+        ring: &Arc<Keyring>,
+        new_values: Vec<(usize, Parsed, Option<Lookup>)>,
         results: &mut [Option<ItemResult>],
     ) -> Result<(), Error> {
         // Repeats of one new value within the request share one mapping
@@ -623,13 +670,14 @@ impl Vault {
         let mut by_key: HashMap<ForwardKey, usize> = HashMap::new();
         let now = now_secs();
         for (slot, parsed, forward) in new_values {
-            if let Some(&i) = forward.as_ref().and_then(|k| by_key.get(k)) {
+            if let Some(&i) = forward.as_ref().and_then(|l| by_key.get(&l.active)) {
                 slots[i].push((slot, parsed.shape));
                 continue;
             }
-            if let Some(key) = forward {
-                by_key.insert(key, mappings.len());
+            if let Some(lookup) = &forward {
+                by_key.insert(lookup.active, mappings.len());
             }
+            let keyset = &ring.active;
             let first = candidate(ns, keyset, &parsed.canonical, 0).and_then(|token| {
                 let row = seal_row(ns, keyset, &token, &parsed.canonical, now).ok()?;
                 Some((token, row))
@@ -642,15 +690,22 @@ impl Vault {
             slots.push(vec![(slot, parsed.shape)]);
         }
 
-        let forwards: Vec<Option<ForwardKey>> = mappings.iter().map(|m| m.forward).collect();
-        let (job_ns, job_keyset) = (Arc::clone(ns), Arc::clone(keyset));
+        let job_ns = Arc::clone(ns);
+        let request_ring = Arc::clone(ring);
+        let shared = Arc::clone(&self.keyring);
         let outcomes = self
             .store
-            .write(move |txn| write_mappings(txn, &job_ns, &job_keyset, mappings, now))
+            .write(move |txn| {
+                // The keyring as it is now, on the writer thread: a rotation
+                // that started after this request looked is already in force,
+                // so nothing is ever written under a retiring keyset.
+                let ring = Arc::clone(&shared.read().unwrap_or_else(|e| e.into_inner()));
+                write_mappings(txn, &job_ns, &request_ring, &ring, mappings, now)
+            })
             .await?;
 
-        for ((outcome, forward), slots) in outcomes.into_iter().zip(forwards).zip(slots) {
-            if let (Ok(token), Some(key), Some(cache)) = (&outcome, forward, &self.cache) {
+        for ((outcome, stored_under), slots) in outcomes.into_iter().zip(slots) {
+            if let (Ok(token), Some(key), Some(cache)) = (&outcome, stored_under, &self.cache) {
                 cache.insert(key, Arc::clone(token));
             }
             for (slot, shape) in slots {
@@ -696,47 +751,80 @@ impl Vault {
             .map(|(_, p)| keys::reverse_key(ns.id, &p.canonical))
             .collect();
         let rows = self.store.multi_get(Cf::Reverse, &keys)?;
-        for ((slot, parsed), row) in lookups.into_iter().zip(rows) {
+        let ring = self.keyring();
+        // Rows read just before a rotation moved them, sealed under a keyset
+        // destroyed since: read once more, now under the new keyset.
+        let mut stale: Vec<(usize, Parsed, Vec<u8>)> = Vec::new();
+        for (((slot, parsed), row), key) in lookups.into_iter().zip(rows).zip(keys) {
             results[slot] = Some(match row {
-                None => Err(ItemError::new(
-                    ItemCode::NotFound,
-                    &ns.name,
-                    "no such token",
-                )),
-                Some(row) => self.reveal(&ns, &parsed, &row),
+                None => Err(not_found(&ns)),
+                Some(row) => match reveal(&ring, &ns, &parsed, &row) {
+                    Revealed::Value(result) => result,
+                    Revealed::UnknownKeyset => {
+                        stale.push((slot, parsed, key));
+                        continue;
+                    }
+                },
             });
+        }
+        if !stale.is_empty() {
+            let ring = self.keyring();
+            let keys: Vec<&[u8]> = stale.iter().map(|(_, _, key)| key.as_slice()).collect();
+            let rows = self.store.multi_get(Cf::Reverse, &keys)?;
+            for ((slot, parsed, _), row) in stale.into_iter().zip(rows) {
+                results[slot] = Some(match row {
+                    None => Err(not_found(&ns)),
+                    Some(row) => match reveal(&ring, &ns, &parsed, &row) {
+                        Revealed::Value(result) => result,
+                        Revealed::UnknownKeyset => Err(damaged(&ns)),
+                    },
+                });
+            }
         }
         Ok(results
             .into_iter()
             .map(|r| r.unwrap_or_else(|| Err(internal(&ns))))
             .collect())
     }
+}
 
-    fn reveal(&self, ns: &Namespace, token: &Parsed, row: &[u8]) -> ItemResult {
-        let damaged = || {
-            // Logged without the token: the namespace is enough to start from,
-            // and `phivault verify` finds the row.
-            tracing::error!(namespace = %ns.name, "a reverse row failed its integrity check");
-            ItemError::new(
-                ItemCode::DataLoss,
-                &ns.name,
-                "the stored mapping failed its integrity check",
-            )
-        };
-        let row = ReverseRow::decode(row).ok_or_else(damaged)?;
-        let keyset = self
-            .keyring
-            .by_version
-            .get(&row.version)
-            .ok_or_else(damaged)?;
-        let ad = reverse_ad(ns.id, &token.canonical, row.version);
-        let plain = keyset
-            .enc()
-            .open(&ad.each(), &row.ciphertext)
-            .map_err(|_| damaged())?;
-        let value = std::str::from_utf8(&plain).map_err(|_| damaged())?;
-        Ok(ns.format.render(value, &token.shape))
-    }
+/// What opening a reverse row gave.
+enum Revealed {
+    Value(ItemResult),
+    /// Sealed under a keyset this keyring lacks.
+    UnknownKeyset,
+}
+
+fn not_found(ns: &Namespace) -> ItemError {
+    ItemError::new(ItemCode::NotFound, &ns.name, "no such token")
+}
+
+fn damaged(ns: &Namespace) -> ItemError {
+    // Logged without the token: the namespace is enough to start from, and
+    // `phivault verify` finds the row.
+    tracing::error!(namespace = %ns.name, "a reverse row failed its integrity check");
+    ItemError::new(
+        ItemCode::DataLoss,
+        &ns.name,
+        "the stored mapping failed its integrity check",
+    )
+}
+
+fn reveal(ring: &Keyring, ns: &Namespace, token: &Parsed, row: &[u8]) -> Revealed {
+    let Some(row) = ReverseRow::decode(row) else {
+        return Revealed::Value(Err(damaged(ns)));
+    };
+    let Some(keyset) = ring.by_version.get(&row.version) else {
+        return Revealed::UnknownKeyset;
+    };
+    let ad = reverse_ad(ns.id, &token.canonical, row.version);
+    let Ok(plain) = keyset.enc().open(&ad.each(), &row.ciphertext) else {
+        return Revealed::Value(Err(damaged(ns)));
+    };
+    Revealed::Value(match std::str::from_utf8(&plain) {
+        Ok(value) => Ok(ns.format.render(value, &token.shape)),
+        Err(_) => Err(damaged(ns)),
+    })
 }
 
 /// Masks a revealed value for `detokenize-masked`: all but the last 4
@@ -772,7 +860,7 @@ fn encode_namespace(ns: &Namespace) -> Vec<u8> {
     serde_json::to_vec(ns).unwrap_or_default()
 }
 
-fn load_keyring(store: &Store, kek: &Kek) -> Result<Keyring, Error> {
+pub(crate) fn load_keyring(store: &Store, kek: &Kek) -> Result<Keyring, Error> {
     let active = store
         .get(Cf::Meta, keys::META_ACTIVE_KEYSET)?
         .as_deref()
@@ -783,6 +871,9 @@ fn load_keyring(store: &Store, kek: &Kek) -> Result<Keyring, Error> {
         let (key, value) = entry?;
         let version = keys::decode_u32(&key).ok_or(Error::Corrupt("keyset version"))?;
         let row = KeysetRow::decode(&value).ok_or(Error::Corrupt("keyset row"))?;
+        if let KeysetState::Destroyed { .. } = row.state {
+            continue;
+        }
         let keyset = Keyset::unwrap(kek, version, KeyPurpose::Data, &row.wrapped)
             .map_err(|_| Error::KeyIntegrity)?;
         by_version.insert(version, Arc::new(keyset));
@@ -791,24 +882,58 @@ fn load_keyring(store: &Store, kek: &Kek) -> Result<Keyring, Error> {
         .get(&active)
         .cloned()
         .ok_or(Error::Corrupt("the active keyset is missing"))?;
-    Ok(Keyring { active, by_version })
+    Ok(Keyring::new(active, by_version))
+}
+
+/// Derives the KEK of the vault at `path` and checks it against the stored
+/// KEK check, reading through a read-only view: a wrong key changes nothing
+/// on disk.
+pub(crate) async fn unseal_kek(path: &Path, master: MasterKey) -> Result<Kek, Error> {
+    let meta = Store::read_meta_read_only(
+        path,
+        &[
+            keys::META_FORMAT_VERSION,
+            keys::META_KDF,
+            keys::META_KEK_CHECK,
+        ],
+    )?;
+    let [version, kdf, check] =
+        <[Option<Vec<u8>>; 3]>::try_from(meta).map_err(|_| Error::Corrupt("meta"))?;
+    match version.as_deref().and_then(keys::decode_u32) {
+        Some(keys::FORMAT_VERSION) => {}
+        Some(_) => return Err(Error::Corrupt("unknown format version")),
+        None => {
+            return Err(Error::Corrupt(
+                "missing format version (was init interrupted?)",
+            ));
+        }
+    }
+    let record = kdf
+        .as_deref()
+        .and_then(KdfRecord::decode)
+        .ok_or(Error::Corrupt("KDF record"))?;
+    let check = check.ok_or(Error::Corrupt("KEK check"))?;
+    let kek = derive_kek(master, record.clone()).await?;
+    kek.verify(&record, &check)
+        .map_err(|_| Error::WrongMasterKey)?;
+    Ok(kek)
 }
 
 /// The associated data of a reverse row: namespace, token and key version,
 /// so that a ciphertext moved to another row fails to open.
-struct ReverseAd {
+pub(crate) struct ReverseAd {
     namespace: [u8; 4],
     token: Vec<u8>,
     version: [u8; 4],
 }
 
 impl ReverseAd {
-    fn each(&self) -> [&[u8]; 3] {
+    pub(crate) fn each(&self) -> [&[u8]; 3] {
         [&self.namespace, &self.token, &self.version]
     }
 }
 
-fn reverse_ad(namespace_id: u32, token: &str, version: u32) -> ReverseAd {
+pub(crate) fn reverse_ad(namespace_id: u32, token: &str, version: u32) -> ReverseAd {
     ReverseAd {
         namespace: namespace_id.to_be_bytes(),
         token: token.as_bytes().to_vec(),
@@ -859,24 +984,38 @@ fn seal_row(
 type Allocation = Result<Arc<str>, ItemCode>;
 
 /// Runs on the writer thread: takes a token for every new value, or finds the
-/// one another request took for it since the caller looked.
+/// one another request took for it since the caller looked. Returns each
+/// outcome with the forward key the token is stored under now.
 fn write_mappings(
     txn: &mut Txn<'_>,
     ns: &Namespace,
-    keyset: &Keyset,
+    request_ring: &Arc<Keyring>,
+    ring: &Arc<Keyring>,
     mappings: Vec<NewMapping>,
     now: u64,
-) -> Result<Vec<Allocation>, StoreError> {
+) -> Result<Vec<(Allocation, Option<ForwardKey>)>, StoreError> {
+    let same_ring = Arc::ptr_eq(request_ring, ring);
+    let keyset = &ring.active;
     let mut outcomes = Vec::with_capacity(mappings.len());
-    for mut mapping in mappings {
-        if let Some(key) = &mapping.forward
-            && let Some(token) = txn.get(Cf::Forward, &key.0)?
-        {
-            let outcome = String::from_utf8(token)
-                .map(Arc::from)
-                .map_err(|_| ItemCode::DataLoss);
-            outcomes.push(outcome);
-            continue;
+    'mapping: for mut mapping in mappings {
+        if !same_ring {
+            // Keys changed since the request looked: its forward keys and
+            // precomputed candidate belong to the old keyring.
+            mapping.first = None;
+            if mapping.forward.is_some() {
+                mapping.forward = Some(ring.lookup(ns.id, &mapping.canonical));
+            }
+        }
+        if let Some(lookup) = &mapping.forward {
+            for key in lookup.all() {
+                if let Some(token) = txn.get(Cf::Forward, &key.0)? {
+                    let outcome = String::from_utf8(token)
+                        .map(Arc::from)
+                        .map_err(|_| ItemCode::DataLoss);
+                    outcomes.push((outcome, Some(*key)));
+                    continue 'mapping;
+                }
+            }
         }
         let domain = ns.format.domain_size(&mapping.canonical);
         let attempts =
@@ -904,8 +1043,8 @@ fn write_mappings(
                 }
             };
             txn.put(Cf::Reverse, reverse, row);
-            if let Some(key) = &mapping.forward {
-                txn.put(Cf::Forward, key.0.as_slice(), token.as_bytes());
+            if let Some(lookup) = &mapping.forward {
+                txn.put(Cf::Forward, lookup.active.0.as_slice(), token.as_bytes());
             }
             outcome = Ok(Arc::from(token));
             break;
@@ -913,7 +1052,7 @@ fn write_mappings(
         if outcome == Err(ItemCode::ResourceExhausted) {
             tracing::warn!(namespace = %ns.name, attempts, "no free candidate left for this shape");
         }
-        outcomes.push(outcome);
+        outcomes.push((outcome, mapping.forward.map(|l| l.active)));
     }
     Ok(outcomes)
 }

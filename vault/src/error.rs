@@ -60,6 +60,14 @@ pub enum Error {
         /// The configured limit.
         limit: usize,
     },
+    /// A key rotation is already running.
+    #[error(
+        "a key rotation is already in progress; wait for it to finish (see `keys status`) before starting another"
+    )]
+    RotationInProgress,
+    /// A backup destination that cannot be used.
+    #[error("invalid backup path: {0}")]
+    InvalidBackupPath(String),
     /// The storage layer failed.
     #[error(transparent)]
     Store(#[from] StoreError),

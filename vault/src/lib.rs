@@ -31,11 +31,16 @@ pub mod crypto;
 mod engine;
 mod error;
 pub mod format;
+mod maintenance;
 mod namespace;
+mod rotation;
 pub mod server;
 pub mod store;
 
 pub use crypto::MasterKey;
 pub use engine::{Durability, ItemResult, Limits, Vault, VaultOptions, mask};
 pub use error::{Error, ItemCode, ItemError};
+pub use maintenance::{BackupInfo, Problem, ProblemKind, VerifyReport, backup_offline};
 pub use namespace::{Namespace, NamespaceSpec};
+pub use rotation::{KeyStatus, KeyVersion, LastRotation, RotationProgress};
+pub use store::keys::{KeysetState, RotationPhase};

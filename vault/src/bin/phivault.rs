@@ -39,6 +39,40 @@ enum Command {
         #[command(flatten)]
         vault: VaultArgs,
     },
+    /// Replace the master passphrase or key file of a stopped vault.
+    Rekey(RekeyArgs),
+    /// Copy a stopped vault to a new directory (a consistent checkpoint; no
+    /// key needed). A serving vault is backed up with `Admin.Backup`.
+    Backup {
+        /// The vault's data directory.
+        #[arg(long, env = "PHIVAULT_DATA_DIR")]
+        data_dir: PathBuf,
+        /// The new directory to write; must not exist.
+        #[arg(long)]
+        to: PathBuf,
+    },
+    /// Check every mapping of a stopped vault (or a backup): exits non-zero
+    /// if any row is damaged, orphaned or does not hash back.
+    Verify {
+        #[command(flatten)]
+        vault: VaultArgs,
+    },
+}
+
+#[derive(Args)]
+struct RekeyArgs {
+    #[command(flatten)]
+    vault: VaultArgs,
+    /// File holding the new passphrase; without it PHIVAULT_NEW_PASSPHRASE,
+    /// else a prompt (twice) on the terminal.
+    #[arg(long, conflicts_with = "new_master_key_file")]
+    new_passphrase_file: Option<PathBuf>,
+    /// Switch to a 32-byte master key file.
+    #[arg(long)]
+    new_master_key_file: Option<PathBuf>,
+    /// With --new-master-key-file: create that key file first.
+    #[arg(long, requires = "new_master_key_file")]
+    create_new_key_file: bool,
 }
 
 #[derive(Args)]
@@ -112,6 +146,12 @@ struct ServeArgs {
     /// flushing to the OS — faster, loses acknowledged writes on power loss.
     #[arg(long, value_parser = ["fsync", "os"])]
     durability: Option<String>,
+    /// Most mappings a key rotation moves per second [default: unlimited].
+    #[arg(long)]
+    rotation_max_rate: Option<u32>,
+    /// Confine `Admin.Backup` to new directories inside this one.
+    #[arg(long)]
+    backup_dir: Option<PathBuf>,
 }
 
 /// `phivault serve --config FILE`: the same settings as the flags.
@@ -127,6 +167,8 @@ struct ConfigFile {
     metrics_listen: Option<SocketAddr>,
     insecure_plaintext: Option<bool>,
     durability: Option<String>,
+    rotation_max_rate: Option<u32>,
+    backup_dir: Option<PathBuf>,
     #[serde(default)]
     tls: TlsConfig,
     #[serde(default)]
@@ -199,6 +241,8 @@ fn resolve(args: ServeArgs) -> anyhow::Result<ServeArgs> {
                 .unwrap_or(4096),
         ),
         durability: Some(durability),
+        rotation_max_rate: args.rotation_max_rate.or(file.rotation_max_rate),
+        backup_dir: args.backup_dir.or(file.backup_dir),
     };
     if resolved.tls_cert.is_some() != resolved.tls_key.is_some() {
         bail!("TLS needs both a certificate and a key");
@@ -226,13 +270,7 @@ fn master_key(
         });
     }
     if let Some(path) = passphrase_file {
-        let text = Zeroizing::new(
-            std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read {}", path.display()))?,
-        );
-        let line = text.strip_suffix('\n').unwrap_or(&text);
-        let line = line.strip_suffix('\r').unwrap_or(line);
-        return Ok(MasterKey::Passphrase(Zeroizing::new(line.to_owned())));
+        return read_passphrase_file(path);
     }
     if let Ok(passphrase) = std::env::var("PHIVAULT_PASSPHRASE") {
         return Ok(MasterKey::Passphrase(Zeroizing::new(passphrase)));
@@ -247,6 +285,16 @@ fn master_key(
         }
     }
     Ok(MasterKey::Passphrase(first))
+}
+
+/// A passphrase file: its text, without one trailing newline.
+fn read_passphrase_file(path: &Path) -> anyhow::Result<MasterKey> {
+    let text = Zeroizing::new(
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?,
+    );
+    let line = text.strip_suffix('\n').unwrap_or(&text);
+    let line = line.strip_suffix('\r').unwrap_or(line);
+    Ok(MasterKey::Passphrase(Zeroizing::new(line.to_owned())))
 }
 
 /// Writes a secret to a new file readable by its owner only.
@@ -327,7 +375,95 @@ async fn run(command: Command) -> anyhow::Result<()> {
             opened.close()?;
         }
         Command::Serve(args) => serve(*args).await?,
+        Command::Rekey(args) => rekey(args).await?,
+        Command::Backup { data_dir, to } => {
+            let info = phivault::backup_offline(&data_dir, &to).await?;
+            println!(
+                "backup written to {} ({} bytes); it opens with the vault's passphrase or master key",
+                info.path.display(),
+                info.bytes
+            );
+        }
+        Command::Verify { vault } => {
+            let master = master_key(
+                vault.passphrase_file.as_deref(),
+                vault.master_key_file.as_deref(),
+                false,
+                false,
+            )?;
+            let opened = Vault::open(&vault.data_dir, master, VaultOptions::default()).await?;
+            let report = opened.verify()?;
+            opened.close()?;
+            print_report(&report);
+            if !report.is_clean() {
+                bail!("{} problem(s) found", report.counts.values().sum::<u64>());
+            }
+        }
     }
+    Ok(())
+}
+
+fn print_report(report: &phivault::VerifyReport) {
+    println!("reverse rows:    {}", report.reverse_rows);
+    println!("forward entries: {}", report.forward_entries);
+    for (version, rows) in &report.rows_by_keyset {
+        println!("  sealed under keyset {version}: {rows}");
+    }
+    if report.is_clean() {
+        println!("ok: every mapping opens, is indexed and hashes back");
+        return;
+    }
+    for (kind, count) in &report.counts {
+        println!("PROBLEM {kind}: {count}");
+    }
+    for problem in &report.problems {
+        println!("  {problem}");
+    }
+    let listed = report.problems.len() as u64;
+    let total: u64 = report.counts.values().sum();
+    if listed < total {
+        println!("  ... and {} more", total - listed);
+    }
+}
+
+async fn rekey(args: RekeyArgs) -> anyhow::Result<()> {
+    let old = master_key(
+        args.vault.passphrase_file.as_deref(),
+        args.vault.master_key_file.as_deref(),
+        false,
+        false,
+    )?;
+    let new = if let Some(path) = &args.new_master_key_file {
+        if args.create_new_key_file {
+            MasterKey::create_key_file(path)?
+        } else {
+            MasterKey::read_key_file(path)?
+        }
+    } else if let Some(path) = &args.new_passphrase_file {
+        read_passphrase_file(path)?
+    } else if let Ok(passphrase) = std::env::var("PHIVAULT_NEW_PASSPHRASE") {
+        MasterKey::Passphrase(Zeroizing::new(passphrase))
+    } else {
+        let first = Zeroizing::new(rpassword::prompt_password("new passphrase: ").context(
+            "no new passphrase: pass --new-passphrase-file or --new-master-key-file, set PHIVAULT_NEW_PASSPHRASE, or run on a terminal",
+        )?);
+        let again = Zeroizing::new(rpassword::prompt_password("repeat new passphrase: ")?);
+        if first != again {
+            bail!("the passphrases differ");
+        }
+        MasterKey::Passphrase(first)
+    };
+    Vault::rekey(
+        &args.vault.data_dir,
+        old,
+        new,
+        phivault::crypto::KdfParams::default(),
+    )
+    .await?;
+    println!(
+        "master key replaced for {}; the old passphrase or key file no longer opens it",
+        args.vault.data_dir.display()
+    );
     Ok(())
 }
 
@@ -350,6 +486,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             max_items: args.max_items.unwrap_or(10_000),
             max_value_bytes: args.max_value_bytes.unwrap_or(4096),
         },
+        rotation_max_rate: args.rotation_max_rate,
         ..VaultOptions::default()
     };
     let vault = if args.dev {
@@ -388,9 +525,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         insecure_plaintext: args.insecure_plaintext,
         max_message_bytes: args.max_message_bytes.unwrap_or(4 << 20),
         metrics_listen: args.metrics_listen,
+        backup_dir: args.backup_dir.clone(),
     };
     let vault = Arc::new(vault);
+    vault.resume_background_jobs()?;
     phivault::server::serve(Arc::clone(&vault), serve_options, shutdown_signal()).await?;
+    // A rotation stops after its current chunk; its cursor is on disk.
+    vault.stop_background_jobs().await;
     // Every service is gone with the server; the writer flushes what is
     // queued and RocksDB closes cleanly.
     match Arc::try_unwrap(vault) {
@@ -456,6 +597,17 @@ async fn dev_vault(dir: &Path, options: VaultOptions) -> anyhow::Result<Vault> {
 
 fn print_status(vault: &Vault) {
     println!("active keyset version: {}", vault.active_keyset_version());
+    if let Ok(status) = vault.key_status() {
+        for v in &status.versions {
+            println!("  keyset {}: {:?}", v.version, v.state);
+        }
+        if let Some(r) = &status.rotation {
+            println!(
+                "  rotation to {} paused at {}/{} (resumes when served)",
+                r.target, r.done, r.total
+            );
+        }
+    }
     println!("namespaces:");
     for ns in vault.namespaces() {
         let mode = if ns.deterministic {

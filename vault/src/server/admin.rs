@@ -1,5 +1,7 @@
-//! The `Admin` service: namespaces and clients. Every call needs `admin`.
+//! The `Admin` service: namespaces, clients, keys and backups. Every call
+//! needs `admin`.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use phivault_proto::v1 as pb;
@@ -13,12 +15,22 @@ use crate::{NamespaceSpec, Vault};
 /// Serves `phivault.v1.Admin`.
 pub struct AdminService {
     vault: Arc<Vault>,
+    backup_dir: Option<PathBuf>,
 }
 
 impl AdminService {
     /// The service over an unsealed vault.
     pub fn new(vault: Arc<Vault>) -> Self {
-        Self { vault }
+        Self {
+            vault,
+            backup_dir: None,
+        }
+    }
+
+    /// Confines `Backup` to paths inside `dir`.
+    pub fn with_backup_dir(mut self, dir: Option<PathBuf>) -> Self {
+        self.backup_dir = dir;
+        self
     }
 
     fn admin<T>(&self, request: &Request<T>) -> Result<(), Status> {
@@ -91,5 +103,39 @@ impl Admin for AdminService {
             .revoke_client(&request.into_inner().client_id)
             .await?;
         Ok(Response::new(convert::client(&revoked)))
+    }
+
+    async fn rotate_keys(
+        &self,
+        request: Request<pb::RotateKeysRequest>,
+    ) -> Result<Response<pb::RotateKeysResponse>, Status> {
+        self.admin(&request)?;
+        let new_version = self.vault.rotate_keys().await?;
+        Ok(Response::new(pb::RotateKeysResponse { new_version }))
+    }
+
+    async fn get_key_status(
+        &self,
+        request: Request<pb::GetKeyStatusRequest>,
+    ) -> Result<Response<pb::KeyStatus>, Status> {
+        self.admin(&request)?;
+        let status = self.vault.key_status()?;
+        Ok(Response::new(convert::key_status(&status)))
+    }
+
+    async fn backup(
+        &self,
+        request: Request<pb::BackupRequest>,
+    ) -> Result<Response<pb::BackupResponse>, Status> {
+        self.admin(&request)?;
+        let path = request.into_inner().path;
+        let info = self
+            .vault
+            .backup(Path::new(&path), self.backup_dir.as_deref())
+            .await?;
+        Ok(Response::new(pb::BackupResponse {
+            path: info.path.display().to_string(),
+            bytes: info.bytes,
+        }))
     }
 }

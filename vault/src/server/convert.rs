@@ -5,7 +5,7 @@ use tonic::Status;
 
 use crate::auth::Client;
 use crate::format::{DateOptions, FormatKind, FormatSpec};
-use crate::{ItemResult, Namespace, NamespaceSpec};
+use crate::{ItemResult, KeyStatus, KeysetState, Namespace, NamespaceSpec, RotationPhase};
 
 pub(crate) fn item_results(results: Vec<ItemResult>) -> Vec<pb::ItemResult> {
     results
@@ -84,5 +84,53 @@ pub(crate) fn client(c: &Client) -> pb::Client {
         name: c.name.clone(),
         scopes: c.scopes.iter().map(ToString::to_string).collect(),
         revoked: c.revoked_at.is_some(),
+    }
+}
+
+fn timestamp(secs: u64) -> i64 {
+    i64::try_from(secs).unwrap_or(i64::MAX)
+}
+
+pub(crate) fn key_status(status: &KeyStatus) -> pb::KeyStatus {
+    pb::KeyStatus {
+        active_version: status.active,
+        versions: status
+            .versions
+            .iter()
+            .map(|v| {
+                let (state, destroyed_at) = match v.state {
+                    KeysetState::Active => ("active", 0),
+                    KeysetState::Retiring => ("retiring", 0),
+                    KeysetState::Destroyed { at } => ("destroyed", timestamp(at)),
+                };
+                pb::KeyVersion {
+                    version: v.version,
+                    state: state.into(),
+                    created_at: timestamp(v.created_at),
+                    destroyed_at,
+                }
+            })
+            .collect(),
+        rotation: status.rotation.as_ref().map(|r| pb::RotationProgress {
+            target_version: r.target,
+            phase: match (r.phase, r.pass) {
+                (RotationPhase::Migrating, 1) => "re-encrypting",
+                (RotationPhase::Migrating, _) => "verifying",
+                (RotationPhase::Compacting, _) => "compacting",
+            }
+            .into(),
+            done: r.done,
+            total: r.total,
+            rate: r.rate,
+            eta_seconds: r.eta.map(|d| d.as_secs_f64()),
+            started_at: timestamp(r.started_at),
+            damaged: r.damaged,
+        }),
+        last_rotation: status.last_rotation.map(|l| pb::LastRotation {
+            target_version: l.target,
+            started_at: timestamp(l.started_at),
+            finished_at: timestamp(l.finished_at),
+            mappings: l.mappings,
+        }),
     }
 }

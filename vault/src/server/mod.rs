@@ -41,6 +41,9 @@ pub struct ServeOptions {
     pub max_message_bytes: usize,
     /// Where to serve Prometheus metrics over HTTP (`/metrics`), if at all.
     pub metrics_listen: Option<SocketAddr>,
+    /// The directory `Admin.Backup` may write into (`None`: any absolute
+    /// path the server can write).
+    pub backup_dir: Option<std::path::PathBuf>,
 }
 
 /// PEM-encoded TLS material.
@@ -169,9 +172,11 @@ pub async fn serve(
     let tokenizer = TokenizerServer::new(TokenizerService::new(Arc::clone(&vault)))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
-    let admin = AdminServer::new(AdminService::new(Arc::clone(&vault)))
-        .max_decoding_message_size(max)
-        .max_encoding_message_size(max);
+    let admin = AdminServer::new(
+        AdminService::new(Arc::clone(&vault)).with_backup_dir(options.backup_dir.clone()),
+    )
+    .max_decoding_message_size(max)
+    .max_encoding_message_size(max);
 
     let metrics = Arc::new(Metrics::new(Arc::clone(&vault)));
     let metrics_task = match options.metrics_listen {

@@ -14,6 +14,8 @@ impl From<Error> for Status {
                 Status::not_found(e.to_string())
             }
             Error::NamespaceExists(_) => Status::already_exists(e.to_string()),
+            Error::RotationInProgress => Status::failed_precondition(e.to_string()),
+            Error::InvalidBackupPath(_) => Status::invalid_argument(e.to_string()),
             Error::InvalidNamespace(_) | Error::InvalidClient(_) | Error::TooManyItems { .. } => {
                 Status::invalid_argument(e.to_string())
             }

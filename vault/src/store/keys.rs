@@ -13,6 +13,11 @@ pub const META_KEK_CHECK: &[u8] = b"kek_check";
 pub const META_ACTIVE_KEYSET: &[u8] = b"active_keyset";
 /// `meta`: the id the next namespace receives (u32).
 pub const META_NEXT_NAMESPACE_ID: &[u8] = b"next_namespace_id";
+/// `meta`: the running key rotation and its cursor ([`RotationRow`]); absent
+/// when none runs.
+pub const META_ROTATION: &[u8] = b"rotation";
+/// `meta`: the last completed key rotation ([`LastRotationRow`]).
+pub const META_LAST_ROTATION: &[u8] = b"last_rotation";
 
 /// The on-disk format this build writes and reads.
 pub const FORMAT_VERSION: u32 = 1;
@@ -88,47 +93,188 @@ impl ReverseRow {
 pub enum KeysetState {
     /// Used for new mappings.
     Active,
-    /// Still decrypts existing mappings; no new writes.
+    /// Still decrypts existing mappings while a rotation moves them; no new
+    /// writes.
     Retiring,
+    /// Its key material is deleted; the row remains as a record of when.
+    Destroyed {
+        /// Seconds since the Unix epoch.
+        at: u64,
+    },
 }
 
-/// A `keys` value: `state ‖ created_at ‖ wrapped keyset`.
+/// A `keys` value: `state ‖ created_at ‖ wrapped keyset`, or for a destroyed
+/// keyset `state ‖ created_at ‖ destroyed_at` (no key material).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeysetRow {
     /// Lifecycle state.
     pub state: KeysetState,
     /// Seconds since the Unix epoch.
     pub created_at: u64,
-    /// The keyset sealed under the KEK.
+    /// The keyset sealed under the KEK; empty once destroyed.
     pub wrapped: Vec<u8>,
 }
 
 impl KeysetRow {
     /// Serialises the row.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(9 + self.wrapped.len());
+        let mut out = Vec::with_capacity(17 + self.wrapped.len());
         out.push(match self.state {
             KeysetState::Active => 1,
             KeysetState::Retiring => 2,
+            KeysetState::Destroyed { .. } => 3,
         });
         out.extend_from_slice(&self.created_at.to_be_bytes());
-        out.extend_from_slice(&self.wrapped);
+        match self.state {
+            KeysetState::Destroyed { at } => out.extend_from_slice(&at.to_be_bytes()),
+            _ => out.extend_from_slice(&self.wrapped),
+        }
         out
     }
 
     /// Parses a row; `None` if malformed.
     pub fn decode(bytes: &[u8]) -> Option<Self> {
         let (state, rest) = bytes.split_first()?;
-        let (created_at, wrapped) = rest.split_first_chunk::<8>()?;
-        let state = match state {
-            1 => KeysetState::Active,
-            2 => KeysetState::Retiring,
+        let (created_at, rest) = rest.split_first_chunk::<8>()?;
+        let (state, wrapped) = match state {
+            1 => (KeysetState::Active, rest.to_vec()),
+            2 => (KeysetState::Retiring, rest.to_vec()),
+            3 => {
+                let at: [u8; 8] = rest.try_into().ok()?;
+                (
+                    KeysetState::Destroyed {
+                        at: u64::from_be_bytes(at),
+                    },
+                    Vec::new(),
+                )
+            }
             _ => return None,
         };
         Some(Self {
             state,
             created_at: u64::from_be_bytes(*created_at),
-            wrapped: wrapped.to_vec(),
+            wrapped,
+        })
+    }
+}
+
+/// What a running rotation is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RotationPhase {
+    /// Walking the reverse index, moving mappings to the target keyset.
+    Migrating,
+    /// Old keysets are destroyed; their ciphertexts are being compacted away.
+    Compacting,
+}
+
+/// The `meta` row of a running rotation. It is rewritten in the same batch as
+/// each chunk of migrated mappings, so a restart resumes after the last chunk
+/// that reached the disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RotationRow {
+    /// The keyset version mappings move to (the active one).
+    pub target: u32,
+    /// What the job is doing.
+    pub phase: RotationPhase,
+    /// Seconds since the Unix epoch.
+    pub started_at: u64,
+    /// Mappings examined in the first pass.
+    pub done: u64,
+    /// The estimated number of mappings when the rotation started.
+    pub total: u64,
+    /// Passes over the reverse index so far: the job ends with a pass that
+    /// finds nothing left to move, so no mapping is stranded under a keyset
+    /// about to be destroyed.
+    pub pass: u32,
+    /// Mappings moved in the current pass.
+    pub moved_in_pass: u64,
+    /// The last reverse key handled in the current pass (empty: none yet).
+    pub cursor: Vec<u8>,
+}
+
+impl RotationRow {
+    /// Serialises the row.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(45 + self.cursor.len());
+        out.extend_from_slice(&self.target.to_be_bytes());
+        out.push(match self.phase {
+            RotationPhase::Migrating => 1,
+            RotationPhase::Compacting => 2,
+        });
+        out.extend_from_slice(&self.started_at.to_be_bytes());
+        out.extend_from_slice(&self.done.to_be_bytes());
+        out.extend_from_slice(&self.total.to_be_bytes());
+        out.extend_from_slice(&self.pass.to_be_bytes());
+        out.extend_from_slice(&self.moved_in_pass.to_be_bytes());
+        out.extend_from_slice(&self.cursor);
+        out
+    }
+
+    /// Parses a row; `None` if malformed.
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        let (target, rest) = bytes.split_first_chunk::<4>()?;
+        let (phase, rest) = rest.split_first()?;
+        let (started_at, rest) = rest.split_first_chunk::<8>()?;
+        let (done, rest) = rest.split_first_chunk::<8>()?;
+        let (total, rest) = rest.split_first_chunk::<8>()?;
+        let (pass, rest) = rest.split_first_chunk::<4>()?;
+        let (moved, cursor) = rest.split_first_chunk::<8>()?;
+        Some(Self {
+            target: u32::from_be_bytes(*target),
+            phase: match phase {
+                1 => RotationPhase::Migrating,
+                2 => RotationPhase::Compacting,
+                _ => return None,
+            },
+            started_at: u64::from_be_bytes(*started_at),
+            done: u64::from_be_bytes(*done),
+            total: u64::from_be_bytes(*total),
+            pass: u32::from_be_bytes(*pass),
+            moved_in_pass: u64::from_be_bytes(*moved),
+            cursor: cursor.to_vec(),
+        })
+    }
+}
+
+/// The `meta` record of the last completed rotation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LastRotationRow {
+    /// The keyset version that became the only one.
+    pub target: u32,
+    /// Seconds since the Unix epoch.
+    pub started_at: u64,
+    /// Seconds since the Unix epoch, after the compaction.
+    pub finished_at: u64,
+    /// Mappings examined.
+    pub mappings: u64,
+}
+
+impl LastRotationRow {
+    /// Serialises the row.
+    pub fn encode(&self) -> [u8; 28] {
+        let mut out = [0u8; 28];
+        out[..4].copy_from_slice(&self.target.to_be_bytes());
+        out[4..12].copy_from_slice(&self.started_at.to_be_bytes());
+        out[12..20].copy_from_slice(&self.finished_at.to_be_bytes());
+        out[20..].copy_from_slice(&self.mappings.to_be_bytes());
+        out
+    }
+
+    /// Parses a row; `None` if malformed.
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        let bytes: &[u8; 28] = bytes.try_into().ok()?;
+        let u64_at = |i: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&bytes[i..i + 8]);
+            u64::from_be_bytes(b)
+        };
+        let mut target = [0u8; 4];
+        target.copy_from_slice(&bytes[..4]);
+        Some(Self {
+            target: u32::from_be_bytes(target),
+            started_at: u64_at(4),
+            finished_at: u64_at(12),
+            mappings: u64_at(20),
         })
     }
 }
@@ -146,10 +292,30 @@ mod tests {
         }
 
         #[test]
-        fn keyset_rows_round_trip(active: bool, created_at: u64, wrapped: Vec<u8>) {
-            let state = if active { KeysetState::Active } else { KeysetState::Retiring };
+        fn keyset_rows_round_trip(state in 0..3u8, created_at: u64, at: u64, wrapped: Vec<u8>) {
+            let (state, wrapped) = match state {
+                0 => (KeysetState::Active, wrapped),
+                1 => (KeysetState::Retiring, wrapped),
+                _ => (KeysetState::Destroyed { at }, Vec::new()),
+            };
             let row = KeysetRow { state, created_at, wrapped };
             prop_assert_eq!(KeysetRow::decode(&row.encode()), Some(row));
+        }
+
+        #[test]
+        fn rotation_rows_round_trip(
+            target: u32, compacting: bool, started_at: u64, done: u64, total: u64,
+            pass: u32, moved_in_pass: u64, cursor: Vec<u8>,
+        ) {
+            let phase = if compacting { RotationPhase::Compacting } else { RotationPhase::Migrating };
+            let row = RotationRow { target, phase, started_at, done, total, pass, moved_in_pass, cursor };
+            prop_assert_eq!(RotationRow::decode(&row.encode()), Some(row));
+        }
+
+        #[test]
+        fn last_rotation_rows_round_trip(target: u32, started_at: u64, finished_at: u64, mappings: u64) {
+            let row = LastRotationRow { target, started_at, finished_at, mappings };
+            prop_assert_eq!(LastRotationRow::decode(&row.encode()), Some(row));
         }
 
         #[test]

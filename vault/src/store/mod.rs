@@ -7,9 +7,12 @@ mod writer;
 use std::path::Path;
 use std::sync::Arc;
 
+use rocksdb::checkpoint::Checkpoint;
 use rocksdb::{
-    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DB, DBCompressionType, Options,
+    BlockBasedOptions, BottommostLevelCompaction, Cache, ColumnFamily, ColumnFamilyDescriptor,
+    CompactOptions, DB, DBCompressionType, Direction, IteratorMode, Options,
 };
+use tokio::sync::oneshot;
 
 pub use writer::{BATCH_BUCKETS, Txn, WriterStats};
 
@@ -108,6 +111,14 @@ pub enum StoreError {
     /// A column family is missing from an existing database.
     #[error("the database lacks column family {0:?}")]
     MissingColumnFamily(&'static str),
+    /// A checkpoint could not be written.
+    #[error("cannot write a checkpoint to {path}: {reason}")]
+    Checkpoint {
+        /// Where it was to go.
+        path: String,
+        /// RocksDB's or the file system's reason.
+        reason: String,
+    },
 }
 
 impl From<rocksdb::Error> for StoreError {
@@ -214,6 +225,87 @@ impl Store {
             .db
             .full_iterator_cf(self.inner.cf(cf), rocksdb::IteratorMode::Start)
             .map(|r| r.map_err(StoreError::from))
+    }
+
+    /// Up to `limit` entries of `cf` in key order, starting after `after`
+    /// (from the first key when `after` is empty). Background jobs walk a
+    /// column family in chunks this way, persisting the last key as their
+    /// cursor.
+    pub fn scan_after(&self, cf: Cf, after: &[u8], limit: usize) -> Result<Vec<Entry>, StoreError> {
+        let mode = if after.is_empty() {
+            IteratorMode::Start
+        } else {
+            IteratorMode::From(after, Direction::Forward)
+        };
+        let mut entries = Vec::with_capacity(limit.min(4096));
+        for entry in self.inner.db.iterator_cf(self.inner.cf(cf), mode) {
+            let (key, value) = entry?;
+            if !after.is_empty() && *key == *after {
+                continue;
+            }
+            entries.push((key, value));
+            if entries.len() >= limit {
+                break;
+            }
+        }
+        Ok(entries)
+    }
+
+    /// RocksDB's estimate of the number of keys in `cf` (cheap; exact after a
+    /// compaction, approximate with overwrites and deletes pending).
+    pub fn estimate_keys(&self, cf: Cf) -> Result<u64, StoreError> {
+        Ok(self
+            .inner
+            .db
+            .property_int_value_cf(self.inner.cf(cf), "rocksdb.estimate-num-keys")?
+            .unwrap_or(0))
+    }
+
+    /// Flushes the memtables and rewrites every SST file of `cfs`, so that
+    /// overwritten and deleted entries (old ciphertexts, destroyed key
+    /// material) leave the disk rather than waiting for compaction to reach
+    /// them. Blocking; run it off the async workers.
+    pub fn compact(&self, cfs: &[Cf]) -> Result<(), StoreError> {
+        self.inner.db.flush()?;
+        let mut options = CompactOptions::default();
+        options.set_bottommost_level_compaction(BottommostLevelCompaction::Force);
+        options.set_exclusive_manual_compaction(true);
+        for &cf in cfs {
+            self.inner.db.flush_cf(self.inner.cf(cf))?;
+            self.inner.db.compact_range_cf_opt(
+                self.inner.cf(cf),
+                None::<&[u8]>,
+                None::<&[u8]>,
+                &options,
+            );
+        }
+        Ok(())
+    }
+
+    /// Writes a consistent checkpoint of the whole database to `path` (a new
+    /// directory; SST files are hard-linked when on the same file system).
+    ///
+    /// The checkpoint is taken on the writer thread right after a commit: it
+    /// holds every write acknowledged before this call returns, and no write
+    /// is half in it.
+    pub async fn checkpoint(&self, path: &Path) -> Result<(), StoreError> {
+        let (sender, taken) = oneshot::channel();
+        let inner = Arc::clone(&self.inner);
+        let target = path.to_path_buf();
+        self.write(move |txn| {
+            txn.after_commit(move || {
+                let result = Checkpoint::new(&inner.db)
+                    .and_then(|c| c.create_checkpoint(&target))
+                    .map_err(|e| StoreError::Checkpoint {
+                        path: target.display().to_string(),
+                        reason: e.into_string(),
+                    });
+                let _ = sender.send(result);
+            });
+            Ok(())
+        })
+        .await?;
+        taken.await.map_err(|_| StoreError::WriterStopped)?
     }
 
     /// Runs `job` on the writer thread inside the next group commit and

@@ -22,6 +22,9 @@ const MAX_JOBS_PER_COMMIT: usize = 1024;
 
 type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 type Job = Box<dyn FnOnce(&mut Txn<'_>) -> Completion + Send>;
+/// Work a job asks to run on the writer thread once its commit is durable and
+/// before any later commit: installing a new keyring, taking a checkpoint.
+type AfterCommit = Box<dyn FnOnce() + Send>;
 
 /// Upper bounds of the jobs-per-commit histogram: 1, 2, 4, … 1024.
 pub const BATCH_BUCKETS: [u64; 11] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024];
@@ -143,9 +146,16 @@ fn run(
         }
         let mut txn = Txn::new(inner);
         let completions: Vec<Completion> = jobs.drain(..).map(|job| job(&mut txn)).collect();
-        let committed = txn.commit(&write_options);
-        if let Err(e) = &committed {
-            tracing::error!(error = %e, jobs = completions.len(), "group commit failed; every job in it fails");
+        let (committed, after) = txn.commit(&write_options);
+        match &committed {
+            Ok(()) => {
+                for hook in after {
+                    hook();
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, jobs = completions.len(), "group commit failed; every job in it fails");
+            }
         }
         counters.commits.fetch_add(1, Ordering::Relaxed);
         counters
@@ -174,6 +184,9 @@ pub struct Txn<'a> {
     /// For the running job: each key it touched and what the overlay held
     /// for that key before, so that a failed job can be undone.
     undo: Vec<Undo>,
+    after: Vec<AfterCommit>,
+    /// `after.len()` when the running job began.
+    after_mark: usize,
 }
 
 impl<'a> Txn<'a> {
@@ -182,6 +195,8 @@ impl<'a> Txn<'a> {
             inner,
             writes: Default::default(),
             undo: Vec::new(),
+            after: Vec::new(),
+            after_mark: 0,
         }
     }
 
@@ -220,11 +235,20 @@ impl<'a> Txn<'a> {
         self.undo.push((cf, key, previous));
     }
 
+    /// Runs `hook` on the writer thread once this commit is durable, before
+    /// the next commit starts and before any job of this commit is answered.
+    /// Dropped if the job fails or the commit does.
+    pub fn after_commit(&mut self, hook: impl FnOnce() + Send + 'static) {
+        self.after.push(Box::new(hook));
+    }
+
     fn begin_job(&mut self) {
         self.undo.clear();
+        self.after_mark = self.after.len();
     }
 
     fn rollback_job(&mut self) {
+        self.after.truncate(self.after_mark);
         while let Some((cf, key, previous)) = self.undo.pop() {
             match previous {
                 Some(value) => self.writes[cf.index()].insert(key, value),
@@ -233,7 +257,12 @@ impl<'a> Txn<'a> {
         }
     }
 
-    fn commit(self, options: &WriteOptions) -> Result<(), StoreError> {
+    fn commit(self, options: &WriteOptions) -> (Result<(), StoreError>, Vec<AfterCommit>) {
+        let result = self.write_batch(options);
+        (result, self.after)
+    }
+
+    fn write_batch(&self, options: &WriteOptions) -> Result<(), StoreError> {
         let mut batch = WriteBatch::default();
         for cf in Cf::ALL {
             let handle = self.inner.cf(cf);
@@ -277,7 +306,7 @@ mod tests {
             Some(b"first".to_vec())
         );
         assert!(!txn.contains(Cf::Meta, b"new").expect("get"));
-        txn.commit(&WriteOptions::default()).expect("commit");
+        txn.commit(&WriteOptions::default()).0.expect("commit");
         assert_eq!(
             store.get(Cf::Meta, b"k").expect("get"),
             Some(b"first".to_vec())

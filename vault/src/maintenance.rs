@@ -1,0 +1,462 @@
+//! Operations on a vault as a whole: backups, the integrity check and
+//! changing the master key (DESIGN.md §8).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::crypto::kek::KdfRecord;
+use crate::crypto::{KdfParams, KeyPurpose, Keyset, MasterKey};
+use crate::engine::{MIN_PASSPHRASE_CHARS, derive_kek, load_keyring, reverse_ad, unseal_kek};
+use crate::error::Error;
+use crate::store::keys::{self, ForwardKey, KeysetRow, KeysetState, ReverseRow};
+use crate::store::{Cf, Entry, Store, StoreOptions};
+use crate::{Namespace, Vault};
+
+/// Rows read per step of `verify`.
+const VERIFY_CHUNK: usize = 4096;
+/// Problems listed one by one; beyond this only counted.
+const MAX_LISTED_PROBLEMS: usize = 1000;
+
+/// Stops the process at a named step when the `failpoints` feature is on and
+/// `PHIVAULT_FAILPOINT` names it — how the tests prove that a crash at each
+/// step of a multi-step operation leaves a usable vault. Compiled out
+/// otherwise.
+pub(crate) fn failpoint(name: &str) {
+    #[cfg(feature = "failpoints")]
+    if std::env::var("PHIVAULT_FAILPOINT").is_ok_and(|f| f == name) {
+        eprintln!("phivault: failpoint {name}: aborting");
+        std::process::abort();
+    }
+    #[cfg(not(feature = "failpoints"))]
+    let _ = name;
+}
+
+/// A finished backup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupInfo {
+    /// The checkpoint directory.
+    pub path: PathBuf,
+    /// Bytes in its files (hard links to the live files count in full).
+    pub bytes: u64,
+}
+
+/// Checks a backup destination: an absolute path that does not exist yet, in
+/// an existing directory, and inside `within` when that is set.
+fn backup_target(path: &Path, within: Option<&Path>) -> Result<(), Error> {
+    let invalid = |why: String| Err(Error::InvalidBackupPath(why));
+    if !path.is_absolute() {
+        return invalid(format!("{} is not an absolute path", path.display()));
+    }
+    if path.exists() {
+        return invalid(format!(
+            "{} exists already; a backup never overwrites",
+            path.display()
+        ));
+    }
+    let Some(parent) = path.parent().filter(|p| p.is_dir()) else {
+        return invalid(format!(
+            "the directory that would hold {} does not exist",
+            path.display()
+        ));
+    };
+    if let Some(within) = within {
+        let (Ok(parent), Ok(within)) = (parent.canonicalize(), within.canonicalize()) else {
+            return invalid("the backup directory cannot be resolved".into());
+        };
+        if !parent.starts_with(&within) {
+            return invalid(format!(
+                "backups may only be written under {}",
+                within.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn directory_bytes(path: &Path) -> u64 {
+    std::fs::read_dir(path)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok()?.metadata().ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
+        .sum()
+}
+
+/// Takes a consistent checkpoint of the database at `path` while it is not
+/// served (the `phivault backup` command). Needs no key: a backup holds
+/// ciphertext and keysets wrapped under the KEK, nothing else.
+pub async fn backup_offline(data_dir: &Path, to: &Path) -> Result<BackupInfo, Error> {
+    if !Store::exists(data_dir) {
+        return Err(Error::NotInitialized(data_dir.display().to_string()));
+    }
+    let to = std::path::absolute(to)
+        .map_err(|e| Error::InvalidBackupPath(format!("{}: {e}", to.display())))?;
+    backup_target(&to, None)?;
+    let store = Store::open(data_dir, &StoreOptions::default())?;
+    store.checkpoint(&to).await?;
+    store.close()?;
+    Ok(BackupInfo {
+        bytes: directory_bytes(&to),
+        path: to,
+    })
+}
+
+/// What `verify` found wrong with one row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[non_exhaustive]
+pub enum ProblemKind {
+    /// A reverse row too short or malformed to parse.
+    UnreadableRow,
+    /// A row of a namespace id that no namespace has.
+    UnknownNamespace,
+    /// A row sealed or indexed under a keyset the vault does not hold.
+    UnknownKeyset,
+    /// A reverse row whose ciphertext fails authentication (tampered, moved
+    /// or corrupted).
+    IntegrityFailure,
+    /// A reverse row of a deterministic namespace without its forward entry:
+    /// the value would get a second token.
+    MissingForward,
+    /// A forward entry that points at a different token than the row whose
+    /// value hashes to it.
+    ForwardMismatch,
+    /// A forward entry whose token has no reverse row.
+    OrphanForward,
+    /// A forward entry whose reverse row's value does not hash back to it.
+    ForwardDoesNotHashBack,
+}
+
+impl fmt::Display for ProblemKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::UnreadableRow => "unreadable reverse row",
+            Self::UnknownNamespace => "row of an unknown namespace",
+            Self::UnknownKeyset => "row under a keyset the vault does not hold",
+            Self::IntegrityFailure => "reverse row fails its integrity check",
+            Self::MissingForward => "reverse row without its forward entry",
+            Self::ForwardMismatch => "forward entry points at another token",
+            Self::OrphanForward => "forward entry without a reverse row",
+            Self::ForwardDoesNotHashBack => "forward entry does not hash back to its value",
+        })
+    }
+}
+
+/// One problem: its kind, the namespace, and the row's position in its column
+/// family (never the token or value).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// What is wrong.
+    pub kind: ProblemKind,
+    /// The namespace name, or its id when unknown.
+    pub namespace: String,
+    /// `reverse` or `forward`.
+    pub table: &'static str,
+    /// 1-based position of the row in its column family.
+    pub row: u64,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} row {} (namespace {}): {}",
+            self.table, self.row, self.namespace, self.kind
+        )
+    }
+}
+
+/// What `verify` found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VerifyReport {
+    /// Reverse rows read.
+    pub reverse_rows: u64,
+    /// Forward entries read.
+    pub forward_entries: u64,
+    /// Reverse rows by the keyset version that sealed them.
+    pub rows_by_keyset: BTreeMap<u32, u64>,
+    /// Problems by kind.
+    pub counts: BTreeMap<ProblemKind, u64>,
+    /// The first problems, in the order found.
+    pub problems: Vec<Problem>,
+}
+
+impl VerifyReport {
+    /// Whether nothing is wrong.
+    pub fn is_clean(&self) -> bool {
+        self.counts.is_empty()
+    }
+
+    fn report(&mut self, kind: ProblemKind, namespace: String, table: &'static str, row: u64) {
+        *self.counts.entry(kind).or_default() += 1;
+        if self.problems.len() < MAX_LISTED_PROBLEMS {
+            self.problems.push(Problem {
+                kind,
+                namespace,
+                table,
+                row,
+            });
+        }
+    }
+}
+
+fn split_key(key: &[u8]) -> Option<(u32, &[u8])> {
+    let (id, rest) = key.split_first_chunk::<4>()?;
+    Some((u32::from_be_bytes(*id), rest))
+}
+
+impl Vault {
+    /// Writes a consistent checkpoint to `path` while serving; see
+    /// [`crate::store::Store::checkpoint`]. With `within`, the path must lie
+    /// inside that directory.
+    pub async fn backup(&self, path: &Path, within: Option<&Path>) -> Result<BackupInfo, Error> {
+        backup_target(path, within)?;
+        self.store.checkpoint(path).await?;
+        let info = BackupInfo {
+            path: path.to_path_buf(),
+            bytes: directory_bytes(path),
+        };
+        tracing::info!(path = %info.path.display(), bytes = info.bytes, "backup written");
+        Ok(info)
+    }
+
+    /// Checks every mapping: each reverse row opens under its keyset, each
+    /// deterministic value's forward entry exists and points back at its
+    /// token, and each forward entry belongs to a reverse row whose value
+    /// hashes to it. Reads everything; run it on a stopped vault or a backup.
+    pub fn verify(&self) -> Result<VerifyReport, Error> {
+        let ring = self.keyring();
+        let namespaces = self.namespaces_by_id();
+        let ns_name = |id: u32| {
+            namespaces
+                .get(&id)
+                .map_or_else(|| format!("#{id}"), |ns| ns.name.clone())
+        };
+        let mut report = VerifyReport::default();
+
+        // Reverse rows → their forward entries.
+        let mut cursor: Vec<u8> = Vec::new();
+        loop {
+            let chunk = self.store.scan_after(Cf::Reverse, &cursor, VERIFY_CHUNK)?;
+            let Some((last, _)) = chunk.last() else { break };
+            cursor = last.to_vec();
+            let mut expected: Vec<(u64, u32, ForwardKey, Box<[u8]>)> = Vec::new();
+            for (key, value) in chunk {
+                report.reverse_rows += 1;
+                let row_no = report.reverse_rows;
+                let Some((ns_id, token)) = split_key(&key) else {
+                    report.report(ProblemKind::UnreadableRow, "?".into(), "reverse", row_no);
+                    continue;
+                };
+                let Some(ns) = namespaces.get(&ns_id) else {
+                    report.report(
+                        ProblemKind::UnknownNamespace,
+                        ns_name(ns_id),
+                        "reverse",
+                        row_no,
+                    );
+                    continue;
+                };
+                let (Some(row), Ok(token_text)) =
+                    (ReverseRow::decode(&value), std::str::from_utf8(token))
+                else {
+                    report.report(
+                        ProblemKind::UnreadableRow,
+                        ns.name.clone(),
+                        "reverse",
+                        row_no,
+                    );
+                    continue;
+                };
+                *report.rows_by_keyset.entry(row.version).or_default() += 1;
+                let Some(keyset) = ring.by_version.get(&row.version) else {
+                    report.report(
+                        ProblemKind::UnknownKeyset,
+                        ns.name.clone(),
+                        "reverse",
+                        row_no,
+                    );
+                    continue;
+                };
+                let ad = reverse_ad(ns_id, token_text, row.version);
+                let Ok(plain) = keyset.enc().open(&ad.each(), &row.ciphertext) else {
+                    report.report(
+                        ProblemKind::IntegrityFailure,
+                        ns.name.clone(),
+                        "reverse",
+                        row_no,
+                    );
+                    continue;
+                };
+                if ns.deterministic {
+                    let index = keyset.prf().blind_index(ns_id, &plain);
+                    let forward = ForwardKey::new(ns_id, row.version, &index);
+                    expected.push((row_no, ns_id, forward, token.into()));
+                }
+            }
+            let keys: Vec<[u8; 40]> = expected.iter().map(|(_, _, k, _)| k.0).collect();
+            let found = self.store.multi_get(Cf::Forward, &keys)?;
+            for ((row_no, ns_id, _, token), stored) in expected.into_iter().zip(found) {
+                match stored {
+                    None => report.report(
+                        ProblemKind::MissingForward,
+                        ns_name(ns_id),
+                        "reverse",
+                        row_no,
+                    ),
+                    Some(t) if *t != *token => report.report(
+                        ProblemKind::ForwardMismatch,
+                        ns_name(ns_id),
+                        "reverse",
+                        row_no,
+                    ),
+                    Some(_) => {}
+                }
+            }
+        }
+
+        // Forward entries → the reverse rows they name.
+        cursor.clear();
+        loop {
+            let chunk = self.store.scan_after(Cf::Forward, &cursor, VERIFY_CHUNK)?;
+            let Some((last, _)) = chunk.last() else { break };
+            cursor = last.to_vec();
+            // (row number, namespace, forward key, token)
+            let mut lookups: Vec<(u64, &Arc<Namespace>, Entry)> = Vec::new();
+            for (key, token) in chunk {
+                report.forward_entries += 1;
+                let row_no = report.forward_entries;
+                let Some((ns_id, _)) = split_key(&key) else {
+                    report.report(ProblemKind::UnreadableRow, "?".into(), "forward", row_no);
+                    continue;
+                };
+                match namespaces.get(&ns_id) {
+                    Some(ns) if ns.deterministic && key.len() == 40 => {
+                        lookups.push((row_no, ns, (key, token)));
+                    }
+                    Some(ns) => report.report(
+                        ProblemKind::OrphanForward,
+                        ns.name.clone(),
+                        "forward",
+                        row_no,
+                    ),
+                    None => report.report(
+                        ProblemKind::UnknownNamespace,
+                        ns_name(ns_id),
+                        "forward",
+                        row_no,
+                    ),
+                }
+            }
+            let reverse_keys: Vec<Vec<u8>> = lookups
+                .iter()
+                .map(|(_, ns, (_, token))| {
+                    let mut k = ns.id.to_be_bytes().to_vec();
+                    k.extend_from_slice(token);
+                    k
+                })
+                .collect();
+            let rows = self.store.multi_get(Cf::Reverse, &reverse_keys)?;
+            for ((row_no, ns, (key, token)), row) in lookups.into_iter().zip(rows) {
+                let name = ns.name.clone();
+                let Some(row) = row else {
+                    report.report(ProblemKind::OrphanForward, name, "forward", row_no);
+                    continue;
+                };
+                let version = keys::decode_u32(&key[4..8]).unwrap_or(0);
+                let (Some(keyset), Some(row), Ok(token)) = (
+                    ring.by_version.get(&version),
+                    ReverseRow::decode(&row),
+                    std::str::from_utf8(&token),
+                ) else {
+                    report.report(ProblemKind::UnknownKeyset, name, "forward", row_no);
+                    continue;
+                };
+                // A damaged reverse row is reported by the first pass.
+                let Some(sealer) = ring.by_version.get(&row.version) else {
+                    continue;
+                };
+                let ad = reverse_ad(ns.id, token, row.version);
+                let Ok(plain) = sealer.enc().open(&ad.each(), &row.ciphertext) else {
+                    continue;
+                };
+                let index = keyset.prf().blind_index(ns.id, &plain);
+                if ForwardKey::new(ns.id, version, &index).0[..] != key[..] {
+                    report.report(ProblemKind::ForwardDoesNotHashBack, name, "forward", row_no);
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// Replaces the master key of the stopped vault at `path`: every keyset
+    /// is re-wrapped under the new KEK and the KDF record and KEK check are
+    /// replaced in one synced batch, so after a crash at any point exactly
+    /// one of the old and new keys unseals the vault.
+    pub async fn rekey(
+        path: &Path,
+        old: MasterKey,
+        new: MasterKey,
+        kdf: KdfParams,
+    ) -> Result<(), Error> {
+        if !Store::exists(path) {
+            return Err(Error::NotInitialized(path.display().to_string()));
+        }
+        if let MasterKey::Passphrase(p) = &new
+            && p.chars().count() < MIN_PASSPHRASE_CHARS
+        {
+            return Err(Error::WeakPassphrase {
+                min: MIN_PASSPHRASE_CHARS,
+            });
+        }
+        kdf.check().map_err(Error::MasterKey)?;
+        let old_kek = unseal_kek(path, old).await?;
+        // Opening for writing takes RocksDB's lock: a running server holds it.
+        let store = Store::open(path, &StoreOptions::default())?;
+        failpoint("rekey-opened");
+        let mut rows: Vec<(u32, KeysetRow, Keyset)> = Vec::new();
+        for entry in store.scan(Cf::Keys) {
+            let (key, value) = entry?;
+            let version = keys::decode_u32(&key).ok_or(Error::Corrupt("keyset version"))?;
+            let row = KeysetRow::decode(&value).ok_or(Error::Corrupt("keyset row"))?;
+            if let KeysetState::Destroyed { .. } = row.state {
+                continue;
+            }
+            let keyset = Keyset::unwrap(&old_kek, version, KeyPurpose::Data, &row.wrapped)
+                .map_err(|_| Error::KeyIntegrity)?;
+            rows.push((version, row, keyset));
+        }
+        let record = KdfRecord::generate(&new, kdf).map_err(Error::Crypto)?;
+        let new_kek = derive_kek(new, record.clone()).await?;
+        failpoint("rekey-derived");
+        let check = new_kek.check_value(&record).map_err(Error::Crypto)?;
+        let mut rewrapped: Vec<(u32, Vec<u8>)> = Vec::with_capacity(rows.len());
+        for (version, mut row, keyset) in rows {
+            row.wrapped = keyset
+                .wrap(&new_kek, KeyPurpose::Data)
+                .map_err(Error::Crypto)?;
+            rewrapped.push((version, row.encode()));
+        }
+        drop(old_kek);
+        failpoint("rekey-wrapped");
+        let count = rewrapped.len();
+        store
+            .write(move |txn| {
+                txn.put(Cf::Meta, keys::META_KDF, record.encode());
+                txn.put(Cf::Meta, keys::META_KEK_CHECK, check);
+                for (version, row) in rewrapped {
+                    txn.put(Cf::Keys, keys::u32_bytes(version), row);
+                }
+                failpoint("rekey-committing");
+                Ok(())
+            })
+            .await?;
+        failpoint("rekey-committed");
+        load_keyring(&store, &new_kek)?;
+        store.close()?;
+        tracing::info!(path = %path.display(), keysets = count, "master key replaced");
+        Ok(())
+    }
+}

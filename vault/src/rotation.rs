@@ -1,0 +1,675 @@
+//! Online key rotation (DESIGN.md §8).
+//!
+//! `rotate_keys` creates keyset v+1 and makes it active in one commit; from
+//! the next commit on, every new mapping is written under v+1 (the writer
+//! reads the keyring when it runs a job, not when the request looked). A
+//! background job then walks the reverse index in chunks: each mapping still
+//! under an older keyset is decrypted, resealed under v+1 and its forward
+//! entry moved to v+1's blind index. One chunk is one writer job: the moved
+//! rows and the job's cursor reach the disk in the same batch, so a crash
+//! resumes after the last chunk that did.
+//!
+//! Tokens never change: a token is the reverse key, which is never rewritten,
+//! and a value is found under either keyset while the job runs. The job ends
+//! with a full pass that finds nothing left to move — only then are the older
+//! keysets destroyed and the column families compacted, so that the old
+//! ciphertexts and wrapped keys leave the disk.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use crate::Vault;
+use crate::crypto::{KeyPurpose, Keyset};
+use crate::engine::{Keyring, now_secs, reverse_ad};
+use crate::error::Error;
+use crate::namespace::Namespace;
+use crate::store::keys::{
+    self, ForwardKey, KeysetRow, KeysetState, LastRotationRow, ReverseRow, RotationPhase,
+    RotationRow,
+};
+use crate::store::{Cf, StoreError, Txn};
+
+/// Mappings per chunk: large enough that one fsync covers many, small enough
+/// that the writer job of a chunk (two point reads and three writes per
+/// mapping, no crypto) keeps live requests waiting only a few milliseconds.
+const CHUNK: usize = 1024;
+/// Pause before retrying a chunk after a storage error.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// The rotation job's in-memory side: the task, its stop signal and the
+/// figures for `GetKeyStatus`.
+pub(crate) struct RotationState {
+    max_rate: Option<u32>,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    stop: watch::Sender<bool>,
+    running: watch::Sender<bool>,
+    live: Mutex<Option<Live>>,
+    /// Rows that could not be moved (failed their integrity check): they are
+    /// lost already, and `phivault verify` lists them.
+    damaged: AtomicU64,
+}
+
+/// Progress since this process took the job over.
+#[derive(Clone, Copy)]
+struct Live {
+    resumed_at: Instant,
+    moved: u64,
+}
+
+impl RotationState {
+    pub(crate) fn new(max_rate: Option<u32>) -> Self {
+        Self {
+            max_rate: max_rate.filter(|&r| r > 0),
+            task: Mutex::new(None),
+            stop: watch::Sender::new(false),
+            running: watch::Sender::new(false),
+            live: Mutex::new(None),
+            damaged: AtomicU64::new(0),
+        }
+    }
+}
+
+/// A keyset version and where it is in its life.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyVersion {
+    /// The version number; never reused.
+    pub version: u32,
+    /// Active, retiring or destroyed.
+    pub state: KeysetState,
+    /// Seconds since the Unix epoch.
+    pub created_at: u64,
+}
+
+/// A running rotation, as `GetKeyStatus` reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RotationProgress {
+    /// The version mappings move to.
+    pub target: u32,
+    /// What the job is doing.
+    pub phase: RotationPhase,
+    /// Pass over the mappings: 1 moves them, the last one confirms none is
+    /// left.
+    pub pass: u32,
+    /// Seconds since the Unix epoch.
+    pub started_at: u64,
+    /// Mappings examined in the first pass.
+    pub done: u64,
+    /// Mappings in the vault when the rotation started (an estimate, never
+    /// below `done`).
+    pub total: u64,
+    /// Mappings moved per second since this process took the job over.
+    pub rate: f64,
+    /// Time left for the first pass at the current rate.
+    pub eta: Option<Duration>,
+    /// Rows the job could not move because they failed their integrity check.
+    pub damaged: u64,
+}
+
+/// The last completed rotation.
+pub type LastRotation = LastRotationRow;
+
+/// The vault's keys: every version, the rotation in progress and the last
+/// one completed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeyStatus {
+    /// The version new mappings are written under.
+    pub active: u32,
+    /// Every version ever created, oldest first.
+    pub versions: Vec<KeyVersion>,
+    /// The rotation in progress, if any.
+    pub rotation: Option<RotationProgress>,
+    /// The last rotation that completed, if any.
+    pub last_rotation: Option<LastRotation>,
+}
+
+/// One reverse row of a chunk and what the job will do with it.
+enum Planned {
+    /// Reseal and re-index under the target keyset.
+    Move(Move),
+    /// Already under the target keyset.
+    Skip,
+    /// Cannot be opened; left where it is.
+    Damaged,
+}
+
+struct Move {
+    old_row: Box<[u8]>,
+    new_row: Vec<u8>,
+    /// Old and new forward key, in deterministic namespaces.
+    forward: Option<(ForwardKey, ForwardKey)>,
+}
+
+/// What one chunk's writer job did.
+struct Applied {
+    moved: u64,
+    /// Forward entries that were missing or pointed elsewhere.
+    anomalies: u64,
+}
+
+enum Step {
+    Continue,
+    Finished,
+}
+
+fn job_error(what: &str) -> StoreError {
+    StoreError::Rocks(format!("key rotation: {what}"))
+}
+
+impl Vault {
+    /// Starts a key rotation: keyset v+1 is created and active for new
+    /// writes as soon as this returns; a background job moves the existing
+    /// mappings and destroys v when done. Returns the new version.
+    ///
+    /// Fails with [`Error::RotationInProgress`] while a rotation runs.
+    pub async fn rotate_keys(self: &Arc<Self>) -> Result<u32, Error> {
+        let mut newest = 0;
+        for entry in self.store.scan(Cf::Keys) {
+            let (key, _) = entry?;
+            newest = newest.max(keys::decode_u32(&key).ok_or(Error::Corrupt("keyset version"))?);
+        }
+        // Destroyed versions keep their rows, so a number is never reused.
+        let version = newest + 1;
+        let keyset = Arc::new(Keyset::generate(version).map_err(Error::Crypto)?);
+        let wrapped = keyset
+            .wrap(&self.kek, KeyPurpose::Data)
+            .map_err(Error::Crypto)?;
+        let total = self.store.estimate_keys(Cf::Reverse)?;
+        let shared = Arc::clone(&self.keyring);
+        let now = now_secs();
+        let started = self
+            .store
+            .write(move |txn| {
+                if txn.contains(Cf::Meta, keys::META_ROTATION)? {
+                    return Ok(Err(Error::RotationInProgress));
+                }
+                if txn.contains(Cf::Keys, &keys::u32_bytes(version))? {
+                    // Another rotation request won the race for this number.
+                    return Ok(Err(Error::RotationInProgress));
+                }
+                let previous = txn
+                    .get(Cf::Meta, keys::META_ACTIVE_KEYSET)?
+                    .as_deref()
+                    .and_then(keys::decode_u32)
+                    .ok_or_else(|| job_error("meta lacks the active keyset"))?;
+                let mut old = txn
+                    .get(Cf::Keys, &keys::u32_bytes(previous))?
+                    .as_deref()
+                    .and_then(KeysetRow::decode)
+                    .ok_or_else(|| job_error("the active keyset row is unreadable"))?;
+                old.state = KeysetState::Retiring;
+                txn.put(Cf::Keys, keys::u32_bytes(previous), old.encode());
+                let row = KeysetRow {
+                    state: KeysetState::Active,
+                    created_at: now,
+                    wrapped,
+                };
+                txn.put(Cf::Keys, keys::u32_bytes(version), row.encode());
+                txn.put(Cf::Meta, keys::META_ACTIVE_KEYSET, keys::u32_bytes(version));
+                let rotation = RotationRow {
+                    target: version,
+                    phase: RotationPhase::Migrating,
+                    started_at: now,
+                    done: 0,
+                    total,
+                    pass: 1,
+                    moved_in_pass: 0,
+                    cursor: Vec::new(),
+                };
+                txn.put(Cf::Meta, keys::META_ROTATION, rotation.encode());
+                // In force before the next commit: no job after this one
+                // writes under the retiring keyset.
+                txn.after_commit(move || {
+                    let mut ring = shared.write().unwrap_or_else(|e| e.into_inner());
+                    let mut by_version = ring.by_version.clone();
+                    by_version.insert(version, Arc::clone(&keyset));
+                    *ring = Arc::new(Keyring::new(keyset, by_version));
+                });
+                Ok(Ok(previous))
+            })
+            .await??;
+        tracing::info!(
+            from = started,
+            to = version,
+            estimated_mappings = total,
+            "key rotation started"
+        );
+        self.spawn_rotation();
+        Ok(version)
+    }
+
+    /// Resumes a rotation that a previous process left unfinished. Call once
+    /// after opening, inside the runtime that should run it.
+    pub fn resume_background_jobs(self: &Arc<Self>) -> Result<(), Error> {
+        if let Some(row) = self.rotation_row()? {
+            tracing::info!(
+                to = row.target,
+                pass = row.pass,
+                done = row.done,
+                "resuming key rotation"
+            );
+            self.spawn_rotation();
+        }
+        Ok(())
+    }
+
+    /// Stops the background jobs after their current chunk (their cursor is
+    /// on disk; the next start resumes them) and waits for them.
+    pub async fn stop_background_jobs(&self) {
+        self.rotation.stop.send_replace(true);
+        let task = self
+            .rotation
+            .task
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+    }
+
+    /// Waits until no rotation job runs in this process.
+    pub async fn rotation_settled(&self) {
+        let mut running = self.rotation.running.subscribe();
+        let _ = running.wait_for(|r| !r).await;
+    }
+
+    /// Key versions, the rotation in progress and the last one completed.
+    pub fn key_status(&self) -> Result<KeyStatus, Error> {
+        let mut versions = Vec::new();
+        for entry in self.store.scan(Cf::Keys) {
+            let (key, value) = entry?;
+            let row = KeysetRow::decode(&value).ok_or(Error::Corrupt("keyset row"))?;
+            versions.push(KeyVersion {
+                version: keys::decode_u32(&key).ok_or(Error::Corrupt("keyset version"))?,
+                state: row.state,
+                created_at: row.created_at,
+            });
+        }
+        let rotation = self.rotation_row()?.map(|row| {
+            let live = *self.rotation.live.lock().unwrap_or_else(|e| e.into_inner());
+            let rate = live.map_or(0.0, |l| {
+                l.moved as f64 / l.resumed_at.elapsed().as_secs_f64().max(1e-3)
+            });
+            let total = row.total.max(row.done);
+            let eta = (row.phase == RotationPhase::Migrating && row.pass == 1 && rate > 0.0)
+                .then(|| Duration::from_secs_f64((total - row.done) as f64 / rate));
+            RotationProgress {
+                target: row.target,
+                phase: row.phase,
+                pass: row.pass,
+                started_at: row.started_at,
+                done: row.done,
+                total,
+                rate,
+                eta,
+                damaged: self.rotation.damaged.load(Ordering::Relaxed),
+            }
+        });
+        let last_rotation = self
+            .store
+            .get(Cf::Meta, keys::META_LAST_ROTATION)?
+            .map(|b| LastRotationRow::decode(&b).ok_or(Error::Corrupt("last rotation record")))
+            .transpose()?;
+        Ok(KeyStatus {
+            active: self.active_keyset_version(),
+            versions,
+            rotation,
+            last_rotation,
+        })
+    }
+
+    fn rotation_row(&self) -> Result<Option<RotationRow>, Error> {
+        self.store
+            .get(Cf::Meta, keys::META_ROTATION)?
+            .map(|b| RotationRow::decode(&b).ok_or(Error::Corrupt("rotation record")))
+            .transpose()
+    }
+
+    fn spawn_rotation(self: &Arc<Self>) {
+        let mut task = self.rotation.task.lock().unwrap_or_else(|e| e.into_inner());
+        if task.as_ref().is_some_and(|t| !t.is_finished()) {
+            return;
+        }
+        self.rotation.stop.send_replace(false);
+        self.rotation.running.send_replace(true);
+        *self.rotation.live.lock().unwrap_or_else(|e| e.into_inner()) = Some(Live {
+            resumed_at: Instant::now(),
+            moved: 0,
+        });
+        let vault = Arc::clone(self);
+        *task = Some(tokio::spawn(async move {
+            vault.run_rotation().await;
+            *vault
+                .rotation
+                .live
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = None;
+            vault.rotation.running.send_replace(false);
+        }));
+    }
+
+    async fn run_rotation(self: &Arc<Self>) {
+        let mut stop = self.rotation.stop.subscribe();
+        loop {
+            if *stop.borrow() {
+                tracing::info!("key rotation paused for shutdown; it resumes on the next start");
+                return;
+            }
+            match self.rotation_step().await {
+                Ok(Step::Continue) => {}
+                Ok(Step::Finished) => return,
+                Err(e) => {
+                    tracing::error!(error = %e, "key rotation chunk failed; retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(RETRY_AFTER) => {}
+                        _ = stop.changed() => {}
+                    }
+                    continue;
+                }
+            }
+            self.throttle(&mut stop).await;
+        }
+    }
+
+    /// Holds the job to `rotation_max_rate` mappings per second, if set.
+    async fn throttle(&self, stop: &mut watch::Receiver<bool>) {
+        let Some(rate) = self.rotation.max_rate else {
+            return;
+        };
+        let Some(live) = *self.rotation.live.lock().unwrap_or_else(|e| e.into_inner()) else {
+            return;
+        };
+        let due = Duration::from_secs_f64(live.moved as f64 / f64::from(rate));
+        if let Some(wait) = due.checked_sub(live.resumed_at.elapsed()) {
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                _ = stop.changed() => {}
+            }
+        }
+    }
+
+    async fn rotation_step(self: &Arc<Self>) -> Result<Step, Error> {
+        let Some(row) = self.rotation_row()? else {
+            return Ok(Step::Finished);
+        };
+        match row.phase {
+            RotationPhase::Migrating => self.migrate_chunk(row).await,
+            RotationPhase::Compacting => {
+                self.compact_and_finish(row).await?;
+                Ok(Step::Finished)
+            }
+        }
+    }
+
+    async fn migrate_chunk(self: &Arc<Self>, row: RotationRow) -> Result<Step, Error> {
+        let chunk = self.store.scan_after(Cf::Reverse, &row.cursor, CHUNK)?;
+        if chunk.is_empty() {
+            return self.end_pass(row).await;
+        }
+        let ring = self.keyring();
+        let namespaces = self.namespaces_by_id();
+        let target = row.target;
+        let planned = tokio::task::spawn_blocking(move || {
+            chunk
+                .into_iter()
+                .map(|(key, value)| {
+                    let plan = plan(&ring, &namespaces, target, &key, value);
+                    (key, plan)
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .map_err(|_| job_error("a chunk's preparation panicked"))?;
+        let damaged = planned
+            .iter()
+            .filter(|(_, p)| matches!(p, Planned::Damaged))
+            .count() as u64;
+        let expected = row.encode();
+        let applied = self
+            .store
+            .write(move |txn| apply(txn, &expected, row, planned))
+            .await?;
+        let Some(applied) = applied else {
+            return Ok(Step::Continue);
+        };
+        if damaged > 0 {
+            self.rotation.damaged.fetch_add(damaged, Ordering::Relaxed);
+            tracing::error!(
+                rows = damaged,
+                "key rotation: rows failed their integrity check and stay unreadable; run `phivault verify`"
+            );
+        }
+        if applied.anomalies > 0 {
+            tracing::warn!(
+                rows = applied.anomalies,
+                "key rotation: forward entries were missing or pointed elsewhere; run `phivault verify`"
+            );
+        }
+        if let Some(live) = self
+            .rotation
+            .live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+        {
+            live.moved += applied.moved;
+        }
+        Ok(Step::Continue)
+    }
+
+    /// The cursor reached the end of the reverse index: start another pass,
+    /// or — when a whole pass moved nothing — destroy the older keysets.
+    async fn end_pass(self: &Arc<Self>, row: RotationRow) -> Result<Step, Error> {
+        let expected = row.encode();
+        if row.moved_in_pass > 0 {
+            let next = RotationRow {
+                pass: row.pass + 1,
+                moved_in_pass: 0,
+                cursor: Vec::new(),
+                ..row
+            };
+            tracing::info!(
+                pass = next.pass,
+                "key rotation: checking that no mapping is left behind"
+            );
+            self.store
+                .write(move |txn| {
+                    if txn.get(Cf::Meta, keys::META_ROTATION)?.as_deref() == Some(&expected) {
+                        txn.put(Cf::Meta, keys::META_ROTATION, next.encode());
+                    }
+                    Ok(())
+                })
+                .await?;
+            return Ok(Step::Continue);
+        }
+        let target = row.target;
+        let shared = Arc::clone(&self.keyring);
+        let now = now_secs();
+        let destroyed = self
+            .store
+            .write(move |txn| {
+                if txn.get(Cf::Meta, keys::META_ROTATION)?.as_deref() != Some(&expected) {
+                    return Ok(Vec::new());
+                }
+                let mut destroyed = Vec::new();
+                let mut rows = Vec::new();
+                for version in 1..target {
+                    if let Some(bytes) = txn.get(Cf::Keys, &keys::u32_bytes(version))? {
+                        rows.push((version, bytes));
+                    }
+                }
+                for (version, bytes) in rows {
+                    let mut keyset = KeysetRow::decode(&bytes)
+                        .ok_or_else(|| job_error("unreadable keyset row"))?;
+                    if matches!(keyset.state, KeysetState::Destroyed { .. }) {
+                        continue;
+                    }
+                    keyset.state = KeysetState::Destroyed { at: now };
+                    keyset.wrapped.clear();
+                    txn.put(Cf::Keys, keys::u32_bytes(version), keyset.encode());
+                    destroyed.push(version);
+                }
+                let compacting = RotationRow {
+                    phase: RotationPhase::Compacting,
+                    cursor: Vec::new(),
+                    ..row
+                };
+                txn.put(Cf::Meta, keys::META_ROTATION, compacting.encode());
+                txn.after_commit(move || {
+                    let mut ring = shared.write().unwrap_or_else(|e| e.into_inner());
+                    let active = Arc::clone(&ring.active);
+                    let by_version = HashMap::from([(active.version(), Arc::clone(&active))]);
+                    *ring = Arc::new(Keyring::new(active, by_version));
+                });
+                Ok(destroyed)
+            })
+            .await?;
+        tracing::info!(versions = ?destroyed, "key rotation: every mapping moved; older keysets destroyed");
+        Ok(Step::Continue)
+    }
+
+    async fn compact_and_finish(self: &Arc<Self>, row: RotationRow) -> Result<(), Error> {
+        let vault = Arc::clone(self);
+        let started = Instant::now();
+        tokio::task::spawn_blocking(move || {
+            vault
+                .store
+                .compact(&[Cf::Forward, Cf::Reverse, Cf::Keys, Cf::Meta])
+        })
+        .await
+        .map_err(|_| job_error("compaction panicked"))??;
+        let last = LastRotationRow {
+            target: row.target,
+            started_at: row.started_at,
+            finished_at: now_secs(),
+            mappings: row.done,
+        };
+        let expected = row.encode();
+        self.store
+            .write(move |txn| {
+                if txn.get(Cf::Meta, keys::META_ROTATION)?.as_deref() == Some(&expected) {
+                    txn.delete(Cf::Meta, keys::META_ROTATION);
+                    txn.put(Cf::Meta, keys::META_LAST_ROTATION, last.encode());
+                }
+                Ok(())
+            })
+            .await?;
+        tracing::info!(
+            to = row.target,
+            mappings = row.done,
+            compaction_ms = started.elapsed().as_millis() as u64,
+            "key rotation complete; old ciphertexts compacted away"
+        );
+        Ok(())
+    }
+}
+
+/// Off the writer thread: opens a row under its keyset and reseals it under
+/// the target, with both blind indexes of its value.
+fn plan(
+    ring: &Keyring,
+    namespaces: &HashMap<u32, Arc<Namespace>>,
+    target: u32,
+    key: &[u8],
+    value: Box<[u8]>,
+) -> Planned {
+    let Some(row) = ReverseRow::decode(&value) else {
+        return Planned::Damaged;
+    };
+    if row.version == target {
+        return Planned::Skip;
+    }
+    let (Some(ns_id), Some(token)) = (
+        key.first_chunk::<4>().map(|b| u32::from_be_bytes(*b)),
+        key.get(4..).and_then(|t| std::str::from_utf8(t).ok()),
+    ) else {
+        return Planned::Damaged;
+    };
+    let (Some(ns), Some(old), Some(new)) = (
+        namespaces.get(&ns_id),
+        ring.by_version.get(&row.version),
+        ring.by_version.get(&target),
+    ) else {
+        return Planned::Damaged;
+    };
+    let Ok(plain) = old.enc().open(
+        &reverse_ad(ns_id, token, row.version).each(),
+        &row.ciphertext,
+    ) else {
+        return Planned::Damaged;
+    };
+    let Ok(ciphertext) = new
+        .enc()
+        .seal(&reverse_ad(ns_id, token, target).each(), &plain)
+    else {
+        return Planned::Damaged;
+    };
+    let forward = ns.deterministic.then(|| {
+        let at = |keyset: &Keyset| {
+            ForwardKey::new(
+                ns_id,
+                keyset.version(),
+                &keyset.prf().blind_index(ns_id, &plain),
+            )
+        };
+        (at(old), at(new))
+    });
+    Planned::Move(Move {
+        old_row: value,
+        new_row: ReverseRow {
+            version: target,
+            created_at: row.created_at,
+            ciphertext,
+        }
+        .encode(),
+        forward,
+    })
+}
+
+/// On the writer thread: moves a planned chunk and advances the cursor in
+/// the same batch. `None` when the rotation record changed under the job.
+fn apply(
+    txn: &mut Txn<'_>,
+    expected: &[u8],
+    mut row: RotationRow,
+    planned: Vec<(Box<[u8]>, Planned)>,
+) -> Result<Option<Applied>, StoreError> {
+    if txn.get(Cf::Meta, keys::META_ROTATION)?.as_deref() != Some(expected) {
+        return Ok(None);
+    }
+    let (mut moved, mut anomalies, mut examined) = (0u64, 0u64, 0u64);
+    for (key, plan) in planned {
+        if let Planned::Move(m) = plan {
+            // Rows only change here, but the writer is the one place that
+            // can say so for certain: a row that is not what was planned is
+            // left for the next chunk, which starts at it.
+            if txn.get(Cf::Reverse, &key)?.as_deref() != Some(&*m.old_row) {
+                break;
+            }
+            if let Some((old, new)) = m.forward {
+                let token = &key[4..];
+                match txn.get(Cf::Forward, &old.0)? {
+                    Some(stored) if stored == token => {
+                        txn.delete(Cf::Forward, old.0.as_slice());
+                        txn.put(Cf::Forward, new.0.as_slice(), token);
+                    }
+                    _ => anomalies += 1,
+                }
+            }
+            txn.put(Cf::Reverse, key.clone(), m.new_row);
+            moved += 1;
+        }
+        examined += 1;
+        row.cursor = key.into_vec();
+    }
+    if row.pass == 1 {
+        row.done += examined;
+    }
+    row.moved_in_pass += moved;
+    txn.put(Cf::Meta, keys::META_ROTATION, row.encode());
+    Ok(Some(Applied { moved, anomalies }))
+}

@@ -1,0 +1,393 @@
+//! Key lifecycle in the core: rotation, backup, verify and rekey against a
+//! real RocksDB in a temporary directory.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use phivault::store::Cf;
+use phivault::{Error, KeysetState, MasterKey, ProblemKind, RotationPhase, Vault, VaultOptions};
+use zeroize::Zeroizing;
+
+fn key_file() -> MasterKey {
+    MasterKey::KeyFile(Zeroizing::new([0x5a; 32]))
+}
+
+fn passphrase(p: &str) -> MasterKey {
+    MasterKey::Passphrase(Zeroizing::new(p.to_owned()))
+}
+
+fn ok(results: Vec<phivault::ItemResult>) -> Vec<String> {
+    results
+        .into_iter()
+        .map(|r| r.expect("item succeeds"))
+        .collect()
+}
+
+/// Values for three kinds of namespace: separators (ssn), letters (name) and
+/// random-mode free text, so every path of a rotation is walked.
+struct Loaded {
+    ssns: Vec<String>,
+    ssn_tokens: Vec<String>,
+    names: Vec<String>,
+    name_tokens: Vec<String>,
+    texts: Vec<String>,
+    text_tokens: Vec<String>,
+}
+
+async fn load(vault: &Vault, n: usize) -> Loaded {
+    let ssns: Vec<String> = (0..n)
+        .map(|i| format!("{:03}-{:02}-{:04}", 100 + i % 700, 10 + i % 89, i))
+        .collect();
+    let names: Vec<String> = (0..n)
+        .map(|i| format!("Patient{}", to_letters(i)))
+        .collect();
+    let texts: Vec<String> = (0..n / 10).map(|i| format!("note {i}: stable")).collect();
+    let mut loaded = Loaded {
+        ssn_tokens: Vec::new(),
+        name_tokens: Vec::new(),
+        text_tokens: Vec::new(),
+        ssns,
+        names,
+        texts,
+    };
+    for chunk in loaded.ssns.chunks(1000) {
+        loaded
+            .ssn_tokens
+            .extend(ok(vault.tokenize("ssn", chunk).await.expect("tokenize")));
+    }
+    for chunk in loaded.names.chunks(1000) {
+        loaded
+            .name_tokens
+            .extend(ok(vault.tokenize("name", chunk).await.expect("tokenize")));
+    }
+    vault
+        .create_namespace(phivault::NamespaceSpec {
+            name: "notes".into(),
+            format: phivault::format::FormatSpec::new(phivault::format::FormatKind::Opaque),
+            deterministic: false,
+        })
+        .await
+        .expect("namespace");
+    loaded.text_tokens = ok(vault
+        .tokenize("notes", &loaded.texts)
+        .await
+        .expect("tokenize"));
+    loaded
+}
+
+fn to_letters(mut i: usize) -> String {
+    let mut out = String::new();
+    loop {
+        out.push((b'a' + (i % 26) as u8) as char);
+        i /= 26;
+        if i == 0 {
+            return out;
+        }
+    }
+}
+
+/// Every token still reveals its value, and every deterministic value still
+/// gets its token.
+async fn assert_intact(vault: &Vault, loaded: &Loaded) {
+    for (ns, values, tokens) in [
+        ("ssn", &loaded.ssns, &loaded.ssn_tokens),
+        ("name", &loaded.names, &loaded.name_tokens),
+        ("notes", &loaded.texts, &loaded.text_tokens),
+    ] {
+        for (values, tokens) in values.chunks(1000).zip(tokens.chunks(1000)) {
+            let revealed = ok(vault.detokenize(ns, tokens).await.expect("detokenize"));
+            assert_eq!(&revealed, values, "{ns}: every token reveals its value");
+            if ns != "notes" {
+                let again = ok(vault.tokenize(ns, values).await.expect("tokenize"));
+                assert_eq!(&again, tokens, "{ns}: no token changed");
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_moves_every_mapping_keeps_every_token_and_destroys_the_old_keys() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let vault = Arc::new(
+        Vault::init(dir.path(), key_file(), VaultOptions::default())
+            .await
+            .expect("init"),
+    );
+    let loaded = load(&vault, 5000).await;
+    let before = vault.verify().expect("verify");
+    assert!(before.is_clean(), "{:?}", before.problems);
+    assert_eq!(
+        before.rows_by_keyset.keys().copied().collect::<Vec<_>>(),
+        [1]
+    );
+
+    assert_eq!(vault.rotate_keys().await.expect("rotate"), 2);
+    // New writes use the new keyset at once.
+    assert_eq!(vault.active_keyset_version(), 2);
+    let fresh = ok(vault
+        .tokenize("ssn", &["999-99-0001"])
+        .await
+        .expect("tokenize"));
+    vault.rotation_settled().await;
+
+    let status = vault.key_status().expect("status");
+    assert_eq!(status.active, 2);
+    assert!(status.rotation.is_none(), "the rotation finished");
+    let states: Vec<_> = status
+        .versions
+        .iter()
+        .map(|v| (v.version, v.state))
+        .collect();
+    assert!(
+        matches!(states[0], (1, KeysetState::Destroyed { .. })),
+        "{states:?}"
+    );
+    assert_eq!(states[1], (2, KeysetState::Active));
+    let last = status.last_rotation.expect("recorded");
+    assert_eq!(last.target, 2);
+    assert!(
+        last.mappings >= 10_500,
+        "{} mappings examined",
+        last.mappings
+    );
+
+    assert_intact(&vault, &loaded).await;
+    assert_eq!(
+        ok(vault
+            .tokenize("ssn", &["999-99-0001"])
+            .await
+            .expect("tokenize")),
+        fresh
+    );
+    let after = vault.verify().expect("verify");
+    assert!(after.is_clean(), "{:?}", after.problems);
+    assert_eq!(
+        after.rows_by_keyset.keys().copied().collect::<Vec<_>>(),
+        [2]
+    );
+    assert_eq!(after.reverse_rows, before.reverse_rows + 1);
+
+    // The destroyed keyset's material is gone from the database: the vault
+    // reopens with only version 2.
+    let vault = Arc::into_inner(vault).expect("sole owner");
+    vault.close().expect("close");
+    let reopened = Vault::open(dir.path(), key_file(), VaultOptions::default())
+        .await
+        .expect("open");
+    assert_intact(&reopened, &loaded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_rotation_waits_for_the_first_and_then_runs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let throttled = VaultOptions {
+        rotation_max_rate: Some(500),
+        ..VaultOptions::default()
+    };
+    let vault = Arc::new(
+        Vault::init(dir.path(), key_file(), throttled)
+            .await
+            .expect("init"),
+    );
+    let loaded = load(&vault, 3000).await;
+    vault.rotate_keys().await.expect("rotate");
+    let refused = vault.rotate_keys().await.expect_err("one at a time");
+    assert!(matches!(refused, Error::RotationInProgress), "{refused}");
+    assert!(refused.to_string().contains("already in progress"));
+    let running = vault
+        .key_status()
+        .expect("status")
+        .rotation
+        .expect("running");
+    assert_eq!(
+        (running.target, running.phase),
+        (2, RotationPhase::Migrating)
+    );
+
+    // Stopped mid-way (as at shutdown), reopened without the throttle: the
+    // job resumes from its cursor and completes.
+    vault.stop_background_jobs().await;
+    let vault = Arc::into_inner(vault).expect("sole owner");
+    vault.close().expect("close");
+    let vault = Arc::new(
+        Vault::open(dir.path(), key_file(), VaultOptions::default())
+            .await
+            .expect("open"),
+    );
+    assert!(vault.key_status().expect("status").rotation.is_some());
+    vault.resume_background_jobs().expect("resume");
+    vault.rotation_settled().await;
+    assert!(vault.key_status().expect("status").rotation.is_none());
+
+    // Back to back.
+    assert_eq!(vault.rotate_keys().await.expect("rotate"), 3);
+    vault.rotation_settled().await;
+    let status = vault.key_status().expect("status");
+    let states: Vec<_> = status.versions.iter().map(|v| v.state).collect();
+    assert!(matches!(
+        states[..],
+        [
+            KeysetState::Destroyed { .. },
+            KeysetState::Destroyed { .. },
+            KeysetState::Active
+        ]
+    ));
+    assert_intact(&vault, &loaded).await;
+    assert!(vault.verify().expect("verify").is_clean());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_reports_a_flipped_ciphertext_byte_and_a_deleted_forward_entry() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let vault = Vault::init(dir.path(), key_file(), VaultOptions::default())
+        .await
+        .expect("init");
+    let loaded = load(&vault, 100).await;
+    vault.close().expect("close");
+    drop(loaded);
+
+    // Damage two rows behind the vault's back.
+    {
+        let names = Cf::ALL.map(Cf::name);
+        let db =
+            rocksdb::DB::open_cf(&rocksdb::Options::default(), dir.path(), names).expect("open");
+        let reverse = db.cf_handle("reverse").expect("cf");
+        let (key, mut value) = db
+            .iterator_cf(reverse, rocksdb::IteratorMode::Start)
+            .nth(10)
+            .expect("row")
+            .expect("read");
+        let last = value.len() - 1;
+        value[last] ^= 0x01;
+        db.put_cf(reverse, &key, &value).expect("flip");
+        let forward = db.cf_handle("forward").expect("cf");
+        let (key, _) = db
+            .iterator_cf(forward, rocksdb::IteratorMode::Start)
+            .nth(20)
+            .expect("entry")
+            .expect("read");
+        db.delete_cf(forward, &key).expect("delete");
+    }
+
+    let vault = Vault::open(dir.path(), key_file(), VaultOptions::default())
+        .await
+        .expect("open");
+    let report = vault.verify().expect("verify");
+    assert!(!report.is_clean());
+    assert_eq!(report.counts.get(&ProblemKind::IntegrityFailure), Some(&1));
+    assert_eq!(report.counts.get(&ProblemKind::MissingForward), Some(&1));
+    assert_eq!(report.counts.len(), 2, "{:?}", report.counts);
+    let damaged = &report.problems[0];
+    assert_eq!(damaged.table, "reverse");
+    assert_eq!(damaged.row, 11);
+    let text = report
+        .problems
+        .iter()
+        .map(ToString::to_string)
+        .collect::<String>();
+    assert!(!text.contains("Patient") && !text.contains("-"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rekey_replaces_the_passphrase_and_keeps_every_mapping() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let old = "correct horse battery staple";
+    let new = "a completely different passphrase";
+    let vault = Vault::init(dir.path(), passphrase(old), VaultOptions::default())
+        .await
+        .expect("init");
+    let tokens = ok(vault
+        .tokenize("ssn", &["123-45-6789"])
+        .await
+        .expect("tokenize"));
+    vault.close().expect("close");
+
+    let weak = Vault::rekey(
+        dir.path(),
+        passphrase(old),
+        passphrase("short"),
+        Default::default(),
+    )
+    .await
+    .expect_err("weak");
+    assert!(matches!(weak, Error::WeakPassphrase { .. }));
+    let wrong = Vault::rekey(
+        dir.path(),
+        passphrase(new),
+        passphrase(new),
+        Default::default(),
+    )
+    .await
+    .expect_err("wrong old passphrase");
+    assert!(matches!(wrong, Error::WrongMasterKey));
+
+    Vault::rekey(
+        dir.path(),
+        passphrase(old),
+        passphrase(new),
+        Default::default(),
+    )
+    .await
+    .expect("rekey");
+    let refused = Vault::open(dir.path(), passphrase(old), VaultOptions::default()).await;
+    assert!(matches!(refused, Err(Error::WrongMasterKey)));
+    let vault = Vault::open(dir.path(), passphrase(new), VaultOptions::default())
+        .await
+        .expect("the new passphrase unseals");
+    assert_eq!(
+        ok(vault.detokenize("ssn", &tokens).await.expect("detokenize")),
+        ["123-45-6789"]
+    );
+    vault.close().expect("close");
+
+    // And on to a key file.
+    Vault::rekey(dir.path(), passphrase(new), key_file(), Default::default())
+        .await
+        .expect("rekey to a key file");
+    assert!(
+        Vault::open(dir.path(), key_file(), VaultOptions::default())
+            .await
+            .is_ok()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backups_refuse_relative_existing_and_confined_paths_then_restore() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let vault = Vault::init(&data, key_file(), VaultOptions::default())
+        .await
+        .expect("init");
+    let tokens = ok(vault
+        .tokenize("mrn", &["MRN0001", "MRN0002"])
+        .await
+        .expect("tokenize"));
+    for (path, within) in [
+        (Path::new("relative/backup").to_path_buf(), None),
+        (data.clone(), None),
+        (dir.path().join("missing/parent/b"), None),
+        (dir.path().join("b"), Some(data.as_path())),
+    ] {
+        let refused = vault.backup(&path, within).await.expect_err("refused");
+        assert!(matches!(refused, Error::InvalidBackupPath(_)), "{refused}");
+    }
+    let target = dir.path().join("backup-1");
+    let info = vault
+        .backup(&target, Some(dir.path()))
+        .await
+        .expect("backup");
+    assert!(info.bytes > 0);
+    vault.close().expect("close");
+
+    let restored = Vault::open(&target, key_file(), VaultOptions::default())
+        .await
+        .expect("the backup opens with the same key");
+    assert_eq!(
+        ok(restored
+            .detokenize("mrn", &tokens)
+            .await
+            .expect("detokenize")),
+        ["MRN0001", "MRN0002"]
+    );
+    assert!(restored.verify().expect("verify").is_clean());
+}
