@@ -71,6 +71,17 @@ impl VaultDir {
         Self { admin_key, ..vault }
     }
 
+    /// A new directory with this vault's master key file and admin key but
+    /// no data yet: the place to restore a backup of it to (`data()`).
+    pub fn empty_twin(&self) -> Self {
+        let root = tempfile::tempdir().expect("tempdir");
+        std::fs::copy(self.key_file(), root.path().join("master.key")).expect("copy key file");
+        Self {
+            root,
+            admin_key: self.admin_key.clone(),
+        }
+    }
+
     /// The RocksDB directory.
     pub fn data(&self) -> PathBuf {
         self.root.path().join("data")
@@ -83,6 +94,19 @@ impl VaultDir {
 
     fn admin_file(&self) -> PathBuf {
         self.root.path().join("admin.key")
+    }
+
+    /// `phivault <subcommand> --data-dir <data>`, ready for more arguments.
+    pub fn command(&self, subcommand: &str) -> Command {
+        let mut command = Command::new(binary("phivault"));
+        command
+            .arg(subcommand)
+            .args(["--data-dir", self.data().to_str().expect("utf-8 path")])
+            .env("PHIVAULT_LOG", "warn")
+            .env_remove("PHIVAULT_PASSPHRASE")
+            .env_remove("PHIVAULT_NEW_PASSPHRASE")
+            .env_remove("PHIVAULT_FAILPOINT");
+        command
     }
 }
 
@@ -150,6 +174,17 @@ impl Server {
                 panic!("phivault serve did not become ready:\n{log}");
             }
         }
+    }
+
+    /// Kills the server with SIGKILL, as a crash would, and returns what it
+    /// wrote to stderr.
+    pub fn kill(mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.stderr
+            .take()
+            .and_then(|h| h.join().ok())
+            .unwrap_or_default()
     }
 
     /// `http://127.0.0.1:PORT`.

@@ -8,6 +8,8 @@ use phivault_client::{Client, ClientOptions, v1 as pb};
 use phivault_tests::{Server, VaultDir};
 use tonic::Code;
 
+mod keys;
+
 async fn connect(server: &Server, key: Option<&str>) -> Client {
     let mut options = ClientOptions::new(server.endpoint());
     if let Some(key) = key {
