@@ -271,14 +271,16 @@ fn a_rekey_killed_at_any_step_leaves_exactly_one_key_working() {
     }
 }
 
+/// Values, tokens, and when the response arrived, of one acknowledged batch.
+type Acked = (Vec<String>, Vec<String>, Instant);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_backup_during_a_bulk_load_restores_every_acknowledged_token() {
     let vault = VaultDir::init();
     let server = Server::start(&vault, &[]);
     let admin = connect(&server, Some(&vault.admin_key)).await;
     let (_, key) = pipeline(&admin, &server).await;
-    // (values, tokens, when the response arrived) of every acknowledged batch.
-    let acked: Arc<Mutex<Vec<(Vec<String>, Vec<String>, Instant)>>> = Arc::default();
+    let acked: Arc<Mutex<Vec<Acked>>> = Arc::default();
     let loading = Arc::new(AtomicBool::new(true));
     let loader = {
         let (client, acked, loading) = (
