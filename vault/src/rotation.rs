@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::Vault;
 use crate::crypto::{KeyPurpose, Keyset};
@@ -37,6 +37,8 @@ use crate::store::{Cf, StoreError, Txn};
 /// that the writer job of a chunk (two point reads and three writes per
 /// mapping, no crypto) keeps live requests waiting only a few milliseconds.
 const CHUNK: usize = 1024;
+/// Chunks planned ahead of the one being committed.
+const PLANNED_AHEAD: usize = 2;
 /// Pause before retrying a chunk after a storage error.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 
@@ -126,6 +128,9 @@ pub struct KeyStatus {
     pub last_rotation: Option<LastRotation>,
 }
 
+/// The reverse rows of one chunk, in key order, each with its plan.
+type Chunk = Vec<(Box<[u8]>, Planned)>;
+
 /// One reverse row of a chunk and what the job will do with it.
 enum Planned {
     /// Reseal and re-index under the target keyset.
@@ -137,17 +142,16 @@ enum Planned {
 }
 
 struct Move {
-    old_row: Box<[u8]>,
     new_row: Vec<u8>,
-    /// Old and new forward key, in deterministic namespaces.
-    forward: Option<(ForwardKey, ForwardKey)>,
+    /// The new forward key, in deterministic namespaces.
+    forward: Option<ForwardKey>,
 }
 
 /// What one chunk's writer job did.
 struct Applied {
+    /// The rotation record as the job left it.
+    row: RotationRow,
     moved: u64,
-    /// Forward entries that were missing or pointed elsewhere.
-    anomalies: u64,
 }
 
 enum Step {
@@ -359,7 +363,7 @@ impl Vault {
                 tracing::info!("key rotation paused for shutdown; it resumes on the next start");
                 return;
             }
-            match self.rotation_step().await {
+            match self.rotation_step(&mut stop).await {
                 Ok(Step::Continue) => {}
                 Ok(Step::Finished) => return,
                 Err(e) => {
@@ -392,12 +396,15 @@ impl Vault {
         }
     }
 
-    async fn rotation_step(self: &Arc<Self>) -> Result<Step, Error> {
+    async fn rotation_step(
+        self: &Arc<Self>,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<Step, Error> {
         let Some(row) = self.rotation_row()? else {
             return Ok(Step::Finished);
         };
         match row.phase {
-            RotationPhase::Migrating => self.migrate_chunk(row).await,
+            RotationPhase::Migrating => self.migrate(row, stop).await,
             RotationPhase::Compacting => {
                 self.compact_and_finish(row).await?;
                 Ok(Step::Finished)
@@ -405,48 +412,118 @@ impl Vault {
         }
     }
 
-    async fn migrate_chunk(self: &Arc<Self>, row: RotationRow) -> Result<Step, Error> {
-        let chunk = self.store.scan_after(Cf::Reverse, &row.cursor, CHUNK)?;
-        if chunk.is_empty() {
-            return self.end_pass(row).await;
-        }
-        let ring = self.keyring();
-        let namespaces = self.namespaces_by_id();
-        let target = row.target;
-        let planned = tokio::task::spawn_blocking(move || {
-            chunk
-                .into_iter()
-                .map(|(key, value)| {
-                    let plan = plan(&ring, &namespaces, target, &key, value);
-                    (key, plan)
-                })
-                .collect::<Vec<_>>()
+    /// Runs the rest of a pass as a pipeline: a planner task reads and
+    /// re-encrypts the next chunks (on a blocking thread) while the writer
+    /// commits the current one, so the crypto and the commits overlap.
+    async fn migrate(
+        self: &Arc<Self>,
+        mut row: RotationRow,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<Step, Error> {
+        let (sender, mut chunks) = mpsc::channel::<Result<Option<Chunk>, Error>>(PLANNED_AHEAD);
+        let planner = {
+            let vault = Arc::clone(self);
+            let (mut cursor, target) = (row.cursor.clone(), row.target);
+            tokio::spawn(async move {
+                loop {
+                    let planned = vault.plan_chunk(target, cursor.clone()).await;
+                    let last = match &planned {
+                        Ok(Some(chunk)) => chunk.last().map(|(key, _)| key.to_vec()),
+                        _ => None,
+                    };
+                    if sender.send(planned).await.is_err() {
+                        return;
+                    }
+                    match last {
+                        Some(last) => cursor = last,
+                        None => return,
+                    }
+                }
+            })
+        };
+        let outcome = loop {
+            let step = match chunks.recv().await {
+                None => Ok(Step::Continue),
+                Some(Err(e)) => Err(e),
+                Some(Ok(None)) => self.end_pass(row.clone()).await,
+                Some(Ok(Some(chunk))) => match self.commit_chunk(&row, chunk).await {
+                    Ok(Some(next)) => {
+                        row = next;
+                        if *stop.borrow() {
+                            Ok(Step::Continue)
+                        } else {
+                            self.throttle(stop).await;
+                            continue;
+                        }
+                    }
+                    // The record changed under the job: start again from what
+                    // is on disk.
+                    Ok(None) => Ok(Step::Continue),
+                    Err(e) => Err(e),
+                },
+            };
+            break step;
+        };
+        // The planner stops at its next send; wait for it so that nothing
+        // holds the vault once the job has returned.
+        drop(chunks);
+        let _ = planner.await;
+        outcome
+    }
+
+    /// Reads the chunk after `cursor` and plans each row; `None` at the end
+    /// of the reverse index.
+    async fn plan_chunk(
+        self: &Arc<Self>,
+        target: u32,
+        cursor: Vec<u8>,
+    ) -> Result<Option<Chunk>, Error> {
+        let vault = Arc::clone(self);
+        tokio::task::spawn_blocking(move || {
+            let rows = vault.store.scan_after(Cf::Reverse, &cursor, CHUNK)?;
+            if rows.is_empty() {
+                return Ok(None);
+            }
+            let ring = vault.keyring();
+            let namespaces = vault.namespaces_by_id();
+            Ok(Some(
+                rows.into_iter()
+                    .map(|(key, value)| {
+                        let plan = plan(&ring, &namespaces, target, &key, value);
+                        (key, plan)
+                    })
+                    .collect(),
+            ))
         })
         .await
-        .map_err(|_| job_error("a chunk's preparation panicked"))?;
-        let damaged = planned
+        .map_err(|_| job_error("a chunk's preparation panicked"))?
+    }
+
+    /// Commits one planned chunk with the cursor after it; returns the
+    /// rotation record as it now is on disk, or `None` if it was not `row`.
+    async fn commit_chunk(
+        self: &Arc<Self>,
+        row: &RotationRow,
+        chunk: Chunk,
+    ) -> Result<Option<RotationRow>, Error> {
+        let damaged = chunk
             .iter()
             .filter(|(_, p)| matches!(p, Planned::Damaged))
             .count() as u64;
         let expected = row.encode();
-        let applied = self
+        let row = row.clone();
+        let Some(applied) = self
             .store
-            .write(move |txn| apply(txn, &expected, row, planned))
-            .await?;
-        let Some(applied) = applied else {
-            return Ok(Step::Continue);
+            .write(move |txn| apply(txn, &expected, row, chunk))
+            .await?
+        else {
+            return Ok(None);
         };
         if damaged > 0 {
             self.rotation.damaged.fetch_add(damaged, Ordering::Relaxed);
             tracing::error!(
                 rows = damaged,
                 "key rotation: rows failed their integrity check and stay unreadable; run `phivault verify`"
-            );
-        }
-        if applied.anomalies > 0 {
-            tracing::warn!(
-                rows = applied.anomalies,
-                "key rotation: forward entries were missing or pointed elsewhere; run `phivault verify`"
             );
         }
         if let Some(live) = self
@@ -458,7 +535,7 @@ impl Vault {
         {
             live.moved += applied.moved;
         }
-        Ok(Step::Continue)
+        Ok(Some(applied.row))
     }
 
     /// The cursor reached the end of the reverse index: start another pass,
@@ -489,6 +566,7 @@ impl Vault {
         let target = row.target;
         let shared = Arc::clone(&self.keyring);
         let now = now_secs();
+        let namespace_ids: Vec<u32> = self.namespaces_by_id().into_keys().collect();
         let destroyed = self
             .store
             .write(move |txn| {
@@ -512,6 +590,13 @@ impl Vault {
                     keyset.wrapped.clear();
                     txn.put(Cf::Keys, keys::u32_bytes(version), keyset.encode());
                     destroyed.push(version);
+                }
+                // Every forward entry under an older version, namespace by
+                // namespace: `ns ‖ 0` up to `ns ‖ target`.
+                for &ns_id in &namespace_ids {
+                    let from = [ns_id.to_be_bytes(), 0u32.to_be_bytes()].concat();
+                    let to = [ns_id.to_be_bytes(), target.to_be_bytes()].concat();
+                    txn.delete_range(Cf::Forward, from, to);
                 }
                 let compacting = RotationRow {
                     phase: RotationPhase::Compacting,
@@ -608,18 +693,10 @@ fn plan(
     else {
         return Planned::Damaged;
     };
-    let forward = ns.deterministic.then(|| {
-        let at = |keyset: &Keyset| {
-            ForwardKey::new(
-                ns_id,
-                keyset.version(),
-                &keyset.prf().blind_index(ns_id, &plain),
-            )
-        };
-        (at(old), at(new))
-    });
+    let forward = ns
+        .deterministic
+        .then(|| ForwardKey::new(ns_id, target, &new.prf().blind_index(ns_id, &plain)));
     Planned::Move(Move {
-        old_row: value,
         new_row: ReverseRow {
             version: target,
             created_at: row.created_at,
@@ -641,24 +718,18 @@ fn apply(
     if txn.get(Cf::Meta, keys::META_ROTATION)?.as_deref() != Some(expected) {
         return Ok(None);
     }
-    let (mut moved, mut anomalies, mut examined) = (0u64, 0u64, 0u64);
+    let (mut moved, mut examined) = (0u64, 0u64);
     for (key, plan) in planned {
         if let Planned::Move(m) = plan {
-            // Rows only change here, but the writer is the one place that
-            // can say so for certain: a row that is not what was planned is
-            // left for the next chunk, which starts at it.
-            if txn.get(Cf::Reverse, &key)?.as_deref() != Some(&*m.old_row) {
-                break;
-            }
-            if let Some((old, new)) = m.forward {
-                let token = &key[4..];
-                match txn.get(Cf::Forward, &old.0)? {
-                    Some(stored) if stored == token => {
-                        txn.delete(Cf::Forward, old.0.as_slice());
-                        txn.put(Cf::Forward, new.0.as_slice(), token);
-                    }
-                    _ => anomalies += 1,
-                }
+            // No re-read of the row: once written, a reverse row is only ever
+            // rewritten here, by the one rotation job, whose record check
+            // above orders its chunks (the writer never overwrites an
+            // existing reverse key). The plan read the row as it is.
+            // The old forward entry stays until the old keyset is destroyed
+            // (it names the same token, so lookups under either version
+            // agree); one range deletion per namespace drops them all then.
+            if let Some(new) = m.forward {
+                txn.put(Cf::Forward, new.0.as_slice(), &key[4..]);
             }
             txn.put(Cf::Reverse, key.clone(), m.new_row);
             moved += 1;
@@ -671,5 +742,5 @@ fn apply(
     }
     row.moved_in_pass += moved;
     txn.put(Cf::Meta, keys::META_ROTATION, row.encode());
-    Ok(Some(Applied { moved, anomalies }))
+    Ok(Some(Applied { row, moved }))
 }

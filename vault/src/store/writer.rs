@@ -4,7 +4,7 @@
 //! (fsynced by default), then answers every waiter. This is group commit:
 //! under load one fsync covers many requests.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
@@ -171,10 +171,16 @@ fn run(
     }
 }
 
-/// Key → pending value (`None`: a pending delete).
-type Overlay = HashMap<Box<[u8]>, Option<Box<[u8]>>>;
+/// Key → pending value (`None`: a pending delete). Ordered, so that the
+/// batch reaches the memtable in key order: consecutive inserts then reuse
+/// the skip list's search path (a rotation chunk is a run of adjacent reverse
+/// keys), where a hash order made every insert a full descent.
+type Overlay = BTreeMap<Box<[u8]>, Option<Box<[u8]>>>;
 /// A key a job touched and the overlay's entry for it before (`None`: none).
 type Undo = (Cf, Box<[u8]>, Option<Option<Box<[u8]>>>);
+
+/// A range deletion: `(cf, from, to)`, `to` exclusive.
+type RangeDelete = (Cf, Box<[u8]>, Box<[u8]>);
 
 /// The pending writes of one group commit, as jobs see them: reads return
 /// what earlier jobs of the same commit wrote, then what is on disk.
@@ -184,9 +190,10 @@ pub struct Txn<'a> {
     /// For the running job: each key it touched and what the overlay held
     /// for that key before, so that a failed job can be undone.
     undo: Vec<Undo>,
+    ranges: Vec<RangeDelete>,
     after: Vec<AfterCommit>,
-    /// `after.len()` when the running job began.
-    after_mark: usize,
+    /// `ranges.len()` and `after.len()` when the running job began.
+    marks: (usize, usize),
 }
 
 impl<'a> Txn<'a> {
@@ -195,8 +202,9 @@ impl<'a> Txn<'a> {
             inner,
             writes: Default::default(),
             undo: Vec::new(),
+            ranges: Vec::new(),
             after: Vec::new(),
-            after_mark: 0,
+            marks: (0, 0),
         }
     }
 
@@ -235,6 +243,14 @@ impl<'a> Txn<'a> {
         self.undo.push((cf, key, previous));
     }
 
+    /// Deletes every key of `cf` in `from..to`. Applied before the commit's
+    /// other writes and invisible to reads within the commit: meant for
+    /// dropping whole key ranges that nothing reads any more (the forward
+    /// entries of a destroyed keyset).
+    pub fn delete_range(&mut self, cf: Cf, from: impl Into<Box<[u8]>>, to: impl Into<Box<[u8]>>) {
+        self.ranges.push((cf, from.into(), to.into()));
+    }
+
     /// Runs `hook` on the writer thread once this commit is durable, before
     /// the next commit starts and before any job of this commit is answered.
     /// Dropped if the job fails or the commit does.
@@ -244,11 +260,12 @@ impl<'a> Txn<'a> {
 
     fn begin_job(&mut self) {
         self.undo.clear();
-        self.after_mark = self.after.len();
+        self.marks = (self.ranges.len(), self.after.len());
     }
 
     fn rollback_job(&mut self) {
-        self.after.truncate(self.after_mark);
+        self.ranges.truncate(self.marks.0);
+        self.after.truncate(self.marks.1);
         while let Some((cf, key, previous)) = self.undo.pop() {
             match previous {
                 Some(value) => self.writes[cf.index()].insert(key, value),
@@ -264,6 +281,9 @@ impl<'a> Txn<'a> {
 
     fn write_batch(&self, options: &WriteOptions) -> Result<(), StoreError> {
         let mut batch = WriteBatch::default();
+        for (cf, from, to) in &self.ranges {
+            batch.delete_range_cf(self.inner.cf(*cf), from, to);
+        }
         for cf in Cf::ALL {
             let handle = self.inner.cf(cf);
             for (key, value) in &self.writes[cf.index()] {
