@@ -173,7 +173,7 @@ fn main() {
         println!();
         println!("| measure | value |");
         println!("|---|---:|");
-        println!("| mappings moved | {moved} |");
+        println!("| mappings examined (first pass) | {moved} |");
         println!(
             "| re-encrypting pass | {:.1} s, {:.0} mappings/s |",
             first_pass.as_secs_f64(),

@@ -506,10 +506,15 @@ impl Vault {
         row: &RotationRow,
         chunk: Chunk,
     ) -> Result<Option<RotationRow>, Error> {
-        let damaged = chunk
-            .iter()
-            .filter(|(_, p)| matches!(p, Planned::Damaged))
-            .count() as u64;
+        // Counted in the first pass only: later passes meet the same rows.
+        let damaged = if row.pass == 1 {
+            chunk
+                .iter()
+                .filter(|(_, p)| matches!(p, Planned::Damaged))
+                .count() as u64
+        } else {
+            0
+        };
         let expected = row.encode();
         let row = row.clone();
         let Some(applied) = self

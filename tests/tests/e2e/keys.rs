@@ -12,7 +12,7 @@ use phivault_tests::{Server, VaultDir};
 use tokio::sync::Mutex;
 use tonic::Code;
 
-use super::{client_with, code, connect, texts};
+use super::{cli, client_with, code, connect, texts};
 
 /// The longest any wait on the vault's progress may take before the test
 /// fails.
@@ -372,5 +372,65 @@ async fn a_backup_during_a_bulk_load_restores_every_acknowledged_token() {
         ),
         values
     );
+    server.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_keys_and_backup_commands_of_the_cli() {
+    let vault = VaultDir::init();
+    let server = Server::start(&vault, &[]);
+    let admin = connect(&server, Some(&vault.admin_key)).await;
+    let (data, key) = pipeline(&admin, &server).await;
+    let values = mrns("MRN", 0..3000);
+    let tokens = tokenize_all(&data, "mrn", &values).await;
+
+    let denied = cli(&server, &key, &["keys", "rotate"], "");
+    assert!(!denied.status.success());
+    assert!(String::from_utf8_lossy(&denied.stderr).contains("PermissionDenied"));
+
+    let rotated = cli(
+        &server,
+        &vault.admin_key,
+        &["--json", "keys", "rotate", "--wait"],
+        "",
+    );
+    assert!(rotated.status.success(), "{rotated:?}");
+    let status: serde_json::Value =
+        serde_json::from_slice(&rotated.stdout).expect("one JSON document");
+    assert_eq!(status["active_version"], 2);
+    assert!(status["rotation"].is_null());
+    assert_eq!(status["last_rotation"]["target_version"], 2);
+    assert_eq!(status["versions"][0]["state"], "destroyed");
+
+    let shown = cli(&server, &vault.admin_key, &["keys", "status"], "");
+    let text = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        shown.status.success() && text.contains("active keyset: 2"),
+        "{text}"
+    );
+    assert!(text.contains("no rotation running"), "{text}");
+
+    let restored = vault.empty_twin();
+    let path = restored.data();
+    let backup = cli(
+        &server,
+        &vault.admin_key,
+        &["backup", path.to_str().expect("utf-8")],
+        "",
+    );
+    assert!(backup.status.success(), "{backup:?}");
+    let again = cli(
+        &server,
+        &vault.admin_key,
+        &["backup", path.to_str().expect("utf-8")],
+        "",
+    );
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("InvalidArgument"));
+    server.stop();
+
+    let server = Server::start(&restored, &[]);
+    let data = connect(&server, Some(&key)).await;
+    assert_eq!(tokenize_all(&data, "mrn", &values).await, tokens);
     server.stop();
 }
