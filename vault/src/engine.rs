@@ -860,13 +860,12 @@ fn encode_namespace(ns: &Namespace) -> Vec<u8> {
     serde_json::to_vec(ns).unwrap_or_default()
 }
 
-pub(crate) fn load_keyring(store: &Store, kek: &Kek) -> Result<Keyring, Error> {
-    let active = store
-        .get(Cf::Meta, keys::META_ACTIVE_KEYSET)?
-        .as_deref()
-        .and_then(keys::decode_u32)
-        .ok_or(Error::Corrupt("active keyset"))?;
-    let mut by_version = HashMap::new();
+/// Every keyset that is not destroyed, unwrapped under `kek`, with its row.
+pub(crate) fn live_keysets(
+    store: &Store,
+    kek: &Kek,
+) -> Result<Vec<(u32, KeysetRow, Keyset)>, Error> {
+    let mut live = Vec::new();
     for entry in store.scan(Cf::Keys) {
         let (key, value) = entry?;
         let version = keys::decode_u32(&key).ok_or(Error::Corrupt("keyset version"))?;
@@ -876,8 +875,21 @@ pub(crate) fn load_keyring(store: &Store, kek: &Kek) -> Result<Keyring, Error> {
         }
         let keyset = Keyset::unwrap(kek, version, KeyPurpose::Data, &row.wrapped)
             .map_err(|_| Error::KeyIntegrity)?;
-        by_version.insert(version, Arc::new(keyset));
+        live.push((version, row, keyset));
     }
+    Ok(live)
+}
+
+pub(crate) fn load_keyring(store: &Store, kek: &Kek) -> Result<Keyring, Error> {
+    let active = store
+        .get(Cf::Meta, keys::META_ACTIVE_KEYSET)?
+        .as_deref()
+        .and_then(keys::decode_u32)
+        .ok_or(Error::Corrupt("active keyset"))?;
+    let by_version: HashMap<u32, Arc<Keyset>> = live_keysets(store, kek)?
+        .into_iter()
+        .map(|(version, _, keyset)| (version, Arc::new(keyset)))
+        .collect();
     let active = by_version
         .get(&active)
         .cloned()

@@ -7,10 +7,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::crypto::kek::KdfRecord;
-use crate::crypto::{KdfParams, KeyPurpose, Keyset, MasterKey};
-use crate::engine::{MIN_PASSPHRASE_CHARS, derive_kek, load_keyring, reverse_ad, unseal_kek};
+use crate::crypto::{KdfParams, KeyPurpose, MasterKey};
+use crate::engine::{
+    MIN_PASSPHRASE_CHARS, derive_kek, live_keysets, load_keyring, reverse_ad, unseal_kek,
+};
 use crate::error::Error;
-use crate::store::keys::{self, ForwardKey, KeysetRow, KeysetState, ReverseRow};
+use crate::store::keys::{self, ForwardKey, ReverseRow};
 use crate::store::{Cf, Entry, Store, StoreOptions};
 use crate::{Namespace, Vault};
 
@@ -416,18 +418,7 @@ impl Vault {
         // Opening for writing takes RocksDB's lock: a running server holds it.
         let store = Store::open(path, &StoreOptions::default())?;
         failpoint("rekey-opened");
-        let mut rows: Vec<(u32, KeysetRow, Keyset)> = Vec::new();
-        for entry in store.scan(Cf::Keys) {
-            let (key, value) = entry?;
-            let version = keys::decode_u32(&key).ok_or(Error::Corrupt("keyset version"))?;
-            let row = KeysetRow::decode(&value).ok_or(Error::Corrupt("keyset row"))?;
-            if let KeysetState::Destroyed { .. } = row.state {
-                continue;
-            }
-            let keyset = Keyset::unwrap(&old_kek, version, KeyPurpose::Data, &row.wrapped)
-                .map_err(|_| Error::KeyIntegrity)?;
-            rows.push((version, row, keyset));
-        }
+        let rows = live_keysets(&store, &old_kek)?;
         let record = KdfRecord::generate(&new, kdf).map_err(Error::Crypto)?;
         let new_kek = derive_kek(new, record.clone()).await?;
         failpoint("rekey-derived");

@@ -364,13 +364,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             opened.close()?;
         }
         Command::Status { vault } => {
-            let master = master_key(
-                vault.passphrase_file.as_deref(),
-                vault.master_key_file.as_deref(),
-                false,
-                false,
-            )?;
-            let opened = Vault::open(&vault.data_dir, master, VaultOptions::default()).await?;
+            let opened = open_vault(&vault).await?;
             print_status(&opened);
             opened.close()?;
         }
@@ -385,13 +379,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             );
         }
         Command::Verify { vault } => {
-            let master = master_key(
-                vault.passphrase_file.as_deref(),
-                vault.master_key_file.as_deref(),
-                false,
-                false,
-            )?;
-            let opened = Vault::open(&vault.data_dir, master, VaultOptions::default()).await?;
+            let opened = open_vault(&vault).await?;
             let report = opened.verify()?;
             opened.close()?;
             print_report(&report);
@@ -401,6 +389,17 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Unseals the vault that `args` names, for an offline command.
+async fn open_vault(args: &VaultArgs) -> anyhow::Result<Vault> {
+    let master = master_key(
+        args.passphrase_file.as_deref(),
+        args.master_key_file.as_deref(),
+        false,
+        false,
+    )?;
+    Ok(Vault::open(&args.data_dir, master, VaultOptions::default()).await?)
 }
 
 fn print_report(report: &phivault::VerifyReport) {
