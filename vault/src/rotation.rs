@@ -4,10 +4,10 @@
 //! the next commit on, every new mapping is written under v+1 (the writer
 //! reads the keyring when it runs a job, not when the request looked). A
 //! background job then walks the reverse index in chunks: each mapping still
-//! under an older keyset is decrypted, resealed under v+1 and its forward
-//! entry moved to v+1's blind index. One chunk is one writer job: the moved
-//! rows and the job's cursor reach the disk in the same batch, so a crash
-//! resumes after the last chunk that did.
+//! under an older keyset is decrypted, resealed under v+1 and given a forward
+//! entry under v+1's blind index (the old entries go, by range, with v). One
+//! chunk is one writer job: the moved rows and the job's cursor reach the disk
+//! in the same batch, so a crash resumes after the last chunk that did.
 //!
 //! Tokens never change: a token is the reverse key, which is never rewritten,
 //! and a value is found under either keyset while the job runs. The job ends
@@ -34,8 +34,8 @@ use crate::store::keys::{
 use crate::store::{Cf, StoreError, Txn};
 
 /// Mappings per chunk: large enough that one fsync covers many, small enough
-/// that the writer job of a chunk (two point reads and three writes per
-/// mapping, no crypto) keeps live requests waiting only a few milliseconds.
+/// that the writer job of a chunk (two writes per mapping, no reads, no
+/// crypto) keeps live requests waiting only a few milliseconds.
 const CHUNK: usize = 1024;
 /// Chunks planned ahead of the one being committed.
 const PLANNED_AHEAD: usize = 2;
