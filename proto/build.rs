@@ -8,13 +8,14 @@ const PROTOS: [&str; 2] = ["phivault/v1/tokenizer.proto", "phivault/v1/admin.pro
 /// Messages that carry values, tokens or API keys: their generated `Debug`
 /// is replaced by a redacting one in `lib.rs`, so that logging a request can
 /// never print PHI.
-const REDACTED: [&str; 6] = [
+const REDACTED: [&str; 7] = [
     ".phivault.v1.TokenizeRequest",
     ".phivault.v1.DetokenizeRequest",
     ".phivault.v1.TokenizeResponse",
     ".phivault.v1.DetokenizeResponse",
     ".phivault.v1.ItemResult",
     ".phivault.v1.CreateClientResponse",
+    ".phivault.v1.ListDisclosuresRequest",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -347,6 +347,62 @@ impl Client {
         Ok(self.admin.clone().backup(request).await?.into_inner())
     }
 
+    /// Walks the server's audit hash chain.
+    pub async fn verify_audit(&self) -> Result<pb::VerifyAuditResponse, ClientError> {
+        Ok(self
+            .admin
+            .clone()
+            .verify_audit(pb::VerifyAuditRequest {})
+            .await?
+            .into_inner())
+    }
+
+    /// Every call that revealed `token` in `namespace` (in full or masked),
+    /// oldest first, fetched page by page. Needs the `audit` or `admin`
+    /// scope.
+    pub async fn list_disclosures(
+        &self,
+        namespace: &str,
+        token: &str,
+    ) -> Result<Vec<pb::Disclosure>, ClientError> {
+        let mut all = Vec::new();
+        let mut after_seq = 0;
+        loop {
+            let request = pb::ListDisclosuresRequest {
+                namespace: namespace.to_owned(),
+                token: token.to_owned(),
+                after_seq,
+                limit: 0,
+            };
+            let page = self
+                .admin
+                .clone()
+                .list_disclosures(request)
+                .await?
+                .into_inner();
+            all.extend(page.disclosures);
+            if page.next_after_seq == 0 {
+                return Ok(all);
+            }
+            after_seq = page.next_after_seq;
+        }
+    }
+
+    /// The audit records from `since_ms` (milliseconds since the Unix
+    /// epoch; 0: from the first) up to the head as it is when the call
+    /// starts, oldest first. Needs the `audit` or `admin` scope.
+    pub async fn export_audit(
+        &self,
+        since_ms: u64,
+    ) -> Result<impl Stream<Item = Result<pb::AuditRecord, ClientError>> + use<>, ClientError> {
+        let request = pb::ExportAuditRequest {
+            since_ms,
+            after_seq: 0,
+        };
+        let response = self.admin.clone().export_audit(request).await?;
+        Ok(response.into_inner().map_err(ClientError::from))
+    }
+
     /// The standard gRPC health check of the whole server (`""`).
     pub async fn health(&self) -> Result<bool, ClientError> {
         use tonic_health::pb::health_check_response::ServingStatus;

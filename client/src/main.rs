@@ -84,6 +84,33 @@ enum Command {
     },
     /// Check the server's health (exit status 0 when serving).
     Health,
+    /// Verify, query and export the audit trail (the audit or admin scope).
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Walk the server's audit hash chain; exits non-zero if it is broken.
+    Verify,
+    /// Every client that revealed TOKEN (in full or masked), with time and
+    /// request id, across key rotations.
+    Disclosures {
+        /// Namespace.
+        #[arg(short, long)]
+        namespace: String,
+        token: String,
+    },
+    /// The audit records as NDJSON, one record per line, for a SIEM.
+    Export {
+        /// Only records at or after TIME: RFC 3339 (2026-11-01T08:00:00Z), a
+        /// date (2026-11-01, UTC) or a duration back from now (24h, 7days).
+        #[arg(long)]
+        since: Option<String>,
+        /// Write to FILE instead of standard output.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -288,6 +315,102 @@ fn print_key_status(s: &pb::KeyStatus) {
     }
 }
 
+/// Milliseconds since the Unix epoch of a `--since` argument.
+fn parse_since(since: &str) -> anyhow::Result<u64> {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    let at = humantime::parse_rfc3339_weak(since)
+        .or_else(|_| humantime::parse_rfc3339_weak(&format!("{since}T00:00:00Z")))
+        .or_else(|_| {
+            humantime::parse_duration(since)
+                .map(|ago| SystemTime::now().checked_sub(ago).unwrap_or(UNIX_EPOCH))
+        })
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "--since takes an RFC 3339 time (2026-11-01T08:00:00Z), a date (2026-11-01) or a duration (24h); got {since:?}"
+            )
+        })?;
+    Ok(at
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64))
+}
+
+/// RFC 3339 with milliseconds, UTC.
+fn rfc3339(time_ms: u64) -> String {
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(time_ms);
+    humantime::format_rfc3339_millis(at).to_string()
+}
+
+/// The name of a `google.rpc.Code`.
+fn code_name(code: i32) -> &'static str {
+    const NAMES: [&str; 17] = [
+        "OK",
+        "CANCELLED",
+        "UNKNOWN",
+        "INVALID_ARGUMENT",
+        "DEADLINE_EXCEEDED",
+        "NOT_FOUND",
+        "ALREADY_EXISTS",
+        "PERMISSION_DENIED",
+        "RESOURCE_EXHAUSTED",
+        "FAILED_PRECONDITION",
+        "ABORTED",
+        "OUT_OF_RANGE",
+        "UNIMPLEMENTED",
+        "INTERNAL",
+        "UNAVAILABLE",
+        "DATA_LOSS",
+        "UNAUTHENTICATED",
+    ];
+    usize::try_from(code)
+        .ok()
+        .and_then(|i| NAMES.get(i))
+        .copied()
+        .unwrap_or("UNKNOWN")
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// One audit record as an NDJSON line.
+fn audit_record_json(r: &pb::AuditRecord) -> serde_json::Value {
+    let tokens: Vec<_> = r
+        .tokens
+        .iter()
+        .map(|t| serde_json::json!({ "mark": hex(&t.mac), "revealed": t.revealed }))
+        .collect();
+    serde_json::json!({
+        "seq": r.seq, "time": rfc3339(r.time_ms), "time_ms": r.time_ms,
+        "client_id": r.client_id, "authenticated": r.authenticated, "rpc": r.rpc,
+        "namespace": r.namespace, "items": r.items,
+        "outcome": code_name(r.outcome), "outcome_code": r.outcome,
+        "request_id": r.request_id, "keyset_version": r.keyset_version, "target": r.target,
+        "masked": r.masked, "tokens": tokens,
+        "prev_hash": hex(&r.prev_hash), "hash": hex(&r.hash),
+    })
+}
+
+fn disclosure_json(d: &pb::Disclosure) -> serde_json::Value {
+    serde_json::json!({
+        "seq": d.seq, "time": rfc3339(d.time_ms), "client_id": d.client_id, "client_name": d.client_name,
+        "rpc": d.rpc, "request_id": d.request_id, "masked": d.masked, "keyset_version": d.keyset_version,
+    })
+}
+
+/// Writes every audit record from `since_ms` as NDJSON to `out`; returns how
+/// many.
+async fn export_audit(client: &Client, since_ms: u64, out: &mut dyn Write) -> anyhow::Result<u64> {
+    use futures_util::StreamExt;
+    let mut records = std::pin::pin!(client.export_audit(since_ms).await?);
+    let mut count = 0;
+    while let Some(record) = records.next().await {
+        writeln!(out, "{}", audit_record_json(&record?))?;
+        count += 1;
+    }
+    out.flush()?;
+    Ok(count)
+}
+
 /// Polls the key status until no rotation runs, with a progress bar when
 /// standard error is a terminal.
 async fn wait_for_rotation(client: &Client) -> anyhow::Result<pb::KeyStatus> {
@@ -460,6 +583,68 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     "backup written to {} ({} bytes) on the server",
                     backup.path, backup.bytes
                 );
+            }
+            true
+        }
+        Command::Audit(AuditCommand::Verify) => {
+            let report = client.verify_audit().await?;
+            let intact = report.first_bad_seq == 0;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "records": report.records, "head_seq": report.head_seq, "intact": intact,
+                        "first_bad_seq": (!intact).then_some(report.first_bad_seq),
+                        "problem": (!intact).then_some(&report.problem),
+                    })
+                );
+            } else if intact {
+                println!(
+                    "ok: the audit chain is intact ({} records, head {})",
+                    report.records, report.head_seq
+                );
+            } else {
+                println!(
+                    "BROKEN at record {}: {} ({} records verified before it; head {})",
+                    report.first_bad_seq, report.problem, report.records, report.head_seq
+                );
+            }
+            intact
+        }
+        Command::Audit(AuditCommand::Disclosures { namespace, token }) => {
+            let found = client.list_disclosures(&namespace, &token).await?;
+            for d in &found {
+                if json {
+                    println!("{}", disclosure_json(d));
+                } else {
+                    let how = if d.masked { "masked" } else { "full" };
+                    println!(
+                        "{}  {} {:<20} {how:<6} request {}  keyset {}",
+                        rfc3339(d.time_ms),
+                        d.client_id,
+                        d.client_name,
+                        d.request_id,
+                        d.keyset_version
+                    );
+                }
+            }
+            if !json {
+                eprintln!("{} disclosure(s)", found.len());
+            }
+            true
+        }
+        Command::Audit(AuditCommand::Export { since, output }) => {
+            let since_ms = since.as_deref().map(parse_since).transpose()?.unwrap_or(0);
+            let count = match &output {
+                Some(path) => {
+                    let file = std::fs::File::create(path)
+                        .with_context(|| format!("cannot create {}", path.display()))?;
+                    export_audit(&client, since_ms, &mut std::io::BufWriter::new(file)).await?
+                }
+                None => export_audit(&client, since_ms, &mut std::io::stdout().lock()).await?,
+            };
+            if output.is_some() {
+                eprintln!("{count} audit record(s) exported");
             }
             true
         }

@@ -76,6 +76,17 @@ impl fmt::Debug for v1::CreateClientResponse {
     }
 }
 
+impl fmt::Debug for v1::ListDisclosuresRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ListDisclosuresRequest")
+            .field("namespace", &self.namespace)
+            .field("token", &"<redacted>")
+            .field("after_seq", &self.after_seq)
+            .field("limit", &self.limit)
+            .finish()
+    }
+}
+
 /// Prints how many items a redacted list holds, and nothing of them.
 struct Redacted(usize);
 

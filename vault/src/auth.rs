@@ -207,6 +207,18 @@ pub(crate) fn mint_key() -> Result<(String, ApiKey, String), CryptoError> {
     Ok((id, key, digest))
 }
 
+/// The client id an `authorization` header claims, when the key is
+/// well-formed (`Bearer pv_<16 hex digits>_<64 hex digits>`); never any part
+/// of the secret. The audit trail records who a refused key claimed to be.
+pub fn claimed_client_id(header: Option<&str>) -> Option<&str> {
+    let (id, secret) = header?
+        .strip_prefix("Bearer ")?
+        .strip_prefix(KEY_PREFIX)?
+        .split_once('_')?;
+    let hex_of = |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit());
+    (hex_of(id, 2 * ID_BYTES) && hex_of(secret, 2 * SECRET_BYTES)).then_some(id)
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -289,6 +301,22 @@ impl ClientTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_well_formed_key_claims_an_id() {
+        let secret = "ab".repeat(SECRET_BYTES);
+        let key = format!("Bearer pv_0123456789abcdef_{secret}");
+        assert_eq!(claimed_client_id(Some(&key)), Some("0123456789abcdef"));
+        for bad in [
+            "Bearer pv_0123456789abcdef_short".to_owned(),
+            format!("Bearer pv_0123456789abcdeX_{secret}"),
+            format!("pv_0123456789abcdef_{secret}"),
+            "Bearer 078-05-1120".to_owned(),
+        ] {
+            assert_eq!(claimed_client_id(Some(&bad)), None, "{bad}");
+        }
+        assert_eq!(claimed_client_id(None), None);
+    }
 
     #[test]
     fn scopes_round_trip_and_reject_nonsense() {

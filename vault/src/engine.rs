@@ -17,10 +17,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use quick_cache::sync::Cache;
 use zeroize::Zeroizing;
 
+use crate::audit::AuditState;
 use crate::auth::{self, ApiKey, AuthError, Client, ClientRecord, ClientTable, Scope};
 use crate::crypto::kek::KdfRecord;
 use crate::crypto::{
-    CryptoError, KdfParams, Kek, KeyPurpose, Keyset, MasterKey, SlotRng, TokenRng,
+    AuditKey, CryptoError, KdfParams, Kek, KeyPurpose, Keyset, MasterKey, SlotRng, TokenRng,
 };
 use crate::error::{Error, ItemCode, ItemError};
 use crate::format::{Parsed, Shape};
@@ -157,6 +158,7 @@ pub struct Vault {
     cache: Option<Cache<ForwardKey, Arc<str>>>,
     limits: Limits,
     pub(crate) rotation: crate::rotation::RotationState,
+    pub(crate) audit: AuditState,
 }
 
 /// A value that missed the cache and the forward index, on its way to the
@@ -219,6 +221,8 @@ impl Vault {
         let check = kek.check_value(&record).map_err(Error::Crypto)?;
         let keyset = Keyset::generate(1).map_err(Error::Crypto)?;
         let wrapped = keyset.wrap(&kek, KeyPurpose::Data).map_err(Error::Crypto)?;
+        let audit_key = AuditKey::generate(1).map_err(Error::Crypto)?;
+        let audit_row = crate::audit::new_key_row(&audit_key, &kek)?;
         let now = now_secs();
         let namespaces: Vec<Namespace> = namespace::defaults()
             .into_iter()
@@ -256,6 +260,7 @@ impl Vault {
                     wrapped,
                 };
                 txn.put(Cf::Keys, keys::u32_bytes(1), row.encode());
+                txn.put(Cf::Meta, keys::META_AUDIT_KEY, audit_row);
                 for ns in &stored {
                     txn.put(Cf::Namespaces, ns.name.as_bytes(), encode_namespace(ns));
                 }
@@ -272,6 +277,7 @@ impl Vault {
             store,
             kek,
             keyring,
+            audit_key,
             namespaces,
             ClientTable::default(),
             options,
@@ -292,6 +298,7 @@ impl Vault {
         let kek = unseal_kek(path, master).await?;
         let store = Store::open(path, &options.store)?;
         let keyring = load_keyring(&store, &kek)?;
+        let audit_key = crate::audit::load_or_create_key(&store, &kek).await?;
         let mut namespaces: Vec<Namespace> = Vec::new();
         for entry in store.scan(Cf::Namespaces) {
             let (_, value) = entry?;
@@ -313,7 +320,7 @@ impl Vault {
         }
         tracing::info!(path = %path.display(), active_keyset = keyring.active.version(), keysets = keyring.by_version.len(), "vault unsealed");
         Ok(Self::assemble(
-            store, kek, keyring, namespaces, clients, options,
+            store, kek, keyring, audit_key, namespaces, clients, options,
         ))
     }
 
@@ -321,6 +328,7 @@ impl Vault {
         store: Store,
         kek: Kek,
         keyring: Keyring,
+        audit_key: AuditKey,
         namespaces: Vec<Namespace>,
         clients: ClientTable,
         options: VaultOptions,
@@ -339,6 +347,7 @@ impl Vault {
             cache,
             limits: options.limits,
             rotation: crate::rotation::RotationState::new(options.rotation_max_rate),
+            audit: AuditState::new(audit_key),
         }
     }
 
@@ -487,7 +496,7 @@ impl Vault {
         map.values().map(|ns| (ns.id, Arc::clone(ns))).collect()
     }
 
-    fn namespace(&self, name: &str) -> Result<Arc<Namespace>, Error> {
+    pub(crate) fn namespace(&self, name: &str) -> Result<Arc<Namespace>, Error> {
         let map = self.namespaces.read().unwrap_or_else(|e| e.into_inner());
         map.get(name)
             .cloned()

@@ -68,6 +68,13 @@ pub enum Error {
     /// A backup destination that cannot be used.
     #[error("invalid backup path: {0}")]
     InvalidBackupPath(String),
+    /// A token argument that the namespace's format does not accept.
+    #[error("{0}")]
+    InvalidToken(ItemError),
+    /// The audit record of a call could not be written: the call is refused
+    /// and reveals nothing (fail closed).
+    #[error("the audit record could not be written: {0}")]
+    AuditUnavailable(StoreError),
     /// The storage layer failed.
     #[error(transparent)]
     Store(#[from] StoreError),

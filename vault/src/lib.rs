@@ -10,7 +10,8 @@
 //!   same shape is drawn;
 //! * [`store`] — the only module that touches RocksDB, including the single
 //!   writer that group-commits every write;
-//! * [`Vault`] — tokenize and detokenize orchestration.
+//! * [`Vault`] — tokenize and detokenize orchestration, and the
+//!   hash-chained audit trail every reveal is recorded in.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -26,6 +27,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod audit;
 pub mod auth;
 pub mod crypto;
 mod engine;
@@ -37,6 +39,10 @@ mod rotation;
 pub mod server;
 pub mod store;
 
+pub use audit::{
+    AuditEvent, AuditRecord, AuditReport, DEFAULT_DISCLOSURES, Disclosure, TokenMark,
+    decode_record, verify_audit_at,
+};
 pub use crypto::MasterKey;
 pub use engine::{Durability, ItemResult, Limits, Vault, VaultOptions, mask};
 pub use error::{Error, ItemCode, ItemError};

@@ -430,6 +430,19 @@ impl Vault {
                 .map_err(Error::Crypto)?;
             rewrapped.push((version, row.encode()));
         }
+        // The audit key too: its marks must stay answerable under the new
+        // master key.
+        let audit_key = crate::audit::load_or_create_key(&store, &old_kek).await?;
+        let audit_row = store
+            .get(Cf::Meta, keys::META_AUDIT_KEY)?
+            .as_deref()
+            .and_then(keys::AuditKeyRow::decode)
+            .ok_or(Error::Corrupt("audit key row"))?;
+        let audit_row = keys::AuditKeyRow {
+            wrapped: audit_key.wrap(&new_kek).map_err(Error::Crypto)?,
+            ..audit_row
+        }
+        .encode();
         drop(old_kek);
         failpoint("rekey-wrapped");
         let count = rewrapped.len();
@@ -440,12 +453,14 @@ impl Vault {
                 for (version, row) in rewrapped {
                     txn.put(Cf::Keys, keys::u32_bytes(version), row);
                 }
+                txn.put(Cf::Meta, keys::META_AUDIT_KEY, audit_row);
                 failpoint("rekey-committing");
                 Ok(())
             })
             .await?;
         failpoint("rekey-committed");
         load_keyring(&store, &new_kek)?;
+        crate::audit::load_or_create_key(&store, &new_kek).await?;
         store.close()?;
         tracing::info!(path = %path.display(), keysets = count, "master key replaced");
         Ok(())

@@ -57,6 +57,24 @@ enum Command {
         #[command(flatten)]
         vault: VaultArgs,
     },
+    /// The audit trail.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Walk the audit hash chain from the first record to the head and name
+    /// the first bad sequence number; exits non-zero if there is one. Needs
+    /// no key and works beside a running server (read-only).
+    Verify {
+        /// The vault's data directory (or a backup's).
+        #[arg(long, env = "PHIVAULT_DATA_DIR")]
+        data_dir: PathBuf,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args)]
@@ -387,8 +405,47 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 bail!("{} problem(s) found", report.counts.values().sum::<u64>());
             }
         }
+        Command::Audit(AuditCommand::Verify { data_dir, json }) => {
+            let report = phivault::verify_audit_at(&data_dir)?;
+            print_audit_report(&report, json);
+            if let Some((seq, _)) = report.first_bad {
+                bail!("the audit chain is broken at record {seq}");
+            }
+        }
     }
     Ok(())
+}
+
+fn print_audit_report(report: &phivault::AuditReport, json: bool) {
+    if json {
+        let (first_bad, problem) = match report.first_bad {
+            Some((seq, why)) => (Some(seq), Some(why)),
+            None => (None, None),
+        };
+        println!(
+            "{}",
+            serde_json::json!({
+                "records": report.records,
+                "head_seq": report.head_seq,
+                "intact": report.is_intact(),
+                "first_bad_seq": first_bad,
+                "problem": problem,
+            })
+        );
+        return;
+    }
+    match report.first_bad {
+        None => println!(
+            "ok: the audit chain is intact ({} records, head {})",
+            report.records, report.head_seq
+        ),
+        Some((seq, why)) => {
+            println!(
+                "BROKEN at record {seq}: {why} ({} records verified before it; head {})",
+                report.records, report.head_seq
+            );
+        }
+    }
 }
 
 /// Unseals the vault that `args` names, for an offline command.

@@ -13,12 +13,15 @@ const WRAP_LABEL: &[u8] = b"phivault keyset";
 pub enum KeyPurpose {
     /// Sealing reverse rows and deriving blind indexes and tokens.
     Data,
+    /// Keying the audit trail's token marks.
+    Audit,
 }
 
 impl KeyPurpose {
     fn label(self) -> &'static [u8] {
         match self {
             Self::Data => b"data",
+            Self::Audit => b"audit",
         }
     }
 }
@@ -93,6 +96,75 @@ impl Keyset {
     }
 }
 
+/// The audit key: an HMAC key that marks each (namespace, token) a
+/// detokenize call touched, so that "who saw this token" can be answered
+/// without the audit trail holding a token.
+///
+/// It is its own key, never part of a data keyset: data-key rotation
+/// destroys old keysets, and the marks must stay answerable for as long as
+/// the records are kept.
+pub struct AuditKey {
+    version: u32,
+    key: PrfKey,
+}
+
+impl AuditKey {
+    /// A fresh key from the operating system's RNG.
+    pub fn generate(version: u32) -> Result<Self, CryptoError> {
+        Ok(Self {
+            version,
+            key: PrfKey::generate()?,
+        })
+    }
+
+    /// The version this key is stored under.
+    pub fn version(&self) -> u32 {
+        self.version
+    }
+
+    /// `HMAC(k, "aud" ‖ len(namespace) ‖ namespace ‖ token)`; the length
+    /// prefix keeps (`ab`, `c`) and (`a`, `bc`) apart.
+    pub fn token_mark(&self, namespace: &str, token: &str) -> [u8; 32] {
+        let len = (namespace.len() as u32).to_be_bytes();
+        self.key
+            .mac(&[AUDIT_LABEL, &len, namespace.as_bytes(), token.as_bytes()])
+    }
+
+    /// Seals the key under `kek`, bound to its version and purpose.
+    pub fn wrap(&self, kek: &Kek) -> Result<Vec<u8>, CryptoError> {
+        kek.wrap(
+            &[
+                WRAP_LABEL,
+                KeyPurpose::Audit.label(),
+                &self.version.to_be_bytes(),
+            ],
+            self.key.expose(),
+        )
+    }
+
+    /// Opens a key that `wrap` sealed for this `version`.
+    pub fn unwrap(kek: &Kek, version: u32, wrapped: &[u8]) -> Result<Self, CryptoError> {
+        let secret = kek.unwrap(
+            &[
+                WRAP_LABEL,
+                KeyPurpose::Audit.label(),
+                &version.to_be_bytes(),
+            ],
+            wrapped,
+        )?;
+        let raw: [u8; PrfKey::LEN] = secret
+            .as_slice()
+            .try_into()
+            .map_err(|_| CryptoError::DecryptionFailed)?;
+        Ok(Self {
+            version,
+            key: PrfKey::from_bytes(Zeroizing::new(raw)),
+        })
+    }
+}
+
+const AUDIT_LABEL: &[u8] = b"aud";
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -119,5 +191,25 @@ mod tests {
         let mut flipped = wrapped.clone();
         flipped[20] ^= 0x80;
         assert!(Keyset::unwrap(&kek, 3, KeyPurpose::Data, &flipped).is_err());
+    }
+
+    #[test]
+    fn an_audit_key_is_bound_to_its_purpose_and_separates_namespaces() {
+        let kek = kek();
+        let key = AuditKey::generate(1).expect("rng");
+        let wrapped = key.wrap(&kek).expect("wrap");
+        let back = AuditKey::unwrap(&kek, 1, &wrapped).expect("unwrap");
+        assert_eq!(back.token_mark("ssn", "9"), key.token_mark("ssn", "9"));
+        assert_ne!(key.token_mark("ssn", "9"), key.token_mark("ss", "n9"));
+        assert!(
+            AuditKey::unwrap(&kek, 2, &wrapped).is_err(),
+            "other version"
+        );
+        let data = Keyset::generate(1).expect("rng");
+        let data_wrapped = data.wrap(&kek, KeyPurpose::Data).expect("wrap");
+        assert!(
+            AuditKey::unwrap(&kek, 1, &data_wrapped).is_err(),
+            "a data keyset never opens as the audit key"
+        );
     }
 }

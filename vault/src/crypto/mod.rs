@@ -55,6 +55,14 @@
 //! ```
 //! ```compile_fail
 //! fn requires_debug<T: std::fmt::Debug>() {}
+//! requires_debug::<phivault::crypto::AuditKey>();
+//! ```
+//! ```compile_fail
+//! fn requires_clone<T: Clone>() {}
+//! requires_clone::<phivault::crypto::AuditKey>();
+//! ```
+//! ```compile_fail
+//! fn requires_debug<T: std::fmt::Debug>() {}
 //! requires_debug::<phivault::crypto::MasterKey>();
 //! ```
 //! ```compile_fail
@@ -80,7 +88,7 @@ mod prf;
 mod siv;
 
 pub use kek::{KdfParams, Kek, MasterKey};
-pub use keyset::{KeyPurpose, Keyset};
+pub use keyset::{AuditKey, KeyPurpose, Keyset};
 pub use prf::{BlindIndex, ByteSource, OsStream, PrfKey, PrfStream, SlotRng, TokenRng};
 pub use siv::SivKey;
 

@@ -52,6 +52,15 @@ impl PrfKey {
         &self.raw
     }
 
+    /// HMAC of the concatenation of `parts`; callers put a domain label first.
+    pub(crate) fn mac(&self, parts: &[&[u8]]) -> [u8; 32] {
+        let mut mac = self.keyed.clone();
+        for part in parts {
+            mac.update(part);
+        }
+        mac.finalize().into_bytes().into()
+    }
+
     /// `HMAC(k, "idx" ‖ ns_id ‖ value)`: the forward index entry of a value.
     pub fn blind_index(&self, namespace_id: u32, value: &[u8]) -> BlindIndex {
         let mut mac = self.keyed.clone();

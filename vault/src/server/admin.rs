@@ -1,16 +1,22 @@
-//! The `Admin` service: namespaces, clients, keys and backups. Every call
-//! needs `admin`.
+//! The `Admin` service: namespaces, clients, keys, backups and the audit
+//! trail. Every call needs `admin` (the audit calls also take `audit`) and
+//! is recorded in the audit trail before it is answered.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use futures_util::{Stream, TryStreamExt, stream};
 use phivault_proto::v1 as pb;
 use phivault_proto::v1::admin_server::Admin;
 use tonic::{Request, Response, Status};
 
-use super::{authorize, convert};
-use crate::auth::Action;
-use crate::{NamespaceSpec, Vault};
+use super::call::Call;
+use super::convert;
+use crate::auth::{Action, Client};
+use crate::{AuditEvent, NamespaceSpec, TokenMark, Vault};
+
+/// Records read per step of an export.
+const EXPORT_CHUNK: usize = 1000;
 
 /// Serves `phivault.v1.Admin`.
 pub struct AdminService {
@@ -33,14 +39,71 @@ impl AdminService {
         self
     }
 
-    fn admin<T>(&self, request: &Request<T>) -> Result<(), Status> {
-        let auth = request
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok());
-        authorize(&self.vault, auth, Action::Admin).map(drop)
+    /// Authorises the call for `action` (a refusal is recorded).
+    async fn begin<T>(
+        &self,
+        request: &Request<T>,
+        action: Action<'_>,
+    ) -> Result<(Call, Arc<Client>), Status> {
+        let call = Call::of(request);
+        let client = call.authorize(&self.vault, action, 0).await?;
+        Ok((call, client))
+    }
+
+    /// Records the call with `subject` and answers it (fail closed).
+    async fn end<T>(
+        &self,
+        (call, client): (Call, Arc<Client>),
+        subject: AuditEvent,
+        result: Result<T, Status>,
+    ) -> Result<Response<T>, Status> {
+        let answer = call.finish(&self.vault, &client, subject, result).await?;
+        Ok(call.respond(answer))
     }
 }
+
+fn target(target: impl Into<String>) -> AuditEvent {
+    AuditEvent {
+        target: target.into(),
+        ..AuditEvent::default()
+    }
+}
+
+fn namespace(namespace: impl Into<String>) -> AuditEvent {
+    AuditEvent {
+        namespace: namespace.into(),
+        ..AuditEvent::default()
+    }
+}
+
+/// Where an export stands: the vault, the last sequence number sent, and the
+/// head it stops at (read when the first chunk is).
+type ExportState = (Arc<Vault>, u64, Option<u64>);
+type RecordChunk = stream::Iter<std::vec::IntoIter<Result<pb::AuditRecord, Status>>>;
+
+/// The next chunk of an export, read off the async workers.
+async fn export_chunk(
+    (vault, after, up_to): ExportState,
+) -> Result<Option<(RecordChunk, ExportState)>, Status> {
+    let up_to = match up_to {
+        Some(seq) => seq,
+        None => vault.audit_head_seq().map_err(Status::from)?,
+    };
+    let reader = Arc::clone(&vault);
+    let chunk =
+        tokio::task::spawn_blocking(move || reader.audit_records(after, up_to, EXPORT_CHUNK))
+            .await
+            .map_err(|_| Status::internal("internal error"))?
+            .map_err(Status::from)?;
+    let Some(last) = chunk.last().map(|r| r.seq) else {
+        return Ok(None);
+    };
+    let messages: Vec<Result<pb::AuditRecord, Status>> =
+        chunk.iter().map(|r| Ok(convert::audit_record(r))).collect();
+    Ok(Some((stream::iter(messages), (vault, last, Some(up_to)))))
+}
+
+type RecordStream = std::pin::Pin<Box<dyn Stream<Item = Result<pb::AuditRecord, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Admin for AdminService {
@@ -48,94 +111,204 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::CreateNamespaceRequest>,
     ) -> Result<Response<pb::Namespace>, Status> {
-        self.admin(&request)?;
-        let spec = NamespaceSpec::try_from(request.into_inner())?;
-        let created = self.vault.create_namespace(spec).await?;
-        Ok(Response::new(convert::namespace(&created)))
+        let call = self.begin(&request, Action::Admin).await?;
+        let request = request.into_inner();
+        let subject = namespace(&request.name);
+        let result = match NamespaceSpec::try_from(request) {
+            Ok(spec) => self
+                .vault
+                .create_namespace(spec)
+                .await
+                .map(|ns| convert::namespace(&ns))
+                .map_err(Status::from),
+            Err(status) => Err(status),
+        };
+        self.end(call, subject, result).await
     }
 
     async fn list_namespaces(
         &self,
         request: Request<pb::ListNamespacesRequest>,
     ) -> Result<Response<pb::ListNamespacesResponse>, Status> {
-        self.admin(&request)?;
+        let call = self.begin(&request, Action::Admin).await?;
         let namespaces = self
             .vault
             .namespaces()
             .iter()
             .map(convert::namespace)
             .collect();
-        Ok(Response::new(pb::ListNamespacesResponse { namespaces }))
+        let result = Ok(pb::ListNamespacesResponse { namespaces });
+        self.end(call, AuditEvent::default(), result).await
     }
 
     async fn create_client(
         &self,
         request: Request<pb::CreateClientRequest>,
     ) -> Result<Response<pb::CreateClientResponse>, Status> {
-        self.admin(&request)?;
+        let call = self.begin(&request, Action::Admin).await?;
         let request = request.into_inner();
-        let (client, key) = self
+        let result = self
             .vault
             .create_client(&request.name, &request.scopes)
-            .await?;
-        Ok(Response::new(pb::CreateClientResponse {
+            .await
+            .map_err(Status::from);
+        let subject = target(result.as_ref().map_or("", |(c, _)| c.id.as_str()));
+        let result = result.map(|(client, key)| pb::CreateClientResponse {
             client: Some(convert::client(&client)),
             api_key: key.expose().to_owned(),
-        }))
+        });
+        self.end(call, subject, result).await
     }
 
     async fn list_clients(
         &self,
         request: Request<pb::ListClientsRequest>,
     ) -> Result<Response<pb::ListClientsResponse>, Status> {
-        self.admin(&request)?;
+        let call = self.begin(&request, Action::Admin).await?;
         let clients = self.vault.clients().iter().map(convert::client).collect();
-        Ok(Response::new(pb::ListClientsResponse { clients }))
+        let result = Ok(pb::ListClientsResponse { clients });
+        self.end(call, AuditEvent::default(), result).await
     }
 
     async fn revoke_client(
         &self,
         request: Request<pb::RevokeClientRequest>,
     ) -> Result<Response<pb::Client>, Status> {
-        self.admin(&request)?;
-        let revoked = self
+        let call = self.begin(&request, Action::Admin).await?;
+        let id = request.into_inner().client_id;
+        let result = self
             .vault
-            .revoke_client(&request.into_inner().client_id)
-            .await?;
-        Ok(Response::new(convert::client(&revoked)))
+            .revoke_client(&id)
+            .await
+            .map(|c| convert::client(&c))
+            .map_err(Status::from);
+        self.end(call, target(id), result).await
     }
 
     async fn rotate_keys(
         &self,
         request: Request<pb::RotateKeysRequest>,
     ) -> Result<Response<pb::RotateKeysResponse>, Status> {
-        self.admin(&request)?;
-        let new_version = self.vault.rotate_keys().await?;
-        Ok(Response::new(pb::RotateKeysResponse { new_version }))
+        let call = self.begin(&request, Action::Admin).await?;
+        let result = self
+            .vault
+            .rotate_keys()
+            .await
+            .map(|new_version| pb::RotateKeysResponse { new_version })
+            .map_err(Status::from);
+        let subject = target(
+            result
+                .as_ref()
+                .map_or(String::new(), |r| format!("keyset {}", r.new_version)),
+        );
+        self.end(call, subject, result).await
     }
 
     async fn get_key_status(
         &self,
         request: Request<pb::GetKeyStatusRequest>,
     ) -> Result<Response<pb::KeyStatus>, Status> {
-        self.admin(&request)?;
-        let status = self.vault.key_status()?;
-        Ok(Response::new(convert::key_status(&status)))
+        let call = self.begin(&request, Action::Admin).await?;
+        let result = self
+            .vault
+            .key_status()
+            .map(|s| convert::key_status(&s))
+            .map_err(Status::from);
+        self.end(call, AuditEvent::default(), result).await
     }
 
     async fn backup(
         &self,
         request: Request<pb::BackupRequest>,
     ) -> Result<Response<pb::BackupResponse>, Status> {
-        self.admin(&request)?;
+        let call = self.begin(&request, Action::Admin).await?;
         let path = request.into_inner().path;
-        let info = self
+        let result = self
             .vault
             .backup(Path::new(&path), self.backup_dir.as_deref())
-            .await?;
-        Ok(Response::new(pb::BackupResponse {
-            path: info.path.display().to_string(),
-            bytes: info.bytes,
-        }))
+            .await
+            .map(|info| pb::BackupResponse {
+                path: info.path.display().to_string(),
+                bytes: info.bytes,
+            })
+            .map_err(Status::from);
+        self.end(call, target(path), result).await
+    }
+
+    async fn verify_audit(
+        &self,
+        request: Request<pb::VerifyAuditRequest>,
+    ) -> Result<Response<pb::VerifyAuditResponse>, Status> {
+        let call = self.begin(&request, Action::Audit).await?;
+        let result = self
+            .vault
+            .verify_audit()
+            .await
+            .map(|report| pb::VerifyAuditResponse {
+                records: report.records,
+                head_seq: report.head_seq,
+                first_bad_seq: report.first_bad.map_or(0, |(seq, _)| seq),
+                problem: report
+                    .first_bad
+                    .map_or(String::new(), |(_, why)| why.to_owned()),
+            })
+            .map_err(Status::from);
+        self.end(call, AuditEvent::default(), result).await
+    }
+
+    async fn list_disclosures(
+        &self,
+        request: Request<pb::ListDisclosuresRequest>,
+    ) -> Result<Response<pb::ListDisclosuresResponse>, Status> {
+        let call = self.begin(&request, Action::Audit).await?;
+        let request = request.into_inner();
+        let result = self
+            .vault
+            .disclosures(
+                &request.namespace,
+                &request.token,
+                request.after_seq,
+                request.limit as usize,
+            )
+            .map(|(found, next)| pb::ListDisclosuresResponse {
+                disclosures: found.iter().map(convert::disclosure).collect(),
+                next_after_seq: next.unwrap_or(0),
+            })
+            .map_err(Status::from);
+        // Who looked up which token is itself on record, by its mark.
+        let subject = AuditEvent {
+            items: 1,
+            tokens: vec![TokenMark {
+                mac: self.vault.token_mark(&request.namespace, &request.token),
+                revealed: false,
+            }],
+            ..namespace(request.namespace)
+        };
+        self.end(call, subject, result).await
+    }
+
+    type ExportAuditStream = RecordStream;
+
+    async fn export_audit(
+        &self,
+        request: Request<pb::ExportAuditRequest>,
+    ) -> Result<Response<RecordStream>, Status> {
+        let call = self.begin(&request, Action::Audit).await?;
+        let request = request.into_inner();
+        let vault = Arc::clone(&self.vault);
+        // The export ends at the head as it is now (this call's own record
+        // included), so it finishes even while records keep arriving.
+        let start = match request.since_ms {
+            0 => Ok(request.after_seq),
+            since => vault
+                .audit_seq_at(since)
+                .map(|first| first.saturating_sub(1).max(request.after_seq))
+                .map_err(Status::from),
+        };
+        let result = start.map(|after| {
+            let records = stream::try_unfold((vault, after, None), export_chunk).try_flatten();
+            Box::pin(records) as RecordStream
+        });
+        self.end(call, AuditEvent::default(), result).await
     }
 }

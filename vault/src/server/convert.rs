@@ -134,3 +134,44 @@ pub(crate) fn key_status(status: &KeyStatus) -> pb::KeyStatus {
         }),
     }
 }
+
+pub(crate) fn disclosure(d: &crate::Disclosure) -> pb::Disclosure {
+    pb::Disclosure {
+        seq: d.seq,
+        time_ms: d.time_ms,
+        client_id: d.client_id.clone(),
+        client_name: d.client_name.clone(),
+        rpc: d.rpc.clone(),
+        request_id: d.request_id.clone(),
+        masked: d.masked,
+        keyset_version: d.keyset_version,
+    }
+}
+
+pub(crate) fn audit_record(r: &crate::AuditRecord) -> pb::AuditRecord {
+    let e = &r.event;
+    pb::AuditRecord {
+        seq: r.seq,
+        time_ms: r.time_ms,
+        client_id: e.client_id.clone(),
+        authenticated: e.authenticated,
+        rpc: e.rpc.clone(),
+        namespace: e.namespace.clone(),
+        items: e.items,
+        outcome: e.outcome,
+        request_id: e.request_id.clone(),
+        keyset_version: r.keyset_version,
+        target: e.target.clone(),
+        masked: e.masked,
+        tokens: e
+            .tokens
+            .iter()
+            .map(|t| pb::TokenMark {
+                mac: t.mac.to_vec(),
+                revealed: t.revealed,
+            })
+            .collect(),
+        prev_hash: r.prev_hash.to_vec(),
+        hash: r.hash.to_vec(),
+    }
+}

@@ -20,7 +20,7 @@ use crate::store::BATCH_BUCKETS;
 
 /// The RPCs metrics are kept for. Anything else is counted as `other`, so
 /// that a caller cannot grow the label set by inventing method names.
-const KNOWN_RPCS: [&str; 9] = [
+const KNOWN_RPCS: [&str; 15] = [
     "/phivault.v1.Tokenizer/Tokenize",
     "/phivault.v1.Tokenizer/Detokenize",
     "/phivault.v1.Tokenizer/TokenizeStream",
@@ -30,6 +30,12 @@ const KNOWN_RPCS: [&str; 9] = [
     "/phivault.v1.Admin/CreateClient",
     "/phivault.v1.Admin/ListClients",
     "/phivault.v1.Admin/RevokeClient",
+    "/phivault.v1.Admin/RotateKeys",
+    "/phivault.v1.Admin/GetKeyStatus",
+    "/phivault.v1.Admin/Backup",
+    "/phivault.v1.Admin/VerifyAudit",
+    "/phivault.v1.Admin/ListDisclosures",
+    "/phivault.v1.Admin/ExportAudit",
 ];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -78,7 +84,17 @@ impl Metrics {
         registry.register(
             "writer_jobs_per_commit",
             "Requests folded into one durable group commit",
-            WriterBatches(vault),
+            WriterBatches(Arc::clone(&vault)),
+        );
+        registry.register(
+            "audit_records_written",
+            "Audit records durably appended since start",
+            AuditCount(Arc::clone(&vault), true),
+        );
+        registry.register(
+            "audit_records_failed",
+            "Audit records that could not be written since start; each failed its call (fail closed)",
+            AuditCount(vault, false),
         );
         Self {
             registry,
@@ -215,5 +231,27 @@ pub(crate) async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metric
     );
     if let Err(e) = axum::serve(listener, app).await {
         tracing::error!(error = %e, "the metrics endpoint stopped");
+    }
+}
+
+/// Reads the audit trail's counters when scraped: written (`true`) or
+/// failed.
+struct AuditCount(Arc<Vault>, bool);
+
+impl std::fmt::Debug for AuditCount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AuditCount")
+    }
+}
+
+impl EncodeMetric for AuditCount {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let (written, failed) = self.0.audit_counts();
+        let value = if self.1 { written } else { failed };
+        encoder.encode_counter::<prometheus_client::encoding::NoLabelSet, _, u64>(&value, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Counter
     }
 }

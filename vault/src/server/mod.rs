@@ -3,6 +3,7 @@
 //! or when explicitly told so) plaintext.
 
 mod admin;
+mod call;
 mod convert;
 mod metrics;
 mod status;
@@ -15,7 +16,6 @@ use std::sync::Arc;
 
 use phivault_proto::v1::admin_server::AdminServer;
 use phivault_proto::v1::tokenizer_server::TokenizerServer;
-use tonic::Status;
 use tonic::codegen::http;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
@@ -25,7 +25,6 @@ pub use metrics::Metrics;
 pub use tokenizer::TokenizerService;
 
 use crate::Vault;
-use crate::auth::{Action, Client};
 
 /// How the server listens.
 #[derive(Debug, Clone)]
@@ -83,31 +82,6 @@ pub enum ServeError {
     /// Reflection could not be built from the descriptors.
     #[error("server reflection: {0}")]
     Reflection(String),
-}
-
-/// Authenticates the caller and checks that it may perform `action`.
-pub(crate) fn authorize(
-    vault: &Vault,
-    authorization: Option<&str>,
-    action: Action<'_>,
-) -> Result<Arc<Client>, Status> {
-    let client = vault
-        .authenticate(authorization)
-        .map_err(status::unauthenticated)?;
-    if !client.allows(action) {
-        tracing::info!(client_id = %client.id, ?action, "permission denied");
-        let what = match action {
-            Action::Tokenize(ns) => format!("tokenize in namespace {ns:?}"),
-            Action::Detokenize(ns) => format!("detokenize in namespace {ns:?}"),
-            Action::DetokenizeMasked(ns) => format!("detokenize (masked) in namespace {ns:?}"),
-            Action::Admin => "administer the vault".into(),
-            Action::Audit => "read the audit trail".into(),
-        };
-        return Err(Status::permission_denied(format!(
-            "this client may not {what}"
-        )));
-    }
-    Ok(client)
 }
 
 /// gRPC's other implementations answer a message over the size limit with

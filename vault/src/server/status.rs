@@ -19,6 +19,13 @@ impl From<Error> for Status {
             Error::InvalidNamespace(_) | Error::InvalidClient(_) | Error::TooManyItems { .. } => {
                 Status::invalid_argument(e.to_string())
             }
+            Error::InvalidToken(_) => Status::invalid_argument(e.to_string()),
+            Error::AuditUnavailable(ref detail) => {
+                tracing::error!(error = %detail, "an audit record could not be written; the call is refused (fail closed)");
+                Status::unavailable(
+                    "the vault cannot write its audit trail; the call was refused (retry later)",
+                )
+            }
             Error::Store(ref detail) => {
                 tracing::error!(error = %detail, "storage failure");
                 Status::unavailable("the vault's storage is unavailable; retry later")

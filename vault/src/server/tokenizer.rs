@@ -10,9 +10,10 @@ use phivault_proto::v1 as pb;
 use phivault_proto::v1::tokenizer_server::Tokenizer;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{authorize, convert};
-use crate::Vault;
+use super::call::{self, Call};
+use super::convert;
 use crate::auth::Action;
+use crate::{AuditEvent, TokenMark, Vault};
 
 /// Stream messages of one call processed at once; responses still leave in
 /// request order.
@@ -34,11 +35,21 @@ impl TokenizerService {
 
 async fn tokenize(
     vault: &Vault,
-    authorization: Option<&str>,
+    call: &Call,
     request: pb::TokenizeRequest,
 ) -> Result<pb::TokenizeResponse, Status> {
-    authorize(vault, authorization, Action::Tokenize(&request.namespace))?;
-    let results = vault.tokenize(&request.namespace, &request.values).await?;
+    // Tokenizing reveals nothing: only a refusal is recorded, so that bulk
+    // pipelines do not write a record per batch.
+    call.authorize(
+        vault,
+        Action::Tokenize(&request.namespace),
+        request.values.len(),
+    )
+    .await?;
+    let results = vault
+        .tokenize(&request.namespace, &request.values)
+        .await
+        .map_err(|e| call.fail(e.into()))?;
     Ok(pb::TokenizeResponse {
         results: convert::item_results(results),
     })
@@ -46,7 +57,7 @@ async fn tokenize(
 
 async fn detokenize(
     vault: &Vault,
-    authorization: Option<&str>,
+    call: &Call,
     request: pb::DetokenizeRequest,
 ) -> Result<pb::DetokenizeResponse, Status> {
     let action = if request.masked {
@@ -56,10 +67,33 @@ async fn detokenize(
     };
     // The scope is checked before the vault is asked anything, so a caller
     // without it learns nothing about whether a namespace or token exists.
-    authorize(vault, authorization, action)?;
-    let mut results = vault
+    let client = call.authorize(vault, action, request.tokens.len()).await?;
+    let result = vault
         .detokenize(&request.namespace, &request.tokens)
-        .await?;
+        .await
+        .map_err(Status::from);
+    // One mark per token, revealed or not; none for a request refused as a
+    // whole (it may be oversized, and nothing in it was looked at).
+    let tokens = match &result {
+        Ok(results) => request
+            .tokens
+            .iter()
+            .zip(results)
+            .map(|(token, result)| TokenMark {
+                mac: vault.token_mark(&request.namespace, token),
+                revealed: result.is_ok(),
+            })
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    let subject = AuditEvent {
+        namespace: request.namespace,
+        items: call::count(request.tokens.len()),
+        masked: request.masked,
+        tokens,
+        ..AuditEvent::default()
+    };
+    let mut results = call.finish(vault, &client, subject, result).await?;
     if request.masked {
         for value in results.iter_mut().flatten() {
             *value = crate::mask(value);
@@ -75,7 +109,7 @@ impl TokenizerService {
     /// `STREAM_CONCURRENCY` at once, in request order. A stream without a
     /// valid key is refused at once; every message is then authorised on its
     /// own, so a revocation also stops a stream that is already open.
-    fn stream<Req, Resp, F, Fut>(
+    async fn stream<Req, Resp, F, Fut>(
         &self,
         request: Request<Streaming<Req>>,
         handle: F,
@@ -83,31 +117,23 @@ impl TokenizerService {
     where
         Req: Send + 'static,
         Resp: Send + 'static,
-        F: Fn(Arc<Vault>, Arc<Option<String>>, Req) -> Fut + Send + 'static,
+        F: Fn(Arc<Vault>, Arc<Call>, Req) -> Fut + Send + 'static,
         Fut: Future<Output = Result<Resp, Status>> + Send + 'static,
     {
-        let auth = Arc::new(authorization(&request));
-        self.vault
-            .authenticate(auth.as_deref())
-            .map_err(super::status::unauthenticated)?;
+        let call = Arc::new(Call::of(&request));
+        call.authenticate(&self.vault).await?;
         let vault = Arc::clone(&self.vault);
+        let stream_call = Arc::clone(&call);
         let responses = request
             .into_inner()
             .map(move |message| {
-                let pending = message.map(|m| handle(Arc::clone(&vault), Arc::clone(&auth), m));
+                let pending =
+                    message.map(|m| handle(Arc::clone(&vault), Arc::clone(&stream_call), m));
                 async move { pending?.await }
             })
             .buffered(STREAM_CONCURRENCY);
-        Ok(Response::new(Box::pin(responses)))
+        Ok(call.respond(Box::pin(responses) as ResponseStream<Resp>))
     }
-}
-
-fn authorization<T>(request: &Request<T>) -> Option<String> {
-    request
-        .metadata()
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
 }
 
 #[tonic::async_trait]
@@ -116,20 +142,20 @@ impl Tokenizer for TokenizerService {
         &self,
         request: Request<pb::TokenizeRequest>,
     ) -> Result<Response<pb::TokenizeResponse>, Status> {
-        let auth = authorization(&request);
-        tokenize(&self.vault, auth.as_deref(), request.into_inner())
+        let call = Call::of(&request);
+        tokenize(&self.vault, &call, request.into_inner())
             .await
-            .map(Response::new)
+            .map(|r| call.respond(r))
     }
 
     async fn detokenize(
         &self,
         request: Request<pb::DetokenizeRequest>,
     ) -> Result<Response<pb::DetokenizeResponse>, Status> {
-        let auth = authorization(&request);
-        detokenize(&self.vault, auth.as_deref(), request.into_inner())
+        let call = Call::of(&request);
+        detokenize(&self.vault, &call, request.into_inner())
             .await
-            .map(Response::new)
+            .map(|r| call.respond(r))
     }
 
     type TokenizeStreamStream = ResponseStream<pb::TokenizeResponse>;
@@ -138,9 +164,10 @@ impl Tokenizer for TokenizerService {
         &self,
         request: Request<Streaming<pb::TokenizeRequest>>,
     ) -> Result<Response<Self::TokenizeStreamStream>, Status> {
-        self.stream(request, |vault, auth, message| async move {
-            tokenize(&vault, auth.as_deref(), message).await
+        self.stream(request, |vault, call, message| async move {
+            tokenize(&vault, &call, message).await
         })
+        .await
     }
 
     type DetokenizeStreamStream = ResponseStream<pb::DetokenizeResponse>;
@@ -149,8 +176,9 @@ impl Tokenizer for TokenizerService {
         &self,
         request: Request<Streaming<pb::DetokenizeRequest>>,
     ) -> Result<Response<Self::DetokenizeStreamStream>, Status> {
-        self.stream(request, |vault, auth, message| async move {
-            detokenize(&vault, auth.as_deref(), message).await
+        self.stream(request, |vault, call, message| async move {
+            detokenize(&vault, &call, message).await
         })
+        .await
     }
 }

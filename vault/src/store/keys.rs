@@ -19,6 +19,12 @@ pub const META_ROTATION: &[u8] = b"rotation";
 /// `meta`: the last completed key rotation ([`LastRotationRow`]).
 pub const META_LAST_ROTATION: &[u8] = b"last_rotation";
 
+/// `meta`: the audit key, wrapped under the KEK ([`AuditKeyRow`]).
+pub const META_AUDIT_KEY: &[u8] = b"audit_key";
+/// `meta`: the last record of the audit chain ([`AuditHead`]); absent
+/// before the first.
+pub const META_AUDIT_HEAD: &[u8] = b"audit_head";
+
 /// The on-disk format this build writes and reads.
 pub const FORMAT_VERSION: u32 = 1;
 
@@ -279,6 +285,96 @@ impl LastRotationRow {
     }
 }
 
+/// `audit` key: the record's sequence number, so the chain reads in order.
+pub fn audit_key(seq: u64) -> [u8; 8] {
+    seq.to_be_bytes()
+}
+
+/// Decodes [`audit_key`].
+pub fn decode_audit_key(bytes: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(bytes.try_into().ok()?))
+}
+
+/// `disclosures` key: `token mark ‖ seq`. Every disclosure of one token sits
+/// under one prefix, oldest first.
+pub fn disclosure_key(mark: &[u8; 32], seq: u64) -> [u8; 40] {
+    let mut key = [0u8; 40];
+    key[..32].copy_from_slice(mark);
+    key[32..].copy_from_slice(&seq.to_be_bytes());
+    key
+}
+
+/// Decodes the sequence number of a [`disclosure_key`].
+pub fn disclosure_seq(key: &[u8]) -> Option<u64> {
+    decode_audit_key(key.get(32..)?)
+}
+
+/// The `meta` row of the audit chain's last record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AuditHead {
+    /// Its sequence number (0: no record yet).
+    pub seq: u64,
+    /// Its time, milliseconds since the Unix epoch.
+    pub time_ms: u64,
+    /// Its hash.
+    pub hash: [u8; 32],
+}
+
+impl AuditHead {
+    /// Serialises the row.
+    pub fn encode(&self) -> [u8; 48] {
+        let mut out = [0u8; 48];
+        out[..8].copy_from_slice(&self.seq.to_be_bytes());
+        out[8..16].copy_from_slice(&self.time_ms.to_be_bytes());
+        out[16..].copy_from_slice(&self.hash);
+        out
+    }
+
+    /// Parses a row; `None` if malformed.
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        let (seq, rest) = bytes.split_first_chunk::<8>()?;
+        let (time_ms, hash) = rest.split_first_chunk::<8>()?;
+        Some(Self {
+            seq: u64::from_be_bytes(*seq),
+            time_ms: u64::from_be_bytes(*time_ms),
+            hash: hash.try_into().ok()?,
+        })
+    }
+}
+
+/// The `meta` row of the audit key: `version ‖ created_at ‖ wrapped key`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditKeyRow {
+    /// The key's version (bound into the wrapping).
+    pub version: u32,
+    /// Seconds since the Unix epoch.
+    pub created_at: u64,
+    /// The key sealed under the KEK.
+    pub wrapped: Vec<u8>,
+}
+
+impl AuditKeyRow {
+    /// Serialises the row.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(12 + self.wrapped.len());
+        out.extend_from_slice(&self.version.to_be_bytes());
+        out.extend_from_slice(&self.created_at.to_be_bytes());
+        out.extend_from_slice(&self.wrapped);
+        out
+    }
+
+    /// Parses a row; `None` if malformed.
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        let (version, rest) = bytes.split_first_chunk::<4>()?;
+        let (created_at, wrapped) = rest.split_first_chunk::<8>()?;
+        Some(Self {
+            version: u32::from_be_bytes(*version),
+            created_at: u64::from_be_bytes(*created_at),
+            wrapped: wrapped.to_vec(),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -316,6 +412,21 @@ mod tests {
         fn last_rotation_rows_round_trip(target: u32, started_at: u64, finished_at: u64, mappings: u64) {
             let row = LastRotationRow { target, started_at, finished_at, mappings };
             prop_assert_eq!(LastRotationRow::decode(&row.encode()), Some(row));
+        }
+
+        #[test]
+        fn audit_rows_and_keys_round_trip(seq: u64, time_ms: u64, hash: [u8; 32], version: u32, wrapped: Vec<u8>) {
+            let head = AuditHead { seq, time_ms, hash };
+            prop_assert_eq!(AuditHead::decode(&head.encode()), Some(head));
+            let row = AuditKeyRow { version, created_at: time_ms, wrapped };
+            prop_assert_eq!(AuditKeyRow::decode(&row.encode()), Some(row));
+            prop_assert_eq!(decode_audit_key(&audit_key(seq)), Some(seq));
+            prop_assert_eq!(disclosure_seq(&disclosure_key(&hash, seq)), Some(seq));
+        }
+
+        #[test]
+        fn audit_keys_sort_by_sequence(a: u64, b: u64) {
+            prop_assert_eq!(a.cmp(&b), audit_key(a).cmp(&audit_key(b)));
         }
 
         #[test]

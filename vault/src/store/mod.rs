@@ -36,11 +36,13 @@ pub enum Cf {
     Clients,
     /// The audit chain.
     Audit,
+    /// The disclosure index: token mark ‖ audit sequence number.
+    Disclosures,
 }
 
 impl Cf {
     /// Every column family, in a fixed order (their index in [`Cf::index`]).
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 8] = [
         Self::Meta,
         Self::Keys,
         Self::Namespaces,
@@ -48,6 +50,7 @@ impl Cf {
         Self::Reverse,
         Self::Clients,
         Self::Audit,
+        Self::Disclosures,
     ];
 
     /// The RocksDB name.
@@ -60,6 +63,7 @@ impl Cf {
             Self::Reverse => "reverse",
             Self::Clients => "clients",
             Self::Audit => "audit",
+            Self::Disclosures => "disclosures",
         }
     }
 
@@ -145,7 +149,8 @@ impl Inner {
 /// An open vault database.
 pub struct Store {
     inner: Arc<Inner>,
-    writer: writer::Writer,
+    /// `None` for a read-only view.
+    writer: Option<writer::Writer>,
 }
 
 impl Store {
@@ -179,24 +184,47 @@ impl Store {
         keys: &[&[u8]],
     ) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
         let options = Options::default();
-        let names = Cf::ALL.map(Cf::name);
-        let db = DB::open_cf_for_read_only(&options, path, names, false)?;
+        // Only `meta`: a vault written by an older version may lack a column
+        // family this one adds when it opens it for writing.
+        let db = DB::open_cf_for_read_only(&options, path, [Cf::Meta.name()], false)?;
         let cf = db
             .cf_handle(Cf::Meta.name())
             .ok_or(StoreError::MissingColumnFamily("meta"))?;
         keys.iter().map(|k| Ok(db.get_cf(cf, k)?)).collect()
     }
 
+    /// Opens an existing database for reading only: no lock is taken, so
+    /// it works beside a running server (it sees what was written when it
+    /// opened), and nothing on disk changes. Writes fail with
+    /// [`StoreError::WriterStopped`].
+    pub fn open_read_only(path: &Path, options: &StoreOptions) -> Result<Self, StoreError> {
+        let (db_options, descriptors) = rocks_options(options, false);
+        let db = DB::open_cf_descriptors_read_only(&db_options, path, descriptors, false)?;
+        Self::checked(db, None)
+    }
+
     fn open_db(path: &Path, options: &StoreOptions, create: bool) -> Result<Self, StoreError> {
-        let (db_options, descriptors) = rocks_options(options, create);
+        let (mut db_options, descriptors) = rocks_options(options, create);
+        if !create {
+            // Column families a newer version adds (the disclosure index)
+            // are created in a vault an older version wrote.
+            db_options.create_missing_column_families(true);
+        }
         let db = DB::open_cf_descriptors(&db_options, path, descriptors)?;
+        Self::checked(db, Some(options.durability))
+    }
+
+    fn checked(db: DB, writable: Option<Durability>) -> Result<Self, StoreError> {
         for cf in Cf::ALL {
             if db.cf_handle(cf.name()).is_none() {
                 return Err(StoreError::MissingColumnFamily(cf.name()));
             }
         }
         let inner = Arc::new(Inner { db });
-        let writer = writer::Writer::start(Arc::clone(&inner), options.durability)?;
+        let writer = match writable {
+            Some(durability) => Some(writer::Writer::start(Arc::clone(&inner), durability)?),
+            None => None,
+        };
         Ok(Self { inner, writer })
     }
 
@@ -247,6 +275,32 @@ impl Store {
             if entries.len() >= limit {
                 break;
             }
+        }
+        Ok(entries)
+    }
+
+    /// Up to `limit` entries of `cf` whose key starts with `prefix`, in key
+    /// order, after the key `after` (from the first such key when `after` is
+    /// empty).
+    pub fn scan_prefix(
+        &self,
+        cf: Cf,
+        prefix: &[u8],
+        after: &[u8],
+        limit: usize,
+    ) -> Result<Vec<Entry>, StoreError> {
+        let from = if after.is_empty() { prefix } else { after };
+        let mut entries = Vec::new();
+        let mode = IteratorMode::From(from, Direction::Forward);
+        for entry in self.inner.db.iterator_cf(self.inner.cf(cf), mode) {
+            let (key, value) = entry?;
+            if !key.starts_with(prefix) || entries.len() >= limit {
+                break;
+            }
+            if !after.is_empty() && *key == *after {
+                continue;
+            }
+            entries.push((key, value));
         }
         Ok(entries)
     }
@@ -316,18 +370,26 @@ impl Store {
         R: Send + 'static,
         F: FnOnce(&mut Txn<'_>) -> Result<R, StoreError> + Send + 'static,
     {
-        self.writer.submit(job).await
+        match &self.writer {
+            Some(writer) => writer.submit(job).await,
+            None => Err(StoreError::WriterStopped),
+        }
     }
 
     /// Commit statistics of the writer.
     pub fn writer_stats(&self) -> WriterStats {
-        self.writer.stats()
+        self.writer
+            .as_ref()
+            .map(writer::Writer::stats)
+            .unwrap_or_default()
     }
 
     /// Stops the writer after the queued jobs and flushes the memtables.
     pub fn close(self) -> Result<(), StoreError> {
-        self.writer.stop();
-        self.inner.db.flush_wal(true)?;
+        if let Some(writer) = self.writer {
+            writer.stop();
+            self.inner.db.flush_wal(true)?;
+        }
         Ok(())
     }
 }

@@ -280,6 +280,7 @@ impl<'a> Txn<'a> {
     }
 
     fn write_batch(&self, options: &WriteOptions) -> Result<(), StoreError> {
+        refuse_while_failpoint_file_exists()?;
         let mut batch = WriteBatch::default();
         for (cf, from, to) in &self.ranges {
             batch.delete_range_cf(self.inner.cf(*cf), from, to);
@@ -298,6 +299,22 @@ impl<'a> Txn<'a> {
         }
         Ok(self.inner.db.write_opt(batch, options)?)
     }
+}
+
+/// With the test-only `failpoints` feature: every commit fails while the
+/// file that `PHIVAULT_FAIL_COMMITS_WHILE` names exists, as when the disk is
+/// full, and succeeds again once it is gone. How the tests prove that calls
+/// fail closed and the vault recovers by itself. Compiled out otherwise.
+fn refuse_while_failpoint_file_exists() -> Result<(), StoreError> {
+    #[cfg(feature = "failpoints")]
+    if let Some(path) = std::env::var_os("PHIVAULT_FAIL_COMMITS_WHILE")
+        && std::path::Path::new(&path).exists()
+    {
+        return Err(StoreError::Rocks(
+            "failpoint: commits refused (simulated I/O error)".into(),
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

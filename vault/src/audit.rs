@@ -1,0 +1,748 @@
+//! The audit trail (DESIGN.md §7): one record per call that reveals or
+//! changes something, or that was refused, hash-chained so that an edited,
+//! deleted, reordered or truncated record is found, with an index of which
+//! calls revealed which token.
+//!
+//! A record holds who, when, which RPC, namespace, item count, outcome,
+//! request id and keyset version, and for a detokenize call one *token mark*
+//! per item: `HMAC(audit key, namespace ‖ token)`. No value, token or API key
+//! is ever in it. The audit key is its own key (not part of a data keyset),
+//! so data-key rotation leaves every mark answerable.
+//!
+//! Records are appended by the single writer, in the same group commit as
+//! other writes, and the call is answered only once its record is durable:
+//! when the record cannot be written the call fails and reveals nothing
+//! (fail closed).
+//!
+//! The chain: record `n` stores `prev = hash(n-1)` and
+//! `hash(n) = SHA-256("phivault audit v1" ‖ n ‖ time ‖ prev ‖ SHA-256(body))`;
+//! `meta` keeps the head (sequence number, time, hash), which is how a
+//! truncated tail is noticed. The body's digest is taken on the request
+//! task, so the writer hashes 88 bytes per record whatever its size.
+//!
+//! What the chain proves: that the records are the ones written, in order,
+//! none missing, as long as the head is genuine. Someone able to rewrite the
+//! database could recompute the whole chain; copies exported to a SIEM (whose
+//! hashes then no longer match) are the defence against that.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use sha2::{Digest, Sha256};
+
+use crate::Vault;
+use crate::crypto::AuditKey;
+use crate::engine::now_secs;
+use crate::error::{Error, ItemCode};
+use crate::store::keys::{self, AuditHead};
+use crate::store::{Cf, Store, StoreError, StoreOptions, Txn};
+
+/// Domain label of the chain hash.
+const CHAIN_LABEL: &[u8] = b"phivault audit v1";
+/// Format byte of a stored record.
+const RECORD_FORMAT: u8 = 1;
+/// Format byte of a record body.
+const BODY_FORMAT: u8 = 1;
+/// `format ‖ time_ms ‖ prev ‖ hash` before the body.
+const HEADER_LEN: usize = 1 + 8 + 32 + 32;
+/// Disclosures answered per `ListDisclosures` page unless asked otherwise,
+/// and at most.
+pub const DEFAULT_DISCLOSURES: usize = 1000;
+const MAX_DISCLOSURES: usize = 10_000;
+
+/// One (namespace, token) a detokenize call was asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenMark {
+    /// `HMAC(audit key, namespace ‖ canonical token)`.
+    pub mac: [u8; 32],
+    /// Whether the call revealed it (in full or masked).
+    pub revealed: bool,
+}
+
+/// What a call did, as the server reports it for the record. Holds no value,
+/// token or key.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditEvent {
+    /// The caller's client id; for an unauthenticated call the id its key
+    /// claimed, if the key was well-formed, else empty.
+    pub client_id: String,
+    /// Whether the caller's key was valid.
+    pub authenticated: bool,
+    /// The full gRPC method, e.g. `/phivault.v1.Tokenizer/Detokenize`.
+    pub rpc: String,
+    /// The namespace the call addressed (empty for most admin calls).
+    pub namespace: String,
+    /// Items in the request.
+    pub items: u32,
+    /// The call's `google.rpc.Code`.
+    pub outcome: i32,
+    /// The caller's `x-request-id`, or one the server made up.
+    pub request_id: String,
+    /// What an admin call acted on: a client id, a backup path.
+    pub target: String,
+    /// A masked reveal.
+    pub masked: bool,
+    /// One mark per item of a detokenize call.
+    pub tokens: Vec<TokenMark>,
+}
+
+/// A record as stored: its place in the chain and the event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditRecord {
+    /// Sequence number, from 1, without gaps.
+    pub seq: u64,
+    /// Milliseconds since the Unix epoch; never decreases along the chain.
+    pub time_ms: u64,
+    /// The previous record's hash (zeros for the first).
+    pub prev_hash: [u8; 32],
+    /// This record's hash.
+    pub hash: [u8; 32],
+    /// The keyset version active when the call was made.
+    pub keyset_version: u32,
+    /// What the call did.
+    pub event: AuditEvent,
+}
+
+/// What walking the chain found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditReport {
+    /// Records that verified, from sequence number 1.
+    pub records: u64,
+    /// The head's sequence number as `meta` has it.
+    pub head_seq: u64,
+    /// The first sequence number that is missing, altered, out of place or
+    /// unlinked, with what is wrong; `None` when the chain is intact.
+    pub first_bad: Option<(u64, &'static str)>,
+}
+
+impl AuditReport {
+    /// Whether the chain is intact.
+    pub fn is_intact(&self) -> bool {
+        self.first_bad.is_none()
+    }
+}
+
+/// One call that revealed a token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Disclosure {
+    /// The audit record's sequence number.
+    pub seq: u64,
+    /// Milliseconds since the Unix epoch.
+    pub time_ms: u64,
+    /// Who.
+    pub client_id: String,
+    /// The client's name now (empty if no such client).
+    pub client_name: String,
+    /// Which RPC.
+    pub rpc: String,
+    /// The caller's request id.
+    pub request_id: String,
+    /// A masked reveal.
+    pub masked: bool,
+    /// The keyset version active then.
+    pub keyset_version: u32,
+}
+
+/// A record on its way to the writer: the body encoded and hashed off the
+/// writer thread.
+pub(crate) struct PendingRecord {
+    body: Vec<u8>,
+    digest: [u8; 32],
+    revealed: Vec<[u8; 32]>,
+}
+
+impl PendingRecord {
+    pub(crate) fn new(keyset_version: u32, event: &AuditEvent) -> Self {
+        let body = encode_body(keyset_version, event);
+        Self {
+            digest: Sha256::digest(&body).into(),
+            revealed: event
+                .tokens
+                .iter()
+                .filter(|t| t.revealed)
+                .map(|t| t.mac)
+                .collect(),
+            body,
+        }
+    }
+}
+
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn chain_hash(seq: u64, time_ms: u64, prev: &[u8; 32], body_digest: &[u8; 32]) -> [u8; 32] {
+    let mut hash = Sha256::new();
+    hash.update(CHAIN_LABEL);
+    hash.update(seq.to_be_bytes());
+    hash.update(time_ms.to_be_bytes());
+    hash.update(prev);
+    hash.update(body_digest);
+    hash.finalize().into()
+}
+
+fn read_head(
+    read: impl FnOnce() -> Result<Option<Vec<u8>>, StoreError>,
+) -> Result<AuditHead, StoreError> {
+    match read()? {
+        None => Ok(AuditHead::default()),
+        Some(bytes) => AuditHead::decode(&bytes)
+            .ok_or_else(|| StoreError::Rocks("the audit head in meta is unreadable".into())),
+    }
+}
+
+/// Runs on the writer thread: links the record to the head as this commit
+/// leaves it, writes it and its disclosure index entries, and moves the
+/// head. The time is never earlier than the head's, so that records sort by
+/// time as they do by sequence number even if the clock steps back.
+pub(crate) fn append(txn: &mut Txn<'_>, record: &PendingRecord) -> Result<u64, StoreError> {
+    let head = read_head(|| txn.get(Cf::Meta, keys::META_AUDIT_HEAD))?;
+    let seq = head.seq + 1;
+    let time_ms = now_ms().max(head.time_ms);
+    let hash = chain_hash(seq, time_ms, &head.hash, &record.digest);
+    let mut value = Vec::with_capacity(HEADER_LEN + record.body.len());
+    value.push(RECORD_FORMAT);
+    value.extend_from_slice(&time_ms.to_be_bytes());
+    value.extend_from_slice(&head.hash);
+    value.extend_from_slice(&hash);
+    value.extend_from_slice(&record.body);
+    txn.put(Cf::Audit, keys::audit_key(seq), value);
+    for mark in &record.revealed {
+        txn.put(Cf::Disclosures, keys::disclosure_key(mark, seq), Vec::new());
+    }
+    let head = AuditHead { seq, time_ms, hash };
+    txn.put(Cf::Meta, keys::META_AUDIT_HEAD, head.encode());
+    Ok(seq)
+}
+
+/// A stored record's header and body, split.
+struct Stored<'a> {
+    time_ms: u64,
+    prev: [u8; 32],
+    hash: [u8; 32],
+    body: &'a [u8],
+}
+
+fn split_stored(value: &[u8]) -> Option<Stored<'_>> {
+    let (&format, rest) = value.split_first()?;
+    if format != RECORD_FORMAT {
+        return None;
+    }
+    let (time_ms, rest) = rest.split_first_chunk::<8>()?;
+    let (prev, rest) = rest.split_first_chunk::<32>()?;
+    let (hash, body) = rest.split_first_chunk::<32>()?;
+    Some(Stored {
+        time_ms: u64::from_be_bytes(*time_ms),
+        prev: *prev,
+        hash: *hash,
+        body,
+    })
+}
+
+/// Parses a stored record; `None` if it is not one.
+pub fn decode_record(seq: u64, value: &[u8]) -> Option<AuditRecord> {
+    let stored = split_stored(value)?;
+    let (keyset_version, event) = decode_body(stored.body)?;
+    Some(AuditRecord {
+        seq,
+        time_ms: stored.time_ms,
+        prev_hash: stored.prev,
+        hash: stored.hash,
+        keyset_version,
+        event,
+    })
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    // Every field is bounded well below 64 KiB by the server (names, ids,
+    // paths); a longer one is cut at a character boundary, never dropped.
+    let mut end = s.len().min(u16::MAX as usize);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    out.extend_from_slice(&(end as u16).to_be_bytes());
+    out.extend_from_slice(&s.as_bytes()[..end]);
+}
+
+fn encode_body(keyset_version: u32, event: &AuditEvent) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64 + event.rpc.len() + 33 * event.tokens.len());
+    out.push(BODY_FORMAT);
+    out.push(u8::from(event.authenticated) | (u8::from(event.masked) << 1));
+    out.extend_from_slice(&event.outcome.to_be_bytes());
+    out.extend_from_slice(&keyset_version.to_be_bytes());
+    out.extend_from_slice(&event.items.to_be_bytes());
+    for s in [
+        &event.client_id,
+        &event.rpc,
+        &event.namespace,
+        &event.request_id,
+        &event.target,
+    ] {
+        put_str(&mut out, s);
+    }
+    out.extend_from_slice(&(event.tokens.len() as u32).to_be_bytes());
+    for mark in &event.tokens {
+        out.push(u8::from(mark.revealed));
+        out.extend_from_slice(&mark.mac);
+    }
+    out
+}
+
+/// A cursor over a body being decoded.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take<const N: usize>(&mut self) -> Option<[u8; N]> {
+        let (head, rest) = self.0.split_first_chunk::<N>()?;
+        self.0 = rest;
+        Some(*head)
+    }
+
+    fn string(&mut self) -> Option<String> {
+        let len = u16::from_be_bytes(self.take()?) as usize;
+        let (s, rest) = self.0.split_at_checked(len)?;
+        self.0 = rest;
+        String::from_utf8(s.to_vec()).ok()
+    }
+}
+
+fn decode_body(body: &[u8]) -> Option<(u32, AuditEvent)> {
+    let mut r = Reader(body);
+    let [format, flags] = r.take::<2>()?;
+    if format != BODY_FORMAT || flags > 3 {
+        return None;
+    }
+    let outcome = i32::from_be_bytes(r.take()?);
+    let keyset_version = u32::from_be_bytes(r.take()?);
+    let items = u32::from_be_bytes(r.take()?);
+    let client_id = r.string()?;
+    let rpc = r.string()?;
+    let namespace = r.string()?;
+    let request_id = r.string()?;
+    let target = r.string()?;
+    let count = u32::from_be_bytes(r.take()?) as usize;
+    if r.0.len() != count.checked_mul(33)? {
+        return None;
+    }
+    let tokens =
+        r.0.chunks_exact(33)
+            .map(|chunk| {
+                let (&revealed, mac) = chunk.split_first()?;
+                Some(TokenMark {
+                    mac: mac.try_into().ok()?,
+                    revealed: match revealed {
+                        0 => false,
+                        1 => true,
+                        _ => return None,
+                    },
+                })
+            })
+            .collect::<Option<Vec<_>>>()?;
+    Some((
+        keyset_version,
+        AuditEvent {
+            client_id,
+            authenticated: flags & 1 != 0,
+            rpc,
+            namespace,
+            items,
+            outcome,
+            request_id,
+            target,
+            masked: flags & 2 != 0,
+            tokens,
+        },
+    ))
+}
+
+/// Walks the chain of `store` from record 1 to the head.
+fn verify_chain(store: &Store) -> Result<AuditReport, Error> {
+    let head = read_head(|| store.get(Cf::Meta, keys::META_AUDIT_HEAD))?;
+    let mut report = AuditReport {
+        records: 0,
+        head_seq: head.seq,
+        first_bad: None,
+    };
+    let mut prev = [0u8; 32];
+    let mut expected = 1u64;
+    for entry in store.scan(Cf::Audit) {
+        let (key, value) = entry?;
+        let bad = |why| Ok(Some((expected, why)));
+        let found: Result<Option<(u64, &'static str)>, Error> = match keys::decode_audit_key(&key) {
+            None => bad("a record has a malformed key"),
+            Some(seq) if seq > expected => bad("the record is missing"),
+            Some(seq) if seq < expected => bad("a record is out of place"),
+            Some(seq) => match split_stored(&value) {
+                None => bad("the record is unreadable"),
+                Some(stored) if stored.prev != prev => bad(
+                    "the record does not link to the one before it (reordered, or the one before was altered)",
+                ),
+                Some(stored)
+                    if chain_hash(
+                        seq,
+                        stored.time_ms,
+                        &prev,
+                        &Sha256::digest(stored.body).into(),
+                    ) != stored.hash =>
+                {
+                    bad("the record was altered (its hash does not match)")
+                }
+                Some(stored) if decode_body(stored.body).is_none() => {
+                    bad("the record is unreadable")
+                }
+                Some(stored) => {
+                    prev = stored.hash;
+                    Ok(None)
+                }
+            },
+        };
+        if let Some(bad) = found? {
+            report.first_bad = Some(bad);
+            return Ok(report);
+        }
+        report.records = expected;
+        expected += 1;
+    }
+    if head.seq > report.records {
+        report.first_bad = Some((expected, "the record is missing (the chain was truncated)"));
+    } else if head.seq < report.records {
+        report.first_bad = Some((head.seq + 1, "records follow the head kept in meta"));
+    } else if head.seq > 0 && head.hash != prev {
+        report.first_bad = Some((head.seq, "the record does not match the head kept in meta"));
+    }
+    Ok(report)
+}
+
+/// Verifies the audit chain of the vault at `path` without its master key
+/// and without stopping a server that runs on it: the database is opened
+/// read-only and the chain checked as it was at that moment.
+pub fn verify_audit_at(path: &Path) -> Result<AuditReport, Error> {
+    if !Store::exists(path) {
+        return Err(Error::NotInitialized(path.display().to_string()));
+    }
+    let store = Store::open_read_only(path, &StoreOptions::default())?;
+    verify_chain(&store)
+}
+
+impl Vault {
+    /// Appends a record of `event` and returns its sequence number once it
+    /// is durable. A caller must not answer the call before this returns,
+    /// and must fail it when this fails ([`Error::AuditUnavailable`]).
+    pub async fn audit(&self, event: &AuditEvent) -> Result<u64, Error> {
+        if self.audit.skip_for_bench {
+            return Ok(0);
+        }
+        let record = PendingRecord::new(self.active_keyset_version(), event);
+        let appended = self
+            .store
+            .write(move |txn| append(txn, &record))
+            .await
+            .map_err(Error::AuditUnavailable);
+        self.audit.count(appended.is_ok());
+        appended
+    }
+
+    /// The mark of `token` in `namespace`, taken over the token's canonical
+    /// form so that every way of writing one token marks alike. A token the
+    /// namespace's format does not accept (or of an unknown namespace) is
+    /// marked as given: it cannot have been revealed.
+    pub fn token_mark(&self, namespace: &str, token: &str) -> [u8; 32] {
+        let canonical = self
+            .namespace(namespace)
+            .ok()
+            .and_then(|ns| ns.format.parse_token(token).ok())
+            .map(|parsed| parsed.canonical);
+        let token = canonical.as_deref().map_or(token, |c| c.as_str());
+        self.audit.key.token_mark(namespace, token)
+    }
+
+    /// Walks the audit chain.
+    pub async fn verify_audit(self: &std::sync::Arc<Self>) -> Result<AuditReport, Error> {
+        let vault = std::sync::Arc::clone(self);
+        tokio::task::spawn_blocking(move || verify_chain(&vault.store))
+            .await
+            .map_err(|_| Error::Corrupt("the audit walk was interrupted"))?
+    }
+
+    /// Every call that revealed `token` in `namespace`, oldest first, after
+    /// sequence number `after_seq`, at most `limit` (0: the default), and the
+    /// `after_seq` of the next page if there is one. Read from the
+    /// disclosure index; each answer is checked against its record.
+    pub fn disclosures(
+        &self,
+        namespace: &str,
+        token: &str,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<(Vec<Disclosure>, Option<u64>), Error> {
+        let ns = self.namespace(namespace)?;
+        let parsed = ns.format.parse_token(token).map_err(|e| {
+            Error::InvalidToken(crate::error::ItemError::new(
+                ItemCode::InvalidArgument,
+                &ns.name,
+                format_args!("not a {} token: {e}", ns.format.kind),
+            ))
+        })?;
+        let mark = self.audit.key.token_mark(&ns.name, &parsed.canonical);
+        let limit = match limit {
+            0 => DEFAULT_DISCLOSURES,
+            n => n.min(MAX_DISCLOSURES),
+        };
+        let after = if after_seq == 0 {
+            Vec::new()
+        } else {
+            keys::disclosure_key(&mark, after_seq).to_vec()
+        };
+        let mut entries = self
+            .store
+            .scan_prefix(Cf::Disclosures, &mark, &after, limit + 1)?;
+        let more = entries.len() > limit;
+        entries.truncate(limit);
+        let seqs: Vec<u64> = entries
+            .iter()
+            .filter_map(|(key, _)| keys::disclosure_seq(key))
+            .collect();
+        let record_keys: Vec<[u8; 8]> = seqs.iter().map(|&s| keys::audit_key(s)).collect();
+        let records = self.store.multi_get(Cf::Audit, &record_keys)?;
+        let names: HashMap<String, String> =
+            self.clients().into_iter().map(|c| (c.id, c.name)).collect();
+        let mut found = Vec::with_capacity(seqs.len());
+        for (&seq, value) in seqs.iter().zip(records) {
+            let record = value.as_deref().and_then(|v| decode_record(seq, v));
+            let Some(record) =
+                record.filter(|r| r.event.tokens.iter().any(|t| t.revealed && t.mac == mark))
+            else {
+                tracing::error!(
+                    seq,
+                    "a disclosure index entry has no matching audit record; run `phivault audit verify`"
+                );
+                continue;
+            };
+            found.push(Disclosure {
+                seq,
+                time_ms: record.time_ms,
+                client_name: names
+                    .get(&record.event.client_id)
+                    .cloned()
+                    .unwrap_or_default(),
+                client_id: record.event.client_id,
+                rpc: record.event.rpc,
+                request_id: record.event.request_id,
+                masked: record.event.masked,
+                keyset_version: record.keyset_version,
+            });
+        }
+        let next = more.then(|| seqs.last().copied()).flatten();
+        Ok((found, next))
+    }
+
+    /// Audit records appended, and refused for a storage failure, since the
+    /// vault was opened.
+    pub fn audit_counts(&self) -> (u64, u64) {
+        self.audit.counts()
+    }
+
+    /// The head of the audit chain: its sequence number (0: empty).
+    pub fn audit_head_seq(&self) -> Result<u64, Error> {
+        Ok(read_head(|| self.store.get(Cf::Meta, keys::META_AUDIT_HEAD))?.seq)
+    }
+
+    /// The first sequence number whose record is at or after `since_ms`:
+    /// a binary search, as times never decrease along the chain.
+    pub fn audit_seq_at(&self, since_ms: u64) -> Result<u64, Error> {
+        let (mut low, mut high) = (1, self.audit_head_seq()? + 1);
+        while low < high {
+            let mid = low + (high - low) / 2;
+            let time = self
+                .store
+                .get(Cf::Audit, &keys::audit_key(mid))?
+                .as_deref()
+                .and_then(split_stored)
+                .map_or(0, |s| s.time_ms);
+            if time < since_ms {
+                low = mid + 1;
+            } else {
+                high = mid;
+            }
+        }
+        Ok(low)
+    }
+
+    /// Up to `limit` records after sequence number `after_seq` and no
+    /// further than `up_to`, in order. A record that does not parse ends
+    /// the read with [`Error::Corrupt`]: an export must not skip one.
+    pub fn audit_records(
+        &self,
+        after_seq: u64,
+        up_to: u64,
+        limit: usize,
+    ) -> Result<Vec<AuditRecord>, Error> {
+        let after = if after_seq == 0 {
+            Vec::new()
+        } else {
+            keys::audit_key(after_seq).to_vec()
+        };
+        let mut records = Vec::new();
+        for (key, value) in self.store.scan_after(Cf::Audit, &after, limit)? {
+            let seq = keys::decode_audit_key(&key).ok_or(Error::Corrupt("audit record key"))?;
+            if seq > up_to {
+                break;
+            }
+            records.push(decode_record(seq, &value).ok_or(Error::Corrupt("audit record"))?);
+        }
+        Ok(records)
+    }
+}
+
+/// The audit state of an unsealed vault.
+pub(crate) struct AuditState {
+    pub(crate) key: AuditKey,
+    /// Records appended and refused since start, for metrics.
+    appended: std::sync::atomic::AtomicU64,
+    failed: std::sync::atomic::AtomicU64,
+    /// Bench-only: records are not written, so the benchmark can measure
+    /// what they cost. Compiled in only with the `bench-switches` feature.
+    skip_for_bench: bool,
+}
+
+impl AuditState {
+    pub(crate) fn new(key: AuditKey) -> Self {
+        #[cfg(feature = "bench-switches")]
+        let skip_for_bench = std::env::var_os("PHIVAULT_BENCH_SKIP_AUDIT").is_some();
+        #[cfg(not(feature = "bench-switches"))]
+        let skip_for_bench = false;
+        if skip_for_bench {
+            tracing::warn!(
+                "BENCHMARK BUILD: PHIVAULT_BENCH_SKIP_AUDIT is set; no audit record is written"
+            );
+        }
+        Self {
+            key,
+            appended: Default::default(),
+            failed: Default::default(),
+            skip_for_bench,
+        }
+    }
+
+    fn count(&self, ok: bool) {
+        let counter = if ok { &self.appended } else { &self.failed };
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// (records appended, records that could not be) since start.
+    pub(crate) fn counts(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.appended.load(Relaxed), self.failed.load(Relaxed))
+    }
+}
+
+/// Loads the audit key of an unsealed vault, creating it for a vault that an
+/// older version initialised without one.
+pub(crate) async fn load_or_create_key(
+    store: &Store,
+    kek: &crate::crypto::Kek,
+) -> Result<AuditKey, Error> {
+    if let Some(bytes) = store.get(Cf::Meta, keys::META_AUDIT_KEY)? {
+        let row = keys::AuditKeyRow::decode(&bytes).ok_or(Error::Corrupt("audit key row"))?;
+        return AuditKey::unwrap(kek, row.version, &row.wrapped).map_err(|_| Error::KeyIntegrity);
+    }
+    let key = AuditKey::generate(1).map_err(Error::Crypto)?;
+    let row = new_key_row(&key, kek)?;
+    store
+        .write(move |txn| {
+            if txn.contains(Cf::Meta, keys::META_AUDIT_KEY)? {
+                return Err(StoreError::Rocks(
+                    "the audit key appeared while it was being created".into(),
+                ));
+            }
+            txn.put(Cf::Meta, keys::META_AUDIT_KEY, row);
+            Ok(())
+        })
+        .await?;
+    tracing::info!("audit key created");
+    Ok(key)
+}
+
+/// The `meta` row of a new audit key.
+pub(crate) fn new_key_row(key: &AuditKey, kek: &crate::crypto::Kek) -> Result<Vec<u8>, Error> {
+    Ok(keys::AuditKeyRow {
+        version: key.version(),
+        created_at: now_secs(),
+        wrapped: key.wrap(kek).map_err(Error::Crypto)?,
+    }
+    .encode())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn event() -> impl Strategy<Value = AuditEvent> {
+        (
+            (
+                "[0-9a-f]{0,16}",
+                any::<bool>(),
+                "/[a-zA-Z./]{0,40}",
+                "[a-z-]{0,20}",
+            ),
+            (
+                any::<u32>(),
+                any::<i32>(),
+                "\\PC{0,30}",
+                "\\PC{0,30}",
+                any::<bool>(),
+            ),
+            proptest::collection::vec((any::<[u8; 32]>(), any::<bool>()), 0..20),
+        )
+            .prop_map(
+                |(
+                    (client_id, authenticated, rpc, namespace),
+                    (items, outcome, request_id, target, masked),
+                    tokens,
+                )| AuditEvent {
+                    client_id,
+                    authenticated,
+                    rpc,
+                    namespace,
+                    items,
+                    outcome,
+                    request_id,
+                    target,
+                    masked,
+                    tokens: tokens
+                        .into_iter()
+                        .map(|(mac, revealed)| TokenMark { mac, revealed })
+                        .collect(),
+                },
+            )
+    }
+
+    proptest! {
+        #[test]
+        fn bodies_round_trip(version: u32, event in event()) {
+            let body = encode_body(version, &event);
+            prop_assert_eq!(decode_body(&body), Some((version, event)));
+        }
+
+        #[test]
+        fn a_cut_or_extended_body_does_not_parse(event in event(), cut in 1usize..8) {
+            let body = encode_body(1, &event);
+            prop_assert_eq!(decode_body(&body[..body.len() - cut.min(body.len())]), None);
+            let mut longer = body.clone();
+            longer.push(0);
+            prop_assert_eq!(decode_body(&longer), None);
+        }
+    }
+
+    #[test]
+    fn the_chain_hash_covers_every_header_field() {
+        let base = chain_hash(1, 2, &[3; 32], &[4; 32]);
+        assert_ne!(base, chain_hash(2, 2, &[3; 32], &[4; 32]));
+        assert_ne!(base, chain_hash(1, 3, &[3; 32], &[4; 32]));
+        assert_ne!(base, chain_hash(1, 2, &[5; 32], &[4; 32]));
+        assert_ne!(base, chain_hash(1, 2, &[3; 32], &[5; 32]));
+    }
+}

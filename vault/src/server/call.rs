@@ -1,0 +1,213 @@
+//! One call as the audit trail sees it: the RPC, the request id and the
+//! caller, and the record written for it before it is answered.
+
+use std::sync::Arc;
+
+use tonic::metadata::MetadataValue;
+use tonic::{GrpcMethod, Request, Response, Status};
+
+use super::status;
+use crate::auth::{self, Action, Client};
+use crate::{AuditEvent, Vault};
+
+/// The metadata key of the request id, read from the caller when it sends
+/// one and echoed in every response.
+pub(crate) const REQUEST_ID: &str = "x-request-id";
+/// Longest request id taken from a caller; a longer or odd one is replaced.
+const MAX_REQUEST_ID: usize = 64;
+
+/// The context of one call.
+pub(crate) struct Call {
+    rpc: String,
+    request_id: String,
+    authorization: Option<String>,
+}
+
+impl Call {
+    /// Reads the method, the `authorization` metadata and the caller's
+    /// request id (or makes one up).
+    pub(crate) fn of<T>(request: &Request<T>) -> Self {
+        let rpc = request
+            .extensions()
+            .get::<GrpcMethod<'static>>()
+            .map(|m| format!("/{}/{}", m.service(), m.method()))
+            .unwrap_or_default();
+        let metadata = request.metadata();
+        let request_id = metadata
+            .get(REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+            .filter(|id| {
+                (1..=MAX_REQUEST_ID).contains(&id.len())
+                    && id
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
+            })
+            .map_or_else(new_request_id, str::to_owned);
+        let authorization = metadata
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        Self {
+            rpc,
+            request_id,
+            authorization,
+        }
+    }
+
+    /// The caller's `authorization` metadata.
+    pub(crate) fn authorization(&self) -> Option<&str> {
+        self.authorization.as_deref()
+    }
+
+    /// `body` with the request id in its metadata.
+    pub(crate) fn respond<T>(&self, body: T) -> Response<T> {
+        let mut response = Response::new(body);
+        if let Ok(id) = MetadataValue::try_from(self.request_id.as_str()) {
+            response.metadata_mut().insert(REQUEST_ID, id);
+        }
+        response
+    }
+
+    /// `status` with the request id in its metadata.
+    pub(crate) fn fail(&self, mut status: Status) -> Status {
+        if let Ok(id) = MetadataValue::try_from(self.request_id.as_str()) {
+            status.metadata_mut().insert(REQUEST_ID, id);
+        }
+        status
+    }
+
+    /// Authenticates the caller and checks that it may perform `action` on
+    /// `items` items. A refusal is recorded before it is answered; if the
+    /// record cannot be written the caller gets `UNAVAILABLE` instead.
+    pub(crate) async fn authorize(
+        &self,
+        vault: &Vault,
+        action: Action<'_>,
+        items: usize,
+    ) -> Result<Arc<Client>, Status> {
+        let namespace = match action {
+            Action::Tokenize(ns) | Action::Detokenize(ns) | Action::DetokenizeMasked(ns) => ns,
+            Action::Admin | Action::Audit => "",
+        };
+        let refused = AuditEvent {
+            namespace: namespace.to_owned(),
+            items: count(items),
+            masked: matches!(action, Action::DetokenizeMasked(_)),
+            ..AuditEvent::default()
+        };
+        let client = self.authenticate_for(vault, refused.clone()).await?;
+        if !client.allows(action) {
+            tracing::info!(client_id = %client.id, request_id = %self.request_id, ?action, "permission denied");
+            let what = match action {
+                Action::Tokenize(ns) => format!("tokenize in namespace {ns:?}"),
+                Action::Detokenize(ns) => format!("detokenize in namespace {ns:?}"),
+                Action::DetokenizeMasked(ns) => format!("detokenize (masked) in namespace {ns:?}"),
+                Action::Admin => "administer the vault".into(),
+                Action::Audit => "read the audit trail".into(),
+            };
+            let status = Status::permission_denied(format!("this client may not {what}"));
+            let event = AuditEvent {
+                client_id: client.id.clone(),
+                authenticated: true,
+                ..refused
+            };
+            return Err(self.finish_event(vault, event, &status).await);
+        }
+        Ok(client)
+    }
+
+    /// Authenticates the caller; a refusal is recorded before it is
+    /// answered.
+    pub(crate) async fn authenticate(&self, vault: &Vault) -> Result<Arc<Client>, Status> {
+        self.authenticate_for(vault, AuditEvent::default()).await
+    }
+
+    async fn authenticate_for(
+        &self,
+        vault: &Vault,
+        refused: AuditEvent,
+    ) -> Result<Arc<Client>, Status> {
+        match vault.authenticate(self.authorization()) {
+            Ok(client) => Ok(client),
+            Err(e) => {
+                let claimed = auth::claimed_client_id(self.authorization()).unwrap_or_default();
+                let event = AuditEvent {
+                    client_id: claimed.to_owned(),
+                    ..refused
+                };
+                let status = status::unauthenticated(e);
+                Err(self.finish_event(vault, event, &status).await)
+            }
+        }
+    }
+
+    /// Records what an authorised call did and returns its answer, or
+    /// `UNAVAILABLE` if the record cannot be written (fail closed: the
+    /// result is dropped unseen). `subject` carries the namespace, target,
+    /// items and token marks; the rest is filled in here.
+    pub(crate) async fn finish<T>(
+        &self,
+        vault: &Vault,
+        client: &Client,
+        subject: AuditEvent,
+        result: Result<T, Status>,
+    ) -> Result<T, Status> {
+        let event = AuditEvent {
+            client_id: client.id.clone(),
+            authenticated: true,
+            ..subject
+        };
+        match result {
+            Ok(answer) => {
+                let event = AuditEvent {
+                    outcome: 0,
+                    ..event
+                };
+                self.write(vault, event).await.map(|()| answer)
+            }
+            Err(status) => Err(self.finish_event(vault, event, &status).await),
+        }
+    }
+
+    /// Records a call that ends in `status`; returns the status to send.
+    async fn finish_event(&self, vault: &Vault, event: AuditEvent, status: &Status) -> Status {
+        let event = AuditEvent {
+            outcome: status.code() as i32,
+            ..event
+        };
+        match self.write(vault, event).await {
+            Ok(()) => self.fail(status.clone()),
+            Err(unavailable) => unavailable,
+        }
+    }
+
+    async fn write(&self, vault: &Vault, event: AuditEvent) -> Result<(), Status> {
+        let event = AuditEvent {
+            rpc: self.rpc.clone(),
+            request_id: self.request_id.clone(),
+            ..event
+        };
+        vault
+            .audit(&event)
+            .await
+            .map(drop)
+            .map_err(|e| self.fail(Status::from(e)))
+    }
+}
+
+/// An item count as the record stores it.
+pub(crate) fn count(items: usize) -> u32 {
+    u32::try_from(items).unwrap_or(u32::MAX)
+}
+
+fn new_request_id() -> String {
+    let mut bytes = [0u8; 16];
+    if crate::crypto::fill_random(&mut bytes).is_err() {
+        // Uniqueness, not secrecy, is what a request id needs.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        return format!("t{nanos:x}");
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

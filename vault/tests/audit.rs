@@ -1,0 +1,374 @@
+//! The audit trail in the core: the hash chain against a real RocksDB, its
+//! tamper evidence, the disclosure index across key rotations, and what the
+//! stored records hold.
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+
+use phivault::store::{Cf, Store, StoreOptions};
+use phivault::{AuditEvent, MasterKey, TokenMark, Vault, VaultOptions, verify_audit_at};
+use zeroize::Zeroizing;
+
+fn key_file() -> MasterKey {
+    MasterKey::KeyFile(Zeroizing::new([0x3c; 32]))
+}
+
+/// What the server records for a detokenize call by `client` that revealed
+/// every one of `tokens`.
+fn reveal(
+    vault: &Vault,
+    client: &str,
+    namespace: &str,
+    tokens: &[&str],
+    masked: bool,
+) -> AuditEvent {
+    AuditEvent {
+        client_id: client.to_owned(),
+        authenticated: true,
+        rpc: "/phivault.v1.Tokenizer/Detokenize".into(),
+        namespace: namespace.to_owned(),
+        items: tokens.len() as u32,
+        outcome: 0,
+        request_id: format!("req-{client}"),
+        target: String::new(),
+        masked,
+        tokens: tokens
+            .iter()
+            .map(|t| TokenMark {
+                mac: vault.token_mark(namespace, t),
+                revealed: true,
+            })
+            .collect(),
+    }
+}
+
+fn refused(client: &str) -> AuditEvent {
+    AuditEvent {
+        client_id: client.to_owned(),
+        authenticated: true,
+        rpc: "/phivault.v1.Tokenizer/Detokenize".into(),
+        namespace: "ssn".into(),
+        items: 1,
+        outcome: 7,
+        request_id: "refused".into(),
+        ..AuditEvent::default()
+    }
+}
+
+async fn open(path: &Path) -> Arc<Vault> {
+    Arc::new(
+        Vault::open(path, key_file(), VaultOptions::default())
+            .await
+            .expect("open"),
+    )
+}
+
+fn close(vault: Arc<Vault>) {
+    Arc::into_inner(vault)
+        .expect("no other handle")
+        .close()
+        .expect("close");
+}
+
+/// A vault with `n` records (a mix of reveals and refusals), closed.
+async fn vault_with_records(dir: &Path, n: u64) {
+    let vault = Vault::init(dir, key_file(), VaultOptions::default())
+        .await
+        .expect("init");
+    let token = vault
+        .tokenize("ssn", &["123-45-6789"])
+        .await
+        .expect("tokenize")
+        .remove(0)
+        .expect("token");
+    for i in 0..n {
+        let event = if i % 3 == 0 {
+            refused("c0ffee0000000001")
+        } else {
+            reveal(&vault, "c0ffee0000000002", "ssn", &[&token], i % 2 == 0)
+        };
+        assert_eq!(vault.audit(&event).await.expect("append"), i + 1);
+    }
+    vault.close().expect("close");
+}
+
+/// Edits the closed vault's audit column family directly, as an attacker
+/// with access to the files would.
+async fn tamper(dir: &Path, edit: impl FnOnce(&mut phivault::store::Txn<'_>) + Send + 'static) {
+    let store = Store::open(dir, &StoreOptions::default()).expect("open store");
+    store
+        .write(move |txn| {
+            edit(txn);
+            Ok(())
+        })
+        .await
+        .expect("tamper");
+    store.close().expect("close store");
+}
+
+fn record(dir: &Path, seq: u64) -> Vec<u8> {
+    let store = Store::open_read_only(dir, &StoreOptions::default()).expect("open");
+    store
+        .get(Cf::Audit, &seq.to_be_bytes())
+        .expect("read")
+        .expect("record exists")
+}
+
+#[tokio::test]
+async fn the_chain_verifies_across_restarts_and_a_key_rotation() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    vault_with_records(dir.path(), 5).await;
+    let vault = open(dir.path()).await;
+    let token = vault
+        .tokenize("ssn", &["123-45-6789"])
+        .await
+        .expect("tokenize")
+        .remove(0)
+        .expect("token");
+    vault
+        .audit(&reveal(&vault, "c0ffee0000000003", "ssn", &[&token], false))
+        .await
+        .expect("append after restart");
+    vault.rotate_keys().await.expect("rotate");
+    vault.rotation_settled().await;
+    vault
+        .audit(&reveal(&vault, "c0ffee0000000004", "ssn", &[&token], false))
+        .await
+        .expect("append after rotation");
+    let report = vault.verify_audit().await.expect("verify");
+    assert!(report.is_intact(), "{report:?}");
+    assert_eq!((report.records, report.head_seq), (7, 7));
+    let records = vault.audit_records(0, u64::MAX, 100).expect("read");
+    assert_eq!(records.len(), 7);
+    assert!(
+        records
+            .windows(2)
+            .all(|w| w[1].prev_hash == w[0].hash && w[1].time_ms >= w[0].time_ms)
+    );
+    assert_eq!(
+        (records[5].keyset_version, records[6].keyset_version),
+        (1, 2)
+    );
+    close(vault);
+
+    let offline = verify_audit_at(dir.path()).expect("offline verify");
+    assert!(offline.is_intact());
+    assert_eq!(offline.records, 7);
+}
+
+#[tokio::test]
+async fn an_edited_record_is_named() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    vault_with_records(dir.path(), 10).await;
+    let mut edited = record(dir.path(), 4);
+    let last = edited.len() - 1;
+    edited[last] ^= 0x01;
+    tamper(dir.path(), move |txn| {
+        txn.put(Cf::Audit, 4u64.to_be_bytes(), edited)
+    })
+    .await;
+    let report = verify_audit_at(dir.path()).expect("verify");
+    assert_eq!(report.first_bad.map(|(seq, _)| seq), Some(4), "{report:?}");
+    assert_eq!(report.records, 3);
+}
+
+#[tokio::test]
+async fn a_deleted_record_is_named() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    vault_with_records(dir.path(), 10).await;
+    tamper(dir.path(), |txn| txn.delete(Cf::Audit, 6u64.to_be_bytes())).await;
+    let report = verify_audit_at(dir.path()).expect("verify");
+    assert_eq!(report.first_bad.map(|(seq, _)| seq), Some(6), "{report:?}");
+}
+
+#[tokio::test]
+async fn reordered_records_are_named() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    vault_with_records(dir.path(), 10).await;
+    let (a, b) = (record(dir.path(), 7), record(dir.path(), 8));
+    tamper(dir.path(), move |txn| {
+        txn.put(Cf::Audit, 7u64.to_be_bytes(), b);
+        txn.put(Cf::Audit, 8u64.to_be_bytes(), a);
+    })
+    .await;
+    let report = verify_audit_at(dir.path()).expect("verify");
+    assert_eq!(report.first_bad.map(|(seq, _)| seq), Some(7), "{report:?}");
+}
+
+#[tokio::test]
+async fn a_truncated_chain_is_named() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    vault_with_records(dir.path(), 10).await;
+    tamper(dir.path(), |txn| {
+        for seq in 8..=10u64 {
+            txn.delete(Cf::Audit, seq.to_be_bytes());
+        }
+    })
+    .await;
+    let report = verify_audit_at(dir.path()).expect("verify");
+    assert_eq!(report.first_bad.map(|(seq, _)| seq), Some(8), "{report:?}");
+    assert_eq!((report.records, report.head_seq), (7, 10));
+}
+
+#[tokio::test]
+async fn the_verify_command_names_the_first_bad_record_and_fails() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    vault_with_records(dir.path(), 6).await;
+    let verify = || {
+        Command::new(env!("CARGO_BIN_EXE_phivault"))
+            .args(["audit", "verify", "--data-dir"])
+            .arg(dir.path())
+            .env("PHIVAULT_LOG", "warn")
+            .output()
+            .expect("run phivault audit verify")
+    };
+    let intact = verify();
+    let text = String::from_utf8_lossy(&intact.stdout);
+    assert!(intact.status.success(), "{text}");
+    assert!(text.contains("intact (6 records"), "{text}");
+
+    tamper(dir.path(), |txn| txn.delete(Cf::Audit, 3u64.to_be_bytes())).await;
+    let broken = verify();
+    let text = String::from_utf8_lossy(&broken.stdout);
+    assert!(!broken.status.success());
+    assert!(text.contains("BROKEN at record 3"), "{text}");
+}
+
+#[tokio::test]
+async fn disclosures_come_from_the_index_across_rotations_and_pages() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let vault = Arc::new(
+        Vault::init(dir.path(), key_file(), VaultOptions::default())
+            .await
+            .expect("init"),
+    );
+    let tokens: Vec<String> = vault
+        .tokenize("ssn", &["123-45-6789", "987-65-4321"])
+        .await
+        .expect("tokenize")
+        .into_iter()
+        .map(|t| t.expect("token"))
+        .collect();
+    let (wanted, other) = (tokens[0].as_str(), tokens[1].as_str());
+    vault
+        .audit(&reveal(
+            &vault,
+            "aaaa000000000001",
+            "ssn",
+            &[wanted, other],
+            false,
+        ))
+        .await
+        .expect("a");
+    vault
+        .audit(&reveal(&vault, "bbbb000000000002", "ssn", &[wanted], true))
+        .await
+        .expect("b");
+    vault.audit(&refused("cccc000000000003")).await.expect("c");
+    vault
+        .audit(&reveal(&vault, "dddd000000000004", "ssn", &[other], false))
+        .await
+        .expect("d");
+    // A token asked for but not revealed (say NOT_FOUND) is no disclosure.
+    let mut unrevealed = reveal(&vault, "eeee000000000005", "ssn", &[wanted], false);
+    unrevealed.tokens[0].revealed = false;
+    vault.audit(&unrevealed).await.expect("e");
+
+    vault.rotate_keys().await.expect("rotate");
+    vault.rotation_settled().await;
+    // The same token written without its dashes is the same token.
+    let undashed = wanted.replace('-', "");
+    vault
+        .audit(&reveal(
+            &vault,
+            "ffff000000000006",
+            "ssn",
+            &[&undashed],
+            false,
+        ))
+        .await
+        .expect("f");
+
+    let (found, next) = vault.disclosures("ssn", wanted, 0, 0).expect("disclosures");
+    let who: Vec<(&str, bool, u32)> = found
+        .iter()
+        .map(|d| (d.client_id.as_str(), d.masked, d.keyset_version))
+        .collect();
+    assert_eq!(
+        who,
+        [
+            ("aaaa000000000001", false, 1),
+            ("bbbb000000000002", true, 1),
+            ("ffff000000000006", false, 2)
+        ]
+    );
+    assert_eq!(next, None);
+    assert_eq!(found[1].request_id, "req-bbbb000000000002");
+
+    let (first, next) = vault.disclosures("ssn", wanted, 0, 2).expect("page 1");
+    assert_eq!(first.len(), 2);
+    let next = next.expect("a second page");
+    let (second, last) = vault.disclosures("ssn", wanted, next, 2).expect("page 2");
+    assert_eq!(
+        second.iter().map(|d| d.seq).collect::<Vec<_>>(),
+        [found[2].seq]
+    );
+    assert_eq!(last, None);
+
+    assert!(matches!(
+        vault.disclosures("ssn", "not a token", 0, 0),
+        Err(phivault::Error::InvalidToken(_))
+    ));
+    assert!(matches!(
+        vault.disclosures("nope", wanted, 0, 0),
+        Err(phivault::Error::NamespaceNotFound(_))
+    ));
+    close(vault);
+}
+
+#[tokio::test]
+async fn records_hold_marks_never_values_tokens_or_keys() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let canary = "Zebulon Canarywhistle";
+    let vault = Vault::init(dir.path(), key_file(), VaultOptions::default())
+        .await
+        .expect("init");
+    let token = vault
+        .tokenize("name", &[canary])
+        .await
+        .expect("tokenize")
+        .remove(0)
+        .expect("token");
+    for masked in [false, true] {
+        vault
+            .audit(&reveal(
+                &vault,
+                "c0ffee0000000009",
+                "name",
+                &[&token],
+                masked,
+            ))
+            .await
+            .expect("append");
+    }
+    vault.close().expect("close");
+    let store = Store::open_read_only(dir.path(), &StoreOptions::default()).expect("open");
+    let mut records = 0;
+    for cf in [Cf::Audit, Cf::Disclosures] {
+        for entry in store.scan(cf) {
+            let (key, value) = entry.expect("read");
+            for needle in [canary.as_bytes(), token.as_bytes(), &token.as_bytes()[..6]] {
+                for hay in [&key[..], &value[..]] {
+                    assert!(
+                        !hay.windows(needle.len()).any(|w| w == needle),
+                        "{} holds a value or token",
+                        cf.name()
+                    );
+                }
+            }
+            records += usize::from(cf == Cf::Audit);
+        }
+    }
+    assert_eq!(records, 2);
+}
