@@ -225,26 +225,40 @@ impl Client {
     where
         S: Stream<Item = Vec<String>> + Send + 'static,
     {
-        // Bounded by the channel's flow control; HTTP/2 windows keep
-        // `in_flight` batches moving without unbounded buffering.
         let namespace = namespace.to_owned();
         let requests = batches.map(move |values| pb::TokenizeRequest {
             namespace: namespace.clone(),
             values,
         });
-        let (sender, receiver) = tokio::sync::mpsc::channel(in_flight.max(1));
-        tokio::spawn(async move {
-            let mut requests = Box::pin(requests);
-            while let Some(request) = requests.next().await {
-                if sender.send(request).await.is_err() {
-                    break;
-                }
-            }
-        });
-        let outbound = stream::unfold(receiver, |mut receiver| async move {
-            receiver.recv().await.map(|request| (request, receiver))
-        });
+        let outbound = outbound(requests, in_flight);
         let response = self.tokenizer.clone().tokenize_stream(outbound).await?;
+        Ok(response
+            .into_inner()
+            .map_err(ClientError::from)
+            .map_ok(|r| results(r.results)))
+    }
+
+    /// Reveals a stream of token batches over one `DetokenizeStream` call
+    /// with up to `in_flight` batches outstanding; results come back per
+    /// batch, in order. Every batch is audited on its own.
+    pub async fn detokenize_stream<S>(
+        &self,
+        namespace: &str,
+        batches: S,
+        masked: bool,
+        in_flight: usize,
+    ) -> Result<impl Stream<Item = Result<Vec<ItemResult>, ClientError>> + use<S>, ClientError>
+    where
+        S: Stream<Item = Vec<String>> + Send + 'static,
+    {
+        let namespace = namespace.to_owned();
+        let requests = batches.map(move |tokens| pb::DetokenizeRequest {
+            namespace: namespace.clone(),
+            tokens,
+            masked,
+        });
+        let outbound = outbound(requests, in_flight);
+        let response = self.tokenizer.clone().detokenize_stream(outbound).await?;
         Ok(response
             .into_inner()
             .map_err(ClientError::from)
@@ -414,6 +428,28 @@ impl Client {
             .await?;
         Ok(response.into_inner().status() == ServingStatus::Serving)
     }
+}
+
+/// The request side of a bidirectional stream: `requests` fed through a
+/// channel of `in_flight` slots, so that at most that many batches are
+/// produced ahead of what the transport has taken (HTTP/2 flow control does
+/// the rest) and memory stays bounded.
+fn outbound<R: Send + 'static>(
+    requests: impl Stream<Item = R> + Send + 'static,
+    in_flight: usize,
+) -> impl Stream<Item = R> {
+    let (sender, receiver) = tokio::sync::mpsc::channel(in_flight.max(1));
+    tokio::spawn(async move {
+        let mut requests = Box::pin(requests);
+        while let Some(request) = requests.next().await {
+            if sender.send(request).await.is_err() {
+                break;
+            }
+        }
+    });
+    stream::unfold(receiver, |mut receiver| async move {
+        receiver.recv().await.map(|request| (request, receiver))
+    })
 }
 
 fn results(results: Vec<pb::ItemResult>) -> Vec<ItemResult> {

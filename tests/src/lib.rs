@@ -119,11 +119,18 @@ pub struct Server {
     pub metrics_addr: Option<SocketAddr>,
     /// Everything it wrote to stderr so far is collected here on `stop`.
     stderr: Option<std::thread::JoinHandle<String>>,
+    /// And everything it wrote to stdout.
+    stdout: Option<std::thread::JoinHandle<String>>,
 }
 
 impl Server {
     /// Serves `vault` on a free loopback port with `extra` arguments.
     pub fn start(vault: &VaultDir, extra: &[&str]) -> Self {
+        Self::start_with_env(vault, extra, &[])
+    }
+
+    /// Serves `vault` with `extra` arguments and environment variables.
+    pub fn start_with_env(vault: &VaultDir, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(binary("phivault"))
             .arg("serve")
             .args(["--data-dir", vault.data().to_str().expect("utf-8 path")])
@@ -134,6 +141,7 @@ impl Server {
             .args(["--listen", "127.0.0.1:0"])
             .args(extra)
             .env("PHIVAULT_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -141,8 +149,9 @@ impl Server {
         let stdout = child.stdout.take().expect("piped stdout");
         let stderr = child.stderr.take().expect("piped stderr");
         let (ready, wait) = mpsc::channel();
-        std::thread::spawn(move || {
+        let stdout = std::thread::spawn(move || {
             let mut metrics = None;
+            let mut all = String::new();
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if let Some(addr) = line.strip_prefix("phivault metrics on ") {
                     metrics = addr.parse::<SocketAddr>().ok();
@@ -150,8 +159,11 @@ impl Server {
                 if let Some(addr) = line.strip_prefix("phivault listening on ") {
                     let _ = ready.send(addr.parse::<SocketAddr>().ok().map(|a| (a, metrics)));
                 }
+                all.push_str(&line);
+                all.push('\n');
             }
             let _ = ready.send(None);
+            all
         });
         let stderr = std::thread::spawn(move || {
             let mut all = String::new();
@@ -167,6 +179,7 @@ impl Server {
                 addr,
                 metrics_addr,
                 stderr: Some(stderr),
+                stdout: Some(stdout),
             },
             _ => {
                 let _ = child.kill();
@@ -194,7 +207,13 @@ impl Server {
 
     /// Sends SIGTERM, waits for a clean exit, and returns what the server
     /// wrote to stderr.
-    pub fn stop(mut self) -> String {
+    pub fn stop(self) -> String {
+        self.stop_with_output().1
+    }
+
+    /// Sends SIGTERM, waits for a clean exit, and returns what the server
+    /// wrote to stdout and to stderr.
+    pub fn stop_with_output(mut self) -> (String, String) {
         let pid = self.child.id().to_string();
         let sent = Command::new("kill")
             .args(["-TERM", &pid])
@@ -211,7 +230,12 @@ impl Server {
             status.success(),
             "phivault exited with {status} on SIGTERM:\n{log}"
         );
-        log
+        let out = self
+            .stdout
+            .take()
+            .and_then(|h| h.join().ok())
+            .unwrap_or_default();
+        (out, log)
     }
 }
 

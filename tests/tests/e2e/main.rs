@@ -8,6 +8,7 @@ use phivault_client::{Client, ClientOptions, v1 as pb};
 use phivault_tests::{Server, VaultDir};
 use tonic::Code;
 
+mod audit;
 mod keys;
 
 async fn connect(server: &Server, key: Option<&str>) -> Client {

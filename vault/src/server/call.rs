@@ -3,8 +3,9 @@
 
 use std::sync::Arc;
 
+use tonic::codegen::http;
 use tonic::metadata::MetadataValue;
-use tonic::{GrpcMethod, Request, Response, Status};
+use tonic::{Request, Response, Status};
 
 use super::status;
 use crate::auth::{self, Action, Client};
@@ -15,6 +16,20 @@ use crate::{AuditEvent, Vault};
 pub(crate) const REQUEST_ID: &str = "x-request-id";
 /// Longest request id taken from a caller; a longer or odd one is replaced.
 const MAX_REQUEST_ID: usize = 64;
+
+/// The gRPC method of a call (`/package.Service/Method`), put into the
+/// request's extensions by [`tag_method`]: tonic hands a handler the message
+/// and metadata, not the path.
+#[derive(Clone)]
+struct Method(String);
+
+/// Records the request path for the audit trail. The router only reaches a
+/// handler for a path it serves, so the tag names a real method.
+pub(crate) fn tag_method<B>(mut request: http::Request<B>) -> http::Request<B> {
+    let path = request.uri().path().to_owned();
+    request.extensions_mut().insert(Method(path));
+    request
+}
 
 /// The context of one call.
 pub(crate) struct Call {
@@ -29,8 +44,8 @@ impl Call {
     pub(crate) fn of<T>(request: &Request<T>) -> Self {
         let rpc = request
             .extensions()
-            .get::<GrpcMethod<'static>>()
-            .map(|m| format!("/{}/{}", m.service(), m.method()))
+            .get::<Method>()
+            .map(|m| m.0.clone())
             .unwrap_or_default();
         let metadata = request.metadata();
         let request_id = metadata

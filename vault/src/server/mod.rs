@@ -169,6 +169,7 @@ pub async fn serve(
     // Outermost first: the call is recorded with the status the client sees.
     let layers = tower::ServiceBuilder::new()
         .layer(metrics::RecordLayer(metrics))
+        .map_request(call::tag_method::<tonic::body::Body>)
         .map_response(oversize_is_resource_exhausted::<tonic::body::Body>);
     let mut builder = Server::builder().layer(layers);
     if let Some(tls) = &options.tls {
