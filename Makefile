@@ -24,8 +24,10 @@ test: deps
 	$(CARGO) build --locked --workspace --bins $(TEST_FEATURES)
 	$(CARGO) test --locked --workspace $(TEST_FEATURES)
 
+# `bench-switches` compiles in the switch that lets the audit benchmark run a
+# second vault without audit records, to measure what they cost.
 bench: deps
-	$(CARGO) bench --locked -p phivault
+	$(CARGO) bench --locked -p phivault --features bench-switches
 
 check: test fmt clippy
 

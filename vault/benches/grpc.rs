@@ -4,9 +4,16 @@
 //! * unary `Detokenize` of one item at 32 concurrent callers: requests/s,
 //!   p50 and p99 — against an echo `Tokenizer` whose `Detokenize` returns its
 //!   tokens unchanged, so the ratio shows what the vault adds to plain gRPC;
+//! * the same unary `Detokenize` against a second vault whose audit records
+//!   are skipped by a bench-only switch (`PHIVAULT_BENCH_SKIP_AUDIT`, compiled
+//!   in only with the `bench-switches` feature), so the ratio shows what the
+//!   audit trail costs: a durable, hash-chained record per call before its
+//!   answer leaves. The two alternate, twice each, to even out a noisy
+//!   machine;
 //! * `TokenizeStream` of repeated values: fields/s.
 //!
-//! `make bench` (or `cargo bench -p phivault --bench grpc`).
+//! `make bench` (or `cargo bench -p phivault --features bench-switches
+//! --bench grpc`).
 //! `PHIVAULT_BENCH_SECONDS` sets each measurement's length (default 10).
 
 use std::io::{BufRead, BufReader};
@@ -102,7 +109,7 @@ struct Vault {
 }
 
 impl Vault {
-    fn start() -> Self {
+    fn start(env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let (data, key, admin) = (
             dir.path().join("data"),
@@ -129,6 +136,7 @@ impl Vault {
             .arg("--master-key-file")
             .arg(&key)
             .env("PHIVAULT_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .spawn()
             .expect("serve");
@@ -165,6 +173,19 @@ struct Latency {
     rate: f64,
     p50: Duration,
     p99: Duration,
+}
+
+impl Latency {
+    /// The mean of several runs of the same measurement.
+    fn mean(runs: &[Latency]) -> Latency {
+        let n = runs.len() as f64;
+        let mean = |f: fn(&Latency) -> Duration| runs.iter().map(f).sum::<Duration>().div_f64(n);
+        Latency {
+            rate: runs.iter().map(|r| r.rate).sum::<f64>() / n,
+            p50: mean(|r| r.p50),
+            p99: mean(|r| r.p99),
+        }
+    }
 }
 
 /// `CALLERS` tasks calling `Detokenize` with one token for `seconds`.
@@ -261,22 +282,28 @@ fn main() {
         let echo_addr = start_echo();
         let echo = Client::connect(ClientOptions::new(format!("http://{echo_addr}"))).await.expect("echo");
 
-        let vault = Vault::start();
-        let endpoint = format!("http://{}", vault.addr);
-        let admin = Client::connect(ClientOptions::new(&endpoint).api_key(&vault.admin_key)).await.expect("admin");
-        let key = admin
-            .create_client("bench", vec!["tokenize:ssn".into(), "detokenize:ssn".into()])
-            .await
-            .expect("client")
-            .api_key;
-        let client = Client::connect(ClientOptions::new(&endpoint).api_key(key)).await.expect("connect");
+        let vault = Vault::start(&[]);
+        let client = bench_client(&vault).await;
+        let unaudited_vault = Vault::start(&[("PHIVAULT_BENCH_SKIP_AUDIT", "1")]);
+        let unaudited = bench_client(&unaudited_vault).await;
+        if !cfg!(feature = "bench-switches") {
+            eprintln!("built without the bench-switches feature: both vaults write audit records (run `make bench`)");
+        }
         let values: Arc<Vec<String>> = Arc::new((0..STREAM_BATCH).map(|i| format!("{:09}", 100_000_000 + i)).collect());
         let tokens = client.tokenize("ssn", values.as_ref().clone()).await.expect("warm-up");
         let token = tokens[0].clone().expect("token");
+        let unaudited_token = unaudited.tokenize("ssn", vec![values[0].clone()]).await.expect("warm-up")[0].clone().expect("token");
 
         println!("gRPC benchmark: {CALLERS} concurrent unary callers, stream batches of {STREAM_BATCH}, {seconds} s each");
         let bare = unary_detokenize(echo.clone(), token.clone(), seconds).await;
-        let real = unary_detokenize(client.clone(), token, seconds).await;
+        let mut audited_runs = Vec::new();
+        let mut unaudited_runs = Vec::new();
+        for _ in 0..2 {
+            unaudited_runs.push(unary_detokenize(unaudited.clone(), unaudited_token.clone(), seconds).await);
+            audited_runs.push(unary_detokenize(client.clone(), token.clone(), seconds).await);
+        }
+        let (real, skipped) = (Latency::mean(&audited_runs), Latency::mean(&unaudited_runs));
+        let audit_records = audit_head(&vault).await;
         let bare_stream = stream_tokenize(echo, Arc::clone(&values), seconds).await;
         let real_stream = stream_tokenize(client, values, seconds).await;
 
@@ -287,5 +314,46 @@ fn main() {
         println!("| unary Detokenize p50 | {:.2?} | {:.2?} | |", bare.p50, real.p50);
         println!("| unary Detokenize p99 | {:.2?} | {:.2?} | |", bare.p99, real.p99);
         println!("| TokenizeStream of repeated values, fields/s | {bare_stream:.0} | {real_stream:.0} | {:.2} |", real_stream / bare_stream);
+        println!();
+        println!("| unary Detokenize (1 item) | audit records skipped | audited (as built) | ratio |");
+        println!("|---|---:|---:|---:|");
+        println!("| requests/s | {:.0} | {:.0} | {:.2} |", skipped.rate, real.rate, real.rate / skipped.rate);
+        println!("| p50 | {:.2?} | {:.2?} | |", skipped.p50, real.p50);
+        println!("| p99 | {:.2?} | {:.2?} | |", skipped.p99, real.p99);
+        println!();
+        println!(
+            "audit overhead on throughput: {:.1}% (target at most 20%); {audit_records} records in the audited vault's chain",
+            100.0 * (1.0 - real.rate / skipped.rate)
+        );
     });
+}
+
+/// A client with `tokenize:ssn` and `detokenize:ssn` on `vault`.
+async fn bench_client(vault: &Vault) -> Client {
+    let endpoint = format!("http://{}", vault.addr);
+    let admin = Client::connect(ClientOptions::new(&endpoint).api_key(&vault.admin_key))
+        .await
+        .expect("admin");
+    let key = admin
+        .create_client(
+            "bench",
+            vec!["tokenize:ssn".into(), "detokenize:ssn".into()],
+        )
+        .await
+        .expect("client")
+        .api_key;
+    Client::connect(ClientOptions::new(&endpoint).api_key(key))
+        .await
+        .expect("connect")
+}
+
+/// The number of records in `vault`'s audit chain, as `VerifyAudit` walks it.
+async fn audit_head(vault: &Vault) -> u64 {
+    let endpoint = format!("http://{}", vault.addr);
+    let admin = Client::connect(ClientOptions::new(&endpoint).api_key(&vault.admin_key))
+        .await
+        .expect("admin");
+    let report = admin.verify_audit().await.expect("verify");
+    assert_eq!(report.first_bad_seq, 0, "the chain verifies after the load");
+    report.records
 }

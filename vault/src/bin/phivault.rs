@@ -51,8 +51,9 @@ enum Command {
         #[arg(long)]
         to: PathBuf,
     },
-    /// Check every mapping of a stopped vault (or a backup): exits non-zero
-    /// if any row is damaged, orphaned or does not hash back.
+    /// Check every mapping of a stopped vault (or a backup) and its audit
+    /// chain: exits non-zero if any row is damaged, orphaned or does not hash
+    /// back, or the chain is broken.
     Verify {
         #[command(flatten)]
         vault: VaultArgs,
@@ -401,8 +402,13 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let report = opened.verify()?;
             opened.close()?;
             print_report(&report);
+            let audit = phivault::verify_audit_at(&vault.data_dir)?;
+            print_audit_report(&audit, false);
             if !report.is_clean() {
                 bail!("{} problem(s) found", report.counts.values().sum::<u64>());
+            }
+            if let Some((seq, _)) = audit.first_bad {
+                bail!("the audit chain is broken at record {seq}");
             }
         }
         Command::Audit(AuditCommand::Verify { data_dir, json }) => {
@@ -663,6 +669,9 @@ fn print_status(vault: &Vault) {
                 r.target, r.done, r.total
             );
         }
+    }
+    if let Ok(head) = vault.audit_head_seq() {
+        println!("audit trail: {head} records (`phivault audit verify` walks the chain)");
     }
     println!("namespaces:");
     for ns in vault.namespaces() {
