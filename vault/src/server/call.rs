@@ -215,14 +215,22 @@ pub(crate) fn count(items: usize) -> u32 {
     u32::try_from(items).unwrap_or(u32::MAX)
 }
 
+/// A request id unique among every call the process serves: a random
+/// per-process prefix and a counter. Uniqueness, not secrecy, is what a
+/// request id needs, so a call costs no trip to the OS RNG.
 fn new_request_id() -> String {
-    let mut bytes = [0u8; 16];
-    if crate::crypto::fill_random(&mut bytes).is_err() {
-        // Uniqueness, not secrecy, is what a request id needs.
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        return format!("t{nanos:x}");
-    }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    static PREFIX: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let prefix = PREFIX.get_or_init(|| {
+        let mut bytes = [0u8; 8];
+        if crate::crypto::fill_random(&mut bytes).is_err() {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+            bytes = nanos.to_be_bytes();
+        }
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    });
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{prefix}{n:016x}")
 }
