@@ -366,53 +366,59 @@ fn verify_chain(store: &Store) -> Result<AuditReport, Error> {
         first_bad: None,
     };
     let mut prev = [0u8; 32];
-    let mut expected = 1u64;
     for entry in store.scan(Cf::Audit) {
         let (key, value) = entry?;
-        let bad = |why| Ok(Some((expected, why)));
-        let found: Result<Option<(u64, &'static str)>, Error> = match keys::decode_audit_key(&key) {
-            None => bad("a record has a malformed key"),
-            Some(seq) if seq > expected => bad("the record is missing"),
-            Some(seq) if seq < expected => bad("a record is out of place"),
-            Some(seq) => match split_stored(&value) {
-                None => bad("the record is unreadable"),
-                Some(stored) if stored.prev != prev => bad(
-                    "the record does not link to the one before it (reordered, or the one before was altered)",
-                ),
-                Some(stored)
-                    if chain_hash(
-                        seq,
-                        stored.time_ms,
-                        &prev,
-                        &Sha256::digest(stored.body).into(),
-                    ) != stored.hash =>
-                {
-                    bad("the record was altered (its hash does not match)")
-                }
-                Some(stored) if decode_body(stored.body).is_none() => {
-                    bad("the record is unreadable")
-                }
-                Some(stored) => {
-                    prev = stored.hash;
-                    Ok(None)
-                }
-            },
-        };
-        if let Some(bad) = found? {
-            report.first_bad = Some(bad);
-            return Ok(report);
+        let expected = report.records + 1;
+        match check_link(expected, &prev, &key, &value) {
+            Ok(hash) => prev = hash,
+            Err(why) => {
+                report.first_bad = Some((expected, why));
+                return Ok(report);
+            }
         }
         report.records = expected;
-        expected += 1;
     }
-    if head.seq > report.records {
-        report.first_bad = Some((expected, "the record is missing (the chain was truncated)"));
+    report.first_bad = if head.seq > report.records {
+        Some((
+            report.records + 1,
+            "the record is missing (the chain was truncated)",
+        ))
     } else if head.seq < report.records {
-        report.first_bad = Some((head.seq + 1, "records follow the head kept in meta"));
+        Some((head.seq + 1, "records follow the head kept in meta"))
     } else if head.seq > 0 && head.hash != prev {
-        report.first_bad = Some((head.seq, "the record does not match the head kept in meta"));
-    }
+        Some((head.seq, "the record does not match the head kept in meta"))
+    } else {
+        None
+    };
     Ok(report)
+}
+
+/// Checks that the entry `key → value` is record `expected` and follows the
+/// record whose hash is `prev`; returns its hash, or what is wrong with it.
+fn check_link(
+    expected: u64,
+    prev: &[u8; 32],
+    key: &[u8],
+    value: &[u8],
+) -> Result<[u8; 32], &'static str> {
+    match keys::decode_audit_key(key) {
+        None => return Err("a record has a malformed key"),
+        Some(seq) if seq > expected => return Err("the record is missing"),
+        Some(seq) if seq < expected => return Err("a record is out of place"),
+        Some(_) => {}
+    }
+    let stored = split_stored(value).ok_or("the record is unreadable")?;
+    if stored.prev != *prev {
+        return Err(
+            "the record does not link to the one before it (reordered, or the one before was altered)",
+        );
+    }
+    let digest = Sha256::digest(stored.body).into();
+    if chain_hash(expected, stored.time_ms, prev, &digest) != stored.hash {
+        return Err("the record was altered (its hash does not match)");
+    }
+    decode_body(stored.body).ok_or("the record is unreadable")?;
+    Ok(stored.hash)
 }
 
 /// Verifies the audit chain of the vault at `path` without its master key

@@ -735,9 +735,30 @@ impl Vault {
         namespace: &str,
         tokens: &[S],
     ) -> Result<Vec<ItemResult>, Error> {
+        Ok(self.reveal_tokens(namespace, tokens, false).await?.0)
+    }
+
+    /// [`Vault::detokenize`], and each token's audit mark (see
+    /// [`Vault::token_mark`]), taken from the form it was parsed into here
+    /// rather than parsing every token a second time.
+    pub async fn detokenize_marked<S: AsRef<str>>(
+        &self,
+        namespace: &str,
+        tokens: &[S],
+    ) -> Result<(Vec<ItemResult>, Vec<[u8; 32]>), Error> {
+        self.reveal_tokens(namespace, tokens, true).await
+    }
+
+    async fn reveal_tokens<S: AsRef<str>>(
+        &self,
+        namespace: &str,
+        tokens: &[S],
+        mark: bool,
+    ) -> Result<(Vec<ItemResult>, Vec<[u8; 32]>), Error> {
         self.check_batch(tokens.len())?;
         let ns = self.namespace(namespace)?;
         let mut results: Vec<Option<ItemResult>> = vec![None; tokens.len()];
+        let mut marks = Vec::with_capacity(if mark { tokens.len() } else { 0 });
         let mut lookups: Vec<(usize, Parsed)> = Vec::with_capacity(tokens.len());
         for (slot, token) in tokens.iter().enumerate() {
             let token = token.as_ref();
@@ -750,6 +771,10 @@ impl Vault {
                     )
                 })
             });
+            if mark {
+                let canonical = parsed.as_ref().map_or(token, |p| p.canonical.as_str());
+                marks.push(self.audit.key.token_mark(&ns.name, canonical));
+            }
             match parsed {
                 Ok(parsed) => lookups.push((slot, parsed)),
                 Err(e) => results[slot] = Some(Err(e)),
@@ -790,10 +815,11 @@ impl Vault {
                 });
             }
         }
-        Ok(results
+        let results = results
             .into_iter()
             .map(|r| r.unwrap_or_else(|| Err(internal(&ns))))
-            .collect())
+            .collect();
+        Ok((results, marks))
     }
 }
 

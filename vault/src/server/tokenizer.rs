@@ -69,22 +69,24 @@ async fn detokenize(
     // without it learns nothing about whether a namespace or token exists.
     let client = call.authorize(vault, action, request.tokens.len()).await?;
     let result = vault
-        .detokenize(&request.namespace, &request.tokens)
+        .detokenize_marked(&request.namespace, &request.tokens)
         .await
         .map_err(Status::from);
     // One mark per token, revealed or not; none for a request refused as a
     // whole (it may be oversized, and nothing in it was looked at).
-    let tokens = match &result {
-        Ok(results) => request
-            .tokens
-            .iter()
-            .zip(results)
-            .map(|(token, result)| TokenMark {
-                mac: vault.token_mark(&request.namespace, token),
-                revealed: result.is_ok(),
-            })
-            .collect(),
-        Err(_) => Vec::new(),
+    let (result, tokens) = match result {
+        Ok((results, marks)) => {
+            let tokens = marks
+                .into_iter()
+                .zip(&results)
+                .map(|(mac, result)| TokenMark {
+                    mac,
+                    revealed: result.is_ok(),
+                })
+                .collect();
+            (Ok(results), tokens)
+        }
+        Err(status) => (Err(status), Vec::new()),
     };
     let subject = AuditEvent {
         namespace: request.namespace,
