@@ -143,7 +143,12 @@ pub async fn serve(
         .map_err(|e| ServeError::Reflection(e.to_string()))?;
 
     let max = options.max_message_bytes;
-    let tokenizer = TokenizerServer::new(TokenizerService::new(Arc::clone(&vault)))
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stop.send(true);
+    };
+    let tokenizer = TokenizerServer::new(TokenizerService::new(Arc::clone(&vault), stopping))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
     let admin = AdminServer::new(

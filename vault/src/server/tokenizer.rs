@@ -5,9 +5,10 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use futures_util::{Stream, StreamExt};
+use futures_util::{Stream, StreamExt, stream};
 use phivault_proto::v1 as pb;
 use phivault_proto::v1::tokenizer_server::Tokenizer;
+use tokio::sync::watch;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::call::{self, Call};
@@ -24,12 +25,17 @@ type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 /// Serves `phivault.v1.Tokenizer`.
 pub struct TokenizerService {
     vault: Arc<Vault>,
+    stopping: watch::Receiver<bool>,
 }
 
 impl TokenizerService {
-    /// The service over an unsealed vault.
-    pub fn new(vault: Arc<Vault>) -> Self {
-        Self { vault }
+    /// The service over an unsealed vault. Once `stopping` turns true, open
+    /// streams take no further messages: those already taken are answered,
+    /// then the stream ends with `UNAVAILABLE`, so that a bulk client resends
+    /// the rest to the next server instead of holding this one's shutdown
+    /// open for as long as its input lasts.
+    pub fn new(vault: Arc<Vault>, stopping: watch::Receiver<bool>) -> Self {
+        Self { vault, stopping }
     }
 }
 
@@ -126,14 +132,31 @@ impl TokenizerService {
         call.authenticate(&self.vault).await?;
         let vault = Arc::clone(&self.vault);
         let stream_call = Arc::clone(&call);
+        let mut stop = self.stopping.clone();
+        let stopped = async move {
+            // An error means the server is gone, which is also a stop.
+            let _ = stop.wait_for(|stopping| *stopping).await;
+        };
+        let stopping = self.stopping.clone();
+        let shut_down = stream::once(async move { *stopping.borrow() })
+            .filter_map(|stopping| async move {
+                stopping.then(|| {
+                    Status::unavailable(
+                        "the server is shutting down; resend the unanswered messages",
+                    )
+                })
+            })
+            .map(Err);
         let responses = request
             .into_inner()
+            .take_until(stopped)
             .map(move |message| {
                 let pending =
                     message.map(|m| handle(Arc::clone(&vault), Arc::clone(&stream_call), m));
                 async move { pending?.await }
             })
-            .buffered(STREAM_CONCURRENCY);
+            .buffered(STREAM_CONCURRENCY)
+            .chain(shut_down);
         Ok(call.respond(Box::pin(responses) as ResponseStream<Resp>))
     }
 }
