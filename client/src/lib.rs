@@ -27,6 +27,8 @@ use zeroize::Zeroizing;
 
 pub use phivault_proto::v1;
 
+pub mod bulk;
+
 /// Attempts of an idempotent call (tokenize) while the server answers
 /// `UNAVAILABLE`.
 const RETRIES: u32 = 5;
@@ -124,6 +126,20 @@ type Svc = InterceptedService<Channel, Auth>;
 /// One item's outcome: a token or value, or the server's item error.
 pub type ItemResult = Result<String, pb::ItemError>;
 
+/// The answers of a streaming call: one entry per batch sent, in order; a
+/// call-level failure (the server going away, say) ends it with an error.
+pub type BatchResults =
+    std::pin::Pin<Box<dyn Stream<Item = Result<Vec<ItemResult>, ClientError>> + Send>>;
+
+/// Values (or tokens) of one namespace, sent as one stream message.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    /// The namespace every item belongs to.
+    pub namespace: String,
+    /// The values to tokenize, or the tokens to reveal.
+    pub items: Vec<String>,
+}
+
 /// A connection to a vault. Cheap to clone; clones share the connection.
 #[derive(Clone)]
 pub struct Client {
@@ -213,56 +229,97 @@ impl Client {
         Ok(results(response.into_inner().results))
     }
 
-    /// Tokenizes a stream of batches over one `TokenizeStream` call with up
-    /// to `in_flight` batches outstanding; results come back per batch, in
-    /// order.
+    /// Tokenizes a stream of batches of `namespace` over one
+    /// `TokenizeStream` call with up to `in_flight` batches outstanding;
+    /// results come back per batch, in order.
     pub async fn tokenize_stream<S>(
         &self,
         namespace: &str,
         batches: S,
         in_flight: usize,
-    ) -> Result<impl Stream<Item = Result<Vec<ItemResult>, ClientError>> + use<S>, ClientError>
+    ) -> Result<BatchResults, ClientError>
     where
         S: Stream<Item = Vec<String>> + Send + 'static,
     {
         let namespace = namespace.to_owned();
-        let requests = batches.map(move |values| pb::TokenizeRequest {
+        let batches = batches.map(move |items| Batch {
             namespace: namespace.clone(),
-            values,
+            items,
         });
-        let outbound = outbound(requests, in_flight);
-        let response = self.tokenizer.clone().tokenize_stream(outbound).await?;
-        Ok(response
-            .into_inner()
-            .map_err(ClientError::from)
-            .map_ok(|r| results(r.results)))
+        self.tokenize_batches(batches, in_flight).await
     }
 
-    /// Reveals a stream of token batches over one `DetokenizeStream` call
-    /// with up to `in_flight` batches outstanding; results come back per
-    /// batch, in order. Every batch is audited on its own.
+    /// Reveals a stream of token batches of `namespace` over one
+    /// `DetokenizeStream` call with up to `in_flight` batches outstanding;
+    /// results come back per batch, in order. Every batch is audited on its
+    /// own.
     pub async fn detokenize_stream<S>(
         &self,
         namespace: &str,
         batches: S,
         masked: bool,
         in_flight: usize,
-    ) -> Result<impl Stream<Item = Result<Vec<ItemResult>, ClientError>> + use<S>, ClientError>
+    ) -> Result<BatchResults, ClientError>
     where
         S: Stream<Item = Vec<String>> + Send + 'static,
     {
         let namespace = namespace.to_owned();
-        let requests = batches.map(move |tokens| pb::DetokenizeRequest {
+        let batches = batches.map(move |items| Batch {
             namespace: namespace.clone(),
-            tokens,
+            items,
+        });
+        self.detokenize_batches(batches, masked, in_flight).await
+    }
+
+    /// Tokenizes batches of any namespaces over one `TokenizeStream` call,
+    /// up to `in_flight` outstanding; one result per batch, in order.
+    pub async fn tokenize_batches<S>(
+        &self,
+        batches: S,
+        in_flight: usize,
+    ) -> Result<BatchResults, ClientError>
+    where
+        S: Stream<Item = Batch> + Send + 'static,
+    {
+        let requests = batches.map(|batch| pb::TokenizeRequest {
+            namespace: batch.namespace,
+            values: batch.items,
+        });
+        let outbound = outbound(requests, in_flight);
+        let response = self.tokenizer.clone().tokenize_stream(outbound).await?;
+        Ok(Box::pin(
+            response
+                .into_inner()
+                .map_err(ClientError::from)
+                .map_ok(|r| results(r.results)),
+        ))
+    }
+
+    /// Reveals batches of tokens of any namespaces over one
+    /// `DetokenizeStream` call, up to `in_flight` outstanding; one result
+    /// per batch, in order. Every batch is audited on its own.
+    pub async fn detokenize_batches<S>(
+        &self,
+        batches: S,
+        masked: bool,
+        in_flight: usize,
+    ) -> Result<BatchResults, ClientError>
+    where
+        S: Stream<Item = Batch> + Send + 'static,
+    {
+        let requests = batches.map(move |batch| pb::DetokenizeRequest {
+            namespace: batch.namespace,
+            tokens: batch.items,
             masked,
         });
         let outbound = outbound(requests, in_flight);
         let response = self.tokenizer.clone().detokenize_stream(outbound).await?;
-        Ok(response
-            .into_inner()
-            .map_err(ClientError::from)
-            .map_ok(|r| results(r.results)))
+        Ok(Box::pin(
+            response
+                .into_inner()
+                .map_err(ClientError::from)
+                .map_ok(|r| results(r.results)),
+        ))
     }
 
     /// Creates a namespace.
@@ -450,6 +507,35 @@ fn outbound<R: Send + 'static>(
     stream::unfold(receiver, |mut receiver| async move {
         receiver.recv().await.map(|request| (request, receiver))
     })
+}
+
+/// The name of a `google.rpc.Code` (`INVALID_ARGUMENT`), as the errors file
+/// and reports spell it.
+pub fn code_name(code: i32) -> &'static str {
+    const NAMES: [&str; 17] = [
+        "OK",
+        "CANCELLED",
+        "UNKNOWN",
+        "INVALID_ARGUMENT",
+        "DEADLINE_EXCEEDED",
+        "NOT_FOUND",
+        "ALREADY_EXISTS",
+        "PERMISSION_DENIED",
+        "RESOURCE_EXHAUSTED",
+        "FAILED_PRECONDITION",
+        "ABORTED",
+        "OUT_OF_RANGE",
+        "UNIMPLEMENTED",
+        "INTERNAL",
+        "UNAVAILABLE",
+        "DATA_LOSS",
+        "UNAUTHENTICATED",
+    ];
+    usize::try_from(code)
+        .ok()
+        .and_then(|i| NAMES.get(i))
+        .copied()
+        .unwrap_or("UNKNOWN")
 }
 
 fn results(results: Vec<pb::ItemResult>) -> Vec<ItemResult> {

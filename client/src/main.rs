@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use phivault_client::{Client, ClientOptions, ItemResult, v1 as pb};
+use phivault_client::{Client, ClientOptions, ItemResult, bulk, code_name, v1 as pb};
 
 /// Command-line client of a phivault vault.
 #[derive(Parser)]
@@ -87,6 +87,85 @@ enum Command {
     /// Verify, query and export the audit trail (the audit or admin scope).
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Tokenize or reveal the mapped cells of whole CSV, NDJSON and FHIR
+    /// files, streaming. Exit status: 0 when every cell went through, 2 when
+    /// some cells failed (the run completed), 1 when the run stopped.
+    #[command(subcommand)]
+    Bulk(BulkCommand),
+}
+
+#[derive(Subcommand)]
+enum BulkCommand {
+    /// Replace the mapped cells with their tokens.
+    Tokenize(BulkArgs),
+    /// Replace the mapped cells (tokens) with their values.
+    Detokenize {
+        #[command(flatten)]
+        args: BulkArgs,
+        /// Reveal all but the last 4 characters masked.
+        #[arg(long)]
+        masked: bool,
+    },
+}
+
+#[derive(Args)]
+struct BulkArgs {
+    /// The input file; standard input when absent or `-`.
+    input: Option<PathBuf>,
+    /// Write to FILE instead of standard output: written as FILE.partial and
+    /// renamed when the run completes, removed when it stops.
+    #[arg(short, long, value_name = "FILE")]
+    output: Option<PathBuf>,
+    /// The input's format; guessed from its extension (.csv, .ndjson,
+    /// .jsonl) when absent.
+    #[arg(long, value_enum)]
+    format: Option<BulkFormat>,
+    /// CSV: COLUMN=NAMESPACE (the header's name, spaces allowed). NDJSON:
+    /// /json/pointer=NAMESPACE (RFC 6901; `*` for every array element).
+    /// Repeatable.
+    #[arg(long = "map", value_name = "FIELD=NAMESPACE")]
+    maps: Vec<String>,
+    /// FHIR: a TOML profile whose rules extend the built-in Patient profile
+    /// (or replace it, with `builtin = false`).
+    #[arg(long, value_name = "FILE")]
+    profile: Option<PathBuf>,
+    /// Write every failed cell to FILE as CSV: row, line, column (or JSON
+    /// path), namespace, error code, message. Never the value.
+    #[arg(long, value_name = "FILE")]
+    errors: Option<PathBuf>,
+    /// A row with a failed cell: keep it with the cell as it was, drop it,
+    /// or stop the run there.
+    #[arg(long, value_enum, default_value = "keep")]
+    on_error: OnErrorArg,
+    /// Items per stream message (at most 10,000).
+    #[arg(long, default_value_t = 1_000)]
+    batch_size: usize,
+    /// Stream messages sent and not yet answered.
+    #[arg(long, default_value_t = 16)]
+    in_flight: usize,
+    /// While the vault is unreachable, keep reconnecting this long (30s, 10m)
+    /// before giving up.
+    #[arg(long, default_value = "2m")]
+    retry_for: humantime::Duration,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum BulkFormat {
+    /// CSV (RFC 4180) with a header row.
+    Csv,
+    /// One JSON value per line.
+    Ndjson,
+    /// FHIR R4 resources, one per line (a Bulk Data export file).
+    Fhir,
+    /// One FHIR Bundle (or resource) as a JSON document.
+    FhirBundle,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum OnErrorArg {
+    Keep,
+    DropRow,
+    Fail,
 }
 
 #[derive(Subcommand)]
@@ -341,34 +420,6 @@ fn rfc3339(time_ms: u64) -> String {
     humantime::format_rfc3339_millis(at).to_string()
 }
 
-/// The name of a `google.rpc.Code`.
-fn code_name(code: i32) -> &'static str {
-    const NAMES: [&str; 17] = [
-        "OK",
-        "CANCELLED",
-        "UNKNOWN",
-        "INVALID_ARGUMENT",
-        "DEADLINE_EXCEEDED",
-        "NOT_FOUND",
-        "ALREADY_EXISTS",
-        "PERMISSION_DENIED",
-        "RESOURCE_EXHAUSTED",
-        "FAILED_PRECONDITION",
-        "ABORTED",
-        "OUT_OF_RANGE",
-        "UNIMPLEMENTED",
-        "INTERNAL",
-        "UNAVAILABLE",
-        "DATA_LOSS",
-        "UNAUTHENTICATED",
-    ];
-    usize::try_from(code)
-        .ok()
-        .and_then(|i| NAMES.get(i))
-        .copied()
-        .unwrap_or("UNKNOWN")
-}
-
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -436,6 +487,249 @@ async fn wait_for_rotation(client: &Client) -> anyhow::Result<pb::KeyStatus> {
         bar.set_position(r.done);
         bar.set_message(r.phase.clone());
     }
+}
+
+/// The layout a bulk run's arguments describe.
+fn bulk_layout(args: &BulkArgs) -> anyhow::Result<bulk::Layout> {
+    let format = match args.format {
+        Some(format) => format,
+        None => {
+            let extension = args
+                .input
+                .as_ref()
+                .and_then(|p| p.extension())
+                .and_then(|e| e.to_str())
+                .map(str::to_ascii_lowercase);
+            match extension.as_deref() {
+                Some("csv") => BulkFormat::Csv,
+                Some("ndjson" | "jsonl") => BulkFormat::Ndjson,
+                _ => anyhow::bail!(
+                    "give --format csv, ndjson, fhir or fhir-bundle (it cannot be guessed from the input's name)"
+                ),
+            }
+        }
+    };
+    let fhir = matches!(format, BulkFormat::Fhir | BulkFormat::FhirBundle);
+    if fhir && !args.maps.is_empty() {
+        anyhow::bail!("--map is for CSV and NDJSON; FHIR input takes its rules from --profile");
+    }
+    if !fhir && args.profile.is_some() {
+        anyhow::bail!("--profile is for FHIR input; CSV and NDJSON take --map");
+    }
+    if !fhir && args.maps.is_empty() {
+        anyhow::bail!("say which cells to send with --map FIELD=NAMESPACE");
+    }
+    let mut maps = Vec::with_capacity(args.maps.len());
+    for map in &args.maps {
+        let Some((field, namespace)) = map
+            .rsplit_once('=')
+            .filter(|(f, n)| !f.is_empty() && !n.is_empty())
+        else {
+            anyhow::bail!("--map {map:?}: expected FIELD=NAMESPACE");
+        };
+        maps.push((field.to_owned(), namespace.to_owned()));
+    }
+    Ok(match format {
+        BulkFormat::Csv => bulk::Layout::Csv(bulk::CsvLayout::new(maps)),
+        BulkFormat::Ndjson => {
+            let pointers = maps
+                .into_iter()
+                .map(|(pointer, namespace)| Ok((pointer.parse::<bulk::Pointer>()?, namespace)))
+                .collect::<anyhow::Result<_>>()?;
+            bulk::Layout::Ndjson(bulk::JsonLayout::new(pointers))
+        }
+        BulkFormat::Fhir | BulkFormat::FhirBundle => {
+            let profile = args
+                .profile
+                .as_ref()
+                .map(|path| {
+                    let text = std::fs::read_to_string(path)
+                        .with_context(|| format!("cannot read {}", path.display()))?;
+                    bulk::Profile::parse(&text)
+                        .with_context(|| format!("the profile {}", path.display()))
+                })
+                .transpose()?;
+            bulk::Layout::Fhir {
+                layout: bulk::FhirLayout::new(profile.as_ref()),
+                bundle: format == BulkFormat::FhirBundle,
+            }
+        }
+    })
+}
+
+/// Runs a bulk job from the command line: files, progress bar, summary,
+/// exit status.
+async fn bulk(
+    client: &Client,
+    args: BulkArgs,
+    direction: bulk::Direction,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+    use std::sync::Arc;
+
+    let layout = bulk_layout(&args)?;
+    let stdin = args.input.as_ref().is_none_or(|p| p.as_os_str() == "-");
+    let (input, size): (Box<dyn BufRead + Send>, Option<u64>) = if stdin {
+        (
+            Box::new(std::io::BufReader::with_capacity(1 << 20, std::io::stdin())),
+            None,
+        )
+    } else {
+        let path = args.input.as_ref().context("no input")?;
+        let file =
+            std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        let size = file
+            .metadata()
+            .ok()
+            .filter(|m| m.is_file())
+            .map(|m| m.len());
+        (
+            Box::new(std::io::BufReader::with_capacity(1 << 20, file)),
+            size,
+        )
+    };
+    let partial = args.output.as_ref().map(|path| {
+        let mut name = path.as_os_str().to_owned();
+        name.push(".partial");
+        PathBuf::from(name)
+    });
+    if let (Some(input), Some(output)) = (&args.input, &args.output)
+        && std::fs::canonicalize(input).ok() == std::fs::canonicalize(output).ok()
+    {
+        anyhow::bail!("the output would overwrite the input");
+    }
+    let output: Box<dyn Write + Send> = match &partial {
+        Some(path) => Box::new(
+            std::fs::File::create(path)
+                .with_context(|| format!("cannot create {}", path.display()))?,
+        ),
+        None => Box::new(std::io::stdout()),
+    };
+    let errors: Option<Box<dyn Write + Send>> = match &args.errors {
+        Some(path) => Some(Box::new(
+            std::fs::File::create(path)
+                .with_context(|| format!("cannot create {}", path.display()))?,
+        )),
+        None => None,
+    };
+    let options = bulk::Options {
+        direction,
+        on_error: match args.on_error {
+            OnErrorArg::Keep => bulk::OnError::Keep,
+            OnErrorArg::DropRow => bulk::OnError::DropRow,
+            OnErrorArg::Fail => bulk::OnError::Fail,
+        },
+        batch_items: args.batch_size.clamp(1, 10_000),
+        in_flight: args.in_flight.max(1),
+        retry_for: *args.retry_for,
+    };
+
+    let progress = Arc::new(bulk::Progress::default());
+    let bar = ProgressBar::with_draw_target(size, ProgressDrawTarget::stderr());
+    let template = if size.is_some() {
+        "{spinner} [{bar:30}] {bytes}/{total_bytes} {msg} (ETA {eta})"
+    } else {
+        "{spinner} {bytes} read {msg}"
+    };
+    bar.set_style(
+        ProgressStyle::with_template(template)
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    let ticker = {
+        let bar = bar.clone();
+        let progress = Arc::clone(&progress);
+        let started = std::time::Instant::now();
+        tokio::spawn(async move {
+            let mut interval = tokio::time::interval(std::time::Duration::from_millis(200));
+            loop {
+                interval.tick().await;
+                let fields = bulk::Progress::get(&progress.fields);
+                let rate = fields as f64 / started.elapsed().as_secs_f64().max(0.001);
+                bar.set_position(bulk::Progress::get(&progress.bytes_read));
+                bar.set_message(format!(
+                    "{} rows, {fields} fields, {} errors, {rate:.0} fields/s",
+                    bulk::Progress::get(&progress.rows),
+                    bulk::Progress::get(&progress.errors),
+                ));
+            }
+        })
+    };
+    let result = bulk::run(
+        client,
+        input,
+        output,
+        errors,
+        layout,
+        options,
+        Arc::clone(&progress),
+    )
+    .await;
+    ticker.abort();
+    bar.finish_and_clear();
+
+    let summary = match result {
+        Ok(summary) => summary,
+        Err(e) => {
+            if let Some(partial) = &partial {
+                let _ = std::fs::remove_file(partial);
+            }
+            let rows = bulk::Progress::get(&progress.rows);
+            return Err(anyhow::Error::new(e).context(match &partial {
+                Some(_) => format!("the run stopped after {rows} rows; no output file was written"),
+                None => format!("the run stopped after {rows} rows written"),
+            }));
+        }
+    };
+    if let (Some(partial), Some(output)) = (&partial, &args.output) {
+        std::fs::rename(partial, output).with_context(|| {
+            format!(
+                "cannot rename {} to {}",
+                partial.display(),
+                output.display()
+            )
+        })?;
+    }
+    let verb = match direction {
+        bulk::Direction::Tokenize => "tokenized",
+        bulk::Direction::Detokenize { .. } => "detokenized",
+    };
+    let seconds = summary.elapsed.as_secs_f64();
+    let rate = summary.fields as f64 / seconds.max(0.001);
+    if json {
+        eprintln!(
+            "{}",
+            serde_json::json!({
+                "direction": verb, "rows": summary.rows, "fields": summary.fields, "errors": summary.errors,
+                "dropped_rows": summary.dropped_rows, "reconnects": summary.reconnects,
+                "elapsed_seconds": seconds, "fields_per_second": rate,
+            })
+        );
+    } else {
+        let mut line = format!(
+            "{verb} {} rows, {} fields, {} errors in {seconds:.1} s ({rate:.0} fields/s)",
+            summary.rows, summary.fields, summary.errors
+        );
+        if summary.dropped_rows > 0 {
+            line.push_str(&format!("; {} rows dropped", summary.dropped_rows));
+        }
+        if summary.reconnects > 0 {
+            line.push_str(&format!("; reconnected {} times", summary.reconnects));
+        }
+        eprintln!("{line}");
+        if summary.errors > 0 {
+            match &args.errors {
+                Some(path) => eprintln!("failed cells are listed in {}", path.display()),
+                None => eprintln!("give --errors FILE to list the failed cells"),
+            }
+        }
+    }
+    Ok(if summary.errors > 0 {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -648,6 +942,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 eprintln!("{count} audit record(s) exported");
             }
             true
+        }
+        Command::Bulk(BulkCommand::Tokenize(args)) => {
+            return bulk(&client, args, bulk::Direction::Tokenize, json).await;
+        }
+        Command::Bulk(BulkCommand::Detokenize { args, masked }) => {
+            return bulk(&client, args, bulk::Direction::Detokenize { masked }, json).await;
         }
         Command::Health => {
             let serving = client.health().await?;

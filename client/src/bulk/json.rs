@@ -1,0 +1,512 @@
+//! JSON cells addressed by RFC 6901 pointers (with `*` for every element of
+//! an array), found without re-serialising anything around them.
+//!
+//! Each level is parsed into borrowed [`RawValue`]s, whose text is a slice of
+//! the line, so a found string's byte span is known exactly and only that
+//! span is rewritten; keys, whitespace, number spellings and the order of
+//! members stay as they were.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io::BufRead;
+use std::ops::Range;
+
+use serde_json::value::RawValue;
+
+use super::{BulkError, Cell, Encoding, Location, MAX_UNIT_BYTES, Names, Unit, UnitReader};
+
+/// One step of a pointer.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Step {
+    /// An object member, or an array element when it is a number.
+    Key(String),
+    /// Every element of an array.
+    Any,
+}
+
+/// An RFC 6901 JSON pointer in which `*` stands for every array element.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pointer(Vec<Step>);
+
+/// A pointer that does not parse.
+#[derive(Debug, thiserror::Error)]
+#[error("{pointer:?} is not a JSON pointer: {reason}")]
+pub struct PointerError {
+    pointer: String,
+    reason: &'static str,
+}
+
+impl std::str::FromStr for Pointer {
+    type Err = PointerError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let error = |reason| PointerError {
+            pointer: text.to_owned(),
+            reason,
+        };
+        let Some(rest) = text.strip_prefix('/') else {
+            return Err(error("it must start with '/'"));
+        };
+        let mut steps = Vec::new();
+        for token in rest.split('/') {
+            if token == "*" {
+                steps.push(Step::Any);
+                continue;
+            }
+            let mut key = String::with_capacity(token.len());
+            let mut chars = token.chars();
+            while let Some(c) = chars.next() {
+                match (c, c == '~') {
+                    (_, false) => key.push(c),
+                    (_, true) => match chars.next() {
+                        Some('0') => key.push('~'),
+                        Some('1') => key.push('/'),
+                        _ => return Err(error("'~' must be followed by 0 or 1")),
+                    },
+                }
+            }
+            steps.push(Step::Key(key));
+        }
+        Ok(Self(steps))
+    }
+}
+
+impl fmt::Display for Pointer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for step in &self.0 {
+            match step {
+                Step::Any => f.write_str("/*")?,
+                Step::Key(key) => write!(f, "/{}", escape(key))?,
+            }
+        }
+        Ok(())
+    }
+}
+
+fn escape(key: &str) -> String {
+    key.replace('~', "~0").replace('/', "~1")
+}
+
+/// A condition on a sibling of the addressed value: a string under the
+/// object that holds it must equal `equals`.
+#[derive(Debug, Clone)]
+pub(super) struct Filter {
+    pub(super) path: Pointer,
+    pub(super) equals: String,
+}
+
+/// What happens to a string found at the end of a path.
+#[derive(Debug, Clone)]
+struct Leaf {
+    namespace: usize,
+    when: Option<Filter>,
+}
+
+/// Pointers merged into a tree, so that a document is walked once for all
+/// of them.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Rules {
+    children: Vec<(Step, Rules)>,
+    leaves: Vec<Leaf>,
+}
+
+impl Rules {
+    /// Adds a pointer; strings found there go to `namespace` when `when`
+    /// holds. Earlier rules win when two reach the same value.
+    pub(super) fn add(&mut self, pointer: &Pointer, namespace: usize, when: Option<Filter>) {
+        let mut node = self;
+        for step in &pointer.0 {
+            let at = match node.children.iter().position(|(s, _)| s == step) {
+                Some(at) => at,
+                None => {
+                    node.children.push((step.clone(), Rules::default()));
+                    node.children.len() - 1
+                }
+            };
+            node = &mut node.children[at].1;
+        }
+        node.leaves.push(Leaf { namespace, when });
+    }
+
+    /// Finds the cells under `value`, a slice of `unit` starting at byte
+    /// `base`; `path` is the concrete path of `value` and `parent` the text
+    /// of the object or array holding it.
+    pub(super) fn collect(
+        &self,
+        value: &RawValue,
+        found: &mut Found<'_>,
+        path: &mut String,
+        parent: &str,
+    ) {
+        let text = value.get();
+        for leaf in &self.leaves {
+            if let Some(filter) = &leaf.when
+                && !matches(parent, filter)
+            {
+                continue;
+            }
+            found.leaf(text, leaf.namespace, path);
+            break;
+        }
+        if self.children.is_empty() {
+            return;
+        }
+        match text.as_bytes().first() {
+            Some(b'{') => {
+                let Ok(members) = serde_json::from_str::<HashMap<String, &RawValue>>(text) else {
+                    return;
+                };
+                for (step, rules) in &self.children {
+                    if let Step::Key(key) = step
+                        && let Some(member) = members.get(key)
+                    {
+                        let len = path.len();
+                        path.push('/');
+                        path.push_str(&escape(key));
+                        rules.collect(member, found, path, text);
+                        path.truncate(len);
+                    }
+                }
+            }
+            Some(b'[') => {
+                let Ok(elements) = serde_json::from_str::<Vec<&RawValue>>(text) else {
+                    return;
+                };
+                for (step, rules) in &self.children {
+                    let chosen: Vec<usize> = match step {
+                        Step::Any => (0..elements.len()).collect(),
+                        Step::Key(key) => key
+                            .parse()
+                            .ok()
+                            .filter(|i| *i < elements.len())
+                            .into_iter()
+                            .collect(),
+                    };
+                    for i in chosen {
+                        let len = path.len();
+                        path.push('/');
+                        path.push_str(&i.to_string());
+                        rules.collect(elements[i], found, path, text);
+                        path.truncate(len);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Whether a string at `filter.path` under `parent` equals `filter.equals`.
+fn matches(parent: &str, filter: &Filter) -> bool {
+    let Ok(root) = serde_json::from_str::<&RawValue>(parent) else {
+        return false;
+    };
+    let mut strings = Vec::new();
+    strings_at(root, &filter.path.0, &mut strings);
+    strings.contains(&filter.equals)
+}
+
+fn strings_at(value: &RawValue, steps: &[Step], out: &mut Vec<String>) {
+    let Some((step, rest)) = steps.split_first() else {
+        if let Ok(text) = serde_json::from_str::<String>(value.get()) {
+            out.push(text);
+        }
+        return;
+    };
+    let text = value.get();
+    match (text.as_bytes().first(), step) {
+        (Some(b'{'), Step::Key(key)) => {
+            if let Ok(members) = serde_json::from_str::<HashMap<String, &RawValue>>(text)
+                && let Some(member) = members.get(key)
+            {
+                strings_at(member, rest, out);
+            }
+        }
+        (Some(b'['), _) => {
+            if let Ok(elements) = serde_json::from_str::<Vec<&RawValue>>(text) {
+                for (i, element) in elements.iter().enumerate() {
+                    if matches!(step, Step::Any)
+                        || matches!(step, Step::Key(k) if k.parse() == Ok(i))
+                    {
+                        strings_at(element, rest, out);
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The cells found in one unit.
+pub(super) struct Found<'a> {
+    /// The whole unit's text: found values are slices of it.
+    unit: &'a str,
+    pub(super) cells: Vec<Cell>,
+}
+
+impl<'a> Found<'a> {
+    pub(super) fn new(unit: &'a str) -> Self {
+        Self {
+            unit,
+            cells: Vec::new(),
+        }
+    }
+
+    fn span_of(&self, text: &str) -> Range<usize> {
+        // `text` borrows from `unit` (the raw values are slices of it).
+        let start = text.as_ptr() as usize - self.unit.as_ptr() as usize;
+        start..start + text.len()
+    }
+
+    fn leaf(&mut self, text: &str, namespace: usize, path: &str) {
+        let span = self.span_of(text);
+        if self.cells.iter().any(|c| c.span == span) || text == "null" {
+            return;
+        }
+        let text = if text.starts_with('"') {
+            match serde_json::from_str::<String>(text) {
+                Ok(s) if s.is_empty() => return,
+                Ok(s) => Ok(s),
+                Err(_) => Err("the string is not valid JSON"),
+            }
+        } else {
+            Err("the value is not a JSON string")
+        };
+        self.cells.push(Cell {
+            span,
+            namespace,
+            text,
+            location: Location::Path(path.into()),
+            encoding: Encoding::Json,
+        });
+    }
+}
+
+/// Which NDJSON paths go to which namespaces.
+#[derive(Debug, Clone)]
+pub struct JsonLayout {
+    maps: Vec<(Pointer, String)>,
+}
+
+impl JsonLayout {
+    /// `maps` are (pointer, namespace) pairs, as given by
+    /// `--map /pointer=NAMESPACE`.
+    pub fn new(maps: Vec<(Pointer, String)>) -> Self {
+        Self { maps }
+    }
+
+    pub(super) fn rules(&self) -> (Rules, Names) {
+        let mut names = Names::default();
+        let mut rules = Rules::default();
+        for (pointer, namespace) in &self.maps {
+            rules.add(pointer, names.namespace(namespace), None);
+        }
+        (rules, names)
+    }
+}
+
+impl Names {
+    /// The index of `namespace`, added if new.
+    pub(super) fn namespace(&mut self, namespace: &str) -> usize {
+        match self.namespaces.iter().position(|n| n == namespace) {
+            Some(i) => i,
+            None => {
+                self.namespaces.push(namespace.to_owned());
+                self.namespaces.len() - 1
+            }
+        }
+    }
+}
+
+/// Reads one line at a time and hands each JSON line to `find`.
+pub(super) struct LineReader<R, F> {
+    input: R,
+    line: u64,
+    row: u64,
+    find: F,
+}
+
+impl<R, F> LineReader<R, F>
+where
+    R: BufRead + Send,
+    F: Fn(&str, &mut Found<'_>) + Send,
+{
+    pub(super) fn new(input: R, find: F) -> Self {
+        Self {
+            input,
+            line: 0,
+            row: 0,
+            find,
+        }
+    }
+}
+
+impl<R, F> UnitReader for LineReader<R, F>
+where
+    R: BufRead + Send,
+    F: Fn(&str, &mut Found<'_>) + Send,
+{
+    fn next_unit(&mut self) -> Result<Option<Unit>, BulkError> {
+        let mut raw = Vec::new();
+        let n = std::io::Read::take(&mut self.input, MAX_UNIT_BYTES as u64 + 1)
+            .read_until(b'\n', &mut raw)
+            .map_err(BulkError::io("cannot read the input"))?;
+        if n == 0 {
+            return Ok(None);
+        }
+        self.line += 1;
+        let line = self.line;
+        if raw.len() > MAX_UNIT_BYTES {
+            return Err(BulkError::Input(format!(
+                "line {line} is longer than {} MiB",
+                MAX_UNIT_BYTES >> 20
+            )));
+        }
+        let mut unit = Unit {
+            row: 0,
+            line,
+            raw,
+            cells: Vec::new(),
+            problem: None,
+        };
+        if unit.raw.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Some(unit));
+        }
+        self.row += 1;
+        unit.row = self.row;
+        let Ok(text) = std::str::from_utf8(&unit.raw) else {
+            unit.problem = Some("the line is not valid UTF-8");
+            return Ok(Some(unit));
+        };
+        let body = text.trim_end_matches(['\n', '\r']);
+        if serde_json::from_str::<&RawValue>(body).is_err() {
+            unit.problem = Some("the line is not one JSON value");
+            return Ok(Some(unit));
+        }
+        let mut found = Found::new(text);
+        (self.find)(body, &mut found);
+        unit.cells = found.cells;
+        Ok(Some(unit))
+    }
+}
+
+/// Walks `rules` over one JSON document.
+pub(super) fn find(rules: &Rules, body: &str, found: &mut Found<'_>) {
+    if let Ok(root) = serde_json::from_str::<&RawValue>(body) {
+        rules.collect(root, found, &mut String::new(), "");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pointer(text: &str) -> Pointer {
+        text.parse().expect("pointer")
+    }
+
+    #[test]
+    fn pointers_follow_rfc_6901() {
+        assert_eq!(
+            pointer("/a~1b/m~0n/*/0").0,
+            [
+                Step::Key("a/b".into()),
+                Step::Key("m~n".into()),
+                Step::Any,
+                Step::Key("0".into())
+            ]
+        );
+        assert_eq!(pointer("/a~1b/*").to_string(), "/a~1b/*");
+        assert!("a/b".parse::<Pointer>().is_err());
+        assert!("/a~2".parse::<Pointer>().is_err());
+    }
+
+    fn cells(line: &str, maps: &[(&str, &str)]) -> Vec<(String, String, usize)> {
+        let layout = JsonLayout::new(
+            maps.iter()
+                .map(|(p, n)| (pointer(p), (*n).to_owned()))
+                .collect(),
+        );
+        let (rules, _) = layout.rules();
+        let mut found = Found::new(line);
+        find(&rules, line, &mut found);
+        found
+            .cells
+            .into_iter()
+            .map(|c| {
+                let text = c.text.unwrap_or_else(|e| e.to_owned());
+                let Location::Path(path) = c.location else {
+                    unreachable!()
+                };
+                (path.to_string(), text, c.span.start)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn strings_are_found_at_their_bytes() {
+        let line = r#"{"id": 7, "p": {"ssn": "123-45-6789", "names": ["Ann", null, "Bo\u00e9"]}, "a/b": "x"}"#;
+        let found = cells(
+            line,
+            &[
+                ("/p/ssn", "ssn"),
+                ("/p/names/*", "name"),
+                ("/a~1b", "text"),
+                ("/missing", "x"),
+            ],
+        );
+        assert_eq!(
+            found,
+            [
+                (
+                    "/p/ssn".into(),
+                    "123-45-6789".into(),
+                    line.find("\"123").unwrap_or(0)
+                ),
+                (
+                    "/p/names/0".into(),
+                    "Ann".into(),
+                    line.find("\"Ann").unwrap_or(0)
+                ),
+                (
+                    "/p/names/2".into(),
+                    "Bo\u{e9}".into(),
+                    line.find("\"Bo").unwrap_or(0)
+                ),
+                ("/a~1b".into(), "x".into(), line.find("\"x\"").unwrap_or(0)),
+            ]
+        );
+        let found = cells(line, &[("/id", "mrn")]);
+        assert_eq!(found[0].1, "the value is not a JSON string");
+    }
+
+    #[test]
+    fn filters_look_at_siblings() {
+        let doc = r#"{"identifier":[{"system":"a","value":"1"},{"type":{"coding":[{"code":"MR"}]},"value":"2"}]}"#;
+        let mut rules = Rules::default();
+        rules.add(
+            &pointer("/identifier/*/value"),
+            0,
+            Some(Filter {
+                path: pointer("/system"),
+                equals: "b".into(),
+            }),
+        );
+        rules.add(
+            &pointer("/identifier/*/value"),
+            1,
+            Some(Filter {
+                path: pointer("/type/coding/*/code"),
+                equals: "MR".into(),
+            }),
+        );
+        let mut found = Found::new(doc);
+        find(&rules, doc, &mut found);
+        let got: Vec<_> = found
+            .cells
+            .iter()
+            .map(|c| (c.namespace, c.text.clone()))
+            .collect();
+        assert_eq!(got, [(1, Ok("2".to_owned()))]);
+    }
+}
