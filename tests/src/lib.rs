@@ -124,7 +124,8 @@ pub struct Server {
 }
 
 impl Server {
-    /// Serves `vault` on a free loopback port with `extra` arguments.
+    /// Serves `vault` on a free loopback port (unless `extra` has a
+    /// `--listen` of its own) with `extra` arguments.
     pub fn start(vault: &VaultDir, extra: &[&str]) -> Self {
         Self::start_with_env(vault, extra, &[])
     }
@@ -138,7 +139,11 @@ impl Server {
                 "--master-key-file",
                 vault.key_file().to_str().expect("utf-8 path"),
             ])
-            .args(["--listen", "127.0.0.1:0"])
+            .args(if extra.contains(&"--listen") {
+                &[][..]
+            } else {
+                &["--listen", "127.0.0.1:0"][..]
+            })
             .args(extra)
             .env("PHIVAULT_LOG", "info")
             .envs(env.iter().copied())

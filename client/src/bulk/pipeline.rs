@@ -280,6 +280,7 @@ struct Driver<'a> {
     /// Index of `pending[0]` among all chunks of the run.
     first_chunk: u64,
     unanswered: VecDeque<Sent>,
+    /// When the vault last answered, or was first asked after a pause.
     last_answer: Instant,
 }
 
@@ -317,6 +318,8 @@ impl Driver<'_> {
                     None => link = self.reconnect().await?,
                     Some(Err(e)) => return Err(self.refused(&e)),
                 },
+                () = tokio::time::sleep_until((self.last_answer + self.options.retry_for).into()),
+                    if !self.unanswered.is_empty() => return Err(self.silent()),
                 chunk = chunks.recv(), if !input_done && room => match chunk {
                     Some(Ok(chunk)) => self.dispatch(chunk, &link),
                     Some(Err(e)) => {
@@ -367,6 +370,11 @@ impl Driver<'_> {
         }
         ready.extend(open.into_iter().flatten());
         let waiting = ready.len();
+        if self.unanswered.is_empty() {
+            // Silence is counted from the first question, not from the last
+            // answer before a pause in the input.
+            self.last_answer = Instant::now();
+        }
         for (batch, targets, _) in ready {
             // A closed link shows as a broken answer stream, which resends.
             let _ = link.batches.send(batch.clone());
@@ -419,10 +427,7 @@ impl Driver<'_> {
         let mut backoff = FIRST_BACKOFF;
         loop {
             if self.last_answer.elapsed() > self.options.retry_for {
-                return Err(BulkError::Vault(format!(
-                    "has not answered for {} (--retry-for); every row before the first unanswered one was written",
-                    humantime::format_duration(self.options.retry_for)
-                )));
+                return Err(self.silent());
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -438,6 +443,13 @@ impl Driver<'_> {
                 Err(e) => return Err(self.refused(&e)),
             }
         }
+    }
+
+    fn silent(&self) -> BulkError {
+        BulkError::Vault(format!(
+            "has not answered for {} (--retry-for); every row before the first unanswered one was written",
+            humantime::format_duration(self.options.retry_for)
+        ))
     }
 
     fn refused(&self, error: &ClientError) -> BulkError {

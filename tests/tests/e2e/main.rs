@@ -9,6 +9,7 @@ use phivault_tests::{Server, VaultDir};
 use tonic::Code;
 
 mod audit;
+mod bulk;
 mod keys;
 
 async fn connect(server: &Server, key: Option<&str>) -> Client {
