@@ -26,7 +26,10 @@ test: deps
 
 # `bench-switches` compiles in the switch that lets the audit benchmark run a
 # second vault without audit records, to measure what they cost.
+# The bulk benchmark drives the release `phivault-client` binary, which
+# `cargo bench -p phivault` does not build.
 bench: deps
+	$(CARGO) build --locked --release -p phivault-client
 	$(CARGO) bench --locked -p phivault --features bench-switches
 
 check: test fmt clippy

@@ -16,9 +16,7 @@
 //! --bench grpc`).
 //! `PHIVAULT_BENCH_SECONDS` sets each measurement's length (default 10).
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,6 +25,9 @@ use phivault_client::{Client, ClientOptions};
 use phivault_proto::v1 as pb;
 use phivault_proto::v1::tokenizer_server::{Tokenizer, TokenizerServer};
 use tonic::{Request, Response, Status, Streaming};
+
+mod support;
+use support::ServeProcess;
 
 /// Concurrent unary callers: a typical service's connection pool.
 const CALLERS: usize = 32;
@@ -103,75 +104,6 @@ fn echo(items: Vec<String>) -> Vec<pb::ItemResult> {
             outcome: Some(pb::item_result::Outcome::Text(t)),
         })
         .collect()
-}
-
-/// The real `phivault serve` on a free loopback port, fsync on.
-struct Vault {
-    child: Child,
-    addr: SocketAddr,
-    admin_key: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Vault {
-    fn start(env: &[(&str, &str)]) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let (data, key, admin) = (
-            dir.path().join("data"),
-            dir.path().join("master.key"),
-            dir.path().join("admin.key"),
-        );
-        let bin = env!("CARGO_BIN_EXE_phivault");
-        let status = Command::new(bin)
-            .args(["init", "--data-dir"])
-            .arg(&data)
-            .arg("--master-key-file")
-            .arg(&key)
-            .arg("--create-key-file")
-            .arg("--admin-key-file")
-            .arg(&admin)
-            .env("PHIVAULT_LOG", "warn")
-            .stdout(Stdio::null())
-            .status()
-            .expect("init");
-        assert!(status.success());
-        let mut child = Command::new(bin)
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(&data)
-            .arg("--master-key-file")
-            .arg(&key)
-            .env("PHIVAULT_LOG", "warn")
-            .envs(env.iter().copied())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("serve");
-        let stdout = child.stdout.take().expect("stdout");
-        let addr = BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-            .find_map(|line| {
-                line.strip_prefix("phivault listening on ")
-                    .and_then(|a| a.parse().ok())
-            })
-            .expect("readiness line");
-        let admin_key = std::fs::read_to_string(admin)
-            .expect("admin key")
-            .trim()
-            .to_owned();
-        Self {
-            child,
-            addr,
-            admin_key,
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for Vault {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 struct Latency {
@@ -287,9 +219,9 @@ fn main() {
         let echo_addr = start_echo();
         let echo = Client::connect(ClientOptions::new(format!("http://{echo_addr}"))).await.expect("echo");
 
-        let vault = Vault::start(&[]);
+        let vault = ServeProcess::start(&[]);
         let client = bench_client(&vault).await;
-        let unaudited_vault = Vault::start(&[("PHIVAULT_BENCH_SKIP_AUDIT", "1")]);
+        let unaudited_vault = ServeProcess::start(&[("PHIVAULT_BENCH_SKIP_AUDIT", "1")]);
         let unaudited = bench_client(&unaudited_vault).await;
         if !cfg!(feature = "bench-switches") {
             eprintln!("built without the bench-switches feature: both vaults write audit records (run `make bench`)");
@@ -343,8 +275,8 @@ fn main() {
 }
 
 /// A client with `tokenize:ssn` and `detokenize:ssn` on `vault`.
-async fn bench_client(vault: &Vault) -> Client {
-    let endpoint = format!("http://{}", vault.addr);
+async fn bench_client(vault: &ServeProcess) -> Client {
+    let endpoint = vault.endpoint();
     let admin = Client::connect(ClientOptions::new(&endpoint).api_key(&vault.admin_key))
         .await
         .expect("admin");
@@ -362,8 +294,8 @@ async fn bench_client(vault: &Vault) -> Client {
 }
 
 /// The number of records in `vault`'s audit chain, as `VerifyAudit` walks it.
-async fn audit_head(vault: &Vault) -> u64 {
-    let endpoint = format!("http://{}", vault.addr);
+async fn audit_head(vault: &ServeProcess) -> u64 {
+    let endpoint = vault.endpoint();
     let admin = Client::connect(ClientOptions::new(&endpoint).api_key(&vault.admin_key))
         .await
         .expect("admin");

@@ -1,0 +1,355 @@
+//! Bulk tokenization end to end: a generated patient CSV (SSN, MRN, name,
+//! phone, e-mail, date of birth) through `phivault-client bulk tokenize` and
+//! a real `phivault serve`, each in its own process, against the engine
+//! tokenizing the same cells in-process in the same run. Also the peak RSS
+//! of both processes, and of the client on a tenth of the input, which shows
+//! whether its memory grows with the input.
+//!
+//! `make bench` builds `phivault-client` first; `PHIVAULT_BENCH_ROWS`
+//! overrides the row count (default 1,000,000).
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use phivault::store::{Durability, StoreOptions};
+use phivault::{MasterKey, Vault, VaultOptions};
+use phivault_client::{Client, ClientOptions};
+use zeroize::Zeroizing;
+
+mod support;
+use support::ServeProcess;
+
+/// (CSV column, namespace), in column order after `patient_id`.
+const COLUMNS: [(&str, &str); 6] = [
+    ("ssn", "ssn"),
+    ("mrn", "mrn"),
+    ("name", "name"),
+    ("phone", "phone"),
+    ("email", "email"),
+    ("birth_date", "dob"),
+];
+/// Share of cells that repeat an earlier value of their column, besides the
+/// repeats that dates of birth make on their own (about 36,500 exist in the
+/// century drawn from); together about 30% of all cells.
+const REPEAT_PERCENT: u64 = 17;
+/// The engine's callers and batch, as a pipeline client would send them.
+const CALLERS: usize = 8;
+const BATCH: usize = 1000;
+
+/// SplitMix64: the same file on every run.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+const SYLLABLES: [&str; 16] = [
+    "an", "bel", "cor", "da", "el", "fen", "gar", "hal", "is", "jo", "ka", "lin", "mar", "no",
+    "ra", "ve",
+];
+
+/// A name part unique to `i`: its base-16 digits as syllables.
+fn word(mut i: u64) -> String {
+    let mut out = String::new();
+    loop {
+        out.push_str(SYLLABLES[(i % 16) as usize]);
+        i /= 16;
+        if i == 0 {
+            break;
+        }
+    }
+    let mut chars = out.chars();
+    chars
+        .next()
+        .map(|c| c.to_ascii_uppercase().to_string() + chars.as_str())
+        .unwrap_or_default()
+}
+
+/// The fresh value number `i` of column `c`.
+fn fresh(c: usize, i: u64, rng: &mut Rng) -> String {
+    match c {
+        0 => format!(
+            "{:03}-{:02}-{:04}",
+            1 + i % 665,
+            1 + (i / 665) % 99,
+            1 + (i / 65_835) % 9999
+        ),
+        1 => format!("MRN{:08}", (i * 7_919 + 13) % 100_000_000),
+        2 => format!("{} {}", word(i % 4_096), word(i / 4_096 + 17)),
+        3 => format!(
+            "({:03}) {:03}-{:04}",
+            200 + i % 800,
+            (i / 800) % 1000,
+            (i / 800_000) % 10_000
+        ),
+        4 => format!("{}.{i}@example.org", word(i % 256).to_ascii_lowercase()),
+        _ => format!(
+            "{}-{:02}-{:02}",
+            1920 + rng.below(100),
+            1 + rng.below(12),
+            1 + rng.below(28)
+        ),
+    }
+}
+
+/// Writes the CSV and returns its cells by column.
+fn generate(path: &Path, rows: usize) -> Vec<Vec<String>> {
+    use std::io::Write;
+    let mut rng = Rng(0xb01c);
+    let mut columns: Vec<Vec<String>> = vec![Vec::with_capacity(rows); COLUMNS.len()];
+    let mut fresh_count = [0u64; COLUMNS.len()];
+    let file = std::fs::File::create(path).expect("create CSV");
+    let mut out = std::io::BufWriter::new(file);
+    let header: Vec<&str> = COLUMNS.iter().map(|(c, _)| *c).collect();
+    writeln!(out, "patient_id,{}", header.join(",")).expect("write");
+    for row in 0..rows {
+        write!(out, "{row}").expect("write");
+        for (c, column) in columns.iter_mut().enumerate() {
+            let value = if !column.is_empty() && rng.below(100) < REPEAT_PERCENT {
+                column[rng.below(column.len() as u64) as usize].clone()
+            } else {
+                fresh_count[c] += 1;
+                fresh(c, fresh_count[c], &mut rng)
+            };
+            write!(out, ",{value}").expect("write");
+            column.push(value);
+        }
+        writeln!(out).expect("write");
+    }
+    out.flush().expect("flush");
+    columns
+}
+
+/// The engine alone: every cell, batched by column and row range as the
+/// bulk client batches them, `CALLERS` requests at once, fsync on.
+fn engine(dir: &Path, columns: &[Vec<String>]) -> Duration {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let columns = Arc::new(columns.to_vec());
+    runtime.block_on(async {
+        let options = VaultOptions {
+            store: StoreOptions {
+                durability: Durability::Fsync,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let vault = Arc::new(
+            Vault::init(dir, MasterKey::KeyFile(Zeroizing::new([7; 32])), options)
+                .await
+                .expect("init"),
+        );
+        let rows = columns[0].len();
+        let batches = rows.div_ceil(BATCH) * COLUMNS.len();
+        let next = Arc::new(AtomicUsize::new(0));
+        let start = Instant::now();
+        let callers: Vec<_> = (0..CALLERS)
+            .map(|_| {
+                let (vault, columns, next) =
+                    (Arc::clone(&vault), Arc::clone(&columns), Arc::clone(&next));
+                tokio::spawn(async move {
+                    loop {
+                        let b = next.fetch_add(1, Ordering::Relaxed);
+                        if b >= batches {
+                            break;
+                        }
+                        let (chunk, c) = (b / COLUMNS.len(), b % COLUMNS.len());
+                        let from = chunk * BATCH;
+                        let cells = &columns[c][from..(from + BATCH).min(rows)];
+                        let results = vault.tokenize(COLUMNS[c].1, cells).await.expect("tokenize");
+                        assert!(results.iter().all(Result::is_ok), "every cell tokenizes");
+                    }
+                })
+            })
+            .collect();
+        for caller in callers {
+            caller.await.expect("caller");
+        }
+        start.elapsed()
+    })
+}
+
+/// Peak resident set size of a live process, from `/proc`.
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+struct Run {
+    elapsed: Duration,
+    fields: u64,
+    client_kib: u64,
+    server_kib: u64,
+}
+
+/// `phivault-client bulk tokenize` over `input`, sampling both processes'
+/// peak RSS until the client exits (VmHWM only grows, so the last sample is
+/// the peak up to 50 ms before the end).
+fn bulk(client_bin: &Path, server: &ServeProcess, key: &str, input: &Path, output: &Path) -> Run {
+    let mut command = Command::new(client_bin);
+    command
+        .args([
+            "--endpoint",
+            &server.endpoint(),
+            "--json",
+            "bulk",
+            "tokenize",
+        ])
+        .arg(input)
+        .arg("-o")
+        .arg(output);
+    for (column, namespace) in COLUMNS {
+        command.args(["--map", &format!("{column}={namespace}")]);
+    }
+    let start = Instant::now();
+    let mut child = command
+        .env("PHIVAULT_API_KEY", key)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start phivault-client");
+    let (mut client_kib, mut server_kib) = (0, 0);
+    while child.try_wait().expect("poll").is_none() {
+        client_kib = peak_rss_kib(child.id()).unwrap_or(client_kib);
+        server_kib = peak_rss_kib(server.child.id()).unwrap_or(server_kib);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let elapsed = start.elapsed();
+    let output = child.wait_with_output().expect("client");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "bulk tokenize failed: {stderr}");
+    let summary: serde_json::Value = stderr
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .expect("the JSON summary");
+    assert_eq!(summary["errors"], 0, "every cell tokenizes");
+    Run {
+        elapsed,
+        fields: summary["fields"].as_u64().expect("fields"),
+        client_kib,
+        server_kib,
+    }
+}
+
+fn main() {
+    let rows: usize = std::env::var("PHIVAULT_BENCH_ROWS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1_000_000);
+    let client_bin: PathBuf =
+        Path::new(env!("CARGO_BIN_EXE_phivault")).with_file_name("phivault-client");
+    assert!(
+        client_bin.exists(),
+        "{} is missing: `make bench` builds it (cargo build --release -p phivault-client)",
+        client_bin.display()
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (full, tenth) = (
+        dir.path().join("patients.csv"),
+        dir.path().join("tenth.csv"),
+    );
+    let columns = generate(&full, rows);
+    generate(&tenth, rows / 10);
+    let cells = rows * COLUMNS.len();
+    let distinct: usize = columns
+        .iter()
+        .map(|c| c.iter().collect::<HashSet<_>>().len())
+        .sum();
+    println!(
+        "bulk benchmark: {rows} rows, {cells} cells, {:.0}% of them repeating an earlier value of their column, {} MiB of CSV",
+        100.0 * (1.0 - distinct as f64 / cells as f64),
+        std::fs::metadata(&full).map_or(0, |m| m.len() >> 20)
+    );
+
+    let engine_dir = dir.path().join("engine");
+    std::fs::create_dir_all(&engine_dir).expect("engine dir");
+    let took = engine(&engine_dir, &columns);
+    drop(columns);
+    let engine_rate = cells as f64 / took.as_secs_f64();
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    // The small run first, on its own vault, so the large one starts as
+    // cold as the engine did.
+    let mut runs = Vec::new();
+    for input in [&tenth, &full] {
+        let server = ServeProcess::start(&[]);
+        let key = runtime.block_on(async {
+            let admin =
+                Client::connect(ClientOptions::new(server.endpoint()).api_key(&server.admin_key))
+                    .await
+                    .expect("admin");
+            let scopes = COLUMNS
+                .iter()
+                .map(|(_, ns)| format!("tokenize:{ns}"))
+                .collect();
+            admin
+                .create_client("bulk-bench", scopes)
+                .await
+                .expect("client")
+                .api_key
+        });
+        runs.push(bulk(
+            &client_bin,
+            &server,
+            &key,
+            input,
+            &dir.path().join("out.csv"),
+        ));
+    }
+    let (small, run) = (&runs[0], &runs[1]);
+    assert_eq!(run.fields as usize, cells);
+    let rate = run.fields as f64 / run.elapsed.as_secs_f64();
+
+    println!();
+    println!("| measure | fields/s | vs engine |");
+    println!("|---|---:|---:|");
+    println!(
+        "| engine in-process, same cells ({CALLERS} callers, {BATCH} per request) | {engine_rate:.0} | 1.00 |"
+    );
+    println!(
+        "| `phivault-client bulk tokenize` end to end ({:.1} s) | {rate:.0} | {:.2} |",
+        run.elapsed.as_secs_f64(),
+        rate / engine_rate
+    );
+    println!();
+    println!(
+        "| process | peak RSS, {} rows | peak RSS, {rows} rows |",
+        rows / 10
+    );
+    println!("|---|---:|---:|");
+    println!(
+        "| phivault-client | {} MiB | {} MiB |",
+        small.client_kib >> 10,
+        run.client_kib >> 10
+    );
+    println!(
+        "| phivault serve | {} MiB | {} MiB |",
+        small.server_kib >> 10,
+        run.server_kib >> 10
+    );
+    println!();
+    println!("end to end: {rate:.0} fields/s (target at least 100,000)");
+}

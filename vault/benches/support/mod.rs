@@ -1,0 +1,86 @@
+//! What the benchmarks that drive the real binaries share.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+
+/// The real `phivault serve` on a free loopback port, fsync on.
+pub(crate) struct ServeProcess {
+    /// The server process.
+    pub(crate) child: Child,
+    /// Where it listens.
+    pub(crate) addr: SocketAddr,
+    /// The admin client's API key.
+    pub(crate) admin_key: String,
+    _dir: tempfile::TempDir,
+}
+
+impl ServeProcess {
+    /// Initialises a vault in a new temporary directory and serves it with
+    /// `env` set.
+    pub(crate) fn start(env: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (data, key, admin) = (
+            dir.path().join("data"),
+            dir.path().join("master.key"),
+            dir.path().join("admin.key"),
+        );
+        let bin = env!("CARGO_BIN_EXE_phivault");
+        let status = Command::new(bin)
+            .args(["init", "--data-dir"])
+            .arg(&data)
+            .arg("--master-key-file")
+            .arg(&key)
+            .arg("--create-key-file")
+            .arg("--admin-key-file")
+            .arg(&admin)
+            .env("PHIVAULT_LOG", "warn")
+            .stdout(Stdio::null())
+            .status()
+            .expect("init");
+        assert!(status.success());
+        let mut child = Command::new(bin)
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(&data)
+            .arg("--master-key-file")
+            .arg(&key)
+            .env("PHIVAULT_LOG", "warn")
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let addr = BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .find_map(|line| {
+                line.strip_prefix("phivault listening on ")
+                    .and_then(|a| a.parse().ok())
+            })
+            .expect("readiness line");
+        let admin_key = std::fs::read_to_string(admin)
+            .expect("admin key")
+            .trim()
+            .to_owned();
+        Self {
+            child,
+            addr,
+            admin_key,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl ServeProcess {
+    /// `http://127.0.0.1:PORT`.
+    pub(crate) fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
