@@ -161,7 +161,7 @@ enum BulkFormat {
     FhirBundle,
 }
 
-#[derive(Clone, Copy, clap::ValueEnum)]
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum OnErrorArg {
     Keep,
     DropRow,
@@ -515,6 +515,11 @@ fn bulk_layout(args: &BulkArgs) -> anyhow::Result<bulk::Layout> {
     }
     if !fhir && args.profile.is_some() {
         anyhow::bail!("--profile is for FHIR input; CSV and NDJSON take --map");
+    }
+    if format == BulkFormat::FhirBundle && matches!(args.on_error, OnErrorArg::DropRow) {
+        anyhow::bail!(
+            "--on-error drop-row would drop the whole Bundle, which is one document; use keep or fail"
+        );
     }
     if !fhir && args.maps.is_empty() {
         anyhow::bail!("say which cells to send with --map FIELD=NAMESPACE");
