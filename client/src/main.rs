@@ -661,7 +661,7 @@ async fn bulk(
             }
         })
     };
-    let result = bulk::run(
+    let run = bulk::run(
         client,
         input,
         output,
@@ -669,14 +669,25 @@ async fn bulk(
         layout,
         options,
         Arc::clone(&progress),
-    )
-    .await;
+    );
+    // Ctrl-C leaves no half-written file under the output's name either.
+    let result = tokio::select! {
+        result = run => Some(result),
+        _ = tokio::signal::ctrl_c() => None,
+    };
     ticker.abort();
     bar.finish_and_clear();
 
     let summary = match result {
-        Ok(summary) => summary,
-        Err(e) => {
+        Some(Ok(summary)) => summary,
+        None => {
+            if let Some(partial) = &partial {
+                let _ = std::fs::remove_file(partial);
+            }
+            let rows = bulk::Progress::get(&progress.rows);
+            anyhow::bail!("interrupted after {rows} rows; no output file was written");
+        }
+        Some(Err(e)) => {
             if let Some(partial) = &partial {
                 let _ = std::fs::remove_file(partial);
             }

@@ -151,16 +151,7 @@ impl<R: BufRead + Send> CsvReader<R> {
                 .collect();
             let index = match found.as_slice() {
                 [index] => *index,
-                [] => {
-                    return Err(BulkError::Input(format!(
-                        "--map {column}={namespace}: no column {column:?} in the header; the columns are {}",
-                        header
-                            .iter()
-                            .map(|h| format!("{h:?}"))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    )));
-                }
+                [] => return Err(unknown_column(&header, column, namespace)),
                 _ => {
                     return Err(BulkError::Input(format!(
                         "--map {column}={namespace}: the header has {} columns named {column:?}",
@@ -204,6 +195,26 @@ impl<R: BufRead + Send> CsvReader<R> {
             names,
         ))
     }
+}
+
+/// A mapped column the header lacks. The header is not listed: when a file
+/// has no header row its first row is data, and an error must not echo it.
+/// A header name that differs only in case or surrounding spaces is
+/// suggested — a value will not look like the column's name.
+fn unknown_column(header: &[String], column: &str, namespace: &str) -> BulkError {
+    let near = header
+        .iter()
+        .find(|h| h.trim().eq_ignore_ascii_case(column.trim()));
+    let hint = match near {
+        Some(name) => format!("; did you mean {name:?}?"),
+        None => format!(
+            " (the header row has {} columns; names are compared exactly)",
+            header.len()
+        ),
+    };
+    BulkError::Input(format!(
+        "--map {column}={namespace}: no column {column:?} in the header row{hint}"
+    ))
 }
 
 /// Appends one record, up to and including its terminator, to `raw`: lines
@@ -363,11 +374,22 @@ mod tests {
     }
 
     #[test]
-    fn an_unknown_column_lists_the_header() {
+    fn an_unknown_column_is_named_without_echoing_the_first_row() {
         let layout = CsvLayout::new(vec![("SSN".into(), "ssn".into())]);
         let Err(BulkError::Input(message)) = CsvReader::new(&b"ssn,name\n"[..], &layout) else {
             panic!("expected an input error");
         };
-        assert!(message.contains("\"ssn\", \"name\""), "{message}");
+        assert!(message.contains("did you mean \"ssn\""), "{message}");
+        // A file without its header row: the first row is PHI.
+        let Err(BulkError::Input(message)) =
+            CsvReader::new(&b"123-45-6789,Jane Doe\n"[..], &layout)
+        else {
+            panic!("expected an input error");
+        };
+        assert!(
+            !message.contains("123-45") && !message.contains("Jane"),
+            "{message}"
+        );
+        assert!(message.contains("2 columns"), "{message}");
     }
 }
