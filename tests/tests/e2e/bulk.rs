@@ -819,6 +819,15 @@ async fn failed_cells_are_listed_by_row_and_column_never_by_value() {
     );
     assert!(!failed.exists() && !path(dir.path(), "failed.csv.partial").exists());
 
+    // A namespace the client may not use refuses the stream: nothing written.
+    let mut args = vec!["bulk", "detokenize", s(&out), "-o", s(&failed)];
+    args.extend_from_slice(&maps);
+    let output = client(&server, &key, &args);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("PERMISSION_DENIED"), "{stderr}");
+    assert!(!failed.exists() && !path(dir.path(), "failed.csv.partial").exists());
+
     // A malformed file stops the run with the place named, and writes nothing.
     std::fs::write(&input, "id,ssn\n1,\"123-45-6789\n").expect("write");
     let mut args = vec!["bulk", "tokenize", s(&input), "-o", s(&failed)];
