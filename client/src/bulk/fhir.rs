@@ -8,7 +8,7 @@ use std::io::{BufRead, Read};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::json::{Filter, Found, Pointer, Rules};
+use super::json::{Filter, FindCells, Found, Pointer, Rules};
 use super::{BulkError, Names, Unit, UnitReader};
 
 /// The largest Bundle read: a Bundle is one JSON document and is held in
@@ -199,7 +199,7 @@ impl FhirLayout {
 
     /// Finds the cells of one resource, of the resources in its Bundle
     /// entries and of its contained resources.
-    pub(super) fn find(&self, resource: &RawValue, found: &mut Found<'_>, path: &mut String) {
+    fn find_in(&self, resource: &RawValue, found: &mut Found<'_>, path: &mut String) {
         let text = resource.get();
         let Ok(members) = serde_json::from_str::<HashMap<String, &RawValue>>(text) else {
             return;
@@ -232,7 +232,7 @@ impl FhirLayout {
                         }),
                 };
                 if let Some(item) = item {
-                    self.find(item, found, path);
+                    self.find_in(item, found, path);
                 }
                 path.truncate(len);
             }
@@ -241,6 +241,16 @@ impl FhirLayout {
             nested("entry", Some("resource"));
         }
         nested("contained", None);
+    }
+}
+
+impl FindCells for FhirLayout {
+    fn find(&self, document: &str, found: &mut Found<'_>) -> bool {
+        let Ok(root) = serde_json::from_str::<&RawValue>(document) else {
+            return false;
+        };
+        self.find_in(root, found, &mut String::new());
+        true
     }
 }
 
@@ -285,13 +295,12 @@ impl<R: BufRead + Send> UnitReader for BundleReader<R> {
         let Ok(text) = std::str::from_utf8(&unit.raw) else {
             return Err(BulkError::Input("the Bundle is not valid UTF-8".into()));
         };
-        let Ok(root) = serde_json::from_str::<&RawValue>(text.trim()) else {
+        let mut found = Found::new(text);
+        if !self.layout.find(text.trim(), &mut found) {
             return Err(BulkError::Input(
                 "the input is not one JSON document".into(),
             ));
-        };
-        let mut found = Found::new(text);
-        self.layout.find(root, &mut found, &mut String::new());
+        }
         unit.cells = found.cells;
         Ok(Some(unit))
     }
@@ -340,8 +349,7 @@ mod tests {
         let doc = r#"{"resourceType":"Bundle","entry":[{"fullUrl":"urn:a","resource":{"resourceType":"Patient","birthDate":"1980-01-02","name":[{"family":"Doe","given":["Jane","Q"]}]}},{"resource":{"resourceType":"Observation","contained":[{"resourceType":"Patient","telecom":[{"system":"email","value":"j@x.org"},{"system":"url","value":"http://x"}]}]}}]}"#;
         let layout = FhirLayout::new(None);
         let mut found = Found::new(doc);
-        let root: &RawValue = serde_json::from_str(doc).expect("json");
-        layout.find(root, &mut found, &mut String::new());
+        layout.find(doc, &mut found);
         let names = layout.names();
         let got: Vec<_> = found
             .cells

@@ -318,6 +318,13 @@ impl Names {
     }
 }
 
+/// Finds the cells of one JSON document.
+pub(super) trait FindCells: Send {
+    /// Adds the cells of `document`, a slice of `found`'s unit, to `found`;
+    /// false when `document` is not one JSON value.
+    fn find(&self, document: &str, found: &mut Found<'_>) -> bool;
+}
+
 /// Reads one line at a time and hands each JSON line to `find`.
 pub(super) struct LineReader<R, F> {
     input: R,
@@ -329,7 +336,7 @@ pub(super) struct LineReader<R, F> {
 impl<R, F> LineReader<R, F>
 where
     R: BufRead + Send,
-    F: Fn(&str, &mut Found<'_>) + Send,
+    F: FindCells,
 {
     pub(super) fn new(input: R, find: F) -> Self {
         Self {
@@ -344,7 +351,7 @@ where
 impl<R, F> UnitReader for LineReader<R, F>
 where
     R: BufRead + Send,
-    F: Fn(&str, &mut Found<'_>) + Send,
+    F: FindCells,
 {
     fn next_unit(&mut self) -> Result<Option<Unit>, BulkError> {
         let mut raw = Vec::new();
@@ -379,21 +386,23 @@ where
             return Ok(Some(unit));
         };
         let body = text.trim_end_matches(['\n', '\r']);
-        if serde_json::from_str::<&RawValue>(body).is_err() {
+        let mut found = Found::new(text);
+        if !self.find.find(body, &mut found) {
             unit.problem = Some("the line is not one JSON value");
             return Ok(Some(unit));
         }
-        let mut found = Found::new(text);
-        (self.find)(body, &mut found);
         unit.cells = found.cells;
         Ok(Some(unit))
     }
 }
 
-/// Walks `rules` over one JSON document.
-pub(super) fn find(rules: &Rules, body: &str, found: &mut Found<'_>) {
-    if let Ok(root) = serde_json::from_str::<&RawValue>(body) {
-        rules.collect(root, found, &mut String::new(), "");
+impl FindCells for Rules {
+    fn find(&self, document: &str, found: &mut Found<'_>) -> bool {
+        let Ok(root) = serde_json::from_str::<&RawValue>(document) else {
+            return false;
+        };
+        self.collect(root, found, &mut String::new(), "");
+        true
     }
 }
 
@@ -429,7 +438,7 @@ mod tests {
         );
         let (rules, _) = layout.rules();
         let mut found = Found::new(line);
-        find(&rules, line, &mut found);
+        rules.find(line, &mut found);
         found
             .cells
             .into_iter()
@@ -481,6 +490,27 @@ mod tests {
     }
 
     #[test]
+    fn lines_that_are_not_json_are_problems_and_blank_lines_are_not_rows() {
+        let input = "{\"a\":\"x\"}\n\n{\"a\": nope}\r\n{\"a\":\"y\"}";
+        let mut rules = Rules::default();
+        rules.add(&pointer("/a"), 0, None);
+        let mut reader = LineReader::new(input.as_bytes(), rules);
+        let mut units = Vec::new();
+        while let Some(unit) = reader.next_unit().expect("unit") {
+            units.push((unit.row, unit.line, unit.cells.len(), unit.problem));
+        }
+        assert_eq!(
+            units,
+            [
+                (1, 1, 1, None),
+                (0, 2, 0, None),
+                (2, 3, 0, Some("the line is not one JSON value")),
+                (3, 4, 1, None),
+            ]
+        );
+    }
+
+    #[test]
     fn filters_look_at_siblings() {
         let doc = r#"{"identifier":[{"system":"a","value":"1"},{"type":{"coding":[{"code":"MR"}]},"value":"2"}]}"#;
         let mut rules = Rules::default();
@@ -501,7 +531,7 @@ mod tests {
             }),
         );
         let mut found = Found::new(doc);
-        find(&rules, doc, &mut found);
+        rules.find(doc, &mut found);
         let got: Vec<_> = found
             .cells
             .iter()

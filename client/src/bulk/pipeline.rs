@@ -12,7 +12,7 @@ use tonic::Code;
 
 use super::delimited::CsvReader;
 use super::fhir::BundleReader;
-use super::json::{self, LineReader};
+use super::json::LineReader;
 use super::{
     BulkError, Direction, Layout, Names, OnError, Options, Progress, Summary, Unit, UnitReader,
     splice,
@@ -160,20 +160,14 @@ fn read(
             .map(|(reader, names)| (Box::new(reader) as Box<dyn UnitReader>, names)),
         Layout::Ndjson(layout) => {
             let (rules, names) = layout.rules();
-            let reader = LineReader::new(input, move |body, found| json::find(&rules, body, found));
-            Ok((Box::new(reader), names))
+            Ok((Box::new(LineReader::new(input, rules)), names))
         }
         Layout::Fhir {
             layout,
             bundle: false,
         } => {
             let names = layout.names();
-            let reader = LineReader::new(input, move |body, found| {
-                if let Ok(root) = serde_json::from_str(body) {
-                    layout.find(root, found, &mut String::new());
-                }
-            });
-            Ok((Box::new(reader), names))
+            Ok((Box::new(LineReader::new(input, layout)), names))
         }
         Layout::Fhir {
             layout,
@@ -314,8 +308,8 @@ impl Driver<'_> {
                 biased;
                 answer = link.answers.next(), if !self.unanswered.is_empty() => match answer {
                     Some(Ok(results)) => self.answered(results)?,
-                    Some(Err(e)) if retryable(&e) => link = self.reconnect().await?,
-                    None => link = self.reconnect().await?,
+                    Some(Err(e)) if retryable(&e) => link = self.reconnect(link).await?,
+                    None => link = self.reconnect(link).await?,
                     Some(Err(e)) => return Err(self.refused(&e)),
                 },
                 () = tokio::time::sleep_until((self.last_answer + self.options.retry_for).into()),
@@ -423,7 +417,10 @@ impl Driver<'_> {
     /// Opens a new stream, with backoff, and sends every unanswered batch
     /// again, in order. Tokenizing is idempotent; a batch revealed twice is
     /// audited twice, which is what happened.
-    async fn reconnect(&mut self) -> Result<Link, BulkError> {
+    async fn reconnect(&mut self, broken: Link) -> Result<Link, BulkError> {
+        // Closing our side of the old stream first: a server shutting down
+        // gracefully waits for its connections' streams to end.
+        drop(broken);
         let mut backoff = FIRST_BACKOFF;
         loop {
             if self.last_answer.elapsed() > self.options.retry_for {

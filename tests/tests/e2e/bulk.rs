@@ -211,6 +211,43 @@ fn path(dir: &Path, name: &str) -> PathBuf {
     dir.join(name)
 }
 
+/// A vault served on a free port, a client `etl` holding `scopes`, and a
+/// scratch folder.
+struct Setup {
+    vault: VaultDir,
+    server: Server,
+    admin: phivault_client::Client,
+    key: String,
+    dir: tempfile::TempDir,
+}
+
+impl Setup {
+    async fn new(scopes: &[&str]) -> Self {
+        let vault = VaultDir::init();
+        let server = Server::start(&vault, &[]);
+        let admin = connect(&server, Some(&vault.admin_key)).await;
+        let (_, key) = client_with(&admin, &server, "etl", scopes).await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        Self {
+            vault,
+            server,
+            admin,
+            key,
+            dir,
+        }
+    }
+
+    /// `STEM.EXT`, `STEM.tok.EXT` and `STEM.back.EXT` in the scratch folder.
+    fn files(&self, stem: &str, ext: &str) -> (PathBuf, PathBuf, PathBuf) {
+        let dir = self.dir.path();
+        (
+            path(dir, &format!("{stem}.{ext}")),
+            path(dir, &format!("{stem}.tok.{ext}")),
+            path(dir, &format!("{stem}.back.{ext}")),
+        )
+    }
+}
+
 fn s(path: &Path) -> &str {
     path.to_str().expect("utf-8 path")
 }
@@ -281,24 +318,17 @@ fn check_tokens(pairs: &[(&str, String, String)]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_100k_row_csv_round_trips_byte_for_byte() {
-    let vault = VaultDir::init();
-    let server = Server::start(&vault, &[]);
-    let admin = connect(&server, Some(&vault.admin_key)).await;
-    let (_, key) = client_with(&admin, &server, "etl", &["tokenize:*", "detokenize:*"]).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (input, tokenized, back) = (
-        path(dir.path(), "patients.csv"),
-        path(dir.path(), "patients.tok.csv"),
-        path(dir.path(), "patients.back.csv"),
-    );
+    let setup = Setup::new(&["tokenize:*", "detokenize:*"]).await;
+    let (server, key) = (&setup.server, &setup.key);
+    let (input, tokenized, back) = setup.files("patients", "csv");
     let original = patient_csv(100_000);
     std::fs::write(&input, &original).expect("write input");
 
     let mut args = vec!["bulk", "tokenize", s(&input), "-o", s(&tokenized)];
     args.extend_from_slice(CSV_MAPS);
-    let report = succeeded(&client(&server, &key, &args));
+    let report = succeeded(&client(server, key, &args));
     assert!(report.contains("tokenized 100000 rows"), "{report}");
-    assert!(!path(dir.path(), "patients.tok.csv.partial").exists());
+    assert!(!path(setup.dir.path(), "patients.tok.csv.partial").exists());
 
     let before = records(original.as_bytes());
     let after = records(&std::fs::read(&tokenized).expect("read tokenized"));
@@ -334,7 +364,7 @@ async fn a_100k_row_csv_round_trips_byte_for_byte() {
 
     let mut args = vec!["bulk", "detokenize", s(&tokenized), "-o", s(&back)];
     args.extend_from_slice(CSV_MAPS);
-    succeeded(&client(&server, &key, &args));
+    succeeded(&client(server, key, &args));
     assert!(
         std::fs::read(&back).expect("read back") == original.as_bytes(),
         "tokenize then detokenize gives back the input byte for byte"
@@ -377,16 +407,9 @@ fn json_line(rng: &mut Rng, ssn: &mut Column, name: &mut Column, i: u64) -> Stri
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ndjson_round_trips_and_touches_only_the_mapped_paths() {
-    let vault = VaultDir::init();
-    let server = Server::start(&vault, &[]);
-    let admin = connect(&server, Some(&vault.admin_key)).await;
-    let (_, key) = client_with(&admin, &server, "etl", &["tokenize:*", "detokenize:*"]).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (input, tokenized, back) = (
-        path(dir.path(), "events.ndjson"),
-        path(dir.path(), "events.tok.ndjson"),
-        path(dir.path(), "events.back.ndjson"),
-    );
+    let setup = Setup::new(&["tokenize:*", "detokenize:*"]).await;
+    let (server, key) = (&setup.server, &setup.key);
+    let (input, tokenized, back) = setup.files("events", "ndjson");
     let mut rng = Rng(7);
     let (mut ssn, mut name) = (Column::new(), Column::new());
     let mut original = String::new();
@@ -408,7 +431,7 @@ async fn ndjson_round_trips_and_touches_only_the_mapped_paths() {
     ];
     let mut args = vec!["bulk", "tokenize", s(&input), "-o", s(&tokenized)];
     args.extend_from_slice(&maps);
-    succeeded(&client(&server, &key, &args));
+    succeeded(&client(server, key, &args));
 
     let tokenized_text = std::fs::read_to_string(&tokenized).expect("read");
     assert_eq!(tokenized_text.lines().count(), original.lines().count());
@@ -443,7 +466,7 @@ async fn ndjson_round_trips_and_touches_only_the_mapped_paths() {
 
     let mut args = vec!["bulk", "detokenize", s(&tokenized), "-o", s(&back)];
     args.extend_from_slice(&maps);
-    succeeded(&client(&server, &key, &args));
+    succeeded(&client(server, key, &args));
     assert!(
         std::fs::read(&back).expect("read back") == original.as_bytes(),
         "NDJSON comes back byte for byte"
@@ -451,8 +474,13 @@ async fn ndjson_round_trips_and_touches_only_the_mapped_paths() {
 
     // A masked reveal, through standard input and output, by a client that
     // may see no more than that.
-    let (_, masked_key) =
-        client_with(&admin, &server, "call-centre", &["detokenize-masked:ssn"]).await;
+    let (_, masked_key) = client_with(
+        &setup.admin,
+        server,
+        "call-centre",
+        &["detokenize-masked:ssn"],
+    )
+    .await;
     let output = Command::new(phivault_tests::binary("phivault-client"))
         .args(["--endpoint", &server.endpoint(), "bulk", "detokenize", "-"])
         .args([
@@ -532,11 +560,8 @@ fn observation(i: u64, display: &str) -> serde_json::Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fhir_ndjson_and_bundles_follow_the_patient_profile() {
-    let vault = VaultDir::init();
-    let server = Server::start(&vault, &[]);
-    let admin = connect(&server, Some(&vault.admin_key)).await;
-    let (_, key) = client_with(&admin, &server, "etl", &["tokenize:*", "detokenize:*"]).await;
-    let dir = tempfile::tempdir().expect("tempdir");
+    let setup = Setup::new(&["tokenize:*", "detokenize:*"]).await;
+    let (server, key, dir) = (&setup.server, &setup.key, &setup.dir);
     let mut rng = Rng(11);
     let mut ndjson = String::new();
     let mut entries = Vec::new();
@@ -580,7 +605,7 @@ async fn fhir_ndjson_and_bundles_follow_the_patient_profile() {
             s(&errors),
         ];
         args.extend_from_slice(extra);
-        let output = client(&server, &key, &args);
+        let output = client(server, key, &args);
         assert!(
             output.status.success(),
             "{}\n{}",
@@ -597,7 +622,7 @@ async fn fhir_ndjson_and_bundles_follow_the_patient_profile() {
             s(&back),
         ];
         args.extend_from_slice(extra);
-        succeeded(&client(&server, &key, &args));
+        succeeded(&client(server, key, &args));
         (
             std::fs::read(&tok).expect("read tokenized"),
             std::fs::read(&back).expect("read back"),
@@ -695,11 +720,8 @@ const INVALID_DOB: &str = "1984-13-45";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_cells_are_listed_by_row_and_column_never_by_value() {
-    let vault = VaultDir::init();
-    let server = Server::start(&vault, &[]);
-    let admin = connect(&server, Some(&vault.admin_key)).await;
-    let (_, key) = client_with(&admin, &server, "etl", &["tokenize:*"]).await;
-    let dir = tempfile::tempdir().expect("tempdir");
+    let setup = Setup::new(&["tokenize:*"]).await;
+    let (server, key, dir) = (&setup.server, &setup.key, &setup.dir);
     let input = path(dir.path(), "in.csv");
     let mut text = String::from("id,ssn,dob\n");
     for i in 0..1_000 {
@@ -725,7 +747,7 @@ async fn failed_cells_are_listed_by_row_and_column_never_by_value() {
         s(&errors),
     ];
     args.extend_from_slice(&maps);
-    let output = client(&server, &key, &args);
+    let output = client(server, key, &args);
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("5 errors"), "{stderr}");
@@ -787,7 +809,7 @@ async fn failed_cells_are_listed_by_row_and_column_never_by_value() {
         "drop-row",
     ];
     args.extend_from_slice(&maps);
-    assert_eq!(client(&server, &key, &args).status.code(), Some(2));
+    assert_eq!(client(server, key, &args).status.code(), Some(2));
     let kept = records(&std::fs::read(&dropped).expect("output"));
     assert_eq!(
         kept.len(),
@@ -810,7 +832,7 @@ async fn failed_cells_are_listed_by_row_and_column_never_by_value() {
         "fail",
     ];
     args.extend_from_slice(&maps);
-    let output = client(&server, &key, &args);
+    let output = client(server, key, &args);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(
@@ -822,7 +844,7 @@ async fn failed_cells_are_listed_by_row_and_column_never_by_value() {
     // A namespace the client may not use refuses the stream: nothing written.
     let mut args = vec!["bulk", "detokenize", s(&out), "-o", s(&failed)];
     args.extend_from_slice(&maps);
-    let output = client(&server, &key, &args);
+    let output = client(server, key, &args);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("PERMISSION_DENIED"), "{stderr}");
@@ -832,7 +854,7 @@ async fn failed_cells_are_listed_by_row_and_column_never_by_value() {
     std::fs::write(&input, "id,ssn\n1,\"123-45-6789\n").expect("write");
     let mut args = vec!["bulk", "tokenize", s(&input), "-o", s(&failed)];
     args.extend_from_slice(&maps[..2]);
-    let output = client(&server, &key, &args);
+    let output = client(server, key, &args);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1));
     assert!(
@@ -842,7 +864,7 @@ async fn failed_cells_are_listed_by_row_and_column_never_by_value() {
     let mut args = vec!["bulk", "tokenize", s(&input), "--map", "SSN=ssn"];
     args.push("-o");
     args.push(s(&failed));
-    let stderr = String::from_utf8_lossy(&client(&server, &key, &args).stderr).into_owned();
+    let stderr = String::from_utf8_lossy(&client(server, key, &args).stderr).into_owned();
     assert!(
         stderr.contains("no column \"SSN\"") && stderr.contains("did you mean \"ssn\""),
         "{stderr}"
@@ -858,10 +880,13 @@ fn wait_for_growth(file: &Path, bytes: u64, run: &mut std::process::Child) -> u6
         if size > bytes {
             return size;
         }
-        assert!(
-            run.try_wait().expect("poll").is_none(),
-            "the run ended before the restart"
-        );
+        if let Some(status) = run.try_wait().expect("poll") {
+            let mut stderr = String::new();
+            if let Some(mut pipe) = run.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut pipe, &mut stderr);
+            }
+            panic!("the run ended ({status}) before the restart: {stderr}");
+        }
         assert!(Instant::now() < deadline, "the run made no progress");
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -869,19 +894,18 @@ fn wait_for_growth(file: &Path, bytes: u64, run: &mut std::process::Child) -> u6
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_survives_server_restarts_with_every_row_exactly_once() {
-    let vault = VaultDir::init();
-    let server = Server::start(&vault, &[]);
+    let setup = Setup::new(&["tokenize:*", "detokenize:*"]).await;
+    let (input, tokenized, back) = setup.files("in", "csv");
+    let Setup {
+        vault,
+        server,
+        key,
+        dir,
+        ..
+    } = setup;
     let addr = server.addr.to_string();
     let endpoint = server.endpoint();
-    let admin = connect(&server, Some(&vault.admin_key)).await;
-    let (_, key) = client_with(&admin, &server, "etl", &["tokenize:*", "detokenize:*"]).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (input, tokenized, back) = (
-        path(dir.path(), "in.csv"),
-        path(dir.path(), "tok.csv"),
-        path(dir.path(), "back.csv"),
-    );
-    let original = patient_csv(60_000);
+    let original = patient_csv(30_000);
     std::fs::write(&input, &original).expect("write input");
 
     let mut run = Command::new(phivault_tests::binary("phivault-client"))
@@ -895,13 +919,22 @@ async fn a_run_survives_server_restarts_with_every_row_exactly_once() {
             s(&tokenized),
         ])
         .args(CSV_MAPS)
-        .args(["--in-flight", "4", "--retry-for", "60s"])
+        // Small chunks, so that both restarts land in the first few percent
+        // of the run however fast the machine is.
+        .args([
+            "--batch-size",
+            "200",
+            "--in-flight",
+            "2",
+            "--retry-for",
+            "60s",
+        ])
         .env("PHIVAULT_API_KEY", &key)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .expect("start the bulk run");
-    let partial = path(dir.path(), "tok.csv.partial");
+    let partial = path(dir.path(), "in.tok.csv.partial");
     // A graceful restart: the server ends the stream after the messages it
     // took; the client resends the rest.
     let size = wait_for_growth(&partial, 0, &mut run);
