@@ -188,6 +188,14 @@ fn engine(dir: &Path, columns: &[Vec<String>]) -> Duration {
     })
 }
 
+/// Writes every dirty page back (`sync`) before a timed phase, so that the
+/// files of the phase before it (the CSV, the engine's vault) are not written
+/// back during this one, competing with its fsyncs.
+fn settle() {
+    let synced = Command::new("sync").status().expect("run sync");
+    assert!(synced.success(), "sync failed");
+}
+
 /// Peak resident set size of a live process, from `/proc`.
 fn peak_rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -286,6 +294,7 @@ fn main() {
 
     let engine_dir = dir.path().join("engine");
     std::fs::create_dir_all(&engine_dir).expect("engine dir");
+    settle();
     let took = engine(&engine_dir, &columns);
     drop(columns);
     let engine_rate = cells as f64 / took.as_secs_f64();
@@ -314,6 +323,7 @@ fn main() {
                 .expect("client")
                 .api_key
         });
+        settle();
         runs.push(bulk(
             &client_bin,
             &server,
