@@ -241,12 +241,8 @@ impl Client {
     where
         S: Stream<Item = Vec<String>> + Send + 'static,
     {
-        let namespace = namespace.to_owned();
-        let batches = batches.map(move |items| Batch {
-            namespace: namespace.clone(),
-            items,
-        });
-        self.tokenize_batches(batches, in_flight).await
+        self.tokenize_batches(of_namespace(namespace, batches), in_flight)
+            .await
     }
 
     /// Reveals a stream of token batches of `namespace` over one
@@ -263,12 +259,8 @@ impl Client {
     where
         S: Stream<Item = Vec<String>> + Send + 'static,
     {
-        let namespace = namespace.to_owned();
-        let batches = batches.map(move |items| Batch {
-            namespace: namespace.clone(),
-            items,
-        });
-        self.detokenize_batches(batches, masked, in_flight).await
+        self.detokenize_batches(of_namespace(namespace, batches), masked, in_flight)
+            .await
     }
 
     /// Tokenizes batches of any namespaces over one `TokenizeStream` call,
@@ -485,6 +477,18 @@ impl Client {
             .await?;
         Ok(response.into_inner().status() == ServingStatus::Serving)
     }
+}
+
+/// Batches of one namespace's items as [`Batch`]es.
+fn of_namespace<S>(namespace: &str, batches: S) -> impl Stream<Item = Batch> + Send + use<S>
+where
+    S: Stream<Item = Vec<String>> + Send,
+{
+    let namespace = namespace.to_owned();
+    batches.map(move |items| Batch {
+        namespace: namespace.clone(),
+        items,
+    })
 }
 
 /// The request side of a bidirectional stream: `requests` fed through a
