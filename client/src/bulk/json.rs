@@ -6,7 +6,7 @@
 //! span is rewritten; keys, whitespace, number spellings and the order of
 //! members stay as they were.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::io::BufRead;
 use std::ops::Range;
@@ -242,6 +242,10 @@ pub(super) struct Found<'a> {
     /// The whole unit's text: found values are slices of it.
     unit: &'a str,
     pub(super) cells: Vec<Cell>,
+    /// Where the cells start: two rules may reach one value (`/a/*` and
+    /// `/a/0`), which is still one cell. A set, not a scan of `cells`, as a
+    /// Bundle can hold millions.
+    starts: HashSet<usize>,
 }
 
 impl<'a> Found<'a> {
@@ -249,6 +253,7 @@ impl<'a> Found<'a> {
         Self {
             unit,
             cells: Vec::new(),
+            starts: HashSet::new(),
         }
     }
 
@@ -260,7 +265,7 @@ impl<'a> Found<'a> {
 
     fn leaf(&mut self, text: &str, namespace: usize, path: &str) {
         let span = self.span_of(text);
-        if self.cells.iter().any(|c| c.span == span) || text == "null" {
+        if text == "null" || !self.starts.insert(span.start) {
             return;
         }
         let text = if text.starts_with('"') {

@@ -23,9 +23,9 @@ pub use fhir::{FhirLayout, Profile, ProfileError};
 pub use json::{JsonLayout, Pointer, PointerError};
 pub use pipeline::run;
 
-/// The largest CSV record, NDJSON line or FHIR Bundle read as one unit. A
-/// larger one is almost always an unclosed quote or a file of another kind,
-/// and is refused rather than read into memory.
+/// The largest CSV record or NDJSON line read as one unit. A larger one is
+/// almost always an unclosed quote or a file of another kind, and is refused
+/// rather than read into memory.
 pub const MAX_UNIT_BYTES: usize = 64 << 20;
 
 /// Which way a run goes.
