@@ -108,6 +108,8 @@ pub struct Progress {
     pub fields: AtomicU64,
     /// Cells that failed so far.
     pub errors: AtomicU64,
+    /// Rows left out by `--on-error drop-row` so far.
+    pub dropped_rows: AtomicU64,
     /// Times the stream was opened again after the server went away.
     pub reconnects: AtomicU64,
 }

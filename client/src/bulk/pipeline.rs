@@ -106,13 +106,13 @@ pub async fn run(
         .map_err(|_| BulkError::Input("the output writer stopped".into()))?;
     // The writer's own failure (an output error, --on-error fail) comes
     // first: the driver only saw its channel close.
-    let totals = written?;
+    written?;
     driven?;
     Ok(Summary {
-        rows: totals.rows,
-        dropped_rows: totals.dropped,
-        fields: totals.fields,
-        errors: totals.errors,
+        rows: Progress::get(&progress.rows),
+        dropped_rows: Progress::get(&progress.dropped_rows),
+        fields: Progress::get(&progress.fields),
+        errors: Progress::get(&progress.errors),
         reconnects: Progress::get(&progress.reconnects),
         elapsed: started.elapsed(),
     })
@@ -461,14 +461,6 @@ impl Driver<'_> {
     }
 }
 
-/// What the writer did.
-struct Totals {
-    rows: u64,
-    dropped: u64,
-    fields: u64,
-    errors: u64,
-}
-
 /// The writer thread: puts every finished chunk out in order.
 fn write(
     mut done: mpsc::Receiver<Pending>,
@@ -477,7 +469,7 @@ fn write(
     names: &Names,
     on_error: OnError,
     progress: &Progress,
-) -> Result<Totals, BulkError> {
+) -> Result<(), BulkError> {
     let mut out = BufWriter::with_capacity(1 << 20, output);
     let mut errors = errors.map(::csv::Writer::from_writer);
     if let Some(errors) = &mut errors {
@@ -485,18 +477,12 @@ fn write(
             .write_record(["row", "line", "column", "namespace", "code", "message"])
             .map_err(csv_error)?;
     }
-    let mut totals = Totals {
-        rows: 0,
-        dropped: 0,
-        fields: 0,
-        errors: 0,
-    };
     let mut buffer = Vec::new();
     while let Some(pending) = done.blocking_recv() {
-        let mut results = pending.results.into_iter();
+        let mut at = 0;
         for unit in &pending.chunk.units {
-            let unit_results: Vec<Option<ItemResult>> =
-                results.by_ref().take(unit.cells.len()).collect();
+            let unit_results = &pending.results[at..at + unit.cells.len()];
+            at += unit.cells.len();
             if unit.row == 0 {
                 out.write_all(&unit.raw)
                     .map_err(BulkError::io("cannot write the output"))?;
@@ -512,7 +498,7 @@ fn write(
                 ));
             }
             let mut replacements = Vec::with_capacity(unit.cells.len());
-            for (i, (cell, result)) in unit.cells.iter().zip(&unit_results).enumerate() {
+            for (i, (cell, result)) in unit.cells.iter().zip(unit_results).enumerate() {
                 match result {
                     Some(Ok(text)) => replacements.push((i, text.as_str())),
                     Some(Err(e)) => failures.push((
@@ -529,9 +515,6 @@ fn write(
                     )),
                 }
             }
-            totals.rows += 1;
-            totals.fields += unit.cells.len() as u64;
-            totals.errors += failures.len() as u64;
             Progress::add(&progress.rows, 1);
             Progress::add(&progress.fields, unit.cells.len() as u64);
             Progress::add(&progress.errors, failures.len() as u64);
@@ -553,7 +536,7 @@ fn write(
                 match on_error {
                     OnError::Keep => {}
                     OnError::DropRow => {
-                        totals.dropped += 1;
+                        Progress::add(&progress.dropped_rows, 1);
                         continue;
                     }
                     OnError::Fail => {
@@ -587,7 +570,7 @@ fn write(
             .flush()
             .map_err(BulkError::io("cannot write the errors file"))?;
     }
-    Ok(totals)
+    Ok(())
 }
 
 fn csv_error(error: ::csv::Error) -> BulkError {
