@@ -41,7 +41,8 @@ pub enum FormatKind {
     Date,
     /// Personal names in any script.
     Name,
-    /// Any string; letters and digits replaced class by class.
+    /// Letters and digits of any script with separators (MRNs, member ids,
+    /// ZIP codes); letters and digits replaced class by class by ASCII ones.
     Alnum,
     /// Any string; the token is `tok_` and 22 base62 characters.
     Opaque,
@@ -182,8 +183,23 @@ impl FormatSpec {
             FormatKind::Alnum => letters::parse_alnum(value)?,
             FormatKind::Opaque => opaque::parse_value(value),
         };
-        // Every parser demands something to replace; kept characters must
-        // leave at least one of them.
+        self.leaves_a_slot(parsed)
+    }
+
+    /// Validates a token and splits it into canonical form and shape.
+    pub(crate) fn parse_token(&self, token: &str) -> Result<Parsed, FormatError> {
+        match self.kind {
+            FormatKind::Opaque => opaque::parse_token(token),
+            // Laxer than an `alnum` value, so that tokens issued before
+            // values were restricted still detokenize (see the function).
+            FormatKind::Alnum => self.leaves_a_slot(letters::parse_alnum_token(token)?),
+            _ => self.parse_value(token),
+        }
+    }
+
+    /// Every parser demands something to replace; kept characters must leave
+    /// at least one of them.
+    fn leaves_a_slot(&self, parsed: Parsed) -> Result<Parsed, FormatError> {
         let kept = usize::from(self.keep_prefix) + usize::from(self.keep_suffix);
         if kept > 0 && self.slots(&parsed.canonical) <= kept {
             return Err(FormatError(format!(
@@ -191,14 +207,6 @@ impl FormatSpec {
             )));
         }
         Ok(parsed)
-    }
-
-    /// Validates a token and splits it into canonical form and shape.
-    pub(crate) fn parse_token(&self, token: &str) -> Result<Parsed, FormatError> {
-        match self.kind {
-            FormatKind::Opaque => opaque::parse_token(token),
-            _ => self.parse_value(token),
-        }
     }
 
     /// Draws the canonical form of a candidate token for `canonical`. `None`
@@ -212,7 +220,7 @@ impl FormatSpec {
             FormatKind::Phone => Some(digits::generate_digits(canonical, keep, rng)),
             FormatKind::Email => Some(email::generate(canonical, rng)),
             FormatKind::Date => Some(date::generate(self.date_options(), rng)),
-            FormatKind::Name | FormatKind::Alnum => Some(letters::generate(canonical, keep, rng)),
+            FormatKind::Name | FormatKind::Alnum => letters::generate(canonical, keep, rng),
             FormatKind::Opaque => Some(opaque::generate(rng)),
         }
     }

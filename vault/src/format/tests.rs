@@ -6,7 +6,7 @@ use proptest::prelude::*;
 use zeroize::Zeroizing;
 
 use super::*;
-use crate::crypto::PrfKey;
+use crate::crypto::{PrfKey, SlotRng};
 use crate::format::digits::luhn_valid;
 
 /// Draws the attempt-0 token of `value` and prints it in the value's shape.
@@ -41,13 +41,63 @@ enum Class {
     Other(char),
 }
 
-/// What a class-preserving token must keep at each position.
+/// What a class-preserving token must keep at each position. Letters
+/// first: a Roman numeral is a number but also a letter, and is replaced as
+/// one.
 fn class(c: char) -> Class {
     match c {
-        _ if c.is_ascii_digit() => Class::Digit,
         _ if c.is_alphabetic() && c.is_uppercase() => Class::Upper,
         _ if c.is_alphabetic() => Class::Lower,
+        _ if c.is_numeric() => Class::Digit,
         _ => Class::Other(c),
+    }
+}
+
+/// Letters and numbers of any script: what an `alnum` token must replace
+/// outside its kept slots.
+fn replaceable(c: char) -> bool {
+    c.is_alphabetic() || c.is_numeric()
+}
+
+/// The only characters an `alnum` token may copy from its value outside the
+/// kept slots. Pinned here rather than read from the implementation, so that
+/// widening the set (and so what tokens reveal) takes a change to this test.
+fn kept_verbatim(c: char) -> bool {
+    c == ' '
+        || c.is_ascii_punctuation()
+        || "\u{A0}\u{2010}\u{2011}\u{2012}\u{2013}\u{2014}\u{2019}\u{2212}\u{3000}\u{FF0D}"
+            .contains(c)
+}
+
+/// Answers every draw with 0 and multiplies the alphabet sizes asked for:
+/// the number of distinct tokens the generator can draw for a value, which
+/// `domain_size` must match for the collision search to be bounded right.
+struct CountingRng(u128);
+
+impl SlotRng for CountingRng {
+    fn below(&mut self, n: u32) -> u32 {
+        self.0 = self.0.saturating_mul(u128::from(n));
+        0
+    }
+}
+
+prop_compose! {
+    /// Candidate `alnum` values over all of Unicode: weighted so that most
+    /// are accepted, yet digits of other scripts, letters of any script,
+    /// combining marks (alphabetic ones are letters, the rest must be
+    /// refused) and Unicode separators are frequent, and symbols, controls,
+    /// format characters and arbitrary scalar values turn up too.
+    fn unicode_alnum_value()(pieces in prop::collection::vec(prop_oneof![
+        4 => "[A-Za-z0-9]",
+        4 => r"\p{Nd}",
+        1 => r"\p{No}|\p{Nl}",
+        3 => r"\p{L}",
+        2 => r"\p{M}",
+        3 => "[[:punct:] ]|[\u{A0}\u{2010}-\u{2014}\u{2019}\u{2212}\u{3000}\u{FF0D}]",
+        1 => r"\p{S}|\p{Zs}|\p{Cc}|\p{Cf}|\p{Co}",
+        1 => any::<char>().prop_map(String::from),
+    ], 1..=16)) -> String {
+        pieces.concat()
     }
 }
 
@@ -220,6 +270,56 @@ proptest! {
         }
     }
 
+    /// No character of an `alnum` value that carries information survives
+    /// into its token: outside the kept slots, a position holds either the
+    /// value's own separator from the fixed set or a freshly drawn ASCII
+    /// letter or digit of the value's class. Values with characters that are
+    /// neither are refused, not copied.
+    #[test]
+    fn alnum_tokens_leak_nothing_but_separators(seed: [u8; 32], value in unicode_alnum_value(), keep in (0u16..=2, 0u16..=2)) {
+        let spec = FormatSpec::new(FormatKind::Alnum).keep_prefix(keep.0).keep_suffix(keep.1);
+        let (keep_prefix, keep_suffix) = (usize::from(keep.0), usize::from(keep.1));
+        let k = key(seed);
+        let v: Vec<char> = value.chars().collect();
+        let unclassed = v.iter().any(|&c| !replaceable(c) && !kept_verbatim(c));
+        let slots = v.iter().filter(|&&c| replaceable(c)).count();
+        let Some(t) = token(&spec, &k, 1, &value) else {
+            prop_assert!(
+                unclassed || slots <= keep_prefix + keep_suffix,
+                "refused a value of letters, digits and separators"
+            );
+            return Ok(());
+        };
+        prop_assert!(!unclassed, "accepted a character that is neither a slot nor a kept separator");
+        let w: Vec<char> = t.chars().collect();
+        prop_assert_eq!(v.len(), w.len(), "length in scalar values");
+        let mut slot = 0;
+        for (i, (&vc, &tc)) in v.iter().zip(&w).enumerate() {
+            if !replaceable(vc) {
+                prop_assert_eq!(vc, tc, "separator at {} not kept", i);
+                continue;
+            }
+            let kept = slot < keep_prefix || slot + keep_suffix >= slots;
+            slot += 1;
+            if kept {
+                prop_assert_eq!(vc, tc, "kept slot at {} changed", i);
+                continue;
+            }
+            prop_assert!(tc.is_ascii_alphanumeric(), "position {} is U+{:04X}, not ASCII", i, u32::from(tc));
+            if !vc.is_ascii() {
+                prop_assert_ne!(vc, tc, "U+{:04X} copied at {}", u32::from(vc), i);
+            }
+            prop_assert_eq!(class(vc), class(tc), "class at {}", i);
+        }
+        // A new token is a valid value in turn, and detokenizes.
+        prop_assert!(spec.parse_value(&t).is_ok());
+        prop_assert!(spec.parse_token(&t).is_ok());
+        let mut counting = CountingRng(1);
+        prop_assert!(spec.generate(&value, &mut counting).is_some());
+        prop_assert_eq!(spec.domain_size(&value), counting.0);
+        prop_assert_eq!(token(&spec, &k, 1, &value), Some(t));
+    }
+
     #[test]
     fn opaque_tokens(seed: [u8; 32], value in "\\PC{1,64}") {
         let spec = FormatSpec::new(FormatKind::Opaque);
@@ -285,4 +385,122 @@ fn option_validation() {
         assert!(FormatSpec::new(kind).validate().is_ok(), "{kind} defaults");
         assert_eq!(kind.as_str().parse::<FormatKind>(), Ok(kind));
     }
+}
+
+/// The attempt-0 token of an `alnum` value that must be accepted.
+fn alnum_token(spec: &FormatSpec, value: &str) -> String {
+    token(spec, &key([7; 32]), 1, value).expect("the value is accepted")
+}
+
+#[test]
+fn non_ascii_digits_never_reach_an_alnum_token() {
+    let spec = FormatSpec::new(FormatKind::Alnum);
+    for value in [
+        // Full-width, as East Asian input methods type them.
+        "MRN-\u{FF11}\u{FF12}\u{FF13}\u{FF14}\u{FF15}\u{FF16}",
+        "\u{FF11}\u{FF12}\u{FF13}\u{FF14}\u{FF15}",
+        // Arabic-Indic.
+        "\u{663}\u{664}\u{665}\u{666}-\u{667}\u{668}",
+        // Devanagari.
+        "\u{96B}\u{96B}\u{96B}/\u{967}\u{968}\u{969}\u{96A}",
+        "A\u{FF11}\u{663}\u{96B}9",
+    ] {
+        let t = alnum_token(&spec, value);
+        assert_eq!(t.chars().count(), value.chars().count(), "{t}");
+        for (v, c) in value.chars().zip(t.chars()) {
+            if v.is_numeric() {
+                assert!(c.is_ascii_digit(), "{t}");
+            }
+        }
+        // The separators here are ASCII, so nothing of the value's script
+        // is left at all.
+        assert!(t.is_ascii(), "{t}");
+    }
+}
+
+#[test]
+fn combining_marks_never_reach_an_alnum_token() {
+    let spec = FormatSpec::new(FormatKind::Alnum);
+    // A mark that is not a letter has no class to draw a replacement from:
+    // the value is refused, and the error does not echo it.
+    for value in ["JOSE\u{301}-1234", "ID\u{308}77", "12\u{FE0F}34"] {
+        let err = spec.parse_value(value).err().expect("refused");
+        assert!(!err.0.contains(value));
+        assert!(token(&spec, &key([7; 32]), 1, value).is_none());
+    }
+    // A mark Unicode counts as alphabetic (DEVANAGARI VOWEL SIGN AA) is a
+    // letter like the consonant it follows.
+    let value = "\u{915}\u{93E}-42";
+    let t = alnum_token(&spec, value);
+    assert_eq!(t.chars().count(), 5);
+    assert!(t.chars().take(2).all(|c| c.is_ascii_lowercase()), "{t}");
+    assert_eq!(t.chars().nth(2), Some('-'));
+}
+
+#[test]
+fn alnum_keeps_separators_in_place() {
+    let spec = FormatSpec::new(FormatKind::Alnum);
+    let value = "MRN-\u{FF10}\u{FF10}1/23 4.5_6#7\u{2013}8\u{A0}9\u{3000}0\u{FF0D}1";
+    let t = alnum_token(&spec, value);
+    assert_eq!(t.chars().count(), value.chars().count());
+    for (v, c) in value.chars().zip(t.chars()) {
+        if v.is_alphanumeric() {
+            assert!(c.is_ascii_alphanumeric(), "{t}");
+        } else {
+            assert_eq!(v, c, "{t}");
+        }
+    }
+}
+
+#[test]
+fn alnum_refuses_symbols_and_controls() {
+    let spec = FormatSpec::new(FormatKind::Alnum);
+    for value in [
+        "MRN\t123",
+        "ID\u{A9}12",
+        "12\u{B0}C",
+        "A\u{200D}1",
+        "\u{1F600}1",
+        "1\u{202E}23",
+        "77\n",
+    ] {
+        let err = spec.parse_value(value).err().expect("refused");
+        assert!(!err.0.contains(value));
+    }
+}
+
+#[test]
+fn alnum_domain_counts_digits_of_every_script() {
+    let value = "\u{FF11}\u{663}\u{96B}-ab";
+    for (keep_prefix, size) in [(0, 1000 * 26 * 26), (1, 100 * 26 * 26), (3, 26 * 26)] {
+        let spec = FormatSpec::new(FormatKind::Alnum).keep_prefix(keep_prefix);
+        assert_eq!(spec.domain_size(value), size, "keep_prefix {keep_prefix}");
+        let mut counting = CountingRng(1);
+        assert!(spec.generate(value, &mut counting).is_some());
+        assert_eq!(counting.0, size, "keep_prefix {keep_prefix}");
+    }
+}
+
+#[test]
+fn zip_keeps_full_width_prefix() {
+    let spec = FormatSpec::new(FormatKind::Alnum).keep_prefix(3);
+    let value = "\u{FF11}\u{FF12}\u{FF13}\u{FF14}\u{FF15}";
+    let t = alnum_token(&spec, value);
+    assert!(t.starts_with("\u{FF11}\u{FF12}\u{FF13}"), "{t}");
+    assert_eq!(t.chars().count(), 5);
+    assert!(t.chars().skip(3).all(|c| c.is_ascii_digit()), "{t}");
+}
+
+/// Tokens issued before `alnum` refused symbols copied them from their
+/// values; they must still detokenize, while such a value is now refused.
+#[test]
+fn alnum_tokens_issued_under_the_old_rule_still_parse() {
+    let spec = FormatSpec::new(FormatKind::Alnum);
+    let old_token = "XQ\u{A9}84";
+    assert!(spec.parse_value(old_token).is_err());
+    assert!(spec.parse_token(old_token).is_ok());
+    assert!(spec.parse_token("\u{A9}\u{A9}").is_err());
+    let kept = FormatSpec::new(FormatKind::Alnum).keep_prefix(2);
+    assert!(kept.parse_token(old_token).is_ok());
+    assert!(kept.parse_token("XQ\u{A9}").is_err());
 }
