@@ -12,6 +12,7 @@
 //! # Ok(()) }
 //! ```
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 use futures_util::{Stream, StreamExt, TryStreamExt, stream};
@@ -28,6 +29,7 @@ use zeroize::Zeroizing;
 pub use phivault_proto::v1;
 
 pub mod bulk;
+pub mod output;
 
 /// Attempts of an idempotent call (tokenize) while the server answers
 /// `UNAVAILABLE`.
@@ -42,11 +44,13 @@ pub struct ClientOptions {
     ca_pem: Option<Vec<u8>>,
     identity_pem: Option<(Vec<u8>, Vec<u8>)>,
     domain: Option<String>,
+    insecure_plaintext: bool,
 }
 
 impl ClientOptions {
     /// `http://host:port` for plaintext (loopback), `https://host:port` for
-    /// TLS.
+    /// TLS. An `http://` endpoint whose host is not loopback is refused
+    /// unless [`ClientOptions::insecure_plaintext`] is set.
     pub fn new(endpoint: impl Into<String>) -> Self {
         Self {
             endpoint: endpoint.into(),
@@ -54,6 +58,7 @@ impl ClientOptions {
             ca_pem: None,
             identity_pem: None,
             domain: None,
+            insecure_plaintext: false,
         }
     }
 
@@ -81,6 +86,87 @@ impl ClientOptions {
         self.domain = Some(domain.into());
         self
     }
+
+    /// DANGEROUS: allows plaintext (`http://`) to a host that is not
+    /// loopback, so that the API key, every value and every token cross the
+    /// network readable by anyone on the path. Only for a network protected
+    /// otherwise (a service mesh's mTLS sidecar, say). Without it,
+    /// [`Client::connect`] refuses such an endpoint before connecting. A
+    /// program that sets it should say so loudly: [`ClientOptions::transport`]
+    /// answers [`Transport::InsecurePlaintext`] when it is in use.
+    pub fn insecure_plaintext(mut self, allow: bool) -> Self {
+        self.insecure_plaintext = allow;
+        self
+    }
+
+    /// How [`Client::connect`] would reach the endpoint, decided without
+    /// connecting: the refusal of plaintext off loopback comes from here.
+    pub fn transport(&self) -> Result<Transport, ClientError> {
+        let endpoint = Endpoint::from_shared(self.endpoint.clone())?;
+        self.transport_of(&endpoint)
+    }
+
+    fn transport_of(&self, endpoint: &Endpoint) -> Result<Transport, ClientError> {
+        // tonic takes an endpoint spelled `unix:…` as the path of a Unix
+        // domain socket (the same test as `Endpoint::from_shared`): the
+        // traffic never leaves the machine.
+        if self.endpoint.starts_with("unix:") {
+            return Ok(Transport::LocalPlaintext);
+        }
+        let uri = endpoint.uri();
+        // The parsed scheme, not the string's prefix: `HTTPS://` is TLS too,
+        // and tonic's connector decides on this same value.
+        if uri.scheme_str() == Some("https") {
+            return Ok(Transport::Tls);
+        }
+        let host = uri.host().unwrap_or_default();
+        if is_loopback_host(host) {
+            Ok(Transport::LocalPlaintext)
+        } else if self.insecure_plaintext {
+            Ok(Transport::InsecurePlaintext)
+        } else if host.is_empty() {
+            Err(ClientError::PlaintextRefused("(no host)".to_owned()))
+        } else {
+            // The host only: the endpoint may carry user information
+            // (`http://user:secret@host`), which must not reach an error.
+            Err(ClientError::PlaintextRefused(host.to_owned()))
+        }
+    }
+}
+
+/// How a connection reaches the vault, as [`ClientOptions::transport`]
+/// decides before anything is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Transport {
+    /// TLS (`https://`).
+    Tls,
+    /// Plaintext that never leaves the machine: `localhost`, an address in
+    /// 127.0.0.0/8 or `::1`, or a Unix domain socket (`unix:PATH`).
+    LocalPlaintext,
+    /// Plaintext over the network, allowed by
+    /// [`ClientOptions::insecure_plaintext`]: the API key, values and tokens
+    /// cross it readable.
+    InsecurePlaintext,
+}
+
+/// Whether plaintext to `host`, as a URI spells it (IPv6 in brackets),
+/// stays on this machine: `localhost`, 127.0.0.0/8 or `::1` (also written
+/// as the IPv4-mapped `::ffff:127.x.y.z`).
+///
+/// Nothing else counts, not even names that usually resolve to loopback:
+/// the check runs on the text, before any lookup, so that it cannot be
+/// steered by DNS. `0.0.0.0` is not loopback either (Linux happens to route
+/// it to the local host, other systems do not).
+fn is_loopback_host(host: &str) -> bool {
+    let bare = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    bare.eq_ignore_ascii_case("localhost")
+        || bare
+            .parse::<IpAddr>()
+            .is_ok_and(|ip| ip.to_canonical().is_loopback())
 }
 
 /// Client failures.
@@ -93,6 +179,12 @@ pub enum ClientError {
     /// The API key cannot be sent as metadata.
     #[error("the API key holds characters that cannot be sent")]
     BadKey,
+    /// A plaintext endpoint whose host (named) is not loopback, without
+    /// [`ClientOptions::insecure_plaintext`]. Nothing was sent.
+    #[error(
+        "refusing plaintext to {0}, which is not a loopback address: the API key, values and tokens would cross the network unencrypted; use an https:// endpoint, or pass --insecure-plaintext (ClientOptions::insecure_plaintext) if the network is protected otherwise"
+    )]
+    PlaintextRefused(String),
     /// The server refused or failed the call.
     #[error("{:?}: {}", .0.code(), .0.message())]
     Status(Status),
@@ -109,6 +201,27 @@ impl From<Status> for ClientError {
 /// Adds `authorization: Bearer <key>` to every call.
 #[derive(Clone)]
 pub struct Auth(Option<MetadataValue<Ascii>>);
+
+impl Auth {
+    /// The header for `key`, or none without a key.
+    fn bearer(key: Option<&str>) -> Result<Self, ClientError> {
+        let Some(key) = key else {
+            return Ok(Self(None));
+        };
+        let header = Zeroizing::new(format!("Bearer {key}"));
+        let mut value = header
+            .as_str()
+            .parse::<MetadataValue<Ascii>>()
+            .map_err(|_| ClientError::BadKey)?;
+        // Sensitive: its `Debug` prints `Sensitive` instead of the key, so
+        // no debug log of the request's metadata or headers shows it; and h2
+        // sends it as a never-indexed HPACK literal, kept out of the
+        // compression table that compression side channels (CRIME-style)
+        // probe.
+        value.set_sensitive(true);
+        Ok(Self(Some(value)))
+    }
+}
 
 impl Interceptor for Auth {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
@@ -149,12 +262,17 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connects to the vault.
+    /// Connects to the vault. A plaintext endpoint off loopback is refused
+    /// first, before anything is sent, unless
+    /// [`ClientOptions::insecure_plaintext`] is set.
     pub async fn connect(options: ClientOptions) -> Result<Self, ClientError> {
-        let mut endpoint = Endpoint::from_shared(options.endpoint.clone())?
+        let endpoint = Endpoint::from_shared(options.endpoint.clone())?;
+        let transport = options.transport_of(&endpoint)?;
+        let auth = Auth::bearer(options.api_key.as_deref().map(String::as_str))?;
+        let mut endpoint = endpoint
             .connect_timeout(Duration::from_secs(10))
             .tcp_nodelay(true);
-        if options.endpoint.starts_with("https://") {
+        if transport == Transport::Tls {
             let mut tls = ClientTlsConfig::new();
             tls = match &options.ca_pem {
                 Some(ca) => tls.ca_certificate(Certificate::from_pem(ca)),
@@ -169,13 +287,6 @@ impl Client {
             endpoint = endpoint.tls_config(tls)?;
         }
         let channel = endpoint.connect().await?;
-        let header = options
-            .api_key
-            .as_ref()
-            .map(|key| format!("Bearer {}", key.as_str()).parse::<MetadataValue<Ascii>>())
-            .transpose()
-            .map_err(|_| ClientError::BadKey)?;
-        let auth = Auth(header);
         let max = 64 << 20;
         Ok(Self {
             tokenizer: TokenizerClient::with_interceptor(channel.clone(), auth.clone())
@@ -554,4 +665,138 @@ fn results(results: Vec<pb::ItemResult>) -> Vec<ItemResult> {
             }),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn transport(endpoint: &str, insecure_plaintext: bool) -> Result<Transport, ClientError> {
+        ClientOptions::new(endpoint)
+            .insecure_plaintext(insecure_plaintext)
+            .transport()
+    }
+
+    #[test]
+    fn plaintext_to_loopback_is_allowed() {
+        for endpoint in [
+            "http://127.0.0.1:50051",
+            "http://127.8.9.10:1",
+            "http://[::1]:50051",
+            "http://[::ffff:127.0.0.1]:50051",
+            "http://localhost:50051",
+            "http://LocalHost:50051",
+            "unix:/run/phivault/grpc.sock",
+        ] {
+            assert_eq!(
+                transport(endpoint, false).expect(endpoint),
+                Transport::LocalPlaintext,
+                "{endpoint}"
+            );
+        }
+    }
+
+    #[test]
+    fn plaintext_off_loopback_is_refused_naming_the_host() {
+        for (endpoint, host) in [
+            ("http://10.0.0.1:50051", "10.0.0.1"),
+            ("http://vault.example.org:50051", "vault.example.org"),
+            (
+                "http://localhost.example.org:50051",
+                "localhost.example.org",
+            ),
+            ("http://[2001:db8::1]:50051", "[2001:db8::1]"),
+            ("http://[::ffff:10.0.0.1]:50051", "[::ffff:10.0.0.1]"),
+            ("http://0.0.0.0:50051", "0.0.0.0"),
+            ("HTTP://10.0.0.1:50051", "10.0.0.1"),
+            ("http://etl:hunter2-secret@10.0.0.1:50051", "10.0.0.1"),
+        ] {
+            let error = transport(endpoint, false).expect_err(endpoint);
+            assert!(
+                matches!(&error, ClientError::PlaintextRefused(h) if h == host),
+                "{endpoint}: {error}"
+            );
+            let message = error.to_string();
+            assert!(
+                message.contains(host)
+                    && message.contains("https://")
+                    && message.contains("--insecure-plaintext"),
+                "{message}"
+            );
+            assert!(!message.contains("hunter2"), "user information leaked");
+        }
+    }
+
+    #[test]
+    fn plaintext_off_loopback_is_allowed_when_asked_for() {
+        for endpoint in ["http://10.0.0.1:50051", "http://vault.example.org:50051"] {
+            assert_eq!(
+                transport(endpoint, true).expect(endpoint),
+                Transport::InsecurePlaintext
+            );
+        }
+        // The flag does not make loopback look dangerous.
+        assert_eq!(
+            transport("http://127.0.0.1:50051", true).expect("loopback"),
+            Transport::LocalPlaintext
+        );
+    }
+
+    #[test]
+    fn https_is_always_allowed() {
+        for endpoint in [
+            "https://10.0.0.1:50051",
+            "https://vault.example.org",
+            "https://127.0.0.1:50051",
+            "HTTPS://vault.example.org:443",
+        ] {
+            for insecure_plaintext in [false, true] {
+                assert_eq!(
+                    transport(endpoint, insecure_plaintext).expect(endpoint),
+                    Transport::Tls,
+                    "{endpoint}"
+                );
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn connect_refuses_before_connecting() {
+        // Port 1 of a private address: were a connection attempted, it would
+        // end in a `Connect` error (or the 10-second timeout), not this.
+        let started = std::time::Instant::now();
+        let refused = Client::connect(
+            ClientOptions::new("http://10.1.2.3:1").api_key("pv_0123456789abcdef_not-a-secret"),
+        )
+        .await
+        .err()
+        .expect("refused");
+        assert!(
+            matches!(&refused, ClientError::PlaintextRefused(host) if host == "10.1.2.3"),
+            "{refused}"
+        );
+        assert!(!refused.to_string().contains("not-a-secret"));
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+
+    #[test]
+    fn the_authorization_value_is_sensitive() {
+        let mut auth = Auth::bearer(Some("pv_0123456789abcdef_canarysecret")).expect("ASCII key");
+        let request = auth.call(Request::new(())).expect("intercepted");
+        let value = request
+            .metadata()
+            .get("authorization")
+            .expect("authorization set");
+        assert!(value.is_sensitive());
+        let printed = format!("{:?} {value:?}", request.metadata());
+        assert!(!printed.contains("canarysecret"), "{printed}");
+        assert!(printed.contains("Sensitive"), "{printed}");
+    }
+
+    #[test]
+    fn no_key_sends_no_authorization() {
+        let mut auth = Auth::bearer(None).expect("no key");
+        let request = auth.call(Request::new(())).expect("intercepted");
+        assert!(request.metadata().get("authorization").is_none());
+    }
 }

@@ -6,7 +6,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use phivault_client::{Client, ClientOptions, ItemResult, bulk, code_name, v1 as pb};
+use phivault_client::output::{create_private, ensure_absent, publish};
+use phivault_client::{Client, ClientOptions, ItemResult, Transport, bulk, code_name, v1 as pb};
 
 /// Command-line client of a phivault vault.
 #[derive(Parser)]
@@ -23,7 +24,8 @@ struct Cli {
 
 #[derive(Args)]
 struct Connection {
-    /// The vault's address: http://host:port (loopback) or https://host:port.
+    /// The vault's address: http://host:port (loopback only, unless
+    /// --insecure-plaintext) or https://host:port.
     #[arg(
         long,
         env = "PHIVAULT_ENDPOINT",
@@ -46,6 +48,15 @@ struct Connection {
     /// The server name to verify, when it differs from the endpoint's host.
     #[arg(long, global = true)]
     tls_domain: Option<String>,
+    /// DANGEROUS: allow an http:// endpoint that is not loopback; the API
+    /// key, values and tokens then cross the network unencrypted.
+    #[arg(
+        long,
+        env = "PHIVAULT_INSECURE_PLAINTEXT",
+        value_parser = clap::builder::BoolishValueParser::new(),
+        global = true
+    )]
+    insecure_plaintext: bool,
 }
 
 #[derive(Subcommand)]
@@ -112,8 +123,9 @@ enum BulkCommand {
 struct BulkArgs {
     /// The input file; standard input when absent or `-`.
     input: Option<PathBuf>,
-    /// Write to FILE instead of standard output: written as FILE.partial and
-    /// renamed when the run completes, removed when it stops.
+    /// Write to FILE (mode 0600; it must not exist) instead of standard
+    /// output: written as FILE.partial and renamed when the run completes,
+    /// removed when it stops.
     #[arg(short, long, value_name = "FILE")]
     output: Option<PathBuf>,
     /// The input's format; guessed from its extension (.csv, .ndjson,
@@ -129,8 +141,9 @@ struct BulkArgs {
     /// (or replace it, with `builtin = false`).
     #[arg(long, value_name = "FILE")]
     profile: Option<PathBuf>,
-    /// Write every failed cell to FILE as CSV: row, line, column (or JSON
-    /// path), namespace, error code, message. Never the value.
+    /// Write every failed cell to FILE (mode 0600; it must not exist) as
+    /// CSV: row, line, column (or JSON path), namespace, error code, message.
+    /// Never the value.
     #[arg(long, value_name = "FILE")]
     errors: Option<PathBuf>,
     /// A row with a failed cell: keep it with the cell as it was, drop it,
@@ -186,7 +199,8 @@ enum AuditCommand {
         /// date (2026-11-01, UTC) or a duration back from now (24h, 7days).
         #[arg(long)]
         since: Option<String>,
-        /// Write to FILE instead of standard output.
+        /// Write to FILE (mode 0600; it must not exist) instead of standard
+        /// output.
         #[arg(long, short)]
         output: Option<PathBuf>,
     },
@@ -267,7 +281,14 @@ fn main() -> ExitCode {
 }
 
 async fn connect(c: &Connection) -> anyhow::Result<Client> {
-    let mut options = ClientOptions::new(&c.endpoint);
+    let mut options = ClientOptions::new(&c.endpoint).insecure_plaintext(c.insecure_plaintext);
+    // Decided before the key and certificates are read and before anything
+    // is sent: a refusal is the first and only thing that happens.
+    if options.transport()? == Transport::InsecurePlaintext {
+        eprintln!(
+            "phivault-client: DANGER: --insecure-plaintext: the API key, values and tokens cross the network unencrypted"
+        );
+    }
     let key = match &c.api_key_file {
         Some(path) => Some(
             std::fs::read_to_string(path)
@@ -604,18 +625,36 @@ async fn bulk(
     {
         anyhow::bail!("the output would overwrite the input");
     }
+    if args.output.is_some() && args.output == args.errors {
+        anyhow::bail!("-o and --errors name the same file");
+    }
+    // Refused now rather than after the whole run; `publish` checks again at
+    // the end, atomically.
+    if let Some(path) = &args.output {
+        ensure_absent(path)?;
+    }
+    // Both files are created before the run starts, and private from their
+    // first byte: they hold revealed values, or tokens beside the rest of a
+    // patient's record.
     let output: Box<dyn Write + Send> = match &partial {
-        Some(path) => Box::new(
-            std::fs::File::create(path)
-                .with_context(|| format!("cannot create {}", path.display()))?,
-        ),
+        Some(path) => Box::new(create_private(path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => {
+                anyhow::anyhow!("{e} (a run that was killed leaves its .partial file behind)")
+            }
+            _ => e.into(),
+        })?),
         None => Box::new(std::io::stdout()),
     };
     let errors: Option<Box<dyn Write + Send>> = match &args.errors {
-        Some(path) => Some(Box::new(
-            std::fs::File::create(path)
-                .with_context(|| format!("cannot create {}", path.display()))?,
-        )),
+        Some(path) => match create_private(path) {
+            Ok(file) => Some(Box::new(file)),
+            Err(e) => {
+                if let Some(partial) = &partial {
+                    let _ = std::fs::remove_file(partial);
+                }
+                return Err(e.into());
+            }
+        },
         None => None,
     };
     let options = bulk::Options {
@@ -698,13 +737,15 @@ async fn bulk(
             }));
         }
     };
-    if let (Some(partial), Some(output)) = (&partial, &args.output) {
-        std::fs::rename(partial, output).with_context(|| {
-            format!(
-                "cannot rename {} to {}",
-                partial.display(),
-                output.display()
-            )
+    if let (Some(partial), Some(path)) = (&partial, &args.output) {
+        // On failure the finished output stays in FILE.partial: the run is
+        // not thrown away because a file appeared under its name meanwhile.
+        publish(partial, path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => anyhow::anyhow!(
+                "{e}; the run completed and its output is left in {}",
+                partial.display()
+            ),
+            _ => e.into(),
         })?;
     }
     let verb = match direction {
@@ -948,8 +989,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let since_ms = since.as_deref().map(parse_since).transpose()?.unwrap_or(0);
             let count = match &output {
                 Some(path) => {
-                    let file = std::fs::File::create(path)
-                        .with_context(|| format!("cannot create {}", path.display()))?;
+                    let file = create_private(path)?;
                     export_audit(&client, since_ms, &mut std::io::BufWriter::new(file)).await?
                 }
                 None => export_audit(&client, since_ms, &mut std::io::stdout().lock()).await?,

@@ -306,7 +306,7 @@ fn main() {
     // The small run first, on its own vault, so the large one starts as
     // cold as the engine did.
     let mut runs = Vec::new();
-    for input in [&tenth, &full] {
+    for (run, input) in [&tenth, &full].into_iter().enumerate() {
         let server = ServeProcess::start(&[]);
         let key = runtime.block_on(async {
             let admin =
@@ -329,7 +329,8 @@ fn main() {
             &server,
             &key,
             input,
-            &dir.path().join("out.csv"),
+            // Outputs are never overwritten: one name per run.
+            &dir.path().join(format!("out-{run}.csv")),
         ));
     }
     let (small, run) = (&runs[0], &runs[1]);

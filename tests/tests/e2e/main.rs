@@ -10,6 +10,7 @@ use tonic::Code;
 
 mod audit;
 mod bulk;
+mod client_safety;
 mod keys;
 
 async fn connect(server: &Server, key: Option<&str>) -> Client {
