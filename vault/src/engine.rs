@@ -482,6 +482,30 @@ impl Vault {
         self.store.writer_stats()
     }
 
+    /// Whether the write path — mappings and audit records alike — takes
+    /// commits now. While it does not, every reveal fails closed, so health
+    /// reports NOT_SERVING.
+    pub fn write_path_healthy(&self) -> bool {
+        self.store.write_path_healthy()
+    }
+
+    /// Commits a small durable write to find out whether the store takes
+    /// writes again (after a full disk, say) when no call is writing.
+    pub async fn probe_write_path(&self) -> Result<(), Error> {
+        let now = crate::audit::now_ms();
+        self.store
+            .write(move |txn| {
+                txn.put(
+                    crate::store::Cf::Meta,
+                    crate::store::keys::META_WRITE_PROBE,
+                    now.to_be_bytes().to_vec(),
+                );
+                Ok(())
+            })
+            .await?;
+        Ok(())
+    }
+
     /// Every namespace, by name.
     pub fn namespaces(&self) -> Vec<Namespace> {
         let map = self.namespaces.read().unwrap_or_else(|e| e.into_inner());

@@ -24,6 +24,9 @@ pub const META_AUDIT_KEY: &[u8] = b"audit_key";
 /// `meta`: the last record of the audit chain ([`AuditHead`]); absent
 /// before the first.
 pub const META_AUDIT_HEAD: &[u8] = b"audit_head";
+/// The time of the latest write-path probe: written only while commits are
+/// failing, to find out when the store takes writes again.
+pub const META_WRITE_PROBE: &[u8] = b"write_probe";
 
 /// The on-disk format this build writes and reads.
 pub const FORMAT_VERSION: u32 = 1;

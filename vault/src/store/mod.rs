@@ -112,6 +112,10 @@ pub enum StoreError {
     /// The writer thread is gone (shut down or crashed).
     #[error("the storage writer has stopped")]
     WriterStopped,
+    /// The job panicked on the writer thread; it was discarded, and the
+    /// writer goes on with the others.
+    #[error("a storage job failed unexpectedly and was discarded")]
+    JobPanicked,
     /// A column family is missing from an existing database.
     #[error("the database lacks column family {0:?}")]
     MissingColumnFamily(&'static str),
@@ -382,6 +386,12 @@ impl Store {
             .as_ref()
             .map(writer::Writer::stats)
             .unwrap_or_default()
+    }
+
+    /// Whether writes can be committed now: the writer runs and the latest
+    /// commit succeeded. Read-only stores are never healthy for writing.
+    pub fn write_path_healthy(&self) -> bool {
+        self.writer.as_ref().is_some_and(writer::Writer::is_healthy)
     }
 
     /// Stops the writer after the queued jobs and flushes the memtables.

@@ -5,8 +5,9 @@
 //! under load one fsync covers many requests.
 
 use std::collections::BTreeMap;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 
 use rocksdb::{WriteBatch, WriteOptions};
@@ -39,6 +40,10 @@ pub struct WriterStats {
     /// Commits by how many jobs they carried: `batches[i]` counts commits of
     /// more than `BATCH_BUCKETS[i-1]` and at most `BATCH_BUCKETS[i]` jobs.
     pub batches: [u64; BATCH_BUCKETS.len()],
+    /// Commits that failed (the store refused the batch).
+    pub failed_commits: u64,
+    /// Jobs that panicked and were discarded.
+    pub panicked_jobs: u64,
 }
 
 pub(super) struct Writer {
@@ -52,6 +57,22 @@ struct Counters {
     commits: AtomicU64,
     jobs: AtomicU64,
     batches: [AtomicU64; BATCH_BUCKETS.len()],
+    failed_commits: AtomicU64,
+    panicked_jobs: AtomicU64,
+    /// Whether the latest commit failed: the write path is down until one
+    /// succeeds again.
+    failing: AtomicBool,
+    /// Whether the writer thread has ended (stopped or died).
+    ended: AtomicBool,
+}
+
+/// Marks the writer ended when its thread leaves `run`, however it leaves.
+struct EndGuard<'a>(&'a Counters);
+
+impl Drop for EndGuard<'_> {
+    fn drop(&mut self) {
+        self.0.ended.store(true, Ordering::Release);
+    }
 }
 
 impl Writer {
@@ -61,7 +82,10 @@ impl Writer {
         let thread_counters = Arc::clone(&counters);
         let thread = std::thread::Builder::new()
             .name("phivault-writer".into())
-            .spawn(move || run(&inner, durability, receiver, &thread_counters))
+            .spawn(move || {
+                let _ended = EndGuard(&thread_counters);
+                run(&inner, durability, receiver, &thread_counters);
+            })
             .map_err(|e| StoreError::Rocks(format!("cannot start the writer thread: {e}")))?;
         Ok(Self {
             sender: Some(sender),
@@ -95,7 +119,22 @@ impl Writer {
             .send(job)
             .await
             .map_err(|_| StoreError::WriterStopped)?;
-        answer.await.map_err(|_| StoreError::WriterStopped)?
+        // A reply dropped unanswered while the writer lives means the job
+        // panicked (and was discarded); otherwise the writer is gone.
+        answer.await.map_err(|_| {
+            if self.counters.ended.load(Ordering::Acquire) {
+                StoreError::WriterStopped
+            } else {
+                StoreError::JobPanicked
+            }
+        })?
+    }
+
+    /// Whether commits can be made now: the writer runs and its latest
+    /// commit did not fail.
+    pub(super) fn is_healthy(&self) -> bool {
+        !self.counters.ended.load(Ordering::Acquire)
+            && !self.counters.failing.load(Ordering::Acquire)
     }
 
     pub(super) fn stats(&self) -> WriterStats {
@@ -103,6 +142,8 @@ impl Writer {
             commits: self.counters.commits.load(Ordering::Relaxed),
             jobs: self.counters.jobs.load(Ordering::Relaxed),
             batches: std::array::from_fn(|i| self.counters.batches[i].load(Ordering::Relaxed)),
+            failed_commits: self.counters.failed_commits.load(Ordering::Relaxed),
+            panicked_jobs: self.counters.panicked_jobs.load(Ordering::Relaxed),
         }
     }
 
@@ -145,15 +186,26 @@ fn run(
             }
         }
         let mut txn = Txn::new(inner);
-        let completions: Vec<Completion> = jobs.drain(..).map(|job| job(&mut txn)).collect();
+        let completions: Vec<Completion> = jobs
+            .drain(..)
+            .filter_map(|job| run_job(job, &mut txn, counters))
+            .collect();
         let (committed, after) = txn.commit(&write_options);
         match &committed {
             Ok(()) => {
+                counters.failing.store(false, Ordering::Release);
                 for hook in after {
-                    hook();
+                    // A failing hook must not take the writer (and with it
+                    // every later write) down.
+                    if catch_unwind(AssertUnwindSafe(hook)).is_err() {
+                        counters.panicked_jobs.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!("a post-commit step panicked; the commit stands");
+                    }
                 }
             }
             Err(e) => {
+                counters.failing.store(true, Ordering::Release);
+                counters.failed_commits.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(error = %e, jobs = completions.len(), "group commit failed; every job in it fails");
             }
         }
@@ -167,6 +219,22 @@ fn run(
         }
         for complete in completions {
             complete(committed.clone());
+        }
+    }
+}
+
+/// Runs one job against the commit's overlay. A job that panics is undone
+/// and dropped, and its submitter is told [`StoreError::JobPanicked`]: a bug
+/// in one job must not end the writer, and with it every write and every
+/// audit record of the process.
+fn run_job(job: Job, txn: &mut Txn<'_>, counters: &Counters) -> Option<Completion> {
+    match catch_unwind(AssertUnwindSafe(|| job(txn))) {
+        Ok(completion) => Some(completion),
+        Err(_) => {
+            txn.rollback_job();
+            counters.panicked_jobs.fetch_add(1, Ordering::Relaxed);
+            tracing::error!("a storage job panicked; it was discarded and its caller failed");
+            None
         }
     }
 }
@@ -349,6 +417,37 @@ mod tests {
             Some(b"first".to_vec())
         );
         assert_eq!(store.get(Cf::Meta, b"new").expect("get"), None);
+    }
+
+    #[tokio::test]
+    async fn a_panicking_job_fails_alone_and_the_writer_goes_on() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::create(dir.path(), &StoreOptions::default()).expect("create");
+        let panicked = store
+            .write(|txn| {
+                txn.put(Cf::Meta, &b"half"[..], &b"done"[..]);
+                if txn.contains(Cf::Meta, b"half")? {
+                    panic!("a bug in a job");
+                }
+                Ok(())
+            })
+            .await;
+        assert_eq!(panicked, Err(StoreError::JobPanicked));
+        assert!(store.write_path_healthy(), "one bad job is not an outage");
+        store
+            .write(|txn| {
+                txn.put(Cf::Meta, &b"next"[..], &b"1"[..]);
+                Ok(())
+            })
+            .await
+            .expect("the writer still commits");
+        assert_eq!(store.get(Cf::Meta, b"half").expect("get"), None, "undone");
+        assert_eq!(
+            store.get(Cf::Meta, b"next").expect("get"),
+            Some(b"1".to_vec())
+        );
+        assert_eq!(store.writer_stats().panicked_jobs, 1);
+        store.close().expect("close");
     }
 
     #[tokio::test]
