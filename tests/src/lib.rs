@@ -42,11 +42,18 @@ pub struct VaultDir {
 impl VaultDir {
     /// Runs `phivault init` with a fresh master key file.
     pub fn init() -> Self {
+        Self::init_prepared(|_| {})
+    }
+
+    /// Runs `phivault init` after `prepare` has been given the data
+    /// directory's path (to mount a file system there, say).
+    pub fn init_prepared(prepare: impl FnOnce(&Path)) -> Self {
         let root = tempfile::tempdir().expect("tempdir");
         let vault = Self {
             root,
             admin_key: String::new(),
         };
+        prepare(&vault.data());
         let status = Command::new(binary("phivault"))
             .arg("init")
             .args(["--data-dir", vault.data().to_str().expect("utf-8 path")])
@@ -80,6 +87,14 @@ impl VaultDir {
             root,
             admin_key: self.admin_key.clone(),
         }
+    }
+
+    /// Writes `text` to a configuration file beside the data and returns
+    /// its path, for `phivault serve --config`.
+    pub fn config(&self, text: &str) -> PathBuf {
+        let path = self.root.path().join("phivault.toml");
+        std::fs::write(&path, text).expect("write the configuration file");
+        path
     }
 
     /// The RocksDB directory.
@@ -203,6 +218,22 @@ impl Server {
             .take()
             .and_then(|h| h.join().ok())
             .unwrap_or_default()
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The server's resident set size in KiB, from `/proc`.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("read /proc/PID/status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc/PID/status")
     }
 
     /// `http://127.0.0.1:PORT`.

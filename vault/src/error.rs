@@ -68,6 +68,12 @@ pub enum Error {
     /// A backup destination that cannot be used.
     #[error("invalid backup path: {0}")]
     InvalidBackupPath(String),
+    /// Backups through the API are off: the server was started without a
+    /// backup directory.
+    #[error(
+        "backups through the API need a backup directory: start the server with --backup-dir (or backup_dir in its configuration)"
+    )]
+    BackupsDisabled,
     /// A token argument that the namespace's format does not accept.
     #[error("{0}")]
     InvalidToken(ItemError),

@@ -44,14 +44,18 @@ pub struct BackupInfo {
     pub bytes: u64,
 }
 
-/// Checks a backup destination: an absolute path that does not exist yet, in
-/// an existing directory, and inside `within` when that is set.
-fn backup_target(path: &Path, within: Option<&Path>) -> Result<(), Error> {
+/// Checks a backup destination: an absolute path that does not exist yet,
+/// in an existing directory, inside `within` when that is set, and with no
+/// symbolic link on the way to it. A link anywhere would let whoever planted
+/// it choose where the backup goes — and RocksDB's checkpoint empties a
+/// `<path>.tmp` directory first, following links, so a planted one could make
+/// a backup delete the live vault. Returns the directory that will hold it.
+fn backup_target(path: &Path, within: Option<&Path>) -> Result<PathBuf, Error> {
     let invalid = |why: String| Err(Error::InvalidBackupPath(why));
     if !path.is_absolute() {
         return invalid(format!("{} is not an absolute path", path.display()));
     }
-    if path.exists() {
+    if path.symlink_metadata().is_ok() {
         return invalid(format!(
             "{} exists already; a backup never overwrites",
             path.display()
@@ -63,6 +67,17 @@ fn backup_target(path: &Path, within: Option<&Path>) -> Result<(), Error> {
             path.display()
         ));
     };
+    for ancestor in parent.ancestors() {
+        if ancestor
+            .symlink_metadata()
+            .is_ok_and(|m| m.file_type().is_symlink())
+        {
+            return invalid(format!(
+                "{} is a symbolic link; backup paths may not contain any",
+                ancestor.display()
+            ));
+        }
+    }
     if let Some(within) = within {
         let (Ok(parent), Ok(within)) = (parent.canonicalize(), within.canonicalize()) else {
             return invalid("the backup directory cannot be resolved".into());
@@ -74,7 +89,81 @@ fn backup_target(path: &Path, within: Option<&Path>) -> Result<(), Error> {
             ));
         }
     }
-    Ok(())
+    Ok(parent.to_path_buf())
+}
+
+/// A private directory beside a backup's destination, made by this process
+/// (so nothing can be planted in it), where the checkpoint is written before
+/// it is renamed into place. Removed with what is left in it on drop.
+struct Staging(PathBuf);
+
+impl Staging {
+    fn create(parent: &Path) -> Result<Self, Error> {
+        use std::os::unix::fs::DirBuilderExt as _;
+        let mut suffix = [0u8; 8];
+        crate::crypto::fill_random(&mut suffix).map_err(Error::Crypto)?;
+        let name: String = suffix.iter().map(|b| format!("{b:02x}")).collect();
+        let dir = parent.join(format!(".phivault-backup-{name}"));
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| {
+                Error::InvalidBackupPath(format!(
+                    "cannot create a staging directory in {}: {}",
+                    parent.display(),
+                    e.kind()
+                ))
+            })?;
+        Ok(Self(dir))
+    }
+
+    fn checkpoint(&self) -> PathBuf {
+        self.0.join("checkpoint")
+    }
+
+    /// Makes the checkpoint owner-only, then moves it to `path`, failing
+    /// rather than replacing anything that appeared there meanwhile.
+    fn publish(&self, path: &Path) -> Result<(), Error> {
+        use std::os::unix::fs::PermissionsExt as _;
+        let checkpoint = self.checkpoint();
+        let io = |e: std::io::Error| {
+            Error::InvalidBackupPath(format!("cannot finish {}: {}", path.display(), e.kind()))
+        };
+        // Hard-linked table files share their mode with the live files:
+        // tightening one tightens both, which is right for either.
+        for entry in std::fs::read_dir(&checkpoint).map_err(io)? {
+            let entry = entry.map_err(io)?;
+            if entry.file_type().map_err(io)?.is_file() {
+                std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(0o600))
+                    .map_err(io)?;
+            }
+        }
+        std::fs::set_permissions(&checkpoint, std::fs::Permissions::from_mode(0o700))
+            .map_err(io)?;
+        rustix::fs::renameat_with(
+            rustix::fs::CWD,
+            &checkpoint,
+            rustix::fs::CWD,
+            path,
+            rustix::fs::RenameFlags::NOREPLACE,
+        )
+        .map_err(|e| io(e.into()))
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        // `remove_dir_all` does not follow symbolic links.
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Checkpoints `store` to `path` through a private staging directory.
+async fn checkpoint_to(store: &Store, path: &Path, within: Option<&Path>) -> Result<(), Error> {
+    let parent = backup_target(path, within)?;
+    let staging = Staging::create(&parent)?;
+    store.checkpoint(&staging.checkpoint()).await?;
+    staging.publish(path)
 }
 
 fn directory_bytes(path: &Path) -> u64 {
@@ -98,8 +187,9 @@ pub async fn backup_offline(data_dir: &Path, to: &Path) -> Result<BackupInfo, Er
         .map_err(|e| Error::InvalidBackupPath(format!("{}: {e}", to.display())))?;
     backup_target(&to, None)?;
     let store = Store::open(data_dir, &StoreOptions::default())?;
-    store.checkpoint(&to).await?;
+    let written = checkpoint_to(&store, &to, None).await;
     store.close()?;
+    written?;
     Ok(BackupInfo {
         bytes: directory_bytes(&to),
         path: to,
@@ -212,10 +302,10 @@ fn split_key(key: &[u8]) -> Option<(u32, &[u8])> {
 impl Vault {
     /// Writes a consistent checkpoint to `path` while serving; see
     /// [`crate::store::Store::checkpoint`]. With `within`, the path must lie
-    /// inside that directory.
+    /// inside that directory. The checkpoint is written to a private staging
+    /// directory beside `path` and renamed into place, owner-only.
     pub async fn backup(&self, path: &Path, within: Option<&Path>) -> Result<BackupInfo, Error> {
-        backup_target(path, within)?;
-        self.store.checkpoint(path).await?;
+        checkpoint_to(&self.store, path, within).await?;
         let info = BackupInfo {
             path: path.to_path_buf(),
             bytes: directory_bytes(path),

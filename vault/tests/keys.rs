@@ -391,3 +391,97 @@ async fn backups_refuse_relative_existing_and_confined_paths_then_restore() {
     );
     assert!(restored.verify().expect("verify").is_clean());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_planted_symlink_never_lets_a_backup_touch_the_live_vault() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let backups = dir.path().join("backups");
+    std::fs::create_dir(&backups).expect("backup dir");
+    let vault = Vault::init(&data, key_file(), VaultOptions::default())
+        .await
+        .expect("init");
+    let tokens = ok(vault
+        .tokenize("mrn", &["MRN0001", "MRN0002"])
+        .await
+        .expect("tokenize"));
+    let live_files = || {
+        let mut names: Vec<_> = std::fs::read_dir(&data)
+            .expect("data dir")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        names.sort();
+        names
+    };
+    let before = live_files();
+
+    // RocksDB's checkpoint empties `<path>.tmp` first, following links: a
+    // link planted there pointing at the live data must change nothing.
+    let target = backups.join("nightly");
+    std::os::unix::fs::symlink(&data, backups.join("nightly.tmp")).expect("plant");
+    let info = vault
+        .backup(&target, Some(&backups))
+        .await
+        .expect("the backup goes through a private staging directory");
+    assert!(info.bytes > 0);
+    // A checkpoint flushes the memtables (new table files, a new log); every
+    // file that describes the database is still there.
+    let after = live_files();
+    for name in before
+        .iter()
+        .filter(|n| !n.to_string_lossy().ends_with(".log"))
+    {
+        assert!(
+            after.contains(name),
+            "{name:?} was deleted from the live vault"
+        );
+    }
+    assert_eq!(
+        ok(vault.detokenize("mrn", &tokens).await.expect("detokenize")),
+        ["MRN0001", "MRN0002"]
+    );
+
+    // Owner-only: the directory 0700, every file 0600; no staging left.
+    let mode = |p: &Path| std::fs::metadata(p).expect("metadata").permissions().mode() & 0o777;
+    assert_eq!(mode(&target), 0o700);
+    for entry in std::fs::read_dir(&target).expect("backup") {
+        assert_eq!(mode(&entry.expect("entry").path()), 0o600);
+    }
+    let leftovers: Vec<_> = std::fs::read_dir(&backups)
+        .expect("backups")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".phivault-backup-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    // A link anywhere on the way is refused, inside the allowed directory
+    // or not.
+    let linked = dir.path().join("linked");
+    std::os::unix::fs::symlink(&backups, &linked).expect("link");
+    for within in [None, Some(backups.as_path())] {
+        let refused = vault
+            .backup(&linked.join("b"), within)
+            .await
+            .expect_err("a symlinked component");
+        assert!(
+            matches!(&refused, Error::InvalidBackupPath(why) if why.contains("symbolic link")),
+            "{refused}"
+        );
+    }
+    // So is a dangling link at the destination itself.
+    std::os::unix::fs::symlink(dir.path().join("nowhere"), backups.join("dangling")).expect("link");
+    assert!(vault.backup(&backups.join("dangling"), None).await.is_err());
+    vault.close().expect("close");
+    let reopened = Vault::open(&data, key_file(), VaultOptions::default())
+        .await
+        .expect("the live vault opens");
+    assert_eq!(
+        ok(reopened
+            .detokenize("mrn", &tokens)
+            .await
+            .expect("detokenize")),
+        ["MRN0001", "MRN0002"]
+    );
+    assert!(reopened.verify().expect("verify").is_clean());
+}

@@ -277,7 +277,9 @@ type Acked = (Vec<String>, Vec<String>, Instant);
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_backup_during_a_bulk_load_restores_every_acknowledged_token() {
     let vault = VaultDir::init();
-    let server = Server::start(&vault, &[]);
+    let restored = vault.empty_twin();
+    let backup_dir = restored.root.path().to_str().expect("utf-8");
+    let server = Server::start(&vault, &["--backup-dir", backup_dir]);
     let admin = connect(&server, Some(&vault.admin_key)).await;
     let (_, key) = pipeline(&admin, &server).await;
     let acked: Arc<Mutex<Vec<Acked>>> = Arc::default();
@@ -307,7 +309,6 @@ async fn a_backup_during_a_bulk_load_restores_every_acknowledged_token() {
     while acked.lock().await.len() < 20 {
         interval.tick().await;
     }
-    let restored = vault.empty_twin();
     let backup_path = restored.data();
     let backup = admin
         .backup(backup_path.to_str().expect("utf-8"))
@@ -378,7 +379,9 @@ async fn a_backup_during_a_bulk_load_restores_every_acknowledged_token() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_keys_and_backup_commands_of_the_cli() {
     let vault = VaultDir::init();
-    let server = Server::start(&vault, &[]);
+    let restored = vault.empty_twin();
+    let backup_dir = restored.root.path().to_str().expect("utf-8");
+    let server = Server::start(&vault, &["--backup-dir", backup_dir]);
     let admin = connect(&server, Some(&vault.admin_key)).await;
     let (data, key) = pipeline(&admin, &server).await;
     let values = mrns("MRN", 0..3000);
@@ -410,7 +413,6 @@ async fn the_keys_and_backup_commands_of_the_cli() {
     );
     assert!(text.contains("no rotation running"), "{text}");
 
-    let restored = vault.empty_twin();
     let path = restored.data();
     let backup = cli(
         &server,

@@ -11,6 +11,7 @@ use tonic::Code;
 mod audit;
 mod bulk;
 mod client_safety;
+mod hardening;
 mod keys;
 
 async fn connect(server: &Server, key: Option<&str>) -> Client {

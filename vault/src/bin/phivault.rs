@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
-use phivault::server::{ServeOptions, TlsOptions};
+use phivault::server::{ServeOptions, TlsOptions, TransportLimits};
 use phivault::store::{Durability, StoreOptions};
 use phivault::{MasterKey, Vault, VaultOptions};
 use zeroize::Zeroizing;
@@ -27,10 +27,13 @@ enum Command {
     Init {
         #[command(flatten)]
         vault: VaultArgs,
-        /// Write the admin API key to this file (mode 0600) instead of
-        /// printing it.
+        /// Write the admin API key to this new file (mode 0600). The key is
+        /// never printed: a terminal's scrollback and a CI log are not
+        /// places for it.
         #[arg(long)]
-        admin_key_file: Option<PathBuf>,
+        admin_key_file: PathBuf,
+        #[command(flatten)]
+        kdf: KdfArgs,
     },
     /// Unseal a vault and serve gRPC until SIGTERM or Ctrl-C.
     Serve(Box<ServeArgs>),
@@ -92,6 +95,36 @@ struct RekeyArgs {
     /// With --new-master-key-file: create that key file first.
     #[arg(long, requires = "new_master_key_file")]
     create_new_key_file: bool,
+    #[command(flatten)]
+    kdf: KdfArgs,
+}
+
+/// Argon2id cost of a passphrase; each at least RFC 9106's second
+/// recommended option (64 MiB, 3 passes, 4 lanes), the default.
+#[derive(Args)]
+struct KdfArgs {
+    /// Argon2id memory in KiB [default: 65536; at most 1048576].
+    #[arg(long)]
+    argon2_memory_kib: Option<u32>,
+    /// Argon2id passes [default: 3; at most 16].
+    #[arg(long)]
+    argon2_passes: Option<u32>,
+    /// Argon2id lanes [default: 4; at most 16].
+    #[arg(long)]
+    argon2_lanes: Option<u32>,
+}
+
+impl KdfArgs {
+    fn params(&self) -> anyhow::Result<phivault::crypto::KdfParams> {
+        let d = phivault::crypto::KdfParams::default();
+        let params = phivault::crypto::KdfParams {
+            m_cost_kib: self.argon2_memory_kib.unwrap_or(d.m_cost_kib),
+            t_cost: self.argon2_passes.unwrap_or(d.t_cost),
+            p_cost: self.argon2_lanes.unwrap_or(d.p_cost),
+        };
+        params.check()?;
+        Ok(params)
+    }
 }
 
 #[derive(Args)]
@@ -171,6 +204,10 @@ struct ServeArgs {
     /// Confine `Admin.Backup` to new directories inside this one.
     #[arg(long)]
     backup_dir: Option<PathBuf>,
+    /// Connection, stream and call caps: set in the configuration file's
+    /// `[transport]` section only.
+    #[arg(skip)]
+    transport: TransportLimits,
 }
 
 /// `phivault serve --config FILE`: the same settings as the flags.
@@ -192,6 +229,96 @@ struct ConfigFile {
     tls: TlsConfig,
     #[serde(default)]
     limits: LimitsConfig,
+    #[serde(default)]
+    transport: TransportConfig,
+}
+
+/// `[transport]`: every key optional, defaults in `TransportLimits`.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TransportConfig {
+    max_connections: Option<usize>,
+    max_connections_per_peer: Option<usize>,
+    max_concurrent_streams: Option<u32>,
+    max_calls_in_progress: Option<usize>,
+    max_pending_accept_reset_streams: Option<usize>,
+    max_local_error_reset_streams: Option<usize>,
+    request_timeout_secs: Option<u64>,
+    keepalive_interval_secs: Option<u64>,
+    keepalive_timeout_secs: Option<u64>,
+    max_header_list_bytes: Option<u32>,
+    admin_max_message_bytes: Option<usize>,
+    refusal_window_secs: Option<u64>,
+}
+
+impl TransportConfig {
+    fn over(self, d: TransportLimits) -> anyhow::Result<TransportLimits> {
+        let secs = |v: Option<u64>, default: std::time::Duration, what: &str| match v {
+            Some(0) => bail!("transport.{what} must be at least 1 second"),
+            Some(n) => Ok(std::time::Duration::from_secs(n)),
+            None => Ok(default),
+        };
+        let limits = TransportLimits {
+            max_connections: self.max_connections.unwrap_or(d.max_connections),
+            max_connections_per_peer: self
+                .max_connections_per_peer
+                .unwrap_or(d.max_connections_per_peer),
+            max_concurrent_streams: self
+                .max_concurrent_streams
+                .unwrap_or(d.max_concurrent_streams),
+            max_calls_in_progress: self
+                .max_calls_in_progress
+                .unwrap_or(d.max_calls_in_progress),
+            max_pending_accept_reset_streams: self
+                .max_pending_accept_reset_streams
+                .unwrap_or(d.max_pending_accept_reset_streams),
+            max_local_error_reset_streams: self
+                .max_local_error_reset_streams
+                .unwrap_or(d.max_local_error_reset_streams),
+            request_timeout: secs(
+                self.request_timeout_secs,
+                d.request_timeout,
+                "request_timeout_secs",
+            )?,
+            keepalive_interval: secs(
+                self.keepalive_interval_secs,
+                d.keepalive_interval,
+                "keepalive_interval_secs",
+            )?,
+            keepalive_timeout: secs(
+                self.keepalive_timeout_secs,
+                d.keepalive_timeout,
+                "keepalive_timeout_secs",
+            )?,
+            max_header_list_bytes: self
+                .max_header_list_bytes
+                .unwrap_or(d.max_header_list_bytes),
+            admin_max_message_bytes: self
+                .admin_max_message_bytes
+                .unwrap_or(d.admin_max_message_bytes),
+            refusal_window: secs(
+                self.refusal_window_secs,
+                d.refusal_window,
+                "refusal_window_secs",
+            )?,
+        };
+        let counts = [
+            ("max_connections", limits.max_connections),
+            ("max_connections_per_peer", limits.max_connections_per_peer),
+            (
+                "max_concurrent_streams",
+                limits.max_concurrent_streams as usize,
+            ),
+            ("max_calls_in_progress", limits.max_calls_in_progress),
+            ("admin_max_message_bytes", limits.admin_max_message_bytes),
+        ];
+        for (name, value) in counts {
+            if value == 0 {
+                bail!("transport.{name} must be at least 1");
+            }
+        }
+        Ok(limits)
+    }
 }
 
 #[derive(Debug, Default, serde::Deserialize)]
@@ -262,6 +389,7 @@ fn resolve(args: ServeArgs) -> anyhow::Result<ServeArgs> {
         durability: Some(durability),
         rotation_max_rate: args.rotation_max_rate.or(file.rotation_max_rate),
         backup_dir: args.backup_dir.or(file.backup_dir),
+        transport: file.transport.over(TransportLimits::default())?,
     };
     if resolved.tls_cert.is_some() != resolved.tls_key.is_some() {
         bail!("TLS needs both a certificate and a key");
@@ -292,6 +420,9 @@ fn master_key(
         return read_passphrase_file(path);
     }
     if let Ok(passphrase) = std::env::var("PHIVAULT_PASSPHRASE") {
+        tracing::warn!(
+            "the passphrase comes from PHIVAULT_PASSPHRASE: the environment is inherited by child processes and readable in /proc by the same user; prefer --passphrase-file on a tmpfs or a secrets mount"
+        );
         return Ok(MasterKey::Passphrase(Zeroizing::new(passphrase)));
     }
     let first = Zeroizing::new(rpassword::prompt_password("vault passphrase: ").context(
@@ -338,6 +469,7 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    harden_process();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -358,28 +490,82 @@ fn main() -> ExitCode {
     }
 }
 
+/// Before any key is read or any file created: files and directories are
+/// created for the owner only, and the process never dumps core.
+///
+/// Both limits on core dumps are needed: `RLIMIT_CORE = 0` stops a core
+/// file, but when `core_pattern` pipes dumps to a helper (systemd-coredump,
+/// apport) the kernel ignores that limit, whereas a process that is not
+/// dumpable is never dumped — and cannot be attached to with ptrace, or have
+/// its memory read through /proc, by other processes of the same user.
+fn harden_process() {
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+    let none = rustix::process::Rlimit {
+        current: Some(0),
+        maximum: Some(0),
+    };
+    if let Err(e) = rustix::process::setrlimit(rustix::process::Resource::Core, none) {
+        tracing::warn!(error = %e, "cannot turn core dumps off (RLIMIT_CORE)");
+    }
+    if let Err(e) =
+        rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
+    {
+        tracing::warn!(error = %e, "cannot make the process non-dumpable");
+    }
+}
+
+/// Refuses a data directory, key or passphrase file that anyone but its
+/// owner can reach: the master key and every mapping would be one `cat`
+/// away for another account on the machine.
+fn check_private(path: &Path, what: &str) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let meta =
+        std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        let wanted = if meta.is_dir() { "700" } else { "600" };
+        bail!(
+            "{what} {} is open to group or others (mode {mode:03o}); refusing to start: chmod {wanted} {}",
+            path.display(),
+            path.display()
+        );
+    }
+    Ok(())
+}
+
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Init {
             vault,
             admin_key_file,
+            kdf,
         } => {
+            let options = VaultOptions {
+                kdf: kdf.params()?,
+                ..VaultOptions::default()
+            };
+            // Refused before anything is created, so that a failed init
+            // leaves no vault whose admin key went nowhere.
+            if admin_key_file.exists() || admin_key_file.is_symlink() {
+                bail!(
+                    "{} exists already; the admin key is only written to a new file",
+                    admin_key_file.display()
+                );
+            }
             let master = master_key(
                 vault.passphrase_file.as_deref(),
                 vault.master_key_file.as_deref(),
                 vault.create_key_file,
                 true,
             )?;
-            let opened = Vault::init(&vault.data_dir, master, VaultOptions::default()).await?;
+            let opened = Vault::init(&vault.data_dir, master, options).await?;
             let (_, key) = opened.create_client("admin", &["admin"]).await?;
+            write_secret_file(&admin_key_file, key.expose())?;
             println!("initialised a vault at {}", vault.data_dir.display());
-            match admin_key_file {
-                Some(path) => {
-                    write_secret_file(&path, key.expose())?;
-                    println!("admin API key written to {}", path.display());
-                }
-                None => println!("admin API key (shown once, store it now): {}", key.expose()),
-            }
+            println!(
+                "admin API key written to {} (mode 0600)",
+                admin_key_file.display()
+            );
             opened.close()?;
         }
         Command::Status { vault } => {
@@ -515,13 +701,7 @@ async fn rekey(args: RekeyArgs) -> anyhow::Result<()> {
         }
         MasterKey::Passphrase(first)
     };
-    Vault::rekey(
-        &args.vault.data_dir,
-        old,
-        new,
-        phivault::crypto::KdfParams::default(),
-    )
-    .await?;
+    Vault::rekey(&args.vault.data_dir, old, new, args.kdf.params()?).await?;
     println!(
         "master key replaced for {}; the old passphrase or key file no longer opens it",
         args.vault.data_dir.display()
@@ -555,6 +735,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         dev_vault(Path::new(".phivault-dev"), options).await?
     } else {
         let data_dir = args.data_dir.as_deref().context("--data-dir is required")?;
+        check_private(data_dir, "the data directory")?;
+        if let Some(file) = &args.master_key_file {
+            check_private(file, "the master key file")?;
+        }
+        if let Some(file) = &args.passphrase_file {
+            check_private(file, "the passphrase file")?;
+        }
         let master = master_key(
             args.passphrase_file.as_deref(),
             args.master_key_file.as_deref(),
@@ -588,6 +775,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_message_bytes: args.max_message_bytes.unwrap_or(4 << 20),
         metrics_listen: args.metrics_listen,
         backup_dir: args.backup_dir.clone(),
+        transport: args.transport.clone(),
     };
     let vault = Arc::new(vault);
     vault.resume_background_jobs()?;
@@ -728,6 +916,25 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/phivault.toml");
         let config = ConfigFile::load(&path).expect("deploy/phivault.toml parses");
         assert!(config.data_dir.is_some() && config.tls.cert.is_some());
+        // The example shows the defaults: the two must not drift apart.
+        let shown = config
+            .transport
+            .over(TransportLimits::default())
+            .expect("valid");
+        assert_eq!(
+            format!("{shown:?}"),
+            format!("{:?}", TransportLimits::default())
+        );
+        assert!(
+            TransportConfig::default()
+                .over(TransportLimits::default())
+                .is_ok()
+        );
+        let zero = TransportConfig {
+            max_concurrent_streams: Some(0),
+            ..TransportConfig::default()
+        };
+        assert!(zero.over(TransportLimits::default()).is_err());
     }
 
     #[test]

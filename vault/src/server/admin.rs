@@ -223,10 +223,13 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::BackupResponse>, Status> {
         let call = self.begin(&request, Action::Admin).await?;
         let path = request.into_inner().path;
-        let result = self
-            .vault
-            .backup(Path::new(&path), self.backup_dir.as_deref())
-            .await
+        // Without a configured directory, a caller with `admin` could make
+        // the server write (and RocksDB first empty) any path it can reach.
+        let result = match self.backup_dir.as_deref() {
+            Some(dir) => self.vault.backup(Path::new(&path), Some(dir)).await,
+            None => Err(crate::Error::BackupsDisabled),
+        };
+        let result = result
             .map(|info| pb::BackupResponse {
                 path: info.path.display().to_string(),
                 bytes: info.bytes,

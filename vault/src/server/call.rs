@@ -7,9 +7,11 @@ use tonic::codegen::http;
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status};
 
+use super::gate::{self, Gated};
+use super::refusals::Refusals;
 use super::status;
 use crate::auth::{self, Action, Client};
-use crate::{AuditEvent, Vault};
+use crate::{AuditEvent, NamespaceSpec, Vault};
 
 /// The metadata key of the request id, read from the caller when it sends
 /// one and echoed in every response.
@@ -36,6 +38,10 @@ pub(crate) struct Call {
     rpc: String,
     request_id: String,
     authorization: Option<String>,
+    peer: Option<std::net::IpAddr>,
+    /// Where refusals are tallied; `None` only for a call that did not come
+    /// through the gate (which then fails closed).
+    refusals: Option<Arc<Refusals>>,
 }
 
 impl Call {
@@ -62,10 +68,16 @@ impl Call {
             .get("authorization")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
+        let refusals = request
+            .extensions()
+            .get::<Gated>()
+            .map(|a| Arc::clone(&a.refusals));
         Self {
             rpc,
             request_id,
             authorization,
+            peer: gate::peer_ip(request.extensions()),
+            refusals,
         }
     }
 
@@ -92,8 +104,9 @@ impl Call {
     }
 
     /// Authenticates the caller and checks that it may perform `action` on
-    /// `items` items. A refusal is recorded before it is answered; if the
-    /// record cannot be written the caller gets `UNAVAILABLE` instead.
+    /// `items` items. A permission refusal is recorded before it is
+    /// answered (if the record cannot be written the caller gets
+    /// `UNAVAILABLE` instead); an unauthenticated one is tallied.
     pub(crate) async fn authorize(
         &self,
         vault: &Vault,
@@ -105,18 +118,20 @@ impl Call {
             Action::Admin | Action::Audit => "",
         };
         let refused = AuditEvent {
-            namespace: namespace.to_owned(),
+            namespace: recorded_namespace(namespace),
             items: count(items),
             masked: matches!(action, Action::DetokenizeMasked(_)),
             ..AuditEvent::default()
         };
-        let client = self.authenticate_for(vault, refused.clone()).await?;
+        let client = self.authenticate(vault)?;
         if !client.allows(action) {
             tracing::info!(client_id = %client.id, request_id = %self.request_id, ?action, "permission denied");
             let what = match action {
-                Action::Tokenize(ns) => format!("tokenize in namespace {ns:?}"),
-                Action::Detokenize(ns) => format!("detokenize in namespace {ns:?}"),
-                Action::DetokenizeMasked(ns) => format!("detokenize (masked) in namespace {ns:?}"),
+                Action::Tokenize(ns) => format!("tokenize in namespace {}", shown(ns)),
+                Action::Detokenize(ns) => format!("detokenize in namespace {}", shown(ns)),
+                Action::DetokenizeMasked(ns) => {
+                    format!("detokenize (masked) in namespace {}", shown(ns))
+                }
                 Action::Admin => "administer the vault".into(),
                 Action::Audit => "read the audit trail".into(),
             };
@@ -131,27 +146,21 @@ impl Call {
         Ok(client)
     }
 
-    /// Authenticates the caller; a refusal is recorded before it is
-    /// answered.
-    pub(crate) async fn authenticate(&self, vault: &Vault) -> Result<Arc<Client>, Status> {
-        self.authenticate_for(vault, AuditEvent::default()).await
-    }
-
-    async fn authenticate_for(
-        &self,
-        vault: &Vault,
-        refused: AuditEvent,
-    ) -> Result<Arc<Client>, Status> {
+    /// The gate authenticated the call before its body was read; this
+    /// checks the key again for each message of a stream, so that a client
+    /// revoked while its stream is open is stopped. A refusal is tallied
+    /// like the gate's (see [`Refusals`]), not written per message.
+    pub(crate) fn authenticate(&self, vault: &Vault) -> Result<Arc<Client>, Status> {
+        let Some(refusals) = &self.refusals else {
+            tracing::error!(rpc = %self.rpc, "a keyed call reached its handler without passing the gate; refused");
+            return Err(self.fail(Status::internal("internal error")));
+        };
         match vault.authenticate(self.authorization()) {
             Ok(client) => Ok(client),
             Err(e) => {
                 let claimed = auth::claimed_client_id(self.authorization()).unwrap_or_default();
-                let event = AuditEvent {
-                    client_id: claimed.to_owned(),
-                    ..refused
-                };
-                let status = status::unauthenticated(e);
-                Err(self.finish_event(vault, event, &status).await)
+                refusals.count(self.peer, claimed, e);
+                Err(self.fail(status::unauthenticated(e)))
             }
         }
     }
@@ -207,6 +216,26 @@ impl Call {
             .await
             .map(drop)
             .map_err(|e| self.fail(Status::from(e)))
+    }
+}
+
+/// A caller-supplied namespace as the audit trail records it: as given
+/// when it is a valid name, otherwise only its length, so that a caller
+/// cannot make the server store (or echo) arbitrary bytes.
+fn recorded_namespace(namespace: &str) -> String {
+    if namespace.is_empty() || NamespaceSpec::valid_name(namespace) {
+        namespace.to_owned()
+    } else {
+        format!("(invalid namespace name, {} bytes)", namespace.len())
+    }
+}
+
+/// A namespace as an error message may show it.
+fn shown(namespace: &str) -> String {
+    if NamespaceSpec::valid_name(namespace) {
+        format!("{namespace:?}")
+    } else {
+        format!("(an invalid name of {} bytes)", namespace.len())
     }
 }
 

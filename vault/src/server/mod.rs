@@ -5,7 +5,10 @@
 mod admin;
 mod call;
 mod convert;
+mod gate;
+mod listener;
 mod metrics;
+mod refusals;
 mod status;
 mod tokenizer;
 
@@ -13,15 +16,16 @@ use std::future::Future;
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use phivault_proto::v1::admin_server::AdminServer;
 use phivault_proto::v1::tokenizer_server::TokenizerServer;
 use tonic::codegen::http;
-use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 pub use admin::AdminService;
 pub use metrics::Metrics;
+pub use refusals::{MAX_SUMMARIES, SUMMARY_RPC};
 pub use tokenizer::TokenizerService;
 
 use crate::Vault;
@@ -43,6 +47,66 @@ pub struct ServeOptions {
     /// The directory `Admin.Backup` may write into (`None`: any absolute
     /// path the server can write).
     pub backup_dir: Option<std::path::PathBuf>,
+    /// Caps on what peers can make the server hold.
+    pub transport: TransportLimits,
+}
+
+/// What one peer, or all of them, can make the server hold: connections,
+/// streams, calls, time. Set explicitly because the transport's own defaults
+/// leave some unbounded (tonic turns off hyper's cap on concurrent streams
+/// and h2's cap on locally reset streams). DESIGN.md §10: availability is
+/// part of security.
+#[derive(Debug, Clone)]
+pub struct TransportLimits {
+    /// Open connections in all; one more is accepted and closed at once.
+    pub max_connections: usize,
+    /// Open connections from one IP address.
+    pub max_connections_per_peer: usize,
+    /// HTTP/2 streams (calls) open at once on one connection.
+    pub max_concurrent_streams: u32,
+    /// Tokenizer and Admin calls in progress in all; one more is answered
+    /// `UNAVAILABLE` at once (load shedding), not queued.
+    pub max_calls_in_progress: usize,
+    /// Streams a peer may reset before they are accepted, before the
+    /// connection is closed (the HTTP/2 "rapid reset" flood).
+    pub max_pending_accept_reset_streams: usize,
+    /// Streams the server may reset for protocol errors on one connection
+    /// before closing it.
+    pub max_local_error_reset_streams: usize,
+    /// Longest a unary call (or a stream's opening) may take before it is
+    /// answered `CANCELLED`; a caller's shorter `grpc-timeout` wins.
+    pub request_timeout: Duration,
+    /// Idle time after which the server pings a connection over HTTP/2.
+    pub keepalive_interval: Duration,
+    /// How long an unanswered ping waits before the connection is closed.
+    pub keepalive_timeout: Duration,
+    /// Largest header block accepted (the API key and request id are small).
+    pub max_header_list_bytes: u32,
+    /// Largest message accepted by `Admin` (its requests are names and
+    /// scopes; the data-plane limit is `ServeOptions::max_message_bytes`).
+    pub admin_max_message_bytes: usize,
+    /// How often refused unauthenticated calls are summarised into the
+    /// audit trail.
+    pub refusal_window: Duration,
+}
+
+impl Default for TransportLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 4096,
+            max_connections_per_peer: 256,
+            max_concurrent_streams: 128,
+            max_calls_in_progress: 2048,
+            max_pending_accept_reset_streams: 20,
+            max_local_error_reset_streams: 1024,
+            request_timeout: Duration::from_secs(120),
+            keepalive_interval: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(10),
+            max_header_list_bytes: 16 << 10,
+            admin_max_message_bytes: 64 << 10,
+            refusal_window: refusals::DEFAULT_WINDOW,
+        }
+    }
 }
 
 /// PEM-encoded TLS material.
@@ -106,6 +170,52 @@ fn oversize_is_resource_exhausted<B>(mut response: http::Response<B>) -> http::R
     response
 }
 
+/// How often health looks at the write path.
+const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Keeps the health service true to the write path: NOT_SERVING (overall and
+/// for both services) while commits fail or the writer is gone, since every
+/// reveal then fails closed and a load balancer should send callers
+/// elsewhere; SERVING again once a commit succeeds. While the path is down
+/// and no call is writing, a probe write finds out when it is back.
+async fn watch_write_path(vault: Arc<Vault>, health: tonic_health::server::HealthReporter) {
+    let mut serving = true;
+    let mut ticks = tokio::time::interval(HEALTH_INTERVAL);
+    loop {
+        ticks.tick().await;
+        let mut healthy = vault.write_path_healthy();
+        if !healthy {
+            healthy = vault.probe_write_path().await.is_ok() && vault.write_path_healthy();
+        }
+        if healthy == serving {
+            continue;
+        }
+        serving = healthy;
+        let status = if healthy {
+            tracing::info!("the write path is back: serving");
+            tonic_health::ServingStatus::Serving
+        } else {
+            tracing::error!(
+                "the write path is down (commits fail or the writer stopped): health is NOT_SERVING"
+            );
+            tonic_health::ServingStatus::NotServing
+        };
+        health.set_service_status("", status).await;
+        health
+            .set_service_status(
+                <TokenizerServer<TokenizerService> as tonic::server::NamedService>::NAME,
+                status,
+            )
+            .await;
+        health
+            .set_service_status(
+                <AdminServer<AdminService> as tonic::server::NamedService>::NAME,
+                status,
+            )
+            .await;
+    }
+}
+
 /// Serves `vault` until `shutdown` resolves, then stops accepting calls and
 /// lets the ones in flight finish. Once the port is bound and the services are
 /// ready it prints `phivault listening on IP:PORT` on stdout.
@@ -142,6 +252,8 @@ pub async fn serve(
         .build_v1()
         .map_err(|e| ServeError::Reflection(e.to_string()))?;
 
+    let watch_health = tokio::spawn(watch_write_path(Arc::clone(&vault), health.clone()));
+
     let max = options.max_message_bytes;
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let shutdown = async move {
@@ -151,10 +263,11 @@ pub async fn serve(
     let tokenizer = TokenizerServer::new(TokenizerService::new(Arc::clone(&vault), stopping))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
+    let limits = &options.transport;
     let admin = AdminServer::new(
         AdminService::new(Arc::clone(&vault)).with_backup_dir(options.backup_dir.clone()),
     )
-    .max_decoding_message_size(max)
+    .max_decoding_message_size(limits.admin_max_message_bytes)
     .max_encoding_message_size(max);
 
     let metrics = Arc::new(Metrics::new(Arc::clone(&vault)));
@@ -171,12 +284,40 @@ pub async fn serve(
         }
         None => None,
     };
+    let refusals = Arc::new(refusals::Refusals::default());
+    let gate = gate::GateLayer {
+        vault: Arc::clone(&vault),
+        refusals: Arc::clone(&refusals),
+        in_progress: Arc::new(tokio::sync::Semaphore::new(limits.max_calls_in_progress)),
+    };
+    let (summaries_stop, summaries_stopping) = tokio::sync::oneshot::channel::<()>();
+    let summaries = {
+        let vault = Arc::clone(&vault);
+        let refusals = Arc::clone(&refusals);
+        let window = limits.refusal_window;
+        tokio::spawn(async move {
+            let stop = async move {
+                let _ = summaries_stopping.await;
+            };
+            refusals.run(&vault, window, stop).await;
+        })
+    };
     // Outermost first: the call is recorded with the status the client sees.
     let layers = tower::ServiceBuilder::new()
         .layer(metrics::RecordLayer(metrics))
         .map_request(call::tag_method::<tonic::body::Body>)
-        .map_response(oversize_is_resource_exhausted::<tonic::body::Body>);
-    let mut builder = Server::builder().layer(layers);
+        .map_response(oversize_is_resource_exhausted::<tonic::body::Body>)
+        .layer(gate);
+    let mut builder = Server::builder()
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .http2_max_pending_accept_reset_streams(Some(limits.max_pending_accept_reset_streams))
+        .http2_max_local_error_reset_streams(Some(limits.max_local_error_reset_streams))
+        .http2_max_header_list_size(limits.max_header_list_bytes)
+        .http2_keepalive_interval(Some(limits.keepalive_interval))
+        .http2_keepalive_timeout(Some(limits.keepalive_timeout))
+        .timeout(limits.request_timeout)
+        .accept_http1(false)
+        .layer(layers);
     if let Some(tls) = &options.tls {
         let mut config =
             ServerTlsConfig::new().identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem));
@@ -201,15 +342,24 @@ pub async fn serve(
     println!("phivault listening on {local}");
     let _ = std::io::stdout().flush();
 
+    let incoming = listener::admitted(
+        listener,
+        limits.max_connections,
+        limits.max_connections_per_peer,
+    );
     let result = router
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
+    watch_health.abort();
     health
         .set_not_serving::<TokenizerServer<TokenizerService>>()
         .await;
     if let Some(task) = metrics_task {
         task.abort();
     }
+    // The last window's refusals are written before the vault closes.
+    let _ = summaries_stop.send(());
+    let _ = summaries.await;
     tracing::info!("stopped accepting calls; in-flight calls finished");
     Ok(result?)
 }

@@ -14,7 +14,9 @@ impl From<Error> for Status {
                 Status::not_found(e.to_string())
             }
             Error::NamespaceExists(_) => Status::already_exists(e.to_string()),
-            Error::RotationInProgress => Status::failed_precondition(e.to_string()),
+            Error::RotationInProgress | Error::BackupsDisabled => {
+                Status::failed_precondition(e.to_string())
+            }
             Error::InvalidBackupPath(_) => Status::invalid_argument(e.to_string()),
             Error::InvalidNamespace(_) | Error::InvalidClient(_) | Error::TooManyItems { .. } => {
                 Status::invalid_argument(e.to_string())
@@ -48,7 +50,9 @@ impl From<Error> for Status {
 /// Missing, malformed, unknown and revoked keys look alike to the caller;
 /// the log says which it was.
 pub(crate) fn unauthenticated(e: AuthError) -> Status {
-    tracing::info!(reason = %e, "unauthenticated call refused");
+    // Debug, not info: refusals cost a peer nothing, and a log line each
+    // would let any peer fill the disk; the audit trail tallies them.
+    tracing::debug!(reason = %e, "unauthenticated call refused");
     Status::new(
         Code::Unauthenticated,
         "a valid API key is required (authorization: Bearer pv_...)",

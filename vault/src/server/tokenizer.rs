@@ -129,7 +129,7 @@ impl TokenizerService {
         Fut: Future<Output = Result<Resp, Status>> + Send + 'static,
     {
         let call = Arc::new(Call::of(&request));
-        call.authenticate(&self.vault).await?;
+        call.authenticate(&self.vault)?;
         let vault = Arc::clone(&self.vault);
         let stream_call = Arc::clone(&call);
         let mut stop = self.stopping.clone();

@@ -1,0 +1,784 @@
+//! Availability under hostile peers (DESIGN.md §10): unauthenticated floods,
+//! connection and stream floods, against the real binary on loopback. Every
+//! load here is bounded in count and time and stays on 127.0.0.0/8.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use futures_util::{StreamExt, stream};
+use phivault_client::{Client, ClientOptions, v1 as pb};
+use phivault_tests::{Server, VaultDir};
+use tonic::Code;
+
+use super::{client_with, code, connect, texts};
+
+/// The `rpc` of a record that summarises refused unauthenticated calls.
+const SUMMARY_RPC: &str = "(unauthenticated calls, summarised)";
+
+/// A well-formed key of a client that does not exist.
+const UNKNOWN_KEY: &str =
+    "pv_0123456789abcdef_00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+
+fn dir_bytes(path: &Path) -> u64 {
+    std::fs::read_dir(path)
+        .expect("read dir")
+        .map(|e| e.expect("dir entry"))
+        .map(|e| {
+            let meta = e.metadata().expect("metadata");
+            if meta.is_dir() {
+                dir_bytes(&e.path())
+            } else {
+                meta.len()
+            }
+        })
+        .sum()
+}
+
+fn percentile(samples: &mut [Duration], p: f64) -> Duration {
+    samples.sort();
+    let index = ((samples.len() as f64 - 1.0) * p).round() as usize;
+    samples[index]
+}
+
+/// Audit records as the auditor sees them.
+async fn records(auditor: &Client) -> Vec<pb::AuditRecord> {
+    auditor
+        .export_audit(0)
+        .await
+        .expect("export")
+        .map(|r| r.expect("record"))
+        .collect()
+        .await
+}
+
+fn summarised_calls(records: &[pb::AuditRecord]) -> u64 {
+    records
+        .iter()
+        .filter(|r| r.rpc == SUMMARY_RPC)
+        .map(|r| u64::from(r.items))
+        .sum()
+}
+
+/// Sequential detokenize calls until `done`; each call's latency, sorted
+/// by whether the flood was on for the whole call (`flooding` before and
+/// after it) or off for the whole of it. Calls that straddle a switch are
+/// left out.
+async fn reveal_latencies(
+    client: &Client,
+    token: &str,
+    flooding: &std::sync::atomic::AtomicBool,
+    done: &std::sync::atomic::AtomicBool,
+) -> (Vec<Duration>, Vec<Duration>) {
+    use std::sync::atomic::Ordering::Acquire;
+    let (mut idle, mut flooded) = (Vec::new(), Vec::new());
+    while !done.load(Acquire) {
+        let before = flooding.load(Acquire);
+        let started = Instant::now();
+        let revealed = client
+            .detokenize("ssn", vec![token.to_owned()], false)
+            .await
+            .expect("a legitimate reveal is served");
+        let latency = started.elapsed();
+        assert_eq!(texts(revealed), ["123-45-6789"]);
+        match (before, flooding.load(Acquire)) {
+            (false, false) => idle.push(latency),
+            (true, true) => flooded.push(latency),
+            _ => {}
+        }
+    }
+    (idle, flooded)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unauthenticated_flood_neither_fills_the_audit_trail_nor_slows_reveals() {
+    const FLOOD: usize = 20_000;
+    const IN_FLIGHT: usize = 16;
+    let vault = VaultDir::init();
+    let config = vault.config("[transport]\nrefusal_window_secs = 1\n");
+    let server = Server::start(&vault, &["--config", config.to_str().expect("utf-8")]);
+    let admin = connect(&server, Some(&vault.admin_key)).await;
+    let (billing, _) = client_with(
+        &admin,
+        &server,
+        "billing",
+        &["tokenize:ssn", "detokenize:ssn"],
+    )
+    .await;
+    let (auditor, _) = client_with(&admin, &server, "auditor", &["audit"]).await;
+    let token = texts(
+        billing
+            .tokenize("ssn", vec!["123-45-6789".into()])
+            .await
+            .expect("tokenize"),
+    )
+    .remove(0);
+
+    for _ in 0..50 {
+        billing
+            .detokenize("ssn", vec![token.clone()], false)
+            .await
+            .expect("warm up");
+    }
+
+    let unauthenticated =
+        |records: &[pb::AuditRecord]| records.iter().filter(|r| !r.authenticated).count();
+    let records_before = unauthenticated(&records(&auditor).await);
+    let bytes_before = dir_bytes(&vault.data());
+
+    let attackers: Vec<Client> = {
+        let mut clients = Vec::new();
+        for _ in 0..4 {
+            clients.push(
+                Client::connect(ClientOptions::new(server.endpoint()).api_key(UNKNOWN_KEY))
+                    .await
+                    .expect("connect"),
+            );
+        }
+        clients
+    };
+    let namespace = "n".repeat(60 << 10);
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // The flood comes in ten bursts of 2,000 calls, each paced over one
+    // second (17 times the rate of the Python client that added 142 MB of
+    // records in 20 s), with a quiet second after each. The reveals run
+    // throughout, and are sorted into calls made during a burst and calls
+    // made in the quiet: whatever else loads the machine meanwhile (other
+    // tests) weighs on both alike, so their ratio is the flood's effect.
+    let flooding = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flood = {
+        let done = std::sync::Arc::clone(&done);
+        let flooding = std::sync::Arc::clone(&flooding);
+        let namespace = namespace.clone();
+        tokio::spawn(async move {
+            use std::sync::atomic::Ordering::Release;
+            const BURSTS: usize = 10;
+            let mut codes = Vec::with_capacity(FLOOD);
+            for burst in 0..BURSTS {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                flooding.store(true, Release);
+                let start = tokio::time::Instant::now();
+                let per_burst = FLOOD / BURSTS;
+                let burst_codes: Vec<Code> = stream::iter(0..per_burst)
+                    .map(|i| {
+                        let client = attackers[(burst + i) % attackers.len()].clone();
+                        let namespace = namespace.clone();
+                        let at = start + Duration::from_secs(1) * i as u32 / per_burst as u32;
+                        async move {
+                            tokio::time::sleep_until(at).await;
+                            match client
+                                .detokenize(&namespace, vec!["000-00-0000".into()], false)
+                                .await
+                            {
+                                Ok(_) => Code::Ok,
+                                Err(phivault_client::ClientError::Status(s)) => s.code(),
+                                Err(_) => Code::Unknown,
+                            }
+                        }
+                    })
+                    .buffer_unordered(IN_FLIGHT)
+                    .collect()
+                    .await;
+                flooding.store(false, Release);
+                codes.extend(burst_codes);
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            done.store(true, Release);
+            codes
+        })
+    };
+    let (mut idle, mut during) = reveal_latencies(&billing, &token, &flooding, &done).await;
+    let codes = flood.await.expect("flood task");
+    let refused = codes
+        .iter()
+        .filter(|&&c| c == Code::Unauthenticated)
+        .count();
+    // The transport may close an attacker's connection (too many streams
+    // reset early); those calls fail without reaching the gate. None is
+    // ever served.
+    assert!(
+        codes
+            .iter()
+            .all(|&c| c != Code::Ok && c != Code::PermissionDenied),
+        "no flood call is served"
+    );
+    assert!(
+        refused >= FLOOD * 95 / 100,
+        "{refused} of {FLOOD} flood calls refused UNAUTHENTICATED"
+    );
+    assert!(
+        during.len() >= 200 && idle.len() >= 200,
+        "too few reveals to measure ({} idle, {} during the flood)",
+        idle.len(),
+        during.len()
+    );
+    let idle_p99 = percentile(&mut idle, 0.99);
+    let flood_p99 = percentile(&mut during, 0.99);
+    eprintln!(
+        "reveal p99: {idle_p99:?} idle ({} calls), {flood_p99:?} during the flood ({} calls)",
+        idle.len(),
+        during.len()
+    );
+    assert!(
+        flood_p99 <= idle_p99 * 3,
+        "reveal p99 {flood_p99:?} under the flood, {idle_p99:?} idle: more than 3x"
+    );
+
+    // Every refusal is accounted for in summaries, within a few windows.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let after = loop {
+        let now = records(&auditor).await;
+        if summarised_calls(&now) >= refused as u64 || Instant::now() > deadline {
+            break now;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    // Every call that reached the gate is counted, once.
+    let summarised = summarised_calls(&after);
+    assert!(
+        (refused as u64..=FLOOD as u64).contains(&summarised),
+        "{summarised} refusals summarised, {refused} seen by the client"
+    );
+    let summaries: Vec<&pb::AuditRecord> = after.iter().filter(|r| r.rpc == SUMMARY_RPC).collect();
+    assert!(
+        summaries.iter().all(|r| r.client_id == "0123456789abcdef"
+            && !r.authenticated
+            && r.outcome == Code::Unauthenticated as i32
+            && r.target.starts_with("peer=127.0.0.1 reason=unknown-key")
+            && r.namespace.is_empty()),
+        "summaries name the peer, the claimed id and the reason, and no namespace"
+    );
+    let added = unauthenticated(&after) - records_before;
+    assert!(
+        (1..=40).contains(&added),
+        "{added} records for {FLOOD} refused calls (one summary per window expected)"
+    );
+    // The reveals meanwhile add a record each (~200 bytes with the WAL and
+    // the disclosure index); the flood adds next to nothing.
+    let reveals = (idle.len() + during.len() + 1) as u64;
+    let grown = dir_bytes(&vault.data()).saturating_sub(bytes_before);
+    assert!(
+        grown < (2 << 20) + reveals * 1024,
+        "the data directory grew by {grown} bytes during the flood ({reveals} reveals)"
+    );
+    let log = server.stop();
+    assert!(
+        log.matches("unauthenticated").count() < 100,
+        "refusals are not logged one by one at the default level"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_namespace_is_recorded_by_its_length_only() {
+    let vault = VaultDir::init();
+    let server = Server::start(&vault, &[]);
+    let admin = connect(&server, Some(&vault.admin_key)).await;
+    let (pipeline, _) = client_with(&admin, &server, "pipeline", &["tokenize:ssn"]).await;
+    let (auditor, _) = client_with(&admin, &server, "auditor", &["audit"]).await;
+    let namespace = format!("{}\u{1}PATIENT", "x".repeat(1000));
+    let error = pipeline
+        .detokenize(&namespace, vec!["000-00-0000".into()], false)
+        .await
+        .expect_err("no detokenize scope");
+    let message = match &error {
+        phivault_client::ClientError::Status(s) => s.message().to_owned(),
+        other => panic!("expected a status, got {other}"),
+    };
+    assert_eq!(code(error), Code::PermissionDenied);
+    assert!(!message.contains("PATIENT") && message.contains("1008 bytes"));
+    let denied: Vec<pb::AuditRecord> = records(&auditor)
+        .await
+        .into_iter()
+        .filter(|r| r.outcome == Code::PermissionDenied as i32)
+        .collect();
+    assert_eq!(denied.len(), 1);
+    assert_eq!(denied[0].namespace, "(invalid namespace name, 1008 bytes)");
+}
+
+/// A client whose connections come from `source` (another loopback
+/// address), so that per-peer caps apply to it and not to the test's other
+/// clients.
+async fn tokenizer_from(
+    server: &Server,
+    source: std::net::IpAddr,
+) -> Option<pb::tokenizer_client::TokenizerClient<tonic::transport::Channel>> {
+    let channel = tonic::transport::Endpoint::from_shared(server.endpoint())
+        .expect("endpoint")
+        .local_address(Some(source))
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .ok()?;
+    Some(pb::tokenizer_client::TokenizerClient::new(channel))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_slow_streams_from_one_peer_are_capped_and_others_are_served() {
+    const PER_PEER: usize = 8;
+    const STREAMS: usize = 16;
+    let vault = VaultDir::init();
+    let config = vault.config(&format!(
+        "[transport]\nmax_connections_per_peer = {PER_PEER}\nmax_concurrent_streams = {STREAMS}\n"
+    ));
+    let server = Server::start(&vault, &["--config", config.to_str().expect("utf-8")]);
+    let admin = connect(&server, Some(&vault.admin_key)).await;
+    let (pipeline, key) = client_with(
+        &admin,
+        &server,
+        "pipeline",
+        &["tokenize:ssn", "detokenize:ssn"],
+    )
+    .await;
+    let rss_before = server.rss_kib();
+
+    // An authenticated peer (a stolen pipeline key) on 127.0.0.2 opens twice
+    // the connections it may, and twice the streams each may carry; every
+    // stream sends one message and then nothing, for as long as it is open.
+    let attacker = std::net::IpAddr::from([127, 0, 0, 2]);
+    let answered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut holds = Vec::new();
+    for _ in 0..2 * PER_PEER {
+        let Some(client) = tokenizer_from(&server, attacker).await else {
+            continue;
+        };
+        for _ in 0..2 * STREAMS {
+            let mut client = client.clone();
+            let answered = std::sync::Arc::clone(&answered);
+            let key = key.clone();
+            holds.push(tokio::spawn(async move {
+                let first = pb::TokenizeRequest {
+                    namespace: "ssn".into(),
+                    values: vec!["123-45-6789".into()],
+                };
+                let messages = stream::once(std::future::ready(first)).chain(stream::pending());
+                let mut request = tonic::Request::new(messages);
+                request.metadata_mut().insert(
+                    "authorization",
+                    format!("Bearer {key}").parse().expect("header value"),
+                );
+                let Ok(response) = client.tokenize_stream(request).await else {
+                    return;
+                };
+                let mut responses = response.into_inner();
+                if let Some(Ok(_)) = responses.next().await {
+                    answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                // Hold the stream open until the test ends.
+                let _ = responses.next().await;
+            }));
+        }
+    }
+    // Wait until the admitted streams are answered (and no more arrive).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = (0, Instant::now());
+    loop {
+        let now = answered.load(std::sync::atomic::Ordering::Relaxed);
+        if now != last.0 {
+            last = (now, Instant::now());
+        }
+        if (now >= PER_PEER * STREAMS && last.1.elapsed() > Duration::from_secs(2))
+            || Instant::now() > deadline
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let answered = answered.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(
+        answered,
+        PER_PEER * STREAMS,
+        "one peer gets {PER_PEER} connections of {STREAMS} streams, no more"
+    );
+
+    // Another client is served meanwhile, promptly.
+    let started = Instant::now();
+    let token = texts(
+        pipeline
+            .tokenize("ssn", vec!["987-65-4321".into()])
+            .await
+            .expect("tokenize while the streams are held"),
+    )
+    .remove(0);
+    let back = texts(
+        pipeline
+            .detokenize("ssn", vec![token], false)
+            .await
+            .expect("detokenize while the streams are held"),
+    );
+    assert_eq!(back, ["987-65-4321"]);
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    let rss_during = server.rss_kib();
+    assert!(
+        rss_during < rss_before + 64 * 1024,
+        "server RSS grew from {rss_before} KiB to {rss_during} KiB"
+    );
+    for hold in holds {
+        hold.abort();
+    }
+    server.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_takes_small_messages_only() {
+    let vault = VaultDir::init();
+    let server = Server::start(&vault, &[]);
+    let admin = connect(&server, Some(&vault.admin_key)).await;
+    let scopes = vec!["tokenize:ssn".to_owned(); 10_000];
+    let error = admin
+        .create_client("too-big", scopes)
+        .await
+        .expect_err("a 150 KiB admin request is refused");
+    assert_eq!(code(error), Code::ResourceExhausted);
+    server.stop();
+}
+
+/// A tmpfs of `bytes` mounted at a path, unmounted on drop. Needs root.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, bytes: u64) -> Result<Self, String> {
+        std::fs::create_dir_all(at).map_err(|e| e.to_string())?;
+        let output = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={bytes},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(at)
+            .output()
+            .map_err(|e| e.to_string())?;
+        if output.status.success() {
+            Ok(Self(at.to_owned()))
+        } else {
+            Err(String::from_utf8_lossy(&output.stderr).into_owned())
+        }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// Fills the file system of `dir` with one file, 1 MiB at a time, until a
+/// write fails for want of space.
+fn fill(dir: &Path) -> std::path::PathBuf {
+    use std::io::Write as _;
+    let path = dir.join("filler");
+    let mut file = std::fs::File::create(&path).expect("create the filler");
+    let chunk = vec![0xa5u8; 1 << 20];
+    while file
+        .write_all(&chunk)
+        .and_then(|()| file.sync_data())
+        .is_ok()
+    {}
+    // The last, partial chunk: byte by byte is too slow, 4 KiB pages do.
+    while file
+        .write_all(&chunk[..4096])
+        .and_then(|()| file.sync_data())
+        .is_ok()
+    {}
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_fails_closed_and_the_vault_heals_when_space_returns() {
+    let mut mounted = None;
+    let vault = VaultDir::init_prepared(|data| {
+        mounted = Some(Tmpfs::mount(data, 256 << 20));
+    });
+    let _tmpfs = match mounted.expect("prepare runs before init") {
+        Ok(tmpfs) => tmpfs,
+        Err(why) => {
+            eprintln!(
+                "SKIPPED: a real full disk needs a tmpfs, and mounting one failed (not root?): {why}"
+            );
+            return;
+        }
+    };
+    let server = Server::start(&vault, &[]);
+    let admin = connect(&server, Some(&vault.admin_key)).await;
+    // Free text (opaque tokens) of 2 KiB a value, so that RocksDB soon needs
+    // more space than its write-ahead log preallocated.
+    let (pipeline, _) = client_with(
+        &admin,
+        &server,
+        "pipeline",
+        &["tokenize:text", "detokenize:text"],
+    )
+    .await;
+    let mut acknowledged: Vec<(String, String)> = Vec::new();
+    let mut batch_no = 0u32;
+    let mut next_batch = || {
+        batch_no += 1;
+        (0..500)
+            .map(|i| format!("{batch_no:05}-{i:04} {}", "note ".repeat(400)))
+            .collect::<Vec<String>>()
+    };
+    let values = next_batch();
+    let tokens = texts(
+        pipeline
+            .tokenize("text", values.clone())
+            .await
+            .expect("tokenize"),
+    );
+    acknowledged.extend(values.into_iter().zip(tokens));
+
+    let filler = fill(&vault.data());
+    // Writes fail once RocksDB needs space it cannot get (the WAL's
+    // preallocated tail may take a few batches first).
+    let mut failed = None;
+    for _ in 0..400 {
+        let values = next_batch();
+        match pipeline.tokenize("text", values.clone()).await {
+            Ok(results) => acknowledged.extend(values.into_iter().zip(texts(results))),
+            Err(e) => {
+                failed = Some(code(e));
+                break;
+            }
+        }
+    }
+    assert_eq!(
+        failed,
+        Some(Code::Unavailable),
+        "a full disk makes writes fail"
+    );
+    // A reveal needs its audit record: it fails closed too, revealing nothing.
+    let (value, token) = acknowledged[0].clone();
+    let refused = pipeline
+        .detokenize("text", vec![token.clone()], false)
+        .await
+        .expect_err("no reveal without its record");
+    assert_eq!(code(refused), Code::Unavailable);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while admin.health().await.expect("health answers") && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        !admin.health().await.expect("health answers"),
+        "NOT_SERVING while the disk is full"
+    );
+
+    std::fs::remove_file(&filler).expect("free the space");
+    // RocksDB's recovery polls for space every few seconds.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let healed = loop {
+        match pipeline
+            .detokenize("text", vec![token.clone()], false)
+            .await
+        {
+            Ok(results) => break texts(results),
+            Err(phivault_client::ClientError::Status(s))
+                if s.code() == Code::Unavailable && Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => panic!("the vault did not heal within 60 s: {e}"),
+        }
+    };
+    assert_eq!(healed, [value]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !admin.health().await.expect("health answers") && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        admin.health().await.expect("health answers"),
+        "SERVING again"
+    );
+    let values = next_batch();
+    let tokens = texts(
+        pipeline
+            .tokenize("text", values.clone())
+            .await
+            .expect("tokenize after healing"),
+    );
+    acknowledged.extend(values.into_iter().zip(tokens));
+
+    // Nothing acknowledged was lost, in this process or after a restart.
+    drop((admin, pipeline));
+    server.stop();
+    let server = Server::start(&vault, &[]);
+    let admin = connect(&server, Some(&vault.admin_key)).await;
+    let (reader, _) = client_with(&admin, &server, "reader", &["detokenize:text"]).await;
+    for chunk in acknowledged.chunks(500) {
+        let tokens = chunk.iter().map(|(_, t)| t.clone()).collect();
+        let values = texts(
+            reader
+                .detokenize("text", tokens, false)
+                .await
+                .expect("detokenize"),
+        );
+        let expected: Vec<&String> = chunk.iter().map(|(v, _)| v).collect();
+        assert_eq!(values.iter().collect::<Vec<_>>(), expected);
+    }
+    drop((admin, reader));
+    server.stop();
+    let verify = vault
+        .command("verify")
+        .args([
+            "--master-key-file",
+            vault.key_file().to_str().expect("utf-8"),
+        ])
+        .output()
+        .expect("run phivault verify");
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+}
+
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::metadata(path)
+        .expect("metadata")
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_and_secrets_on_the_machine_are_owner_only() {
+    let vault = VaultDir::init();
+    assert_eq!(mode(&vault.data()), 0o700, "the data directory");
+    for entry in std::fs::read_dir(vault.data()).expect("data dir") {
+        let path = entry.expect("entry").path();
+        assert_eq!(mode(&path), 0o600, "{}", path.display());
+    }
+    assert_eq!(mode(&vault.key_file()), 0o600);
+
+    // The server runs without core dumps, and writes owner-only files.
+    let server = Server::start(&vault, &[]);
+    let limits =
+        std::fs::read_to_string(format!("/proc/{}/limits", server.pid())).expect("read limits");
+    let core = limits
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .expect("core limit line");
+    assert_eq!(
+        core.split_whitespace().skip(4).take(2).collect::<Vec<_>>(),
+        ["0", "0"],
+        "{core}"
+    );
+    let admin = connect(&server, Some(&vault.admin_key)).await;
+    // Backups through the API need a configured directory.
+    let refused = admin
+        .backup(vault.root.path().join("b").to_str().expect("utf-8"))
+        .await
+        .expect_err("no backup directory configured");
+    assert_eq!(code(refused), Code::FailedPrecondition);
+    drop(admin);
+    server.stop();
+    for entry in std::fs::read_dir(vault.data()).expect("data dir") {
+        let path = entry.expect("entry").path();
+        assert_eq!(mode(&path), 0o600, "{}", path.display());
+    }
+
+    // A data directory or key file others can read is refused, by name.
+    let refused_with = |vault: &VaultDir| {
+        let output = vault
+            .command("serve")
+            .args([
+                "--master-key-file",
+                vault.key_file().to_str().expect("utf-8"),
+            ])
+            .args(["--listen", "127.0.0.1:0"])
+            .output()
+            .expect("run phivault serve");
+        assert!(!output.status.success());
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    let chmod = |path: &Path, mode: u32| {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    };
+    chmod(&vault.data(), 0o755);
+    let error = refused_with(&vault);
+    assert!(
+        error.contains("the data directory") && error.contains("mode 755"),
+        "{error}"
+    );
+    chmod(&vault.data(), 0o700);
+    chmod(&vault.key_file(), 0o644);
+    let error = refused_with(&vault);
+    assert!(
+        error.contains("the master key file") && error.contains("chmod 600"),
+        "{error}"
+    );
+    chmod(&vault.key_file(), 0o600);
+    drop(Server::start(&vault, &[]));
+}
+
+#[test]
+fn init_writes_the_admin_key_only_to_a_new_private_file() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let init = |extra: &[&str]| {
+        std::process::Command::new(phivault_tests::binary("phivault"))
+            .arg("init")
+            .args([
+                "--data-dir",
+                root.path().join("data").to_str().expect("utf-8"),
+            ])
+            .args([
+                "--master-key-file",
+                root.path().join("key").to_str().expect("utf-8"),
+                "--create-key-file",
+            ])
+            .args(extra)
+            .env("PHIVAULT_LOG", "warn")
+            .output()
+            .expect("run phivault init")
+    };
+    let without = init(&[]);
+    assert!(!without.status.success());
+    assert!(String::from_utf8_lossy(&without.stderr).contains("--admin-key-file"));
+    let weak = init(&[
+        "--admin-key-file",
+        "/nonexistent/x",
+        "--argon2-memory-kib",
+        "1024",
+    ]);
+    assert!(!weak.status.success());
+    assert!(
+        String::from_utf8_lossy(&weak.stderr).contains("memory"),
+        "{}",
+        String::from_utf8_lossy(&weak.stderr)
+    );
+    assert!(!root.path().join("data").exists(), "nothing created");
+    let admin_file = root.path().join("admin.key");
+    let done = init(&["--admin-key-file", admin_file.to_str().expect("utf-8")]);
+    assert!(done.status.success(), "{done:?}");
+    let key = std::fs::read_to_string(&admin_file).expect("admin key");
+    assert!(key.starts_with("pv_"));
+    assert_eq!(mode(&admin_file), 0o600);
+    let stdout = String::from_utf8_lossy(&done.stdout);
+    assert!(!stdout.contains(key.trim()), "the key is never printed");
+}
+
+#[test]
+fn a_passphrase_from_the_environment_is_warned_about() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let data = root.path().join("data");
+    let output = std::process::Command::new(phivault_tests::binary("phivault"))
+        .arg("init")
+        .args(["--data-dir", data.to_str().expect("utf-8")])
+        .args([
+            "--admin-key-file",
+            root.path().join("admin.key").to_str().expect("utf-8"),
+        ])
+        .args(["--argon2-memory-kib", "131072"])
+        .env("PHIVAULT_PASSPHRASE", "correct horse battery staple")
+        .env("PHIVAULT_LOG", "warn")
+        .output()
+        .expect("run phivault init");
+    assert!(output.status.success(), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("PHIVAULT_PASSPHRASE") && stderr.contains("--passphrase-file"));
+    assert!(!stderr.contains("correct horse"));
+}

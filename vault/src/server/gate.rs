@@ -1,0 +1,136 @@
+//! The gate every call passes before its body is read: authentication from
+//! the headers, and the server-wide limit on calls in progress.
+//!
+//! Authenticating here, before tonic decodes a message, means that a peer
+//! without a key never makes the server buffer, decode or record what it
+//! sent: it is answered `UNAUTHENTICATED` from the headers alone, and its
+//! refusal is counted in memory ([`Refusals`]) rather than written per call.
+//! The authenticated client travels to the handler in the request's
+//! extensions.
+
+use std::future::Future;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tokio::sync::Semaphore;
+use tonic::Status;
+use tonic::body::Body;
+use tonic::codegen::http;
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+
+use super::refusals::Refusals;
+use super::status;
+use crate::Vault;
+use crate::auth;
+
+/// The mark of a call that passed the gate, in the request's extensions:
+/// where the handler tallies a refusal if a later message of a stream finds
+/// the key revoked.
+#[derive(Clone)]
+pub(crate) struct Gated {
+    pub(crate) refusals: Arc<Refusals>,
+}
+
+/// Services whose calls need an API key. Health and reflection answer
+/// without one (probes and tools carry none), and reveal nothing.
+const KEYED_SERVICES: [&str; 2] = ["/phivault.v1.Tokenizer/", "/phivault.v1.Admin/"];
+
+/// What the gate needs: the vault to authenticate against, the refusal
+/// tallies, and the permits for calls in progress.
+#[derive(Clone)]
+pub(crate) struct GateLayer {
+    pub(crate) vault: Arc<Vault>,
+    pub(crate) refusals: Arc<Refusals>,
+    pub(crate) in_progress: Arc<Semaphore>,
+}
+
+impl<S> tower::Layer<S> for GateLayer {
+    type Service = Gate<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Gate {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub(crate) struct Gate<S> {
+    inner: S,
+    layer: GateLayer,
+}
+
+/// The peer's address, as tonic records it for plaintext and TLS
+/// connections.
+pub(crate) fn peer_ip(extensions: &http::Extensions) -> Option<IpAddr> {
+    extensions
+        .get::<TcpConnectInfo>()
+        .and_then(TcpConnectInfo::remote_addr)
+        .or_else(|| {
+            extensions
+                .get::<TlsConnectInfo<TcpConnectInfo>>()
+                .and_then(|i| i.get_ref().remote_addr())
+        })
+        .map(|a| a.ip())
+}
+
+fn refuse(status: Status) -> http::Response<Body> {
+    status.into_http()
+}
+
+impl<S> tower::Service<http::Request<Body>> for Gate<S>
+where
+    S: tower::Service<http::Request<Body>, Response = http::Response<Body>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
+        let path = request.uri().path();
+        if !KEYED_SERVICES.iter().any(|s| path.starts_with(s)) {
+            return Box::pin(self.inner.call(request));
+        }
+        // Shed rather than queue: a call that cannot start now is answered
+        // at once, so that a burst costs memory for permits, not for bodies.
+        let Ok(permit) = Arc::clone(&self.layer.in_progress).try_acquire_owned() else {
+            return Box::pin(std::future::ready(Ok(refuse(Status::unavailable(
+                "the vault is at its limit of calls in progress; retry with backoff",
+            )))));
+        };
+        let header = request
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
+        match self.layer.vault.authenticate(header) {
+            Ok(_) => {
+                request.extensions_mut().insert(Gated {
+                    refusals: Arc::clone(&self.layer.refusals),
+                });
+                let response = self.inner.call(request);
+                Box::pin(async move {
+                    let response = response.await;
+                    drop(permit);
+                    response
+                })
+            }
+            Err(e) => {
+                let claimed = auth::claimed_client_id(header).unwrap_or_default();
+                self.layer
+                    .refusals
+                    .count(peer_ip(request.extensions()), claimed, e);
+                // The body is dropped unread: hyper resets the stream.
+                Box::pin(std::future::ready(Ok(refuse(status::unauthenticated(e)))))
+            }
+        }
+    }
+}

@@ -1,0 +1,259 @@
+//! Unauthenticated refusals, tallied in memory and written to the audit trail
+//! as a bounded number of summary records per window.
+//!
+//! A call without a valid key costs its sender nothing, so one record per
+//! refusal would let any peer fill the disk and the writer queue, and so fail
+//! every reveal closed (DESIGN.md §10). Refusals are instead counted per
+//! (peer address, claimed client id, reason); once per window the tallies
+//! become at most [`MAX_SUMMARIES`] records, the rest folded into one. The
+//! caller is answered at once: nothing it sent waits for the disk.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crate::auth::AuthError;
+use crate::{AuditEvent, Vault};
+
+/// The `rpc` field of a summary record: it stands for many calls, possibly of
+/// several methods.
+pub const SUMMARY_RPC: &str = "(unauthenticated calls, summarised)";
+/// Distinct (peer, claimed id, reason) tallies kept per window; the calls of
+/// any further source are counted in one overflow tally.
+const MAX_SOURCES: usize = 4096;
+/// Summary records written per window at most (the largest tallies); the
+/// remaining tallies are written as one more record.
+pub const MAX_SUMMARIES: usize = 64;
+/// The window used when the server is not told otherwise.
+pub(crate) const DEFAULT_WINDOW: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Source {
+    peer: Option<IpAddr>,
+    /// The client id a well-formed key claimed (16 hex digits), else empty.
+    claimed: String,
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Tally {
+    calls: u64,
+    first_ms: u64,
+    last_ms: u64,
+}
+
+#[derive(Default)]
+struct Window {
+    sources: HashMap<Source, Tally>,
+    /// Calls of sources beyond `MAX_SOURCES`.
+    overflow: Option<Tally>,
+}
+
+/// The tallies of the current window.
+#[derive(Default)]
+pub(crate) struct Refusals {
+    window: Mutex<Window>,
+}
+
+fn reason(e: AuthError) -> &'static str {
+    match e {
+        AuthError::Missing => "no-key",
+        AuthError::Malformed => "malformed-key",
+        AuthError::Unknown => "unknown-key",
+        AuthError::Revoked => "revoked-key",
+    }
+}
+
+impl Tally {
+    fn new(now: u64) -> Self {
+        Self {
+            calls: 1,
+            first_ms: now,
+            last_ms: now,
+        }
+    }
+
+    fn add(&mut self, other: &Tally) {
+        self.calls = self.calls.saturating_add(other.calls);
+        self.first_ms = self.first_ms.min(other.first_ms);
+        self.last_ms = self.last_ms.max(other.last_ms);
+    }
+}
+
+impl Refusals {
+    /// Counts one refused call. `claimed` must already be a validated client
+    /// id (or empty): it is written to the audit trail.
+    pub(crate) fn count(&self, peer: Option<IpAddr>, claimed: &str, error: AuthError) {
+        let now = crate::audit::now_ms();
+        let mut window = self.window.lock().unwrap_or_else(|e| e.into_inner());
+        let source = Source {
+            peer,
+            claimed: claimed.to_owned(),
+            reason: reason(error),
+        };
+        let full = window.sources.len() >= MAX_SOURCES;
+        match window.sources.get_mut(&source) {
+            Some(tally) => tally.add(&Tally::new(now)),
+            None if full => match &mut window.overflow {
+                Some(tally) => tally.add(&Tally::new(now)),
+                None => window.overflow = Some(Tally::new(now)),
+            },
+            None => {
+                window.sources.insert(source, Tally::new(now));
+            }
+        }
+    }
+
+    /// Writes the window's tallies as summary records and starts a new
+    /// window. If the records cannot be written the tallies are kept for the
+    /// next attempt (the caps still hold: they are merged back).
+    pub(crate) async fn flush(&self, vault: &Vault) {
+        let taken = std::mem::take(&mut *self.window.lock().unwrap_or_else(|e| e.into_inner()));
+        let events = summaries(&taken);
+        if events.is_empty() {
+            return;
+        }
+        match vault.audit_batch(&events).await {
+            Ok(()) => {
+                tracing::info!(
+                    records = events.len(),
+                    "unauthenticated refusals summarised in the audit trail"
+                );
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "refusal summaries could not be written; kept for the next window");
+                let mut window = self.window.lock().unwrap_or_else(|e| e.into_inner());
+                for (source, tally) in taken.sources {
+                    let full = window.sources.len() >= MAX_SOURCES;
+                    match window.sources.get_mut(&source) {
+                        Some(kept) => kept.add(&tally),
+                        None if !full => {
+                            window.sources.insert(source, tally);
+                        }
+                        None => merge(&mut window.overflow, &tally),
+                    }
+                }
+                if let Some(tally) = taken.overflow {
+                    merge(&mut window.overflow, &tally);
+                }
+            }
+        }
+    }
+
+    /// Flushes every `window` until `stop` resolves, then once more.
+    pub(crate) async fn run(
+        &self,
+        vault: &Vault,
+        window: Duration,
+        stop: impl std::future::Future<Output = ()>,
+    ) {
+        let mut ticks = tokio::time::interval(window);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticks.tick().await;
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                _ = ticks.tick() => self.flush(vault).await,
+                () = &mut stop => break,
+            }
+        }
+        self.flush(vault).await;
+    }
+}
+
+fn merge(into: &mut Option<Tally>, tally: &Tally) {
+    match into {
+        Some(kept) => kept.add(tally),
+        None => *into = Some(*tally),
+    }
+}
+
+/// The records for one window: the `MAX_SUMMARIES` largest tallies, then one
+/// record for all the others.
+fn summaries(window: &Window) -> Vec<AuditEvent> {
+    let mut tallies: Vec<(&Source, &Tally)> = window.sources.iter().collect();
+    tallies.sort_by(|a, b| {
+        b.1.calls
+            .cmp(&a.1.calls)
+            .then(a.1.first_ms.cmp(&b.1.first_ms))
+    });
+    let mut rest: Option<Tally> = window.overflow;
+    let mut rest_sources = usize::from(window.overflow.is_some());
+    let mut events = Vec::new();
+    for (i, (source, tally)) in tallies.into_iter().enumerate() {
+        if i < MAX_SUMMARIES {
+            let peer = source
+                .peer
+                .map_or_else(|| "unknown".to_owned(), |ip| ip.to_string());
+            events.push(summary(
+                source.claimed.clone(),
+                format!(
+                    "peer={peer} reason={} first_ms={} last_ms={}",
+                    source.reason, tally.first_ms, tally.last_ms
+                ),
+                tally.calls,
+            ));
+        } else {
+            merge(&mut rest, tally);
+            rest_sources += 1;
+        }
+    }
+    if let Some(tally) = rest {
+        events.push(summary(
+            String::new(),
+            format!(
+                "peer=many reason=many sources={} first_ms={} last_ms={}",
+                if window.sources.len() >= MAX_SOURCES {
+                    format!("{rest_sources}+")
+                } else {
+                    rest_sources.to_string()
+                },
+                tally.first_ms,
+                tally.last_ms
+            ),
+            tally.calls,
+        ));
+    }
+    events
+}
+
+fn summary(client_id: String, target: String, calls: u64) -> AuditEvent {
+    AuditEvent {
+        client_id,
+        authenticated: false,
+        rpc: SUMMARY_RPC.to_owned(),
+        items: u32::try_from(calls).unwrap_or(u32::MAX),
+        outcome: tonic::Code::Unauthenticated as i32,
+        target,
+        ..AuditEvent::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tallies_are_capped_and_summaries_bounded() {
+        let refusals = Refusals::default();
+        let peer = Some(IpAddr::from([127, 0, 0, 1]));
+        for _ in 0..1000 {
+            refusals.count(peer, "", AuthError::Missing);
+        }
+        for i in 0..(MAX_SOURCES as u32 + 500) {
+            let ip = IpAddr::from(i.to_be_bytes());
+            refusals.count(Some(ip), "0123456789abcdef", AuthError::Unknown);
+        }
+        let window = refusals.window.lock().expect("lock");
+        assert_eq!(window.sources.len(), MAX_SOURCES);
+        assert_eq!(window.overflow.map(|t| t.calls), Some(501));
+        let events = summaries(&window);
+        assert_eq!(events.len(), MAX_SUMMARIES + 1);
+        assert_eq!(events[0].items, 1000, "the largest tally comes first");
+        assert!(events[0].target.starts_with("peer=127.0.0.1 reason=no-key"));
+        let total: u64 = events.iter().map(|e| u64::from(e.items)).sum();
+        assert_eq!(total, 1000 + u64::from(MAX_SOURCES as u32 + 500));
+        assert!(events.iter().all(|e| e.outcome == 16 && !e.authenticated));
+    }
+}
