@@ -524,7 +524,7 @@ impl Vault {
         let map = self.namespaces.read().unwrap_or_else(|e| e.into_inner());
         map.get(name)
             .cloned()
-            .ok_or_else(|| Error::NamespaceNotFound(name.to_owned()))
+            .ok_or_else(|| Error::NamespaceNotFound(crate::namespace::shown_name(name)))
     }
 
     /// Creates a namespace.

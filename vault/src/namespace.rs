@@ -89,6 +89,17 @@ pub(crate) fn defaults() -> Vec<NamespaceSpec> {
     ]
 }
 
+/// A caller-supplied namespace name as a message or a record may carry it:
+/// as given when it is a valid name, otherwise only its length, so that a
+/// caller cannot make the server store, log or echo arbitrary bytes.
+pub(crate) fn shown_name(name: &str) -> String {
+    if NamespaceSpec::valid_name(name) {
+        name.to_owned()
+    } else {
+        format!("(invalid namespace name, {} bytes)", name.len())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -871,6 +871,21 @@ async fn failed_cells_are_listed_by_row_and_column_never_by_value() {
     );
 }
 
+/// Waits until `server` has opened a `TokenizeStream`, while `run` is still
+/// going.
+fn wait_for_stream(server: &Server, run: &mut std::process::Child) {
+    let metrics = server.metrics_addr.expect("started with --metrics-listen");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !super::scrape(metrics).contains(r#"rpc="/phivault.v1.Tokenizer/TokenizeStream""#) {
+        assert!(
+            run.try_wait().expect("poll").is_none(),
+            "the run ended before it reconnected"
+        );
+        assert!(Instant::now() < deadline, "the run did not reconnect");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Waits until `file` holds more than `bytes` bytes, while `run` is still
 /// going (the restart must land in the middle of the run).
 fn wait_for_growth(file: &Path, bytes: u64, run: &mut std::process::Child) -> u64 {
@@ -939,8 +954,14 @@ async fn a_run_survives_server_restarts_with_every_row_exactly_once() {
     // took; the client resends the rest.
     let size = wait_for_growth(&partial, 0, &mut run);
     server.stop();
-    let server = Server::start(&vault, &["--listen", &addr]);
-    // A crash: the connection drops under the stream.
+    let server = Server::start(
+        &vault,
+        &["--listen", &addr, "--metrics-listen", "127.0.0.1:0"],
+    );
+    // A crash: the connection drops under the stream — once the client is
+    // streaming to this server (the output file can grow from answers it
+    // had buffered before the restart, so its growth alone does not say).
+    wait_for_stream(&server, &mut run);
     wait_for_growth(&partial, size, &mut run);
     server.kill();
     let server = Server::start(&vault, &["--listen", &addr]);

@@ -240,10 +240,11 @@ async fn an_unauthenticated_flood_neither_fills_the_audit_trail_nor_slows_reveal
     );
     let summaries: Vec<&pb::AuditRecord> = after.iter().filter(|r| r.rpc == SUMMARY_RPC).collect();
     assert!(
-        summaries.iter().all(|r| r.client_id == "0123456789abcdef"
+        summaries.iter().all(|r| r.client_id.is_empty()
             && !r.authenticated
             && r.outcome == Code::Unauthenticated as i32
-            && r.target.starts_with("peer=127.0.0.1 reason=unknown-key")
+            && r.target
+                .starts_with("peer=127.0.0.1 reason=unknown-key claimed=0123456789abcdef ")
             && r.namespace.is_empty()),
         "summaries name the peer, the claimed id and the reason, and no namespace"
     );
@@ -292,6 +293,25 @@ async fn an_invalid_namespace_is_recorded_by_its_length_only() {
         .collect();
     assert_eq!(denied.len(), 1);
     assert_eq!(denied[0].namespace, "(invalid namespace name, 1008 bytes)");
+
+    // Without a key, even a message over the size limit is refused from
+    // its headers: nothing of the body is read, so the answer is
+    // UNAUTHENTICATED, not RESOURCE_EXHAUSTED.
+    let stranger = Client::connect(ClientOptions::new(server.endpoint()).api_key(UNKNOWN_KEY))
+        .await
+        .expect("connect");
+    let oversized = "x".repeat(5 << 20);
+    let refused = stranger
+        .detokenize(&oversized, vec!["000-00-0000".into()], false)
+        .await
+        .expect_err("no key");
+    assert_eq!(code(refused), Code::Unauthenticated);
+    drop((admin, pipeline, auditor, stranger));
+    let log = server.stop();
+    assert!(
+        !log.contains("PATIENT"),
+        "a caller's string reached the log"
+    );
 }
 
 /// A client whose connections come from `source` (another loopback
@@ -432,6 +452,28 @@ async fn admin_takes_small_messages_only() {
     server.stop();
 }
 
+/// Whether health reports `phivault.v1.Tokenizer` SERVING (the readiness a
+/// load balancer asks for; the overall status stays SERVING while the
+/// process is alive).
+async fn tokenizer_serving(server: &Server) -> bool {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let channel = tonic::transport::Endpoint::from_shared(server.endpoint())
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let status = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "phivault.v1.Tokenizer".into(),
+        })
+        .await
+        .expect("health answers")
+        .into_inner()
+        .status();
+    status == ServingStatus::Serving
+}
+
 /// A tmpfs of `bytes` mounted at a path, unmounted on drop. Needs root.
 struct Tmpfs(std::path::PathBuf);
 
@@ -557,12 +599,16 @@ async fn a_full_disk_fails_closed_and_the_vault_heals_when_space_returns() {
         .expect_err("no reveal without its record");
     assert_eq!(code(refused), Code::Unavailable);
     let deadline = Instant::now() + Duration::from_secs(10);
-    while admin.health().await.expect("health answers") && Instant::now() < deadline {
+    while tokenizer_serving(&server).await && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(
-        !admin.health().await.expect("health answers"),
+        !tokenizer_serving(&server).await,
         "NOT_SERVING while the disk is full"
+    );
+    assert!(
+        admin.health().await.expect("health answers"),
+        "the process stays alive (liveness): restarting it would not free the disk"
     );
 
     std::fs::remove_file(&filler).expect("free the space");
@@ -584,13 +630,10 @@ async fn a_full_disk_fails_closed_and_the_vault_heals_when_space_returns() {
     };
     assert_eq!(healed, [value]);
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !admin.health().await.expect("health answers") && Instant::now() < deadline {
+    while !tokenizer_serving(&server).await && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(
-        admin.health().await.expect("health answers"),
-        "SERVING again"
-    );
+    assert!(tokenizer_serving(&server).await, "SERVING again");
     let values = next_batch();
     let tokens = texts(
         pipeline
@@ -751,6 +794,14 @@ fn init_writes_the_admin_key_only_to_a_new_private_file() {
         String::from_utf8_lossy(&weak.stderr)
     );
     assert!(!root.path().join("data").exists(), "nothing created");
+    // A key file that cannot be written stops init before any vault exists.
+    let nowhere = init(&["--admin-key-file", "/nonexistent/dir/admin.key"]);
+    assert!(!nowhere.status.success());
+    assert!(String::from_utf8_lossy(&nowhere.stderr).contains("/nonexistent/dir/admin.key"));
+    assert!(
+        !root.path().join("data").exists(),
+        "no vault without its admin key"
+    );
     let admin_file = root.path().join("admin.key");
     let done = init(&["--admin-key-file", admin_file.to_str().expect("utf-8")]);
     assert!(done.status.success(), "{done:?}");

@@ -447,15 +447,21 @@ fn read_passphrase_file(path: &Path) -> anyhow::Result<MasterKey> {
     Ok(MasterKey::Passphrase(Zeroizing::new(line.to_owned())))
 }
 
-/// Writes a secret to a new file readable by its owner only.
-fn write_secret_file(path: &Path, secret: &str) -> anyhow::Result<()> {
+/// A new file readable by its owner only (create-new: an existing file or
+/// symbolic link at `path` is refused).
+fn create_secret_file(path: &Path) -> anyhow::Result<std::fs::File> {
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options
+    options
         .open(path)
-        .with_context(|| format!("cannot create {}", path.display()))?;
+        .with_context(|| format!("cannot create {} (it must not exist yet)", path.display()))
+}
+
+/// Writes a secret to a new file readable by its owner only.
+fn write_secret_file(path: &Path, secret: &str) -> anyhow::Result<()> {
+    let mut file = create_secret_file(path)?;
     writeln!(file, "{secret}")?;
     file.sync_all()?;
     Ok(())
@@ -512,6 +518,19 @@ fn harden_process() {
     {
         tracing::warn!(error = %e, "cannot make the process non-dumpable");
     }
+    // Open files: RocksDB's tables and logs and every connection share one
+    // limit, whose usual soft value (1024) sits below the connection cap; a
+    // flood of connections must not leave the store unable to open a file.
+    let files = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+    if files.current < files.maximum {
+        let raised = rustix::process::Rlimit {
+            current: files.maximum,
+            maximum: files.maximum,
+        };
+        if let Err(e) = rustix::process::setrlimit(rustix::process::Resource::Nofile, raised) {
+            tracing::warn!(error = %e, "cannot raise the open-file limit to its hard limit");
+        }
+    }
 }
 
 /// Refuses a data directory, key or passphrase file that anyone but its
@@ -544,23 +563,31 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 kdf: kdf.params()?,
                 ..VaultOptions::default()
             };
-            // Refused before anything is created, so that a failed init
-            // leaves no vault whose admin key went nowhere.
-            if admin_key_file.exists() || admin_key_file.is_symlink() {
-                bail!(
-                    "{} exists already; the admin key is only written to a new file",
-                    admin_key_file.display()
-                );
+            // The key's file is created before the vault, so that a vault is
+            // never made whose admin key could not be written anywhere.
+            let mut key_out = create_secret_file(&admin_key_file)?;
+            let made = async {
+                let master = master_key(
+                    vault.passphrase_file.as_deref(),
+                    vault.master_key_file.as_deref(),
+                    vault.create_key_file,
+                    true,
+                )?;
+                let opened = Vault::init(&vault.data_dir, master, options).await?;
+                let (_, key) = opened.create_client("admin", &["admin"]).await?;
+                writeln!(key_out, "{}", key.expose())?;
+                key_out.sync_all()?;
+                anyhow::Ok(opened)
             }
-            let master = master_key(
-                vault.passphrase_file.as_deref(),
-                vault.master_key_file.as_deref(),
-                vault.create_key_file,
-                true,
-            )?;
-            let opened = Vault::init(&vault.data_dir, master, options).await?;
-            let (_, key) = opened.create_client("admin", &["admin"]).await?;
-            write_secret_file(&admin_key_file, key.expose())?;
+            .await;
+            let opened = match made {
+                Ok(opened) => opened,
+                Err(e) => {
+                    drop(key_out);
+                    let _ = std::fs::remove_file(&admin_key_file);
+                    return Err(e);
+                }
+            };
             println!("initialised a vault at {}", vault.data_dir.display());
             println!(
                 "admin API key written to {} (mode 0600)",

@@ -75,6 +75,17 @@ mod tests {
             .collect()
     }
 
+    /// The state an AES-SIV cipher holds (expanded AES round keys, CMAC
+    /// state) and the hash state behind HMAC are wiped when they drop, with
+    /// the `zeroize` features the workspace turns on; this stops compiling
+    /// if one of them is lost.
+    #[test]
+    fn cipher_and_hash_state_are_wiped_on_drop() {
+        fn wiped<T: zeroize::ZeroizeOnDrop>() {}
+        wiped::<aes::Aes256>();
+        wiped::<sha2::Sha256>();
+    }
+
     /// RFC 5297, Appendix A.1 (deterministic authenticated encryption).
     #[test]
     fn rfc5297_a1_known_answer() {

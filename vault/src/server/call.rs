@@ -118,14 +118,21 @@ impl Call {
             Action::Admin | Action::Audit => "",
         };
         let refused = AuditEvent {
-            namespace: recorded_namespace(namespace),
+            namespace: namespace.to_owned(),
             items: count(items),
             masked: matches!(action, Action::DetokenizeMasked(_)),
             ..AuditEvent::default()
         };
         let client = self.authenticate(vault)?;
         if !client.allows(action) {
-            tracing::info!(client_id = %client.id, request_id = %self.request_id, ?action, "permission denied");
+            let (kind, namespace_bytes) = match action {
+                Action::Tokenize(ns) => ("tokenize", ns.len()),
+                Action::Detokenize(ns) => ("detokenize", ns.len()),
+                Action::DetokenizeMasked(ns) => ("detokenize-masked", ns.len()),
+                Action::Admin => ("admin", 0),
+                Action::Audit => ("audit", 0),
+            };
+            tracing::info!(client_id = %client.id, request_id = %self.request_id, action = kind, namespace_bytes, "permission denied");
             let what = match action {
                 Action::Tokenize(ns) => format!("tokenize in namespace {}", shown(ns)),
                 Action::Detokenize(ns) => format!("detokenize in namespace {}", shown(ns)),
@@ -206,9 +213,12 @@ impl Call {
     }
 
     async fn write(&self, vault: &Vault, event: AuditEvent) -> Result<(), Status> {
+        // Every record's namespace passes here: whatever path filled it in,
+        // a caller's invalid name is stored by its length only.
         let event = AuditEvent {
             rpc: self.rpc.clone(),
             request_id: self.request_id.clone(),
+            namespace: recorded_namespace(&event.namespace),
             ..event
         };
         vault
@@ -223,10 +233,10 @@ impl Call {
 /// when it is a valid name, otherwise only its length, so that a caller
 /// cannot make the server store (or echo) arbitrary bytes.
 fn recorded_namespace(namespace: &str) -> String {
-    if namespace.is_empty() || NamespaceSpec::valid_name(namespace) {
-        namespace.to_owned()
+    if namespace.is_empty() {
+        String::new()
     } else {
-        format!("(invalid namespace name, {} bytes)", namespace.len())
+        crate::namespace::shown_name(namespace)
     }
 }
 

@@ -5,8 +5,8 @@
 //! without a key never makes the server buffer, decode or record what it
 //! sent: it is answered `UNAUTHENTICATED` from the headers alone, and its
 //! refusal is counted in memory ([`Refusals`]) rather than written per call.
-//! The authenticated client travels to the handler in the request's
-//! extensions.
+//! A call that passes is marked [`Gated`]; its handler checks the key again
+//! (for each message of a stream, so that a revocation stops an open one).
 
 use std::future::Future;
 use std::net::IpAddr;
@@ -33,9 +33,13 @@ pub(crate) struct Gated {
     pub(crate) refusals: Arc<Refusals>,
 }
 
-/// Services whose calls need an API key. Health and reflection answer
-/// without one (probes and tools carry none), and reveal nothing.
-const KEYED_SERVICES: [&str; 2] = ["/phivault.v1.Tokenizer/", "/phivault.v1.Admin/"];
+/// The only services that answer without an API key: probes and tools carry
+/// none, and these reveal nothing. Every other path needs a key, so that a
+/// service added later is closed until it is listed here.
+const PUBLIC_SERVICES: [&str; 2] = [
+    "/grpc.health.v1.Health/",
+    "/grpc.reflection.v1.ServerReflection/",
+];
 
 /// What the gate needs: the vault to authenticate against, the refusal
 /// tallies, and the permits for calls in progress.
@@ -97,8 +101,22 @@ where
 
     fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
         let path = request.uri().path();
-        if !KEYED_SERVICES.iter().any(|s| path.starts_with(s)) {
+        if PUBLIC_SERVICES.iter().any(|s| path.starts_with(s)) {
             return Box::pin(self.inner.call(request));
+        }
+        let header = request
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
+        // Authenticate first, so that a refusal is tallied even when the
+        // vault is at its limit.
+        if let Err(e) = self.layer.vault.authenticate(header) {
+            let claimed = auth::claimed_client_id(header).unwrap_or_default();
+            self.layer
+                .refusals
+                .count(peer_ip(request.extensions()), claimed, e);
+            // The body is dropped unread: hyper resets the stream.
+            return Box::pin(std::future::ready(Ok(refuse(status::unauthenticated(e)))));
         }
         // Shed rather than queue: a call that cannot start now is answered
         // at once, so that a burst costs memory for permits, not for bodies.
@@ -107,30 +125,14 @@ where
                 "the vault is at its limit of calls in progress; retry with backoff",
             )))));
         };
-        let header = request
-            .headers()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok());
-        match self.layer.vault.authenticate(header) {
-            Ok(_) => {
-                request.extensions_mut().insert(Gated {
-                    refusals: Arc::clone(&self.layer.refusals),
-                });
-                let response = self.inner.call(request);
-                Box::pin(async move {
-                    let response = response.await;
-                    drop(permit);
-                    response
-                })
-            }
-            Err(e) => {
-                let claimed = auth::claimed_client_id(header).unwrap_or_default();
-                self.layer
-                    .refusals
-                    .count(peer_ip(request.extensions()), claimed, e);
-                // The body is dropped unread: hyper resets the stream.
-                Box::pin(std::future::ready(Ok(refuse(status::unauthenticated(e)))))
-            }
-        }
+        request.extensions_mut().insert(Gated {
+            refusals: Arc::clone(&self.layer.refusals),
+        });
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let response = response.await;
+            drop(permit);
+            response
+        })
     }
 }

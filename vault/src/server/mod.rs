@@ -170,14 +170,25 @@ fn oversize_is_resource_exhausted<B>(mut response: http::Response<B>) -> http::R
     response
 }
 
+/// Largest request health and reflection accept.
+const PUBLIC_MAX_MESSAGE_BYTES: usize = 4 << 10;
+/// Longest a TLS handshake may take before the connection is dropped: a peer
+/// that connects and says nothing must not hold a connection slot.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How often health looks at the write path.
 const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Keeps the health service true to the write path: NOT_SERVING (overall and
-/// for both services) while commits fail or the writer is gone, since every
-/// reveal then fails closed and a load balancer should send callers
-/// elsewhere; SERVING again once a commit succeeds. While the path is down
-/// and no call is writing, a probe write finds out when it is back.
+/// Keeps the health service true to the write path: `phivault.v1.Tokenizer`
+/// and `phivault.v1.Admin` report NOT_SERVING while commits fail, since
+/// every reveal then fails closed and a load balancer or readiness probe
+/// should send callers elsewhere; SERVING again once a commit that reached
+/// the store succeeds. While the path is down and no call is writing, a
+/// probe write each second finds out when it is back. The overall status
+/// (`""`, what liveness probes ask) stays SERVING: the process is alive and
+/// heals by itself, and restarting it would not bring the disk back. A
+/// writer that has ended while serving cannot heal: the process exits so
+/// that its supervisor restarts it.
 async fn watch_write_path(vault: Arc<Vault>, health: tonic_health::server::HealthReporter) {
     let mut serving = true;
     let mut ticks = tokio::time::interval(HEALTH_INTERVAL);
@@ -185,7 +196,16 @@ async fn watch_write_path(vault: Arc<Vault>, health: tonic_health::server::Healt
         ticks.tick().await;
         let mut healthy = vault.write_path_healthy();
         if !healthy {
-            healthy = vault.probe_write_path().await.is_ok() && vault.write_path_healthy();
+            match vault.probe_write_path().await {
+                Ok(()) => healthy = vault.write_path_healthy(),
+                Err(crate::Error::Store(crate::store::StoreError::WriterStopped)) => {
+                    tracing::error!(
+                        "the storage writer has stopped while serving; exiting so that the supervisor restarts the vault"
+                    );
+                    std::process::exit(70);
+                }
+                Err(_) => {}
+            }
         }
         if healthy == serving {
             continue;
@@ -196,11 +216,10 @@ async fn watch_write_path(vault: Arc<Vault>, health: tonic_health::server::Healt
             tonic_health::ServingStatus::Serving
         } else {
             tracing::error!(
-                "the write path is down (commits fail or the writer stopped): health is NOT_SERVING"
+                "the write path is down (commits fail): Tokenizer and Admin report NOT_SERVING"
             );
             tonic_health::ServingStatus::NotServing
         };
-        health.set_service_status("", status).await;
         health
             .set_service_status(
                 <TokenizerServer<TokenizerService> as tonic::server::NamedService>::NAME,
@@ -319,16 +338,20 @@ pub async fn serve(
         .accept_http1(false)
         .layer(layers);
     if let Some(tls) = &options.tls {
-        let mut config =
-            ServerTlsConfig::new().identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem));
+        let mut config = ServerTlsConfig::new()
+            .identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem))
+            .timeout(TLS_HANDSHAKE_TIMEOUT);
         if let Some(ca) = &tls.client_ca_pem {
             config = config.client_ca_root(Certificate::from_pem(ca));
         }
         builder = builder.tls_config(config)?;
     }
+    // Health and reflection answer without a key: their requests are a
+    // service name or a symbol, so a few KiB is plenty, and nobody can make
+    // the server buffer megabytes through them.
     let router = builder
-        .add_service(health_service)
-        .add_service(reflection)
+        .add_service(health_service.max_decoding_message_size(PUBLIC_MAX_MESSAGE_BYTES))
+        .add_service(reflection.max_decoding_message_size(PUBLIC_MAX_MESSAGE_BYTES))
         .add_service(tokenizer)
         .add_service(admin);
 

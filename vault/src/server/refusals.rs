@@ -186,10 +186,18 @@ fn summaries(window: &Window) -> Vec<AuditEvent> {
             let peer = source
                 .peer
                 .map_or_else(|| "unknown".to_owned(), |ip| ip.to_string());
+            // The claimed id goes into `target`, never `client_id`: ids
+            // are not secret, and a peer must not be able to pin failed
+            // attempts on a real client (an alert that revokes a client
+            // after N failures would become a remote revoke).
+            let claimed = if source.claimed.is_empty() {
+                "none"
+            } else {
+                source.claimed.as_str()
+            };
             events.push(summary(
-                source.claimed.clone(),
                 format!(
-                    "peer={peer} reason={} first_ms={} last_ms={}",
+                    "peer={peer} reason={} claimed={claimed} first_ms={} last_ms={}",
                     source.reason, tally.first_ms, tally.last_ms
                 ),
                 tally.calls,
@@ -201,7 +209,6 @@ fn summaries(window: &Window) -> Vec<AuditEvent> {
     }
     if let Some(tally) = rest {
         events.push(summary(
-            String::new(),
             format!(
                 "peer=many reason=many sources={} first_ms={} last_ms={}",
                 if window.sources.len() >= MAX_SOURCES {
@@ -218,9 +225,8 @@ fn summaries(window: &Window) -> Vec<AuditEvent> {
     events
 }
 
-fn summary(client_id: String, target: String, calls: u64) -> AuditEvent {
+fn summary(target: String, calls: u64) -> AuditEvent {
     AuditEvent {
-        client_id,
         authenticated: false,
         rpc: SUMMARY_RPC.to_owned(),
         items: u32::try_from(calls).unwrap_or(u32::MAX),

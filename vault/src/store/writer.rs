@@ -190,16 +190,27 @@ fn run(
             .drain(..)
             .filter_map(|job| run_job(job, &mut txn, counters))
             .collect();
-        let (committed, after) = txn.commit(&write_options);
+        let (written, after) = txn.commit(&write_options);
+        let committed = written.map(|wrote| {
+            // Only a batch that reached the store says the store takes
+            // writes: an empty one (every job failed, a checkpoint) does not.
+            if wrote {
+                counters.failing.store(false, Ordering::Release);
+            }
+        });
         match &committed {
             Ok(()) => {
-                counters.failing.store(false, Ordering::Release);
                 for hook in after {
-                    // A failing hook must not take the writer (and with it
-                    // every later write) down.
+                    // A post-commit step installs state (a new keyring) that
+                    // later commits rely on; if it panics, memory and disk may
+                    // disagree, and carrying on could seal mappings under a
+                    // keyset being retired. Stop the process so that a
+                    // supervisor restarts it from what is on disk.
                     if catch_unwind(AssertUnwindSafe(hook)).is_err() {
-                        counters.panicked_jobs.fetch_add(1, Ordering::Relaxed);
-                        tracing::error!("a post-commit step panicked; the commit stands");
+                        tracing::error!(
+                            "a post-commit step panicked; stopping the process so that it restarts from the state on disk"
+                        );
+                        std::process::abort();
                     }
                 }
             }
@@ -342,13 +353,13 @@ impl<'a> Txn<'a> {
         }
     }
 
-    fn commit(self, options: &WriteOptions) -> (Result<(), StoreError>, Vec<AfterCommit>) {
+    /// Commits the batch; `Ok(true)` when it held writes.
+    fn commit(self, options: &WriteOptions) -> (Result<bool, StoreError>, Vec<AfterCommit>) {
         let result = self.write_batch(options);
         (result, self.after)
     }
 
-    fn write_batch(&self, options: &WriteOptions) -> Result<(), StoreError> {
-        refuse_while_failpoint_file_exists()?;
+    fn write_batch(&self, options: &WriteOptions) -> Result<bool, StoreError> {
         let mut batch = WriteBatch::default();
         for (cf, from, to) in &self.ranges {
             batch.delete_range_cf(self.inner.cf(*cf), from, to);
@@ -363,9 +374,11 @@ impl<'a> Txn<'a> {
             }
         }
         if batch.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
-        Ok(self.inner.db.write_opt(batch, options)?)
+        refuse_while_failpoint_file_exists()?;
+        self.inner.db.write_opt(batch, options)?;
+        Ok(true)
     }
 }
 
@@ -411,7 +424,7 @@ mod tests {
             Some(b"first".to_vec())
         );
         assert!(!txn.contains(Cf::Meta, b"new").expect("get"));
-        txn.commit(&WriteOptions::default()).0.expect("commit");
+        assert!(txn.commit(&WriteOptions::default()).0.expect("commit"));
         assert_eq!(
             store.get(Cf::Meta, b"k").expect("get"),
             Some(b"first".to_vec())
