@@ -235,6 +235,12 @@ enum NamespaceCommand {
         /// date: the pattern, e.g. %m/%d/%Y.
         #[arg(long)]
         date_pattern: Option<String>,
+        /// date: the first year a value may fall in [default: 1800].
+        #[arg(long)]
+        value_year_min: Option<u32>,
+        /// date: the last year a value may fall in [default: 2199].
+        #[arg(long)]
+        value_year_max: Option<u32>,
         /// A fresh random token on every call instead of a deterministic one.
         #[arg(long)]
         random: bool,
@@ -812,12 +818,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             keep_prefix,
             keep_suffix,
             date_pattern,
+            value_year_min,
+            value_year_max,
             random,
         }) => {
             let options = pb::FormatOptions {
                 keep_prefix,
                 keep_suffix,
                 date_pattern,
+                value_year_min,
+                value_year_max,
                 ..Default::default()
             };
             let ns = client

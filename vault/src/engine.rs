@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -156,6 +157,8 @@ pub struct Vault {
     /// Forward key → canonical token. Holds no plaintext: a forward key is a
     /// keyed hash.
     cache: Option<Cache<ForwardKey, Arc<str>>>,
+    /// Candidate tokens checked and found taken, by namespace.
+    fill: Arc<FillStats>,
     limits: Limits,
     pub(crate) rotation: crate::rotation::RotationState,
     pub(crate) audit: AuditState,
@@ -166,9 +169,35 @@ pub struct Vault {
 struct NewMapping {
     forward: Option<Lookup>,
     canonical: Zeroizing<String>,
-    /// Attempt 0's token and sealed row, computed off the writer thread.
-    first: Option<(String, Vec<u8>)>,
+    /// Tokens to try, in order, found off the writer thread: attempt 0's
+    /// when the value is first seen (with its row sealed), or the free ones a
+    /// collision search found. The writer checks only these.
+    candidates: Vec<Candidate>,
+    /// The attempt a search for this value would go on from.
+    next_attempt: u32,
+    /// Attempts this value's shape may take in all.
+    attempts: u32,
 }
+
+/// A token the writer may take for a value, and its reverse row if it was
+/// sealed already.
+struct Candidate {
+    token: String,
+    row: Option<Vec<u8>>,
+}
+
+/// Free candidates a collision search hands the writer per value: enough
+/// that a concurrent request taking one rarely sends the value back.
+const SEARCH_CANDIDATES: usize = 4;
+/// Candidate tokens checked per storage read while searching.
+const SEARCH_CHUNK: u32 = 256;
+/// Rounds of search-then-commit per value before it fails: another request
+/// would have to take every candidate found, this many times over.
+const SEARCH_ROUNDS: usize = 8;
+/// Candidates one request may check in all, across its values: a request
+/// of 10,000 values of a full shape would otherwise make 655 million checks
+/// (65,536 each). Values left when it is spent fail `RESOURCE_EXHAUSTED`.
+const SEARCH_BUDGET: u32 = 262_144;
 
 pub(crate) fn now_secs() -> u64 {
     SystemTime::now()
@@ -345,6 +374,7 @@ impl Vault {
             namespaces: RwLock::new(namespaces),
             clients: RwLock::new(clients),
             cache,
+            fill: Arc::default(),
             limits: options.limits,
             rotation: crate::rotation::RotationState::new(options.rotation_max_rate),
             audit: AuditState::new(audit_key),
@@ -480,6 +510,14 @@ impl Vault {
     /// Commit statistics of the single writer.
     pub fn writer_stats(&self) -> crate::store::WriterStats {
         self.store.writer_stats()
+    }
+
+    /// For each namespace that has allocated tokens since start, the share
+    /// of candidate tokens found taken: an estimate of how full its token
+    /// space is for the values being tokenized (see the metric
+    /// `phivault_namespace_fill_ratio`).
+    pub fn namespace_fill(&self) -> Vec<(String, f64)> {
+        self.fill.ratios()
     }
 
     /// Whether the write path — mappings and audit records alike — takes
@@ -711,35 +749,88 @@ impl Vault {
                 by_key.insert(lookup.active, mappings.len());
             }
             let keyset = &ring.active;
-            let first = candidate(ns, keyset, &parsed.canonical, 0).and_then(|token| {
-                let row = seal_row(ns, keyset, &token, &parsed.canonical, now).ok()?;
-                Some((token, row))
-            });
+            let candidates = candidate(ns, keyset, &parsed.canonical, 0)
+                .map(|token| {
+                    let row = seal_row(ns, keyset, &token, &parsed.canonical, now).ok();
+                    Candidate { token, row }
+                })
+                .into_iter()
+                .collect();
+            let domain = ns.format.domain_size(&parsed.canonical);
+            let attempts =
+                (domain.saturating_mul(ATTEMPTS_PER_DOMAIN_TOKEN)).clamp(64, MAX_ATTEMPTS) as u32;
             mappings.push(NewMapping {
                 forward,
                 canonical: parsed.canonical,
-                first,
+                candidates,
+                next_attempt: 1,
+                attempts,
             });
             slots.push(vec![(slot, parsed.shape)]);
         }
 
-        let job_ns = Arc::clone(ns);
-        let request_ring = Arc::clone(ring);
-        let shared = Arc::clone(&self.keyring);
-        let outcomes = self
-            .store
-            .write(move |txn| {
-                // The keyring as it is now, on the writer thread: a rotation
-                // that started after this request looked is already in force,
-                // so nothing is ever written under a retiring keyset.
-                let ring = Arc::clone(&shared.read().unwrap_or_else(|e| e.into_inner()));
-                write_mappings(txn, &job_ns, &request_ring, &ring, mappings, now)
-            })
-            .await?;
+        // Each round commits what it can; a value whose candidates were all
+        // taken comes back, is searched for off the writer, and goes again.
+        let mut outcomes: Vec<Option<(Allocation, Option<ForwardKey>)>> =
+            (0..mappings.len()).map(|_| None).collect();
+        let mut round: Vec<(usize, NewMapping)> = mappings.into_iter().enumerate().collect();
+        let mut ring = Arc::clone(ring);
+        let budget = Arc::new(AtomicU32::new(0));
+        for rounds_left in (0..SEARCH_ROUNDS).rev() {
+            if round.is_empty() {
+                break;
+            }
+            let (indexes, batch): (Vec<usize>, Vec<NewMapping>) = round.into_iter().unzip();
+            let job_ns = Arc::clone(ns);
+            let request_ring = Arc::clone(&ring);
+            let shared = Arc::clone(&self.keyring);
+            let fill = Arc::clone(&self.fill);
+            let written = self
+                .store
+                .write(move |txn| {
+                    // The keyring as it is now, on the writer thread: a
+                    // rotation that started after this request looked is
+                    // already in force, so nothing is ever written under a
+                    // retiring keyset.
+                    let ring = Arc::clone(&shared.read().unwrap_or_else(|e| e.into_inner()));
+                    write_mappings(txn, &job_ns, &request_ring, &ring, batch, now, &fill)
+                })
+                .await?;
+            ring = self.keyring();
+            let mut again = Vec::new();
+            for (i, outcome) in indexes.into_iter().zip(written) {
+                match outcome {
+                    Written::Done(allocation, key) => outcomes[i] = Some((allocation, key)),
+                    Written::Taken(mapping) if rounds_left > 0 => again.push((i, mapping)),
+                    Written::Taken(mapping) => {
+                        outcomes[i] = Some((
+                            Err(ItemCode::ResourceExhausted),
+                            mapping.forward.map(|l| l.active),
+                        ));
+                    }
+                }
+            }
+            round = self.search(ns, &ring, again, now, &budget).await?;
+            round.retain(|(i, mapping)| {
+                let searched_out = mapping.candidates.is_empty();
+                if searched_out {
+                    outcomes[*i] = Some((
+                        Err(ItemCode::ResourceExhausted),
+                        mapping.forward.as_ref().map(|l| l.active),
+                    ));
+                }
+                !searched_out
+            });
+        }
 
-        for ((outcome, stored_under), slots) in outcomes.into_iter().zip(slots) {
+        for (outcome, slots) in outcomes.into_iter().zip(slots) {
+            let (outcome, stored_under) =
+                outcome.unwrap_or((Err(ItemCode::ResourceExhausted), None));
             if let (Ok(token), Some(key), Some(cache)) = (&outcome, stored_under, &self.cache) {
                 cache.insert(key, Arc::clone(token));
+            }
+            if outcome == Err(ItemCode::ResourceExhausted) {
+                tracing::warn!(namespace = %ns.name, "no free candidate left for a value of this shape");
             }
             for (slot, shape) in slots {
                 results[slot] = Some(match &outcome {
@@ -749,6 +840,76 @@ impl Vault {
             }
         }
         Ok(())
+    }
+
+    /// Finds up to [`SEARCH_CANDIDATES`] free tokens for each value whose
+    /// candidates were all taken, on a blocking task: drawing candidates and
+    /// reading the reverse index for them is the expensive part of a nearly
+    /// full token space, and must hold up neither the writer (every write and
+    /// audit record waits on it) nor the async workers (every call does). A
+    /// value left with no candidate has exhausted its attempts.
+    async fn search(
+        &self,
+        ns: &Arc<Namespace>,
+        ring: &Arc<Keyring>,
+        round: Vec<(usize, NewMapping)>,
+        now: u64,
+        budget: &Arc<AtomicU32>,
+    ) -> Result<Vec<(usize, NewMapping)>, Error> {
+        if round.is_empty() {
+            return Ok(round);
+        }
+        let reader = self.store.reader();
+        let ns = Arc::clone(ns);
+        let ring = Arc::clone(ring);
+        let fill = Arc::clone(&self.fill);
+        let spent = Arc::clone(budget);
+        let searched = tokio::task::spawn_blocking(move || {
+            let keyset = &ring.active;
+            let mut round = round;
+            let (mut tried, mut taken) = (0u64, 0u64);
+            for (_, mapping) in &mut round {
+                mapping.candidates.clear();
+                while mapping.candidates.len() < SEARCH_CANDIDATES
+                    && mapping.next_attempt < mapping.attempts
+                {
+                    let left = SEARCH_BUDGET.saturating_sub(spent.load(Ordering::Relaxed));
+                    if left == 0 {
+                        break;
+                    }
+                    let end = mapping
+                        .next_attempt
+                        .saturating_add(SEARCH_CHUNK.min(left))
+                        .min(mapping.attempts);
+                    spent.fetch_add(end - mapping.next_attempt, Ordering::Relaxed);
+                    let tokens: Vec<String> = (mapping.next_attempt..end)
+                        .filter_map(|attempt| candidate(&ns, keyset, &mapping.canonical, attempt))
+                        .collect();
+                    mapping.next_attempt = end;
+                    let keys: Vec<Vec<u8>> =
+                        tokens.iter().map(|t| keys::reverse_key(ns.id, t)).collect();
+                    let present = reader.contains_many(Cf::Reverse, &keys)?;
+                    for (token, present) in tokens.into_iter().zip(present) {
+                        tried += 1;
+                        if present {
+                            taken += 1;
+                        } else if mapping.candidates.len() < SEARCH_CANDIDATES
+                            && !mapping.candidates.iter().any(|c| c.token == token)
+                        {
+                            mapping.candidates.push(Candidate { token, row: None });
+                        }
+                    }
+                }
+                if let Some(first) = mapping.candidates.first_mut() {
+                    first.row = seal_row(&ns, keyset, &first.token, &mapping.canonical, now).ok();
+                }
+            }
+            fill.record(&ns.name, tried, taken);
+            Ok::<_, StoreError>(round)
+        })
+        .await
+        .map_err(|_| Error::Store(StoreError::JobPanicked))??;
+        Ok(searched)
     }
 
     /// Detokenizes `tokens` in `namespace`: each value is printed in the shape
@@ -1054,9 +1215,20 @@ fn seal_row(
 /// The token a new value received, or why it received none.
 type Allocation = Result<Arc<str>, ItemCode>;
 
-/// Runs on the writer thread: takes a token for every new value, or finds the
-/// one another request took for it since the caller looked. Returns each
-/// outcome with the forward key the token is stored under now.
+/// What the writer did with one new value: a token (taken now, or the one
+/// another request took for it since the caller looked), or every candidate
+/// it was given was taken and the value goes back to be searched for.
+enum Written {
+    Done(Allocation, Option<ForwardKey>),
+    Taken(NewMapping),
+}
+
+/// Runs on the writer thread: takes a token for every new value from the
+/// candidates it comes with, or finds the one another request took for it
+/// since the caller looked. It never searches: it checks at most the few
+/// candidates it is given, so a nearly full token space costs the writer
+/// (and every write and audit record queued behind it) no more than an
+/// empty one.
 fn write_mappings(
     txn: &mut Txn<'_>,
     ns: &Namespace,
@@ -1064,18 +1236,22 @@ fn write_mappings(
     ring: &Arc<Keyring>,
     mappings: Vec<NewMapping>,
     now: u64,
-) -> Result<Vec<(Allocation, Option<ForwardKey>)>, StoreError> {
+    fill: &FillStats,
+) -> Result<Vec<Written>, StoreError> {
     let same_ring = Arc::ptr_eq(request_ring, ring);
     let keyset = &ring.active;
     let mut outcomes = Vec::with_capacity(mappings.len());
+    let (mut tried, mut taken) = (0u64, 0u64);
     'mapping: for mut mapping in mappings {
         if !same_ring {
             // Keys changed since the request looked: its forward keys and
-            // precomputed candidate belong to the old keyring.
-            mapping.first = None;
+            // candidates belong to the old keyring. The value goes back for
+            // candidates under the new one, from attempt 0.
             if mapping.forward.is_some() {
                 mapping.forward = Some(ring.lookup(ns.id, &mapping.canonical));
             }
+            mapping.candidates.clear();
+            mapping.next_attempt = 0;
         }
         if let Some(lookup) = &mapping.forward {
             for key in lookup.all() {
@@ -1083,47 +1259,73 @@ fn write_mappings(
                     let outcome = String::from_utf8(token)
                         .map(Arc::from)
                         .map_err(|_| ItemCode::DataLoss);
-                    outcomes.push((outcome, Some(*key)));
+                    outcomes.push(Written::Done(outcome, Some(*key)));
                     continue 'mapping;
                 }
             }
         }
-        let domain = ns.format.domain_size(&mapping.canonical);
-        let attempts =
-            (domain.saturating_mul(ATTEMPTS_PER_DOMAIN_TOKEN)).clamp(64, MAX_ATTEMPTS) as u32;
-        let mut outcome = Err(ItemCode::ResourceExhausted);
-        for attempt in 0..attempts {
-            let (token, row) = match (attempt, mapping.first.take()) {
-                (0, Some(first)) => (first.0, Some(first.1)),
-                _ => match candidate(ns, keyset, &mapping.canonical, attempt) {
-                    Some(token) => (token, None),
-                    None => continue,
-                },
-            };
+        let mut chosen = None;
+        for Candidate { token, row } in std::mem::take(&mut mapping.candidates) {
             let reverse = keys::reverse_key(ns.id, &token);
+            tried += 1;
             if txn.contains(Cf::Reverse, &reverse)? {
+                taken += 1;
                 continue;
             }
-            let row = match row
-                .map_or_else(|| seal_row(ns, keyset, &token, &mapping.canonical, now), Ok)
-            {
-                Ok(row) => row,
-                Err(_) => {
-                    outcome = Err(ItemCode::Internal);
-                    break;
-                }
-            };
-            txn.put(Cf::Reverse, reverse, row);
-            if let Some(lookup) = &mapping.forward {
-                txn.put(Cf::Forward, lookup.active.0.as_slice(), token.as_bytes());
-            }
-            outcome = Ok(Arc::from(token));
+            chosen = Some((token, row, reverse));
             break;
         }
-        if outcome == Err(ItemCode::ResourceExhausted) {
-            tracing::warn!(namespace = %ns.name, attempts, "no free candidate left for this shape");
+        let Some((token, row, reverse)) = chosen else {
+            outcomes.push(Written::Taken(mapping));
+            continue;
+        };
+        let row =
+            match row.map_or_else(|| seal_row(ns, keyset, &token, &mapping.canonical, now), Ok) {
+                Ok(row) => row,
+                Err(_) => {
+                    outcomes.push(Written::Done(
+                        Err(ItemCode::Internal),
+                        mapping.forward.map(|l| l.active),
+                    ));
+                    continue;
+                }
+            };
+        txn.put(Cf::Reverse, reverse, row);
+        if let Some(lookup) = &mapping.forward {
+            txn.put(Cf::Forward, lookup.active.0.as_slice(), token.as_bytes());
         }
-        outcomes.push((outcome, mapping.forward.map(|l| l.active)));
+        outcomes.push(Written::Done(
+            Ok(Arc::from(token)),
+            mapping.forward.map(|l| l.active),
+        ));
     }
+    fill.record(&ns.name, tried, taken);
     Ok(outcomes)
+}
+
+/// How full each namespace's token space looks: of the candidate tokens
+/// checked since start (by the writer, and by collision searches), how many
+/// were taken. Candidates are drawn uniformly, so this estimates the share of
+/// the space that is used for the shapes being tokenized; near 1, new values
+/// of those shapes are about to fail with `RESOURCE_EXHAUSTED`.
+#[derive(Default)]
+pub(crate) struct FillStats(std::sync::Mutex<HashMap<String, (u64, u64)>>);
+
+impl FillStats {
+    fn record(&self, namespace: &str, tried: u64, taken: u64) {
+        if tried == 0 {
+            return;
+        }
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = map.entry(namespace.to_owned()).or_default();
+        entry.0 = entry.0.saturating_add(tried);
+        entry.1 = entry.1.saturating_add(taken);
+    }
+
+    fn ratios(&self) -> Vec<(String, f64)> {
+        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.iter()
+            .map(|(ns, &(tried, taken))| (ns.clone(), taken as f64 / tried as f64))
+            .collect()
+    }
 }

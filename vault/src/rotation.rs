@@ -335,7 +335,11 @@ impl Vault {
 
     fn spawn_rotation(self: &Arc<Self>) {
         let mut task = self.rotation.task.lock().unwrap_or_else(|e| e.into_inner());
-        if task.as_ref().is_some_and(|t| !t.is_finished()) {
+        // `running` is cleared only under this lock, by a job that has
+        // checked that no newer rotation is waiting (below): a job still
+        // finishing when a new rotation is recorded either sees it and runs
+        // it, or has already said it is not running.
+        if *self.rotation.running.borrow() {
             return;
         }
         self.rotation.stop.send_replace(false);
@@ -346,13 +350,26 @@ impl Vault {
         });
         let vault = Arc::clone(self);
         *task = Some(tokio::spawn(async move {
-            vault.run_rotation().await;
-            *vault
-                .rotation
-                .live
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()) = None;
-            vault.rotation.running.send_replace(false);
+            loop {
+                let target = |vault: &Self| vault.rotation_row().ok().flatten().map(|r| r.target);
+                let ran = target(&vault);
+                vault.run_rotation().await;
+                let _task = vault
+                    .rotation
+                    .task
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                let stopping = *vault.rotation.stop.borrow();
+                if stopping || target(&vault).is_none_or(|next| Some(next) <= ran) {
+                    *vault
+                        .rotation
+                        .live
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner()) = None;
+                    vault.rotation.running.send_replace(false);
+                    break;
+                }
+            }
         }));
     }
 

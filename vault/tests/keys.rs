@@ -224,14 +224,18 @@ async fn a_second_rotation_waits_for_the_first_and_then_runs() {
     vault.rotation_settled().await;
     let status = vault.key_status().expect("status");
     let states: Vec<_> = status.versions.iter().map(|v| v.state).collect();
-    assert!(matches!(
-        states[..],
-        [
-            KeysetState::Destroyed { .. },
-            KeysetState::Destroyed { .. },
-            KeysetState::Active
-        ]
-    ));
+    assert!(
+        matches!(
+            states[..],
+            [
+                KeysetState::Destroyed { .. },
+                KeysetState::Destroyed { .. },
+                KeysetState::Active
+            ]
+        ),
+        "{states:?}, rotation {:?}",
+        status.rotation
+    );
     assert_intact(&vault, &loaded).await;
     assert!(vault.verify().expect("verify").is_clean());
 }

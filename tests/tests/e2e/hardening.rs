@@ -833,3 +833,109 @@ fn a_passphrase_from_the_environment_is_warned_about() {
     assert!(stderr.contains("PHIVAULT_PASSPHRASE") && stderr.contains("--passphrase-file"));
     assert!(!stderr.contains("correct horse"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_token_space_does_not_stall_reveals() {
+    let vault = VaultDir::init();
+    let server = Server::start(&vault, &["--metrics-listen", "127.0.0.1:0"]);
+    let admin = connect(&server, Some(&vault.admin_key)).await;
+    // A random namespace of 10,000 tokens for values shaped `Z` + 4 digits:
+    // every call of one value mints a new token, so it fills up.
+    admin
+        .create_namespace(pb::CreateNamespaceRequest {
+            name: "tiny".into(),
+            format: "alnum".into(),
+            options: Some(pb::FormatOptions {
+                keep_prefix: Some(1),
+                ..Default::default()
+            }),
+            random: true,
+        })
+        .await
+        .expect("create namespace");
+    let (filler, _) = client_with(&admin, &server, "filler", &["tokenize:tiny"]).await;
+    let (billing, _) = client_with(
+        &admin,
+        &server,
+        "billing",
+        &["tokenize:ssn", "detokenize:ssn"],
+    )
+    .await;
+    let token = texts(
+        billing
+            .tokenize("ssn", vec!["123-45-6789".into()])
+            .await
+            .expect("tokenize"),
+    )
+    .remove(0);
+    let mut exhausted = 0;
+    for _ in 0..12 {
+        let results = filler
+            .tokenize("tiny", vec!["Z0000".into(); 1000])
+            .await
+            .expect("tokenize");
+        exhausted += results
+            .iter()
+            .filter(|r| matches!(r, Err(e) if e.code == Code::ResourceExhausted as i32))
+            .count();
+    }
+    assert!(exhausted >= 1000, "the space is full ({exhausted} refused)");
+    let metrics = super::scrape(server.metrics_addr.expect("metrics"));
+    let fill: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(r#"phivault_namespace_fill_ratio{namespace="tiny"} "#))
+        .and_then(|v| v.parse().ok())
+        .expect("a fill ratio for the namespace");
+    assert!(fill > 0.5, "fill ratio {fill}");
+
+    // Now every call of the filler searches its whole budget of candidates
+    // and fails. In bursts, while reveals run throughout.
+    let flooding = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let searches =
+        {
+            let (flooding, done) = (
+                std::sync::Arc::clone(&flooding),
+                std::sync::Arc::clone(&done),
+            );
+            tokio::spawn(async move {
+                use std::sync::atomic::Ordering::Release;
+                let mut calls = 0;
+                for _ in 0..5 {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    flooding.store(true, Release);
+                    let burst = Instant::now();
+                    while burst.elapsed() < Duration::from_secs(1) {
+                        let results = filler
+                            .tokenize("tiny", vec!["Z0000".into(); 4])
+                            .await
+                            .expect("tokenize");
+                        assert!(results.iter().all(
+                            |r| matches!(r, Err(e) if e.code == Code::ResourceExhausted as i32)
+                        ));
+                        calls += 1;
+                    }
+                    flooding.store(false, Release);
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                done.store(true, Release);
+                calls
+            })
+        };
+    let (mut idle, mut during) = reveal_latencies(&billing, &token, &flooding, &done).await;
+    let calls = searches.await.expect("searches");
+    assert!(calls >= 5, "the searches ran ({calls} calls)");
+    assert!(idle.len() >= 100 && during.len() >= 100);
+    let idle_p99 = percentile(&mut idle, 0.99);
+    let during_p99 = percentile(&mut during, 0.99);
+    eprintln!(
+        "reveal p99: {idle_p99:?} idle ({} calls), {during_p99:?} during searches ({} calls, {calls} exhausted tokenize calls)",
+        idle.len(),
+        during.len()
+    );
+    assert!(
+        during_p99 <= idle_p99 * 3,
+        "reveal p99 {during_p99:?} while a full namespace is searched, {idle_p99:?} otherwise"
+    );
+    server.stop();
+}

@@ -18,12 +18,31 @@ pub struct DateOptions {
     pub token_year_min: u16,
     /// Last year a token may fall in.
     pub token_year_max: u16,
+    /// First year a value may fall in. Bounding values keeps the number of
+    /// distinct values below the number of tokens: without it, a `tokenize`
+    /// client could send every date from year 1 to 9999 and fill the token
+    /// space, after which every new value of the namespace fails.
+    #[serde(default = "default_value_year_min")]
+    pub value_year_min: u16,
+    /// Last year a value may fall in.
+    #[serde(default = "default_value_year_max")]
+    pub value_year_max: u16,
+}
+
+fn default_value_year_min() -> u16 {
+    1800
+}
+
+fn default_value_year_max() -> u16 {
+    2199
 }
 
 pub(super) static ISO: DateOptions = DateOptions {
     pattern: String::new(),
     token_year_min: 2200,
     token_year_max: 2999,
+    value_year_min: 1800,
+    value_year_max: 2199,
 };
 
 impl Default for DateOptions {
@@ -59,6 +78,27 @@ impl DateOptions {
         {
             return Err(
                 "token years must satisfy 1 <= token_year_min <= token_year_max <= 9999".into(),
+            );
+        }
+        if !(1..=9999).contains(&self.value_year_min)
+            || !(1..=9999).contains(&self.value_year_max)
+            || self.value_year_min > self.value_year_max
+        {
+            return Err(
+                "value years must satisfy 1 <= value_year_min <= value_year_max <= 9999".into(),
+            );
+        }
+        // Days of the value years must not outnumber days of the token
+        // years, or the token space can be filled by valid values alone.
+        let days = |from: u16, to: u16| {
+            days_from_civil(to.into(), 12, 31) - days_from_civil(from.into(), 1, 1) + 1
+        };
+        if days(self.value_year_min, self.value_year_max)
+            > days(self.token_year_min, self.token_year_max)
+        {
+            return Err(
+                "the value years must span no more days than the token years (else valid values alone could use up every token)"
+                    .into(),
             );
         }
         Ok(())
@@ -114,6 +154,25 @@ fn days_in_month(y: i64, m: i64) -> i64 {
     }
 }
 
+/// A value: a date of the pattern within the namespace's value years.
+pub(super) fn parse_value(options: &DateOptions, value: &str) -> Result<Parsed, FormatError> {
+    let parsed = parse(options, value)?;
+    let year: u16 = parsed
+        .canonical
+        .get(..4)
+        .and_then(|y| y.parse().ok())
+        .unwrap_or(0);
+    if !(options.value_year_min..=options.value_year_max).contains(&year) {
+        return Err(FormatError(format!(
+            "the year must be between {} and {}",
+            options.value_year_min, options.value_year_max
+        )));
+    }
+    Ok(parsed)
+}
+
+/// A date of the pattern, whatever its year: a token, or a value before its
+/// year range is checked.
 pub(super) fn parse(options: &DateOptions, value: &str) -> Result<Parsed, FormatError> {
     let rule = || {
         FormatError(format!(

@@ -178,7 +178,7 @@ impl FormatSpec {
             FormatKind::Card => digits::parse_card(value)?,
             FormatKind::Phone => digits::parse_phone(value)?,
             FormatKind::Email => email::parse(value)?,
-            FormatKind::Date => date::parse(self.date_options(), value)?,
+            FormatKind::Date => date::parse_value(self.date_options(), value)?,
             FormatKind::Name => letters::parse_name(value)?,
             FormatKind::Alnum => letters::parse_alnum(value)?,
             FormatKind::Opaque => opaque::parse_value(value),
@@ -193,6 +193,8 @@ impl FormatSpec {
             // Laxer than an `alnum` value, so that tokens issued before
             // values were restricted still detokenize (see the function).
             FormatKind::Alnum => self.leaves_a_slot(letters::parse_alnum_token(token)?),
+            // A token's year lies in the token years, outside the values'.
+            FormatKind::Date => self.leaves_a_slot(date::parse(self.date_options(), token)?),
             _ => self.parse_value(token),
         }
     }

@@ -216,17 +216,21 @@ proptest! {
     }
 
     #[test]
-    fn date_tokens(seed: [u8; 32], y in 1900u16..2030, m in 1u8..=12, d in 1u8..=28, us: bool, years in (2200u16..2300, 0u16..50)) {
+    fn date_tokens(seed: [u8; 32], y in 1900u16..2030, m in 1u8..=12, d in 1u8..=28, us: bool, years in (2200u16..2300, 131u16..200)) {
         let options = DateOptions {
             pattern: if us { "%m/%d/%Y".into() } else { "%Y-%m-%d".into() },
             token_year_min: years.0,
             token_year_max: years.0 + years.1,
+            value_year_min: 1900,
+            value_year_max: 2030,
         };
+        prop_assert!(options.validate().is_ok());
         let spec = FormatSpec { date: Some(options.clone()), ..FormatSpec::new(FormatKind::Date) };
         let value = if us { format!("{m:02}/{d:02}/{y:04}") } else { format!("{y:04}-{m:02}-{d:02}") };
         let k = key(seed);
         let t = token(&spec, &k, 1, &value).expect("tokenizes");
-        let parsed = spec.parse_value(&t);
+        prop_assert!(spec.parse_value(&t).is_err(), "a token is never a value: its year is outside the value years");
+        let parsed = spec.parse_token(&t);
         prop_assert!(parsed.is_ok(), "token is a real date in the pattern");
         let canonical = parsed.map(|p| p.canonical.to_string()).unwrap_or_default();
         let year: u16 = canonical[..4].parse().expect("year");
@@ -503,4 +507,32 @@ fn alnum_tokens_issued_under_the_old_rule_still_parse() {
     let kept = FormatSpec::new(FormatKind::Alnum).keep_prefix(2);
     assert!(kept.parse_token(old_token).is_ok());
     assert!(kept.parse_token("XQ\u{A9}").is_err());
+}
+
+#[test]
+fn date_values_are_bounded_to_their_years() {
+    let spec = FormatSpec::new(FormatKind::Date);
+    assert!(spec.parse_value("1984-02-29").is_ok());
+    for outside in ["0001-01-01", "1799-12-31", "2200-01-01", "9999-12-31"] {
+        let Err(error) = spec.parse_value(outside) else {
+            panic!("{outside} accepted")
+        };
+        assert!(
+            error.to_string().contains("between 1800 and 2199"),
+            "{error}"
+        );
+        assert!(
+            !error.to_string().contains(outside),
+            "never echoes the value"
+        );
+    }
+    // Tokens lie in the token years and still parse as tokens.
+    assert!(spec.parse_token("2345-06-07").is_ok());
+    // Value years spanning more days than the token years are refused.
+    let wide = DateOptions {
+        value_year_min: 1,
+        value_year_max: 9999,
+        ..DateOptions::default()
+    };
+    assert!(wide.validate().is_err());
 }

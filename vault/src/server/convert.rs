@@ -33,6 +33,8 @@ pub(crate) fn namespace(ns: &Namespace) -> pb::Namespace {
             date_pattern: f.date.as_ref().map(|d| d.pattern.clone()),
             token_year_min: f.date.as_ref().map(|d| d.token_year_min.into()),
             token_year_max: f.date.as_ref().map(|d| d.token_year_max.into()),
+            value_year_min: f.date.as_ref().map(|d| d.value_year_min.into()),
+            value_year_max: f.date.as_ref().map(|d| d.value_year_max.into()),
         }),
         deterministic: ns.deterministic,
         created_at: i64::try_from(ns.created_at).unwrap_or(i64::MAX),
@@ -61,12 +63,17 @@ impl TryFrom<pb::CreateNamespaceRequest> for NamespaceSpec {
         }
         let year_min = small(options.token_year_min, "token_year_min")?;
         let year_max = small(options.token_year_max, "token_year_max")?;
-        if options.date_pattern.is_some() || year_min.is_some() || year_max.is_some() {
+        let value_min = small(options.value_year_min, "value_year_min")?;
+        let value_max = small(options.value_year_max, "value_year_max")?;
+        let set = [year_min, year_max, value_min, value_max];
+        if options.date_pattern.is_some() || set.iter().any(Option::is_some) {
             let defaults = DateOptions::default();
             format.date = Some(DateOptions {
                 pattern: options.date_pattern.unwrap_or(defaults.pattern),
                 token_year_min: year_min.unwrap_or(defaults.token_year_min),
                 token_year_max: year_max.unwrap_or(defaults.token_year_max),
+                value_year_min: value_min.unwrap_or(defaults.value_year_min),
+                value_year_max: value_max.unwrap_or(defaults.value_year_max),
             });
         }
         let spec = NamespaceSpec {

@@ -4,6 +4,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -11,6 +12,7 @@ use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tonic::codegen::http;
@@ -38,6 +40,12 @@ const KNOWN_RPCS: [&str; 15] = [
     "/phivault.v1.Admin/ExportAudit",
 ];
 
+/// A namespace's name: chosen by an administrator, validated, never PHI.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NamespaceLabel {
+    namespace: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CallLabels {
     rpc: &'static str,
@@ -54,6 +62,8 @@ pub struct Metrics {
     registry: Registry,
     calls: Family<CallLabels, Counter>,
     latency: Family<RpcLabel, Histogram>,
+    fill: Family<NamespaceLabel, Gauge<f64, AtomicU64>>,
+    vault: Arc<Vault>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -94,12 +104,20 @@ impl Metrics {
         registry.register(
             "audit_records_failed",
             "Audit records that could not be written since start; each failed its call (fail closed)",
-            AuditCount(vault, false),
+            AuditCount(Arc::clone(&vault), false),
+        );
+        let fill = Family::<NamespaceLabel, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "namespace_fill_ratio",
+            "Share of candidate tokens found taken since start, by namespace: how full the token space is for the values being tokenized",
+            fill.clone(),
         );
         Self {
             registry,
             calls,
             latency,
+            fill,
+            vault,
         }
     }
 
@@ -117,6 +135,11 @@ impl Metrics {
 
     /// The registry in the Prometheus text format.
     pub fn render(&self) -> String {
+        for (namespace, ratio) in self.vault.namespace_fill() {
+            self.fill
+                .get_or_create(&NamespaceLabel { namespace })
+                .set(ratio);
+        }
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             out.clear();

@@ -150,6 +150,26 @@ impl Inner {
     }
 }
 
+/// Reads of an open database, cloneable and `'static`.
+#[derive(Clone)]
+pub struct StoreReader(Arc<Inner>);
+
+impl StoreReader {
+    /// Whether each of `keys` exists in `cf`, in one RocksDB call.
+    pub fn contains_many<K: AsRef<[u8]>>(
+        &self,
+        cf: Cf,
+        keys: &[K],
+    ) -> Result<Vec<bool>, StoreError> {
+        self.0
+            .db
+            .batched_multi_get_cf(self.0.cf(cf), keys.iter().map(|k| k.as_ref()), false)
+            .into_iter()
+            .map(|r| Ok(r?.is_some()))
+            .collect()
+    }
+}
+
 /// An open vault database.
 pub struct Store {
     inner: Arc<Inner>,
@@ -249,6 +269,12 @@ impl Store {
             .into_iter()
             .map(|r| Ok(r?.map(|v| v.to_vec())))
             .collect()
+    }
+
+    /// A handle for reads that can move to a blocking task (the collision
+    /// search runs on one, off both the writer and the async workers).
+    pub fn reader(&self) -> StoreReader {
+        StoreReader(Arc::clone(&self.inner))
     }
 
     /// Every entry of a column family in key order.

@@ -20,6 +20,10 @@ const QUEUE_DEPTH: usize = 4096;
 /// Jobs folded into one commit at most, so a flood of small requests still
 /// sees its answers in bounded time.
 const MAX_JOBS_PER_COMMIT: usize = 1024;
+/// Reads and writes one commit's jobs may make before the writer stops taking
+/// more jobs into it: the jobs queued behind (audit records of reveals among
+/// them) wait for at most this much work, whatever a batch asks for.
+const COMMIT_BUDGET: usize = 200_000;
 
 type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 type Job = Box<dyn FnOnce(&mut Txn<'_>) -> Completion + Send>;
@@ -178,18 +182,20 @@ fn run(
     write_options.set_sync(durability == Durability::Fsync);
     let mut jobs = Vec::with_capacity(MAX_JOBS_PER_COMMIT);
     while let Some(first) = receiver.blocking_recv() {
+        let mut txn = Txn::new(inner);
+        let mut completions: Vec<Completion> = Vec::with_capacity(MAX_JOBS_PER_COMMIT);
         jobs.push(first);
-        while jobs.len() < MAX_JOBS_PER_COMMIT {
-            match receiver.try_recv() {
-                Ok(job) => jobs.push(job),
-                Err(_) => break,
+        // Jobs run as they are taken, so that the budget can end the commit
+        // early; what is left in the queue goes into the next one.
+        while let Some(job) = jobs.pop() {
+            completions.extend(run_job(job, &mut txn, counters));
+            if completions.len() >= MAX_JOBS_PER_COMMIT || txn.work >= COMMIT_BUDGET {
+                break;
+            }
+            if let Ok(job) = receiver.try_recv() {
+                jobs.push(job);
             }
         }
-        let mut txn = Txn::new(inner);
-        let completions: Vec<Completion> = jobs
-            .drain(..)
-            .filter_map(|job| run_job(job, &mut txn, counters))
-            .collect();
         let (written, after) = txn.commit(&write_options);
         let committed = written.map(|wrote| {
             // Only a batch that reached the store says the store takes
@@ -224,6 +230,8 @@ fn run(
         counters
             .jobs
             .fetch_add(completions.len() as u64, Ordering::Relaxed);
+        // Jobs that panicked were counted apart; the histogram counts the
+        // ones answered.
         let bucket = BATCH_BUCKETS.partition_point(|&upper| upper < completions.len() as u64);
         if let Some(count) = counters.batches.get(bucket) {
             count.fetch_add(1, Ordering::Relaxed);
@@ -273,6 +281,8 @@ pub struct Txn<'a> {
     after: Vec<AfterCommit>,
     /// `ranges.len()` and `after.len()` when the running job began.
     marks: (usize, usize),
+    /// Reads and writes made so far, against the writer's commit budget.
+    work: usize,
 }
 
 impl<'a> Txn<'a> {
@@ -284,11 +294,13 @@ impl<'a> Txn<'a> {
             ranges: Vec::new(),
             after: Vec::new(),
             marks: (0, 0),
+            work: 0,
         }
     }
 
     /// Reads a key as the commit will leave it.
-    pub fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+    pub fn get(&mut self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.work += 1;
         match self.writes[cf.index()].get(key) {
             Some(pending) => Ok(pending.as_deref().map(<[u8]>::to_vec)),
             None => Ok(self.inner.db.get_cf(self.inner.cf(cf), key)?),
@@ -296,7 +308,8 @@ impl<'a> Txn<'a> {
     }
 
     /// Whether a key exists as the commit will leave it.
-    pub fn contains(&self, cf: Cf, key: &[u8]) -> Result<bool, StoreError> {
+    pub fn contains(&mut self, cf: Cf, key: &[u8]) -> Result<bool, StoreError> {
+        self.work += 1;
         match self.writes[cf.index()].get(key) {
             Some(pending) => Ok(pending.is_some()),
             None => Ok(self
@@ -318,6 +331,7 @@ impl<'a> Txn<'a> {
     }
 
     fn set(&mut self, cf: Cf, key: Box<[u8]>, value: Option<Box<[u8]>>) {
+        self.work += 1;
         let previous = self.writes[cf.index()].insert(key.clone(), value);
         self.undo.push((cf, key, previous));
     }
