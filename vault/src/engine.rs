@@ -267,6 +267,9 @@ impl Vault {
         let next_id = namespaces.len() as u32 + 1;
 
         let store = Store::create(path, &options.store)?;
+        store.set_row_mac(Some(crate::store::integrity::RowMac::new(
+            kek.registry_key(),
+        )));
         let stored = namespaces.clone();
         store
             .write(move |txn| {
@@ -324,8 +327,9 @@ impl Vault {
         if !Store::exists(path) {
             return Err(Error::NotInitialized(path.display().to_string()));
         }
-        let kek = unseal_kek(path, master).await?;
+        let Unsealed { kek, tagged } = unseal_kek(path, master).await?;
         let store = Store::open(path, &options.store)?;
+        protect_registry(&store, &kek, tagged).await?;
         let keyring = load_keyring(&store, &kek)?;
         let audit_key = crate::audit::load_or_create_key(&store, &kek).await?;
         let mut namespaces: Vec<Namespace> = Vec::new();
@@ -1120,7 +1124,7 @@ pub(crate) fn load_keyring(store: &Store, kek: &Kek) -> Result<Keyring, Error> {
 /// Derives the KEK of the vault at `path` and checks it against the stored
 /// KEK check, reading through a read-only view: a wrong key changes nothing
 /// on disk.
-pub(crate) async fn unseal_kek(path: &Path, master: MasterKey) -> Result<Kek, Error> {
+pub(crate) async fn unseal_kek(path: &Path, master: MasterKey) -> Result<Unsealed, Error> {
     let meta = Store::read_meta_read_only(
         path,
         &[
@@ -1146,9 +1150,58 @@ pub(crate) async fn unseal_kek(path: &Path, master: MasterKey) -> Result<Kek, Er
         .ok_or(Error::Corrupt("KDF record"))?;
     let check = check.ok_or(Error::Corrupt("KEK check"))?;
     let kek = derive_kek(master, record.clone()).await?;
-    kek.verify(&record, &check)
+    let tagged = kek
+        .verify(&record, &check)
         .map_err(|_| Error::WrongMasterKey)?;
-    Ok(kek)
+    Ok(Unsealed { kek, tagged })
+}
+
+/// A KEK that opened the vault's check, and whether the vault's registry rows
+/// carry tags (false: a vault from before them, tagged on first open).
+pub(crate) struct Unsealed {
+    pub(crate) kek: Kek,
+    pub(crate) tagged: bool,
+}
+
+/// Makes `store` tag and check the rows that shape access, under `kek`. A
+/// vault from before tags (`tagged` false) has its rows tagged first, and its
+/// KEK check replaced by one that says so, in one commit: from then on an
+/// untagged or altered row is refused.
+pub(crate) async fn protect_registry(store: &Store, kek: &Kek, tagged: bool) -> Result<(), Error> {
+    let mac = crate::store::integrity::RowMac::new(kek.registry_key());
+    if !tagged {
+        let record = store
+            .get(Cf::Meta, keys::META_KDF)?
+            .as_deref()
+            .and_then(KdfRecord::decode)
+            .ok_or(Error::Corrupt("KDF record"))?;
+        let check = kek.check_value(&record).map_err(Error::Crypto)?;
+        let mut rows = Vec::new();
+        for cf in [Cf::Clients, Cf::Namespaces, Cf::Keys, Cf::Meta] {
+            for entry in store.scan(cf) {
+                let (key, value) = entry?;
+                if crate::store::integrity::protects(cf, &key) {
+                    rows.push((cf, key.clone(), mac.seal(cf, &key, &value)));
+                }
+            }
+        }
+        let count = rows.len();
+        store
+            .write(move |txn| {
+                for (cf, key, sealed) in rows {
+                    txn.put(cf, key, sealed);
+                }
+                txn.put(Cf::Meta, keys::META_KEK_CHECK, check);
+                Ok(())
+            })
+            .await?;
+        tracing::info!(
+            rows = count,
+            "rows that shape access now carry MACs under a key derived from the KEK"
+        );
+    }
+    store.set_row_mac(Some(mac));
+    Ok(())
 }
 
 /// The associated data of a reverse row: namespace, token and key version,
@@ -1327,5 +1380,103 @@ impl FillStats {
         map.iter()
             .map(|(ns, &(tried, taken))| (ns.clone(), taken as f64 / tried as f64))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod registry_tests {
+    use super::*;
+    use crate::store::integrity::{RowMac, protects};
+
+    fn key_file() -> MasterKey {
+        MasterKey::KeyFile(Zeroizing::new([0x3c; 32]))
+    }
+
+    /// A vault written before registry rows carried tags opens, has its rows
+    /// tagged once, and from then on refuses an untagged row.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_vault_from_before_tags_is_migrated_on_first_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let vault = Vault::init(dir.path(), key_file(), VaultOptions::default())
+            .await
+            .expect("init");
+        let token = vault
+            .tokenize("ssn", &["123-45-6789"])
+            .await
+            .expect("tokenize")[0]
+            .clone()
+            .expect("token");
+        vault.close().expect("close");
+
+        // Make it look as an older version left it: rows without tags, the
+        // old form of the KEK check.
+        let Unsealed { kek, tagged } = unseal_kek(dir.path(), key_file()).await.expect("kek");
+        assert!(tagged);
+        let mac = RowMac::new(kek.registry_key());
+        let store = Store::open(dir.path(), &StoreOptions::default()).expect("raw");
+        let record = store
+            .get(Cf::Meta, keys::META_KDF)
+            .expect("get")
+            .as_deref()
+            .and_then(KdfRecord::decode)
+            .expect("record");
+        let legacy_check = kek.legacy_check_value(&record).expect("check");
+        let mut rows = Vec::new();
+        for cf in [Cf::Clients, Cf::Namespaces, Cf::Keys, Cf::Meta] {
+            for entry in store.scan(cf) {
+                let (key, value) = entry.expect("row");
+                if protects(cf, &key) {
+                    let plain = mac.open(cf, &key, &value).expect("tagged");
+                    rows.push((cf, key, plain));
+                }
+            }
+        }
+        assert!(rows.len() > 10);
+        store
+            .write(move |txn| {
+                for (cf, key, plain) in rows {
+                    txn.put(cf, key, plain);
+                }
+                txn.put(Cf::Meta, keys::META_KEK_CHECK, legacy_check);
+                Ok(())
+            })
+            .await
+            .expect("write");
+        store.close().expect("close");
+
+        let vault = Vault::open(dir.path(), key_file(), VaultOptions::default())
+            .await
+            .expect("the old vault opens and is migrated");
+        assert_eq!(
+            vault
+                .detokenize("ssn", &[&token])
+                .await
+                .expect("detokenize")[0]
+                .as_deref()
+                .expect("value"),
+            "123-45-6789"
+        );
+        vault.close().expect("close");
+        let Unsealed { tagged, .. } = unseal_kek(dir.path(), key_file()).await.expect("kek");
+        assert!(tagged, "the KEK check now says the rows are tagged");
+
+        // From now on an untagged row is refused.
+        let store = Store::open(dir.path(), &StoreOptions::default()).expect("raw");
+        store
+            .write(|txn| {
+                txn.put(Cf::Namespaces, &b"planted"[..], &b"{}"[..]);
+                Ok(())
+            })
+            .await
+            .expect("write");
+        store.close().expect("close");
+        let refused = Vault::open(dir.path(), key_file(), VaultOptions::default()).await;
+        assert!(matches!(
+            refused,
+            Err(Error::Store(StoreError::Tampered {
+                table: "namespaces",
+                ..
+            }))
+        ));
     }
 }

@@ -9,7 +9,8 @@ use std::sync::Arc;
 use crate::crypto::kek::KdfRecord;
 use crate::crypto::{KdfParams, KeyPurpose, MasterKey};
 use crate::engine::{
-    MIN_PASSPHRASE_CHARS, derive_kek, live_keysets, load_keyring, reverse_ad, unseal_kek,
+    MIN_PASSPHRASE_CHARS, Unsealed, derive_kek, live_keysets, load_keyring, protect_registry,
+    reverse_ad, unseal_kek,
 };
 use crate::error::Error;
 use crate::store::keys::{self, ForwardKey, ReverseRow};
@@ -504,11 +505,26 @@ impl Vault {
             });
         }
         kdf.check().map_err(Error::MasterKey)?;
-        let old_kek = unseal_kek(path, old).await?;
+        let Unsealed {
+            kek: old_kek,
+            tagged,
+        } = unseal_kek(path, old).await?;
         // Opening for writing takes RocksDB's lock: a running server holds it.
         let store = Store::open(path, &StoreOptions::default())?;
+        protect_registry(&store, &old_kek, tagged).await?;
         failpoint("rekey-opened");
         let rows = live_keysets(&store, &old_kek)?;
+        // Every row that carries a tag is tagged again under the new KEK in
+        // the same commit as the new wrapping: read (and checked) here.
+        let mut tagged_rows: Vec<(Cf, Entry)> = Vec::new();
+        for cf in [Cf::Clients, Cf::Namespaces, Cf::Keys, Cf::Meta] {
+            for entry in store.scan(cf) {
+                let (key, value) = entry?;
+                if crate::store::integrity::protects(cf, &key) {
+                    tagged_rows.push((cf, (key, value)));
+                }
+            }
+        }
         let record = KdfRecord::generate(&new, kdf).map_err(Error::Crypto)?;
         let new_kek = derive_kek(new, record.clone()).await?;
         failpoint("rekey-derived");
@@ -536,8 +552,14 @@ impl Vault {
         drop(old_kek);
         failpoint("rekey-wrapped");
         let count = rewrapped.len();
+        store.set_row_mac(Some(crate::store::integrity::RowMac::new(
+            new_kek.registry_key(),
+        )));
         store
             .write(move |txn| {
+                for (cf, (key, value)) in tagged_rows {
+                    txn.put(cf, key, value);
+                }
                 txn.put(Cf::Meta, keys::META_KDF, record.encode());
                 txn.put(Cf::Meta, keys::META_KEK_CHECK, check);
                 for (version, row) in rewrapped {
@@ -551,6 +573,15 @@ impl Vault {
         failpoint("rekey-committed");
         load_keyring(&store, &new_kek)?;
         crate::audit::load_or_create_key(&store, &new_kek).await?;
+        // The keysets wrapped under the old KEK are overwritten, not gone:
+        // they sit in older table files and the write-ahead log until
+        // compaction reaches them, and anyone holding the old passphrase
+        // could unwrap them from a copy of the directory. Flush and rewrite
+        // both column families now, so that they leave the disk.
+        let compacting = store.reader_compact(&[Cf::Keys, Cf::Meta]);
+        tokio::task::spawn_blocking(compacting)
+            .await
+            .map_err(|_| Error::Store(crate::store::StoreError::JobPanicked))??;
         store.close()?;
         tracing::info!(path = %path.display(), keysets = count, "master key replaced");
         Ok(())

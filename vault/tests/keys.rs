@@ -325,6 +325,17 @@ async fn rekey_replaces_the_passphrase_and_keeps_every_mapping() {
     .expect_err("wrong old passphrase");
     assert!(matches!(wrong, Error::WrongMasterKey));
 
+    // The keysets as wrapped under the old passphrase.
+    let old_rows: Vec<Vec<u8>> = {
+        let store = phivault::store::Store::open_read_only(dir.path(), &Default::default())
+            .expect("read-only");
+        store
+            .scan(Cf::Keys)
+            .map(|e| e.expect("row").1.to_vec())
+            .collect()
+    };
+    assert!(!old_rows.is_empty());
+
     Vault::rekey(
         dir.path(),
         passphrase(old),
@@ -333,6 +344,18 @@ async fn rekey_replaces_the_passphrase_and_keeps_every_mapping() {
     )
     .await
     .expect("rekey");
+    // Rekey compacts them off the disk: no file of the vault holds them.
+    for entry in std::fs::read_dir(dir.path()).expect("dir") {
+        let path = entry.expect("entry").path();
+        let bytes = std::fs::read(&path).expect("read");
+        for row in &old_rows {
+            assert!(
+                !bytes.windows(row.len()).any(|w| w == row.as_slice()),
+                "{} still holds a keyset wrapped under the old passphrase",
+                path.display()
+            );
+        }
+    }
     let refused = Vault::open(dir.path(), passphrase(old), VaultOptions::default()).await;
     assert!(matches!(refused, Err(Error::WrongMasterKey)));
     let vault = Vault::open(dir.path(), passphrase(new), VaultOptions::default())

@@ -14,6 +14,13 @@ use super::{CryptoError, SivKey};
 const KEK_CHECK_LABEL: &[u8] = b"phivault kek-check";
 const KEK_CHECK_PLAINTEXT: &[u8] = b"phivault kek check v1";
 const WRAP_KEY_INFO: &[u8] = b"phivault kek wrap v1";
+/// HKDF label of the key that MACs the rows that shape access.
+const REGISTRY_KEY_INFO: &[u8] = b"phivault registry mac v1";
+/// Bound into the KEK check of a vault whose registry rows carry MACs: a
+/// check without it marks a vault from before them, whose rows are tagged on
+/// first open. Whoever cannot make a KEK check cannot pass a tagged vault off
+/// as an untagged one (and have rows they planted tagged).
+const REGISTRY_CHECK_LABEL: &[u8] = b"registry rows tagged";
 const RECORD_VERSION: u8 = 1;
 const KIND_ARGON2ID: u8 = 1;
 const KIND_KEY_FILE: u8 = 2;
@@ -211,8 +218,9 @@ impl KdfRecord {
     }
 }
 
-/// The key-encryption key, expanded to an AES-256-SIV key.
-pub struct Kek(SivKey);
+/// The key-encryption key, expanded to an AES-256-SIV key, and the key of the
+/// MACs on rows that shape access, derived from it.
+pub struct Kek(SivKey, Zeroizing<[u8; 32]>);
 
 impl Kek {
     /// Derives the KEK for `record` from `master`. Argon2id parameters are
@@ -237,24 +245,51 @@ impl Kek {
             }
             MasterKey::KeyFile(key) => kek.copy_from_slice(&key[..]),
         }
+        let hkdf = Hkdf::<Sha256>::new(Some(&record.salt), &kek[..]);
         let mut wrap = Zeroizing::new([0u8; 64]);
-        Hkdf::<Sha256>::new(Some(&record.salt), &kek[..])
-            .expand(WRAP_KEY_INFO, &mut wrap[..])
+        let mut registry = Zeroizing::new([0u8; 32]);
+        hkdf.expand(WRAP_KEY_INFO, &mut wrap[..])
+            .and_then(|()| hkdf.expand(REGISTRY_KEY_INFO, &mut registry[..]))
             .map_err(|_| CryptoError::KdfParams("HKDF output length".into()))?;
-        Ok(Self(SivKey::from_bytes(wrap)))
+        Ok(Self(SivKey::from_bytes(wrap), registry))
     }
 
-    /// The value stored in `meta` that proves a later derivation right.
+    /// The key of the MACs on rows that shape access.
+    pub(crate) fn registry_key(&self) -> &[u8; 32] {
+        &self.1
+    }
+
+    /// The value stored in `meta` that proves a later derivation right (and
+    /// says that the vault's registry rows are tagged).
     pub(crate) fn check_value(&self, record: &KdfRecord) -> Result<Vec<u8>, CryptoError> {
+        self.0.seal(
+            &[KEK_CHECK_LABEL, &record.encode(), REGISTRY_CHECK_LABEL],
+            KEK_CHECK_PLAINTEXT,
+        )
+    }
+
+    /// The KEK check of a vault from before registry tags, for the tests of
+    /// the migration.
+    #[cfg(test)]
+    pub(crate) fn legacy_check_value(&self, record: &KdfRecord) -> Result<Vec<u8>, CryptoError> {
         self.0
             .seal(&[KEK_CHECK_LABEL, &record.encode()], KEK_CHECK_PLAINTEXT)
     }
 
-    /// Succeeds only if this KEK made `check` for exactly this `record`.
-    pub(crate) fn verify(&self, record: &KdfRecord, check: &[u8]) -> Result<(), CryptoError> {
-        let opened = self.0.open(&[KEK_CHECK_LABEL, &record.encode()], check)?;
+    /// Succeeds only if this KEK made `check` for exactly this `record`:
+    /// `true` for a vault whose registry rows are tagged, `false` for one
+    /// from before tags.
+    pub(crate) fn verify(&self, record: &KdfRecord, check: &[u8]) -> Result<bool, CryptoError> {
+        let encoded = record.encode();
+        let (opened, tagged) = match self
+            .0
+            .open(&[KEK_CHECK_LABEL, &encoded, REGISTRY_CHECK_LABEL], check)
+        {
+            Ok(opened) => (opened, true),
+            Err(_) => (self.0.open(&[KEK_CHECK_LABEL, &encoded], check)?, false),
+        };
         if opened.as_slice() == KEK_CHECK_PLAINTEXT {
-            Ok(())
+            Ok(tagged)
         } else {
             Err(CryptoError::DecryptionFailed)
         }

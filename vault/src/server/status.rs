@@ -28,6 +28,10 @@ impl From<Error> for Status {
                     "the vault cannot write its audit trail; the call was refused (retry later)",
                 )
             }
+            Error::Store(crate::store::StoreError::Tampered { table, ref row }) => {
+                tracing::error!(table, row = %row, "a row failed its integrity check; the call is refused");
+                Status::data_loss("stored data failed its integrity check")
+            }
             Error::Store(ref detail) => {
                 tracing::error!(error = %detail, "storage failure");
                 Status::unavailable("the vault's storage is unavailable; retry later")

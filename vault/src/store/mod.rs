@@ -1,6 +1,7 @@
 //! The only module that touches RocksDB: column families, options, key
 //! encodings, reads, and the single writer every write goes through.
 
+pub mod integrity;
 pub mod keys;
 mod writer;
 
@@ -119,6 +120,19 @@ pub enum StoreError {
     /// A column family is missing from an existing database.
     #[error("the database lacks column family {0:?}")]
     MissingColumnFamily(&'static str),
+    /// A row that grants or shapes access failed its integrity check: it was
+    /// written or changed outside phivault. Names the table and the row,
+    /// never its value.
+    #[error(
+        "the {table} table's row {row} failed its integrity check: the data directory was modified outside phivault"
+    )]
+    Tampered {
+        /// The column family.
+        table: &'static str,
+        /// The row, by a name that is not PHI (a client id, a namespace or
+        /// `meta` name, a keyset version).
+        row: String,
+    },
     /// A checkpoint could not be written.
     #[error("cannot write a checkpoint to {path}: {reason}")]
     Checkpoint {
@@ -137,9 +151,44 @@ impl From<rocksdb::Error> for StoreError {
 
 struct Inner {
     db: DB,
+    /// Tags protected rows once the vault is unsealed (see [`integrity`]).
+    row_mac: std::sync::RwLock<Option<Arc<integrity::RowMac>>>,
 }
 
 impl Inner {
+    fn row_mac(&self) -> Option<Arc<integrity::RowMac>> {
+        self.row_mac
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// A row as read from disk, its tag checked and removed when it carries
+    /// one.
+    fn unseal(
+        &self,
+        cf: Cf,
+        key: &[u8],
+        stored: Option<Vec<u8>>,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        match (stored, self.row_mac()) {
+            (Some(stored), Some(mac)) if integrity::protects(cf, key) => {
+                mac.open(cf, key, &stored).map(Some)
+            }
+            (stored, _) => Ok(stored),
+        }
+    }
+
+    fn unseal_entry(&self, cf: Cf, (key, value): Entry) -> Result<Entry, StoreError> {
+        match self.row_mac() {
+            Some(mac) if integrity::protects(cf, &key) => {
+                let value = mac.open(cf, &key, &value)?;
+                Ok((key, value.into_boxed_slice()))
+            }
+            _ => Ok((key, value)),
+        }
+    }
+
     fn cf(&self, cf: Cf) -> &ColumnFamily {
         // Every column family is created or verified when the database opens
         // (see `Store::open_db`), so the handle always exists.
@@ -148,6 +197,20 @@ impl Inner {
             .cf_handle(cf.name())
             .expect("column families are verified at open")
     }
+}
+
+fn compact(inner: &Inner, cfs: &[Cf]) -> Result<(), StoreError> {
+    inner.db.flush()?;
+    let mut options = CompactOptions::default();
+    options.set_bottommost_level_compaction(BottommostLevelCompaction::Force);
+    options.set_exclusive_manual_compaction(true);
+    for &cf in cfs {
+        inner.db.flush_cf(inner.cf(cf))?;
+        inner
+            .db
+            .compact_range_cf_opt(inner.cf(cf), None::<&[u8]>, None::<&[u8]>, &options);
+    }
+    Ok(())
 }
 
 /// Reads of an open database, cloneable and `'static`.
@@ -244,7 +307,10 @@ impl Store {
                 return Err(StoreError::MissingColumnFamily(cf.name()));
             }
         }
-        let inner = Arc::new(Inner { db });
+        let inner = Arc::new(Inner {
+            db,
+            row_mac: std::sync::RwLock::new(None),
+        });
         let writer = match writable {
             Some(durability) => Some(writer::Writer::start(Arc::clone(&inner), durability)?),
             None => None,
@@ -252,9 +318,20 @@ impl Store {
         Ok(Self { inner, writer })
     }
 
+    /// From now on, protected rows are tagged when written and checked when
+    /// read (see [`integrity`]); `None` reads and writes them as they are.
+    pub fn set_row_mac(&self, mac: Option<integrity::RowMac>) {
+        *self
+            .inner
+            .row_mac
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = mac.map(Arc::new);
+    }
+
     /// Reads one key.
     pub fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.inner.db.get_cf(self.inner.cf(cf), key)?)
+        let stored = self.inner.db.get_cf(self.inner.cf(cf), key)?;
+        self.inner.unseal(cf, key, stored)
     }
 
     /// Reads many keys of one column family in one RocksDB call.
@@ -267,7 +344,8 @@ impl Store {
             .db
             .batched_multi_get_cf(self.inner.cf(cf), keys.iter().map(|k| k.as_ref()), false)
             .into_iter()
-            .map(|r| Ok(r?.map(|v| v.to_vec())))
+            .zip(keys)
+            .map(|(r, key)| self.inner.unseal(cf, key.as_ref(), r?.map(|v| v.to_vec())))
             .collect()
     }
 
@@ -282,7 +360,10 @@ impl Store {
         self.inner
             .db
             .full_iterator_cf(self.inner.cf(cf), rocksdb::IteratorMode::Start)
-            .map(|r| r.map_err(StoreError::from))
+            .map(move |r| {
+                r.map_err(StoreError::from)
+                    .and_then(|entry| self.inner.unseal_entry(cf, entry))
+            })
     }
 
     /// Up to `limit` entries of `cf` in key order, starting after `after`
@@ -301,7 +382,7 @@ impl Store {
             if !after.is_empty() && *key == *after {
                 continue;
             }
-            entries.push((key, value));
+            entries.push(self.inner.unseal_entry(cf, (key, value))?);
             if entries.len() >= limit {
                 break;
             }
@@ -330,7 +411,7 @@ impl Store {
             if !after.is_empty() && *key == *after {
                 continue;
             }
-            entries.push((key, value));
+            entries.push(self.inner.unseal_entry(cf, (key, value))?);
         }
         Ok(entries)
     }
@@ -345,25 +426,22 @@ impl Store {
             .unwrap_or(0))
     }
 
+    /// [`Store::compact`] as a closure for a blocking task.
+    pub fn reader_compact(
+        &self,
+        cfs: &[Cf],
+    ) -> impl FnOnce() -> Result<(), StoreError> + Send + 'static {
+        let inner = Arc::clone(&self.inner);
+        let cfs = cfs.to_vec();
+        move || compact(&inner, &cfs)
+    }
+
     /// Flushes the memtables and rewrites every SST file of `cfs`, so that
     /// overwritten and deleted entries (old ciphertexts, destroyed key
     /// material) leave the disk rather than waiting for compaction to reach
     /// them. Blocking; run it off the async workers.
     pub fn compact(&self, cfs: &[Cf]) -> Result<(), StoreError> {
-        self.inner.db.flush()?;
-        let mut options = CompactOptions::default();
-        options.set_bottommost_level_compaction(BottommostLevelCompaction::Force);
-        options.set_exclusive_manual_compaction(true);
-        for &cf in cfs {
-            self.inner.db.flush_cf(self.inner.cf(cf))?;
-            self.inner.db.compact_range_cf_opt(
-                self.inner.cf(cf),
-                None::<&[u8]>,
-                None::<&[u8]>,
-                &options,
-            );
-        }
-        Ok(())
+        compact(&self.inner, cfs)
     }
 
     /// Writes a consistent checkpoint of the whole database to `path` (a new

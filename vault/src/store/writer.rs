@@ -13,7 +13,7 @@ use std::thread::JoinHandle;
 use rocksdb::{WriteBatch, WriteOptions};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Cf, Durability, Inner, StoreError};
+use super::{Cf, Durability, Inner, StoreError, integrity};
 
 /// Jobs waiting for the writer before submitters have to wait.
 const QUEUE_DEPTH: usize = 4096;
@@ -303,7 +303,10 @@ impl<'a> Txn<'a> {
         self.work += 1;
         match self.writes[cf.index()].get(key) {
             Some(pending) => Ok(pending.as_deref().map(<[u8]>::to_vec)),
-            None => Ok(self.inner.db.get_cf(self.inner.cf(cf), key)?),
+            None => {
+                let stored = self.inner.db.get_cf(self.inner.cf(cf), key)?;
+                self.inner.unseal(cf, key, stored)
+            }
         }
     }
 
@@ -378,12 +381,16 @@ impl<'a> Txn<'a> {
         for (cf, from, to) in &self.ranges {
             batch.delete_range_cf(self.inner.cf(*cf), from, to);
         }
+        let mac = self.inner.row_mac();
         for cf in Cf::ALL {
             let handle = self.inner.cf(cf);
             for (key, value) in &self.writes[cf.index()] {
-                match value {
-                    Some(value) => batch.put_cf(handle, key, value),
-                    None => batch.delete_cf(handle, key),
+                match (value, &mac) {
+                    (Some(value), Some(mac)) if integrity::protects(cf, key) => {
+                        batch.put_cf(handle, key, mac.seal(cf, key, value));
+                    }
+                    (Some(value), _) => batch.put_cf(handle, key, value),
+                    (None, _) => batch.delete_cf(handle, key),
                 }
             }
         }
