@@ -273,6 +273,10 @@ impl Client {
             .connect_timeout(Duration::from_secs(10))
             .tcp_nodelay(true);
         if transport == Transport::Tls {
+            // aws-lc-rs offers the hybrid post-quantum key exchange
+            // X25519MLKEM768 first; a provider the embedding program
+            // installed already is kept.
+            let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
             let mut tls = ClientTlsConfig::new();
             tls = match &options.ca_pem {
                 Some(ca) => tls.ca_certificate(Certificate::from_pem(ca)),

@@ -21,9 +21,12 @@
 //! task, so the writer hashes 88 bytes per record whatever its size.
 //!
 //! What the chain proves: that the records are the ones written, in order,
-//! none missing, as long as the head is genuine. Someone able to rewrite the
-//! database could recompute the whole chain; copies exported to a SIEM (whose
-//! hashes then no longer match) are the defence against that.
+//! none missing, as long as the head is genuine — and the head carries a MAC
+//! under a key derived from the KEK (see [`crate::store::integrity`]), checked
+//! whenever the vault opens. Someone able to rewrite the database can
+//! recompute SHA-256 links but not the head's MAC, so a rewritten or truncated
+//! chain is refused at the next start. The keyless walk (`phivault audit
+//! verify`) checks every link; that the head is genuine needs the key.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -681,6 +684,14 @@ pub(crate) async fn load_or_create_key(
     if let Some(bytes) = store.get(Cf::Meta, keys::META_AUDIT_KEY)? {
         let row = keys::AuditKeyRow::decode(&bytes).ok_or(Error::Corrupt("audit key row"))?;
         return AuditKey::unwrap(kek, row.version, &row.wrapped).map_err(|_| Error::KeyIntegrity);
+    }
+    // A vault without an audit key is one from before the audit trail.
+    // If records exist, the key was removed: a new one would make every
+    // token mark of the trail unanswerable, so refuse rather than hide it.
+    if read_head(|| store.get(Cf::Meta, keys::META_AUDIT_HEAD))?.seq > 0 {
+        return Err(Error::Corrupt(
+            "the audit key is missing while audit records exist; refusing to create another",
+        ));
     }
     let key = AuditKey::generate(1).map_err(Error::Crypto)?;
     let row = new_key_row(&key, kek)?;

@@ -330,6 +330,9 @@ impl Vault {
         let Unsealed { kek, tagged } = unseal_kek(path, master).await?;
         let store = Store::open(path, &options.store)?;
         protect_registry(&store, &kek, tagged).await?;
+        // The audit head's MAC is what keys the chain: check it now, so that
+        // a rewritten trail stops the start rather than the first reveal.
+        store.get(Cf::Meta, keys::META_AUDIT_HEAD)?;
         let keyring = load_keyring(&store, &kek)?;
         let audit_key = crate::audit::load_or_create_key(&store, &kek).await?;
         let mut namespaces: Vec<Namespace> = Vec::new();

@@ -121,35 +121,29 @@ impl Staging {
     fn checkpoint(&self) -> PathBuf {
         self.0.join("checkpoint")
     }
+}
 
-    /// Makes the checkpoint owner-only, then moves it to `path`, failing
-    /// rather than replacing anything that appeared there meanwhile.
-    fn publish(&self, path: &Path) -> Result<(), Error> {
-        use std::os::unix::fs::PermissionsExt as _;
-        let checkpoint = self.checkpoint();
-        let io = |e: std::io::Error| {
-            Error::InvalidBackupPath(format!("cannot finish {}: {}", path.display(), e.kind()))
-        };
-        // Hard-linked table files share their mode with the live files:
-        // tightening one tightens both, which is right for either.
-        for entry in std::fs::read_dir(&checkpoint).map_err(io)? {
-            let entry = entry.map_err(io)?;
-            if entry.file_type().map_err(io)?.is_file() {
-                std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(0o600))
-                    .map_err(io)?;
-            }
+/// Makes the checkpoint at `checkpoint` owner-only, then moves it to `path`,
+/// failing rather than replacing anything that appeared there meanwhile.
+fn publish(checkpoint: &Path, path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    // Hard-linked table files share their mode with the live files:
+    // tightening one tightens both, which is right for either.
+    for entry in std::fs::read_dir(checkpoint)? {
+        let entry = entry?;
+        if entry.file_type()?.is_file() {
+            std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(0o600))?;
         }
-        std::fs::set_permissions(&checkpoint, std::fs::Permissions::from_mode(0o700))
-            .map_err(io)?;
-        rustix::fs::renameat_with(
-            rustix::fs::CWD,
-            &checkpoint,
-            rustix::fs::CWD,
-            path,
-            rustix::fs::RenameFlags::NOREPLACE,
-        )
-        .map_err(|e| io(e.into()))
     }
+    std::fs::set_permissions(checkpoint, std::fs::Permissions::from_mode(0o700))?;
+    rustix::fs::renameat_with(
+        rustix::fs::CWD,
+        checkpoint,
+        rustix::fs::CWD,
+        path,
+        rustix::fs::RenameFlags::NOREPLACE,
+    )
+    .map_err(std::io::Error::from)
 }
 
 impl Drop for Staging {
@@ -163,8 +157,18 @@ impl Drop for Staging {
 async fn checkpoint_to(store: &Store, path: &Path, within: Option<&Path>) -> Result<(), Error> {
     let parent = backup_target(path, within)?;
     let staging = Staging::create(&parent)?;
-    store.checkpoint(&staging.checkpoint()).await?;
-    staging.publish(path)
+    let target = path.to_path_buf();
+    // Published on the writer thread, right after the checkpoint, so that no
+    // write is acknowledged between the two.
+    store
+        .checkpoint(&staging.checkpoint(), move |made| {
+            publish(made, &target).map_err(|e| crate::store::StoreError::Checkpoint {
+                path: target.display().to_string(),
+                reason: e.kind().to_string(),
+            })
+        })
+        .await?;
+    Ok(())
 }
 
 fn directory_bytes(path: &Path) -> u64 {

@@ -211,6 +211,56 @@ async fn a_truncated_chain_is_named() {
     assert_eq!((report.records, report.head_seq), (7, 10));
 }
 
+/// A truncation that also moves the head back to the last record kept is a
+/// consistent chain: the keyless walk cannot tell. The head's MAC, under a
+/// key derived from the KEK, can: the vault refuses to start.
+#[tokio::test]
+async fn a_truncation_with_a_rewritten_head_is_refused_at_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    vault_with_records(dir.path(), 10).await;
+    let seventh = record(dir.path(), 7);
+    // format ‖ time (8) ‖ prev (32) ‖ hash (32) ‖ body
+    let time: [u8; 8] = seventh[1..9].try_into().expect("time");
+    let hash: [u8; 32] = seventh[41..73].try_into().expect("hash");
+    tamper(dir.path(), move |txn| {
+        for seq in 8..=10u64 {
+            txn.delete(Cf::Audit, seq.to_be_bytes());
+        }
+        let mut head = Vec::new();
+        head.extend_from_slice(&7u64.to_be_bytes());
+        head.extend_from_slice(&time);
+        head.extend_from_slice(&hash);
+        txn.put(Cf::Meta, phivault::store::keys::META_AUDIT_HEAD, head);
+    })
+    .await;
+    let report = verify_audit_at(dir.path()).expect("verify");
+    assert!(report.is_intact(), "the links alone look fine: {report:?}");
+    match Vault::open(dir.path(), key_file(), VaultOptions::default()).await {
+        Err(phivault::Error::Store(phivault::store::StoreError::Tampered { table, row })) => {
+            assert_eq!((table, row.as_str()), ("meta", "\"audit_head\""));
+        }
+        Err(other) => panic!("refused for another reason: {other}"),
+        Ok(_) => panic!("a rewritten audit trail opened"),
+    }
+}
+
+/// An audit key removed while records exist is never silently replaced.
+#[tokio::test]
+async fn a_missing_audit_key_is_not_recreated_when_records_exist() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    vault_with_records(dir.path(), 3).await;
+    tamper(dir.path(), |txn| {
+        txn.delete(Cf::Meta, phivault::store::keys::META_AUDIT_KEY)
+    })
+    .await;
+    let refused = Vault::open(dir.path(), key_file(), VaultOptions::default()).await;
+    assert!(
+        matches!(&refused, Err(e) if e.to_string().contains("audit key is missing")),
+        "{:?}",
+        refused.err().map(|e| e.to_string())
+    );
+}
+
 #[tokio::test]
 async fn the_verify_command_names_the_first_bad_record_and_fails() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -939,3 +939,86 @@ async fn the_cli_walkthrough() {
     let listed = stdout(&cli(&server, admin, &["clients", "list"], ""));
     assert!(listed.contains("billing") && listed.contains("detokenize-masked:ssn"));
 }
+
+/// The TLS of both the server and the client offers the hybrid
+/// post-quantum key exchange X25519MLKEM768, and gets it from a peer that
+/// supports it: traffic recorded today cannot be decrypted later by a
+/// quantum computer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_negotiates_hybrid_post_quantum_key_exchange() {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    let pki = Pki::new();
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let hybrid = rustls::NamedGroup::X25519MLKEM768;
+
+    // The server, to a stock rustls client.
+    let vault = VaultDir::init();
+    let server = Server::start(
+        &vault,
+        &[
+            "--tls-cert",
+            &pki.path("server.pem"),
+            "--tls-key",
+            &pki.path("server.key"),
+        ],
+    );
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(&pki.read("ca.pem")).expect("CA"))
+        .expect("root");
+    let mut config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(server.addr)
+        .await
+        .expect("connect");
+    let name = ServerName::IpAddress(server.addr.ip().into());
+    let tls = connector.connect(name, tcp).await.expect("handshake");
+    let group = tls
+        .get_ref()
+        .1
+        .negotiated_key_exchange_group()
+        .map(|g| g.name());
+    assert_eq!(group, Some(hybrid), "the server's key exchange");
+    drop(tls);
+    server.stop();
+
+    // The client, to a stock rustls server that accepts every group: it
+    // takes the client's first choice.
+    let certs = vec![CertificateDer::from_pem_slice(&pki.read("server.pem")).expect("cert")];
+    let key = PrivateKeyDer::from_pem_slice(&pki.read("server.key")).expect("key");
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .expect("server config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let accepted = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.expect("accept");
+        let tls = acceptor.accept(tcp).await.expect("handshake");
+        tls.get_ref()
+            .1
+            .negotiated_key_exchange_group()
+            .map(|g| g.name())
+    });
+    let options = ClientOptions::new(format!("https://{addr}")).ca_pem(pki.read("ca.pem"));
+    // Not a gRPC server: the call fails after the handshake, which is what
+    // is looked at.
+    let _ =
+        tokio::time::timeout(std::time::Duration::from_secs(10), Client::connect(options)).await;
+    let group = tokio::time::timeout(std::time::Duration::from_secs(10), accepted)
+        .await
+        .expect("the client shook hands")
+        .expect("accept task");
+    assert_eq!(group, Some(hybrid), "the client's key exchange");
+}

@@ -170,6 +170,15 @@ fn oversize_is_resource_exhausted<B>(mut response: http::Response<B>) -> http::R
     response
 }
 
+/// Makes aws-lc-rs the process's TLS provider, so that the server offers the
+/// hybrid post-quantum key exchange X25519MLKEM768 first (then X25519, P-256,
+/// P-384). Explicit rather than left to the crates' features, so that a
+/// dependency turning on another provider cannot silently change it. A
+/// provider installed already (by the embedding program) is kept.
+pub fn install_tls_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
 /// Largest request health and reflection accept.
 const PUBLIC_MAX_MESSAGE_BYTES: usize = 4 << 10;
 /// Longest a TLS handshake may take before the connection is dropped: a peer
@@ -253,6 +262,7 @@ pub async fn serve(
             "DANGER: --insecure-plaintext: API keys and PHI cross the network unencrypted"
         );
     }
+    install_tls_provider();
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
         .map_err(|e| ServeError::Bind(options.listen, e))?;

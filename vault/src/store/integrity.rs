@@ -23,12 +23,15 @@ use super::{Cf, StoreError, keys};
 pub const TAG_LEN: usize = 32;
 
 /// `meta` rows that are MACed; every row of `clients`, `namespaces` and
-/// `keys` is too.
-const META_ROWS: [&[u8]; 4] = [
+/// `keys` is too. The audit head among them keys the audit chain: the chain
+/// is SHA-256 links a reader without the key can walk, but whoever rewrites
+/// or truncates it must also make the head match, and cannot without the key.
+const META_ROWS: [&[u8]; 5] = [
     keys::META_ACTIVE_KEYSET,
     keys::META_NEXT_NAMESPACE_ID,
     keys::META_ROTATION,
     keys::META_LAST_ROTATION,
+    keys::META_AUDIT_HEAD,
 ];
 
 /// Whether the row `key` of `cf` carries a tag.
@@ -130,7 +133,8 @@ mod tests {
     fn only_rows_that_shape_access_are_protected() {
         assert!(protects(Cf::Clients, b"any"));
         assert!(protects(Cf::Meta, keys::META_ACTIVE_KEYSET));
-        assert!(!protects(Cf::Meta, keys::META_AUDIT_HEAD));
+        assert!(protects(Cf::Meta, keys::META_AUDIT_HEAD));
+        assert!(!protects(Cf::Meta, keys::META_AUDIT_KEY));
         assert!(!protects(Cf::Meta, keys::META_KDF));
         assert!(!protects(Cf::Reverse, b"any"));
     }

@@ -333,8 +333,16 @@ impl AuditHead {
         out
     }
 
-    /// Parses a row; `None` if malformed.
+    /// Parses a row; `None` if malformed. A row read without the key still
+    /// carries its MAC (see [`super::integrity`]): it is dropped unchecked
+    /// here, for the keyless walk of the chain, which checks every link but
+    /// not that the head is genuine.
     pub fn decode(bytes: &[u8]) -> Option<Self> {
+        let bytes = match bytes.len() {
+            48 => bytes,
+            n if n == 48 + super::integrity::TAG_LEN => &bytes[..48],
+            _ => return None,
+        };
         let (seq, rest) = bytes.split_first_chunk::<8>()?;
         let (time_ms, hash) = rest.split_first_chunk::<8>()?;
         Some(Self {

@@ -447,10 +447,15 @@ impl Store {
     /// Writes a consistent checkpoint of the whole database to `path` (a new
     /// directory; SST files are hard-linked when on the same file system).
     ///
-    /// The checkpoint is taken on the writer thread right after a commit: it
-    /// holds every write acknowledged before this call returns, and no write
-    /// is half in it.
-    pub async fn checkpoint(&self, path: &Path) -> Result<(), StoreError> {
+    /// The checkpoint is taken on the writer thread right after a commit, and
+    /// `finish` (which moves it into place) runs there too, before any later
+    /// commit: it holds every write acknowledged before this call returns,
+    /// and no write is half in it. `finish` must not panic.
+    pub async fn checkpoint(
+        &self,
+        path: &Path,
+        finish: impl FnOnce(&Path) -> Result<(), StoreError> + Send + 'static,
+    ) -> Result<(), StoreError> {
         let (sender, taken) = oneshot::channel();
         let inner = Arc::clone(&self.inner);
         let target = path.to_path_buf();
@@ -461,7 +466,8 @@ impl Store {
                     .map_err(|e| StoreError::Checkpoint {
                         path: target.display().to_string(),
                         reason: e.into_string(),
-                    });
+                    })
+                    .and_then(|()| finish(&target));
                 let _ = sender.send(result);
             });
             Ok(())
