@@ -1179,15 +1179,14 @@ pub(crate) async fn protect_registry(store: &Store, kek: &Kek, tagged: bool) -> 
             .and_then(KdfRecord::decode)
             .ok_or(Error::Corrupt("KDF record"))?;
         let check = kek.check_value(&record).map_err(Error::Crypto)?;
-        let mut rows = Vec::new();
-        for cf in [Cf::Clients, Cf::Namespaces, Cf::Keys, Cf::Meta] {
-            for entry in store.scan(cf) {
-                let (key, value) = entry?;
-                if crate::store::integrity::protects(cf, &key) {
-                    rows.push((cf, key.clone(), mac.seal(cf, &key, &value)));
-                }
-            }
-        }
+        let rows: Vec<_> = store
+            .protected_rows()?
+            .into_iter()
+            .map(|(cf, (key, value))| {
+                let sealed = mac.seal(cf, &key, &value);
+                (cf, key, sealed)
+            })
+            .collect();
         let count = rows.len();
         store
             .write(move |txn| {
@@ -1389,7 +1388,7 @@ impl FillStats {
 #[cfg(test)]
 mod registry_tests {
     use super::*;
-    use crate::store::integrity::{RowMac, protects};
+    use crate::store::integrity::RowMac;
 
     fn key_file() -> MasterKey {
         MasterKey::KeyFile(Zeroizing::new([0x3c; 32]))
@@ -1424,16 +1423,15 @@ mod registry_tests {
             .and_then(KdfRecord::decode)
             .expect("record");
         let legacy_check = kek.legacy_check_value(&record).expect("check");
-        let mut rows = Vec::new();
-        for cf in [Cf::Clients, Cf::Namespaces, Cf::Keys, Cf::Meta] {
-            for entry in store.scan(cf) {
-                let (key, value) = entry.expect("row");
-                if protects(cf, &key) {
-                    let plain = mac.open(cf, &key, &value).expect("tagged");
-                    rows.push((cf, key, plain));
-                }
-            }
-        }
+        let rows: Vec<_> = store
+            .protected_rows()
+            .expect("rows")
+            .into_iter()
+            .map(|(cf, (key, value))| {
+                let plain = mac.open(cf, &key, &value).expect("tagged");
+                (cf, key, plain)
+            })
+            .collect();
         assert!(rows.len() > 10);
         store
             .write(move |txn| {

@@ -520,15 +520,7 @@ impl Vault {
         let rows = live_keysets(&store, &old_kek)?;
         // Every row that carries a tag is tagged again under the new KEK in
         // the same commit as the new wrapping: read (and checked) here.
-        let mut tagged_rows: Vec<(Cf, Entry)> = Vec::new();
-        for cf in [Cf::Clients, Cf::Namespaces, Cf::Keys, Cf::Meta] {
-            for entry in store.scan(cf) {
-                let (key, value) = entry?;
-                if crate::store::integrity::protects(cf, &key) {
-                    tagged_rows.push((cf, (key, value)));
-                }
-            }
-        }
+        let tagged_rows = store.protected_rows()?;
         let record = KdfRecord::generate(&new, kdf).map_err(Error::Crypto)?;
         let new_kek = derive_kek(new, record.clone()).await?;
         failpoint("rekey-derived");

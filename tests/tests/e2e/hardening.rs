@@ -59,6 +59,26 @@ fn summarised_calls(records: &[pb::AuditRecord]) -> u64 {
         .sum()
 }
 
+/// A `billing` client that may tokenize and reveal SSNs, and the token of
+/// the SSN `123-45-6789` it reveals in the latency measurements.
+async fn billing(admin: &Client, server: &Server) -> (Client, String) {
+    let (billing, _) = client_with(
+        admin,
+        server,
+        "billing",
+        &["tokenize:ssn", "detokenize:ssn"],
+    )
+    .await;
+    let token = texts(
+        billing
+            .tokenize("ssn", vec!["123-45-6789".into()])
+            .await
+            .expect("tokenize"),
+    )
+    .remove(0);
+    (billing, token)
+}
+
 /// Sequential detokenize calls until `done`; each call's latency, sorted
 /// by whether the flood was on for the whole call (`flooding` before and
 /// after it) or off for the whole of it. Calls that straddle a switch are
@@ -97,21 +117,8 @@ async fn an_unauthenticated_flood_neither_fills_the_audit_trail_nor_slows_reveal
     let config = vault.config("[transport]\nrefusal_window_secs = 1\n");
     let server = Server::start(&vault, &["--config", config.to_str().expect("utf-8")]);
     let admin = connect(&server, Some(&vault.admin_key)).await;
-    let (billing, _) = client_with(
-        &admin,
-        &server,
-        "billing",
-        &["tokenize:ssn", "detokenize:ssn"],
-    )
-    .await;
+    let (billing, token) = billing(&admin, &server).await;
     let (auditor, _) = client_with(&admin, &server, "auditor", &["audit"]).await;
-    let token = texts(
-        billing
-            .tokenize("ssn", vec!["123-45-6789".into()])
-            .await
-            .expect("tokenize"),
-    )
-    .remove(0);
 
     for _ in 0..50 {
         billing
@@ -854,20 +861,7 @@ async fn a_full_token_space_does_not_stall_reveals() {
         .await
         .expect("create namespace");
     let (filler, _) = client_with(&admin, &server, "filler", &["tokenize:tiny"]).await;
-    let (billing, _) = client_with(
-        &admin,
-        &server,
-        "billing",
-        &["tokenize:ssn", "detokenize:ssn"],
-    )
-    .await;
-    let token = texts(
-        billing
-            .tokenize("ssn", vec!["123-45-6789".into()])
-            .await
-            .expect("tokenize"),
-    )
-    .remove(0);
+    let (billing, token) = billing(&admin, &server).await;
     let mut exhausted = 0;
     for _ in 0..12 {
         let results = filler

@@ -349,6 +349,21 @@ impl Store {
             .collect()
     }
 
+    /// Every row that carries a MAC (see [`integrity`]), as read: checked and
+    /// without its tag once the store has a MAC, as stored before.
+    pub fn protected_rows(&self) -> Result<Vec<(Cf, Entry)>, StoreError> {
+        let mut rows = Vec::new();
+        for cf in [Cf::Clients, Cf::Namespaces, Cf::Keys, Cf::Meta] {
+            for entry in self.scan(cf) {
+                let entry = entry?;
+                if integrity::protects(cf, &entry.0) {
+                    rows.push((cf, entry));
+                }
+            }
+        }
+        Ok(rows)
+    }
+
     /// A handle for reads that can move to a blocking task (the collision
     /// search runs on one, off both the writer and the async workers).
     pub fn reader(&self) -> StoreReader {
