@@ -453,6 +453,13 @@ impl Vault {
         appended
     }
 
+    /// Counts a record appended with the change it describes.
+    pub(crate) fn count_record(&self, recorded: bool) {
+        if recorded {
+            self.audit.count(true);
+        }
+    }
+
     /// Appends records of `events`, in order, in one commit: summaries that
     /// no caller is waiting for, written as one job so that they take one
     /// place in the writer's queue however many there are.
@@ -663,7 +670,7 @@ impl AuditState {
         }
     }
 
-    fn count(&self, ok: bool) {
+    pub(crate) fn count(&self, ok: bool) {
         let counter = if ok { &self.appended } else { &self.failed };
         counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }

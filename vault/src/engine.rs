@@ -18,6 +18,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use quick_cache::sync::Cache;
 use zeroize::Zeroizing;
 
+use crate::AuditEvent;
 use crate::audit::AuditState;
 use crate::auth::{self, ApiKey, AuthError, Client, ClientRecord, ClientTable, Scope};
 use crate::crypto::kek::KdfRecord;
@@ -410,6 +411,31 @@ impl Vault {
         name: &str,
         scopes: &[impl AsRef<str>],
     ) -> Result<(Client, ApiKey), Error> {
+        self.create_client_with_record(name, scopes, None).await
+    }
+
+    /// `record` ready for the writer, with `complete` applied (the change's
+    /// target, known here).
+    fn pending_record(
+        &self,
+        record: Option<AuditEvent>,
+        complete: impl FnOnce(&mut AuditEvent),
+    ) -> Option<crate::audit::PendingRecord> {
+        record.map(|mut event| {
+            complete(&mut event);
+            crate::audit::PendingRecord::new(self.active_keyset_version(), &event)
+        })
+    }
+
+    /// [`Vault::create_client`], with `record` (its `target` set to the new
+    /// client's id) appended to the audit trail in the same commit: the
+    /// client and its record exist together or not at all.
+    pub async fn create_client_with_record(
+        &self,
+        name: &str,
+        scopes: &[impl AsRef<str>],
+        audit_record: Option<AuditEvent>,
+    ) -> Result<(Client, ApiKey), Error> {
         let name_ok = (1..=64).contains(&name.len())
             && name
                 .bytes()
@@ -442,6 +468,8 @@ impl Vault {
         let encoded =
             serde_json::to_vec(&record).map_err(|_| Error::InvalidClient("unencodable".into()))?;
         let job_id = id.clone();
+        let audited = self.pending_record(audit_record, |e| e.target = id.clone());
+        let recorded = audited.is_some();
         self.store
             .write(move |txn| {
                 // 64 random bits: a clash is all but impossible, and never
@@ -450,9 +478,13 @@ impl Vault {
                     return Err(StoreError::Rocks("client id clash; retry".into()));
                 }
                 txn.put(Cf::Clients, job_id.as_bytes(), encoded);
+                if let Some(pending) = &audited {
+                    crate::audit::append(txn, pending)?;
+                }
                 Ok(())
             })
             .await?;
+        self.count_record(recorded);
         self.clients
             .write()
             .unwrap_or_else(|e| e.into_inner())
@@ -464,8 +496,20 @@ impl Vault {
     /// Revokes a client; its next call is refused. Revoking twice keeps the
     /// first revocation time.
     pub async fn revoke_client(&self, id: &str) -> Result<Client, Error> {
+        self.revoke_client_with_record(id, None).await
+    }
+
+    /// [`Vault::revoke_client`], with `record` (its `target` set to the
+    /// client's id) appended to the audit trail in the same commit.
+    pub async fn revoke_client_with_record(
+        &self,
+        id: &str,
+        audit_record: Option<AuditEvent>,
+    ) -> Result<Client, Error> {
         let job_id = id.to_owned();
         let now = now_secs();
+        let audited = self.pending_record(audit_record, |e| e.target = id.to_owned());
+        let recorded = audited.is_some();
         let record = self
             .store
             .write(move |txn| {
@@ -478,10 +522,14 @@ impl Vault {
                 let encoded = serde_json::to_vec(&record)
                     .map_err(|_| StoreError::Rocks("a client record is unencodable".into()))?;
                 txn.put(Cf::Clients, job_id.as_bytes(), encoded);
+                if let Some(pending) = &audited {
+                    crate::audit::append(txn, pending)?;
+                }
                 Ok(Some(record))
             })
             .await?
             .ok_or_else(|| Error::ClientNotFound(id.to_owned()))?;
+        self.count_record(recorded);
         let client = record
             .to_client(id)
             .map_err(|_| Error::Corrupt("client scopes"))?;
@@ -574,7 +622,19 @@ impl Vault {
 
     /// Creates a namespace.
     pub async fn create_namespace(&self, spec: NamespaceSpec) -> Result<Namespace, Error> {
+        self.create_namespace_with_record(spec, None).await
+    }
+
+    /// [`Vault::create_namespace`], with `record` (its `namespace` set)
+    /// appended to the audit trail in the same commit.
+    pub async fn create_namespace_with_record(
+        &self,
+        spec: NamespaceSpec,
+        audit_record: Option<AuditEvent>,
+    ) -> Result<Namespace, Error> {
         spec.validate().map_err(Error::InvalidNamespace)?;
+        let audited = self.pending_record(audit_record, |e| e.namespace = spec.name.clone());
+        let recorded = audited.is_some();
         let created = self
             .store
             .write(move |txn| {
@@ -599,9 +659,13 @@ impl Vault {
                     keys::u32_bytes(id + 1),
                 );
                 txn.put(Cf::Namespaces, ns.name.as_bytes(), encode_namespace(&ns));
+                if let Some(pending) = &audited {
+                    crate::audit::append(txn, pending)?;
+                }
                 Ok(Ok(ns))
             })
             .await??;
+        self.count_record(recorded);
         let mut map = self.namespaces.write().unwrap_or_else(|e| e.into_inner());
         map.insert(created.name.clone(), Arc::new(created.clone()));
         tracing::info!(namespace = %created.name, format = %created.format.kind, "namespace created");

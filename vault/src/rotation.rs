@@ -170,6 +170,15 @@ impl Vault {
     ///
     /// Fails with [`Error::RotationInProgress`] while a rotation runs.
     pub async fn rotate_keys(self: &Arc<Self>) -> Result<u32, Error> {
+        self.rotate_keys_with_record(None).await
+    }
+
+    /// [`Vault::rotate_keys`], with `record` (its `target` set to the new
+    /// keyset) appended to the audit trail in the same commit.
+    pub async fn rotate_keys_with_record(
+        self: &Arc<Self>,
+        audit_record: Option<crate::AuditEvent>,
+    ) -> Result<u32, Error> {
         let mut newest = 0;
         for entry in self.store.scan(Cf::Keys) {
             let (key, _) = entry?;
@@ -177,6 +186,11 @@ impl Vault {
         }
         // Destroyed versions keep their rows, so a number is never reused.
         let version = newest + 1;
+        let audited = audit_record.map(|mut event| {
+            event.target = format!("keyset {version}");
+            crate::audit::PendingRecord::new(self.active_keyset_version(), &event)
+        });
+        let recorded = audited.is_some();
         let keyset = Arc::new(Keyset::generate(version).map_err(Error::Crypto)?);
         let wrapped = keyset
             .wrap(&self.kek, KeyPurpose::Data)
@@ -224,6 +238,9 @@ impl Vault {
                     cursor: Vec::new(),
                 };
                 txn.put(Cf::Meta, keys::META_ROTATION, rotation.encode());
+                if let Some(pending) = &audited {
+                    crate::audit::append(txn, pending)?;
+                }
                 // In force before the next commit: no job after this one
                 // writes under the retiring keyset.
                 txn.after_commit(move || {
@@ -235,6 +252,7 @@ impl Vault {
                 Ok(Ok(previous))
             })
             .await??;
+        self.count_record(recorded);
         tracing::info!(
             from = started,
             to = version,

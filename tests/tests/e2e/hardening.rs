@@ -933,3 +933,83 @@ async fn a_full_token_space_does_not_stall_reveals() {
     );
     server.stop();
 }
+
+/// Group commits made so far, from the metrics.
+fn commits(server: &Server) -> u64 {
+    super::scrape(server.metrics_addr.expect("metrics"))
+        .lines()
+        .find_map(|l| l.strip_prefix("phivault_writer_jobs_per_commit_count "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("the commit count")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_change_and_its_audit_record_are_one_commit() {
+    let vault = VaultDir::init();
+    let server = Server::start(&vault, &["--metrics-listen", "127.0.0.1:0"]);
+    let admin = connect(&server, Some(&vault.admin_key)).await;
+    let (auditor, _) = client_with(&admin, &server, "auditor", &["audit"]).await;
+
+    let before = commits(&server);
+    let created = admin
+        .create_client("billing", vec!["detokenize:ssn".into()])
+        .await
+        .expect("create");
+    let id = created.client.expect("client").client_id;
+    assert_eq!(commits(&server) - before, 1, "the client and its record");
+    let before = commits(&server);
+    admin.revoke_client(&id).await.expect("revoke");
+    assert_eq!(
+        commits(&server) - before,
+        1,
+        "the revocation and its record"
+    );
+    let before = commits(&server);
+    admin
+        .create_namespace(pb::CreateNamespaceRequest {
+            name: "visit-date".into(),
+            format: "date".into(),
+            options: None,
+            random: false,
+        })
+        .await
+        .expect("create namespace");
+    assert_eq!(commits(&server) - before, 1, "the namespace and its record");
+
+    let records = records(&auditor).await;
+    let find = |rpc: &str| {
+        records
+            .iter()
+            .rev()
+            .find(|r| r.rpc == format!("/phivault.v1.Admin/{rpc}"))
+            .unwrap_or_else(|| panic!("no {rpc} record"))
+    };
+    assert_eq!(find("CreateClient").target, id);
+    assert_eq!(find("RevokeClient").target, id);
+    assert_eq!(find("CreateNamespace").namespace, "visit-date");
+    assert!(
+        records
+            .iter()
+            .filter(|r| r.rpc.starts_with("/phivault.v1.Admin/Create"))
+            .all(|r| r.outcome == 0 && r.authenticated)
+    );
+    // A refused change still leaves its record (and changes nothing).
+    let duplicate = admin
+        .create_namespace(pb::CreateNamespaceRequest {
+            name: "visit-date".into(),
+            format: "date".into(),
+            options: None,
+            random: false,
+        })
+        .await
+        .expect_err("exists");
+    assert_eq!(code(duplicate), Code::AlreadyExists);
+    let records = super::hardening::records(&auditor).await;
+    assert!(
+        records
+            .iter()
+            .any(|r| r.rpc == "/phivault.v1.Admin/CreateNamespace"
+                && r.outcome == Code::AlreadyExists as i32)
+    );
+    server.stop();
+}

@@ -50,6 +50,21 @@ impl AdminService {
         Ok((call, client))
     }
 
+    /// Answers a call whose success was recorded in the commit of its change
+    /// (see the vault's `*_with_record` methods); a failure, which changed
+    /// nothing, is recorded now.
+    async fn end_recorded<T>(
+        &self,
+        (call, client): (Call, Arc<Client>),
+        subject: AuditEvent,
+        result: Result<T, Status>,
+    ) -> Result<Response<T>, Status> {
+        match result {
+            Ok(answer) => Ok(call.respond(answer)),
+            Err(status) => self.end((call, client), subject, Err(status)).await,
+        }
+    }
+
     /// Records the call with `subject` and answers it (fail closed).
     async fn end<T>(
         &self,
@@ -114,16 +129,17 @@ impl Admin for AdminService {
         let call = self.begin(&request, Action::Admin).await?;
         let request = request.into_inner();
         let subject = namespace(&request.name);
+        let record = call.0.success_record(&call.1, subject.clone());
         let result = match NamespaceSpec::try_from(request) {
             Ok(spec) => self
                 .vault
-                .create_namespace(spec)
+                .create_namespace_with_record(spec, Some(record))
                 .await
                 .map(|ns| convert::namespace(&ns))
                 .map_err(Status::from),
             Err(status) => Err(status),
         };
-        self.end(call, subject, result).await
+        self.end_recorded(call, subject, result).await
     }
 
     async fn list_namespaces(
@@ -147,17 +163,17 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::CreateClientResponse>, Status> {
         let call = self.begin(&request, Action::Admin).await?;
         let request = request.into_inner();
+        let record = call.0.success_record(&call.1, AuditEvent::default());
         let result = self
             .vault
-            .create_client(&request.name, &request.scopes)
+            .create_client_with_record(&request.name, &request.scopes, Some(record))
             .await
-            .map_err(Status::from);
-        let subject = target(result.as_ref().map_or("", |(c, _)| c.id.as_str()));
-        let result = result.map(|(client, key)| pb::CreateClientResponse {
-            client: Some(convert::client(&client)),
-            api_key: key.expose().to_owned(),
-        });
-        self.end(call, subject, result).await
+            .map_err(Status::from)
+            .map(|(client, key)| pb::CreateClientResponse {
+                client: Some(convert::client(&client)),
+                api_key: key.expose().to_owned(),
+            });
+        self.end_recorded(call, AuditEvent::default(), result).await
     }
 
     async fn list_clients(
@@ -176,13 +192,14 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::Client>, Status> {
         let call = self.begin(&request, Action::Admin).await?;
         let id = request.into_inner().client_id;
+        let record = call.0.success_record(&call.1, AuditEvent::default());
         let result = self
             .vault
-            .revoke_client(&id)
+            .revoke_client_with_record(&id, Some(record))
             .await
             .map(|c| convert::client(&c))
             .map_err(Status::from);
-        self.end(call, target(id), result).await
+        self.end_recorded(call, target(id), result).await
     }
 
     async fn rotate_keys(
@@ -190,18 +207,14 @@ impl Admin for AdminService {
         request: Request<pb::RotateKeysRequest>,
     ) -> Result<Response<pb::RotateKeysResponse>, Status> {
         let call = self.begin(&request, Action::Admin).await?;
+        let record = call.0.success_record(&call.1, AuditEvent::default());
         let result = self
             .vault
-            .rotate_keys()
+            .rotate_keys_with_record(Some(record))
             .await
             .map(|new_version| pb::RotateKeysResponse { new_version })
             .map_err(Status::from);
-        let subject = target(
-            result
-                .as_ref()
-                .map_or(String::new(), |r| format!("keyset {}", r.new_version)),
-        );
-        self.end(call, subject, result).await
+        self.end_recorded(call, AuditEvent::default(), result).await
     }
 
     async fn get_key_status(

@@ -200,6 +200,20 @@ impl Call {
         }
     }
 
+    /// The record of an authorised call that succeeds, for the vault to
+    /// append in the same commit as the change it describes.
+    pub(crate) fn success_record(&self, client: &Client, subject: AuditEvent) -> AuditEvent {
+        AuditEvent {
+            client_id: client.id.clone(),
+            authenticated: true,
+            outcome: 0,
+            rpc: self.rpc.clone(),
+            request_id: self.request_id.clone(),
+            namespace: recorded_namespace(&subject.namespace),
+            ..subject
+        }
+    }
+
     /// Records a call that ends in `status`; returns the status to send.
     async fn finish_event(&self, vault: &Vault, event: AuditEvent, status: &Status) -> Status {
         let event = AuditEvent {

@@ -464,8 +464,9 @@ impl Store {
     ///
     /// The checkpoint is taken on the writer thread right after a commit, and
     /// `finish` (which moves it into place) runs there too, before any later
-    /// commit: it holds every write acknowledged before this call returns,
-    /// and no write is half in it. `finish` must not panic.
+    /// commit: it holds every write acknowledged before this call was made
+    /// (and any acknowledged before the checkpoint), and no write is half in
+    /// it. `finish` must not panic.
     pub async fn checkpoint(
         &self,
         path: &Path,
