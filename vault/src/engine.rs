@@ -190,6 +190,9 @@ struct Candidate {
 /// Free candidates a collision search hands the writer per value: enough
 /// that a concurrent request taking one rarely sends the value back.
 const SEARCH_CANDIDATES: usize = 4;
+/// Attempts (counted from 0) the writer may draw itself for a value whose
+/// candidates were taken, before sending it back to be searched for.
+const WRITER_ATTEMPTS: u32 = 4;
 /// Candidate tokens checked per storage read while searching.
 const SEARCH_CHUNK: u32 = 256;
 /// Rounds of search-then-commit per value before it fails: another request
@@ -1393,6 +1396,23 @@ fn write_mappings(
             }
             chosen = Some((token, row, reverse));
             break;
+        }
+        // A handful of further attempts here, a fixed bound per value: in a
+        // sparse space they settle nearly every collision in this commit,
+        // where sending the value back would cost its request another one.
+        while chosen.is_none() && mapping.next_attempt < mapping.attempts.min(WRITER_ATTEMPTS) {
+            let attempt = mapping.next_attempt;
+            mapping.next_attempt += 1;
+            let Some(token) = candidate(ns, keyset, &mapping.canonical, attempt) else {
+                continue;
+            };
+            let reverse = keys::reverse_key(ns.id, &token);
+            tried += 1;
+            if txn.contains(Cf::Reverse, &reverse)? {
+                taken += 1;
+                continue;
+            }
+            chosen = Some((token, None, reverse));
         }
         let Some((token, row, reverse)) = chosen else {
             outcomes.push(Written::Taken(mapping));
