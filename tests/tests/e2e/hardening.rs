@@ -59,6 +59,22 @@ fn summarised_calls(records: &[pb::AuditRecord]) -> u64 {
         .sum()
 }
 
+/// Asserts that the reveals' p99 while `what` ran stays within 3x of the
+/// p99 of the quiet phases, and prints both.
+fn assert_within_3x(idle: &mut [Duration], during: &mut [Duration], what: &str) {
+    let idle_p99 = percentile(idle, 0.99);
+    let during_p99 = percentile(during, 0.99);
+    eprintln!(
+        "reveal p99: {idle_p99:?} quiet ({} calls), {during_p99:?} during {what} ({} calls)",
+        idle.len(),
+        during.len()
+    );
+    assert!(
+        during_p99 <= idle_p99 * 3,
+        "reveal p99 {during_p99:?} during {what}, {idle_p99:?} quiet: more than 3x"
+    );
+}
+
 /// A `billing` client that may tokenize and reveal SSNs, and the token of
 /// the SSN `123-45-6789` it reveals in the latency measurements.
 async fn billing(admin: &Client, server: &Server) -> (Client, String) {
@@ -218,17 +234,7 @@ async fn an_unauthenticated_flood_neither_fills_the_audit_trail_nor_slows_reveal
         idle.len(),
         during.len()
     );
-    let idle_p99 = percentile(&mut idle, 0.99);
-    let flood_p99 = percentile(&mut during, 0.99);
-    eprintln!(
-        "reveal p99: {idle_p99:?} idle ({} calls), {flood_p99:?} during the flood ({} calls)",
-        idle.len(),
-        during.len()
-    );
-    assert!(
-        flood_p99 <= idle_p99 * 3,
-        "reveal p99 {flood_p99:?} under the flood, {idle_p99:?} idle: more than 3x"
-    );
+    assert_within_3x(&mut idle, &mut during, "the flood");
 
     // Every refusal is accounted for in summaries, within a few windows.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -920,17 +926,7 @@ async fn a_full_token_space_does_not_stall_reveals() {
     let calls = searches.await.expect("searches");
     assert!(calls >= 5, "the searches ran ({calls} calls)");
     assert!(idle.len() >= 100 && during.len() >= 100);
-    let idle_p99 = percentile(&mut idle, 0.99);
-    let during_p99 = percentile(&mut during, 0.99);
-    eprintln!(
-        "reveal p99: {idle_p99:?} idle ({} calls), {during_p99:?} during searches ({} calls, {calls} exhausted tokenize calls)",
-        idle.len(),
-        during.len()
-    );
-    assert!(
-        during_p99 <= idle_p99 * 3,
-        "reveal p99 {during_p99:?} while a full namespace is searched, {idle_p99:?} otherwise"
-    );
+    assert_within_3x(&mut idle, &mut during, "searches of a full namespace");
     server.stop();
 }
 
