@@ -66,8 +66,8 @@ pub struct TokenMark {
 /// token or key.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AuditEvent {
-    /// The caller's client id; for an unauthenticated call the id its key
-    /// claimed, if the key was well-formed, else empty.
+    /// The caller's client id; empty for unauthenticated calls (a summary of
+    /// them names the id a well-formed key claimed in `target`).
     pub client_id: String,
     /// Whether the caller's key was valid.
     pub authenticated: bool,

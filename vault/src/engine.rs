@@ -335,8 +335,17 @@ impl Vault {
         let store = Store::open(path, &options.store)?;
         protect_registry(&store, &kek, tagged).await?;
         // The audit head's MAC is what keys the chain: check it now, so that
-        // a rewritten trail stops the start rather than the first reveal.
-        store.get(Cf::Meta, keys::META_AUDIT_HEAD)?;
+        // a rewritten trail stops the start rather than the first reveal. A
+        // head deleted while records exist would make the next record
+        // overwrite the first: refused too.
+        if store.get(Cf::Meta, keys::META_AUDIT_HEAD)?.is_none()
+            && store.scan(Cf::Audit).next().is_some()
+        {
+            return Err(Error::Store(StoreError::Tampered {
+                table: Cf::Meta.name(),
+                row: crate::store::integrity::row_name(Cf::Meta, keys::META_AUDIT_HEAD),
+            }));
+        }
         let keyring = load_keyring(&store, &kek)?;
         let audit_key = crate::audit::load_or_create_key(&store, &kek).await?;
         let mut namespaces: Vec<Namespace> = Vec::new();

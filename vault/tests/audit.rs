@@ -244,6 +244,24 @@ async fn a_truncation_with_a_rewritten_head_is_refused_at_start() {
     }
 }
 
+/// A head deleted while records exist would let the next record overwrite
+/// the first: the vault refuses to start.
+#[tokio::test]
+async fn a_deleted_audit_head_is_refused_at_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    vault_with_records(dir.path(), 3).await;
+    tamper(dir.path(), |txn| {
+        txn.delete(Cf::Meta, phivault::store::keys::META_AUDIT_HEAD)
+    })
+    .await;
+    assert!(matches!(
+        Vault::open(dir.path(), key_file(), VaultOptions::default()).await,
+        Err(phivault::Error::Store(
+            phivault::store::StoreError::Tampered { table: "meta", .. }
+        ))
+    ));
+}
+
 /// An audit key removed while records exist is never silently replaced.
 #[tokio::test]
 async fn a_missing_audit_key_is_not_recreated_when_records_exist() {

@@ -717,6 +717,9 @@ async fn rekey(args: RekeyArgs) -> anyhow::Result<()> {
     } else if let Some(path) = &args.new_passphrase_file {
         read_passphrase_file(path)?
     } else if let Ok(passphrase) = std::env::var("PHIVAULT_NEW_PASSPHRASE") {
+        tracing::warn!(
+            "the new passphrase comes from PHIVAULT_NEW_PASSPHRASE: the environment is inherited by child processes and readable in /proc by the same user; prefer --new-passphrase-file"
+        );
         MasterKey::Passphrase(Zeroizing::new(passphrase))
     } else {
         let first = Zeroizing::new(rpassword::prompt_password("new passphrase: ").context(

@@ -44,8 +44,8 @@ pub struct ServeOptions {
     pub max_message_bytes: usize,
     /// Where to serve Prometheus metrics over HTTP (`/metrics`), if at all.
     pub metrics_listen: Option<SocketAddr>,
-    /// The directory `Admin.Backup` may write into (`None`: any absolute
-    /// path the server can write).
+    /// The directory `Admin.Backup` writes new directories into (`None`:
+    /// the RPC answers `FAILED_PRECONDITION`).
     pub backup_dir: Option<std::path::PathBuf>,
     /// Caps on what peers can make the server hold.
     pub transport: TransportLimits,
