@@ -906,21 +906,26 @@ impl Vault {
             });
         }
 
+        let mut exhausted = 0usize;
         for (outcome, slots) in outcomes.into_iter().zip(slots) {
             let (outcome, stored_under) =
                 outcome.unwrap_or((Err(ItemCode::ResourceExhausted), None));
             if let (Ok(token), Some(key), Some(cache)) = (&outcome, stored_under, &self.cache) {
                 cache.insert(key, Arc::clone(token));
             }
-            if outcome == Err(ItemCode::ResourceExhausted) {
-                tracing::warn!(namespace = %ns.name, "no free candidate left for a value of this shape");
-            }
+            exhausted += usize::from(outcome == Err(ItemCode::ResourceExhausted));
             for (slot, shape) in slots {
                 results[slot] = Some(match &outcome {
                     Ok(token) => Ok(ns.format.render(token, &shape)),
                     Err(code) => Err(allocation_error(ns, *code)),
                 });
             }
+        }
+        // One line per request, not per value: a request of 10,000 values of a
+        // full shape must not write 10,000 lines. Names the namespace (an
+        // administrator's name) and a count, never a value.
+        if exhausted > 0 {
+            tracing::warn!(namespace = %ns.name, values = exhausted, "no free token left for values of these shapes");
         }
         Ok(())
     }
@@ -1465,7 +1470,12 @@ impl FillStats {
             return;
         }
         let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let entry = map.entry(namespace.to_owned()).or_default();
+        // Runs in every writer job that allocates: allocate the key only the
+        // first time a namespace is seen.
+        let entry = match map.get_mut(namespace) {
+            Some(entry) => entry,
+            None => map.entry(namespace.to_owned()).or_default(),
+        };
         entry.0 = entry.0.saturating_add(tried);
         entry.1 = entry.1.saturating_add(taken);
     }
