@@ -406,17 +406,7 @@ async fn backups_refuse_relative_existing_and_confined_paths_then_restore() {
     assert!(info.bytes > 0);
     vault.close().expect("close");
 
-    let restored = Vault::open(&target, key_file(), VaultOptions::default())
-        .await
-        .expect("the backup opens with the same key");
-    assert_eq!(
-        ok(restored
-            .detokenize("mrn", &tokens)
-            .await
-            .expect("detokenize")),
-        ["MRN0001", "MRN0002"]
-    );
-    assert!(restored.verify().expect("verify").is_clean());
+    opens_with_both_mrns(&target, &tokens).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -500,15 +490,18 @@ async fn a_planted_symlink_never_lets_a_backup_touch_the_live_vault() {
     std::os::unix::fs::symlink(dir.path().join("nowhere"), backups.join("dangling")).expect("link");
     assert!(vault.backup(&backups.join("dangling"), None).await.is_err());
     vault.close().expect("close");
-    let reopened = Vault::open(&data, key_file(), VaultOptions::default())
+    opens_with_both_mrns(&data, &tokens).await;
+}
+
+/// The vault at `path` opens, reveals `MRN0001` and `MRN0002` from
+/// `tokens`, and verifies clean.
+async fn opens_with_both_mrns(path: &Path, tokens: &[String]) {
+    let vault = Vault::open(path, key_file(), VaultOptions::default())
         .await
-        .expect("the live vault opens");
+        .expect("the vault opens");
     assert_eq!(
-        ok(reopened
-            .detokenize("mrn", &tokens)
-            .await
-            .expect("detokenize")),
+        ok(vault.detokenize("mrn", tokens).await.expect("detokenize")),
         ["MRN0001", "MRN0002"]
     );
-    assert!(reopened.verify().expect("verify").is_clean());
+    assert!(vault.verify().expect("verify").is_clean());
 }
