@@ -1,5 +1,8 @@
 //! AES-256-SIV (RFC 5297) sealing of values and keysets.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
+
 use aes_siv::KeyInit;
 use aes_siv::siv::Aes256Siv;
 use zeroize::Zeroizing;
@@ -11,7 +14,30 @@ use super::CryptoError;
 /// SIV is deterministic and misuse-resistant: it needs no nonce, so a reverse
 /// row's ciphertext is fully determined by key, associated data and value, and
 /// the associated data (namespace, token, key version) binds it to its row.
-pub struct SivKey(Zeroizing<[u8; 64]>);
+///
+/// The key is expanded into its ciphers once, when it is loaded, and those
+/// ciphers live as long as the key: building one per call would copy the key
+/// and its CMAC subkeys into a fresh stack frame on every seal and open, and a
+/// move can leave a copy behind that no `Drop` wipes. The crate's ciphers
+/// need `&mut self` (the CMAC state is reset between messages), so there is
+/// one per core, each behind its own lock: concurrent reveals on different
+/// threads take different ciphers instead of queueing on one.
+pub struct SivKey {
+    raw: Zeroizing<[u8; 64]>,
+    ciphers: Box<[Mutex<Aes256Siv>]>,
+}
+
+/// How many ciphers a key keeps: one per core the process may run on, so a
+/// request thread nearly always finds one free, bounded so a large machine
+/// does not hold hundreds of copies of every key.
+fn cipher_count() -> usize {
+    static COUNT: OnceLock<usize> = OnceLock::new();
+    *COUNT.get_or_init(|| {
+        std::thread::available_parallelism()
+            .map_or(1, std::num::NonZeroUsize::get)
+            .clamp(1, 16)
+    })
+}
 
 impl SivKey {
     /// Length of the key in bytes.
@@ -20,45 +46,67 @@ impl SivKey {
     pub const OVERHEAD: usize = 16;
 
     /// Wraps raw key bytes.
-    pub fn from_bytes(bytes: Zeroizing<[u8; 64]>) -> Self {
-        Self(bytes)
+    pub fn from_bytes(raw: Zeroizing<[u8; 64]>) -> Self {
+        let ciphers = (0..cipher_count())
+            .map(|_| Mutex::new(Aes256Siv::new((&*raw).into())))
+            .collect();
+        Self { raw, ciphers }
     }
 
     /// A fresh key from the operating system's RNG.
     pub fn generate() -> Result<Self, CryptoError> {
         let mut bytes = Zeroizing::new([0u8; 64]);
         super::fill_random(&mut bytes[..])?;
-        Ok(Self(bytes))
+        Ok(Self::from_bytes(bytes))
     }
 
     /// The raw key, for wrapping it under another key.
     pub(crate) fn expose(&self) -> &[u8; 64] {
-        &self.0
+        &self.raw
     }
 
     /// Encrypts `plaintext`, authenticating each element of `ad` as a separate
     /// S2V header so that no two different AD vectors can collide.
     pub fn seal(&self, ad: &[&[u8]], plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        // The cipher copies the key; it lives only for this call, and the
-        // crate's `zeroize` feature wipes its copy when it drops.
-        let mut cipher = self.cipher();
-        cipher
+        self.cipher()
             .encrypt(ad, plaintext)
             .map_err(|_| CryptoError::DecryptionFailed)
     }
 
     /// Decrypts and authenticates `ciphertext` against `ad`.
     pub fn open(&self, ad: &[&[u8]], ciphertext: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
-        let mut cipher = self.cipher();
-        cipher
+        self.cipher()
             .decrypt(ad, ciphertext)
             .map(Zeroizing::new)
             .map_err(|_| CryptoError::DecryptionFailed)
     }
 
-    fn cipher(&self) -> Aes256Siv {
-        let key: &[u8; 64] = &self.0;
-        Aes256Siv::new(key.into())
+    /// A cipher no other thread is using, or, when every one is busy, the
+    /// next in turn (held for one message, a microsecond or so).
+    fn cipher(&self) -> MutexGuard<'_, Aes256Siv> {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let start = NEXT.fetch_add(1, Ordering::Relaxed) % self.ciphers.len();
+        let ring = self.ciphers[start..].iter().chain(&self.ciphers[..start]);
+        for slot in ring {
+            match slot.try_lock() {
+                Ok(cipher) => return cipher,
+                Err(std::sync::TryLockError::Poisoned(poisoned)) => {
+                    return self.rebuilt(poisoned.into_inner());
+                }
+                Err(std::sync::TryLockError::WouldBlock) => {}
+            }
+        }
+        match self.ciphers[start].lock() {
+            Ok(cipher) => cipher,
+            Err(poisoned) => self.rebuilt(PoisonError::into_inner(poisoned)),
+        }
+    }
+
+    /// A cipher whose last user panicked may hold a half-fed CMAC state, which
+    /// would seal values under a wrong synthetic IV: it is built afresh.
+    fn rebuilt<'a>(&self, mut cipher: MutexGuard<'a, Aes256Siv>) -> MutexGuard<'a, Aes256Siv> {
+        *cipher = Aes256Siv::new((&*self.raw).into());
+        cipher
     }
 }
 
@@ -133,5 +181,57 @@ mod tests {
         assert!(key.open(&[b"nst", b"oken-a"], &sealed).is_err());
         let other = SivKey::generate().expect("rng");
         assert!(other.open(&[b"ns", b"token-a"], &sealed).is_err());
+    }
+
+    /// The kept ciphers give the bytes a freshly built one gives, on every
+    /// call, from many threads at once: their CMAC state is reset between
+    /// messages, and no two threads share one mid-message.
+    #[test]
+    fn long_lived_ciphers_match_a_fresh_cipher_under_concurrency() {
+        let key = SivKey::generate().expect("rng");
+        let fresh = |i: u32| {
+            let mut cipher = Aes256Siv::new((&*key.raw).into());
+            cipher
+                .encrypt(
+                    [b"ns".as_slice(), &i.to_be_bytes()],
+                    format!("value {i}").as_bytes(),
+                )
+                .expect("encrypts")
+        };
+        let expected: Vec<Vec<u8>> = (0..200).map(fresh).collect();
+        std::thread::scope(|scope| {
+            for _ in 0..4 {
+                scope.spawn(|| {
+                    for (i, want) in (0u32..).zip(&expected) {
+                        let ad: [&[u8]; 2] = [b"ns", &i.to_be_bytes()];
+                        let sealed = key
+                            .seal(&ad, format!("value {i}").as_bytes())
+                            .expect("seal");
+                        assert_eq!(&sealed, want, "message {i}");
+                        let opened = key.open(&ad, &sealed).expect("open");
+                        assert_eq!(opened.as_slice(), format!("value {i}").as_bytes());
+                    }
+                });
+            }
+        });
+    }
+
+    #[test]
+    fn a_cipher_poisoned_by_a_panic_is_rebuilt() {
+        let key = SivKey::generate().expect("rng");
+        let sealed = key.seal(&[b"ad"], b"value").expect("seal");
+        for slot in key.ciphers.iter() {
+            let poisoned = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let _held = slot.lock();
+                panic!("a job panicked holding the cipher");
+            }));
+            assert!(poisoned.is_err());
+            assert!(slot.is_poisoned());
+        }
+        assert_eq!(
+            key.open(&[b"ad"], &sealed).expect("open").as_slice(),
+            b"value"
+        );
+        assert_eq!(key.seal(&[b"ad"], b"value").expect("seal"), sealed);
     }
 }
