@@ -23,7 +23,8 @@ use crate::audit::AuditState;
 use crate::auth::{self, ApiKey, AuthError, Client, ClientRecord, ClientTable, Scope};
 use crate::crypto::kek::KdfRecord;
 use crate::crypto::{
-    AuditKey, CryptoError, KdfParams, Kek, KeyPurpose, Keyset, MasterKey, SlotRng, TokenRng,
+    AuditKey, CryptoError, KdfParams, Kek, KeyPurpose, Keyset, MasterKey, Protection, SlotRng,
+    TokenRng,
 };
 use crate::error::{Error, ItemCode, ItemError};
 use crate::format::{Parsed, Shape};
@@ -128,6 +129,14 @@ impl Keyring {
             active: key(&self.active),
             older: self.older.iter().map(|k| key(k)).collect(),
         }
+    }
+
+    /// The token of a stored forward entry whose binding verifies under the
+    /// PRF key of the entry's version; `None` for a rewritten, moved or
+    /// unbound entry, or one under a version this ring does not hold.
+    pub(crate) fn open_forward<'a>(&self, key: &ForwardKey, stored: &'a [u8]) -> Option<&'a str> {
+        let keyset = self.by_version.get(&key.version())?;
+        std::str::from_utf8(key.open(keyset.prf(), stored)?).ok()
     }
 }
 
@@ -251,7 +260,9 @@ impl Vault {
         options.kdf.check().map_err(Error::MasterKey)?;
         let record = KdfRecord::generate(&master, options.kdf).map_err(Error::Crypto)?;
         let kek = derive_kek(master, record.clone()).await?;
-        let check = kek.check_value(&record).map_err(Error::Crypto)?;
+        let check = kek
+            .check_value(&record, Protection::CURRENT)
+            .map_err(Error::Crypto)?;
         let keyset = Keyset::generate(1).map_err(Error::Crypto)?;
         let wrapped = keyset.wrap(&kek, KeyPurpose::Data).map_err(Error::Crypto)?;
         let audit_key = AuditKey::generate(1).map_err(Error::Crypto)?;
@@ -331,9 +342,9 @@ impl Vault {
         if !Store::exists(path) {
             return Err(Error::NotInitialized(path.display().to_string()));
         }
-        let Unsealed { kek, tagged } = unseal_kek(path, master).await?;
+        let Unsealed { kek, protection } = unseal_kek(path, master).await?;
         let store = Store::open(path, &options.store)?;
-        protect_registry(&store, &kek, tagged).await?;
+        protect_rows(&store, &kek, protection).await?;
         // The audit head's MAC is what keys the chain: check it now, so that
         // a rewritten trail stops the start rather than the first reveal. A
         // head deleted while records exist would make the next record
@@ -771,8 +782,9 @@ impl Vault {
                         hit = Some((*key, token));
                     }
                 }
-                if let Some((key, token)) = hit {
-                    results[slot] = Some(self.existing_token(&ns, key, &token, &parsed.shape));
+                if let Some((key, stored)) = hit {
+                    results[slot] =
+                        Some(self.existing_token(&ns, &ring, key, &stored, &parsed.shape));
                     continue;
                 }
             }
@@ -791,12 +803,17 @@ impl Vault {
     fn existing_token(
         &self,
         ns: &Namespace,
+        ring: &Keyring,
         key: ForwardKey,
-        token: &[u8],
+        stored: &[u8],
         shape: &Shape,
     ) -> ItemResult {
-        let Ok(token) = std::str::from_utf8(token) else {
-            tracing::error!(namespace = %ns.name, "a forward entry is damaged (not UTF-8)");
+        let Some(token) = ring.open_forward(&key, stored) else {
+            tracing::error!(
+                namespace = %ns.name,
+                keyset = key.version(),
+                "a forward entry fails its binding check (rewritten, moved or damaged on disk); run `phivault verify`"
+            );
             return Err(ItemError::new(
                 ItemCode::DataLoss,
                 &ns.name,
@@ -1234,32 +1251,40 @@ pub(crate) async fn unseal_kek(path: &Path, master: MasterKey) -> Result<Unseale
         .ok_or(Error::Corrupt("KDF record"))?;
     let check = check.ok_or(Error::Corrupt("KEK check"))?;
     let kek = derive_kek(master, record.clone()).await?;
-    let tagged = kek
+    let protection = kek
         .verify(&record, &check)
         .map_err(|_| Error::WrongMasterKey)?;
-    Ok(Unsealed { kek, tagged })
+    Ok(Unsealed { kek, protection })
 }
 
-/// A KEK that opened the vault's check, and whether the vault's registry rows
-/// carry tags (false: a vault from before them, tagged on first open).
+/// A KEK that opened the vault's check, and the protection the vault's rows
+/// carry (below [`Protection::CURRENT`]: a vault from before some of it,
+/// migrated on open).
 pub(crate) struct Unsealed {
     pub(crate) kek: Kek,
-    pub(crate) tagged: bool,
+    pub(crate) protection: Protection,
 }
 
-/// Makes `store` tag and check the rows that shape access, under `kek`. A
-/// vault from before tags (`tagged` false) has its rows tagged first, and its
-/// KEK check replaced by one that says so, in one commit: from then on an
-/// untagged or altered row is refused.
-pub(crate) async fn protect_registry(store: &Store, kek: &Kek, tagged: bool) -> Result<(), Error> {
+/// Forward entries bound per commit while a vault is migrated: a few MiB per
+/// batch, whatever the vault's size.
+const BINDING_CHUNK: usize = 4096;
+
+/// Makes `store` tag and check the rows that shape access, under `kek`, and
+/// brings a vault from before some protection up to
+/// [`Protection::CURRENT`]: its registry rows are tagged (with the KEK check
+/// replaced by one that says so, in one commit), then its forward entries
+/// bound, chunk by chunk, the check replaced again after the last. From then
+/// on an untagged or altered row, an unbound or rebound entry, is refused.
+pub(crate) async fn protect_rows(
+    store: &Store,
+    kek: &Kek,
+    protection: Protection,
+) -> Result<(), Error> {
     let mac = crate::store::integrity::RowMac::new(kek.registry_key());
-    if !tagged {
-        let record = store
-            .get(Cf::Meta, keys::META_KDF)?
-            .as_deref()
-            .and_then(KdfRecord::decode)
-            .ok_or(Error::Corrupt("KDF record"))?;
-        let check = kek.check_value(&record).map_err(Error::Crypto)?;
+    if protection < Protection::RegistryTags {
+        let check = kek
+            .check_value(&kdf_record(store)?, Protection::RegistryTags)
+            .map_err(Error::Crypto)?;
         let rows: Vec<_> = store
             .protected_rows()?
             .into_iter()
@@ -1284,7 +1309,76 @@ pub(crate) async fn protect_registry(store: &Store, kek: &Kek, tagged: bool) -> 
         );
     }
     store.set_row_mac(Some(mac));
+    if protection < Protection::ForwardBindings {
+        bind_forward_entries(store, kek).await?;
+    }
     Ok(())
+}
+
+/// Binds every forward entry of a vault from before bindings to its key.
+/// Runs at open, before anything else writes. An interrupted run leaves
+/// some chunks bound and the KEK check unchanged; the next one skips entries
+/// whose binding already verifies (an unbound token's last 16 bytes verify
+/// by chance with probability 2^-128).
+async fn bind_forward_entries(store: &Store, kek: &Kek) -> Result<(), Error> {
+    let check = kek
+        .check_value(&kdf_record(store)?, Protection::ForwardBindings)
+        .map_err(Error::Crypto)?;
+    let ring = load_keyring(store, kek)?;
+    let (mut bound, mut unbindable) = (0u64, 0u64);
+    let mut cursor: Vec<u8> = Vec::new();
+    loop {
+        let chunk = store.scan_after(Cf::Forward, &cursor, BINDING_CHUNK)?;
+        let Some((last, _)) = chunk.last() else { break };
+        cursor = last.to_vec();
+        let mut rows = Vec::with_capacity(chunk.len());
+        for (key, token) in chunk {
+            let Some((key, keyset)) = ForwardKey::from_slice(&key)
+                .and_then(|k| Some((k, ring.by_version.get(&k.version())?)))
+            else {
+                // Not an entry any lookup reads; `verify` reports it.
+                unbindable += 1;
+                continue;
+            };
+            if key.open(keyset.prf(), &token).is_none() {
+                rows.push((key, key.bind(keyset.prf(), &token)));
+            }
+        }
+        bound += rows.len() as u64;
+        store
+            .write(move |txn| {
+                for (key, stored) in rows {
+                    txn.put(Cf::Forward, key.0.as_slice(), stored);
+                }
+                Ok(())
+            })
+            .await?;
+    }
+    store
+        .write(move |txn| {
+            txn.put(Cf::Meta, keys::META_KEK_CHECK, check);
+            Ok(())
+        })
+        .await?;
+    if unbindable > 0 {
+        tracing::warn!(
+            entries = unbindable,
+            "forward entries under no known keyset were left unbound; `phivault verify` lists them"
+        );
+    }
+    tracing::info!(
+        entries = bound,
+        "forward entries are now bound to their keys; a rewritten one is refused"
+    );
+    Ok(())
+}
+
+fn kdf_record(store: &Store) -> Result<KdfRecord, Error> {
+    store
+        .get(Cf::Meta, keys::META_KDF)?
+        .as_deref()
+        .and_then(KdfRecord::decode)
+        .ok_or(Error::Corrupt("KDF record"))
 }
 
 /// The associated data of a reverse row: namespace, token and key version,
@@ -1391,10 +1485,15 @@ fn write_mappings(
         }
         if let Some(lookup) = &mapping.forward {
             for key in lookup.all() {
-                if let Some(token) = txn.get(Cf::Forward, &key.0)? {
-                    let outcome = String::from_utf8(token)
-                        .map(Arc::from)
-                        .map_err(|_| ItemCode::DataLoss);
+                if let Some(stored) = txn.get(Cf::Forward, &key.0)? {
+                    let outcome = ring.open_forward(key, &stored).map(Arc::from).ok_or_else(|| {
+                        tracing::error!(
+                            namespace = %ns.name,
+                            keyset = key.version(),
+                            "a forward entry fails its binding check (rewritten, moved or damaged on disk); run `phivault verify`"
+                        );
+                        ItemCode::DataLoss
+                    });
                     outcomes.push(Written::Done(outcome, Some(*key)));
                     continue 'mapping;
                 }
@@ -1445,7 +1544,8 @@ fn write_mappings(
             };
         txn.put(Cf::Reverse, reverse, row);
         if let Some(lookup) = &mapping.forward {
-            txn.put(Cf::Forward, lookup.active.0.as_slice(), token.as_bytes());
+            let stored = lookup.active.bind(keyset.prf(), token.as_bytes());
+            txn.put(Cf::Forward, lookup.active.0.as_slice(), stored);
         }
         outcomes.push(Written::Done(
             Ok(Arc::from(token)),
@@ -1489,7 +1589,7 @@ impl FillStats {
 }
 
 #[cfg(test)]
-mod registry_tests {
+mod migration_tests {
     use super::*;
     use crate::store::integrity::RowMac;
 
@@ -1497,36 +1597,34 @@ mod registry_tests {
         MasterKey::KeyFile(Zeroizing::new([0x3c; 32]))
     }
 
-    /// A vault written before registry rows carried tags opens, has its rows
-    /// tagged once, and from then on refuses an untagged row.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_vault_from_before_tags_is_migrated_on_first_open() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let vault = Vault::init(dir.path(), key_file(), VaultOptions::default())
+    const VALUES: [&str; 3] = ["123-45-6789", "234-56-7890", "345-67-8901"];
+
+    /// A vault holding tokens for [`VALUES`], closed.
+    async fn vault_with_tokens(path: &Path) -> Vec<String> {
+        let vault = Vault::init(path, key_file(), VaultOptions::default())
             .await
             .expect("init");
-        let token = vault
-            .tokenize("ssn", &["123-45-6789"])
-            .await
-            .expect("tokenize")[0]
-            .clone()
-            .expect("token");
+        let tokens = vault.tokenize("ssn", &VALUES).await.expect("tokenize");
         vault.close().expect("close");
+        tokens.into_iter().map(|t| t.expect("token")).collect()
+    }
 
-        // Make it look as an older version left it: rows without tags, the
-        // old form of the KEK check.
-        let Unsealed { kek, tagged } = unseal_kek(dir.path(), key_file()).await.expect("kek");
-        assert!(tagged);
+    /// Rewrites the closed vault at `path` as an older version left it:
+    /// registry rows untagged (below [`Protection::RegistryTags`]), the first
+    /// `unbound` forward entries without bindings, and the KEK check of
+    /// `protection`.
+    async fn downgrade(path: &Path, protection: Protection, unbound: usize) {
+        let Unsealed {
+            kek,
+            protection: now,
+        } = unseal_kek(path, key_file()).await.expect("kek");
+        assert_eq!(now, Protection::CURRENT);
+        let store = Store::open(path, &StoreOptions::default()).expect("raw");
+        let check = kek
+            .check_value(&kdf_record(&store).expect("record"), protection)
+            .expect("check");
         let mac = RowMac::new(kek.registry_key());
-        let store = Store::open(dir.path(), &StoreOptions::default()).expect("raw");
-        let record = store
-            .get(Cf::Meta, keys::META_KDF)
-            .expect("get")
-            .as_deref()
-            .and_then(KdfRecord::decode)
-            .expect("record");
-        let legacy_check = kek.legacy_check_value(&record).expect("check");
-        let rows: Vec<_> = store
+        let registry: Vec<_> = store
             .protected_rows()
             .expect("rows")
             .into_iter()
@@ -1535,34 +1633,64 @@ mod registry_tests {
                 (cf, key, plain)
             })
             .collect();
-        assert!(rows.len() > 10);
+        assert!(registry.len() > 10);
+        let strip_registry = protection < Protection::RegistryTags;
+        let forward: Vec<_> = store
+            .scan(Cf::Forward)
+            .take(unbound)
+            .map(|entry| {
+                let (key, stored) = entry.expect("entry");
+                let token = stored[..stored.len() - crate::crypto::BINDING_LEN].to_vec();
+                (key, token)
+            })
+            .collect();
+        assert_eq!(forward.len(), unbound);
         store
             .write(move |txn| {
-                for (cf, key, plain) in rows {
-                    txn.put(cf, key, plain);
+                if strip_registry {
+                    for (cf, key, plain) in registry {
+                        txn.put(cf, key, plain);
+                    }
                 }
-                txn.put(Cf::Meta, keys::META_KEK_CHECK, legacy_check);
+                for (key, token) in forward {
+                    txn.put(Cf::Forward, key, token);
+                }
+                txn.put(Cf::Meta, keys::META_KEK_CHECK, check);
                 Ok(())
             })
             .await
             .expect("write");
         store.close().expect("close");
+    }
 
-        let vault = Vault::open(dir.path(), key_file(), VaultOptions::default())
+    /// Opens the vault and checks that every value keeps its token and
+    /// every token reveals its value, then that the vault is current.
+    async fn opens_and_keeps_its_tokens(path: &Path, tokens: &[String]) {
+        let vault = Vault::open(path, key_file(), VaultOptions::default())
             .await
             .expect("the old vault opens and is migrated");
-        assert_eq!(
-            vault
-                .detokenize("ssn", &[&token])
-                .await
-                .expect("detokenize")[0]
-                .as_deref()
-                .expect("value"),
-            "123-45-6789"
-        );
+        let again = vault.tokenize("ssn", &VALUES).await.expect("tokenize");
+        let revealed = vault.detokenize("ssn", tokens).await.expect("detokenize");
+        for ((token, again), (value, revealed)) in
+            tokens.iter().zip(again).zip(VALUES.iter().zip(revealed))
+        {
+            assert_eq!(&again.expect("same token"), token);
+            assert_eq!(&revealed.expect("value"), value);
+        }
+        assert!(vault.verify().expect("verify").is_clean());
         vault.close().expect("close");
-        let Unsealed { tagged, .. } = unseal_kek(dir.path(), key_file()).await.expect("kek");
-        assert!(tagged, "the KEK check now says the rows are tagged");
+        let Unsealed { protection, .. } = unseal_kek(path, key_file()).await.expect("kek");
+        assert_eq!(protection, Protection::CURRENT, "the KEK check says so");
+    }
+
+    /// A vault from before registry tags and forward bindings opens, is
+    /// migrated once, and from then on refuses an untagged row.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_vault_from_before_tags_is_migrated_on_first_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tokens = vault_with_tokens(dir.path()).await;
+        downgrade(dir.path(), Protection::None, VALUES.len()).await;
+        opens_and_keeps_its_tokens(dir.path(), &tokens).await;
 
         // From now on an untagged row is refused.
         let store = Store::open(dir.path(), &StoreOptions::default()).expect("raw");
@@ -1582,5 +1710,33 @@ mod registry_tests {
                 ..
             }))
         ));
+    }
+
+    /// A migration of forward entries stopped part way (some chunks bound,
+    /// the KEK check not yet replaced) finishes on the next open without
+    /// binding an entry twice.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_interrupted_binding_of_forward_entries_finishes_on_the_next_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tokens = vault_with_tokens(dir.path()).await;
+        downgrade(dir.path(), Protection::RegistryTags, 1).await;
+        opens_and_keeps_its_tokens(dir.path(), &tokens).await;
+    }
+
+    /// Once the KEK check says entries are bound, an unbound one (a binding
+    /// stripped to pass for an old vault) is refused when read.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_unbound_entry_in_a_current_vault_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        vault_with_tokens(dir.path()).await;
+        downgrade(dir.path(), Protection::CURRENT, 1).await;
+        let vault = Vault::open(dir.path(), key_file(), VaultOptions::default())
+            .await
+            .expect("open");
+        let again = vault.tokenize("ssn", &VALUES).await.expect("tokenize");
+        let refused: Vec<_> = again.iter().filter_map(|r| r.as_ref().err()).collect();
+        assert_eq!(refused.len(), 1, "{again:?}");
+        assert_eq!(refused[0].code, ItemCode::DataLoss);
+        vault.close().expect("close");
     }
 }

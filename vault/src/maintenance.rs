@@ -9,7 +9,7 @@ use std::sync::Arc;
 use crate::crypto::kek::KdfRecord;
 use crate::crypto::{KdfParams, KeyPurpose, MasterKey};
 use crate::engine::{
-    MIN_PASSPHRASE_CHARS, Unsealed, derive_kek, live_keysets, load_keyring, protect_registry,
+    MIN_PASSPHRASE_CHARS, Unsealed, derive_kek, live_keysets, load_keyring, protect_rows,
     reverse_ad, unseal_kek,
 };
 use crate::error::Error;
@@ -224,6 +224,9 @@ pub enum ProblemKind {
     OrphanForward,
     /// A forward entry whose reverse row's value does not hash back to it.
     ForwardDoesNotHashBack,
+    /// A forward entry whose binding does not verify: its token was
+    /// rewritten, it was moved from another key, or it is damaged.
+    ForwardUnbound,
 }
 
 impl fmt::Display for ProblemKind {
@@ -237,6 +240,7 @@ impl fmt::Display for ProblemKind {
             Self::ForwardMismatch => "forward entry points at another token",
             Self::OrphanForward => "forward entry without a reverse row",
             Self::ForwardDoesNotHashBack => "forward entry does not hash back to its value",
+            Self::ForwardUnbound => "forward entry fails its binding check",
         })
     }
 }
@@ -395,21 +399,27 @@ impl Vault {
             }
             let keys: Vec<[u8; 40]> = expected.iter().map(|(_, _, k, _)| k.0).collect();
             let found = self.store.multi_get(Cf::Forward, &keys)?;
-            for ((row_no, ns_id, _, token), stored) in expected.into_iter().zip(found) {
-                match stored {
-                    None => report.report(
+            for ((row_no, ns_id, key, token), stored) in expected.into_iter().zip(found) {
+                let Some(stored) = stored else {
+                    report.report(
                         ProblemKind::MissingForward,
                         ns_name(ns_id),
                         "reverse",
                         row_no,
-                    ),
-                    Some(t) if *t != *token => report.report(
+                    );
+                    continue;
+                };
+                // An unbound entry is reported by the second pass, once.
+                if ring
+                    .open_forward(&key, &stored)
+                    .is_some_and(|t| t.as_bytes() != &*token)
+                {
+                    report.report(
                         ProblemKind::ForwardMismatch,
                         ns_name(ns_id),
                         "reverse",
                         row_no,
-                    ),
-                    Some(_) => {}
+                    );
                 }
             }
         }
@@ -422,7 +432,7 @@ impl Vault {
             cursor = last.to_vec();
             // (row number, namespace, forward key, token)
             let mut lookups: Vec<(u64, &Arc<Namespace>, Entry)> = Vec::new();
-            for (key, token) in chunk {
+            for (key, stored) in chunk {
                 report.forward_entries += 1;
                 let row_no = report.forward_entries;
                 let Some((ns_id, _)) = split_key(&key) else {
@@ -430,7 +440,19 @@ impl Vault {
                     continue;
                 };
                 match namespaces.get(&ns_id) {
-                    Some(ns) if ns.deterministic && key.len() == 40 => {
+                    Some(ns) if ns.deterministic => {
+                        let token = ForwardKey::from_slice(&key)
+                            .and_then(|k| ring.open_forward(&k, &stored));
+                        let Some(token) = token else {
+                            report.report(
+                                ProblemKind::ForwardUnbound,
+                                ns.name.clone(),
+                                "forward",
+                                row_no,
+                            );
+                            continue;
+                        };
+                        let token = token.as_bytes().to_vec().into_boxed_slice();
                         lookups.push((row_no, ns, (key, token)));
                     }
                     Some(ns) => report.report(
@@ -511,11 +533,11 @@ impl Vault {
         kdf.check().map_err(Error::MasterKey)?;
         let Unsealed {
             kek: old_kek,
-            tagged,
+            protection,
         } = unseal_kek(path, old).await?;
         // Opening for writing takes RocksDB's lock: a running server holds it.
         let store = Store::open(path, &StoreOptions::default())?;
-        protect_registry(&store, &old_kek, tagged).await?;
+        protect_rows(&store, &old_kek, protection).await?;
         failpoint("rekey-opened");
         let rows = live_keysets(&store, &old_kek)?;
         // Every row that carries a tag is tagged again under the new KEK in
@@ -524,7 +546,9 @@ impl Vault {
         let record = KdfRecord::generate(&new, kdf).map_err(Error::Crypto)?;
         let new_kek = derive_kek(new, record.clone()).await?;
         failpoint("rekey-derived");
-        let check = new_kek.check_value(&record).map_err(Error::Crypto)?;
+        let check = new_kek
+            .check_value(&record, crate::crypto::Protection::CURRENT)
+            .map_err(Error::Crypto)?;
         let mut rewrapped: Vec<(u32, Vec<u8>)> = Vec::with_capacity(rows.len());
         for (version, mut row, keyset) in rows {
             row.wrapped = keyset

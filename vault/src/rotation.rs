@@ -143,8 +143,9 @@ enum Planned {
 
 struct Move {
     new_row: Vec<u8>,
-    /// The new forward key, in deterministic namespaces.
-    forward: Option<ForwardKey>,
+    /// The new forward entry (key, and token bound to it), in deterministic
+    /// namespaces.
+    forward: Option<(ForwardKey, Vec<u8>)>,
 }
 
 /// What one chunk's writer job did.
@@ -733,9 +734,10 @@ fn plan(
     else {
         return Planned::Damaged;
     };
-    let forward = ns
-        .deterministic
-        .then(|| ForwardKey::new(ns_id, target, &new.prf().blind_index(ns_id, &plain)));
+    let forward = ns.deterministic.then(|| {
+        let key = ForwardKey::new(ns_id, target, &new.prf().blind_index(ns_id, &plain));
+        (key, key.bind(new.prf(), token.as_bytes()))
+    });
     Planned::Move(Move {
         new_row: ReverseRow {
             version: target,
@@ -768,8 +770,8 @@ fn apply(
             // The old forward entry stays until the old keyset is destroyed
             // (it names the same token, so lookups under either version
             // agree); one range deletion per namespace drops them all then.
-            if let Some(new) = m.forward {
-                txn.put(Cf::Forward, new.0.as_slice(), &key[4..]);
+            if let Some((new, stored)) = m.forward {
+                txn.put(Cf::Forward, new.0.as_slice(), stored);
             }
             txn.put(Cf::Reverse, key.clone(), m.new_row);
             moved += 1;

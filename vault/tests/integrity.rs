@@ -179,3 +179,87 @@ async fn an_untouched_vault_opens_and_every_row_carries_a_tag() {
         json(&value);
     }
 }
+
+/// Two values' tokens in the `ssn` namespace, and the vault closed.
+async fn two_tokens(path: &Path) -> [String; 2] {
+    let vault = Vault::init(path, key_file(), VaultOptions::default())
+        .await
+        .expect("init");
+    let tokens = vault
+        .tokenize("ssn", &["123-45-6789", "234-56-7890"])
+        .await
+        .expect("tokenize");
+    vault.close().expect("close");
+    tokens
+        .into_iter()
+        .map(|t| t.expect("token"))
+        .collect::<Vec<_>>()
+        .try_into()
+        .expect("two")
+}
+
+/// Opens the vault, asks for both values' tokens again and runs `verify`.
+async fn retokenize_and_verify(path: &Path) -> (Vec<phivault::ItemResult>, phivault::VerifyReport) {
+    let vault = Vault::open(path, key_file(), VaultOptions::default())
+        .await
+        .expect("forward entries are checked when read, not at open");
+    let again = vault
+        .tokenize("ssn", &["123-45-6789", "234-56-7890"])
+        .await
+        .expect("tokenize");
+    let report = vault.verify().expect("verify");
+    vault.close().expect("close");
+    (again, report)
+}
+
+/// Someone with write access to the data directory points one value's
+/// forward entry at another value's token, so that a pipeline tokenizing the
+/// first value would be handed the second's token (and a later reveal would
+/// show the wrong patient). The entry's binding no longer verifies: the
+/// value gets `DATA_LOSS`, never the other token, and `verify` names it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forward_entry_rewritten_to_another_token_is_refused() {
+    for whole_entry in [true, false] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tokens = two_tokens(dir.path()).await;
+        let store = Store::open_read_only(dir.path(), &StoreOptions::default()).expect("raw");
+        let entries: Vec<_> = store.scan(Cf::Forward).map(|e| e.expect("entry")).collect();
+        drop(store);
+        let [(victim, own), (_, other)] = &entries[..] else {
+            panic!("two forward entries, found {}", entries.len());
+        };
+        // Either the other entry's stored value as it is (token and
+        // binding), or only its token with this entry's binding kept.
+        let split = |stored: &[u8]| stored.len() - phivault::crypto::BINDING_LEN;
+        let forged = if whole_entry {
+            other.to_vec()
+        } else {
+            [&other[..split(other)], &own[split(own)..]].concat()
+        };
+        let victim = victim.to_vec();
+        tamper(dir.path(), move |txn| {
+            txn.put(Cf::Forward, victim, forged);
+            Ok(())
+        })
+        .await;
+
+        let (again, report) = retokenize_and_verify(dir.path()).await;
+        let refused: Vec<_> = again.iter().filter_map(|r| r.as_ref().err()).collect();
+        let [refused] = refused[..] else {
+            panic!("exactly the rewritten entry's value is refused: {again:?}");
+        };
+        assert_eq!(refused.code, phivault::ItemCode::DataLoss);
+        assert!(tokens.iter().all(|t| !refused.message.contains(t.as_str())));
+        for (result, token) in again.iter().zip(&tokens) {
+            if let Ok(given) = result {
+                assert_eq!(given, token, "the untouched value keeps its own token");
+            }
+        }
+        assert_eq!(
+            report.counts.get(&phivault::ProblemKind::ForwardUnbound),
+            Some(&1),
+            "{:?}",
+            report.counts
+        );
+    }
+}

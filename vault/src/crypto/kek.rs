@@ -21,11 +21,43 @@ const REGISTRY_KEY_INFO: &[u8] = b"phivault registry mac v1";
 /// first open. Whoever cannot make a KEK check cannot pass a tagged vault off
 /// as an untagged one (and have rows they planted tagged).
 const REGISTRY_CHECK_LABEL: &[u8] = b"registry rows tagged";
+/// Bound into the KEK check, after the registry label, of a vault whose
+/// forward entries carry bindings; the same argument holds for them.
+const FORWARD_CHECK_LABEL: &[u8] = b"forward entries bound";
 const RECORD_VERSION: u8 = 1;
 const KIND_ARGON2ID: u8 = 1;
 const KIND_KEY_FILE: u8 = 2;
 const SALT_LEN: usize = 16;
 const RECORD_LEN: usize = 2 + 12 + SALT_LEN;
+
+/// What a vault's rows carry beyond ciphertext, as its KEK check records it.
+/// Each level includes the ones before it; a vault is migrated up to
+/// [`Protection::CURRENT`] on open, one level per commit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Protection {
+    /// Only reverse rows are authenticated (their SIV tag).
+    None,
+    /// Rows that grant or shape access carry MACs.
+    RegistryTags,
+    /// Forward entries carry bindings too.
+    ForwardBindings,
+}
+
+impl Protection {
+    /// The level every vault is brought to.
+    pub const CURRENT: Self = Self::ForwardBindings;
+
+    /// Newest first, so that opening a current vault tries one check.
+    const NEWEST_FIRST: [Self; 3] = [Self::ForwardBindings, Self::RegistryTags, Self::None];
+
+    fn labels(self) -> &'static [&'static [u8]] {
+        match self {
+            Self::None => &[],
+            Self::RegistryTags => &[REGISTRY_CHECK_LABEL],
+            Self::ForwardBindings => &[REGISTRY_CHECK_LABEL, FORWARD_CHECK_LABEL],
+        }
+    }
+}
 
 /// Argon2id cost parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -259,40 +291,39 @@ impl Kek {
         &self.1
     }
 
-    /// The value stored in `meta` that proves a later derivation right (and
-    /// says that the vault's registry rows are tagged).
-    pub(crate) fn check_value(&self, record: &KdfRecord) -> Result<Vec<u8>, CryptoError> {
-        self.0.seal(
-            &[KEK_CHECK_LABEL, &record.encode(), REGISTRY_CHECK_LABEL],
-            KEK_CHECK_PLAINTEXT,
-        )
-    }
-
-    /// The KEK check of a vault from before registry tags, for the tests of
-    /// the migration.
-    #[cfg(test)]
-    pub(crate) fn legacy_check_value(&self, record: &KdfRecord) -> Result<Vec<u8>, CryptoError> {
-        self.0
-            .seal(&[KEK_CHECK_LABEL, &record.encode()], KEK_CHECK_PLAINTEXT)
-    }
-
-    /// Succeeds only if this KEK made `check` for exactly this `record`:
-    /// `true` for a vault whose registry rows are tagged, `false` for one
-    /// from before tags.
-    pub(crate) fn verify(&self, record: &KdfRecord, check: &[u8]) -> Result<bool, CryptoError> {
+    /// The value stored in `meta` that proves a later derivation right, and
+    /// says which protection the vault's rows carry.
+    pub(crate) fn check_value(
+        &self,
+        record: &KdfRecord,
+        protection: Protection,
+    ) -> Result<Vec<u8>, CryptoError> {
         let encoded = record.encode();
-        let (opened, tagged) = match self
-            .0
-            .open(&[KEK_CHECK_LABEL, &encoded, REGISTRY_CHECK_LABEL], check)
-        {
-            Ok(opened) => (opened, true),
-            Err(_) => (self.0.open(&[KEK_CHECK_LABEL, &encoded], check)?, false),
-        };
-        if opened.as_slice() == KEK_CHECK_PLAINTEXT {
-            Ok(tagged)
-        } else {
-            Err(CryptoError::DecryptionFailed)
+        let mut ad: Vec<&[u8]> = vec![KEK_CHECK_LABEL, &encoded];
+        ad.extend_from_slice(protection.labels());
+        self.0.seal(&ad, KEK_CHECK_PLAINTEXT)
+    }
+
+    /// Succeeds only if this KEK made `check` for exactly this `record`, and
+    /// says at which level of protection.
+    pub(crate) fn verify(
+        &self,
+        record: &KdfRecord,
+        check: &[u8],
+    ) -> Result<Protection, CryptoError> {
+        let encoded = record.encode();
+        for protection in Protection::NEWEST_FIRST {
+            let mut ad: Vec<&[u8]> = vec![KEK_CHECK_LABEL, &encoded];
+            ad.extend_from_slice(protection.labels());
+            if let Ok(opened) = self.0.open(&ad, check) {
+                return if opened.as_slice() == KEK_CHECK_PLAINTEXT {
+                    Ok(protection)
+                } else {
+                    Err(CryptoError::DecryptionFailed)
+                };
+            }
         }
+        Err(CryptoError::DecryptionFailed)
     }
 
     pub(crate) fn wrap(&self, ad: &[&[u8]], secret: &[u8]) -> Result<Vec<u8>, CryptoError> {
@@ -363,8 +394,11 @@ mod tests {
         let record = KdfRecord::generate(&master, KdfParams::FLOOR).expect("rng");
         assert_eq!(KdfRecord::decode(&record.encode()), Some(record.clone()));
         let kek = Kek::derive(&master, &record).expect("derive");
-        let check = kek.check_value(&record).expect("seal");
-        kek.verify(&record, &check).expect("same record verifies");
+        for protection in Protection::NEWEST_FIRST {
+            let check = kek.check_value(&record, protection).expect("seal");
+            assert_eq!(kek.verify(&record, &check), Ok(protection));
+        }
+        let check = kek.check_value(&record, Protection::CURRENT).expect("seal");
         let mut edited = record.clone();
         edited.params.t_cost += 1;
         assert!(

@@ -87,9 +87,11 @@ mod keyset;
 mod prf;
 mod siv;
 
-pub use kek::{KdfParams, Kek, MasterKey};
+pub use kek::{KdfParams, Kek, MasterKey, Protection};
 pub use keyset::{AuditKey, KeyPurpose, Keyset};
-pub use prf::{BlindIndex, ByteSource, OsStream, PrfKey, PrfStream, SlotRng, TokenRng};
+pub use prf::{
+    BINDING_LEN, BlindIndex, ByteSource, OsStream, PrfKey, PrfStream, SlotRng, TokenRng,
+};
 pub use siv::SivKey;
 
 /// Failures of the primitives. Deliberately coarse: a caller (or an attacker)

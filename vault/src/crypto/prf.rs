@@ -10,6 +10,12 @@ use super::CryptoError;
 /// stream, and neither output may ever be mistaken for the other.
 const INDEX_LABEL: &[u8] = b"idx";
 const TOKEN_LABEL: &[u8] = b"tok";
+const BINDING_LABEL: &[u8] = b"fwd";
+
+/// Bytes of a forward entry's binding: HMAC-SHA256 truncated to 128 bits, as
+/// strong against forgery as the SIV tag on the value it points to, at half
+/// the size on a table with a row per distinct value.
+pub const BINDING_LEN: usize = 16;
 
 /// A keyed hash of a (namespace, value) pair: the forward index key.
 ///
@@ -68,6 +74,40 @@ impl PrfKey {
         mac.update(&namespace_id.to_be_bytes());
         mac.update(value);
         BlindIndex(mac.finalize().into_bytes().into())
+    }
+
+    /// `HMAC(k, "fwd" ‖ forward key ‖ token)`, truncated: binds a forward
+    /// entry's token to the entry's key (namespace, version, blind index), so
+    /// that a token written over another entry's, or an entry copied to
+    /// another key, no longer verifies.
+    pub fn forward_binding(&self, forward_key: &[u8; 40], token: &[u8]) -> [u8; BINDING_LEN] {
+        let full = self.binding_mac(forward_key, token).finalize().into_bytes();
+        let mut binding = [0u8; BINDING_LEN];
+        binding.copy_from_slice(&full[..BINDING_LEN]);
+        binding
+    }
+
+    /// Whether `binding` is the binding of `token` under `forward_key`
+    /// (compared in constant time).
+    pub fn verify_forward_binding(
+        &self,
+        forward_key: &[u8; 40],
+        token: &[u8],
+        binding: &[u8],
+    ) -> bool {
+        binding.len() == BINDING_LEN
+            && self
+                .binding_mac(forward_key, token)
+                .verify_truncated_left(binding)
+                .is_ok()
+    }
+
+    fn binding_mac(&self, forward_key: &[u8; 40], token: &[u8]) -> Hmac<Sha256> {
+        let mut mac = self.keyed.clone();
+        mac.update(BINDING_LABEL);
+        mac.update(forward_key);
+        mac.update(token);
+        mac
     }
 
     /// The deterministic byte stream a token is drawn from for a value's

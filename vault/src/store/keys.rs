@@ -1,7 +1,7 @@
 //! Key and value encodings of every column family, as small typed functions.
 //! All integers are big-endian so that keys sort by their numeric prefix.
 
-use crate::crypto::BlindIndex;
+use crate::crypto::{BINDING_LEN, BlindIndex, PrfKey};
 
 /// `meta`: on-disk format version (u32).
 pub const META_FORMAT_VERSION: &[u8] = b"format_version";
@@ -53,6 +53,34 @@ impl ForwardKey {
         key[4..8].copy_from_slice(&version.to_be_bytes());
         key[8..].copy_from_slice(&index.0);
         Self(key)
+    }
+
+    /// A forward key read back from storage (`None`: not 40 bytes).
+    pub fn from_slice(key: &[u8]) -> Option<Self> {
+        key.try_into().ok().map(Self)
+    }
+
+    /// The keyset version the entry's blind index was made under.
+    pub fn version(&self) -> u32 {
+        u32::from_be_bytes([self.0[4], self.0[5], self.0[6], self.0[7]])
+    }
+
+    /// The stored value of this entry: `token ‖ binding`, the binding made
+    /// with the PRF key of the entry's own version (DESIGN.md §10: a token
+    /// written over another entry's is detected when it is read).
+    pub fn bind(&self, prf: &PrfKey, token: &[u8]) -> Vec<u8> {
+        let mut stored = Vec::with_capacity(token.len() + BINDING_LEN);
+        stored.extend_from_slice(token);
+        stored.extend_from_slice(&prf.forward_binding(&self.0, token));
+        stored
+    }
+
+    /// The token of a stored entry whose binding verifies under `prf`.
+    pub fn open<'a>(&self, prf: &PrfKey, stored: &'a [u8]) -> Option<&'a [u8]> {
+        let split = stored.len().checked_sub(BINDING_LEN)?;
+        let (token, binding) = stored.split_at(split);
+        prf.verify_forward_binding(&self.0, token, binding)
+            .then_some(token)
     }
 }
 
@@ -445,6 +473,38 @@ mod tests {
             prop_assert_eq!(decode_u32(&u32_bytes(a)), Some(a));
             prop_assert_eq!(a.cmp(&b), u32_bytes(a).cmp(&u32_bytes(b)));
         }
+    }
+
+    /// A forward entry opens only under its own key and version's PRF key,
+    /// with its own token: another entry's token, the entry moved to another
+    /// key, a flipped byte, a stripped binding are all refused.
+    #[test]
+    fn a_forward_binding_ties_the_token_to_its_entry() {
+        let prf = PrfKey::generate().expect("rng");
+        let key = ForwardKey::new(7, 2, &BlindIndex([0xab; 32]));
+        let stored = key.bind(&prf, b"987-65-4321");
+        assert_eq!(stored.len(), 11 + BINDING_LEN);
+        assert_eq!(key.version(), 2);
+        assert!(ForwardKey::from_slice(&key.0) == Some(key));
+        assert_eq!(key.open(&prf, &stored), Some(&b"987-65-4321"[..]));
+
+        let other_key = ForwardKey::new(7, 2, &BlindIndex([0xac; 32]));
+        let other_token = other_key.bind(&prf, b"987-65-4320");
+        let mut swapped = b"987-65-4320".to_vec();
+        swapped.extend_from_slice(&stored[11..]);
+        let mut flipped = stored.clone();
+        flipped[0] ^= 1;
+        let other_prf = PrfKey::generate().expect("rng");
+        assert_eq!(key.open(&prf, &other_token), None, "another entry's value");
+        assert_eq!(
+            key.open(&prf, &swapped),
+            None,
+            "another token, same binding"
+        );
+        assert_eq!(other_key.open(&prf, &stored), None, "moved to another key");
+        assert_eq!(key.open(&prf, &flipped), None);
+        assert_eq!(key.open(&prf, b"987-65-4321"), None, "binding stripped");
+        assert_eq!(key.open(&other_prf, &stored), None, "another version's key");
     }
 
     #[test]
