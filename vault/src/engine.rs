@@ -189,11 +189,13 @@ struct NewMapping {
     attempts: u32,
 }
 
-/// A token the writer may take for a value, and its reverse row if it was
-/// sealed already.
+/// A token the writer may take for a value, and its reverse row and bound
+/// forward entry if they were made already (off the writer thread, which
+/// then only checks and inserts).
 struct Candidate {
     token: String,
     row: Option<Vec<u8>>,
+    bound: Option<Vec<u8>>,
 }
 
 /// Free candidates a collision search hands the writer per value: enough
@@ -852,7 +854,10 @@ impl Vault {
             let candidates = candidate(ns, keyset, &parsed.canonical, 0)
                 .map(|token| {
                     let row = seal_row(ns, keyset, &token, &parsed.canonical, now).ok();
-                    Candidate { token, row }
+                    let bound = forward
+                        .as_ref()
+                        .map(|l| l.active.bind(keyset.prf(), token.as_bytes()));
+                    Candidate { token, row, bound }
                 })
                 .into_iter()
                 .collect();
@@ -1001,12 +1006,20 @@ impl Vault {
                         } else if mapping.candidates.len() < SEARCH_CANDIDATES
                             && !mapping.candidates.iter().any(|c| c.token == token)
                         {
-                            mapping.candidates.push(Candidate { token, row: None });
+                            mapping.candidates.push(Candidate {
+                                token,
+                                row: None,
+                                bound: None,
+                            });
                         }
                     }
                 }
                 if let Some(first) = mapping.candidates.first_mut() {
                     first.row = seal_row(&ns, keyset, &first.token, &mapping.canonical, now).ok();
+                    first.bound = mapping
+                        .forward
+                        .as_ref()
+                        .map(|l| l.active.bind(keyset.prf(), first.token.as_bytes()));
                 }
             }
             fill.record(&ns.name, tried, taken);
@@ -1500,14 +1513,14 @@ fn write_mappings(
             }
         }
         let mut chosen = None;
-        for Candidate { token, row } in std::mem::take(&mut mapping.candidates) {
+        for Candidate { token, row, bound } in std::mem::take(&mut mapping.candidates) {
             let reverse = keys::reverse_key(ns.id, &token);
             tried += 1;
             if txn.contains(Cf::Reverse, &reverse)? {
                 taken += 1;
                 continue;
             }
-            chosen = Some((token, row, reverse));
+            chosen = Some((token, row, bound, reverse));
             break;
         }
         // A handful of further attempts here, a fixed bound per value: in a
@@ -1525,9 +1538,9 @@ fn write_mappings(
                 taken += 1;
                 continue;
             }
-            chosen = Some((token, None, reverse));
+            chosen = Some((token, None, None, reverse));
         }
-        let Some((token, row, reverse)) = chosen else {
+        let Some((token, row, bound, reverse)) = chosen else {
             outcomes.push(Written::Taken(mapping));
             continue;
         };
@@ -1544,7 +1557,8 @@ fn write_mappings(
             };
         txn.put(Cf::Reverse, reverse, row);
         if let Some(lookup) = &mapping.forward {
-            let stored = lookup.active.bind(keyset.prf(), token.as_bytes());
+            let stored =
+                bound.unwrap_or_else(|| lookup.active.bind(keyset.prf(), token.as_bytes()));
             txn.put(Cf::Forward, lookup.active.0.as_slice(), stored);
         }
         outcomes.push(Written::Done(
