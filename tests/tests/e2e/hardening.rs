@@ -451,6 +451,68 @@ async fn many_slow_streams_from_one_peer_are_capped_and_others_are_served() {
     server.stop();
 }
 
+/// Connections that connect and say nothing, or send a few bytes and stop,
+/// are closed after the handshake timeout and give their slots back; the
+/// peer's later connections are served. Without the deadline a plaintext
+/// server keeps them open for ever, and enough of them fill the caps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_are_closed_and_free_their_slots() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const PER_PEER: usize = 4;
+    let vault = VaultDir::init();
+    let config = vault.config(&format!(
+        "[transport]\nmax_connections_per_peer = {PER_PEER}\nhandshake_timeout_secs = 1\n"
+    ));
+    let server = Server::start(&vault, &["--config", config.to_str().expect("utf-8")]);
+    let mut silent = Vec::new();
+    for i in 0..PER_PEER {
+        let mut stream = tokio::net::TcpStream::connect(server.addr)
+            .await
+            .expect("connect");
+        if i % 2 == 1 {
+            // Half of the preface, then nothing.
+            stream.write_all(b"PRI * HTTP/2.0").await.expect("write");
+        }
+        silent.push(stream);
+    }
+    let opened = Instant::now();
+    for mut stream in silent {
+        let mut byte = [0u8; 1];
+        // The server may answer a partial preface with nothing but a close:
+        // end of stream or a reset both mean the slot is free.
+        let closed = tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                match stream.read(&mut byte).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(
+            closed.is_ok(),
+            "a silent connection was still open after 20 s"
+        );
+    }
+    let waited = opened.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900),
+        "closed after {waited:?}, before the timeout"
+    );
+    // Every slot came back: the peer's full quota of connections, held at
+    // once, is served.
+    let mut held = Vec::new();
+    for _ in 0..PER_PEER {
+        let again = connect(&server, Some(&vault.admin_key)).await;
+        again
+            .list_clients()
+            .await
+            .expect("served after the silent ones closed");
+        held.push(again);
+    }
+    server.stop();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_takes_small_messages_only() {
     let vault = VaultDir::init();

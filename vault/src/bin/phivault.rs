@@ -249,6 +249,7 @@ struct TransportConfig {
     max_header_list_bytes: Option<u32>,
     admin_max_message_bytes: Option<usize>,
     refusal_window_secs: Option<u64>,
+    handshake_timeout_secs: Option<u64>,
 }
 
 impl TransportConfig {
@@ -300,6 +301,11 @@ impl TransportConfig {
                 self.refusal_window_secs,
                 d.refusal_window,
                 "refusal_window_secs",
+            )?,
+            handshake_timeout: secs(
+                self.handshake_timeout_secs,
+                d.handshake_timeout,
+                "handshake_timeout_secs",
             )?,
         };
         let counts = [

@@ -5,8 +5,15 @@
 //! either cap is accepted and closed at once (so the kernel's backlog does not
 //! fill with it), and the refusal is counted in the log at most once a
 //! second.
+//!
+//! A slot is only worth holding for a peer that speaks: a connection must
+//! send its first [`OPENING_BYTES`] within the handshake timeout, or it is
+//! closed. Under TLS the handshake's own timeout then applies as well; in
+//! plaintext, nothing else would ever close a connection that connects and
+//! says nothing, and enough of them would fill the caps.
 
 use std::collections::HashMap;
+use std::future::Future as _;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
@@ -17,9 +24,24 @@ use std::time::{Duration, Instant};
 use futures_util::Stream;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Sleep;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
-/// Open connections by peer address, and in all.
+/// What the per-peer cap counts as one peer: an IPv4 address, or an IPv6
+/// /64. A single IPv6 host is usually handed a whole /64 and can connect
+/// from any of its 2^64 addresses, so counting addresses would not cap it.
+/// An IPv4 address mapped into IPv6 (a dual-stack socket) counts as itself.
+fn peer_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+        },
+    }
+}
+
+/// Open connections by peer (see [`peer_of`]), and in all.
 #[derive(Default)]
 struct Open {
     by_peer: HashMap<IpAddr, usize>,
@@ -35,7 +57,8 @@ struct Caps {
 
 impl Caps {
     /// Takes a slot for `peer`, or says which cap is reached.
-    fn admit(self: &Arc<Self>, peer: IpAddr) -> Result<Slot, &'static str> {
+    fn admit(self: &Arc<Self>, address: IpAddr) -> Result<Slot, &'static str> {
+        let peer = peer_of(address);
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         if open.total >= self.total {
             return Err("the server's connection limit");
@@ -72,10 +95,17 @@ impl Drop for Slot {
     }
 }
 
+/// Bytes a new connection must send before the handshake timeout: the
+/// HTTP/2 client preface is exactly this long, and a TLS ClientHello longer.
+const OPENING_BYTES: usize = 24;
+
 /// An accepted connection that holds its slot until it is closed.
 pub(crate) struct Admitted {
     stream: TcpStream,
     _slot: Slot,
+    /// Until the opening bytes have arrived: how many have, and when the
+    /// connection is closed if the rest have not.
+    opening: Option<(usize, Pin<Box<Sleep>>)>,
 }
 
 impl Connected for Admitted {
@@ -92,7 +122,28 @@ impl AsyncRead for Admitted {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let read = Pin::new(&mut self.stream).poll_read(cx, buf);
+        let Some((seen, deadline)) = &mut self.opening else {
+            return read;
+        };
+        match read {
+            Poll::Ready(Ok(())) => {
+                *seen += buf.filled().len() - before;
+                if *seen >= OPENING_BYTES {
+                    self.opening = None;
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => match deadline.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the peer did not open the connection in time",
+                ))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
     }
 }
 
@@ -127,7 +178,7 @@ impl AsyncWrite for Admitted {
 }
 
 /// The accepted connections of `listener` that fit under the caps, as the
-/// stream tonic serves. (Dead peers are found by HTTP/2 keepalive pings,
+/// stream tonic serves, each closed unless it opens within `handshake`. (Dead peers are found by HTTP/2 keepalive pings,
 /// which also cross proxies, rather than TCP keepalive.) Accept errors (a peer gone before it was accepted,
 /// out of descriptors) are logged and skipped after a short pause, as an
 /// accept loop must not end on them.
@@ -135,6 +186,7 @@ pub(crate) fn admitted(
     listener: TcpListener,
     total: usize,
     per_peer: usize,
+    handshake: Duration,
 ) -> impl Stream<Item = Result<Admitted, io::Error>> {
     let caps = Arc::new(Caps {
         total,
@@ -160,6 +212,7 @@ pub(crate) fn admitted(
                         let admitted = Admitted {
                             stream,
                             _slot: slot,
+                            opening: Some((0, Box::pin(tokio::time::sleep(handshake)))),
                         };
                         return Some((Ok(admitted), (listener, caps, logged, refused)));
                     }
@@ -176,4 +229,38 @@ pub(crate) fn admitted(
             }
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_is_an_ipv4_address_or_an_ipv6_64() {
+        let v4: IpAddr = "192.0.2.7".parse().expect("ip");
+        assert_eq!(peer_of(v4), v4);
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().expect("ip");
+        assert_eq!(peer_of(mapped), v4);
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().expect("ip");
+        let b: IpAddr = "2001:db8:1:2:ffff:ffff:ffff:ffff".parse().expect("ip");
+        let other: IpAddr = "2001:db8:1:3::1".parse().expect("ip");
+        assert_eq!(peer_of(a), "2001:db8:1:2::".parse::<IpAddr>().expect("ip"));
+        assert_eq!(peer_of(a), peer_of(b));
+        assert_ne!(peer_of(a), peer_of(other));
+    }
+
+    #[test]
+    fn one_ipv6_64_shares_one_per_peer_cap() {
+        let caps = Arc::new(Caps {
+            total: 100,
+            per_peer: 2,
+            open: Mutex::default(),
+        });
+        let first = caps.admit("2001:db8::1".parse().expect("ip")).expect("first");
+        let _second = caps.admit("2001:db8::2".parse().expect("ip")).expect("second");
+        assert!(caps.admit("2001:db8::3".parse().expect("ip")).is_err());
+        assert!(caps.admit("2001:db8:0:1::3".parse().expect("ip")).is_ok());
+        drop(first);
+        assert!(caps.admit("2001:db8::3".parse().expect("ip")).is_ok());
+    }
 }

@@ -60,7 +60,7 @@ pub struct ServeOptions {
 pub struct TransportLimits {
     /// Open connections in all; one more is accepted and closed at once.
     pub max_connections: usize,
-    /// Open connections from one IP address.
+    /// Open connections from one peer: an IPv4 address or an IPv6 /64.
     pub max_connections_per_peer: usize,
     /// HTTP/2 streams (calls) open at once on one connection.
     pub max_concurrent_streams: u32,
@@ -88,6 +88,10 @@ pub struct TransportLimits {
     /// How often refused unauthenticated calls are summarised into the
     /// audit trail.
     pub refusal_window: Duration,
+    /// Longest a new connection may take to send its opening bytes (the
+    /// HTTP/2 preface, or a TLS ClientHello) and, under TLS, to finish its
+    /// handshake: a peer that connects and says nothing is closed.
+    pub handshake_timeout: Duration,
 }
 
 impl Default for TransportLimits {
@@ -105,6 +109,7 @@ impl Default for TransportLimits {
             max_header_list_bytes: 16 << 10,
             admin_max_message_bytes: 64 << 10,
             refusal_window: refusals::DEFAULT_WINDOW,
+            handshake_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -181,9 +186,6 @@ pub fn install_tls_provider() {
 
 /// Largest request health and reflection accept.
 const PUBLIC_MAX_MESSAGE_BYTES: usize = 4 << 10;
-/// Longest a TLS handshake may take before the connection is dropped: a peer
-/// that connects and says nothing must not hold a connection slot.
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How often health looks at the write path.
 const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
@@ -350,7 +352,7 @@ pub async fn serve(
     if let Some(tls) = &options.tls {
         let mut config = ServerTlsConfig::new()
             .identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem))
-            .timeout(TLS_HANDSHAKE_TIMEOUT);
+            .timeout(limits.handshake_timeout);
         if let Some(ca) = &tls.client_ca_pem {
             config = config.client_ca_root(Certificate::from_pem(ca));
         }
@@ -379,6 +381,7 @@ pub async fn serve(
         listener,
         limits.max_connections,
         limits.max_connections_per_peer,
+        limits.handshake_timeout,
     );
     let result = router
         .serve_with_incoming_shutdown(incoming, shutdown)
