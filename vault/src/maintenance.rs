@@ -93,6 +93,9 @@ fn backup_target(path: &Path, within: Option<&Path>) -> Result<PathBuf, Error> {
     Ok(parent.to_path_buf())
 }
 
+/// How staging directories' names begin; 16 hex digits follow.
+const STAGING_PREFIX: &str = ".phivault-backup-";
+
 /// A private directory beside a backup's destination, made by this process
 /// (so nothing can be planted in it), where the checkpoint is written before
 /// it is renamed into place. Removed with what is left in it on drop.
@@ -104,7 +107,7 @@ impl Staging {
         let mut suffix = [0u8; 8];
         crate::crypto::fill_random(&mut suffix).map_err(Error::Crypto)?;
         let name: String = suffix.iter().map(|b| format!("{b:02x}")).collect();
-        let dir = parent.join(format!(".phivault-backup-{name}"));
+        let dir = parent.join(format!("{STAGING_PREFIX}{name}"));
         std::fs::DirBuilder::new()
             .mode(0o700)
             .create(&dir)
@@ -143,7 +146,19 @@ fn publish(checkpoint: &Path, path: &Path) -> std::io::Result<()> {
         path,
         rustix::fs::RenameFlags::NOREPLACE,
     )
-    .map_err(std::io::Error::from)
+    .map_err(|e| {
+        if e == rustix::io::Errno::INVAL {
+            // Some network file systems refuse the flag; a plain rename
+            // would replace a directory that appeared meanwhile, so the
+            // backup is refused instead.
+            std::io::Error::new(
+                std::io::ErrorKind::Unsupported,
+                "the file system of the backup directory cannot rename without replacing (RENAME_NOREPLACE); use a local file system",
+            )
+        } else {
+            std::io::Error::from(e)
+        }
+    })
 }
 
 impl Drop for Staging {
@@ -158,17 +173,65 @@ async fn checkpoint_to(store: &Store, path: &Path, within: Option<&Path>) -> Res
     let parent = backup_target(path, within)?;
     let staging = Staging::create(&parent)?;
     let target = path.to_path_buf();
+    let checkpoint = staging.checkpoint();
     // Published on the writer thread, right after the checkpoint, so that no
-    // write is acknowledged between the two.
+    // write is acknowledged between the two. The job owns the staging
+    // directory: a caller that gives up waiting (a cancelled RPC) does not
+    // remove it under a checkpoint being written; it goes when the job does.
     store
-        .checkpoint(&staging.checkpoint(), move |made| {
-            publish(made, &target).map_err(|e| crate::store::StoreError::Checkpoint {
+        .checkpoint(&checkpoint, move |made| {
+            let published = publish(made, &target);
+            drop(staging);
+            published.map_err(|e| crate::store::StoreError::Checkpoint {
                 path: target.display().to_string(),
-                reason: e.kind().to_string(),
+                reason: if e.kind() == std::io::ErrorKind::Unsupported {
+                    e.to_string()
+                } else {
+                    e.kind().to_string()
+                },
             })
         })
         .await?;
     Ok(())
+}
+
+/// Removes the staging directories that backups cut short by a crash or a
+/// kill left under `dir` (the server's backup directory), and says how many.
+/// Only directories this user owns whose names are exactly a staging
+/// directory's are touched, never through a symbolic link. Run at start,
+/// when no backup of this vault can be in progress: the backup directory
+/// belongs to one vault.
+pub(crate) fn remove_interrupted_backups(dir: &Path) -> usize {
+    use std::os::unix::fs::MetadataExt as _;
+    fn is_staging(name: &std::ffi::OsStr) -> bool {
+        name.to_str()
+            .and_then(|n| n.strip_prefix(STAGING_PREFIX))
+            .is_some_and(|hex| hex.len() == 16 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+    }
+    let me = rustix::process::geteuid().as_raw();
+    let mut removed = 0;
+    // Backups may sit in subdirectories; a backup itself holds only files.
+    let mut pending = vec![(dir.to_path_buf(), 0)];
+    while let Some((at, depth)) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&at) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            // `DirEntry::metadata` does not follow a link.
+            let Ok(meta) = entry.metadata() else { continue };
+            if !meta.is_dir() {
+                continue;
+            }
+            if is_staging(&entry.file_name()) && meta.uid() == me {
+                if std::fs::remove_dir_all(entry.path()).is_ok() {
+                    removed += 1;
+                }
+            } else if depth < 8 {
+                pending.push((entry.path(), depth + 1));
+            }
+        }
+    }
+    removed
 }
 
 fn directory_bytes(path: &Path) -> u64 {
@@ -605,5 +668,47 @@ impl Vault {
         store.close()?;
         tracing::info!(path = %path.display(), keysets = count, "master key replaced");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Leftover staging directories go, at any depth; a backup, a directory
+    /// that only looks like one, and a link named like one (and what it
+    /// points at) stay.
+    #[test]
+    fn only_interrupted_backups_staging_directories_are_removed() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let dir = root.path().join("backups");
+        let mkdir = |p: &Path| std::fs::create_dir_all(p).expect("mkdir");
+        let top = dir.join(".phivault-backup-0123456789abcdef");
+        let nested = dir.join("daily/.phivault-backup-fedcba9876543210");
+        let backup = dir.join("daily/2026-11-23");
+        let lookalike = dir.join(".phivault-backup-not-hex-digits!");
+        let outside = root.path().join("live-vault");
+        for d in [
+            &top.join("checkpoint"),
+            &nested,
+            &backup,
+            &lookalike,
+            &outside,
+        ] {
+            mkdir(d);
+        }
+        std::fs::write(top.join("checkpoint/000008.sst"), b"x").expect("write");
+        std::fs::write(backup.join("CURRENT"), b"x").expect("write");
+        std::fs::write(outside.join("CURRENT"), b"x").expect("write");
+        let link = dir.join(".phivault-backup-aaaaaaaaaaaaaaaa");
+        std::os::unix::fs::symlink(&outside, &link).expect("symlink");
+
+        assert_eq!(remove_interrupted_backups(&dir), 2);
+        assert!(!top.exists() && !nested.exists());
+        assert!(backup.join("CURRENT").exists());
+        assert!(lookalike.exists());
+        assert!(link.symlink_metadata().is_ok());
+        assert!(outside.join("CURRENT").exists());
+        assert_eq!(remove_interrupted_backups(&dir), 0);
     }
 }

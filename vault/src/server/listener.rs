@@ -256,8 +256,12 @@ mod tests {
             per_peer: 2,
             open: Mutex::default(),
         });
-        let first = caps.admit("2001:db8::1".parse().expect("ip")).expect("first");
-        let _second = caps.admit("2001:db8::2".parse().expect("ip")).expect("second");
+        let first = caps
+            .admit("2001:db8::1".parse().expect("ip"))
+            .expect("first");
+        let _second = caps
+            .admit("2001:db8::2".parse().expect("ip"))
+            .expect("second");
         assert!(caps.admit("2001:db8::3".parse().expect("ip")).is_err());
         assert!(caps.admit("2001:db8:0:1::3".parse().expect("ip")).is_ok());
         drop(first);

@@ -265,6 +265,16 @@ pub async fn serve(
         );
     }
     install_tls_provider();
+    if let Some(dir) = &options.backup_dir {
+        let removed = crate::maintenance::remove_interrupted_backups(dir);
+        if removed > 0 {
+            tracing::warn!(
+                removed,
+                dir = %dir.display(),
+                "removed the staging directories of backups cut short by a crash"
+            );
+        }
+    }
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
         .map_err(|e| ServeError::Bind(options.listen, e))?;
