@@ -20,7 +20,34 @@ const CANARY_KEY: &str =
 /// and the extra environment `env`, under `umask 000`: there a file created
 /// without an explicit mode would be 0666, readable by everyone.
 fn client(endpoint: &str, key: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
-    Command::new("sh")
+    run_client(Command::new("sh"), endpoint, key, args, env)
+}
+
+/// Whether this process may make an empty network namespace (as root).
+fn can_isolate() -> bool {
+    Command::new("unshare")
+        .args(["-n", "true"])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// [`client`] in an empty network namespace (`unshare -n`): if it tried to
+/// connect anywhere, the attempt could not leave the machine.
+fn isolated_client(endpoint: &str, key: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut unshare = Command::new("unshare");
+    unshare.args(["-n", "sh"]);
+    run_client(unshare, endpoint, key, args, env)
+}
+
+fn run_client(
+    mut shell: Command,
+    endpoint: &str,
+    key: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Output {
+    shell
         .args(["-c", "umask 000 && exec \"$0\" \"$@\""])
         .arg(phivault_tests::binary("phivault-client"))
         .args(["--endpoint", endpoint])
@@ -66,8 +93,13 @@ fn refused_as_existing(output: &Output, path: &Path) {
 
 #[test]
 fn plaintext_off_loopback_is_refused_before_anything_is_sent() {
-    // 10.1.2.3:1 is never reached: the refusal comes before any connection,
-    // so no traffic leaves the machine whatever network the tests run on.
+    // The client runs in an empty network namespace: had it not refused
+    // before connecting, its attempt to reach 10.1.2.3 would fail there
+    // (`cannot connect`, asserted absent below) instead of leaving the box.
+    if !can_isolate() {
+        eprintln!("skipped: `unshare -n` needs root (CAP_SYS_ADMIN) to isolate the client");
+        return;
+    }
     let dir = tempfile::tempdir().expect("tempdir");
     let input = dir.path().join("in.csv");
     std::fs::write(&input, "id,ssn\n1,123-45-6789\n").expect("write input");
@@ -86,7 +118,7 @@ fn plaintext_off_loopback_is_refused_before_anything_is_sent() {
         ][..],
     ] {
         let started = Instant::now();
-        let output = client("http://10.1.2.3:1", CANARY_KEY, args, &[]);
+        let output = isolated_client("http://10.1.2.3:1", CANARY_KEY, args, &[]);
         let took = started.elapsed();
         let stderr = stderr(&output);
         assert_eq!(output.status.code(), Some(1), "{args:?}: {stderr}");
