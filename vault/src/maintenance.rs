@@ -93,6 +93,25 @@ fn backup_target(path: &Path, within: Option<&Path>) -> Result<PathBuf, Error> {
     Ok(parent.to_path_buf())
 }
 
+/// `path` with the configured backup directory `within`, as the operator
+/// named it, replaced by where that resolves. The operator's configuration
+/// may reach the directory through a link (a volume mounted elsewhere and
+/// linked into place); a caller's path may not hold one below it, which
+/// [`backup_target`] checks on the result.
+fn under_backup_dir(path: &Path, within: &Path) -> Result<PathBuf, Error> {
+    let Ok(rest) = path.strip_prefix(within) else {
+        return Ok(path.to_path_buf());
+    };
+    let real = within.canonicalize().map_err(|e| {
+        Error::InvalidBackupPath(format!(
+            "the backup directory {} cannot be resolved: {}",
+            within.display(),
+            e.kind()
+        ))
+    })?;
+    Ok(real.join(rest))
+}
+
 /// How staging directories' names begin; 16 hex digits follow.
 const STAGING_PREFIX: &str = ".phivault-backup-";
 
@@ -377,10 +396,14 @@ impl Vault {
     /// inside that directory. The checkpoint is written to a private staging
     /// directory beside `path` and renamed into place, owner-only.
     pub async fn backup(&self, path: &Path, within: Option<&Path>) -> Result<BackupInfo, Error> {
-        checkpoint_to(&self.store, path, within).await?;
+        let resolved = match within {
+            Some(within) => under_backup_dir(path, within)?,
+            None => path.to_path_buf(),
+        };
+        checkpoint_to(&self.store, &resolved, within).await?;
         let info = BackupInfo {
             path: path.to_path_buf(),
-            bytes: directory_bytes(path),
+            bytes: directory_bytes(&resolved),
         };
         tracing::info!(path = %info.path.display(), bytes = info.bytes, "backup written");
         Ok(info)
@@ -678,6 +701,44 @@ mod tests {
     /// Leftover staging directories go, at any depth; a backup, a directory
     /// that only looks like one, and a link named like one (and what it
     /// points at) stay.
+    /// A backup directory configured through a link is followed once; a
+    /// link below it in a caller's path is still refused.
+    #[test]
+    fn the_configured_backup_directory_may_be_a_link_but_nothing_below_it() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let real = root.path().join("volume");
+        std::fs::create_dir_all(real.join("daily")).expect("mkdir");
+        let configured = root.path().join("backups");
+        std::os::unix::fs::symlink(&real, &configured).expect("symlink");
+        std::os::unix::fs::symlink(root.path(), real.join("escape")).expect("symlink");
+
+        let wanted = configured.join("daily/b1");
+        let resolved = under_backup_dir(&wanted, &configured).expect("resolves");
+        assert_eq!(
+            resolved,
+            real.canonicalize().expect("real").join("daily/b1")
+        );
+        assert!(backup_target(&resolved, Some(&configured)).is_ok());
+        assert!(
+            backup_target(&wanted, Some(&configured)).is_err(),
+            "unresolved, the configured link itself is on the way"
+        );
+
+        let through =
+            under_backup_dir(&configured.join("escape/b2"), &configured).expect("resolves");
+        assert!(matches!(
+            backup_target(&through, Some(&configured)),
+            Err(Error::InvalidBackupPath(why)) if why.contains("symbolic link")
+        ));
+        let outside = under_backup_dir(&configured.join("../b3"), &configured).expect("resolves");
+        assert!(backup_target(&outside, Some(&configured)).is_err());
+        let elsewhere = root.path().join("b4");
+        assert_eq!(
+            under_backup_dir(&elsewhere, &configured).expect("as is"),
+            elsewhere
+        );
+    }
+
     #[test]
     fn only_interrupted_backups_staging_directories_are_removed() {
         let root = tempfile::tempdir().expect("tempdir");

@@ -515,26 +515,31 @@ async fn silent_connections_are_closed_and_free_their_slots() {
 
 /// A backup cut short by a crash leaves its staging directory (a partial
 /// checkpoint, hard links to live files) in the backup directory; the next
-/// start removes it, and backups work as before.
+/// start removes it, and backups work as before. The backup directory is
+/// configured through a link, as a mounted volume often is.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crashed_backups_staging_directory_is_removed_at_start() {
     let vault = VaultDir::init();
-    let backups = tempfile::tempdir().expect("tempdir");
-    let leftover = backups.path().join(".phivault-backup-00112233445566aa");
+    let root = tempfile::tempdir().expect("tempdir");
+    let volume = root.path().join("volume");
+    std::fs::create_dir(&volume).expect("mkdir");
+    let configured = root.path().join("backups");
+    std::os::unix::fs::symlink(&volume, &configured).expect("symlink");
+    let leftover = volume.join(".phivault-backup-00112233445566aa");
     std::fs::create_dir_all(leftover.join("checkpoint")).expect("mkdir");
     std::fs::write(leftover.join("checkpoint/000012.sst"), b"partial").expect("write");
     let server = Server::start(
         &vault,
-        &["--backup-dir", backups.path().to_str().expect("utf-8")],
+        &["--backup-dir", configured.to_str().expect("utf-8")],
     );
     assert!(!leftover.exists(), "removed before the server listens");
     let admin = connect(&server, Some(&vault.admin_key)).await;
-    let to = backups.path().join("after-restart");
+    let to = configured.join("after-restart");
     admin
         .backup(to.to_str().expect("utf-8"))
         .await
-        .expect("backup");
-    let left: Vec<_> = std::fs::read_dir(backups.path())
+        .expect("a backup under the configured link");
+    let left: Vec<_> = std::fs::read_dir(&volume)
         .expect("read_dir")
         .map(|e| e.expect("entry").file_name())
         .collect();
