@@ -583,6 +583,10 @@ impl Vault {
     }
 
     /// The keysets as they are now.
+    pub(crate) fn data_dir(&self) -> &Path {
+        self.store.path()
+    }
+
     pub(crate) fn keyring(&self) -> Arc<Keyring> {
         Arc::clone(&self.keyring.read().unwrap_or_else(|e| e.into_inner()))
     }
@@ -980,6 +984,17 @@ impl Vault {
             let (mut tried, mut taken) = (0u64, 0u64);
             for (_, mapping) in &mut round {
                 mapping.candidates.clear();
+                if mapping
+                    .forward
+                    .as_ref()
+                    .is_some_and(|l| l.active.version() != keyset.version())
+                {
+                    // A rotation started since this value was last looked
+                    // at: its forward key, and the attempts drawn so far,
+                    // belong to the retiring keyset.
+                    mapping.forward = Some(ring.lookup(ns.id, &mapping.canonical));
+                    mapping.next_attempt = 0;
+                }
                 while mapping.candidates.len() < SEARCH_CANDIDATES
                     && mapping.next_attempt < mapping.attempts
                 {
@@ -1333,6 +1348,14 @@ pub(crate) async fn protect_rows(
 /// some chunks bound and the KEK check unchanged; the next one skips entries
 /// whose binding already verifies (an unbound token's last 16 bytes verify
 /// by chance with probability 2^-128).
+///
+/// An entry is bound only if it agrees with the reverse row it names: that
+/// row opens under its keyset and its value hashes back to the entry's key.
+/// The KEK check that says a vault predates bindings is a fixed value, so
+/// one kept from before the upgrade (in a backup, or in files RocksDB has
+/// not compacted yet) can be put back; without this check an entry pointed
+/// at another value's token before the check was put back would be bound
+/// here, and its wrong token served from then on.
 async fn bind_forward_entries(store: &Store, kek: &Kek) -> Result<(), Error> {
     let check = kek
         .check_value(&kdf_record(store)?, Protection::ForwardBindings)
@@ -1344,7 +1367,7 @@ async fn bind_forward_entries(store: &Store, kek: &Kek) -> Result<(), Error> {
         let chunk = store.scan_after(Cf::Forward, &cursor, BINDING_CHUNK)?;
         let Some((last, _)) = chunk.last() else { break };
         cursor = last.to_vec();
-        let mut rows = Vec::with_capacity(chunk.len());
+        let mut unbound = Vec::with_capacity(chunk.len());
         for (key, token) in chunk {
             let Some((key, keyset)) = ForwardKey::from_slice(&key)
                 .and_then(|k| Some((k, ring.by_version.get(&k.version())?)))
@@ -1354,7 +1377,21 @@ async fn bind_forward_entries(store: &Store, kek: &Kek) -> Result<(), Error> {
                 continue;
             };
             if key.open(keyset.prf(), &token).is_none() {
-                rows.push((key, key.bind(keyset.prf(), &token)));
+                unbound.push((key, token));
+            }
+        }
+        let reverse_keys: Vec<Vec<u8>> = unbound
+            .iter()
+            .map(|(key, token)| [&key.0[..4], &token[..]].concat())
+            .collect();
+        let rows_named = store.multi_get(Cf::Reverse, &reverse_keys)?;
+        let mut rows = Vec::with_capacity(unbound.len());
+        for ((key, token), row) in unbound.into_iter().zip(rows_named) {
+            match ring.by_version.get(&key.version()) {
+                Some(keyset) if agrees_with_its_row(&ring, &key, &token, row.as_deref()) => {
+                    rows.push((key, key.bind(keyset.prf(), &token)));
+                }
+                _ => unbindable += 1,
             }
         }
         bound += rows.len() as u64;
@@ -1376,7 +1413,7 @@ async fn bind_forward_entries(store: &Store, kek: &Kek) -> Result<(), Error> {
     if unbindable > 0 {
         tracing::warn!(
             entries = unbindable,
-            "forward entries under no known keyset were left unbound; `phivault verify` lists them"
+            "forward entries that do not agree with their reverse rows were left unbound (their values get DATA_LOSS); `phivault verify` lists them"
         );
     }
     tracing::info!(
@@ -1384,6 +1421,31 @@ async fn bind_forward_entries(store: &Store, kek: &Kek) -> Result<(), Error> {
         "forward entries are now bound to their keys; a rewritten one is refused"
     );
     Ok(())
+}
+
+/// Whether a forward entry (`key` → `token`) names a reverse row that opens
+/// under its keyset and whose value hashes back to `key`.
+fn agrees_with_its_row(ring: &Keyring, key: &ForwardKey, token: &[u8], row: Option<&[u8]>) -> bool {
+    let namespace_id = u32::from_be_bytes([key.0[0], key.0[1], key.0[2], key.0[3]]);
+    let (Some(row), Ok(token), Some(indexer)) = (
+        row.and_then(ReverseRow::decode),
+        std::str::from_utf8(token),
+        ring.by_version.get(&key.version()),
+    ) else {
+        return false;
+    };
+    let Some(sealer) = ring.by_version.get(&row.version) else {
+        return false;
+    };
+    let ad = reverse_ad(namespace_id, token, row.version);
+    let Ok(value) = sealer.enc().open(&ad.each(), &row.ciphertext) else {
+        return false;
+    };
+    ForwardKey::new(
+        namespace_id,
+        key.version(),
+        &indexer.prf().blind_index(namespace_id, &value),
+    ) == *key
 }
 
 fn kdf_record(store: &Store) -> Result<KdfRecord, Error> {
@@ -1486,7 +1548,14 @@ fn write_mappings(
     let mut outcomes = Vec::with_capacity(mappings.len());
     let (mut tried, mut taken) = (0u64, 0u64);
     'mapping: for mut mapping in mappings {
-        if !same_ring {
+        // A forward key under another version than the active one would be
+        // bound and stored under a keyset that is retiring (or not the one
+        // its candidates were drawn under): never written as it is.
+        let stale_key = mapping
+            .forward
+            .as_ref()
+            .is_some_and(|l| l.active.version() != keyset.version());
+        if !same_ring || stale_key {
             // Keys changed since the request looked: its forward keys and
             // candidates belong to the old keyring. The value goes back for
             // candidates under the new one, from attempt 0.
@@ -1735,6 +1804,47 @@ mod migration_tests {
         let tokens = vault_with_tokens(dir.path()).await;
         downgrade(dir.path(), Protection::RegistryTags, 1).await;
         opens_and_keeps_its_tokens(dir.path(), &tokens).await;
+    }
+
+    /// Someone points one value's entry at another value's token and puts
+    /// back a KEK check from before bindings (a fixed value, kept from
+    /// before the upgrade): the migration binds only entries that agree
+    /// with their reverse rows, so that value gets `DATA_LOSS`, never the
+    /// other value's token.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_migration_leaves_an_entry_pointed_at_another_token_unbound() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tokens = vault_with_tokens(dir.path()).await;
+        downgrade(dir.path(), Protection::RegistryTags, VALUES.len()).await;
+        let store = Store::open(dir.path(), &StoreOptions::default()).expect("raw");
+        let entries: Vec<_> = store.scan(Cf::Forward).map(|e| e.expect("entry")).collect();
+        let (victim, other) = (entries[0].0.clone(), entries[1].1.clone());
+        store
+            .write(move |txn| {
+                txn.put(Cf::Forward, victim, other);
+                Ok(())
+            })
+            .await
+            .expect("write");
+        store.close().expect("close");
+
+        let vault = Vault::open(dir.path(), key_file(), VaultOptions::default())
+            .await
+            .expect("open");
+        let again = vault.tokenize("ssn", &VALUES).await.expect("tokenize");
+        let refused = again.iter().filter(|r| r.is_err()).count();
+        assert_eq!(refused, 1, "{again:?}");
+        for (result, token) in again.iter().zip(&tokens) {
+            if let Ok(given) = result {
+                assert_eq!(given, token);
+            }
+        }
+        let report = vault.verify().expect("verify");
+        assert_eq!(
+            report.counts.get(&crate::ProblemKind::ForwardUnbound),
+            Some(&1)
+        );
+        vault.close().expect("close");
     }
 
     /// Once the KEK check says entries are bound, an unbound one (a binding

@@ -217,10 +217,12 @@ async fn checkpoint_to(store: &Store, path: &Path, within: Option<&Path>) -> Res
 /// Removes the staging directories that backups cut short by a crash or a
 /// kill left under `dir` (the server's backup directory), and says how many.
 /// Only directories this user owns whose names are exactly a staging
-/// directory's are touched, never through a symbolic link. Run at start,
-/// when no backup of this vault can be in progress: the backup directory
-/// belongs to one vault.
-pub(crate) fn remove_interrupted_backups(dir: &Path) -> usize {
+/// directory's are touched, never through a symbolic link, never the live
+/// `data_dir` or one holding it (a vault served from a recovered staging
+/// directory), and nothing inside a database (a directory with a `CURRENT`
+/// file: a backup). Run at start, when no backup of this vault can be in
+/// progress: the backup directory belongs to one vault.
+pub(crate) fn remove_interrupted_backups(dir: &Path, data_dir: &Path) -> usize {
     use std::os::unix::fs::MetadataExt as _;
     fn is_staging(name: &std::ffi::OsStr) -> bool {
         name.to_str()
@@ -228,6 +230,11 @@ pub(crate) fn remove_interrupted_backups(dir: &Path) -> usize {
             .is_some_and(|hex| hex.len() == 16 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
     }
     let me = rustix::process::geteuid().as_raw();
+    let live = data_dir.canonicalize().ok();
+    let holds_live = |path: &Path| {
+        live.as_ref()
+            .is_some_and(|live| path.canonicalize().is_ok_and(|p| live.starts_with(p)))
+    };
     let mut removed = 0;
     // Backups may sit in subdirectories; a backup itself holds only files.
     let mut pending = vec![(dir.to_path_buf(), 0)];
@@ -241,12 +248,13 @@ pub(crate) fn remove_interrupted_backups(dir: &Path) -> usize {
             if !meta.is_dir() {
                 continue;
             }
-            if is_staging(&entry.file_name()) && meta.uid() == me {
-                if std::fs::remove_dir_all(entry.path()).is_ok() {
+            let path = entry.path();
+            if is_staging(&entry.file_name()) && meta.uid() == me && !holds_live(&path) {
+                if std::fs::remove_dir_all(&path).is_ok() {
                     removed += 1;
                 }
-            } else if depth < 8 {
-                pending.push((entry.path(), depth + 1));
+            } else if depth < 8 && !path.join("CURRENT").exists() {
+                pending.push((path, depth + 1));
             }
         }
     }
@@ -287,7 +295,7 @@ pub async fn backup_offline(data_dir: &Path, to: &Path) -> Result<BackupInfo, Er
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[non_exhaustive]
 pub enum ProblemKind {
-    /// A reverse row too short or malformed to parse.
+    /// A row too short or malformed to parse.
     UnreadableRow,
     /// A row of a namespace id that no namespace has.
     UnknownNamespace,
@@ -314,7 +322,7 @@ pub enum ProblemKind {
 impl fmt::Display for ProblemKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            Self::UnreadableRow => "unreadable reverse row",
+            Self::UnreadableRow => "unreadable row",
             Self::UnknownNamespace => "row of an unknown namespace",
             Self::UnknownKeyset => "row under a keyset the vault does not hold",
             Self::IntegrityFailure => "reverse row fails its integrity check",
@@ -527,16 +535,21 @@ impl Vault {
                 };
                 match namespaces.get(&ns_id) {
                     Some(ns) if ns.deterministic => {
-                        let token = ForwardKey::from_slice(&key)
-                            .and_then(|k| ring.open_forward(&k, &stored));
-                        let Some(token) = token else {
-                            report.report(
-                                ProblemKind::ForwardUnbound,
-                                ns.name.clone(),
-                                "forward",
-                                row_no,
-                            );
-                            continue;
+                        let opened = match ForwardKey::from_slice(&key) {
+                            None => Err(ProblemKind::UnreadableRow),
+                            Some(k) if !ring.by_version.contains_key(&k.version()) => {
+                                Err(ProblemKind::UnknownKeyset)
+                            }
+                            Some(k) => ring
+                                .open_forward(&k, &stored)
+                                .ok_or(ProblemKind::ForwardUnbound),
+                        };
+                        let token = match opened {
+                            Ok(token) => token,
+                            Err(kind) => {
+                                report.report(kind, ns.name.clone(), "forward", row_no);
+                                continue;
+                            }
                         };
                         let token = token.as_bytes().to_vec().into_boxed_slice();
                         lookups.push((row_no, ns, (key, token)));
@@ -764,12 +777,20 @@ mod tests {
         let link = dir.join(".phivault-backup-aaaaaaaaaaaaaaaa");
         std::os::unix::fs::symlink(&outside, &link).expect("symlink");
 
-        assert_eq!(remove_interrupted_backups(&dir), 2);
+        // A vault served from a staging directory recovered by hand.
+        let served = dir.join(".phivault-backup-5555555555555555/checkpoint");
+        mkdir(&served);
+        // A backup's files are never walked into.
+        let inside = backup.join(".phivault-backup-6666666666666666");
+        mkdir(&inside);
+
+        assert_eq!(remove_interrupted_backups(&dir, &served), 2);
+        assert!(served.exists() && inside.exists());
         assert!(!top.exists() && !nested.exists());
         assert!(backup.join("CURRENT").exists());
         assert!(lookalike.exists());
         assert!(link.symlink_metadata().is_ok());
         assert!(outside.join("CURRENT").exists());
-        assert_eq!(remove_interrupted_backups(&dir), 0);
+        assert_eq!(remove_interrupted_backups(&dir, &served), 0);
     }
 }

@@ -239,6 +239,7 @@ struct ConfigFile {
 struct TransportConfig {
     max_connections: Option<usize>,
     max_connections_per_peer: Option<usize>,
+    ipv6_peer_prefix: Option<u8>,
     max_concurrent_streams: Option<u32>,
     max_calls_in_progress: Option<usize>,
     max_pending_accept_reset_streams: Option<usize>,
@@ -264,6 +265,11 @@ impl TransportConfig {
             max_connections_per_peer: self
                 .max_connections_per_peer
                 .unwrap_or(d.max_connections_per_peer),
+            ipv6_peer_prefix: match self.ipv6_peer_prefix {
+                Some(bits @ 48..=128) => bits,
+                Some(_) => bail!("transport.ipv6_peer_prefix must be from 48 to 128 bits"),
+                None => d.ipv6_peer_prefix,
+            },
             max_concurrent_streams: self
                 .max_concurrent_streams
                 .unwrap_or(d.max_concurrent_streams),

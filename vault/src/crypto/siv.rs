@@ -91,21 +91,28 @@ impl SivKey {
             match slot.try_lock() {
                 Ok(cipher) => return cipher,
                 Err(std::sync::TryLockError::Poisoned(poisoned)) => {
-                    return self.rebuilt(poisoned.into_inner());
+                    return self.rebuilt(slot, poisoned.into_inner());
                 }
                 Err(std::sync::TryLockError::WouldBlock) => {}
             }
         }
-        match self.ciphers[start].lock() {
+        let slot = &self.ciphers[start];
+        match slot.lock() {
             Ok(cipher) => cipher,
-            Err(poisoned) => self.rebuilt(PoisonError::into_inner(poisoned)),
+            Err(poisoned) => self.rebuilt(slot, PoisonError::into_inner(poisoned)),
         }
     }
 
     /// A cipher whose last user panicked may hold a half-fed CMAC state, which
-    /// would seal values under a wrong synthetic IV: it is built afresh.
-    fn rebuilt<'a>(&self, mut cipher: MutexGuard<'a, Aes256Siv>) -> MutexGuard<'a, Aes256Siv> {
+    /// would seal values under a wrong synthetic IV: it is built afresh, once
+    /// (the slot is no longer poisoned after).
+    fn rebuilt<'a>(
+        &self,
+        slot: &Mutex<Aes256Siv>,
+        mut cipher: MutexGuard<'a, Aes256Siv>,
+    ) -> MutexGuard<'a, Aes256Siv> {
         *cipher = Aes256Siv::new((&*self.raw).into());
+        slot.clear_poison();
         cipher
     }
 }
@@ -222,7 +229,10 @@ mod tests {
         let sealed = key.seal(&[b"ad"], b"value").expect("seal");
         for slot in key.ciphers.iter() {
             let poisoned = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                let _held = slot.lock();
+                let mut held = slot.lock().expect("not poisoned yet");
+                // Left in a state that would seal wrongly, as a cipher
+                // abandoned mid-message might be.
+                *held = Aes256Siv::new((&[9u8; 64]).into());
                 panic!("a job panicked holding the cipher");
             }));
             assert!(poisoned.is_err());
@@ -232,6 +242,9 @@ mod tests {
             key.open(&[b"ad"], &sealed).expect("open").as_slice(),
             b"value"
         );
-        assert_eq!(key.seal(&[b"ad"], b"value").expect("seal"), sealed);
+        for _ in 0..2 * key.ciphers.len() {
+            assert_eq!(key.seal(&[b"ad"], b"value").expect("seal"), sealed);
+        }
+        assert!(key.ciphers.iter().all(|slot| !slot.is_poisoned()));
     }
 }

@@ -28,15 +28,22 @@ use tokio::time::Sleep;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
 /// What the per-peer cap counts as one peer: an IPv4 address, or an IPv6
-/// /64. A single IPv6 host is usually handed a whole /64 and can connect
-/// from any of its 2^64 addresses, so counting addresses would not cap it.
-/// An IPv4 address mapped into IPv6 (a dual-stack socket) counts as itself.
-fn peer_of(ip: IpAddr) -> IpAddr {
+/// prefix of `v6_prefix` bits (64 by default). A single IPv6 host is usually
+/// handed a whole /64 and can connect from any of its 2^64 addresses, so
+/// counting addresses would not cap it; where many clients share one /64 (a
+/// cloud subnet, NAT64) a longer prefix separates them. An IPv4 address
+/// mapped into IPv6 (a dual-stack socket) counts as itself.
+fn peer_of(ip: IpAddr, v6_prefix: u8) -> IpAddr {
     match ip {
         IpAddr::V4(_) => ip,
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
             Some(v4) => IpAddr::V4(v4),
-            None => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+            None => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(v6_prefix.min(128)))
+                    .unwrap_or(0);
+                IpAddr::V6((u128::from(v6) & mask).into())
+            }
         },
     }
 }
@@ -52,13 +59,14 @@ struct Open {
 struct Caps {
     total: usize,
     per_peer: usize,
+    v6_prefix: u8,
     open: Mutex<Open>,
 }
 
 impl Caps {
     /// Takes a slot for `peer`, or says which cap is reached.
     fn admit(self: &Arc<Self>, address: IpAddr) -> Result<Slot, &'static str> {
-        let peer = peer_of(address);
+        let peer = peer_of(address, self.v6_prefix);
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         if open.total >= self.total {
             return Err("the server's connection limit");
@@ -186,11 +194,13 @@ pub(crate) fn admitted(
     listener: TcpListener,
     total: usize,
     per_peer: usize,
+    v6_prefix: u8,
     handshake: Duration,
 ) -> impl Stream<Item = Result<Admitted, io::Error>> {
     let caps = Arc::new(Caps {
         total,
         per_peer,
+        v6_prefix,
         open: Mutex::default(),
     });
     let state = (listener, caps, None::<Instant>, 0u64);
@@ -236,17 +246,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_peer_is_an_ipv4_address_or_an_ipv6_64() {
-        let v4: IpAddr = "192.0.2.7".parse().expect("ip");
-        assert_eq!(peer_of(v4), v4);
-        let mapped: IpAddr = "::ffff:192.0.2.7".parse().expect("ip");
-        assert_eq!(peer_of(mapped), v4);
-        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().expect("ip");
-        let b: IpAddr = "2001:db8:1:2:ffff:ffff:ffff:ffff".parse().expect("ip");
-        let other: IpAddr = "2001:db8:1:3::1".parse().expect("ip");
-        assert_eq!(peer_of(a), "2001:db8:1:2::".parse::<IpAddr>().expect("ip"));
-        assert_eq!(peer_of(a), peer_of(b));
-        assert_ne!(peer_of(a), peer_of(other));
+    fn a_peer_is_an_ipv4_address_or_an_ipv6_prefix() {
+        let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+        let v4 = ip("192.0.2.7");
+        assert_eq!(peer_of(v4, 64), v4);
+        assert_eq!(peer_of(ip("::ffff:192.0.2.7"), 64), v4);
+        let a = ip("2001:db8:1:2:aaaa::1");
+        let b = ip("2001:db8:1:2:ffff:ffff:ffff:ffff");
+        let other = ip("2001:db8:1:3::1");
+        assert_eq!(peer_of(a, 64), ip("2001:db8:1:2::"));
+        assert_eq!(peer_of(a, 64), peer_of(b, 64));
+        assert_ne!(peer_of(a, 64), peer_of(other, 64));
+        assert_eq!(peer_of(a, 48), peer_of(other, 48));
+        assert_ne!(peer_of(a, 128), peer_of(b, 128));
+        assert_eq!(peer_of(a, 128), a);
+        assert_eq!(peer_of(a, 0), ip("::"));
     }
 
     #[test]
@@ -254,6 +268,7 @@ mod tests {
         let caps = Arc::new(Caps {
             total: 100,
             per_peer: 2,
+            v6_prefix: 64,
             open: Mutex::default(),
         });
         let first = caps

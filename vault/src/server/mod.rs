@@ -60,8 +60,12 @@ pub struct ServeOptions {
 pub struct TransportLimits {
     /// Open connections in all; one more is accepted and closed at once.
     pub max_connections: usize,
-    /// Open connections from one peer: an IPv4 address or an IPv6 /64.
+    /// Open connections from one peer: an IPv4 address, or an IPv6 prefix
+    /// of [`Self::ipv6_peer_prefix`] bits.
     pub max_connections_per_peer: usize,
+    /// How many leading bits of an IPv6 address make one peer (48 to 128):
+    /// a host is usually handed a whole /64.
+    pub ipv6_peer_prefix: u8,
     /// HTTP/2 streams (calls) open at once on one connection.
     pub max_concurrent_streams: u32,
     /// Tokenizer and Admin calls in progress in all; one more is answered
@@ -99,6 +103,7 @@ impl Default for TransportLimits {
         Self {
             max_connections: 4096,
             max_connections_per_peer: 256,
+            ipv6_peer_prefix: 64,
             max_concurrent_streams: 128,
             max_calls_in_progress: 2048,
             max_pending_accept_reset_streams: 20,
@@ -266,7 +271,12 @@ pub async fn serve(
     }
     install_tls_provider();
     if let Some(dir) = &options.backup_dir {
-        let removed = crate::maintenance::remove_interrupted_backups(dir);
+        let (dir_owned, data_dir) = (dir.clone(), vault.data_dir().to_path_buf());
+        let removed = tokio::task::spawn_blocking(move || {
+            crate::maintenance::remove_interrupted_backups(&dir_owned, &data_dir)
+        })
+        .await
+        .unwrap_or(0);
         if removed > 0 {
             tracing::warn!(
                 removed,
@@ -391,6 +401,7 @@ pub async fn serve(
         listener,
         limits.max_connections,
         limits.max_connections_per_peer,
+        limits.ipv6_peer_prefix,
         limits.handshake_timeout,
     );
     let result = router

@@ -520,6 +520,11 @@ impl Store {
         self.writer.as_ref().is_some_and(writer::Writer::is_healthy)
     }
 
+    /// The directory the database lives in.
+    pub fn path(&self) -> &Path {
+        self.inner.db.path()
+    }
+
     /// Stops the writer after the queued jobs and flushes the memtables.
     pub fn close(self) -> Result<(), StoreError> {
         if let Some(writer) = self.writer {
