@@ -180,15 +180,15 @@ async fn an_untouched_vault_opens_and_every_row_carries_a_tag() {
     }
 }
 
-/// Two values' tokens in the `ssn` namespace, and the vault closed.
+/// Two values of the `ssn` namespace.
+const SSNS: [&str; 2] = ["123-45-6789", "234-56-7890"];
+
+/// [`SSNS`]' tokens, and the vault closed.
 async fn two_tokens(path: &Path) -> [String; 2] {
     let vault = Vault::init(path, key_file(), VaultOptions::default())
         .await
         .expect("init");
-    let tokens = vault
-        .tokenize("ssn", &["123-45-6789", "234-56-7890"])
-        .await
-        .expect("tokenize");
+    let tokens = vault.tokenize("ssn", &SSNS).await.expect("tokenize");
     vault.close().expect("close");
     tokens
         .into_iter()
@@ -203,10 +203,7 @@ async fn retokenize_and_verify(path: &Path) -> (Vec<phivault::ItemResult>, phiva
     let vault = Vault::open(path, key_file(), VaultOptions::default())
         .await
         .expect("forward entries are checked when read, not at open");
-    let again = vault
-        .tokenize("ssn", &["123-45-6789", "234-56-7890"])
-        .await
-        .expect("tokenize");
+    let again = vault.tokenize("ssn", &SSNS).await.expect("tokenize");
     let report = vault.verify().expect("verify");
     vault.close().expect("close");
     (again, report)
