@@ -34,8 +34,8 @@ use std::path::Path;
 use sha2::{Digest, Sha256};
 
 use crate::Vault;
+use crate::clock::{now_ms, now_secs};
 use crate::crypto::AuditKey;
-use crate::engine::now_secs;
 use crate::error::{Error, ItemCode};
 use crate::store::keys::{self, AuditHead};
 use crate::store::{Cf, Store, StoreError, StoreOptions, Txn};
@@ -168,12 +168,6 @@ impl PendingRecord {
             body,
         }
     }
-}
-
-pub(crate) fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn chain_hash(seq: u64, time_ms: u64, prev: &[u8; 32], body_digest: &[u8; 32]) -> [u8; 32] {

@@ -13,7 +13,6 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use quick_cache::sync::Cache;
 use zeroize::Zeroizing;
@@ -21,6 +20,7 @@ use zeroize::Zeroizing;
 use crate::AuditEvent;
 use crate::audit::AuditState;
 use crate::auth::{self, ApiKey, AuthError, Client, ClientRecord, ClientTable, Scope};
+use crate::clock::now_secs;
 use crate::crypto::kek::KdfRecord;
 use crate::crypto::{
     AuditKey, CryptoError, KdfParams, Kek, KeyPurpose, Keyset, MasterKey, Protection, SlotRng,
@@ -28,6 +28,7 @@ use crate::crypto::{
 };
 use crate::error::{Error, ItemCode, ItemError};
 use crate::format::{Parsed, Shape};
+use crate::keyring::{Keyring, Lookup, SharedKeyring, load_keyring, reverse_ad};
 use crate::namespace::{self, Namespace, NamespaceSpec};
 use crate::store::keys::{self, ForwardKey, KeysetRow, KeysetState, ReverseRow};
 use crate::store::{Cf, Store, StoreError, StoreOptions, Txn};
@@ -93,69 +94,6 @@ impl Default for VaultOptions {
     }
 }
 
-/// The keysets of an unsealed vault. Replaced whole (never edited in place)
-/// when a rotation starts or ends, on the writer thread, between commits.
-pub(crate) struct Keyring {
-    pub(crate) active: Arc<Keyset>,
-    pub(crate) by_version: HashMap<u32, Arc<Keyset>>,
-    /// The versions other than the active one, newest first: during a
-    /// rotation a mapping may still sit under one of them.
-    older: Vec<Arc<Keyset>>,
-}
-
-impl Keyring {
-    pub(crate) fn new(active: Arc<Keyset>, by_version: HashMap<u32, Arc<Keyset>>) -> Self {
-        let mut older: Vec<Arc<Keyset>> = by_version
-            .values()
-            .filter(|k| k.version() != active.version())
-            .cloned()
-            .collect();
-        older.sort_by_key(|k| std::cmp::Reverse(k.version()));
-        Self {
-            active,
-            by_version,
-            older,
-        }
-    }
-
-    /// Where a value's forward entry may be: under the active keyset, or
-    /// while a rotation runs under an older one.
-    pub(crate) fn lookup(&self, namespace_id: u32, canonical: &str) -> Lookup {
-        let key = |keyset: &Keyset| {
-            let index = keyset.prf().blind_index(namespace_id, canonical.as_bytes());
-            ForwardKey::new(namespace_id, keyset.version(), &index)
-        };
-        Lookup {
-            active: key(&self.active),
-            older: self.older.iter().map(|k| key(k)).collect(),
-        }
-    }
-
-    /// The token of a stored forward entry whose binding verifies under the
-    /// PRF key of the entry's version; `None` for a rewritten, moved or
-    /// unbound entry, or one under a version this ring does not hold.
-    pub(crate) fn open_forward<'a>(&self, key: &ForwardKey, stored: &'a [u8]) -> Option<&'a str> {
-        let keyset = self.by_version.get(&key.version())?;
-        std::str::from_utf8(key.open(keyset.prf(), stored)?).ok()
-    }
-}
-
-/// The keyring shared by request tasks and writer jobs.
-pub(crate) type SharedKeyring = Arc<RwLock<Arc<Keyring>>>;
-
-/// The forward keys a deterministic value may be stored under, active first.
-#[derive(Clone)]
-pub(crate) struct Lookup {
-    active: ForwardKey,
-    older: Vec<ForwardKey>,
-}
-
-impl Lookup {
-    fn all(&self) -> impl Iterator<Item = &ForwardKey> {
-        std::iter::once(&self.active).chain(&self.older)
-    }
-}
-
 /// An unsealed vault.
 pub struct Vault {
     pub(crate) store: Store,
@@ -213,12 +151,6 @@ const SEARCH_ROUNDS: usize = 8;
 /// of 10,000 values of a full shape would otherwise make 655 million checks
 /// (65,536 each). Values left when it is spent fail `RESOURCE_EXHAUSTED`.
 const SEARCH_BUDGET: u32 = 262_144;
-
-pub(crate) fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
 
 fn master_key_error(e: CryptoError) -> Error {
     match e {
@@ -614,7 +546,7 @@ impl Vault {
     /// Commits a small durable write to find out whether the store takes
     /// writes again (after a full disk, say) when no call is writing.
     pub async fn probe_write_path(&self) -> Result<(), Error> {
-        let now = crate::audit::now_ms();
+        let now = crate::clock::now_ms();
         self.store
             .write(move |txn| {
                 txn.put(
@@ -1213,43 +1145,6 @@ fn encode_namespace(ns: &Namespace) -> Vec<u8> {
     serde_json::to_vec(ns).unwrap_or_default()
 }
 
-/// Every keyset that is not destroyed, unwrapped under `kek`, with its row.
-pub(crate) fn live_keysets(
-    store: &Store,
-    kek: &Kek,
-) -> Result<Vec<(u32, KeysetRow, Keyset)>, Error> {
-    let mut live = Vec::new();
-    for entry in store.scan(Cf::Keys) {
-        let (key, value) = entry?;
-        let version = keys::decode_u32(&key).ok_or(Error::Corrupt("keyset version"))?;
-        let row = KeysetRow::decode(&value).ok_or(Error::Corrupt("keyset row"))?;
-        if let KeysetState::Destroyed { .. } = row.state {
-            continue;
-        }
-        let keyset = Keyset::unwrap(kek, version, KeyPurpose::Data, &row.wrapped)
-            .map_err(|_| Error::KeyIntegrity)?;
-        live.push((version, row, keyset));
-    }
-    Ok(live)
-}
-
-pub(crate) fn load_keyring(store: &Store, kek: &Kek) -> Result<Keyring, Error> {
-    let active = store
-        .get(Cf::Meta, keys::META_ACTIVE_KEYSET)?
-        .as_deref()
-        .and_then(keys::decode_u32)
-        .ok_or(Error::Corrupt("active keyset"))?;
-    let by_version: HashMap<u32, Arc<Keyset>> = live_keysets(store, kek)?
-        .into_iter()
-        .map(|(version, _, keyset)| (version, Arc::new(keyset)))
-        .collect();
-    let active = by_version
-        .get(&active)
-        .cloned()
-        .ok_or(Error::Corrupt("the active keyset is missing"))?;
-    Ok(Keyring::new(active, by_version))
-}
-
 /// Derives the KEK of the vault at `path` and checks it against the stored
 /// KEK check, reading through a read-only view: a wrong key changes nothing
 /// on disk.
@@ -1454,28 +1349,6 @@ fn kdf_record(store: &Store) -> Result<KdfRecord, Error> {
         .as_deref()
         .and_then(KdfRecord::decode)
         .ok_or(Error::Corrupt("KDF record"))
-}
-
-/// The associated data of a reverse row: namespace, token and key version,
-/// so that a ciphertext moved to another row fails to open.
-pub(crate) struct ReverseAd {
-    namespace: [u8; 4],
-    token: Vec<u8>,
-    version: [u8; 4],
-}
-
-impl ReverseAd {
-    pub(crate) fn each(&self) -> [&[u8]; 3] {
-        [&self.namespace, &self.token, &self.version]
-    }
-}
-
-pub(crate) fn reverse_ad(namespace_id: u32, token: &str, version: u32) -> ReverseAd {
-    ReverseAd {
-        namespace: namespace_id.to_be_bytes(),
-        token: token.as_bytes().to_vec(),
-        version: version.to_be_bytes(),
-    }
 }
 
 /// The `attempt`-th candidate token of a value: from the PRF stream in a

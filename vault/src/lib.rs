@@ -29,10 +29,12 @@
 
 mod audit;
 pub mod auth;
+mod clock;
 pub mod crypto;
 mod engine;
 mod error;
 pub mod format;
+mod keyring;
 mod maintenance;
 mod namespace;
 mod rotation;

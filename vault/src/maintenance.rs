@@ -8,11 +8,9 @@ use std::sync::Arc;
 
 use crate::crypto::kek::KdfRecord;
 use crate::crypto::{KdfParams, KeyPurpose, MasterKey};
-use crate::engine::{
-    MIN_PASSPHRASE_CHARS, Unsealed, derive_kek, live_keysets, load_keyring, protect_rows,
-    reverse_ad, unseal_kek,
-};
+use crate::engine::{MIN_PASSPHRASE_CHARS, Unsealed, derive_kek, protect_rows, unseal_kek};
 use crate::error::Error;
+use crate::keyring::{live_keysets, load_keyring, reverse_ad};
 use crate::store::keys::{self, ForwardKey, ReverseRow};
 use crate::store::{Cf, Entry, Store, StoreOptions};
 use crate::{Namespace, Vault};

@@ -23,9 +23,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 
 use crate::Vault;
+use crate::clock::now_secs;
 use crate::crypto::{KeyPurpose, Keyset};
-use crate::engine::{Keyring, now_secs, reverse_ad};
 use crate::error::Error;
+use crate::keyring::{Keyring, reverse_ad};
 use crate::namespace::Namespace;
 use crate::store::keys::{
     self, ForwardKey, KeysetRow, KeysetState, LastRotationRow, ReverseRow, RotationPhase,

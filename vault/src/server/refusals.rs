@@ -85,7 +85,7 @@ impl Refusals {
     /// Counts one refused call. `claimed` must already be a validated client
     /// id (or empty): it is written to the audit trail.
     pub(crate) fn count(&self, peer: Option<IpAddr>, claimed: &str, error: AuthError) {
-        let now = crate::audit::now_ms();
+        let now = crate::clock::now_ms();
         let mut window = self.window.lock().unwrap_or_else(|e| e.into_inner());
         let source = Source {
             peer,
