@@ -34,6 +34,8 @@ pub mod crypto;
 mod engine;
 mod error;
 pub mod format;
+#[cfg(fuzzing)]
+pub mod fuzzing;
 mod keyring;
 mod maintenance;
 mod namespace;

@@ -69,6 +69,13 @@ fn split(record: &[u8]) -> Result<Vec<RawField>, &'static str> {
             if record[start..end].contains(&b'"') {
                 return Err("a quote inside an unquoted field (RFC 4180 wants the field quoted)");
             }
+            // Written back, such a field would have to be quoted: the output
+            // would not be the input byte for byte.
+            if record[start..end].contains(&b'\r') {
+                return Err(
+                    "a carriage return inside an unquoted field (RFC 4180 wants the field quoted)",
+                );
+            }
             fields.push(RawField {
                 span: start..end,
                 quoted: false,
@@ -99,11 +106,12 @@ fn unescape(raw: &[u8], quoted: bool) -> Result<String, &'static str> {
     String::from_utf8(bytes).map_err(|_| "the cell is not valid UTF-8")
 }
 
-/// The length of a record's line terminator (`\n` or `\r\n`), if it has one.
+/// The length of a record's line terminator (`\n` or `\r\n`, or a lone `\r`
+/// ending the input, which is where one can only be), if it has one.
 fn terminator(record: &[u8]) -> usize {
     match record {
         [.., b'\r', b'\n'] => 2,
-        [.., b'\n'] => 1,
+        [.., b'\n'] | [.., b'\r'] => 1,
         _ => 0,
     }
 }
@@ -347,6 +355,29 @@ mod tests {
         assert!(split(b"\"open").is_err());
         assert!(split(b"\"a\"b").is_err());
         assert!(split(b"a\"b").is_err());
+        // Found by fuzzing: a bare CR in an unquoted field could not be
+        // written back without quoting it.
+        assert!(split(b"a\rb,c").is_err());
+        assert!(split(b"\"a\rb\",c").is_ok());
+    }
+
+    /// Found by fuzzing: an input that ends in a lone CR (a CRLF cut short,
+    /// or old Mac line ends) ends its last record there, as a terminator.
+    #[test]
+    fn a_lone_cr_at_the_end_of_the_input_ends_the_record() {
+        let input = "ssn,Patient Name\n\r";
+        let layout = CsvLayout::new(vec![("ssn".into(), "ssn".into())]);
+        let (mut reader, _) = CsvReader::new(input.as_bytes(), &layout).expect("header");
+        let mut units = Vec::new();
+        while let Some(unit) = reader.next_unit().expect("unit") {
+            units.push(unit);
+        }
+        let raw: Vec<u8> = units.iter().flat_map(|u| u.raw.clone()).collect();
+        assert_eq!(raw, input.as_bytes());
+        assert!(
+            units[1].cells.is_empty() && units[1].row == 0,
+            "a blank line"
+        );
     }
 
     #[test]

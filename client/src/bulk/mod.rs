@@ -11,6 +11,8 @@
 
 mod delimited;
 mod fhir;
+#[cfg(fuzzing)]
+pub mod fuzzing;
 mod json;
 mod pipeline;
 

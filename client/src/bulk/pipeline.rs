@@ -145,17 +145,12 @@ impl<R: BufRead> BufRead for Counted<R> {
 
 type ChunkSender = mpsc::Sender<Result<Chunk, BulkError>>;
 
-/// The reader thread: opens the layout, then sends chunks until the input
-/// ends, an input error (sent in order, after the chunks before it), or the
-/// run stopping.
-fn read(
+/// The reader of `layout` over `input`, and the names its cells refer to.
+pub(super) fn open_reader(
     input: impl BufRead + Send + 'static,
     layout: Layout,
-    batch_items: usize,
-    names_tx: oneshot::Sender<Result<Names, BulkError>>,
-    chunks: ChunkSender,
-) {
-    let opened: Result<(Box<dyn UnitReader>, Names), BulkError> = match layout {
+) -> Result<(Box<dyn UnitReader>, Names), BulkError> {
+    match layout {
         Layout::Csv(csv) => CsvReader::new(input, &csv)
             .map(|(reader, names)| (Box::new(reader) as Box<dyn UnitReader>, names)),
         Layout::Ndjson(layout) => {
@@ -176,8 +171,20 @@ fn read(
             let names = layout.names();
             Ok((Box::new(BundleReader::new(input, layout)), names))
         }
-    };
-    let mut reader = match opened {
+    }
+}
+
+/// The reader thread: opens the layout, then sends chunks until the input
+/// ends, an input error (sent in order, after the chunks before it), or the
+/// run stopping.
+fn read(
+    input: impl BufRead + Send + 'static,
+    layout: Layout,
+    batch_items: usize,
+    names_tx: oneshot::Sender<Result<Names, BulkError>>,
+    chunks: ChunkSender,
+) {
+    let mut reader = match open_reader(input, layout) {
         Ok((reader, names)) => {
             if names_tx.send(Ok(names)).is_err() {
                 return;

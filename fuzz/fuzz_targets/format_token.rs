@@ -1,0 +1,11 @@
+//! Token arguments of every format, as a detokenize call hands them over.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|input: (u8, u8, u8, &str)| {
+    let (format, keep_prefix, keep_suffix, token) = input;
+    if let Some(spec) = phivault::fuzzing::spec(format, keep_prefix, keep_suffix) {
+        phivault::fuzzing::token(&spec, token);
+    }
+});
