@@ -185,8 +185,10 @@ fn read_head(
 ) -> Result<AuditHead, StoreError> {
     match read()? {
         None => Ok(AuditHead::default()),
-        Some(bytes) => AuditHead::decode(&bytes)
-            .ok_or_else(|| StoreError::Rocks("the audit head in meta is unreadable".into())),
+        Some(bytes) => AuditHead::decode(&bytes).ok_or(StoreError::Corrupt {
+            table: "meta",
+            what: "the audit head is unreadable",
+        }),
     }
 }
 
@@ -699,8 +701,8 @@ pub(crate) async fn load_or_create_key(
     store
         .write(move |txn| {
             if txn.contains(Cf::Meta, keys::META_AUDIT_KEY)? {
-                return Err(StoreError::Rocks(
-                    "the audit key appeared while it was being created".into(),
+                return Err(StoreError::Unavailable(
+                    "the audit key appeared while it was being created; retry".into(),
                 ));
             }
             txn.put(Cf::Meta, keys::META_AUDIT_KEY, row);

@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 
 use quick_cache::sync::Cache;
@@ -31,7 +31,10 @@ use crate::format::{Parsed, Shape};
 use crate::keyring::{Keyring, Lookup, SharedKeyring, load_keyring, reverse_ad};
 use crate::namespace::{self, Namespace, NamespaceSpec};
 use crate::store::keys::{self, ForwardKey, KeysetRow, KeysetState, ReverseRow};
-use crate::store::{Cf, Store, StoreError, StoreOptions, Txn};
+use crate::store::{
+    Candidate, Cf, InsertOutcome, Inserted, MappingStore, NewValues, Store, StoreError,
+    StoreOptions,
+};
 
 pub use crate::store::Durability;
 
@@ -112,28 +115,177 @@ pub struct Vault {
     pub(crate) audit: AuditState,
 }
 
-/// A value that missed the cache and the forward index, on its way to the
-/// writer.
+/// A value that missed the cache and the forward index, on its way to
+/// storage.
 struct NewMapping {
     forward: Option<Lookup>,
     canonical: Zeroizing<String>,
-    /// Tokens to try, in order, found off the writer thread: attempt 0's
-    /// when the value is first seen (with its row sealed), or the free ones a
-    /// collision search found. The writer checks only these.
-    candidates: Vec<Candidate>,
+    /// Tokens to try, in order, found before the call to storage: attempt
+    /// 0's when the value is first seen (with its row sealed), or the free
+    /// ones a collision search found. Storage checks these first.
+    candidates: std::collections::VecDeque<Drawn>,
     /// The attempt a search for this value would go on from.
     next_attempt: u32,
     /// Attempts this value's shape may take in all.
     attempts: u32,
+    /// A row could not be sealed (the item fails `INTERNAL`).
+    failed: bool,
 }
 
-/// A token the writer may take for a value, and its reverse row and bound
-/// forward entry if they were made already (off the writer thread, which
-/// then only checks and inserts).
-struct Candidate {
+impl NewMapping {
+    /// A value as first seen: attempt 0's token, its row and forward entry
+    /// sealed here, off the writer.
+    fn first(
+        ns: &Namespace,
+        ring: &Keyring,
+        forward: Option<Lookup>,
+        canonical: Zeroizing<String>,
+        now: u64,
+    ) -> Self {
+        let keyset = &ring.active;
+        let candidates = candidate(ns, keyset, &canonical, 0)
+            .map(|token| {
+                let row = seal_row(ns, keyset, &token, &canonical, now).ok();
+                let bound = forward
+                    .as_ref()
+                    .map(|l| l.active.bind(keyset.prf(), token.as_bytes()));
+                Drawn { token, row, bound }
+            })
+            .into_iter()
+            .collect();
+        let domain = ns.format.domain_size(&canonical);
+        let attempts =
+            (domain.saturating_mul(ATTEMPTS_PER_DOMAIN_TOKEN)).clamp(64, MAX_ATTEMPTS) as u32;
+        Self {
+            forward,
+            canonical,
+            candidates,
+            next_attempt: 1,
+            attempts,
+            failed: false,
+        }
+    }
+
+    /// The same value after a rotation made another keyset active: its
+    /// forward keys and candidates belonged to the old one.
+    fn remade(self, ns: &Namespace, ring: &Keyring, now: u64) -> Self {
+        let forward = self
+            .forward
+            .is_some()
+            .then(|| ring.lookup(ns.id, &self.canonical));
+        Self::first(ns, ring, forward, self.canonical, now)
+    }
+}
+
+/// A token a value may take, and its reverse row and bound forward entry if
+/// they were made already.
+struct Drawn {
     token: String,
     row: Option<Vec<u8>>,
     bound: Option<Vec<u8>>,
+}
+
+/// One call's new values of a namespace, as storage sees them: it asks for
+/// candidates one at a time, so a value whose first candidate is free costs
+/// one sealed row, and a taken one a few more drawn here — a fixed bound per
+/// value, so a nearly full space costs storage's commit (and every write and
+/// audit record queued behind it) no more than an empty one.
+struct Round {
+    ns: Arc<Namespace>,
+    ring: Arc<Keyring>,
+    now: u64,
+    len: usize,
+    mappings: std::sync::Mutex<Vec<NewMapping>>,
+    /// Candidates handed to storage.
+    offered: std::sync::atomic::AtomicU64,
+}
+
+impl Round {
+    fn new(ns: Arc<Namespace>, ring: Arc<Keyring>, now: u64, mappings: Vec<NewMapping>) -> Self {
+        Self {
+            ns,
+            ring,
+            now,
+            len: mappings.len(),
+            mappings: std::sync::Mutex::new(mappings),
+            offered: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    fn mappings(&self) -> std::sync::MutexGuard<'_, Vec<NewMapping>> {
+        self.mappings.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl NewValues for Round {
+    fn namespace(&self) -> u32 {
+        self.ns.id
+    }
+
+    fn keyset(&self) -> u32 {
+        self.ring.active.version()
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn forward_keys(&self, item: usize) -> Vec<ForwardKey> {
+        self.mappings()
+            .get(item)
+            .and_then(|m| m.forward.as_ref())
+            .map(|l| l.all().copied().collect())
+            .unwrap_or_default()
+    }
+
+    fn next_candidate(&self, item: usize) -> Option<Candidate> {
+        let mut mappings = self.mappings();
+        let mapping = mappings.get_mut(item)?;
+        let keyset = &self.ring.active;
+        let drawn = match mapping.candidates.pop_front() {
+            Some(drawn) => drawn,
+            None => loop {
+                // A handful of further attempts, a fixed bound per value: in
+                // a sparse space they settle nearly every collision in this
+                // commit, where sending the value back would cost its
+                // request another one.
+                if mapping.next_attempt >= mapping.attempts.min(WRITER_ATTEMPTS) {
+                    return None;
+                }
+                let attempt = mapping.next_attempt;
+                mapping.next_attempt += 1;
+                if let Some(token) = candidate(&self.ns, keyset, &mapping.canonical, attempt) {
+                    break Drawn {
+                        token,
+                        row: None,
+                        bound: None,
+                    };
+                }
+            },
+        };
+        let row = match drawn.row {
+            Some(row) => row,
+            None => match seal_row(&self.ns, keyset, &drawn.token, &mapping.canonical, self.now) {
+                Ok(row) => row,
+                Err(_) => {
+                    mapping.failed = true;
+                    return None;
+                }
+            },
+        };
+        let forward = mapping.forward.as_ref().map(|l| {
+            drawn
+                .bound
+                .unwrap_or_else(|| l.active.bind(keyset.prf(), drawn.token.as_bytes()))
+        });
+        self.offered
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Some(Candidate {
+            token: drawn.token,
+            row,
+            forward,
+        })
+    }
 }
 
 /// Free candidates a collision search hands the writer per value: enough
@@ -432,7 +584,7 @@ impl Vault {
                 // 64 random bits: a clash is all but impossible, and never
                 // silently overwrites.
                 if txn.contains(Cf::Clients, job_id.as_bytes())? {
-                    return Err(StoreError::Rocks("client id clash; retry".into()));
+                    return Err(StoreError::Unavailable("client id clash; retry".into()));
                 }
                 txn.put(Cf::Clients, job_id.as_bytes(), encoded);
                 if let Some(pending) = &audited {
@@ -469,15 +621,15 @@ impl Vault {
         let recorded = audited.is_some();
         let record = self
             .store
-            .write(move |txn| {
+            .write_job(move |txn| -> Result<_, Error> {
                 let Some(bytes) = txn.get(Cf::Clients, job_id.as_bytes())? else {
                     return Ok(None);
                 };
-                let mut record: ClientRecord = serde_json::from_slice(&bytes)
-                    .map_err(|_| StoreError::Rocks("a client record is unreadable".into()))?;
+                let mut record: ClientRecord =
+                    serde_json::from_slice(&bytes).map_err(|_| Error::Corrupt("client record"))?;
                 record.revoked_at.get_or_insert(now);
-                let encoded = serde_json::to_vec(&record)
-                    .map_err(|_| StoreError::Rocks("a client record is unencodable".into()))?;
+                let encoded =
+                    serde_json::to_vec(&record).map_err(|_| Error::Corrupt("client record"))?;
                 txn.put(Cf::Clients, job_id.as_bytes(), encoded);
                 if let Some(pending) = &audited {
                     crate::audit::append(txn, pending)?;
@@ -598,7 +750,7 @@ impl Vault {
         let recorded = audited.is_some();
         let created = self
             .store
-            .write(move |txn| {
+            .write_job(move |txn| -> Result<_, Error> {
                 if txn.contains(Cf::Namespaces, spec.name.as_bytes())? {
                     return Ok(Err(Error::NamespaceExists(spec.name)));
                 }
@@ -606,7 +758,7 @@ impl Vault {
                     .get(Cf::Meta, keys::META_NEXT_NAMESPACE_ID)?
                     .as_deref()
                     .and_then(keys::decode_u32)
-                    .ok_or(StoreError::Rocks("meta lacks the next namespace id".into()))?;
+                    .ok_or(Error::Corrupt("meta lacks the next namespace id"))?;
                 let ns = Namespace {
                     name: spec.name,
                     id,
@@ -703,12 +855,12 @@ impl Vault {
 
         // One multi_get for every deterministic value the cache missed (under
         // each keyset version while a rotation runs).
-        let keys: Vec<[u8; 40]> = pending
+        let keys: Vec<ForwardKey> = pending
             .iter()
             .filter_map(|(_, _, lookup)| lookup.as_ref())
-            .flat_map(|lookup| lookup.all().map(|k| k.0))
+            .flat_map(|lookup| lookup.all().copied())
             .collect();
-        let mut found = self.store.multi_get(Cf::Forward, &keys)?.into_iter();
+        let mut found = self.store.forward_entries(&keys).await?.into_iter();
         let mut new_values: Vec<(usize, Parsed, Option<Lookup>)> = Vec::new();
         for (slot, parsed, lookup) in pending {
             if let Some(lookup) = &lookup {
@@ -764,7 +916,7 @@ impl Vault {
         Ok(ns.format.render(token, shape))
     }
 
-    /// Sends values never seen before to the writer and fills their slots.
+    /// Sends values never seen before to storage and fills their slots.
     async fn allocate(
         &self,
         ns: &Arc<Namespace>,
@@ -786,72 +938,88 @@ impl Vault {
             if let Some(lookup) = &forward {
                 by_key.insert(lookup.active, mappings.len());
             }
-            let keyset = &ring.active;
-            let candidates = candidate(ns, keyset, &parsed.canonical, 0)
-                .map(|token| {
-                    let row = seal_row(ns, keyset, &token, &parsed.canonical, now).ok();
-                    let bound = forward
-                        .as_ref()
-                        .map(|l| l.active.bind(keyset.prf(), token.as_bytes()));
-                    Candidate { token, row, bound }
-                })
-                .into_iter()
-                .collect();
-            let domain = ns.format.domain_size(&parsed.canonical);
-            let attempts =
-                (domain.saturating_mul(ATTEMPTS_PER_DOMAIN_TOKEN)).clamp(64, MAX_ATTEMPTS) as u32;
-            mappings.push(NewMapping {
-                forward,
-                canonical: parsed.canonical,
-                candidates,
-                next_attempt: 1,
-                attempts,
-            });
+            mappings.push(NewMapping::first(ns, ring, forward, parsed.canonical, now));
             slots.push(vec![(slot, parsed.shape)]);
         }
 
         // Each round commits what it can; a value whose candidates were all
-        // taken comes back, is searched for off the writer, and goes again.
+        // taken comes back, is searched for, and goes again.
         let mut outcomes: Vec<Option<(Allocation, Option<ForwardKey>)>> =
             (0..mappings.len()).map(|_| None).collect();
         let mut round: Vec<(usize, NewMapping)> = mappings.into_iter().enumerate().collect();
         let mut ring = Arc::clone(ring);
-        let budget = Arc::new(AtomicU32::new(0));
-        for rounds_left in (0..SEARCH_ROUNDS).rev() {
-            if round.is_empty() {
-                break;
-            }
+        let mut spent = 0u32;
+        let mut rounds_left = SEARCH_ROUNDS;
+        let mut remakes = 0;
+        while !round.is_empty() && rounds_left > 0 {
+            rounds_left -= 1;
             let (indexes, batch): (Vec<usize>, Vec<NewMapping>) = round.into_iter().unzip();
-            let job_ns = Arc::clone(ns);
-            let request_ring = Arc::clone(&ring);
-            let shared = Arc::clone(&self.keyring);
-            let fill = Arc::clone(&self.fill);
-            let written = self
+            let values = Arc::new(Round::new(Arc::clone(ns), Arc::clone(&ring), now, batch));
+            let outcome = self
                 .store
-                .write(move |txn| {
-                    // The keyring as it is now, on the writer thread: a
-                    // rotation that started after this request looked is
-                    // already in force, so nothing is ever written under a
-                    // retiring keyset.
-                    let ring = Arc::clone(&shared.read().unwrap_or_else(|e| e.into_inner()));
-                    write_mappings(txn, &job_ns, &request_ring, &ring, batch, now, &fill)
-                })
-                .await?;
-            ring = self.keyring();
-            let mut again = Vec::new();
-            for (i, outcome) in indexes.into_iter().zip(written) {
-                match outcome {
-                    Written::Done(allocation, key) => outcomes[i] = Some((allocation, key)),
-                    Written::Taken(mapping) if rounds_left > 0 => again.push((i, mapping)),
-                    Written::Taken(mapping) => {
-                        outcomes[i] = Some((
-                            Err(ItemCode::ResourceExhausted),
-                            mapping.forward.map(|l| l.active),
-                        ));
+                .insert_mappings(Arc::clone(&values) as Arc<dyn NewValues>)
+                .await;
+            let batch = std::mem::take(&mut *values.mappings());
+            let written = match outcome? {
+                InsertOutcome::Done(written) => written,
+                InsertOutcome::StaleKeyset => {
+                    // A rotation started after this request looked: nothing
+                    // was written, and nothing ever is under a retiring
+                    // keyset. The values go again under the new one. A
+                    // rotation cannot start again before a whole pass over
+                    // the mappings ends, so this repeats at most once or
+                    // twice.
+                    remakes += 1;
+                    if remakes > 3 {
+                        return Err(Error::Store(StoreError::Unavailable(
+                            "the active keyset kept changing during the call; retry".into(),
+                        )));
                     }
+                    rounds_left += 1;
+                    ring = self.keyring();
+                    round = indexes
+                        .into_iter()
+                        .zip(batch)
+                        .map(|(i, mapping)| (i, mapping.remade(ns, &ring, now)))
+                        .collect();
+                    continue;
                 }
+            };
+            let offered = values.offered.load(Ordering::Relaxed);
+            let new = written
+                .iter()
+                .filter(|w| matches!(w, Inserted::New(_)))
+                .count() as u64;
+            self.fill
+                .record(&ns.name, offered, offered.saturating_sub(new));
+            let mut again = Vec::new();
+            for ((i, mapping), written) in indexes.into_iter().zip(batch).zip(written) {
+                let stored_under = mapping.forward.as_ref().map(|l| l.active);
+                outcomes[i] = match written {
+                    Inserted::Existing { key, stored } => {
+                        let token = values.ring.open_forward(&key, &stored).map(Arc::from);
+                        if token.is_none() {
+                            tracing::error!(
+                                namespace = %ns.name,
+                                keyset = key.version(),
+                                "a forward entry fails its binding check (rewritten, moved or damaged on disk); run `phivault verify`"
+                            );
+                        }
+                        Some((token.ok_or(ItemCode::DataLoss), Some(key)))
+                    }
+                    Inserted::New(token) => Some((Ok(Arc::from(token)), stored_under)),
+                    Inserted::Taken if mapping.failed => {
+                        Some((Err(ItemCode::Internal), stored_under))
+                    }
+                    Inserted::Taken if rounds_left > 0 => {
+                        again.push((i, mapping));
+                        None
+                    }
+                    Inserted::Taken => Some((Err(ItemCode::ResourceExhausted), stored_under)),
+                };
             }
-            round = self.search(ns, &ring, again, now, &budget).await?;
+            ring = self.keyring();
+            round = self.search(ns, &ring, again, now, &mut spent).await?;
             round.retain(|(i, mapping)| {
                 let searched_out = mapping.candidates.is_empty();
                 if searched_out {
@@ -889,92 +1057,108 @@ impl Vault {
     }
 
     /// Finds up to [`SEARCH_CANDIDATES`] free tokens for each value whose
-    /// candidates were all taken, on a blocking task: drawing candidates and
-    /// reading the reverse index for them is the expensive part of a nearly
-    /// full token space, and must hold up neither the writer (every write and
-    /// audit record waits on it) nor the async workers (every call does). A
-    /// value left with no candidate has exhausted its attempts.
+    /// candidates were all taken. Candidates are drawn on a blocking task, a
+    /// chunk per value at a time (drawing is the expensive part of a nearly
+    /// full token space, and must hold up no async worker), and each chunk of
+    /// every value is checked in one storage read. A value left with no
+    /// candidate has exhausted its attempts, or the request its budget.
     async fn search(
         &self,
         ns: &Arc<Namespace>,
         ring: &Arc<Keyring>,
-        round: Vec<(usize, NewMapping)>,
+        mut round: Vec<(usize, NewMapping)>,
         now: u64,
-        budget: &Arc<AtomicU32>,
+        spent: &mut u32,
     ) -> Result<Vec<(usize, NewMapping)>, Error> {
         if round.is_empty() {
             return Ok(round);
         }
-        let reader = self.store.reader();
-        let ns = Arc::clone(ns);
-        let ring = Arc::clone(ring);
-        let fill = Arc::clone(&self.fill);
-        let spent = Arc::clone(budget);
-        let searched = tokio::task::spawn_blocking(move || {
-            let keyset = &ring.active;
-            let mut round = round;
-            let (mut tried, mut taken) = (0u64, 0u64);
-            for (_, mapping) in &mut round {
-                mapping.candidates.clear();
-                if mapping
-                    .forward
-                    .as_ref()
-                    .is_some_and(|l| l.active.version() != keyset.version())
-                {
-                    // A rotation started since this value was last looked
-                    // at: its forward key, and the attempts drawn so far,
-                    // belong to the retiring keyset.
-                    mapping.forward = Some(ring.lookup(ns.id, &mapping.canonical));
-                    mapping.next_attempt = 0;
-                }
-                while mapping.candidates.len() < SEARCH_CANDIDATES
-                    && mapping.next_attempt < mapping.attempts
-                {
-                    let left = SEARCH_BUDGET.saturating_sub(spent.load(Ordering::Relaxed));
-                    if left == 0 {
-                        break;
+        let keyset_version = ring.active.version();
+        for (_, mapping) in &mut round {
+            mapping.candidates.clear();
+            if mapping
+                .forward
+                .as_ref()
+                .is_some_and(|l| l.active.version() != keyset_version)
+            {
+                // A rotation started since this value was last looked at:
+                // its forward key, and the attempts drawn so far, belong to
+                // the retiring keyset.
+                mapping.forward = Some(ring.lookup(ns.id, &mapping.canonical));
+                mapping.next_attempt = 0;
+            }
+        }
+        let (mut tried, mut taken) = (0u64, 0u64);
+        loop {
+            let left = SEARCH_BUDGET.saturating_sub(*spent);
+            let job_ns = Arc::clone(ns);
+            let job_ring = Arc::clone(ring);
+            // Each value still short of candidates draws its next chunk.
+            let (back, drawn, used) = tokio::task::spawn_blocking(move || {
+                let keyset = &job_ring.active;
+                let mut left = left;
+                let mut used = 0u32;
+                let mut drawn: Vec<(usize, String)> = Vec::new();
+                for (position, (_, mapping)) in round.iter_mut().enumerate() {
+                    if mapping.candidates.len() >= SEARCH_CANDIDATES
+                        || mapping.next_attempt >= mapping.attempts
+                        || left == 0
+                    {
+                        continue;
                     }
                     let end = mapping
                         .next_attempt
                         .saturating_add(SEARCH_CHUNK.min(left))
                         .min(mapping.attempts);
-                    spent.fetch_add(end - mapping.next_attempt, Ordering::Relaxed);
-                    let tokens: Vec<String> = (mapping.next_attempt..end)
-                        .filter_map(|attempt| candidate(&ns, keyset, &mapping.canonical, attempt))
-                        .collect();
+                    left -= end - mapping.next_attempt;
+                    used += end - mapping.next_attempt;
+                    drawn.extend(
+                        (mapping.next_attempt..end)
+                            .filter_map(|attempt| {
+                                candidate(&job_ns, keyset, &mapping.canonical, attempt)
+                            })
+                            .map(|token| (position, token)),
+                    );
                     mapping.next_attempt = end;
-                    let keys: Vec<Vec<u8>> =
-                        tokens.iter().map(|t| keys::reverse_key(ns.id, t)).collect();
-                    let present = reader.contains_many(Cf::Reverse, &keys)?;
-                    for (token, present) in tokens.into_iter().zip(present) {
-                        tried += 1;
-                        if present {
-                            taken += 1;
-                        } else if mapping.candidates.len() < SEARCH_CANDIDATES
-                            && !mapping.candidates.iter().any(|c| c.token == token)
-                        {
-                            mapping.candidates.push(Candidate {
-                                token,
-                                row: None,
-                                bound: None,
-                            });
-                        }
-                    }
                 }
-                if let Some(first) = mapping.candidates.first_mut() {
-                    first.row = seal_row(&ns, keyset, &first.token, &mapping.canonical, now).ok();
-                    first.bound = mapping
-                        .forward
-                        .as_ref()
-                        .map(|l| l.active.bind(keyset.prf(), first.token.as_bytes()));
+                (round, drawn, used)
+            })
+            .await
+            .map_err(|_| Error::Store(StoreError::JobPanicked))?;
+            round = back;
+            *spent = spent.saturating_add(used);
+            if used == 0 {
+                break;
+            }
+            let tokens: Vec<String> = drawn.iter().map(|(_, t)| t.clone()).collect();
+            let present = self.store.tokens_taken(ns.id, &tokens).await?;
+            for ((position, token), present) in drawn.into_iter().zip(present) {
+                tried += 1;
+                let mapping = &mut round[position].1;
+                if present {
+                    taken += 1;
+                } else if mapping.candidates.len() < SEARCH_CANDIDATES
+                    && !mapping.candidates.iter().any(|c| c.token == token)
+                {
+                    mapping.candidates.push_back(Drawn {
+                        token,
+                        row: None,
+                        bound: None,
+                    });
                 }
             }
-            fill.record(&ns.name, tried, taken);
-            Ok::<_, StoreError>(round)
-        })
-        .await
-        .map_err(|_| Error::Store(StoreError::JobPanicked))??;
-        Ok(searched)
+        }
+        self.fill.record(&ns.name, tried, taken);
+        for (_, mapping) in &mut round {
+            if let Some(first) = mapping.candidates.front_mut() {
+                first.row = seal_row(ns, &ring.active, &first.token, &mapping.canonical, now).ok();
+                first.bound = mapping
+                    .forward
+                    .as_ref()
+                    .map(|l| l.active.bind(ring.active.prf(), first.token.as_bytes()));
+            }
+        }
+        Ok(round)
     }
 
     /// Detokenizes `tokens` in `namespace`: each value is printed in the shape
@@ -1030,22 +1214,19 @@ impl Vault {
                 Err(e) => results[slot] = Some(Err(e)),
             }
         }
-        let keys: Vec<Vec<u8>> = lookups
-            .iter()
-            .map(|(_, p)| keys::reverse_key(ns.id, &p.canonical))
-            .collect();
-        let rows = self.store.multi_get(Cf::Reverse, &keys)?;
+        let tokens: Vec<&str> = lookups.iter().map(|(_, p)| p.canonical.as_str()).collect();
+        let rows = self.store.reverse_rows(ns.id, &tokens).await?;
         let ring = self.keyring();
         // Rows read just before a rotation moved them, sealed under a keyset
         // destroyed since: read once more, now under the new keyset.
-        let mut stale: Vec<(usize, Parsed, Vec<u8>)> = Vec::new();
-        for (((slot, parsed), row), key) in lookups.into_iter().zip(rows).zip(keys) {
-            results[slot] = Some(match row {
+        let mut stale: Vec<(usize, &Parsed)> = Vec::new();
+        for ((slot, parsed), row) in lookups.iter().zip(rows) {
+            results[*slot] = Some(match row {
                 None => Err(not_found(&ns)),
-                Some(row) => match reveal(&ring, &ns, &parsed, &row) {
+                Some(row) => match reveal(&ring, &ns, parsed, &row) {
                     Revealed::Value(result) => result,
                     Revealed::UnknownKeyset => {
-                        stale.push((slot, parsed, key));
+                        stale.push((*slot, parsed));
                         continue;
                     }
                 },
@@ -1053,12 +1234,12 @@ impl Vault {
         }
         if !stale.is_empty() {
             let ring = self.keyring();
-            let keys: Vec<&[u8]> = stale.iter().map(|(_, _, key)| key.as_slice()).collect();
-            let rows = self.store.multi_get(Cf::Reverse, &keys)?;
-            for ((slot, parsed, _), row) in stale.into_iter().zip(rows) {
+            let tokens: Vec<&str> = stale.iter().map(|(_, p)| p.canonical.as_str()).collect();
+            let rows = self.store.reverse_rows(ns.id, &tokens).await?;
+            for ((slot, parsed), row) in stale.into_iter().zip(rows) {
                 results[slot] = Some(match row {
                     None => Err(not_found(&ns)),
-                    Some(row) => match reveal(&ring, &ns, &parsed, &row) {
+                    Some(row) => match reveal(&ring, &ns, parsed, &row) {
                         Revealed::Value(result) => result,
                         Revealed::UnknownKeyset => Err(damaged(&ns)),
                     },
@@ -1392,125 +1573,6 @@ fn seal_row(
 
 /// The token a new value received, or why it received none.
 type Allocation = Result<Arc<str>, ItemCode>;
-
-/// What the writer did with one new value: a token (taken now, or the one
-/// another request took for it since the caller looked), or every candidate
-/// it was given was taken and the value goes back to be searched for.
-enum Written {
-    Done(Allocation, Option<ForwardKey>),
-    Taken(NewMapping),
-}
-
-/// Runs on the writer thread: takes a token for every new value from the
-/// candidates it comes with, or finds the one another request took for it
-/// since the caller looked. It never searches: it checks at most the few
-/// candidates it is given, so a nearly full token space costs the writer
-/// (and every write and audit record queued behind it) no more than an
-/// empty one.
-fn write_mappings(
-    txn: &mut Txn<'_>,
-    ns: &Namespace,
-    request_ring: &Arc<Keyring>,
-    ring: &Arc<Keyring>,
-    mappings: Vec<NewMapping>,
-    now: u64,
-    fill: &FillStats,
-) -> Result<Vec<Written>, StoreError> {
-    let same_ring = Arc::ptr_eq(request_ring, ring);
-    let keyset = &ring.active;
-    let mut outcomes = Vec::with_capacity(mappings.len());
-    let (mut tried, mut taken) = (0u64, 0u64);
-    'mapping: for mut mapping in mappings {
-        // A forward key under another version than the active one would be
-        // bound and stored under a keyset that is retiring (or not the one
-        // its candidates were drawn under): never written as it is.
-        let stale_key = mapping
-            .forward
-            .as_ref()
-            .is_some_and(|l| l.active.version() != keyset.version());
-        if !same_ring || stale_key {
-            // Keys changed since the request looked: its forward keys and
-            // candidates belong to the old keyring. The value goes back for
-            // candidates under the new one, from attempt 0.
-            if mapping.forward.is_some() {
-                mapping.forward = Some(ring.lookup(ns.id, &mapping.canonical));
-            }
-            mapping.candidates.clear();
-            mapping.next_attempt = 0;
-        }
-        if let Some(lookup) = &mapping.forward {
-            for key in lookup.all() {
-                if let Some(stored) = txn.get(Cf::Forward, &key.0)? {
-                    let outcome = ring.open_forward(key, &stored).map(Arc::from).ok_or_else(|| {
-                        tracing::error!(
-                            namespace = %ns.name,
-                            keyset = key.version(),
-                            "a forward entry fails its binding check (rewritten, moved or damaged on disk); run `phivault verify`"
-                        );
-                        ItemCode::DataLoss
-                    });
-                    outcomes.push(Written::Done(outcome, Some(*key)));
-                    continue 'mapping;
-                }
-            }
-        }
-        let mut chosen = None;
-        for Candidate { token, row, bound } in std::mem::take(&mut mapping.candidates) {
-            let reverse = keys::reverse_key(ns.id, &token);
-            tried += 1;
-            if txn.contains(Cf::Reverse, &reverse)? {
-                taken += 1;
-                continue;
-            }
-            chosen = Some((token, row, bound, reverse));
-            break;
-        }
-        // A handful of further attempts here, a fixed bound per value: in a
-        // sparse space they settle nearly every collision in this commit,
-        // where sending the value back would cost its request another one.
-        while chosen.is_none() && mapping.next_attempt < mapping.attempts.min(WRITER_ATTEMPTS) {
-            let attempt = mapping.next_attempt;
-            mapping.next_attempt += 1;
-            let Some(token) = candidate(ns, keyset, &mapping.canonical, attempt) else {
-                continue;
-            };
-            let reverse = keys::reverse_key(ns.id, &token);
-            tried += 1;
-            if txn.contains(Cf::Reverse, &reverse)? {
-                taken += 1;
-                continue;
-            }
-            chosen = Some((token, None, None, reverse));
-        }
-        let Some((token, row, bound, reverse)) = chosen else {
-            outcomes.push(Written::Taken(mapping));
-            continue;
-        };
-        let row =
-            match row.map_or_else(|| seal_row(ns, keyset, &token, &mapping.canonical, now), Ok) {
-                Ok(row) => row,
-                Err(_) => {
-                    outcomes.push(Written::Done(
-                        Err(ItemCode::Internal),
-                        mapping.forward.map(|l| l.active),
-                    ));
-                    continue;
-                }
-            };
-        txn.put(Cf::Reverse, reverse, row);
-        if let Some(lookup) = &mapping.forward {
-            let stored =
-                bound.unwrap_or_else(|| lookup.active.bind(keyset.prf(), token.as_bytes()));
-            txn.put(Cf::Forward, lookup.active.0.as_slice(), stored);
-        }
-        outcomes.push(Written::Done(
-            Ok(Arc::from(token)),
-            mapping.forward.map(|l| l.active),
-        ));
-    }
-    fill.record(&ns.name, tried, taken);
-    Ok(outcomes)
-}
 
 /// How full each namespace's token space looks: of the candidate tokens
 /// checked since start (by the writer, and by collision searches), how many

@@ -31,8 +31,10 @@ pub enum Error {
     /// `init` found a vault already there.
     #[error("a vault already exists at {0}")]
     AlreadyInitialized(String),
-    /// The vault's stored structures are not what this version understands.
-    #[error("the vault's stored data is not readable by this version: {0}")]
+    /// A stored row is missing or unreadable where the vault's own writes
+    /// always leave a readable one: damaged, or written by a version this one
+    /// does not understand. Names the row's kind, never its content.
+    #[error("the vault's stored data is damaged or not readable by this version: {0}")]
     Corrupt(&'static str),
     /// Stored key material failed authentication under a correct KEK.
     #[error("stored key material failed its integrity check")]

@@ -161,10 +161,6 @@ enum Step {
     Finished,
 }
 
-fn job_error(what: &str) -> StoreError {
-    StoreError::Rocks(format!("key rotation: {what}"))
-}
-
 impl Vault {
     /// Starts a key rotation: keyset v+1 is created and active for new
     /// writes as soon as this returns; a background job moves the existing
@@ -202,7 +198,7 @@ impl Vault {
         let now = now_secs();
         let started = self
             .store
-            .write(move |txn| {
+            .write_job(move |txn| -> Result<_, Error> {
                 if txn.contains(Cf::Meta, keys::META_ROTATION)? {
                     return Ok(Err(Error::RotationInProgress));
                 }
@@ -214,12 +210,12 @@ impl Vault {
                     .get(Cf::Meta, keys::META_ACTIVE_KEYSET)?
                     .as_deref()
                     .and_then(keys::decode_u32)
-                    .ok_or_else(|| job_error("meta lacks the active keyset"))?;
+                    .ok_or(Error::Corrupt("meta lacks the active keyset"))?;
                 let mut old = txn
                     .get(Cf::Keys, &keys::u32_bytes(previous))?
                     .as_deref()
                     .and_then(KeysetRow::decode)
-                    .ok_or_else(|| job_error("the active keyset row is unreadable"))?;
+                    .ok_or(Error::Corrupt("the active keyset row is unreadable"))?;
                 old.state = KeysetState::Retiring;
                 txn.put(Cf::Keys, keys::u32_bytes(previous), old.encode());
                 let row = KeysetRow {
@@ -533,7 +529,7 @@ impl Vault {
             ))
         })
         .await
-        .map_err(|_| job_error("a chunk's preparation panicked"))?
+        .map_err(|_| StoreError::JobPanicked)?
     }
 
     /// Commits one planned chunk with the cursor after it; returns the
@@ -611,7 +607,7 @@ impl Vault {
         let namespace_ids: Vec<u32> = self.namespaces_by_id().into_keys().collect();
         let destroyed = self
             .store
-            .write(move |txn| {
+            .write_job(move |txn| -> Result<_, Error> {
                 if txn.get(Cf::Meta, keys::META_ROTATION)?.as_deref() != Some(&expected) {
                     return Ok(Vec::new());
                 }
@@ -623,8 +619,8 @@ impl Vault {
                     }
                 }
                 for (version, bytes) in rows {
-                    let mut keyset = KeysetRow::decode(&bytes)
-                        .ok_or_else(|| job_error("unreadable keyset row"))?;
+                    let mut keyset =
+                        KeysetRow::decode(&bytes).ok_or(Error::Corrupt("keyset row"))?;
                     if matches!(keyset.state, KeysetState::Destroyed { .. }) {
                         continue;
                     }
@@ -668,7 +664,7 @@ impl Vault {
                 .compact(&[Cf::Forward, Cf::Reverse, Cf::Keys, Cf::Meta])
         })
         .await
-        .map_err(|_| job_error("compaction panicked"))??;
+        .map_err(|_| StoreError::JobPanicked)??;
         let last = LastRotationRow {
             target: row.target,
             started_at: row.started_at,

@@ -22,14 +22,24 @@ impl From<Error> for Status {
                 Status::invalid_argument(e.to_string())
             }
             Error::InvalidToken(_) => Status::invalid_argument(e.to_string()),
+            Error::AuditUnavailable(ref detail) if detail.is_data_loss() => {
+                tracing::error!(error = %detail, "the audit trail failed its integrity check; the call is refused (fail closed)");
+                Status::data_loss(
+                    "the vault's audit trail failed its integrity check; the call was refused",
+                )
+            }
             Error::AuditUnavailable(ref detail) => {
                 tracing::error!(error = %detail, "an audit record could not be written; the call is refused (fail closed)");
                 Status::unavailable(
                     "the vault cannot write its audit trail; the call was refused (retry later)",
                 )
             }
-            Error::Store(crate::store::StoreError::Tampered { table, ref row }) => {
-                tracing::error!(table, row = %row, "a row failed its integrity check; the call is refused");
+            Error::Store(ref detail) if detail.is_data_loss() => {
+                tracing::error!(error = %detail, "stored data failed its integrity check; the call is refused");
+                Status::data_loss("stored data failed its integrity check")
+            }
+            Error::Corrupt(_) | Error::KeyIntegrity => {
+                tracing::error!(error = %e, "stored data failed its integrity check; the call is refused");
                 Status::data_loss("stored data failed its integrity check")
             }
             Error::Store(ref detail) => {
@@ -41,8 +51,6 @@ impl From<Error> for Status {
             | Error::WeakPassphrase { .. }
             | Error::NotInitialized(_)
             | Error::AlreadyInitialized(_)
-            | Error::Corrupt(_)
-            | Error::KeyIntegrity
             | Error::Crypto(_) => {
                 tracing::error!(error = %e, "internal failure");
                 Status::internal("internal error")
@@ -61,4 +69,50 @@ pub(crate) fn unauthenticated(e: AuthError) -> Status {
         Code::Unauthenticated,
         "a valid API key is required (authorization: Bearer pv_...)",
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::StoreError;
+
+    fn code(e: Error) -> Code {
+        Status::from(e).code()
+    }
+
+    #[test]
+    fn damaged_data_is_data_loss_and_unreachable_storage_is_unavailable() {
+        let tampered = || StoreError::Tampered {
+            table: "clients",
+            row: "c1".into(),
+        };
+        let corrupt = || StoreError::Corrupt {
+            table: "meta",
+            what: "the audit head is unreadable",
+        };
+        assert_eq!(code(Error::Store(tampered())), Code::DataLoss);
+        assert_eq!(code(Error::Store(corrupt())), Code::DataLoss);
+        assert_eq!(code(Error::Corrupt("keyset row")), Code::DataLoss);
+        assert_eq!(code(Error::KeyIntegrity), Code::DataLoss);
+        assert_eq!(code(Error::AuditUnavailable(corrupt())), Code::DataLoss);
+
+        let unavailable = || StoreError::Unavailable("No space left on device".into());
+        assert_eq!(code(Error::Store(unavailable())), Code::Unavailable);
+        assert_eq!(
+            code(Error::Store(StoreError::WriterStopped)),
+            Code::Unavailable
+        );
+        assert_eq!(
+            code(Error::AuditUnavailable(unavailable())),
+            Code::Unavailable
+        );
+    }
+
+    #[test]
+    fn no_storage_detail_reaches_the_client() {
+        let status = Status::from(Error::Store(StoreError::Unavailable(
+            "IO error: /var/lib/phivault/000042.sst".into(),
+        )));
+        assert!(!status.message().contains("sst"), "{}", status.message());
+    }
 }

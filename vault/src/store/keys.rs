@@ -45,6 +45,20 @@ pub fn decode_u32(bytes: &[u8]) -> Option<u32> {
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ForwardKey(pub [u8; 40]);
 
+/// Namespace and version only: the blind index identifies a value, and a
+/// debug print must not let a log be joined against the forward index.
+impl std::fmt::Debug for ForwardKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ForwardKey")
+            .field(
+                "namespace",
+                &u32::from_be_bytes([self.0[0], self.0[1], self.0[2], self.0[3]]),
+            )
+            .field("version", &self.version())
+            .finish_non_exhaustive()
+    }
+}
+
 impl ForwardKey {
     /// The forward key of a blind index under keyset `version`.
     pub fn new(namespace_id: u32, version: u32, index: &BlindIndex) -> Self {

@@ -3,6 +3,7 @@
 
 pub mod integrity;
 pub mod keys;
+mod mappings;
 mod writer;
 
 use std::path::Path;
@@ -15,6 +16,7 @@ use rocksdb::{
 };
 use tokio::sync::oneshot;
 
+pub use mappings::{Candidate, InsertOutcome, Inserted, MappingStore, NewValues, StoreFuture};
 pub use writer::{BATCH_BUCKETS, Txn, WriterStats};
 
 /// A key and its value, as a scan yields them.
@@ -102,24 +104,33 @@ impl Default for StoreOptions {
     }
 }
 
-/// Storage failures. The text is for operators' logs; it carries file names
-/// and RocksDB's reason, never keys or values of rows.
+/// Storage failures, in terms of the vault rather than of a backend. The
+/// text is for operators' logs; it carries file names and the backend's
+/// reason, never keys or values of rows.
+///
+/// [`StoreError::Tampered`] and [`StoreError::Corrupt`] say the stored data
+/// itself is wrong (a client sees `DATA_LOSS`); the others say storage could
+/// not be reached or used now (`UNAVAILABLE`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
-    /// RocksDB reported an error.
-    #[error("storage error: {0}")]
-    Rocks(String),
-    /// The writer thread is gone (shut down or crashed).
+    /// The backend failed an operation: an I/O error, a full disk, a lost
+    /// connection. Retrying later may succeed.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    /// The writer is gone (shut down or crashed).
     #[error("the storage writer has stopped")]
     WriterStopped,
-    /// The job panicked on the writer thread; it was discarded, and the
-    /// writer goes on with the others.
+    /// The job panicked on the writer; it was discarded, and the writer goes
+    /// on with the others.
     #[error("a storage job failed unexpectedly and was discarded")]
     JobPanicked,
-    /// A column family is missing from an existing database.
-    #[error("the database lacks column family {0:?}")]
-    MissingColumnFamily(&'static str),
+    /// A table is missing from an existing database.
+    #[error("the database lacks its {0:?} table")]
+    MissingTable(&'static str),
+    /// `create` found a database already there.
+    #[error("a database already exists at {0}")]
+    AlreadyExists(String),
     /// A row that grants or shapes access failed its integrity check: it was
     /// written or changed outside phivault. Names the table and the row,
     /// never its value.
@@ -127,25 +138,42 @@ pub enum StoreError {
         "the {table} table's row {row} failed its integrity check: the data directory was modified outside phivault"
     )]
     Tampered {
-        /// The column family.
+        /// The table.
         table: &'static str,
         /// The row, by a name that is not PHI (a client id, a namespace or
         /// `meta` name, a keyset version).
         row: String,
+    },
+    /// A row is missing or does not decode where the vault's own writes
+    /// always leave a readable one: the data was damaged.
+    #[error("the {table} table is damaged: {what}")]
+    Corrupt {
+        /// The table.
+        table: &'static str,
+        /// What was wrong, by a name that is not PHI.
+        what: &'static str,
     },
     /// A checkpoint could not be written.
     #[error("cannot write a checkpoint to {path}: {reason}")]
     Checkpoint {
         /// Where it was to go.
         path: String,
-        /// RocksDB's or the file system's reason.
+        /// The backend's or the file system's reason.
         reason: String,
     },
 }
 
+impl StoreError {
+    /// Whether the stored data itself is wrong, as opposed to storage being
+    /// out of reach for now.
+    pub fn is_data_loss(&self) -> bool {
+        matches!(self, Self::Tampered { .. } | Self::Corrupt { .. })
+    }
+}
+
 impl From<rocksdb::Error> for StoreError {
     fn from(e: rocksdb::Error) -> Self {
-        Self::Rocks(e.into_string())
+        Self::Unavailable(e.into_string())
     }
 }
 
@@ -254,10 +282,7 @@ impl Store {
     /// Creates a new database; fails if one exists at `path`.
     pub fn create(path: &Path, options: &StoreOptions) -> Result<Self, StoreError> {
         if Self::exists(path) {
-            return Err(StoreError::Rocks(format!(
-                "a database already exists at {}",
-                path.display()
-            )));
+            return Err(StoreError::AlreadyExists(path.display().to_string()));
         }
         Self::open_db(path, options, true)
     }
@@ -281,7 +306,7 @@ impl Store {
         let db = DB::open_cf_for_read_only(&options, path, [Cf::Meta.name()], false)?;
         let cf = db
             .cf_handle(Cf::Meta.name())
-            .ok_or(StoreError::MissingColumnFamily("meta"))?;
+            .ok_or(StoreError::MissingTable("meta"))?;
         keys.iter().map(|k| Ok(db.get_cf(cf, k)?)).collect()
     }
 
@@ -309,7 +334,7 @@ impl Store {
     fn checked(db: DB, writable: Option<Durability>) -> Result<Self, StoreError> {
         for cf in Cf::ALL {
             if db.cf_handle(cf.name()).is_none() {
-                return Err(StoreError::MissingColumnFamily(cf.name()));
+                return Err(StoreError::MissingTable(cf.name()));
             }
         }
         let inner = Arc::new(Inner {
@@ -505,9 +530,21 @@ impl Store {
         R: Send + 'static,
         F: FnOnce(&mut Txn<'_>) -> Result<R, StoreError> + Send + 'static,
     {
+        self.write_job(job).await
+    }
+
+    /// [`Store::write`] for a job that fails with its own error type `E`: a
+    /// row it finds damaged is the job's to report as such, while a storage
+    /// failure arrives as `E::from(StoreError)`.
+    pub async fn write_job<R, E, F>(&self, job: F) -> Result<R, E>
+    where
+        R: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+        F: FnOnce(&mut Txn<'_>) -> Result<R, E> + Send + 'static,
+    {
         match &self.writer {
             Some(writer) => writer.submit(job).await,
-            None => Err(StoreError::WriterStopped),
+            None => Err(StoreError::WriterStopped.into()),
         }
     }
 
@@ -538,6 +575,95 @@ impl Store {
         }
         Ok(())
     }
+}
+
+impl MappingStore for Store {
+    fn forward_entries<'a>(
+        &'a self,
+        keys: &'a [keys::ForwardKey],
+    ) -> StoreFuture<'a, Vec<Option<Vec<u8>>>> {
+        let keys: Vec<&[u8]> = keys.iter().map(|k| k.0.as_slice()).collect();
+        // A point read of the block cache or a few SST blocks: cheaper done
+        // here than handed to a blocking task.
+        Box::pin(std::future::ready(self.multi_get(Cf::Forward, &keys)))
+    }
+
+    fn reverse_rows<'a>(
+        &'a self,
+        namespace: u32,
+        tokens: &'a [&'a str],
+    ) -> StoreFuture<'a, Vec<Option<Vec<u8>>>> {
+        let keys: Vec<Vec<u8>> = tokens
+            .iter()
+            .map(|t| keys::reverse_key(namespace, t))
+            .collect();
+        Box::pin(std::future::ready(self.multi_get(Cf::Reverse, &keys)))
+    }
+
+    fn tokens_taken<'a>(
+        &'a self,
+        namespace: u32,
+        tokens: &'a [String],
+    ) -> StoreFuture<'a, Vec<bool>> {
+        let keys: Vec<Vec<u8>> = tokens
+            .iter()
+            .map(|t| keys::reverse_key(namespace, t))
+            .collect();
+        // A collision search asks for many thousands at once: off the async
+        // workers.
+        let reader = self.reader();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || reader.contains_many(Cf::Reverse, &keys))
+                .await
+                .map_err(|_| StoreError::JobPanicked)?
+        })
+    }
+
+    fn insert_mappings(&self, values: Arc<dyn NewValues>) -> StoreFuture<'_, InsertOutcome> {
+        Box::pin(self.write(move |txn| insert_mappings(txn, values.as_ref())))
+    }
+}
+
+/// On the writer thread, inside a group commit whose overlay holds the
+/// writes of the jobs before it: what one commit sees is what is checked,
+/// so two jobs bringing the same value find each other.
+fn insert_mappings(txn: &mut Txn<'_>, values: &dyn NewValues) -> Result<InsertOutcome, StoreError> {
+    let active = txn
+        .get(Cf::Meta, keys::META_ACTIVE_KEYSET)?
+        .as_deref()
+        .and_then(keys::decode_u32)
+        .ok_or(StoreError::Corrupt {
+            table: "meta",
+            what: "the active keyset version is missing or unreadable",
+        })?;
+    if active != values.keyset() {
+        return Ok(InsertOutcome::StaleKeyset);
+    }
+    let namespace = values.namespace();
+    let mut outcomes = Vec::with_capacity(values.len());
+    'value: for item in 0..values.len() {
+        let forward = values.forward_keys(item);
+        for key in &forward {
+            if let Some(stored) = txn.get(Cf::Forward, &key.0)? {
+                outcomes.push(Inserted::Existing { key: *key, stored });
+                continue 'value;
+            }
+        }
+        while let Some(candidate) = values.next_candidate(item) {
+            let reverse = keys::reverse_key(namespace, &candidate.token);
+            if txn.contains(Cf::Reverse, &reverse)? {
+                continue;
+            }
+            txn.put(Cf::Reverse, reverse, candidate.row);
+            if let (Some(key), Some(entry)) = (forward.first(), candidate.forward) {
+                txn.put(Cf::Forward, key.0.as_slice(), entry);
+            }
+            outcomes.push(Inserted::New(candidate.token));
+            continue 'value;
+        }
+        outcomes.push(Inserted::Taken);
+    }
+    Ok(InsertOutcome::Done(outcomes))
 }
 
 fn rocks_options(options: &StoreOptions, create: bool) -> (Options, Vec<ColumnFamilyDescriptor>) {

@@ -90,7 +90,7 @@ impl Writer {
                 let _ended = EndGuard(&thread_counters);
                 run(&inner, durability, receiver, &thread_counters);
             })
-            .map_err(|e| StoreError::Rocks(format!("cannot start the writer thread: {e}")))?;
+            .map_err(|e| StoreError::Unavailable(format!("cannot start the writer thread: {e}")))?;
         Ok(Self {
             sender: Some(sender),
             thread: Some(thread),
@@ -98,10 +98,11 @@ impl Writer {
         })
     }
 
-    pub(super) async fn submit<R, F>(&self, job: F) -> Result<R, StoreError>
+    pub(super) async fn submit<R, E, F>(&self, job: F) -> Result<R, E>
     where
         R: Send + 'static,
-        F: FnOnce(&mut Txn<'_>) -> Result<R, StoreError> + Send + 'static,
+        E: From<StoreError> + Send + 'static,
+        F: FnOnce(&mut Txn<'_>) -> Result<R, E> + Send + 'static,
     {
         let sender = self.sender.as_ref().ok_or(StoreError::WriterStopped)?;
         let (reply, answer) = oneshot::channel();
@@ -109,7 +110,7 @@ impl Writer {
             txn.begin_job();
             match job(txn) {
                 Ok(value) => Box::new(move |committed: Result<(), StoreError>| {
-                    let _ = reply.send(committed.map(|()| value));
+                    let _ = reply.send(committed.map(|()| value).map_err(E::from));
                 }),
                 Err(e) => {
                     txn.rollback_job();
@@ -412,7 +413,7 @@ fn refuse_while_failpoint_file_exists() -> Result<(), StoreError> {
     if let Some(path) = std::env::var_os("PHIVAULT_FAIL_COMMITS_WHILE")
         && std::path::Path::new(&path).exists()
     {
-        return Err(StoreError::Rocks(
+        return Err(StoreError::Unavailable(
             "failpoint: commits refused (simulated I/O error)".into(),
         ));
     }
@@ -491,10 +492,10 @@ mod tests {
         let failed = store
             .write(|txn| {
                 txn.put(Cf::Meta, &b"a"[..], &b"1"[..]);
-                Err::<(), _>(StoreError::Rocks("refused".into()))
+                Err::<(), _>(StoreError::Unavailable("refused".into()))
             })
             .await;
-        assert_eq!(failed, Err(StoreError::Rocks("refused".into())));
+        assert_eq!(failed, Err(StoreError::Unavailable("refused".into())));
         let seen = store
             .write(|txn| {
                 txn.put(Cf::Meta, &b"b"[..], &b"2"[..]);
