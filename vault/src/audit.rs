@@ -34,20 +34,18 @@ use std::path::Path;
 use sha2::{Digest, Sha256};
 
 use crate::Vault;
-use crate::clock::{now_ms, now_secs};
+use crate::clock::now_secs;
 use crate::crypto::AuditKey;
 use crate::error::{Error, ItemCode};
-use crate::store::keys::{self, AuditHead};
-use crate::store::{Cf, Store, StoreError, StoreOptions, Txn};
+use crate::store::keys;
+use crate::store::{
+    AuditStore, Cf, PendingRecord, Store, StoreError, StoreOptions, StoredRecord, chain_hash,
+};
 
-/// Domain label of the chain hash.
-const CHAIN_LABEL: &[u8] = b"phivault audit v1";
-/// Format byte of a stored record.
-const RECORD_FORMAT: u8 = 1;
 /// Format byte of a record body.
 const BODY_FORMAT: u8 = 1;
-/// `format ‖ time_ms ‖ prev ‖ hash` before the body.
-const HEADER_LEN: usize = 1 + 8 + 32 + 32;
+/// Records read per storage call while walking the chain.
+const WALK_CHUNK: usize = 4096;
 /// Disclosures answered per `ListDisclosures` page unless asked otherwise,
 /// and at most.
 pub const DEFAULT_DISCLOSURES: usize = 1000;
@@ -146,103 +144,21 @@ pub struct Disclosure {
     pub keyset_version: u32,
 }
 
-/// A record on its way to the writer: the body encoded and hashed off the
-/// writer thread.
-pub(crate) struct PendingRecord {
-    body: Vec<u8>,
-    digest: [u8; 32],
-    revealed: Vec<[u8; 32]>,
-}
-
-impl PendingRecord {
-    pub(crate) fn new(keyset_version: u32, event: &AuditEvent) -> Self {
-        let body = encode_body(keyset_version, event);
-        Self {
-            digest: Sha256::digest(&body).into(),
-            revealed: event
-                .tokens
-                .iter()
-                .filter(|t| t.revealed)
-                .map(|t| t.mac)
-                .collect(),
-            body,
-        }
-    }
-}
-
-fn chain_hash(seq: u64, time_ms: u64, prev: &[u8; 32], body_digest: &[u8; 32]) -> [u8; 32] {
-    let mut hash = Sha256::new();
-    hash.update(CHAIN_LABEL);
-    hash.update(seq.to_be_bytes());
-    hash.update(time_ms.to_be_bytes());
-    hash.update(prev);
-    hash.update(body_digest);
-    hash.finalize().into()
-}
-
-fn read_head(
-    read: impl FnOnce() -> Result<Option<Vec<u8>>, StoreError>,
-) -> Result<AuditHead, StoreError> {
-    match read()? {
-        None => Ok(AuditHead::default()),
-        Some(bytes) => AuditHead::decode(&bytes).ok_or(StoreError::Corrupt {
-            table: "meta",
-            what: "the audit head is unreadable",
-        }),
-    }
-}
-
-/// Runs on the writer thread: links the record to the head as this commit
-/// leaves it, writes it and its disclosure index entries, and moves the
-/// head. The time is never earlier than the head's, so that records sort by
-/// time as they do by sequence number even if the clock steps back.
-pub(crate) fn append(txn: &mut Txn<'_>, record: &PendingRecord) -> Result<u64, StoreError> {
-    let head = read_head(|| txn.get(Cf::Meta, keys::META_AUDIT_HEAD))?;
-    let seq = head.seq + 1;
-    let time_ms = now_ms().max(head.time_ms);
-    let hash = chain_hash(seq, time_ms, &head.hash, &record.digest);
-    let mut value = Vec::with_capacity(HEADER_LEN + record.body.len());
-    value.push(RECORD_FORMAT);
-    value.extend_from_slice(&time_ms.to_be_bytes());
-    value.extend_from_slice(&head.hash);
-    value.extend_from_slice(&hash);
-    value.extend_from_slice(&record.body);
-    txn.put(Cf::Audit, keys::audit_key(seq), value);
-    for mark in &record.revealed {
-        txn.put(Cf::Disclosures, keys::disclosure_key(mark, seq), Vec::new());
-    }
-    let head = AuditHead { seq, time_ms, hash };
-    txn.put(Cf::Meta, keys::META_AUDIT_HEAD, head.encode());
-    Ok(seq)
-}
-
-/// A stored record's header and body, split.
-struct Stored<'a> {
-    time_ms: u64,
-    prev: [u8; 32],
-    hash: [u8; 32],
-    body: &'a [u8],
-}
-
-fn split_stored(value: &[u8]) -> Option<Stored<'_>> {
-    let (&format, rest) = value.split_first()?;
-    if format != RECORD_FORMAT {
-        return None;
-    }
-    let (time_ms, rest) = rest.split_first_chunk::<8>()?;
-    let (prev, rest) = rest.split_first_chunk::<32>()?;
-    let (hash, body) = rest.split_first_chunk::<32>()?;
-    Some(Stored {
-        time_ms: u64::from_be_bytes(*time_ms),
-        prev: *prev,
-        hash: *hash,
-        body,
-    })
+/// A record of `event` on its way to storage: the body encoded and hashed
+/// here, on the request task.
+pub(crate) fn pending(keyset_version: u32, event: &AuditEvent) -> PendingRecord {
+    let revealed = event
+        .tokens
+        .iter()
+        .filter(|t| t.revealed)
+        .map(|t| t.mac)
+        .collect();
+    PendingRecord::new(encode_body(keyset_version, event), revealed)
 }
 
 /// Parses a stored record; `None` if it is not one.
 pub fn decode_record(seq: u64, value: &[u8]) -> Option<AuditRecord> {
-    let stored = split_stored(value)?;
+    let stored = StoredRecord::split(value)?;
     let (keyset_version, event) = decode_body(stored.body)?;
     Some(AuditRecord {
         seq,
@@ -357,25 +273,32 @@ fn decode_body(body: &[u8]) -> Option<(u32, AuditEvent)> {
 }
 
 /// Walks the chain of `store` from record 1 to the head.
-fn verify_chain(store: &Store) -> Result<AuditReport, Error> {
-    let head = read_head(|| store.get(Cf::Meta, keys::META_AUDIT_HEAD))?;
+async fn verify_chain(store: &dyn AuditStore) -> Result<AuditReport, Error> {
+    let head = store.audit_head().await?;
     let mut report = AuditReport {
         records: 0,
         head_seq: head.seq,
         first_bad: None,
     };
     let mut prev = [0u8; 32];
-    for entry in store.scan(Cf::Audit) {
-        let (key, value) = entry?;
-        let expected = report.records + 1;
-        match check_link(expected, &prev, &key, &value) {
-            Ok(hash) => prev = hash,
-            Err(why) => {
-                report.first_bad = Some((expected, why));
-                return Ok(report);
+    let mut after = 0;
+    loop {
+        let chunk = store.audit_after(after, WALK_CHUNK).await?;
+        let Some(&(last, _)) = chunk.last() else {
+            break;
+        };
+        for (seq, value) in chunk {
+            let expected = report.records + 1;
+            match check_link(expected, &prev, seq, &value) {
+                Ok(hash) => prev = hash,
+                Err(why) => {
+                    report.first_bad = Some((expected, why));
+                    return Ok(report);
+                }
             }
+            report.records = expected;
         }
-        report.records = expected;
+        after = last;
     }
     report.first_bad = if head.seq > report.records {
         Some((
@@ -397,16 +320,16 @@ fn verify_chain(store: &Store) -> Result<AuditReport, Error> {
 fn check_link(
     expected: u64,
     prev: &[u8; 32],
-    key: &[u8],
+    seq: u64,
     value: &[u8],
 ) -> Result<[u8; 32], &'static str> {
-    match keys::decode_audit_key(key) {
-        None => return Err("a record has a malformed key"),
-        Some(seq) if seq > expected => return Err("the record is missing"),
-        Some(seq) if seq < expected => return Err("a record is out of place"),
-        Some(_) => {}
+    if seq > expected {
+        return Err("the record is missing");
     }
-    let stored = split_stored(value).ok_or("the record is unreadable")?;
+    if seq < expected {
+        return Err("a record is out of place");
+    }
+    let stored = StoredRecord::split(value).ok_or("the record is unreadable")?;
     if stored.prev != *prev {
         return Err(
             "the record does not link to the one before it (reordered, or the one before was altered)",
@@ -423,12 +346,12 @@ fn check_link(
 /// Verifies the audit chain of the vault at `path` without its master key
 /// and without stopping a server that runs on it: the database is opened
 /// read-only and the chain checked as it was at that moment.
-pub fn verify_audit_at(path: &Path) -> Result<AuditReport, Error> {
+pub async fn verify_audit_at(path: &Path) -> Result<AuditReport, Error> {
     if !Store::exists(path) {
         return Err(Error::NotInitialized(path.display().to_string()));
     }
     let store = Store::open_read_only(path, &StoreOptions::default())?;
-    verify_chain(&store)
+    verify_chain(&store).await
 }
 
 impl Vault {
@@ -439,12 +362,13 @@ impl Vault {
         if self.audit.skip_for_bench {
             return Ok(0);
         }
-        let record = PendingRecord::new(self.active_keyset_version(), event);
+        let record = pending(self.active_keyset_version(), event);
         let appended = self
             .store
-            .write(move |txn| append(txn, &record))
+            .append_audit(vec![record])
             .await
-            .map_err(Error::AuditUnavailable);
+            .map_err(Error::AuditUnavailable)
+            .map(|seqs| seqs.first().copied().unwrap_or_default());
         self.audit.count(appended.is_ok());
         appended
     }
@@ -464,19 +388,13 @@ impl Vault {
             return Ok(());
         }
         let version = self.active_keyset_version();
-        let records: Vec<PendingRecord> = events
-            .iter()
-            .map(|event| PendingRecord::new(version, event))
-            .collect();
+        let records: Vec<PendingRecord> =
+            events.iter().map(|event| pending(version, event)).collect();
         let appended = self
             .store
-            .write(move |txn| {
-                for record in &records {
-                    append(txn, record)?;
-                }
-                Ok(())
-            })
+            .append_audit(records)
             .await
+            .map(drop)
             .map_err(Error::AuditUnavailable);
         for _ in events {
             self.audit.count(appended.is_ok());
@@ -499,18 +417,15 @@ impl Vault {
     }
 
     /// Walks the audit chain.
-    pub async fn verify_audit(self: &std::sync::Arc<Self>) -> Result<AuditReport, Error> {
-        let vault = std::sync::Arc::clone(self);
-        tokio::task::spawn_blocking(move || verify_chain(&vault.store))
-            .await
-            .map_err(|_| Error::Corrupt("the audit walk was interrupted"))?
+    pub async fn verify_audit(&self) -> Result<AuditReport, Error> {
+        verify_chain(&self.store).await
     }
 
     /// Every call that revealed `token` in `namespace`, oldest first, after
     /// sequence number `after_seq`, at most `limit` (0: the default), and the
     /// `after_seq` of the next page if there is one. Read from the
     /// disclosure index; each answer is checked against its record.
-    pub fn disclosures(
+    pub async fn disclosures(
         &self,
         namespace: &str,
         token: &str,
@@ -530,22 +445,10 @@ impl Vault {
             0 => DEFAULT_DISCLOSURES,
             n => n.min(MAX_DISCLOSURES),
         };
-        let after = if after_seq == 0 {
-            Vec::new()
-        } else {
-            keys::disclosure_key(&mark, after_seq).to_vec()
-        };
-        let mut entries = self
-            .store
-            .scan_prefix(Cf::Disclosures, &mark, &after, limit + 1)?;
-        let more = entries.len() > limit;
-        entries.truncate(limit);
-        let seqs: Vec<u64> = entries
-            .iter()
-            .filter_map(|(key, _)| keys::disclosure_seq(key))
-            .collect();
-        let record_keys: Vec<[u8; 8]> = seqs.iter().map(|&s| keys::audit_key(s)).collect();
-        let records = self.store.multi_get(Cf::Audit, &record_keys)?;
+        let mut seqs = self.store.disclosures(&mark, after_seq, limit + 1).await?;
+        let more = seqs.len() > limit;
+        seqs.truncate(limit);
+        let records = self.store.audit_entries(&seqs).await?;
         let names: HashMap<String, String> =
             self.clients().into_iter().map(|c| (c.id, c.name)).collect();
         let mut found = Vec::with_capacity(seqs.len());
@@ -585,21 +488,24 @@ impl Vault {
     }
 
     /// The head of the audit chain: its sequence number (0: empty).
-    pub fn audit_head_seq(&self) -> Result<u64, Error> {
-        Ok(read_head(|| self.store.get(Cf::Meta, keys::META_AUDIT_HEAD))?.seq)
+    pub async fn audit_head_seq(&self) -> Result<u64, Error> {
+        Ok(self.store.audit_head().await?.seq)
     }
 
     /// The first sequence number whose record is at or after `since_ms`:
     /// a binary search, as times never decrease along the chain.
-    pub fn audit_seq_at(&self, since_ms: u64) -> Result<u64, Error> {
-        let (mut low, mut high) = (1, self.audit_head_seq()? + 1);
+    pub async fn audit_seq_at(&self, since_ms: u64) -> Result<u64, Error> {
+        let (mut low, mut high) = (1, self.audit_head_seq().await? + 1);
         while low < high {
             let mid = low + (high - low) / 2;
             let time = self
                 .store
-                .get(Cf::Audit, &keys::audit_key(mid))?
+                .audit_entries(&[mid])
+                .await?
+                .pop()
+                .flatten()
                 .as_deref()
-                .and_then(split_stored)
+                .and_then(StoredRecord::split)
                 .map_or(0, |s| s.time_ms);
             if time < since_ms {
                 low = mid + 1;
@@ -613,20 +519,14 @@ impl Vault {
     /// Up to `limit` records after sequence number `after_seq` and no
     /// further than `up_to`, in order. A record that does not parse ends
     /// the read with [`Error::Corrupt`]: an export must not skip one.
-    pub fn audit_records(
+    pub async fn audit_records(
         &self,
         after_seq: u64,
         up_to: u64,
         limit: usize,
     ) -> Result<Vec<AuditRecord>, Error> {
-        let after = if after_seq == 0 {
-            Vec::new()
-        } else {
-            keys::audit_key(after_seq).to_vec()
-        };
         let mut records = Vec::new();
-        for (key, value) in self.store.scan_after(Cf::Audit, &after, limit)? {
-            let seq = keys::decode_audit_key(&key).ok_or(Error::Corrupt("audit record key"))?;
+        for (seq, value) in self.store.audit_after(after_seq, limit).await? {
             if seq > up_to {
                 break;
             }
@@ -691,7 +591,7 @@ pub(crate) async fn load_or_create_key(
     // A vault without an audit key is one from before the audit trail.
     // If records exist, the key was removed: a new one would make every
     // token mark of the trail unanswerable, so refuse rather than hide it.
-    if read_head(|| store.get(Cf::Meta, keys::META_AUDIT_HEAD))?.seq > 0 {
+    if store.audit_head().await?.seq > 0 {
         return Err(Error::Corrupt(
             "the audit key is missing while audit records exist; refusing to create another",
         ));

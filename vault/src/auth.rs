@@ -12,7 +12,6 @@ use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
@@ -153,16 +152,8 @@ impl Client {
     }
 }
 
-/// A client as stored in the `clients` column family.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) struct ClientRecord {
-    pub(crate) name: String,
-    pub(crate) scopes: Vec<String>,
-    /// SHA-256 of the secret part of the API key, hex.
-    pub(crate) secret_sha256: String,
-    pub(crate) created_at: u64,
-    pub(crate) revoked_at: Option<u64>,
-}
+/// A client as stored.
+pub(crate) use crate::store::ClientRow as ClientRecord;
 
 impl ClientRecord {
     pub(crate) fn to_client(&self, id: &str) -> Result<Client, String> {

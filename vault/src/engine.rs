@@ -32,8 +32,8 @@ use crate::keyring::{Keyring, Lookup, SharedKeyring, load_keyring, reverse_ad};
 use crate::namespace::{self, Namespace, NamespaceSpec};
 use crate::store::keys::{self, ForwardKey, KeysetRow, KeysetState, ReverseRow};
 use crate::store::{
-    Candidate, Cf, InsertOutcome, Inserted, MappingStore, NewValues, Store, StoreError,
-    StoreOptions,
+    Candidate, Cf, InsertOutcome, Inserted, MappingStore, NamespaceRow, NewValues, RegistryStore,
+    Store, StoreError, StoreOptions,
 };
 
 pub use crate::store::Durability;
@@ -446,21 +446,15 @@ impl Vault {
         let keyring = load_keyring(&store, &kek)?;
         let audit_key = crate::audit::load_or_create_key(&store, &kek).await?;
         let mut namespaces: Vec<Namespace> = Vec::new();
-        for entry in store.scan(Cf::Namespaces) {
-            let (_, value) = entry?;
+        for row in store.namespace_rows().await? {
             namespaces.push(
-                serde_json::from_slice(&value)
-                    .map_err(|_| Error::Corrupt("namespace definition"))?,
+                serde_json::from_slice(&row).map_err(|_| Error::Corrupt("namespace definition"))?,
             );
         }
         let mut clients = ClientTable::default();
-        for entry in store.scan(Cf::Clients) {
-            let (id, value) = entry?;
-            let id = std::str::from_utf8(&id).map_err(|_| Error::Corrupt("client id"))?;
-            let record: ClientRecord =
-                serde_json::from_slice(&value).map_err(|_| Error::Corrupt("client record"))?;
+        for (id, record) in store.client_rows().await? {
             let client = record
-                .to_client(id)
+                .to_client(&id)
                 .map_err(|_| Error::Corrupt("client scopes"))?;
             clients.insert(client, &record.secret_sha256);
         }
@@ -529,10 +523,10 @@ impl Vault {
         &self,
         record: Option<AuditEvent>,
         complete: impl FnOnce(&mut AuditEvent),
-    ) -> Option<crate::audit::PendingRecord> {
+    ) -> Option<crate::store::PendingRecord> {
         record.map(|mut event| {
             complete(&mut event);
-            crate::audit::PendingRecord::new(self.active_keyset_version(), &event)
+            crate::audit::pending(self.active_keyset_version(), &event)
         })
     }
 
@@ -574,25 +568,19 @@ impl Vault {
             revoked_at: None,
         };
         let client = record.to_client(&id).map_err(Error::InvalidClient)?;
-        let encoded =
-            serde_json::to_vec(&record).map_err(|_| Error::InvalidClient("unencodable".into()))?;
-        let job_id = id.clone();
         let audited = self.pending_record(audit_record, |e| e.target = id.clone());
         let recorded = audited.is_some();
-        self.store
-            .write(move |txn| {
-                // 64 random bits: a clash is all but impossible, and never
-                // silently overwrites.
-                if txn.contains(Cf::Clients, job_id.as_bytes())? {
-                    return Err(StoreError::Unavailable("client id clash; retry".into()));
-                }
-                txn.put(Cf::Clients, job_id.as_bytes(), encoded);
-                if let Some(pending) = &audited {
-                    crate::audit::append(txn, pending)?;
-                }
-                Ok(())
-            })
-            .await?;
+        // 64 random bits: a clash is all but impossible, and never silently
+        // overwrites.
+        if !self
+            .store
+            .create_client(id.clone(), record, audited)
+            .await?
+        {
+            return Err(Error::Store(StoreError::Unavailable(
+                "client id clash; retry".into(),
+            )));
+        }
         self.count_record(recorded);
         self.clients
             .write()
@@ -615,27 +603,12 @@ impl Vault {
         id: &str,
         audit_record: Option<AuditEvent>,
     ) -> Result<Client, Error> {
-        let job_id = id.to_owned();
         let now = now_secs();
         let audited = self.pending_record(audit_record, |e| e.target = id.to_owned());
         let recorded = audited.is_some();
         let record = self
             .store
-            .write_job(move |txn| -> Result<_, Error> {
-                let Some(bytes) = txn.get(Cf::Clients, job_id.as_bytes())? else {
-                    return Ok(None);
-                };
-                let mut record: ClientRecord =
-                    serde_json::from_slice(&bytes).map_err(|_| Error::Corrupt("client record"))?;
-                record.revoked_at.get_or_insert(now);
-                let encoded =
-                    serde_json::to_vec(&record).map_err(|_| Error::Corrupt("client record"))?;
-                txn.put(Cf::Clients, job_id.as_bytes(), encoded);
-                if let Some(pending) = &audited {
-                    crate::audit::append(txn, pending)?;
-                }
-                Ok(Some(record))
-            })
+            .revoke_client(id.to_owned(), now, audited)
             .await?
             .ok_or_else(|| Error::ClientNotFound(id.to_owned()))?;
         self.count_record(recorded);
@@ -748,36 +721,21 @@ impl Vault {
         spec.validate().map_err(Error::InvalidNamespace)?;
         let audited = self.pending_record(audit_record, |e| e.namespace = spec.name.clone());
         let recorded = audited.is_some();
-        let created = self
+        let ns = Namespace {
+            name: spec.name,
+            id: 0,
+            format: spec.format,
+            deterministic: spec.deterministic,
+            created_at: now_secs(),
+        };
+        let template = ns.clone();
+        let row: NamespaceRow = Box::new(move |id| encode_namespace(&Namespace { id, ..template }));
+        let id = self
             .store
-            .write_job(move |txn| -> Result<_, Error> {
-                if txn.contains(Cf::Namespaces, spec.name.as_bytes())? {
-                    return Ok(Err(Error::NamespaceExists(spec.name)));
-                }
-                let id = txn
-                    .get(Cf::Meta, keys::META_NEXT_NAMESPACE_ID)?
-                    .as_deref()
-                    .and_then(keys::decode_u32)
-                    .ok_or(Error::Corrupt("meta lacks the next namespace id"))?;
-                let ns = Namespace {
-                    name: spec.name,
-                    id,
-                    format: spec.format,
-                    deterministic: spec.deterministic,
-                    created_at: now_secs(),
-                };
-                txn.put(
-                    Cf::Meta,
-                    keys::META_NEXT_NAMESPACE_ID,
-                    keys::u32_bytes(id + 1),
-                );
-                txn.put(Cf::Namespaces, ns.name.as_bytes(), encode_namespace(&ns));
-                if let Some(pending) = &audited {
-                    crate::audit::append(txn, pending)?;
-                }
-                Ok(Ok(ns))
-            })
-            .await??;
+            .create_namespace(ns.name.clone(), row, audited)
+            .await?
+            .ok_or_else(|| Error::NamespaceExists(ns.name.clone()))?;
+        let created = Namespace { id, ..ns };
         self.count_record(recorded);
         let mut map = self.namespaces.write().unwrap_or_else(|e| e.into_inner());
         map.insert(created.name.clone(), Arc::new(created.clone()));

@@ -186,7 +186,7 @@ impl Vault {
         let version = newest + 1;
         let audited = audit_record.map(|mut event| {
             event.target = format!("keyset {version}");
-            crate::audit::PendingRecord::new(self.active_keyset_version(), &event)
+            crate::audit::pending(self.active_keyset_version(), &event)
         });
         let recorded = audited.is_some();
         let keyset = Arc::new(Keyset::generate(version).map_err(Error::Crypto)?);
@@ -237,7 +237,7 @@ impl Vault {
                 };
                 txn.put(Cf::Meta, keys::META_ROTATION, rotation.encode());
                 if let Some(pending) = &audited {
-                    crate::audit::append(txn, pending)?;
+                    crate::store::append_audit(txn, pending)?;
                 }
                 // In force before the next commit: no job after this one
                 // writes under the retiring keyset.

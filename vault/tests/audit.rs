@@ -139,7 +139,7 @@ async fn the_chain_verifies_across_restarts_and_a_key_rotation() {
     let report = vault.verify_audit().await.expect("verify");
     assert!(report.is_intact(), "{report:?}");
     assert_eq!((report.records, report.head_seq), (7, 7));
-    let records = vault.audit_records(0, u64::MAX, 100).expect("read");
+    let records = vault.audit_records(0, u64::MAX, 100).await.expect("read");
     assert_eq!(records.len(), 7);
     assert!(
         records
@@ -152,7 +152,7 @@ async fn the_chain_verifies_across_restarts_and_a_key_rotation() {
     );
     close(vault);
 
-    let offline = verify_audit_at(dir.path()).expect("offline verify");
+    let offline = verify_audit_at(dir.path()).await.expect("offline verify");
     assert!(offline.is_intact());
     assert_eq!(offline.records, 7);
 }
@@ -168,7 +168,7 @@ async fn an_edited_record_is_named() {
         txn.put(Cf::Audit, 4u64.to_be_bytes(), edited)
     })
     .await;
-    let report = verify_audit_at(dir.path()).expect("verify");
+    let report = verify_audit_at(dir.path()).await.expect("verify");
     assert_eq!(report.first_bad.map(|(seq, _)| seq), Some(4), "{report:?}");
     assert_eq!(report.records, 3);
 }
@@ -178,7 +178,7 @@ async fn a_deleted_record_is_named() {
     let dir = tempfile::tempdir().expect("tempdir");
     vault_with_records(dir.path(), 10).await;
     tamper(dir.path(), |txn| txn.delete(Cf::Audit, 6u64.to_be_bytes())).await;
-    let report = verify_audit_at(dir.path()).expect("verify");
+    let report = verify_audit_at(dir.path()).await.expect("verify");
     assert_eq!(report.first_bad.map(|(seq, _)| seq), Some(6), "{report:?}");
 }
 
@@ -192,7 +192,7 @@ async fn reordered_records_are_named() {
         txn.put(Cf::Audit, 8u64.to_be_bytes(), a);
     })
     .await;
-    let report = verify_audit_at(dir.path()).expect("verify");
+    let report = verify_audit_at(dir.path()).await.expect("verify");
     assert_eq!(report.first_bad.map(|(seq, _)| seq), Some(7), "{report:?}");
 }
 
@@ -206,7 +206,7 @@ async fn a_truncated_chain_is_named() {
         }
     })
     .await;
-    let report = verify_audit_at(dir.path()).expect("verify");
+    let report = verify_audit_at(dir.path()).await.expect("verify");
     assert_eq!(report.first_bad.map(|(seq, _)| seq), Some(8), "{report:?}");
     assert_eq!((report.records, report.head_seq), (7, 10));
 }
@@ -233,7 +233,7 @@ async fn a_truncation_with_a_rewritten_head_is_refused_at_start() {
         txn.put(Cf::Meta, phivault::store::keys::META_AUDIT_HEAD, head);
     })
     .await;
-    let report = verify_audit_at(dir.path()).expect("verify");
+    let report = verify_audit_at(dir.path()).await.expect("verify");
     assert!(report.is_intact(), "the links alone look fine: {report:?}");
     match Vault::open(dir.path(), key_file(), VaultOptions::default()).await {
         Err(phivault::Error::Store(phivault::store::StoreError::Tampered { table, row })) => {
@@ -358,7 +358,10 @@ async fn disclosures_come_from_the_index_across_rotations_and_pages() {
         .await
         .expect("f");
 
-    let (found, next) = vault.disclosures("ssn", wanted, 0, 0).expect("disclosures");
+    let (found, next) = vault
+        .disclosures("ssn", wanted, 0, 0)
+        .await
+        .expect("disclosures");
     let who: Vec<(&str, bool, u32)> = found
         .iter()
         .map(|d| (d.client_id.as_str(), d.masked, d.keyset_version))
@@ -374,10 +377,16 @@ async fn disclosures_come_from_the_index_across_rotations_and_pages() {
     assert_eq!(next, None);
     assert_eq!(found[1].request_id, "req-bbbb000000000002");
 
-    let (first, next) = vault.disclosures("ssn", wanted, 0, 2).expect("page 1");
+    let (first, next) = vault
+        .disclosures("ssn", wanted, 0, 2)
+        .await
+        .expect("page 1");
     assert_eq!(first.len(), 2);
     let next = next.expect("a second page");
-    let (second, last) = vault.disclosures("ssn", wanted, next, 2).expect("page 2");
+    let (second, last) = vault
+        .disclosures("ssn", wanted, next, 2)
+        .await
+        .expect("page 2");
     assert_eq!(
         second.iter().map(|d| d.seq).collect::<Vec<_>>(),
         [found[2].seq]
@@ -385,11 +394,11 @@ async fn disclosures_come_from_the_index_across_rotations_and_pages() {
     assert_eq!(last, None);
 
     assert!(matches!(
-        vault.disclosures("ssn", "not a token", 0, 0),
+        vault.disclosures("ssn", "not a token", 0, 0).await,
         Err(phivault::Error::InvalidToken(_))
     ));
     assert!(matches!(
-        vault.disclosures("nope", wanted, 0, 0),
+        vault.disclosures("nope", wanted, 0, 0).await,
         Err(phivault::Error::NamespaceNotFound(_))
     ));
     close(vault);

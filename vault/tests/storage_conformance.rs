@@ -13,14 +13,19 @@ use std::sync::{Arc, Mutex};
 
 use phivault::store::keys::{self, ForwardKey};
 use phivault::store::{
-    Candidate, Cf, InsertOutcome, Inserted, MappingStore, NewValues, Store, StoreOptions,
+    AuditStore, Candidate, Cf, ClientRow, InsertOutcome, Inserted, MappingStore, NewValues,
+    PendingRecord, RegistryStore, Store, StoreOptions, StoredRecord, chain_hash,
 };
+
+/// Everything a backend provides.
+trait Backend: MappingStore + AuditStore + RegistryStore {}
+impl<T: MappingStore + AuditStore + RegistryStore> Backend for T {}
 
 type Boxed<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 /// A backend under test.
 struct Harness {
-    store: Arc<dyn MappingStore>,
+    store: Arc<dyn Backend>,
     /// Makes keyset `version` the active one.
     activate: Box<dyn Fn(u32) -> Boxed<()> + Send + Sync>,
     _dir: tempfile::TempDir,
@@ -49,6 +54,13 @@ async fn rocksdb() -> Harness {
         })
     };
     activate(1).await;
+    store
+        .write(|txn| {
+            txn.put(Cf::Meta, keys::META_NEXT_NAMESPACE_ID, keys::u32_bytes(1));
+            Ok::<_, phivault::store::StoreError>(())
+        })
+        .await
+        .expect("the first namespace id");
     Harness {
         store,
         activate: Box::new(activate),
@@ -144,14 +156,14 @@ impl NewValues for Batch {
     }
 }
 
-async fn insert(store: &dyn MappingStore, keyset: u32, values: Vec<Value>) -> InsertOutcome {
+async fn insert(store: &dyn Backend, keyset: u32, values: Vec<Value>) -> InsertOutcome {
     store
         .insert_mappings(Arc::new(Batch { keyset, values }))
         .await
         .expect("insert_mappings")
 }
 
-async fn insert_done(store: &dyn MappingStore, keyset: u32, values: Vec<Value>) -> Vec<Inserted> {
+async fn insert_done(store: &dyn Backend, keyset: u32, values: Vec<Value>) -> Vec<Inserted> {
     match insert(store, keyset, values).await {
         InsertOutcome::Done(done) => done,
         InsertOutcome::StaleKeyset => panic!("keyset {keyset} is the active one"),
@@ -382,6 +394,202 @@ async fn a_batch_made_under_a_retired_keyset_writes_nothing() {
                 .await
                 .expect("forward_entries");
             assert_eq!(entries, vec![None], "{name}");
+        })
+    })
+    .await;
+}
+
+fn record(body: &str, revealed: &[[u8; 32]]) -> PendingRecord {
+    PendingRecord::new(body.as_bytes().to_vec(), revealed.to_vec())
+}
+
+fn client(name: &str) -> ClientRow {
+    ClientRow {
+        name: name.into(),
+        scopes: vec!["admin".into()],
+        secret_sha256: "00".repeat(32),
+        created_at: 1,
+        revoked_at: None,
+    }
+}
+
+#[tokio::test]
+async fn audit_records_chain_in_order_and_index_their_disclosures() {
+    each_backend(|name, h| {
+        Box::pin(async move {
+            let store = h.store.as_ref();
+            assert_eq!(store.audit_head().await.expect("head").seq, 0, "{name}");
+            let seqs = store
+                .append_audit(vec![record("a", &[[1; 32]]), record("b", &[])])
+                .await
+                .expect("append");
+            assert_eq!(seqs, vec![1, 2], "{name}");
+            let seqs = store
+                .append_audit(vec![record("c", &[[1; 32], [2; 32]])])
+                .await
+                .expect("append");
+            assert_eq!(seqs, vec![3], "{name}");
+
+            let all = store.audit_after(0, 10).await.expect("audit_after");
+            assert_eq!(
+                all.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(),
+                vec![1, 2, 3],
+                "{name}"
+            );
+            let mut prev = [0u8; 32];
+            for ((seq, stored), body) in all.iter().zip(["a", "b", "c"]) {
+                let stored = StoredRecord::split(stored).expect("a stored record");
+                assert_eq!(stored.body, body.as_bytes(), "{name}");
+                assert_eq!(
+                    stored.prev, prev,
+                    "{name}: record {seq} links to the one before"
+                );
+                let digest: [u8; 32] = sha256(stored.body);
+                assert_eq!(
+                    chain_hash(*seq, stored.time_ms, &prev, &digest),
+                    stored.hash,
+                    "{name}"
+                );
+                prev = stored.hash;
+            }
+            let head = store.audit_head().await.expect("head");
+            assert_eq!((head.seq, head.hash), (3, prev), "{name}");
+
+            let after = store.audit_after(1, 1).await.expect("audit_after");
+            assert_eq!(after.len(), 1, "{name}");
+            assert_eq!(after[0].0, 2, "{name}");
+            let picked = store.audit_entries(&[3, 9]).await.expect("entries");
+            assert_eq!(picked, vec![Some(all[2].1.clone()), None], "{name}");
+
+            let one = store
+                .disclosures(&[1; 32], 0, 10)
+                .await
+                .expect("disclosures");
+            assert_eq!(one, vec![1, 3], "{name}");
+            let paged = store
+                .disclosures(&[1; 32], 1, 10)
+                .await
+                .expect("disclosures");
+            assert_eq!(paged, vec![3], "{name}");
+            let two = store
+                .disclosures(&[2; 32], 0, 10)
+                .await
+                .expect("disclosures");
+            assert_eq!(two, vec![3], "{name}");
+            let none = store
+                .disclosures(&[3; 32], 0, 10)
+                .await
+                .expect("disclosures");
+            assert!(none.is_empty(), "{name}");
+        })
+    })
+    .await;
+}
+
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).into()
+}
+
+#[tokio::test]
+async fn a_registry_change_and_its_audit_record_commit_together() {
+    each_backend(|name, h| {
+        Box::pin(async move {
+            let store = h.store.as_ref();
+            // The fresh store's next namespace id is 1.
+            let first = store
+                .create_namespace(
+                    "ssn".into(),
+                    Box::new(|id| format!("ssn:{id}").into_bytes()),
+                    Some(record("created ssn", &[])),
+                )
+                .await
+                .expect("create");
+            let second = store
+                .create_namespace(
+                    "mrn".into(),
+                    Box::new(|id| format!("mrn:{id}").into_bytes()),
+                    None,
+                )
+                .await
+                .expect("create");
+            assert!(
+                matches!((first, second), (Some(a), Some(b)) if b == a + 1),
+                "{name}"
+            );
+            let again = store
+                .create_namespace(
+                    "ssn".into(),
+                    Box::new(|_| b"overwritten".to_vec()),
+                    Some(record("again", &[])),
+                )
+                .await
+                .expect("create");
+            assert_eq!(again, None, "{name}: a taken name is refused");
+            let mut rows = store.namespace_rows().await.expect("rows");
+            rows.sort();
+            let expected = vec![
+                format!("mrn:{}", first.unwrap_or_default() + 1).into_bytes(),
+                format!("ssn:{}", first.unwrap_or_default()).into_bytes(),
+            ];
+            assert_eq!(rows, expected, "{name}");
+            assert_eq!(
+                store.audit_head().await.expect("head").seq,
+                1,
+                "{name}: only the change that happened is on record"
+            );
+
+            assert!(
+                store
+                    .create_client("c1".into(), client("one"), Some(record("c1", &[])))
+                    .await
+                    .expect("create client"),
+                "{name}"
+            );
+            assert!(
+                !store
+                    .create_client("c1".into(), client("impostor"), Some(record("again", &[])))
+                    .await
+                    .expect("create client"),
+                "{name}: an existing client is never overwritten"
+            );
+            let revoked = store
+                .revoke_client("c1".into(), 50, Some(record("revoke", &[])))
+                .await
+                .expect("revoke")
+                .expect("the client exists");
+            assert_eq!(revoked.revoked_at, Some(50), "{name}");
+            let twice = store
+                .revoke_client("c1".into(), 99, None)
+                .await
+                .expect("revoke")
+                .expect("the client exists");
+            assert_eq!(
+                twice.revoked_at,
+                Some(50),
+                "{name}: the first revocation stands"
+            );
+            let missing = store
+                .revoke_client("nobody".into(), 50, Some(record("nobody", &[])))
+                .await
+                .expect("revoke");
+            assert!(missing.is_none(), "{name}");
+            let clients = store.client_rows().await.expect("clients");
+            assert_eq!(clients.len(), 1, "{name}");
+            assert_eq!(
+                (
+                    clients[0].0.as_str(),
+                    clients[0].1.name.as_str(),
+                    clients[0].1.revoked_at
+                ),
+                ("c1", "one", Some(50)),
+                "{name}"
+            );
+            assert_eq!(
+                store.audit_head().await.expect("head").seq,
+                3,
+                "{name}: namespace, client and revocation records; none for refusals"
+            );
         })
     })
     .await;

@@ -609,7 +609,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Status { vault } => {
             let opened = open_vault(&vault).await?;
-            print_status(&opened);
+            print_status(&opened).await;
             opened.close()?;
         }
         Command::Serve(args) => serve(*args).await?,
@@ -627,7 +627,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let report = opened.verify()?;
             opened.close()?;
             print_report(&report);
-            let audit = phivault::verify_audit_at(&vault.data_dir)?;
+            let audit = phivault::verify_audit_at(&vault.data_dir).await?;
             print_audit_report(&audit, false);
             if !report.is_clean() {
                 bail!("{} problem(s) found", report.counts.values().sum::<u64>());
@@ -637,7 +637,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             }
         }
         Command::Audit(AuditCommand::Verify { data_dir, json }) => {
-            let report = phivault::verify_audit_at(&data_dir)?;
+            let report = phivault::verify_audit_at(&data_dir).await?;
             print_audit_report(&report, json);
             if let Some((seq, _)) = report.first_bad {
                 bail!("the audit chain is broken at record {seq}");
@@ -887,7 +887,7 @@ async fn dev_vault(dir: &Path, options: VaultOptions) -> anyhow::Result<Vault> {
     Ok(vault)
 }
 
-fn print_status(vault: &Vault) {
+async fn print_status(vault: &Vault) {
     println!("active keyset version: {}", vault.active_keyset_version());
     if let Ok(status) = vault.key_status() {
         for v in &status.versions {
@@ -900,7 +900,7 @@ fn print_status(vault: &Vault) {
             );
         }
     }
-    if let Ok(head) = vault.audit_head_seq() {
+    if let Ok(head) = vault.audit_head_seq().await {
         println!("audit trail: {head} records (`phivault audit verify` walks the chain)");
     }
     println!("namespaces:");

@@ -102,14 +102,12 @@ async fn export_chunk(
 ) -> Result<Option<(RecordChunk, ExportState)>, Status> {
     let up_to = match up_to {
         Some(seq) => seq,
-        None => vault.audit_head_seq().map_err(Status::from)?,
+        None => vault.audit_head_seq().await.map_err(Status::from)?,
     };
-    let reader = Arc::clone(&vault);
-    let chunk =
-        tokio::task::spawn_blocking(move || reader.audit_records(after, up_to, EXPORT_CHUNK))
-            .await
-            .map_err(|_| Status::internal("internal error"))?
-            .map_err(Status::from)?;
+    let chunk = vault
+        .audit_records(after, up_to, EXPORT_CHUNK)
+        .await
+        .map_err(Status::from)?;
     let Some(last) = chunk.last().map(|r| r.seq) else {
         return Ok(None);
     };
@@ -286,6 +284,7 @@ impl Admin for AdminService {
                 request.after_seq,
                 request.limit as usize,
             )
+            .await
             .map(|(found, next)| pb::ListDisclosuresResponse {
                 disclosures: found.iter().map(convert::disclosure).collect(),
                 next_after_seq: next.unwrap_or(0),
@@ -318,6 +317,7 @@ impl Admin for AdminService {
             0 => Ok(request.after_seq),
             since => vault
                 .audit_seq_at(since)
+                .await
                 .map(|first| first.saturating_sub(1).max(request.after_seq))
                 .map_err(Status::from),
         };

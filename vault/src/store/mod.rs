@@ -1,9 +1,11 @@
 //! The only module that touches RocksDB: column families, options, key
 //! encodings, reads, and the single writer every write goes through.
 
+mod audit;
 pub mod integrity;
 pub mod keys;
 mod mappings;
+mod registry;
 mod writer;
 
 use std::path::Path;
@@ -16,7 +18,9 @@ use rocksdb::{
 };
 use tokio::sync::oneshot;
 
+pub use audit::{AuditStore, PendingRecord, StoredRecord, chain_hash};
 pub use mappings::{Candidate, InsertOutcome, Inserted, MappingStore, NewValues, StoreFuture};
+pub use registry::{ClientRow, NamespaceRow, RegistryStore};
 pub use writer::{BATCH_BUCKETS, Txn, WriterStats};
 
 /// A key and its value, as a scan yields them.
@@ -222,6 +226,26 @@ impl Inner {
         }
     }
 
+    fn scan_after(&self, cf: Cf, after: &[u8], limit: usize) -> Result<Vec<Entry>, StoreError> {
+        let mode = if after.is_empty() {
+            IteratorMode::Start
+        } else {
+            IteratorMode::From(after, Direction::Forward)
+        };
+        let mut entries = Vec::with_capacity(limit.min(4096));
+        for entry in self.db.iterator_cf(self.cf(cf), mode) {
+            let (key, value) = entry?;
+            if !after.is_empty() && *key == *after {
+                continue;
+            }
+            entries.push(self.unseal_entry(cf, (key, value))?);
+            if entries.len() >= limit {
+                break;
+            }
+        }
+        Ok(entries)
+    }
+
     fn cf(&self, cf: Cf) -> &ColumnFamily {
         // Every column family is created or verified when the database opens
         // (see `Store::open_db`), so the handle always exists.
@@ -416,23 +440,7 @@ impl Store {
     /// column family in chunks this way, persisting the last key as their
     /// cursor.
     pub fn scan_after(&self, cf: Cf, after: &[u8], limit: usize) -> Result<Vec<Entry>, StoreError> {
-        let mode = if after.is_empty() {
-            IteratorMode::Start
-        } else {
-            IteratorMode::From(after, Direction::Forward)
-        };
-        let mut entries = Vec::with_capacity(limit.min(4096));
-        for entry in self.inner.db.iterator_cf(self.inner.cf(cf), mode) {
-            let (key, value) = entry?;
-            if !after.is_empty() && *key == *after {
-                continue;
-            }
-            entries.push(self.inner.unseal_entry(cf, (key, value))?);
-            if entries.len() >= limit {
-                break;
-            }
-        }
-        Ok(entries)
+        self.inner.scan_after(cf, after, limit)
     }
 
     /// Up to `limit` entries of `cf` whose key starts with `prefix`, in key
@@ -622,6 +630,209 @@ impl MappingStore for Store {
     fn insert_mappings(&self, values: Arc<dyn NewValues>) -> StoreFuture<'_, InsertOutcome> {
         Box::pin(self.write(move |txn| insert_mappings(txn, values.as_ref())))
     }
+}
+
+impl AuditStore for Store {
+    fn append_audit(&self, records: Vec<PendingRecord>) -> StoreFuture<'_, Vec<u64>> {
+        Box::pin(self.write(move |txn| records.iter().map(|r| append_audit(txn, r)).collect()))
+    }
+
+    fn audit_head(&self) -> StoreFuture<'_, keys::AuditHead> {
+        Box::pin(std::future::ready(read_audit_head(
+            self.get(Cf::Meta, keys::META_AUDIT_HEAD),
+        )))
+    }
+
+    fn audit_after(&self, after: u64, limit: usize) -> StoreFuture<'_, Vec<(u64, Vec<u8>)>> {
+        // An export or a verify walks the whole chain: off the async workers.
+        let inner = Arc::clone(&self.inner);
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                let from = if after == 0 {
+                    Vec::new()
+                } else {
+                    keys::audit_key(after).to_vec()
+                };
+                inner
+                    .scan_after(Cf::Audit, &from, limit)?
+                    .into_iter()
+                    .map(|(key, value)| {
+                        let seq = keys::decode_audit_key(&key).ok_or(StoreError::Corrupt {
+                            table: "audit",
+                            what: "a record's key is malformed",
+                        })?;
+                        Ok((seq, value.into_vec()))
+                    })
+                    .collect()
+            })
+            .await
+            .map_err(|_| StoreError::JobPanicked)?
+        })
+    }
+
+    fn audit_entries<'a>(&'a self, seqs: &'a [u64]) -> StoreFuture<'a, Vec<Option<Vec<u8>>>> {
+        let keys: Vec<[u8; 8]> = seqs.iter().map(|&s| keys::audit_key(s)).collect();
+        Box::pin(std::future::ready(self.multi_get(Cf::Audit, &keys)))
+    }
+
+    fn disclosures<'a>(
+        &'a self,
+        mark: &'a [u8; 32],
+        after: u64,
+        limit: usize,
+    ) -> StoreFuture<'a, Vec<u64>> {
+        let after = if after == 0 {
+            Vec::new()
+        } else {
+            keys::disclosure_key(mark, after).to_vec()
+        };
+        Box::pin(std::future::ready(
+            self.scan_prefix(Cf::Disclosures, mark, &after, limit)
+                .map(|entries| {
+                    entries
+                        .iter()
+                        .filter_map(|(key, _)| keys::disclosure_seq(key))
+                        .collect()
+                }),
+        ))
+    }
+}
+
+impl RegistryStore for Store {
+    fn namespace_rows(&self) -> StoreFuture<'_, Vec<Vec<u8>>> {
+        Box::pin(std::future::ready(
+            self.scan(Cf::Namespaces)
+                .map(|entry| entry.map(|(_, value)| value.into_vec()))
+                .collect(),
+        ))
+    }
+
+    fn client_rows(&self) -> StoreFuture<'_, Vec<(String, ClientRow)>> {
+        let unreadable = StoreError::Corrupt {
+            table: "clients",
+            what: "a client row is unreadable",
+        };
+        Box::pin(std::future::ready(
+            self.scan(Cf::Clients)
+                .map(|entry| {
+                    let (id, value) = entry?;
+                    let id = String::from_utf8(id.into_vec()).map_err(|_| unreadable.clone())?;
+                    let row = serde_json::from_slice(&value).map_err(|_| unreadable.clone())?;
+                    Ok((id, row))
+                })
+                .collect(),
+        ))
+    }
+
+    fn create_namespace(
+        &self,
+        name: String,
+        row: NamespaceRow,
+        audit: Option<PendingRecord>,
+    ) -> StoreFuture<'_, Option<u32>> {
+        Box::pin(self.write(move |txn| {
+            if txn.contains(Cf::Namespaces, name.as_bytes())? {
+                return Ok(None);
+            }
+            let id = txn
+                .get(Cf::Meta, keys::META_NEXT_NAMESPACE_ID)?
+                .as_deref()
+                .and_then(keys::decode_u32)
+                .ok_or(StoreError::Corrupt {
+                    table: "meta",
+                    what: "the next namespace id is missing or unreadable",
+                })?;
+            txn.put(
+                Cf::Meta,
+                keys::META_NEXT_NAMESPACE_ID,
+                keys::u32_bytes(id + 1),
+            );
+            txn.put(Cf::Namespaces, name.into_bytes(), row(id));
+            if let Some(record) = &audit {
+                append_audit(txn, record)?;
+            }
+            Ok(Some(id))
+        }))
+    }
+
+    fn create_client(
+        &self,
+        id: String,
+        row: ClientRow,
+        audit: Option<PendingRecord>,
+    ) -> StoreFuture<'_, bool> {
+        Box::pin(self.write(move |txn| {
+            if txn.contains(Cf::Clients, id.as_bytes())? {
+                return Ok(false);
+            }
+            txn.put(Cf::Clients, id.into_bytes(), encode_client(&row)?);
+            if let Some(record) = &audit {
+                append_audit(txn, record)?;
+            }
+            Ok(true)
+        }))
+    }
+
+    fn revoke_client(
+        &self,
+        id: String,
+        at: u64,
+        audit: Option<PendingRecord>,
+    ) -> StoreFuture<'_, Option<ClientRow>> {
+        Box::pin(self.write(move |txn| {
+            let Some(bytes) = txn.get(Cf::Clients, id.as_bytes())? else {
+                return Ok(None);
+            };
+            let mut row: ClientRow =
+                serde_json::from_slice(&bytes).map_err(|_| StoreError::Corrupt {
+                    table: "clients",
+                    what: "a client row is unreadable",
+                })?;
+            row.revoked_at.get_or_insert(at);
+            txn.put(Cf::Clients, id.into_bytes(), encode_client(&row)?);
+            if let Some(record) = &audit {
+                append_audit(txn, record)?;
+            }
+            Ok(Some(row))
+        }))
+    }
+}
+
+fn encode_client(row: &ClientRow) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(row).map_err(|_| StoreError::Corrupt {
+        table: "clients",
+        what: "a client row cannot be encoded",
+    })
+}
+
+/// The audit head as stored (the default before the first record).
+fn read_audit_head(
+    stored: Result<Option<Vec<u8>>, StoreError>,
+) -> Result<keys::AuditHead, StoreError> {
+    match stored? {
+        None => Ok(keys::AuditHead::default()),
+        Some(bytes) => keys::AuditHead::decode(&bytes).ok_or(StoreError::Corrupt {
+            table: "meta",
+            what: "the audit head is unreadable",
+        }),
+    }
+}
+
+/// On the writer thread: links the record to the head as this commit leaves
+/// it, writes it and its disclosure index entries, and moves the head.
+pub(crate) fn append_audit(txn: &mut Txn<'_>, record: &PendingRecord) -> Result<u64, StoreError> {
+    let head = read_audit_head(txn.get(Cf::Meta, keys::META_AUDIT_HEAD))?;
+    let (head, value) = record.link(&head, crate::clock::now_ms());
+    txn.put(Cf::Audit, keys::audit_key(head.seq), value);
+    for mark in record.revealed() {
+        txn.put(
+            Cf::Disclosures,
+            keys::disclosure_key(mark, head.seq),
+            Vec::new(),
+        );
+    }
+    txn.put(Cf::Meta, keys::META_AUDIT_HEAD, head.encode());
+    Ok(head.seq)
 }
 
 /// On the writer thread, inside a group commit whose overlay holds the

@@ -1,0 +1,130 @@
+//! The audit operations of the storage boundary, and the stored form of an
+//! audit record that every backend writes alike (DESIGN.md §7).
+//!
+//! A record's body is opaque here: the audit trail encodes it and takes its
+//! digest on the request task. What storage does is link it to the head of
+//! its chain, store it with its disclosure index entries, and move the head,
+//! in the same commit as the state change it describes when there is one.
+
+use sha2::{Digest, Sha256};
+
+use super::StoreFuture;
+use super::keys::AuditHead;
+
+/// Domain label of the chain hash.
+const CHAIN_LABEL: &[u8] = b"phivault audit v1";
+/// Format byte of a stored record.
+const RECORD_FORMAT: u8 = 1;
+/// `format ‖ time_ms ‖ prev ‖ hash` before the body.
+const HEADER_LEN: usize = 1 + 8 + 32 + 32;
+
+/// A record on its way to storage: the body encoded and hashed off the
+/// writer, and the marks of the tokens it revealed (its disclosure index
+/// entries).
+#[derive(Clone)]
+pub struct PendingRecord {
+    body: Vec<u8>,
+    digest: [u8; 32],
+    revealed: Vec<[u8; 32]>,
+}
+
+impl PendingRecord {
+    /// A record of `body`, revealing the tokens of `revealed`.
+    pub fn new(body: Vec<u8>, revealed: Vec<[u8; 32]>) -> Self {
+        Self {
+            digest: Sha256::digest(&body).into(),
+            body,
+            revealed,
+        }
+    }
+
+    /// The marks of the tokens the record revealed.
+    pub fn revealed(&self) -> &[[u8; 32]] {
+        &self.revealed
+    }
+
+    /// The record linked after `head`: the head it leaves and its stored
+    /// form. The time is never earlier than the head's, so that records sort
+    /// by time as they do by sequence number even if the clock steps back.
+    pub fn link(&self, head: &AuditHead, now_ms: u64) -> (AuditHead, Vec<u8>) {
+        let seq = head.seq + 1;
+        let time_ms = now_ms.max(head.time_ms);
+        let hash = chain_hash(seq, time_ms, &head.hash, &self.digest);
+        let mut value = Vec::with_capacity(HEADER_LEN + self.body.len());
+        value.push(RECORD_FORMAT);
+        value.extend_from_slice(&time_ms.to_be_bytes());
+        value.extend_from_slice(&head.hash);
+        value.extend_from_slice(&hash);
+        value.extend_from_slice(&self.body);
+        (AuditHead { seq, time_ms, hash }, value)
+    }
+}
+
+/// `hash(n) = SHA-256(label ‖ n ‖ time ‖ prev ‖ SHA-256(body))`.
+pub fn chain_hash(seq: u64, time_ms: u64, prev: &[u8; 32], body_digest: &[u8; 32]) -> [u8; 32] {
+    let mut hash = Sha256::new();
+    hash.update(CHAIN_LABEL);
+    hash.update(seq.to_be_bytes());
+    hash.update(time_ms.to_be_bytes());
+    hash.update(prev);
+    hash.update(body_digest);
+    hash.finalize().into()
+}
+
+/// A stored record's header and body, split.
+pub struct StoredRecord<'a> {
+    /// Milliseconds since the Unix epoch.
+    pub time_ms: u64,
+    /// The hash of the record before it.
+    pub prev: [u8; 32],
+    /// Its own hash.
+    pub hash: [u8; 32],
+    /// The body, as the audit trail encoded it.
+    pub body: &'a [u8],
+}
+
+impl<'a> StoredRecord<'a> {
+    /// Splits a stored record; `None` if it is not one.
+    pub fn split(value: &'a [u8]) -> Option<Self> {
+        let (&format, rest) = value.split_first()?;
+        if format != RECORD_FORMAT {
+            return None;
+        }
+        let (time_ms, rest) = rest.split_first_chunk::<8>()?;
+        let (prev, rest) = rest.split_first_chunk::<32>()?;
+        let (hash, body) = rest.split_first_chunk::<32>()?;
+        Some(Self {
+            time_ms: u64::from_be_bytes(*time_ms),
+            prev: *prev,
+            hash: *hash,
+            body,
+        })
+    }
+}
+
+/// The audit operations of a backend.
+pub trait AuditStore: Send + Sync {
+    /// Appends `records`, in order, in one commit, and returns their
+    /// sequence numbers once the commit is durable.
+    fn append_audit(&self, records: Vec<PendingRecord>) -> StoreFuture<'_, Vec<u64>>;
+
+    /// The head of the chain (all zero before the first record).
+    fn audit_head(&self) -> StoreFuture<'_, AuditHead>;
+
+    /// Up to `limit` stored records after sequence number `after` (from the
+    /// first when 0), in order.
+    fn audit_after(&self, after: u64, limit: usize) -> StoreFuture<'_, Vec<(u64, Vec<u8>)>>;
+
+    /// The stored records of `seqs`, in order.
+    fn audit_entries<'a>(&'a self, seqs: &'a [u64]) -> StoreFuture<'a, Vec<Option<Vec<u8>>>>;
+
+    /// Sequence numbers of the records that revealed the token marked
+    /// `mark`, in order, after `after` (from the first when 0), at most
+    /// `limit`.
+    fn disclosures<'a>(
+        &'a self,
+        mark: &'a [u8; 32],
+        after: u64,
+        limit: usize,
+    ) -> StoreFuture<'a, Vec<u64>>;
+}

@@ -1,0 +1,64 @@
+//! The registry operations of the storage boundary: namespaces and clients,
+//! each change stored with its audit record in one commit, so that a change
+//! and its record exist together or not at all.
+
+use serde::{Deserialize, Serialize};
+
+use super::{PendingRecord, StoreFuture};
+
+/// A client as stored. No `Debug`: it holds the digest of an API key's
+/// secret, which has no business in a log.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct ClientRow {
+    /// The administrator's name for it.
+    pub name: String,
+    /// Its scopes, as written (`tokenize:ssn`, `admin`, …).
+    pub scopes: Vec<String>,
+    /// SHA-256 of the secret part of the API key, hex.
+    pub secret_sha256: String,
+    /// Seconds since the Unix epoch.
+    pub created_at: u64,
+    /// When it was revoked, if it was.
+    pub revoked_at: Option<u64>,
+}
+
+/// Makes a new namespace's row once storage has given it its id.
+pub type NamespaceRow = Box<dyn FnOnce(u32) -> Vec<u8> + Send>;
+
+/// The registry operations of a backend.
+pub trait RegistryStore: Send + Sync {
+    /// Every namespace row, as [`RegistryStore::create_namespace`] stored it.
+    fn namespace_rows(&self) -> StoreFuture<'_, Vec<Vec<u8>>>;
+
+    /// Every client, by id.
+    fn client_rows(&self) -> StoreFuture<'_, Vec<(String, ClientRow)>>;
+
+    /// Creates namespace `name` with the next free id, its row made by
+    /// `row`, and appends `audit`; returns the id, or `None` (and writes
+    /// nothing) when the name is taken.
+    fn create_namespace(
+        &self,
+        name: String,
+        row: NamespaceRow,
+        audit: Option<PendingRecord>,
+    ) -> StoreFuture<'_, Option<u32>>;
+
+    /// Stores client `id` and appends `audit`; `false` (and nothing written)
+    /// when the id is taken: an existing client is never overwritten.
+    fn create_client(
+        &self,
+        id: String,
+        row: ClientRow,
+        audit: Option<PendingRecord>,
+    ) -> StoreFuture<'_, bool>;
+
+    /// Marks client `id` revoked at `at` (a revoked client keeps its first
+    /// revocation time) and appends `audit`; the client as it now is, or
+    /// `None` (and nothing written) when there is no such client.
+    fn revoke_client(
+        &self,
+        id: String,
+        at: u64,
+        audit: Option<PendingRecord>,
+    ) -> StoreFuture<'_, Option<ClientRow>>;
+}
