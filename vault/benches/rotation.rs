@@ -153,7 +153,7 @@ fn main() {
         let mut poll = tokio::time::interval(Duration::from_millis(50));
         loop {
             poll.tick().await;
-            let status = vault.key_status().expect("status");
+            let status = vault.key_status().await.expect("status");
             let Some(r) = status.rotation else { break };
             if first_pass.is_none() && (r.pass > 1 || r.phase == RotationPhase::Compacting) {
                 first_pass = Some(started.elapsed());
@@ -167,7 +167,7 @@ fn main() {
         let during = summary(during.await.expect("load"));
         let first_pass = first_pass.unwrap_or(total);
         let check_pass = check_pass.unwrap_or(total);
-        let status = vault.key_status().expect("status");
+        let status = vault.key_status().await.expect("status");
         let moved = status.last_rotation.map_or(0, |l| l.mappings);
 
         println!();

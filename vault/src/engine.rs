@@ -32,7 +32,7 @@ use crate::keyring::{Keyring, Lookup, SharedKeyring, load_keyring, reverse_ad};
 use crate::namespace::{self, Namespace, NamespaceSpec};
 use crate::store::keys::{self, ForwardKey, KeysetRow, KeysetState, ReverseRow};
 use crate::store::{
-    Candidate, Cf, InsertOutcome, Inserted, MappingStore, NamespaceRow, NewValues, RegistryStore,
+    Cf, InsertOutcome, Inserted, MappingRows, MappingStore, NamespaceRow, NewValues, RegistryStore,
     Store, StoreError, StoreOptions,
 };
 
@@ -130,6 +130,8 @@ struct NewMapping {
     attempts: u32,
     /// A row could not be sealed (the item fails `INTERNAL`).
     failed: bool,
+    /// The candidate last handed to storage, with any rows made for it.
+    offered: Option<Drawn>,
 }
 
 impl NewMapping {
@@ -163,6 +165,7 @@ impl NewMapping {
             next_attempt: 1,
             attempts,
             failed: false,
+            offered: None,
         }
     }
 
@@ -238,10 +241,9 @@ impl NewValues for Round {
             .unwrap_or_default()
     }
 
-    fn next_candidate(&self, item: usize) -> Option<Candidate> {
+    fn next_candidate(&self, item: usize) -> Option<String> {
         let mut mappings = self.mappings();
         let mapping = mappings.get_mut(item)?;
-        let keyset = &self.ring.active;
         let drawn = match mapping.candidates.pop_front() {
             Some(drawn) => drawn,
             None => loop {
@@ -254,7 +256,9 @@ impl NewValues for Round {
                 }
                 let attempt = mapping.next_attempt;
                 mapping.next_attempt += 1;
-                if let Some(token) = candidate(&self.ns, keyset, &mapping.canonical, attempt) {
+                if let Some(token) =
+                    candidate(&self.ns, &self.ring.active, &mapping.canonical, attempt)
+                {
                     break Drawn {
                         token,
                         row: None,
@@ -263,9 +267,26 @@ impl NewValues for Round {
                 }
             },
         };
-        let row = match drawn.row {
+        let token = drawn.token.clone();
+        mapping.offered = Some(drawn);
+        self.offered
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Some(token)
+    }
+
+    fn rows(&self, item: usize, token: &str) -> Option<MappingRows> {
+        let mut mappings = self.mappings();
+        let mapping = mappings.get_mut(item)?;
+        let keyset = &self.ring.active;
+        // Rows made before the call for this very candidate, or made now:
+        // only the candidate taken is ever sealed here.
+        let (row, bound) = match mapping.offered.take() {
+            Some(drawn) if drawn.token == token => (drawn.row, drawn.bound),
+            _ => (None, None),
+        };
+        let reverse = match row {
             Some(row) => row,
-            None => match seal_row(&self.ns, keyset, &drawn.token, &mapping.canonical, self.now) {
+            None => match seal_row(&self.ns, keyset, token, &mapping.canonical, self.now) {
                 Ok(row) => row,
                 Err(_) => {
                     mapping.failed = true;
@@ -273,18 +294,11 @@ impl NewValues for Round {
                 }
             },
         };
-        let forward = mapping.forward.as_ref().map(|l| {
-            drawn
-                .bound
-                .unwrap_or_else(|| l.active.bind(keyset.prf(), drawn.token.as_bytes()))
-        });
-        self.offered
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Some(Candidate {
-            token: drawn.token,
-            row,
-            forward,
-        })
+        let forward = mapping
+            .forward
+            .as_ref()
+            .map(|l| bound.unwrap_or_else(|| l.active.bind(keyset.prf(), token.as_bytes())));
+        Some(MappingRows { reverse, forward })
     }
 }
 
@@ -299,6 +313,10 @@ const SEARCH_CHUNK: u32 = 256;
 /// Rounds of search-then-commit per value before it fails: another request
 /// would have to take every candidate found, this many times over.
 const SEARCH_ROUNDS: usize = 8;
+/// Candidates drawn and checked per pass of a collision search, across the
+/// values searched for (a chunk each): bounds one storage read and the
+/// tokens held for it.
+const SEARCH_PASS: u32 = 16_384;
 /// Candidates one request may check in all, across its values: a request
 /// of 10,000 values of a full shape would otherwise make 655 million checks
 /// (65,536 each). Values left when it is spent fail `RESOURCE_EXHAUSTED`.
@@ -1048,7 +1066,9 @@ impl Vault {
         }
         let (mut tried, mut taken) = (0u64, 0u64);
         loop {
-            let left = SEARCH_BUDGET.saturating_sub(*spent);
+            // Each pass draws a chunk for every value still short, at most
+            // SEARCH_PASS in all: one storage read per pass, of bounded size.
+            let left = SEARCH_BUDGET.saturating_sub(*spent).min(SEARCH_PASS);
             let job_ns = Arc::clone(ns);
             let job_ring = Arc::clone(ring);
             // Each value still short of candidates draws its next chunk.

@@ -29,10 +29,12 @@ use crate::error::Error;
 use crate::keyring::{Keyring, reverse_ad};
 use crate::namespace::Namespace;
 use crate::store::keys::{
-    self, ForwardKey, KeysetRow, KeysetState, LastRotationRow, ReverseRow, RotationPhase,
-    RotationRow,
+    ForwardKey, KeysetRow, KeysetState, LastRotationRow, ReverseRow, RotationPhase, RotationRow,
 };
-use crate::store::{Cf, StoreError, Txn};
+use crate::store::{
+    MappingStore, Moved, NotStarted, OnCommit, ReverseEntry, RotationStart, RotationStore,
+    StoreError,
+};
 
 /// Mappings per chunk: large enough that one fsync covers many, small enough
 /// that the writer job of a chunk (two writes per mapping, no reads, no
@@ -129,24 +131,17 @@ pub struct KeyStatus {
     pub last_rotation: Option<LastRotation>,
 }
 
-/// The reverse rows of one chunk, in key order, each with its plan.
-type Chunk = Vec<(Box<[u8]>, Planned)>;
+/// The reverse rows of one chunk, in order, each with its cursor and plan.
+type Chunk = Vec<(Vec<u8>, Planned)>;
 
 /// One reverse row of a chunk and what the job will do with it.
 enum Planned {
     /// Reseal and re-index under the target keyset.
-    Move(Move),
+    Move(Moved),
     /// Already under the target keyset.
     Skip,
     /// Cannot be opened; left where it is.
     Damaged,
-}
-
-struct Move {
-    new_row: Vec<u8>,
-    /// The new forward entry (key, and token bound to it), in deterministic
-    /// namespaces.
-    forward: Option<(ForwardKey, Vec<u8>)>,
 }
 
 /// What one chunk's writer job did.
@@ -177,12 +172,15 @@ impl Vault {
         self: &Arc<Self>,
         audit_record: Option<crate::AuditEvent>,
     ) -> Result<u32, Error> {
-        let mut newest = 0;
-        for entry in self.store.scan(Cf::Keys) {
-            let (key, _) = entry?;
-            newest = newest.max(keys::decode_u32(&key).ok_or(Error::Corrupt("keyset version"))?);
-        }
         // Destroyed versions keep their rows, so a number is never reused.
+        let newest = self
+            .store
+            .keyset_rows()
+            .await?
+            .iter()
+            .map(|(version, _)| *version)
+            .max()
+            .unwrap_or(0);
         let version = newest + 1;
         let audited = audit_record.map(|mut event| {
             event.target = format!("keyset {version}");
@@ -193,63 +191,40 @@ impl Vault {
         let wrapped = keyset
             .wrap(&self.kek, KeyPurpose::Data)
             .map_err(Error::Crypto)?;
-        let total = self.store.estimate_keys(Cf::Reverse)?;
+        let total = self.store.estimate_mappings().await?;
         let shared = Arc::clone(&self.keyring);
         let now = now_secs();
+        let start = RotationStart {
+            version,
+            keyset: KeysetRow {
+                state: KeysetState::Active,
+                created_at: now,
+                wrapped,
+            },
+            record: RotationRow {
+                target: version,
+                phase: RotationPhase::Migrating,
+                started_at: now,
+                done: 0,
+                total,
+                pass: 1,
+                moved_in_pass: 0,
+                cursor: Vec::new(),
+            },
+        };
+        // In force before the next commit: no job after this one writes
+        // under the retiring keyset.
+        let on_commit: OnCommit = Box::new(move || {
+            let mut ring = shared.write().unwrap_or_else(|e| e.into_inner());
+            let mut by_version = ring.by_version.clone();
+            by_version.insert(version, Arc::clone(&keyset));
+            *ring = Arc::new(Keyring::new(keyset, by_version));
+        });
         let started = self
             .store
-            .write_job(move |txn| -> Result<_, Error> {
-                if txn.contains(Cf::Meta, keys::META_ROTATION)? {
-                    return Ok(Err(Error::RotationInProgress));
-                }
-                if txn.contains(Cf::Keys, &keys::u32_bytes(version))? {
-                    // Another rotation request won the race for this number.
-                    return Ok(Err(Error::RotationInProgress));
-                }
-                let previous = txn
-                    .get(Cf::Meta, keys::META_ACTIVE_KEYSET)?
-                    .as_deref()
-                    .and_then(keys::decode_u32)
-                    .ok_or(Error::Corrupt("meta lacks the active keyset"))?;
-                let mut old = txn
-                    .get(Cf::Keys, &keys::u32_bytes(previous))?
-                    .as_deref()
-                    .and_then(KeysetRow::decode)
-                    .ok_or(Error::Corrupt("the active keyset row is unreadable"))?;
-                old.state = KeysetState::Retiring;
-                txn.put(Cf::Keys, keys::u32_bytes(previous), old.encode());
-                let row = KeysetRow {
-                    state: KeysetState::Active,
-                    created_at: now,
-                    wrapped,
-                };
-                txn.put(Cf::Keys, keys::u32_bytes(version), row.encode());
-                txn.put(Cf::Meta, keys::META_ACTIVE_KEYSET, keys::u32_bytes(version));
-                let rotation = RotationRow {
-                    target: version,
-                    phase: RotationPhase::Migrating,
-                    started_at: now,
-                    done: 0,
-                    total,
-                    pass: 1,
-                    moved_in_pass: 0,
-                    cursor: Vec::new(),
-                };
-                txn.put(Cf::Meta, keys::META_ROTATION, rotation.encode());
-                if let Some(pending) = &audited {
-                    crate::store::append_audit(txn, pending)?;
-                }
-                // In force before the next commit: no job after this one
-                // writes under the retiring keyset.
-                txn.after_commit(move || {
-                    let mut ring = shared.write().unwrap_or_else(|e| e.into_inner());
-                    let mut by_version = ring.by_version.clone();
-                    by_version.insert(version, Arc::clone(&keyset));
-                    *ring = Arc::new(Keyring::new(keyset, by_version));
-                });
-                Ok(Ok(previous))
-            })
-            .await??;
+            .start_rotation(start, audited, on_commit)
+            .await?
+            .map_err(|NotStarted::InProgress| Error::RotationInProgress)?;
         self.count_record(recorded);
         tracing::info!(
             from = started,
@@ -263,8 +238,8 @@ impl Vault {
 
     /// Resumes a rotation that a previous process left unfinished. Call once
     /// after opening, inside the runtime that should run it.
-    pub fn resume_background_jobs(self: &Arc<Self>) -> Result<(), Error> {
-        if let Some(row) = self.rotation_row()? {
+    pub async fn resume_background_jobs(self: &Arc<Self>) -> Result<(), Error> {
+        if let Some(row) = self.store.rotation().await? {
             tracing::info!(
                 to = row.target,
                 pass = row.pass,
@@ -298,18 +273,19 @@ impl Vault {
     }
 
     /// Key versions, the rotation in progress and the last one completed.
-    pub fn key_status(&self) -> Result<KeyStatus, Error> {
-        let mut versions = Vec::new();
-        for entry in self.store.scan(Cf::Keys) {
-            let (key, value) = entry?;
-            let row = KeysetRow::decode(&value).ok_or(Error::Corrupt("keyset row"))?;
-            versions.push(KeyVersion {
-                version: keys::decode_u32(&key).ok_or(Error::Corrupt("keyset version"))?,
+    pub async fn key_status(&self) -> Result<KeyStatus, Error> {
+        let versions = self
+            .store
+            .keyset_rows()
+            .await?
+            .into_iter()
+            .map(|(version, row)| KeyVersion {
+                version,
                 state: row.state,
                 created_at: row.created_at,
-            });
-        }
-        let rotation = self.rotation_row()?.map(|row| {
+            })
+            .collect();
+        let rotation = self.store.rotation().await?.map(|row| {
             let live = *self.rotation.live.lock().unwrap_or_else(|e| e.into_inner());
             let rate = live.map_or(0.0, |l| {
                 l.moved as f64 / l.resumed_at.elapsed().as_secs_f64().max(1e-3)
@@ -329,24 +305,13 @@ impl Vault {
                 damaged: self.rotation.damaged.load(Ordering::Relaxed),
             }
         });
-        let last_rotation = self
-            .store
-            .get(Cf::Meta, keys::META_LAST_ROTATION)?
-            .map(|b| LastRotationRow::decode(&b).ok_or(Error::Corrupt("last rotation record")))
-            .transpose()?;
+        let last_rotation = self.store.last_rotation().await?;
         Ok(KeyStatus {
             active: self.active_keyset_version(),
             versions,
             rotation,
             last_rotation,
         })
-    }
-
-    fn rotation_row(&self) -> Result<Option<RotationRow>, Error> {
-        self.store
-            .get(Cf::Meta, keys::META_ROTATION)?
-            .map(|b| RotationRow::decode(&b).ok_or(Error::Corrupt("rotation record")))
-            .transpose()
     }
 
     fn spawn_rotation(self: &Arc<Self>) {
@@ -367,16 +332,25 @@ impl Vault {
         let vault = Arc::clone(self);
         *task = Some(tokio::spawn(async move {
             loop {
-                let target = |vault: &Self| vault.rotation_row().ok().flatten().map(|r| r.target);
-                let ran = target(&vault);
+                async fn target(vault: &Vault) -> Option<u32> {
+                    vault
+                        .store
+                        .rotation()
+                        .await
+                        .ok()
+                        .flatten()
+                        .map(|r| r.target)
+                }
+                let ran = target(&vault).await;
                 vault.run_rotation().await;
+                let next = target(&vault).await;
                 let _task = vault
                     .rotation
                     .task
                     .lock()
                     .unwrap_or_else(|e| e.into_inner());
                 let stopping = *vault.rotation.stop.borrow();
-                if stopping || target(&vault).is_none_or(|next| Some(next) <= ran) {
+                if stopping || next.is_none_or(|next| Some(next) <= ran) {
                     *vault
                         .rotation
                         .live
@@ -433,7 +407,7 @@ impl Vault {
         self: &Arc<Self>,
         stop: &mut watch::Receiver<bool>,
     ) -> Result<Step, Error> {
-        let Some(row) = self.rotation_row()? else {
+        let Some(row) = self.store.rotation().await? else {
             return Ok(Step::Finished);
         };
         match row.phase {
@@ -461,7 +435,7 @@ impl Vault {
                 loop {
                     let planned = vault.plan_chunk(target, cursor.clone()).await;
                     let last = match &planned {
-                        Ok(Some(chunk)) => chunk.last().map(|(key, _)| key.to_vec()),
+                        Ok(Some(chunk)) => chunk.last().map(|(cursor, _)| cursor.clone()),
                         _ => None,
                     };
                     if sender.send(planned).await.is_err() {
@@ -511,25 +485,25 @@ impl Vault {
         target: u32,
         cursor: Vec<u8>,
     ) -> Result<Option<Chunk>, Error> {
-        let vault = Arc::clone(self);
-        tokio::task::spawn_blocking(move || {
-            let rows = vault.store.scan_after(Cf::Reverse, &cursor, CHUNK)?;
-            if rows.is_empty() {
-                return Ok(None);
-            }
-            let ring = vault.keyring();
-            let namespaces = vault.namespaces_by_id();
-            Ok(Some(
-                rows.into_iter()
-                    .map(|(key, value)| {
-                        let plan = plan(&ring, &namespaces, target, &key, value);
-                        (key, plan)
-                    })
-                    .collect(),
-            ))
+        let rows = self.store.reverse_after(&cursor, CHUNK).await?;
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        let ring = self.keyring();
+        let namespaces = self.namespaces_by_id();
+        // Opening and resealing a chunk is the job's CPU: off the async
+        // workers.
+        let chunk = tokio::task::spawn_blocking(move || {
+            rows.into_iter()
+                .map(|entry| {
+                    let plan = plan(&ring, &namespaces, target, &entry);
+                    (entry.cursor, plan)
+                })
+                .collect()
         })
         .await
-        .map_err(|_| StoreError::JobPanicked)?
+        .map_err(|_| StoreError::JobPanicked)?;
+        Ok(Some(chunk))
     }
 
     /// Commits one planned chunk with the cursor after it; returns the
@@ -548,14 +522,30 @@ impl Vault {
         } else {
             0
         };
-        let expected = row.encode();
-        let row = row.clone();
-        let Some(applied) = self
+        let mut next = row.clone();
+        let examined = chunk.len() as u64;
+        let mut moved = Vec::with_capacity(chunk.len());
+        for (cursor, plan) in chunk {
+            if let Planned::Move(m) = plan {
+                moved.push(m);
+            }
+            next.cursor = cursor;
+        }
+        if next.pass == 1 {
+            next.done += examined;
+        }
+        let count = moved.len() as u64;
+        next.moved_in_pass += count;
+        if !self
             .store
-            .write(move |txn| apply(txn, &expected, row, chunk))
+            .apply_chunk(row.clone(), next.clone(), moved)
             .await?
-        else {
+        {
             return Ok(None);
+        }
+        let applied = Applied {
+            row: next,
+            moved: count,
         };
         if damaged > 0 {
             self.rotation.damaged.fetch_add(damaged, Ordering::Relaxed);
@@ -579,108 +569,51 @@ impl Vault {
     /// The cursor reached the end of the reverse index: start another pass,
     /// or — when a whole pass moved nothing — destroy the older keysets.
     async fn end_pass(self: &Arc<Self>, row: RotationRow) -> Result<Step, Error> {
-        let expected = row.encode();
         if row.moved_in_pass > 0 {
             let next = RotationRow {
                 pass: row.pass + 1,
                 moved_in_pass: 0,
                 cursor: Vec::new(),
-                ..row
+                ..row.clone()
             };
             tracing::info!(
                 pass = next.pass,
                 "key rotation: checking that no mapping is left behind"
             );
-            self.store
-                .write(move |txn| {
-                    if txn.get(Cf::Meta, keys::META_ROTATION)?.as_deref() == Some(&expected) {
-                        txn.put(Cf::Meta, keys::META_ROTATION, next.encode());
-                    }
-                    Ok(())
-                })
-                .await?;
+            self.store.advance_rotation(row, next).await?;
             return Ok(Step::Continue);
         }
-        let target = row.target;
         let shared = Arc::clone(&self.keyring);
-        let now = now_secs();
         let namespace_ids: Vec<u32> = self.namespaces_by_id().into_keys().collect();
+        let compacting = RotationRow {
+            phase: RotationPhase::Compacting,
+            cursor: Vec::new(),
+            ..row.clone()
+        };
+        let on_commit: OnCommit = Box::new(move || {
+            let mut ring = shared.write().unwrap_or_else(|e| e.into_inner());
+            let active = Arc::clone(&ring.active);
+            let by_version = HashMap::from([(active.version(), Arc::clone(&active))]);
+            *ring = Arc::new(Keyring::new(active, by_version));
+        });
         let destroyed = self
             .store
-            .write_job(move |txn| -> Result<_, Error> {
-                if txn.get(Cf::Meta, keys::META_ROTATION)?.as_deref() != Some(&expected) {
-                    return Ok(Vec::new());
-                }
-                let mut destroyed = Vec::new();
-                let mut rows = Vec::new();
-                for version in 1..target {
-                    if let Some(bytes) = txn.get(Cf::Keys, &keys::u32_bytes(version))? {
-                        rows.push((version, bytes));
-                    }
-                }
-                for (version, bytes) in rows {
-                    let mut keyset =
-                        KeysetRow::decode(&bytes).ok_or(Error::Corrupt("keyset row"))?;
-                    if matches!(keyset.state, KeysetState::Destroyed { .. }) {
-                        continue;
-                    }
-                    keyset.state = KeysetState::Destroyed { at: now };
-                    keyset.wrapped.clear();
-                    txn.put(Cf::Keys, keys::u32_bytes(version), keyset.encode());
-                    destroyed.push(version);
-                }
-                // Every forward entry under an older version, namespace by
-                // namespace: `ns ‖ 0` up to `ns ‖ target`.
-                for &ns_id in &namespace_ids {
-                    let from = [ns_id.to_be_bytes(), 0u32.to_be_bytes()].concat();
-                    let to = [ns_id.to_be_bytes(), target.to_be_bytes()].concat();
-                    txn.delete_range(Cf::Forward, from, to);
-                }
-                let compacting = RotationRow {
-                    phase: RotationPhase::Compacting,
-                    cursor: Vec::new(),
-                    ..row
-                };
-                txn.put(Cf::Meta, keys::META_ROTATION, compacting.encode());
-                txn.after_commit(move || {
-                    let mut ring = shared.write().unwrap_or_else(|e| e.into_inner());
-                    let active = Arc::clone(&ring.active);
-                    let by_version = HashMap::from([(active.version(), Arc::clone(&active))]);
-                    *ring = Arc::new(Keyring::new(active, by_version));
-                });
-                Ok(destroyed)
-            })
+            .retire_keysets(row, compacting, now_secs(), namespace_ids, on_commit)
             .await?;
         tracing::info!(versions = ?destroyed, "key rotation: every mapping moved; older keysets destroyed");
         Ok(Step::Continue)
     }
 
     async fn compact_and_finish(self: &Arc<Self>, row: RotationRow) -> Result<(), Error> {
-        let vault = Arc::clone(self);
         let started = Instant::now();
-        tokio::task::spawn_blocking(move || {
-            vault
-                .store
-                .compact(&[Cf::Forward, Cf::Reverse, Cf::Keys, Cf::Meta])
-        })
-        .await
-        .map_err(|_| StoreError::JobPanicked)??;
+        self.store.reclaim().await?;
         let last = LastRotationRow {
             target: row.target,
             started_at: row.started_at,
             finished_at: now_secs(),
             mappings: row.done,
         };
-        let expected = row.encode();
-        self.store
-            .write(move |txn| {
-                if txn.get(Cf::Meta, keys::META_ROTATION)?.as_deref() == Some(&expected) {
-                    txn.delete(Cf::Meta, keys::META_ROTATION);
-                    txn.put(Cf::Meta, keys::META_LAST_ROTATION, last.encode());
-                }
-                Ok(())
-            })
-            .await?;
+        self.store.finish_rotation(row.clone(), last).await?;
         tracing::info!(
             to = row.target,
             mappings = row.done,
@@ -697,19 +630,15 @@ fn plan(
     ring: &Keyring,
     namespaces: &HashMap<u32, Arc<Namespace>>,
     target: u32,
-    key: &[u8],
-    value: Box<[u8]>,
+    entry: &ReverseEntry,
 ) -> Planned {
-    let Some(row) = ReverseRow::decode(&value) else {
+    let Some(row) = ReverseRow::decode(&entry.row) else {
         return Planned::Damaged;
     };
     if row.version == target {
         return Planned::Skip;
     }
-    let (Some(ns_id), Some(token)) = (
-        key.first_chunk::<4>().map(|b| u32::from_be_bytes(*b)),
-        key.get(4..).and_then(|t| std::str::from_utf8(t).ok()),
-    ) else {
+    let (Some(ns_id), Ok(token)) = (entry.namespace, std::str::from_utf8(&entry.token)) else {
         return Planned::Damaged;
     };
     let (Some(ns), Some(old), Some(new)) = (
@@ -735,8 +664,10 @@ fn plan(
         let key = ForwardKey::new(ns_id, target, &new.prf().blind_index(ns_id, &plain));
         (key, key.bind(new.prf(), token.as_bytes()))
     });
-    Planned::Move(Move {
-        new_row: ReverseRow {
+    Planned::Move(Moved {
+        namespace: ns_id,
+        token: token.to_owned(),
+        row: ReverseRow {
             version: target,
             created_at: row.created_at,
             ciphertext,
@@ -744,42 +675,4 @@ fn plan(
         .encode(),
         forward,
     })
-}
-
-/// On the writer thread: moves a planned chunk and advances the cursor in
-/// the same batch. `None` when the rotation record changed under the job.
-fn apply(
-    txn: &mut Txn<'_>,
-    expected: &[u8],
-    mut row: RotationRow,
-    planned: Vec<(Box<[u8]>, Planned)>,
-) -> Result<Option<Applied>, StoreError> {
-    if txn.get(Cf::Meta, keys::META_ROTATION)?.as_deref() != Some(expected) {
-        return Ok(None);
-    }
-    let (mut moved, mut examined) = (0u64, 0u64);
-    for (key, plan) in planned {
-        if let Planned::Move(m) = plan {
-            // No re-read of the row: once written, a reverse row is only ever
-            // rewritten here, by the one rotation job, whose record check
-            // above orders its chunks (the writer never overwrites an
-            // existing reverse key). The plan read the row as it is.
-            // The old forward entry stays until the old keyset is destroyed
-            // (it names the same token, so lookups under either version
-            // agree); one range deletion per namespace drops them all then.
-            if let Some((new, stored)) = m.forward {
-                txn.put(Cf::Forward, new.0.as_slice(), stored);
-            }
-            txn.put(Cf::Reverse, key.clone(), m.new_row);
-            moved += 1;
-        }
-        examined += 1;
-        row.cursor = key.into_vec();
-    }
-    if row.pass == 1 {
-        row.done += examined;
-    }
-    row.moved_in_pass += moved;
-    txn.put(Cf::Meta, keys::META_ROTATION, row.encode());
-    Ok(Some(Applied { row, moved }))
 }

@@ -130,7 +130,7 @@ async fn a_rotation_moves_every_mapping_keeps_every_token_and_destroys_the_old_k
         .expect("tokenize"));
     vault.rotation_settled().await;
 
-    let status = vault.key_status().expect("status");
+    let status = vault.key_status().await.expect("status");
     assert_eq!(status.active, 2);
     assert!(status.rotation.is_none(), "the rotation finished");
     let states: Vec<_> = status
@@ -196,6 +196,7 @@ async fn a_second_rotation_waits_for_the_first_and_then_runs() {
     assert!(refused.to_string().contains("already in progress"));
     let running = vault
         .key_status()
+        .await
         .expect("status")
         .rotation
         .expect("running");
@@ -214,15 +215,15 @@ async fn a_second_rotation_waits_for_the_first_and_then_runs() {
             .await
             .expect("open"),
     );
-    assert!(vault.key_status().expect("status").rotation.is_some());
-    vault.resume_background_jobs().expect("resume");
+    assert!(vault.key_status().await.expect("status").rotation.is_some());
+    vault.resume_background_jobs().await.expect("resume");
     vault.rotation_settled().await;
-    assert!(vault.key_status().expect("status").rotation.is_none());
+    assert!(vault.key_status().await.expect("status").rotation.is_none());
 
     // Back to back.
     assert_eq!(vault.rotate_keys().await.expect("rotate"), 3);
     vault.rotation_settled().await;
-    let status = vault.key_status().expect("status");
+    let status = vault.key_status().await.expect("status");
     let states: Vec<_> = status.versions.iter().map(|v| v.state).collect();
     assert!(
         matches!(

@@ -9,17 +9,21 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use phivault::store::keys::{self, ForwardKey};
+use phivault::store::keys::{
+    self, ForwardKey, KeysetRow, KeysetState, LastRotationRow, RotationPhase, RotationRow,
+};
 use phivault::store::{
-    AuditStore, Candidate, Cf, ClientRow, InsertOutcome, Inserted, MappingStore, NewValues,
-    PendingRecord, RegistryStore, Store, StoreOptions, StoredRecord, chain_hash,
+    AuditStore, Cf, ClientRow, InsertOutcome, Inserted, MappingRows, MappingStore, Moved,
+    NewValues, NotStarted, PendingRecord, RegistryStore, RotationStart, RotationStore, Store,
+    StoreOptions, StoredRecord, chain_hash,
 };
 
 /// Everything a backend provides.
-trait Backend: MappingStore + AuditStore + RegistryStore {}
-impl<T: MappingStore + AuditStore + RegistryStore> Backend for T {}
+trait Backend: MappingStore + AuditStore + RegistryStore + RotationStore {}
+impl<T: MappingStore + AuditStore + RegistryStore + RotationStore> Backend for T {}
 
 type Boxed<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
@@ -28,7 +32,10 @@ struct Harness {
     store: Arc<dyn Backend>,
     /// Makes keyset `version` the active one.
     activate: Box<dyn Fn(u32) -> Boxed<()> + Send + Sync>,
-    _dir: tempfile::TempDir,
+    /// What the backend's files live in, if it has any: held by
+    /// [`each_backend`] until the test is over (a test's `async move` block
+    /// captures only the fields it uses).
+    files: Option<Arc<tempfile::TempDir>>,
 }
 
 /// Makes a fresh backend.
@@ -57,14 +64,19 @@ async fn rocksdb() -> Harness {
     store
         .write(|txn| {
             txn.put(Cf::Meta, keys::META_NEXT_NAMESPACE_ID, keys::u32_bytes(1));
+            txn.put(
+                Cf::Keys,
+                keys::u32_bytes(1),
+                keyset_row(KeysetState::Active).encode(),
+            );
             Ok::<_, phivault::store::StoreError>(())
         })
         .await
-        .expect("the first namespace id");
+        .expect("the first namespace id and keyset");
     Harness {
         store,
         activate: Box::new(activate),
-        _dir: dir,
+        files: Some(Arc::new(dir)),
     }
 }
 
@@ -88,27 +100,26 @@ fn entry_of(token: &str) -> Vec<u8> {
 }
 
 /// One new value: the forward keys it may be under and the tokens it
-/// offers, in order.
+/// offers, in order, and how many of them storage asked for.
 struct Value {
+    id: u8,
     forward: Vec<ForwardKey>,
-    candidates: Mutex<VecDeque<Candidate>>,
+    deterministic: bool,
+    candidates: Mutex<VecDeque<String>>,
+    pulled: AtomicUsize,
+    sealed: AtomicUsize,
 }
 
 /// A deterministic value offering `tokens`, looked up under `versions`
 /// (the first is the active one).
 fn value(id: u8, versions: &[u32], tokens: &[&str]) -> Value {
     Value {
+        id,
         forward: versions.iter().map(|&v| forward(id, v)).collect(),
-        candidates: Mutex::new(
-            tokens
-                .iter()
-                .map(|t| Candidate {
-                    token: (*t).to_owned(),
-                    row: row_of(id, t),
-                    forward: Some(entry_of(t)),
-                })
-                .collect(),
-        ),
+        deterministic: true,
+        candidates: Mutex::new(tokens.iter().map(|t| (*t).to_owned()).collect()),
+        pulled: AtomicUsize::new(0),
+        sealed: AtomicUsize::new(0),
     }
 }
 
@@ -116,16 +127,8 @@ fn value(id: u8, versions: &[u32], tokens: &[&str]) -> Value {
 fn random_value(tokens: &[&str]) -> Value {
     Value {
         forward: Vec::new(),
-        candidates: Mutex::new(
-            tokens
-                .iter()
-                .map(|t| Candidate {
-                    token: (*t).to_owned(),
-                    row: row_of(0, t),
-                    forward: None,
-                })
-                .collect(),
-        ),
+        deterministic: false,
+        ..value(0, &[], tokens)
     }
 }
 
@@ -147,20 +150,30 @@ impl NewValues for Batch {
     fn forward_keys(&self, item: usize) -> Vec<ForwardKey> {
         self.values[item].forward.clone()
     }
-    fn next_candidate(&self, item: usize) -> Option<Candidate> {
-        self.values[item]
-            .candidates
-            .lock()
-            .expect("candidates")
-            .pop_front()
+    fn next_candidate(&self, item: usize) -> Option<String> {
+        let value = &self.values[item];
+        let next = value.candidates.lock().expect("candidates").pop_front();
+        value
+            .pulled
+            .fetch_add(usize::from(next.is_some()), Ordering::Relaxed);
+        next
+    }
+    fn rows(&self, item: usize, token: &str) -> Option<MappingRows> {
+        let value = &self.values[item];
+        value.sealed.fetch_add(1, Ordering::Relaxed);
+        Some(MappingRows {
+            reverse: row_of(value.id, token),
+            forward: value.deterministic.then(|| entry_of(token)),
+        })
     }
 }
 
 async fn insert(store: &dyn Backend, keyset: u32, values: Vec<Value>) -> InsertOutcome {
-    store
-        .insert_mappings(Arc::new(Batch { keyset, values }))
-        .await
-        .expect("insert_mappings")
+    insert_batch(store, Arc::new(Batch { keyset, values })).await
+}
+
+async fn insert_batch(store: &dyn Backend, batch: Arc<Batch>) -> InsertOutcome {
+    store.insert_mappings(batch).await.expect("insert_mappings")
 }
 
 async fn insert_done(store: &dyn Backend, keyset: u32, values: Vec<Value>) -> Vec<Inserted> {
@@ -175,7 +188,10 @@ where
     F: Fn(&'static str, Harness) -> Boxed<()>,
 {
     for (name, make) in BACKENDS {
-        test(name, make().await).await;
+        let harness = make().await;
+        let files = harness.files.clone();
+        test(name, harness).await;
+        drop(files);
     }
 }
 
@@ -237,7 +253,7 @@ async fn a_stored_value_is_found_not_stored_again() {
     .await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_inserts_of_one_value_end_with_one_token() {
     each_backend(|name, h| {
         Box::pin(async move {
@@ -304,6 +320,90 @@ async fn a_taken_token_is_never_overwritten() {
                 .await
                 .expect("forward_entries");
             assert_eq!(entries, vec![None], "{name}");
+        })
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_values_offering_one_token_never_share_it() {
+    each_backend(|name, h| {
+        Box::pin(async move {
+            let store = Arc::clone(&h.store);
+            let racers: Vec<_> = (1..=16u8)
+                .map(|i| {
+                    let store = Arc::clone(&store);
+                    tokio::spawn(async move {
+                        let own = format!("{i:03}");
+                        let done =
+                            insert_done(store.as_ref(), 1, vec![value(i, &[1], &["777", &own])])
+                                .await;
+                        (i, done)
+                    })
+                })
+                .collect();
+            let mut winners = Vec::new();
+            for racer in racers {
+                let (i, mut done) = racer.await.expect("racer");
+                match done.remove(0) {
+                    Inserted::New(token) if token == "777" => winners.push(i),
+                    Inserted::New(token) => assert_eq!(token, format!("{i:03}"), "{name}"),
+                    other => panic!("{name}: value {i} got {other:?}"),
+                }
+            }
+            assert_eq!(winners.len(), 1, "{name}: one value holds the shared token");
+            let rows = store
+                .reverse_rows(NS, &["777"])
+                .await
+                .expect("reverse_rows");
+            assert_eq!(
+                rows,
+                vec![Some(row_of(winners[0], "777"))],
+                "{name}: the winner's row stands"
+            );
+            let entry = store
+                .forward_entries(&[forward(winners[0], 1)])
+                .await
+                .expect("forward_entries");
+            assert_eq!(entry, vec![Some(entry_of("777"))], "{name}");
+        })
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn candidates_and_rows_are_asked_for_only_as_needed() {
+    each_backend(|name, h| {
+        Box::pin(async move {
+            let store = h.store.as_ref();
+            insert_done(store, 1, vec![value(1, &[1], &["111"])]).await;
+            let batch = Arc::new(Batch {
+                keyset: 1,
+                values: vec![
+                    // Stored already: no candidate is needed.
+                    value(1, &[1], &["900", "901"]),
+                    // Its first candidate is taken, its second free.
+                    value(2, &[1], &["111", "222", "902"]),
+                ],
+            });
+            let outcome = insert_batch(store, Arc::clone(&batch)).await;
+            assert!(matches!(outcome, InsertOutcome::Done(_)), "{name}");
+            let asked: Vec<(usize, usize)> = batch
+                .values
+                .iter()
+                .map(|v| {
+                    (
+                        v.pulled.load(Ordering::Relaxed),
+                        v.sealed.load(Ordering::Relaxed),
+                    )
+                })
+                .collect();
+            // A backend checking candidates in one round trip may ask for
+            // more than it takes, but never seals what it does not store
+            // beyond what it asked for, and asks nothing of a stored value.
+            assert_eq!(asked[0], (0, 0), "{name}: a stored value offers nothing");
+            assert!(asked[1].0 >= 2, "{name}");
+            assert!(asked[1].1 >= 1 && asked[1].1 <= asked[1].0, "{name}");
         })
     })
     .await;
@@ -589,6 +689,248 @@ async fn a_registry_change_and_its_audit_record_commit_together() {
                 store.audit_head().await.expect("head").seq,
                 3,
                 "{name}: namespace, client and revocation records; none for refusals"
+            );
+        })
+    })
+    .await;
+}
+
+fn keyset_row(state: KeysetState) -> KeysetRow {
+    KeysetRow {
+        state,
+        created_at: 1,
+        wrapped: vec![7; 96],
+    }
+}
+
+fn rotation_to(target: u32) -> RotationRow {
+    RotationRow {
+        target,
+        phase: RotationPhase::Migrating,
+        started_at: 10,
+        done: 0,
+        total: 2,
+        pass: 1,
+        moved_in_pass: 0,
+        cursor: Vec::new(),
+    }
+}
+
+fn start(version: u32) -> RotationStart {
+    RotationStart {
+        version,
+        keyset: keyset_row(KeysetState::Active),
+        record: rotation_to(version),
+    }
+}
+
+fn counting(counter: &Arc<AtomicUsize>) -> Box<dyn FnOnce() + Send> {
+    let counter = Arc::clone(counter);
+    Box::new(move || {
+        counter.fetch_add(1, Ordering::SeqCst);
+    })
+}
+
+#[tokio::test]
+async fn a_rotation_starts_once() {
+    each_backend(|name, h| {
+        Box::pin(async move {
+            let store = h.store.as_ref();
+            let committed = Arc::new(AtomicUsize::new(0));
+            let started = store
+                .start_rotation(start(2), Some(record("rotate", &[])), counting(&committed))
+                .await
+                .expect("start");
+            assert_eq!(started, Ok(1), "{name}: version 1 was active");
+            assert_eq!(committed.load(Ordering::SeqCst), 1, "{name}");
+            let again = store
+                .start_rotation(start(3), Some(record("again", &[])), counting(&committed))
+                .await
+                .expect("start");
+            assert_eq!(again, Err(NotStarted::InProgress), "{name}");
+            assert_eq!(committed.load(Ordering::SeqCst), 1, "{name}");
+            assert_eq!(store.active_keyset().await.expect("active"), 2, "{name}");
+            let states: Vec<(u32, KeysetState)> = store
+                .keyset_rows()
+                .await
+                .expect("keysets")
+                .into_iter()
+                .map(|(v, row)| (v, row.state))
+                .collect();
+            assert_eq!(
+                states,
+                vec![(1, KeysetState::Retiring), (2, KeysetState::Active)],
+                "{name}"
+            );
+            assert_eq!(
+                store.rotation().await.expect("rotation"),
+                Some(rotation_to(2)),
+                "{name}"
+            );
+            assert_eq!(store.audit_head().await.expect("head").seq, 1, "{name}");
+        })
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn rotation_steps_replayed_change_nothing() {
+    each_backend(|name, h| {
+        Box::pin(async move {
+            let store = h.store.as_ref();
+            insert_done(
+                store,
+                1,
+                vec![value(1, &[1], &["111"]), value(2, &[1], &["222"])],
+            )
+            .await;
+            let committed = Arc::new(AtomicUsize::new(0));
+            store
+                .start_rotation(start(2), None, counting(&committed))
+                .await
+                .expect("start")
+                .expect("started");
+            let chunk = store.reverse_after(&[], 10).await.expect("reverse_after");
+            assert_eq!(chunk.len(), 2, "{name}");
+            assert!(chunk.iter().all(|e| e.namespace == Some(NS)), "{name}");
+            let tokens: Vec<&[u8]> = chunk.iter().map(|e| e.token.as_slice()).collect();
+            assert_eq!(tokens, vec![&b"111"[..], &b"222"[..]], "{name}");
+            let rest = store
+                .reverse_after(&chunk[0].cursor, 10)
+                .await
+                .expect("reverse_after");
+            assert_eq!(rest.len(), 1, "{name}: a cursor resumes after its row");
+
+            let moved = |id: u8, token: &str| Moved {
+                namespace: NS,
+                token: token.into(),
+                row: row_of(id + 100, token),
+                forward: Some((forward(id, 2), entry_of(token))),
+            };
+            let before = rotation_to(2);
+            let after = RotationRow {
+                done: 2,
+                moved_in_pass: 2,
+                cursor: chunk[1].cursor.clone(),
+                ..rotation_to(2)
+            };
+            let applied = store
+                .apply_chunk(
+                    before.clone(),
+                    after.clone(),
+                    vec![moved(1, "111"), moved(2, "222")],
+                )
+                .await
+                .expect("apply");
+            assert!(applied, "{name}");
+            // The same chunk again, as after a crash between commit and
+            // reply, or from a second job: the record moved on, so nothing.
+            let replayed = store
+                .apply_chunk(
+                    before.clone(),
+                    after.clone(),
+                    vec![Moved {
+                        row: b"replayed".to_vec(),
+                        ..moved(1, "111")
+                    }],
+                )
+                .await
+                .expect("apply");
+            assert!(!replayed, "{name}");
+            let rows = store.reverse_rows(NS, &["111", "222"]).await.expect("rows");
+            assert_eq!(
+                rows,
+                vec![Some(row_of(101, "111")), Some(row_of(102, "222"))],
+                "{name}"
+            );
+            assert!(
+                !store
+                    .advance_rotation(before.clone(), rotation_to(9))
+                    .await
+                    .expect("advance"),
+                "{name}"
+            );
+            assert_eq!(
+                store.rotation().await.expect("rotation"),
+                Some(after.clone()),
+                "{name}"
+            );
+
+            let compacting = RotationRow {
+                phase: RotationPhase::Compacting,
+                cursor: Vec::new(),
+                ..after.clone()
+            };
+            let destroyed = store
+                .retire_keysets(
+                    after.clone(),
+                    compacting.clone(),
+                    50,
+                    vec![NS],
+                    counting(&committed),
+                )
+                .await
+                .expect("retire");
+            assert_eq!(destroyed, vec![1], "{name}");
+            assert_eq!(committed.load(Ordering::SeqCst), 2, "{name}");
+            let again = store
+                .retire_keysets(
+                    after.clone(),
+                    compacting.clone(),
+                    60,
+                    vec![NS],
+                    counting(&committed),
+                )
+                .await
+                .expect("retire");
+            assert!(again.is_empty(), "{name}");
+            assert_eq!(committed.load(Ordering::SeqCst), 2, "{name}");
+            let keysets = store.keyset_rows().await.expect("keysets");
+            assert_eq!(
+                keysets[0].1.state,
+                KeysetState::Destroyed { at: 50 },
+                "{name}"
+            );
+            assert!(
+                keysets[0].1.wrapped.is_empty(),
+                "{name}: the wrapped key is erased"
+            );
+            let entries = store
+                .forward_entries(&[forward(1, 1), forward(2, 1), forward(1, 2), forward(2, 2)])
+                .await
+                .expect("forward");
+            assert_eq!(
+                entries,
+                vec![None, None, Some(entry_of("111")), Some(entry_of("222"))],
+                "{name}: entries under the destroyed version are gone"
+            );
+
+            store.reclaim().await.expect("reclaim");
+            let last = LastRotationRow {
+                target: 2,
+                started_at: 10,
+                finished_at: 70,
+                mappings: 2,
+            };
+            assert!(
+                store
+                    .finish_rotation(compacting.clone(), last)
+                    .await
+                    .expect("finish"),
+                "{name}"
+            );
+            assert!(
+                !store
+                    .finish_rotation(compacting, last)
+                    .await
+                    .expect("finish"),
+                "{name}"
+            );
+            assert_eq!(store.rotation().await.expect("rotation"), None, "{name}");
+            assert_eq!(
+                store.last_rotation().await.expect("last"),
+                Some(last),
+                "{name}"
             );
         })
     })

@@ -820,7 +820,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         transport: args.transport.clone(),
     };
     let vault = Arc::new(vault);
-    vault.resume_background_jobs()?;
+    vault.resume_background_jobs().await?;
     phivault::server::serve(Arc::clone(&vault), serve_options, shutdown_signal()).await?;
     // A rotation stops after its current chunk; its cursor is on disk.
     vault.stop_background_jobs().await;
@@ -889,7 +889,7 @@ async fn dev_vault(dir: &Path, options: VaultOptions) -> anyhow::Result<Vault> {
 
 async fn print_status(vault: &Vault) {
     println!("active keyset version: {}", vault.active_keyset_version());
-    if let Ok(status) = vault.key_status() {
+    if let Ok(status) = vault.key_status().await {
         for v in &status.versions {
             println!("  keyset {}: {:?}", v.version, v.state);
         }

@@ -223,6 +223,7 @@ impl Admin for AdminService {
         let result = self
             .vault
             .key_status()
+            .await
             .map(|s| convert::key_status(&s))
             .map_err(Status::from);
         self.end(call, AuditEvent::default(), result).await

@@ -18,21 +18,20 @@ use super::keys::ForwardKey;
 /// `dyn`.
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
 
-/// A token a new value may take, with its reverse row and forward entry made
-/// for it already: storage stores them as they are.
-pub struct Candidate {
-    /// The token, canonical form.
-    pub token: String,
-    /// The reverse row (the value sealed to this token).
-    pub row: Vec<u8>,
-    /// The forward entry binding the value to this token; `None` in a
+/// The rows that store a value under one of its candidate tokens.
+pub struct MappingRows {
+    /// The reverse row (the value sealed to the token).
+    pub reverse: Vec<u8>,
+    /// The forward entry binding the value to the token; `None` in a
     /// namespace without determinism, which keeps no forward index.
     pub forward: Option<Vec<u8>>,
 }
 
 /// Values of one namespace, never seen before, as a tokenize call hands them
-/// to storage. The caller draws candidates; storage only checks and takes
-/// them, asking for the next one when a candidate is taken.
+/// to storage. The caller draws candidate tokens and seals rows; storage
+/// only checks and takes them, asking for the next candidate when one is
+/// taken and for the rows of the one it takes. A backend that checks many
+/// candidates in one round trip may ask for several, and their rows, first.
 ///
 /// Storage calls these from its commit (the RocksDB backend: on its writer
 /// thread), so they must be cheap and must not block.
@@ -54,13 +53,18 @@ pub trait NewValues: Send + Sync {
     /// live keyset version, the active version's first (that is the one a new
     /// entry goes under). Empty in a namespace without determinism.
     fn forward_keys(&self, item: usize) -> Vec<ForwardKey>;
-    /// The next token value `item` may take, or `None` when it has no more
-    /// to offer in this call.
-    fn next_candidate(&self, item: usize) -> Option<Candidate>;
+    /// The next token (canonical form) value `item` may take, or `None`
+    /// when it has no more to offer in this call.
+    fn next_candidate(&self, item: usize) -> Option<String>;
+    /// The rows that store value `item` under `token`, one of its
+    /// candidates; `None` when they cannot be made (the value then fails
+    /// alone, and is reported [`Inserted::Taken`]).
+    fn rows(&self, item: usize, token: &str) -> Option<MappingRows>;
 }
 
-/// What storage did with one new value.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What storage did with one new value. Its `Debug` names the variant only:
+/// tokens are not for logs.
+#[derive(Clone, PartialEq, Eq)]
 pub enum Inserted {
     /// The value is stored already (by an earlier call, or by a concurrent
     /// one that won the race): its forward entry as stored, under `key`.
@@ -74,6 +78,19 @@ pub enum Inserted {
     New(String),
     /// Every candidate offered was another value's token.
     Taken,
+}
+
+impl std::fmt::Debug for Inserted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Existing { key, .. } => f
+                .debug_struct("Existing")
+                .field("key", key)
+                .finish_non_exhaustive(),
+            Self::New(_) => f.write_str("New(..)"),
+            Self::Taken => f.write_str("Taken"),
+        }
+    }
 }
 
 /// The answer to [`MappingStore::insert_mappings`].
@@ -114,4 +131,7 @@ pub trait MappingStore: Send + Sync {
     /// candidate is never overwritten, and two batches bringing one value
     /// at the same time end with one token for it.
     fn insert_mappings(&self, values: Arc<dyn NewValues>) -> StoreFuture<'_, InsertOutcome>;
+
+    /// About how many mappings are stored (cheap; for progress figures).
+    fn estimate_mappings(&self) -> StoreFuture<'_, u64>;
 }

@@ -6,6 +6,7 @@ pub mod integrity;
 pub mod keys;
 mod mappings;
 mod registry;
+mod rotation;
 mod writer;
 
 use std::path::Path;
@@ -19,8 +20,9 @@ use rocksdb::{
 use tokio::sync::oneshot;
 
 pub use audit::{AuditStore, PendingRecord, StoredRecord, chain_hash};
-pub use mappings::{Candidate, InsertOutcome, Inserted, MappingStore, NewValues, StoreFuture};
+pub use mappings::{InsertOutcome, Inserted, MappingRows, MappingStore, NewValues, StoreFuture};
 pub use registry::{ClientRow, NamespaceRow, RegistryStore};
+pub use rotation::{Moved, NotStarted, OnCommit, ReverseEntry, RotationStart, RotationStore};
 pub use writer::{BATCH_BUCKETS, Txn, WriterStats};
 
 /// A key and its value, as a scan yields them.
@@ -177,6 +179,16 @@ impl StoreError {
 
 impl From<rocksdb::Error> for StoreError {
     fn from(e: rocksdb::Error) -> Self {
+        if e.kind() == rocksdb::ErrorKind::Corruption {
+            // A block that fails its checksum is damaged data, not a store
+            // out of reach: retrying will not help. RocksDB's text names
+            // files and offsets, never row contents.
+            tracing::error!(error = %e.as_ref(), "the database is damaged");
+            return Self::Corrupt {
+                table: "database",
+                what: "a file failed its checksum",
+            };
+        }
         Self::Unavailable(e.into_string())
     }
 }
@@ -630,6 +642,10 @@ impl MappingStore for Store {
     fn insert_mappings(&self, values: Arc<dyn NewValues>) -> StoreFuture<'_, InsertOutcome> {
         Box::pin(self.write(move |txn| insert_mappings(txn, values.as_ref())))
     }
+
+    fn estimate_mappings(&self) -> StoreFuture<'_, u64> {
+        Box::pin(std::future::ready(self.estimate_keys(Cf::Reverse)))
+    }
 }
 
 impl AuditStore for Store {
@@ -798,6 +814,249 @@ impl RegistryStore for Store {
     }
 }
 
+impl RotationStore for Store {
+    fn active_keyset(&self) -> StoreFuture<'_, u32> {
+        Box::pin(std::future::ready(
+            self.get(Cf::Meta, keys::META_ACTIVE_KEYSET)
+                .and_then(|stored| active_version(stored.as_deref())),
+        ))
+    }
+
+    fn keyset_rows(&self) -> StoreFuture<'_, Vec<(u32, keys::KeysetRow)>> {
+        Box::pin(std::future::ready(
+            self.scan(Cf::Keys)
+                .map(|entry| {
+                    let (key, value) = entry?;
+                    let version = keys::decode_u32(&key).ok_or(StoreError::Corrupt {
+                        table: "keys",
+                        what: "a keyset version is malformed",
+                    })?;
+                    Ok((version, decode_keyset(&value)?))
+                })
+                .collect(),
+        ))
+    }
+
+    fn rotation(&self) -> StoreFuture<'_, Option<keys::RotationRow>> {
+        Box::pin(std::future::ready(
+            self.get(Cf::Meta, keys::META_ROTATION)
+                .and_then(|stored| stored.as_deref().map(decode_rotation).transpose()),
+        ))
+    }
+
+    fn last_rotation(&self) -> StoreFuture<'_, Option<keys::LastRotationRow>> {
+        Box::pin(std::future::ready(
+            self.get(Cf::Meta, keys::META_LAST_ROTATION)
+                .and_then(|stored| {
+                    stored
+                        .as_deref()
+                        .map(|bytes| {
+                            keys::LastRotationRow::decode(bytes).ok_or(StoreError::Corrupt {
+                                table: "meta",
+                                what: "the last rotation record is unreadable",
+                            })
+                        })
+                        .transpose()
+                }),
+        ))
+    }
+
+    fn start_rotation(
+        &self,
+        start: RotationStart,
+        audit: Option<PendingRecord>,
+        on_commit: OnCommit,
+    ) -> StoreFuture<'_, Result<u32, NotStarted>> {
+        Box::pin(self.write(move |txn| {
+            if txn.contains(Cf::Meta, keys::META_ROTATION)?
+                || txn.contains(Cf::Keys, &keys::u32_bytes(start.version))?
+            {
+                return Ok(Err(NotStarted::InProgress));
+            }
+            let previous = active_version(txn.get(Cf::Meta, keys::META_ACTIVE_KEYSET)?.as_deref())?;
+            let mut old = decode_keyset(&txn.get(Cf::Keys, &keys::u32_bytes(previous))?.ok_or(
+                StoreError::Corrupt {
+                    table: "keys",
+                    what: "the active keyset's row is missing",
+                },
+            )?)?;
+            old.state = keys::KeysetState::Retiring;
+            txn.put(Cf::Keys, keys::u32_bytes(previous), old.encode());
+            txn.put(
+                Cf::Keys,
+                keys::u32_bytes(start.version),
+                start.keyset.encode(),
+            );
+            txn.put(
+                Cf::Meta,
+                keys::META_ACTIVE_KEYSET,
+                keys::u32_bytes(start.version),
+            );
+            txn.put(Cf::Meta, keys::META_ROTATION, start.record.encode());
+            if let Some(record) = &audit {
+                append_audit(txn, record)?;
+            }
+            txn.after_commit(on_commit);
+            Ok(Ok(previous))
+        }))
+    }
+
+    fn reverse_after<'a>(
+        &'a self,
+        cursor: &'a [u8],
+        limit: usize,
+    ) -> StoreFuture<'a, Vec<ReverseEntry>> {
+        let inner = Arc::clone(&self.inner);
+        let cursor = cursor.to_vec();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                Ok(inner
+                    .scan_after(Cf::Reverse, &cursor, limit)?
+                    .into_iter()
+                    .map(|(key, row)| ReverseEntry {
+                        namespace: key.first_chunk::<4>().map(|b| u32::from_be_bytes(*b)),
+                        token: key.get(4..).unwrap_or_default().to_vec(),
+                        cursor: key.into_vec(),
+                        row: row.into_vec(),
+                    })
+                    .collect())
+            })
+            .await
+            .map_err(|_| StoreError::JobPanicked)?
+        })
+    }
+
+    fn apply_chunk(
+        &self,
+        expected: keys::RotationRow,
+        next: keys::RotationRow,
+        moved: Vec<Moved>,
+    ) -> StoreFuture<'_, bool> {
+        Box::pin(self.write(move |txn| {
+            if txn.get(Cf::Meta, keys::META_ROTATION)?.as_deref() != Some(&expected.encode()) {
+                return Ok(false);
+            }
+            for m in moved {
+                // No re-read of the row: once written, a reverse row is only
+                // ever rewritten here, by the one rotation job, whose record
+                // check above orders its chunks (new mappings never
+                // overwrite an existing reverse key). The plan read the row
+                // as it is. The old forward entry stays until the old keyset
+                // is destroyed (it names the same token, so lookups under
+                // either version agree); one range deletion per namespace
+                // drops them all then.
+                if let Some((key, entry)) = m.forward {
+                    txn.put(Cf::Forward, key.0.as_slice(), entry);
+                }
+                txn.put(Cf::Reverse, keys::reverse_key(m.namespace, &m.token), m.row);
+            }
+            txn.put(Cf::Meta, keys::META_ROTATION, next.encode());
+            Ok(true)
+        }))
+    }
+
+    fn advance_rotation(
+        &self,
+        expected: keys::RotationRow,
+        next: keys::RotationRow,
+    ) -> StoreFuture<'_, bool> {
+        Box::pin(self.write(move |txn| {
+            if txn.get(Cf::Meta, keys::META_ROTATION)?.as_deref() != Some(&expected.encode()) {
+                return Ok(false);
+            }
+            txn.put(Cf::Meta, keys::META_ROTATION, next.encode());
+            Ok(true)
+        }))
+    }
+
+    fn retire_keysets(
+        &self,
+        expected: keys::RotationRow,
+        next: keys::RotationRow,
+        now: u64,
+        namespaces: Vec<u32>,
+        on_commit: OnCommit,
+    ) -> StoreFuture<'_, Vec<u32>> {
+        Box::pin(self.write(move |txn| {
+            if txn.get(Cf::Meta, keys::META_ROTATION)?.as_deref() != Some(&expected.encode()) {
+                return Ok(Vec::new());
+            }
+            let target = next.target;
+            let mut destroyed = Vec::new();
+            for version in 1..target {
+                let Some(bytes) = txn.get(Cf::Keys, &keys::u32_bytes(version))? else {
+                    continue;
+                };
+                let mut keyset = decode_keyset(&bytes)?;
+                if matches!(keyset.state, keys::KeysetState::Destroyed { .. }) {
+                    continue;
+                }
+                keyset.state = keys::KeysetState::Destroyed { at: now };
+                keyset.wrapped.clear();
+                txn.put(Cf::Keys, keys::u32_bytes(version), keyset.encode());
+                destroyed.push(version);
+            }
+            // Every forward entry under an older version, namespace by
+            // namespace: `ns ‖ 0` up to `ns ‖ target`.
+            for ns_id in namespaces {
+                let from = [ns_id.to_be_bytes(), 0u32.to_be_bytes()].concat();
+                let to = [ns_id.to_be_bytes(), target.to_be_bytes()].concat();
+                txn.delete_range(Cf::Forward, from, to);
+            }
+            txn.put(Cf::Meta, keys::META_ROTATION, next.encode());
+            txn.after_commit(on_commit);
+            Ok(destroyed)
+        }))
+    }
+
+    fn reclaim(&self) -> StoreFuture<'_, ()> {
+        let compact = self.reader_compact(&[Cf::Forward, Cf::Reverse, Cf::Keys, Cf::Meta]);
+        Box::pin(async move {
+            tokio::task::spawn_blocking(compact)
+                .await
+                .map_err(|_| StoreError::JobPanicked)?
+        })
+    }
+
+    fn finish_rotation(
+        &self,
+        expected: keys::RotationRow,
+        last: keys::LastRotationRow,
+    ) -> StoreFuture<'_, bool> {
+        Box::pin(self.write(move |txn| {
+            if txn.get(Cf::Meta, keys::META_ROTATION)?.as_deref() != Some(&expected.encode()) {
+                return Ok(false);
+            }
+            txn.delete(Cf::Meta, keys::META_ROTATION);
+            txn.put(Cf::Meta, keys::META_LAST_ROTATION, last.encode());
+            Ok(true)
+        }))
+    }
+}
+
+fn active_version(stored: Option<&[u8]>) -> Result<u32, StoreError> {
+    stored
+        .and_then(keys::decode_u32)
+        .ok_or(StoreError::Corrupt {
+            table: "meta",
+            what: "the active keyset version is missing or unreadable",
+        })
+}
+
+fn decode_keyset(bytes: &[u8]) -> Result<keys::KeysetRow, StoreError> {
+    keys::KeysetRow::decode(bytes).ok_or(StoreError::Corrupt {
+        table: "keys",
+        what: "a keyset row is unreadable",
+    })
+}
+
+fn decode_rotation(bytes: &[u8]) -> Result<keys::RotationRow, StoreError> {
+    keys::RotationRow::decode(bytes).ok_or(StoreError::Corrupt {
+        table: "meta",
+        what: "the rotation record is unreadable",
+    })
+}
+
 fn encode_client(row: &ClientRow) -> Result<Vec<u8>, StoreError> {
     serde_json::to_vec(row).map_err(|_| StoreError::Corrupt {
         table: "clients",
@@ -839,14 +1098,7 @@ pub(crate) fn append_audit(txn: &mut Txn<'_>, record: &PendingRecord) -> Result<
 /// writes of the jobs before it: what one commit sees is what is checked,
 /// so two jobs bringing the same value find each other.
 fn insert_mappings(txn: &mut Txn<'_>, values: &dyn NewValues) -> Result<InsertOutcome, StoreError> {
-    let active = txn
-        .get(Cf::Meta, keys::META_ACTIVE_KEYSET)?
-        .as_deref()
-        .and_then(keys::decode_u32)
-        .ok_or(StoreError::Corrupt {
-            table: "meta",
-            what: "the active keyset version is missing or unreadable",
-        })?;
+    let active = active_version(txn.get(Cf::Meta, keys::META_ACTIVE_KEYSET)?.as_deref())?;
     if active != values.keyset() {
         return Ok(InsertOutcome::StaleKeyset);
     }
@@ -860,16 +1112,19 @@ fn insert_mappings(txn: &mut Txn<'_>, values: &dyn NewValues) -> Result<InsertOu
                 continue 'value;
             }
         }
-        while let Some(candidate) = values.next_candidate(item) {
-            let reverse = keys::reverse_key(namespace, &candidate.token);
+        while let Some(token) = values.next_candidate(item) {
+            let reverse = keys::reverse_key(namespace, &token);
             if txn.contains(Cf::Reverse, &reverse)? {
                 continue;
             }
-            txn.put(Cf::Reverse, reverse, candidate.row);
-            if let (Some(key), Some(entry)) = (forward.first(), candidate.forward) {
+            let Some(rows) = values.rows(item, &token) else {
+                break;
+            };
+            txn.put(Cf::Reverse, reverse, rows.reverse);
+            if let (Some(key), Some(entry)) = (forward.first(), rows.forward) {
                 txn.put(Cf::Forward, key.0.as_slice(), entry);
             }
-            outcomes.push(Inserted::New(candidate.token));
+            outcomes.push(Inserted::New(token));
             continue 'value;
         }
         outcomes.push(Inserted::Taken);
