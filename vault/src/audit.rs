@@ -39,7 +39,7 @@ use crate::crypto::AuditKey;
 use crate::error::{Error, ItemCode};
 use crate::store::keys;
 use crate::store::{
-    AuditStore, Cf, PendingRecord, Store, StoreError, StoreOptions, StoredRecord, chain_hash,
+    AuditStore, PendingRecord, Store, StoreError, StoreOptions, StoredRecord, chain_hash,
 };
 
 /// Format byte of a record body.
@@ -581,10 +581,10 @@ impl AuditState {
 /// Loads the audit key of an unsealed vault, creating it for a vault that an
 /// older version initialised without one.
 pub(crate) async fn load_or_create_key(
-    store: &Store,
+    store: &dyn AuditStore,
     kek: &crate::crypto::Kek,
 ) -> Result<AuditKey, Error> {
-    if let Some(bytes) = store.get(Cf::Meta, keys::META_AUDIT_KEY)? {
+    if let Some(bytes) = store.audit_key_row().await? {
         let row = keys::AuditKeyRow::decode(&bytes).ok_or(Error::Corrupt("audit key row"))?;
         return AuditKey::unwrap(kek, row.version, &row.wrapped).map_err(|_| Error::KeyIntegrity);
     }
@@ -598,17 +598,11 @@ pub(crate) async fn load_or_create_key(
     }
     let key = AuditKey::generate(1).map_err(Error::Crypto)?;
     let row = new_key_row(&key, kek)?;
-    store
-        .write(move |txn| {
-            if txn.contains(Cf::Meta, keys::META_AUDIT_KEY)? {
-                return Err(StoreError::Unavailable(
-                    "the audit key appeared while it was being created; retry".into(),
-                ));
-            }
-            txn.put(Cf::Meta, keys::META_AUDIT_KEY, row);
-            Ok(())
-        })
-        .await?;
+    if !store.create_audit_key(row).await? {
+        return Err(Error::Store(StoreError::Unavailable(
+            "the audit key appeared while it was being created; retry".into(),
+        )));
+    }
     tracing::info!("audit key created");
     Ok(key)
 }

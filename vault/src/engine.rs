@@ -461,7 +461,7 @@ impl Vault {
                 row: crate::store::integrity::row_name(Cf::Meta, keys::META_AUDIT_HEAD),
             }));
         }
-        let keyring = load_keyring(&store, &kek)?;
+        let keyring = load_keyring(&store, &kek).await?;
         let audit_key = crate::audit::load_or_create_key(&store, &kek).await?;
         let mut namespaces: Vec<Namespace> = Vec::new();
         for row in store.namespace_rows().await? {
@@ -1414,7 +1414,7 @@ async fn bind_forward_entries(store: &Store, kek: &Kek) -> Result<(), Error> {
     let check = kek
         .check_value(&kdf_record(store)?, Protection::ForwardBindings)
         .map_err(Error::Crypto)?;
-    let ring = load_keyring(store, kek)?;
+    let ring = load_keyring(store, kek).await?;
     let (mut bound, mut unbindable) = (0u64, 0u64);
     let mut cursor: Vec<u8> = Vec::new();
     loop {

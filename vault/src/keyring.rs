@@ -8,8 +8,8 @@ use std::sync::{Arc, RwLock};
 
 use crate::crypto::{Kek, KeyPurpose, Keyset};
 use crate::error::Error;
-use crate::store::keys::{self, ForwardKey, KeysetRow, KeysetState};
-use crate::store::{Cf, Store};
+use crate::store::RotationStore;
+use crate::store::keys::{ForwardKey, KeysetRow, KeysetState};
 
 /// The keysets of an unsealed vault. Replaced whole (never edited in place)
 /// when a rotation starts or ends, on the writer thread, between commits.
@@ -98,15 +98,12 @@ pub(crate) fn reverse_ad(namespace_id: u32, token: &str, version: u32) -> Revers
 }
 
 /// Every keyset that is not destroyed, unwrapped under `kek`, with its row.
-pub(crate) fn live_keysets(
-    store: &Store,
+pub(crate) async fn live_keysets(
+    store: &dyn RotationStore,
     kek: &Kek,
 ) -> Result<Vec<(u32, KeysetRow, Keyset)>, Error> {
     let mut live = Vec::new();
-    for entry in store.scan(Cf::Keys) {
-        let (key, value) = entry?;
-        let version = keys::decode_u32(&key).ok_or(Error::Corrupt("keyset version"))?;
-        let row = KeysetRow::decode(&value).ok_or(Error::Corrupt("keyset row"))?;
+    for (version, row) in store.keyset_rows().await? {
         if let KeysetState::Destroyed { .. } = row.state {
             continue;
         }
@@ -117,13 +114,10 @@ pub(crate) fn live_keysets(
     Ok(live)
 }
 
-pub(crate) fn load_keyring(store: &Store, kek: &Kek) -> Result<Keyring, Error> {
-    let active = store
-        .get(Cf::Meta, keys::META_ACTIVE_KEYSET)?
-        .as_deref()
-        .and_then(keys::decode_u32)
-        .ok_or(Error::Corrupt("active keyset"))?;
-    let by_version: HashMap<u32, Arc<Keyset>> = live_keysets(store, kek)?
+pub(crate) async fn load_keyring(store: &dyn RotationStore, kek: &Kek) -> Result<Keyring, Error> {
+    let active = store.active_keyset().await?;
+    let by_version: HashMap<u32, Arc<Keyset>> = live_keysets(store, kek)
+        .await?
         .into_iter()
         .map(|(version, _, keyset)| (version, Arc::new(keyset)))
         .collect();

@@ -636,7 +636,7 @@ impl Vault {
         let store = Store::open(path, &StoreOptions::default())?;
         protect_rows(&store, &old_kek, protection).await?;
         failpoint("rekey-opened");
-        let rows = live_keysets(&store, &old_kek)?;
+        let rows = live_keysets(&store, &old_kek).await?;
         // Every row that carries a tag is tagged again under the new KEK in
         // the same commit as the new wrapping: read (and checked) here.
         let tagged_rows = store.protected_rows()?;
@@ -688,7 +688,7 @@ impl Vault {
             })
             .await?;
         failpoint("rekey-committed");
-        load_keyring(&store, &new_kek)?;
+        load_keyring(&store, &new_kek).await?;
         crate::audit::load_or_create_key(&store, &new_kek).await?;
         // The keysets wrapped under the old KEK are overwritten, not gone:
         // they sit in older table files and the write-ahead log until

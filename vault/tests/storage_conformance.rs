@@ -16,20 +16,15 @@ use phivault::store::keys::{
     self, ForwardKey, KeysetRow, KeysetState, LastRotationRow, RotationPhase, RotationRow,
 };
 use phivault::store::{
-    AuditStore, Cf, ClientRow, InsertOutcome, Inserted, MappingRows, MappingStore, Moved,
-    NewValues, NotStarted, PendingRecord, RegistryStore, RotationStart, RotationStore, Store,
-    StoreOptions, StoredRecord, chain_hash,
+    Cf, ClientRow, InsertOutcome, Inserted, MappingRows, Moved, NewValues, NotStarted,
+    PendingRecord, RotationStart, Storage, Store, StoreOptions, StoredRecord, chain_hash,
 };
-
-/// Everything a backend provides.
-trait Backend: MappingStore + AuditStore + RegistryStore + RotationStore {}
-impl<T: MappingStore + AuditStore + RegistryStore + RotationStore> Backend for T {}
 
 type Boxed<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 /// A backend under test.
 struct Harness {
-    store: Arc<dyn Backend>,
+    store: Arc<dyn Storage>,
     /// Makes keyset `version` the active one.
     activate: Box<dyn Fn(u32) -> Boxed<()> + Send + Sync>,
     /// What the backend's files live in, if it has any: held by
@@ -168,15 +163,15 @@ impl NewValues for Batch {
     }
 }
 
-async fn insert(store: &dyn Backend, keyset: u32, values: Vec<Value>) -> InsertOutcome {
+async fn insert(store: &dyn Storage, keyset: u32, values: Vec<Value>) -> InsertOutcome {
     insert_batch(store, Arc::new(Batch { keyset, values })).await
 }
 
-async fn insert_batch(store: &dyn Backend, batch: Arc<Batch>) -> InsertOutcome {
+async fn insert_batch(store: &dyn Storage, batch: Arc<Batch>) -> InsertOutcome {
     store.insert_mappings(batch).await.expect("insert_mappings")
 }
 
-async fn insert_done(store: &dyn Backend, keyset: u32, values: Vec<Value>) -> Vec<Inserted> {
+async fn insert_done(store: &dyn Storage, keyset: u32, values: Vec<Value>) -> Vec<Inserted> {
     match insert(store, keyset, values).await {
         InsertOutcome::Done(done) => done,
         InsertOutcome::StaleKeyset => panic!("keyset {keyset} is the active one"),
@@ -932,6 +927,73 @@ async fn rotation_steps_replayed_change_nothing() {
                 Some(last),
                 "{name}"
             );
+        })
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_lease_has_one_holder_at_a_time() {
+    use std::time::Duration;
+    each_backend(|name, h| {
+        Box::pin(async move {
+            let store = h.store.as_ref();
+            let long = Duration::from_secs(600);
+            let a = store
+                .acquire_lease("rotation", "node-a", long)
+                .await
+                .expect("acquire")
+                .expect("free");
+            assert_eq!(
+                store
+                    .acquire_lease("rotation", "node-b", long)
+                    .await
+                    .expect("acquire"),
+                None,
+                "{name}: held by another"
+            );
+            let other_job = store
+                .acquire_lease("checkpoint", "node-b", long)
+                .await
+                .expect("acquire");
+            assert!(other_job.is_some(), "{name}: leases are per job");
+            let renewed = store
+                .acquire_lease("rotation", "node-a", long)
+                .await
+                .expect("acquire")
+                .expect("renewed");
+            assert_eq!(renewed.fence, a.fence, "{name}: a renewal keeps the fence");
+            // Released, the lease goes to the next asker with a higher fence.
+            store.release_lease(&renewed).await.expect("release");
+            let b = store
+                .acquire_lease("rotation", "node-b", long)
+                .await
+                .expect("acquire")
+                .expect("released");
+            assert!(b.fence > a.fence, "{name}");
+            // A holder that lost the lease cannot release the new holder's.
+            store.release_lease(&a).await.expect("release");
+            assert_eq!(
+                store
+                    .acquire_lease("rotation", "node-a", long)
+                    .await
+                    .expect("acquire"),
+                None,
+                "{name}"
+            );
+            // A lease whose time ran out goes to the next asker.
+            store.release_lease(&b).await.expect("release");
+            let brief = store
+                .acquire_lease("rotation", "node-c", Duration::ZERO)
+                .await
+                .expect("acquire")
+                .expect("free");
+            let taken_over = store
+                .acquire_lease("rotation", "node-d", long)
+                .await
+                .expect("acquire")
+                .expect("expired");
+            assert!(taken_over.fence > brief.fence, "{name}");
         })
     })
     .await;

@@ -118,6 +118,14 @@ pub trait AuditStore: Send + Sync {
     /// The stored records of `seqs`, in order.
     fn audit_entries<'a>(&'a self, seqs: &'a [u64]) -> StoreFuture<'a, Vec<Option<Vec<u8>>>>;
 
+    /// The audit key's row ([`AuditKeyRow`](super::keys::AuditKeyRow)),
+    /// wrapped under the KEK.
+    fn audit_key_row(&self) -> StoreFuture<'_, Option<Vec<u8>>>;
+
+    /// Stores the audit key's row if there is none; `false` (nothing
+    /// written) if there is one.
+    fn create_audit_key(&self, row: Vec<u8>) -> StoreFuture<'_, bool>;
+
     /// Sequence numbers of the records that revealed the token marked
     /// `mark`, in order, after `after` (from the first when 0), at most
     /// `limit`.

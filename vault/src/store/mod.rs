@@ -4,6 +4,7 @@
 mod audit;
 pub mod integrity;
 pub mod keys;
+mod lease;
 mod mappings;
 mod registry;
 mod rotation;
@@ -20,6 +21,7 @@ use rocksdb::{
 use tokio::sync::oneshot;
 
 pub use audit::{AuditStore, PendingRecord, StoredRecord, chain_hash};
+pub use lease::{Lease, LeaseStore};
 pub use mappings::{InsertOutcome, Inserted, MappingRows, MappingStore, NewValues, StoreFuture};
 pub use registry::{ClientRow, NamespaceRow, RegistryStore};
 pub use rotation::{Moved, NotStarted, OnCommit, ReverseEntry, RotationStart, RotationStore};
@@ -80,6 +82,13 @@ impl Cf {
         self as usize
     }
 }
+
+/// Everything a backend provides: the vault's own operations, each one
+/// round trip (DESIGN.md §9). The conformance suite in
+/// `vault/tests/storage_conformance.rs` says what each must do.
+pub trait Storage: MappingStore + AuditStore + RegistryStore + RotationStore + LeaseStore {}
+
+impl<T: MappingStore + AuditStore + RegistryStore + RotationStore + LeaseStore> Storage for T {}
 
 /// How writes reach the disk before a caller is told they succeeded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -195,6 +204,10 @@ impl From<rocksdb::Error> for StoreError {
 
 struct Inner {
     db: DB,
+    /// Job leases. One process holds a RocksDB database (it takes the
+    /// directory's lock), so they live in memory: they order the jobs of
+    /// this process and are gone with it.
+    leases: std::sync::Mutex<std::collections::HashMap<String, HeldLease>>,
     /// Tags protected rows once the vault is unsealed (see [`integrity`]).
     row_mac: std::sync::RwLock<Option<Arc<integrity::RowMac>>>,
 }
@@ -375,6 +388,7 @@ impl Store {
         }
         let inner = Arc::new(Inner {
             db,
+            leases: Default::default(),
             row_mac: std::sync::RwLock::new(None),
         });
         let writer = match writable {
@@ -684,6 +698,20 @@ impl AuditStore for Store {
             .await
             .map_err(|_| StoreError::JobPanicked)?
         })
+    }
+
+    fn audit_key_row(&self) -> StoreFuture<'_, Option<Vec<u8>>> {
+        Box::pin(std::future::ready(self.get(Cf::Meta, keys::META_AUDIT_KEY)))
+    }
+
+    fn create_audit_key(&self, row: Vec<u8>) -> StoreFuture<'_, bool> {
+        Box::pin(self.write(move |txn| {
+            if txn.contains(Cf::Meta, keys::META_AUDIT_KEY)? {
+                return Ok(false);
+            }
+            txn.put(Cf::Meta, keys::META_AUDIT_KEY, row);
+            Ok(true)
+        }))
     }
 
     fn audit_entries<'a>(&'a self, seqs: &'a [u64]) -> StoreFuture<'a, Vec<Option<Vec<u8>>>> {
@@ -1062,6 +1090,57 @@ fn encode_client(row: &ClientRow) -> Result<Vec<u8>, StoreError> {
         table: "clients",
         what: "a client row cannot be encoded",
     })
+}
+
+/// A lease as the RocksDB backend holds it.
+struct HeldLease {
+    holder: String,
+    fence: u64,
+    until: std::time::Instant,
+}
+
+impl LeaseStore for Store {
+    fn acquire_lease<'a>(
+        &'a self,
+        job: &'a str,
+        holder: &'a str,
+        ttl: std::time::Duration,
+    ) -> StoreFuture<'a, Option<Lease>> {
+        let now = std::time::Instant::now();
+        let mut leases = self.inner.leases.lock().unwrap_or_else(|e| e.into_inner());
+        let fence = match leases.get(job) {
+            Some(held) if held.holder == holder => held.fence,
+            Some(held) if held.until > now => return Box::pin(std::future::ready(Ok(None))),
+            Some(held) => held.fence + 1,
+            None => 1,
+        };
+        leases.insert(
+            job.to_owned(),
+            HeldLease {
+                holder: holder.to_owned(),
+                fence,
+                until: now + ttl,
+            },
+        );
+        Box::pin(std::future::ready(Ok(Some(Lease {
+            job: job.to_owned(),
+            holder: holder.to_owned(),
+            fence,
+        }))))
+    }
+
+    fn release_lease<'a>(&'a self, lease: &'a Lease) -> StoreFuture<'a, ()> {
+        let mut leases = self.inner.leases.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(held) = leases.get_mut(&lease.job)
+            && held.holder == lease.holder
+            && held.fence == lease.fence
+        {
+            // Kept, expired, so that the next grant raises the fence.
+            held.until = std::time::Instant::now();
+            held.holder.clear();
+        }
+        Box::pin(std::future::ready(Ok(())))
+    }
 }
 
 /// The audit head as stored (the default before the first record).
