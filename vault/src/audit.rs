@@ -37,7 +37,7 @@ use crate::Vault;
 use crate::clock::now_secs;
 use crate::crypto::AuditKey;
 use crate::error::{Error, ItemCode};
-use crate::store::keys;
+use crate::store::schema;
 use crate::store::{
     AuditStore, PendingRecord, Store, StoreError, StoreOptions, StoredRecord, chain_hash,
 };
@@ -585,7 +585,7 @@ pub(crate) async fn load_or_create_key(
     kek: &crate::crypto::Kek,
 ) -> Result<AuditKey, Error> {
     if let Some(bytes) = store.audit_key_row().await? {
-        let row = keys::AuditKeyRow::decode(&bytes).ok_or(Error::Corrupt("audit key row"))?;
+        let row = schema::AuditKeyRow::decode(&bytes).ok_or(Error::Corrupt("audit key row"))?;
         return AuditKey::unwrap(kek, row.version, &row.wrapped).map_err(|_| Error::KeyIntegrity);
     }
     // A vault without an audit key is one from before the audit trail.
@@ -609,7 +609,7 @@ pub(crate) async fn load_or_create_key(
 
 /// The `meta` row of a new audit key.
 pub(crate) fn new_key_row(key: &AuditKey, kek: &crate::crypto::Kek) -> Result<Vec<u8>, Error> {
-    Ok(keys::AuditKeyRow {
+    Ok(schema::AuditKeyRow {
         version: key.version(),
         created_at: now_secs(),
         wrapped: key.wrap(kek).map_err(Error::Crypto)?,

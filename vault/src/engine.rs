@@ -30,7 +30,9 @@ use crate::error::{Error, ItemCode, ItemError};
 use crate::format::{Parsed, Shape};
 use crate::keyring::{Keyring, Lookup, SharedKeyring, load_keyring, reverse_ad};
 use crate::namespace::{self, Namespace, NamespaceSpec};
-use crate::store::keys::{self, ForwardKey, KeysetRow, KeysetState, ReverseRow};
+use crate::store::rocks::keys;
+use crate::store::schema;
+use crate::store::schema::{ForwardKey, KeysetRow, KeysetState, ReverseRow};
 use crate::store::{
     Cf, InsertOutcome, Inserted, MappingRows, MappingStore, NamespaceRow, NewValues, RegistryStore,
     Store, StoreError, StoreOptions,
@@ -395,22 +397,22 @@ impl Vault {
                 txn.put(
                     Cf::Meta,
                     keys::META_FORMAT_VERSION,
-                    keys::u32_bytes(keys::FORMAT_VERSION),
+                    schema::u32_bytes(schema::FORMAT_VERSION),
                 );
                 txn.put(Cf::Meta, keys::META_KDF, record.encode());
                 txn.put(Cf::Meta, keys::META_KEK_CHECK, check);
-                txn.put(Cf::Meta, keys::META_ACTIVE_KEYSET, keys::u32_bytes(1));
+                txn.put(Cf::Meta, keys::META_ACTIVE_KEYSET, schema::u32_bytes(1));
                 txn.put(
                     Cf::Meta,
                     keys::META_NEXT_NAMESPACE_ID,
-                    keys::u32_bytes(next_id),
+                    schema::u32_bytes(next_id),
                 );
                 let row = KeysetRow {
                     state: KeysetState::Active,
                     created_at: now,
                     wrapped,
                 };
-                txn.put(Cf::Keys, keys::u32_bytes(1), row.encode());
+                txn.put(Cf::Keys, schema::u32_bytes(1), row.encode());
                 txn.put(Cf::Meta, keys::META_AUDIT_KEY, audit_row);
                 for ns in &stored {
                     txn.put(Cf::Namespaces, ns.name.as_bytes(), encode_namespace(ns));
@@ -694,7 +696,7 @@ impl Vault {
             .write(move |txn| {
                 txn.put(
                     crate::store::Cf::Meta,
-                    crate::store::keys::META_WRITE_PROBE,
+                    crate::store::rocks::keys::META_WRITE_PROBE,
                     now.to_be_bytes().to_vec(),
                 );
                 Ok(())
@@ -1318,8 +1320,8 @@ pub(crate) async fn unseal_kek(path: &Path, master: MasterKey) -> Result<Unseale
     )?;
     let [version, kdf, check] =
         <[Option<Vec<u8>>; 3]>::try_from(meta).map_err(|_| Error::Corrupt("meta"))?;
-    match version.as_deref().and_then(keys::decode_u32) {
-        Some(keys::FORMAT_VERSION) => {}
+    match version.as_deref().and_then(schema::decode_u32) {
+        Some(schema::FORMAT_VERSION) => {}
         Some(_) => return Err(Error::Corrupt("unknown format version")),
         None => {
             return Err(Error::Corrupt(

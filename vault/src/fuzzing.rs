@@ -7,7 +7,7 @@ use zeroize::Zeroizing;
 
 use crate::crypto::PrfKey;
 use crate::format::{FormatKind, FormatSpec};
-use crate::store::keys;
+use crate::store::schema;
 
 /// The format `selector` picks, with `keep_prefix`/`keep_suffix` when the
 /// format allows them (`None` otherwise).
@@ -86,23 +86,23 @@ pub fn token(spec: &FormatSpec, token: &str) {
 /// decoder refuses or accepts without panicking, and what it accepts it
 /// encodes back to the same bytes.
 pub fn stored_rows(bytes: &[u8]) {
-    if let Some(row) = keys::ReverseRow::decode(bytes) {
+    if let Some(row) = schema::ReverseRow::decode(bytes) {
         assert_eq!(row.encode(), bytes);
     }
-    if let Some(row) = keys::KeysetRow::decode(bytes) {
-        assert_eq!(keys::KeysetRow::decode(&row.encode()), Some(row));
+    if let Some(row) = schema::KeysetRow::decode(bytes) {
+        assert_eq!(schema::KeysetRow::decode(&row.encode()), Some(row));
     }
-    if let Some(row) = keys::RotationRow::decode(bytes) {
-        assert_eq!(keys::RotationRow::decode(&row.encode()), Some(row));
+    if let Some(row) = schema::RotationRow::decode(bytes) {
+        assert_eq!(schema::RotationRow::decode(&row.encode()), Some(row));
     }
-    if let Some(row) = keys::LastRotationRow::decode(bytes) {
-        assert_eq!(keys::LastRotationRow::decode(&row.encode()), Some(row));
+    if let Some(row) = schema::LastRotationRow::decode(bytes) {
+        assert_eq!(schema::LastRotationRow::decode(&row.encode()), Some(row));
     }
-    if let Some(head) = keys::AuditHead::decode(bytes) {
-        assert_eq!(keys::AuditHead::decode(&head.encode()), Some(head));
+    if let Some(head) = schema::AuditHead::decode(bytes) {
+        assert_eq!(schema::AuditHead::decode(&head.encode()), Some(head));
     }
-    if let Some(row) = keys::AuditKeyRow::decode(bytes) {
-        assert_eq!(keys::AuditKeyRow::decode(&row.encode()), Some(row));
+    if let Some(row) = schema::AuditKeyRow::decode(bytes) {
+        assert_eq!(schema::AuditKeyRow::decode(&row.encode()), Some(row));
     }
     let seq = bytes.first().map_or(1, |&b| u64::from(b));
     let _ = crate::audit::decode_record(seq, bytes);

@@ -9,7 +9,7 @@ use std::sync::{Arc, RwLock};
 use crate::crypto::{Kek, KeyPurpose, Keyset};
 use crate::error::Error;
 use crate::store::RotationStore;
-use crate::store::keys::{ForwardKey, KeysetRow, KeysetState};
+use crate::store::schema::{ForwardKey, KeysetRow, KeysetState};
 
 /// The keysets of an unsealed vault. Replaced whole (never edited in place)
 /// when a rotation starts or ends, on the writer thread, between commits.

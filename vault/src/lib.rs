@@ -53,4 +53,4 @@ pub use error::{Error, ItemCode, ItemError};
 pub use maintenance::{BackupInfo, Problem, ProblemKind, VerifyReport, backup_offline};
 pub use namespace::{Namespace, NamespaceSpec};
 pub use rotation::{KeyStatus, KeyVersion, LastRotation, RotationProgress};
-pub use store::keys::{KeysetState, RotationPhase};
+pub use store::schema::{KeysetState, RotationPhase};

@@ -11,7 +11,9 @@ use crate::crypto::{KdfParams, KeyPurpose, MasterKey};
 use crate::engine::{MIN_PASSPHRASE_CHARS, Unsealed, derive_kek, protect_rows, unseal_kek};
 use crate::error::Error;
 use crate::keyring::{live_keysets, load_keyring, reverse_ad};
-use crate::store::keys::{self, ForwardKey, ReverseRow};
+use crate::store::rocks::keys;
+use crate::store::schema;
+use crate::store::schema::{ForwardKey, ReverseRow};
 use crate::store::{Cf, Entry, Store, StoreOptions};
 use crate::{Namespace, Vault};
 
@@ -581,7 +583,7 @@ impl Vault {
                     report.report(ProblemKind::OrphanForward, name, "forward", row_no);
                     continue;
                 };
-                let version = keys::decode_u32(&key[4..8]).unwrap_or(0);
+                let version = schema::decode_u32(&key[4..8]).unwrap_or(0);
                 let (Some(keyset), Some(row), Ok(token)) = (
                     ring.by_version.get(&version),
                     ReverseRow::decode(&row),
@@ -659,9 +661,9 @@ impl Vault {
         let audit_row = store
             .get(Cf::Meta, keys::META_AUDIT_KEY)?
             .as_deref()
-            .and_then(keys::AuditKeyRow::decode)
+            .and_then(schema::AuditKeyRow::decode)
             .ok_or(Error::Corrupt("audit key row"))?;
-        let audit_row = keys::AuditKeyRow {
+        let audit_row = schema::AuditKeyRow {
             wrapped: audit_key.wrap(&new_kek).map_err(Error::Crypto)?,
             ..audit_row
         }
@@ -680,7 +682,7 @@ impl Vault {
                 txn.put(Cf::Meta, keys::META_KDF, record.encode());
                 txn.put(Cf::Meta, keys::META_KEK_CHECK, check);
                 for (version, row) in rewrapped {
-                    txn.put(Cf::Keys, keys::u32_bytes(version), row);
+                    txn.put(Cf::Keys, schema::u32_bytes(version), row);
                 }
                 txn.put(Cf::Meta, keys::META_AUDIT_KEY, audit_row);
                 failpoint("rekey-committing");

@@ -28,7 +28,7 @@ use crate::crypto::{KeyPurpose, Keyset};
 use crate::error::Error;
 use crate::keyring::{Keyring, reverse_ad};
 use crate::namespace::Namespace;
-use crate::store::keys::{
+use crate::store::schema::{
     ForwardKey, KeysetRow, KeysetState, LastRotationRow, ReverseRow, RotationPhase, RotationRow,
 };
 use crate::store::{

@@ -230,7 +230,11 @@ async fn a_truncation_with_a_rewritten_head_is_refused_at_start() {
         head.extend_from_slice(&7u64.to_be_bytes());
         head.extend_from_slice(&time);
         head.extend_from_slice(&hash);
-        txn.put(Cf::Meta, phivault::store::keys::META_AUDIT_HEAD, head);
+        txn.put(
+            Cf::Meta,
+            phivault::store::rocks::keys::META_AUDIT_HEAD,
+            head,
+        );
     })
     .await;
     let report = verify_audit_at(dir.path()).await.expect("verify");
@@ -251,7 +255,7 @@ async fn a_deleted_audit_head_is_refused_at_start() {
     let dir = tempfile::tempdir().expect("tempdir");
     vault_with_records(dir.path(), 3).await;
     tamper(dir.path(), |txn| {
-        txn.delete(Cf::Meta, phivault::store::keys::META_AUDIT_HEAD)
+        txn.delete(Cf::Meta, phivault::store::rocks::keys::META_AUDIT_HEAD)
     })
     .await;
     assert!(matches!(
@@ -268,7 +272,7 @@ async fn a_missing_audit_key_is_not_recreated_when_records_exist() {
     let dir = tempfile::tempdir().expect("tempdir");
     vault_with_records(dir.path(), 3).await;
     tamper(dir.path(), |txn| {
-        txn.delete(Cf::Meta, phivault::store::keys::META_AUDIT_KEY)
+        txn.delete(Cf::Meta, phivault::store::rocks::keys::META_AUDIT_KEY)
     })
     .await;
     let refused = Vault::open(dir.path(), key_file(), VaultOptions::default()).await;

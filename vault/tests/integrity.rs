@@ -6,7 +6,9 @@
 use std::path::Path;
 
 use phivault::store::integrity::TAG_LEN;
-use phivault::store::{Cf, Store, StoreError, StoreOptions, keys};
+use phivault::store::rocks::keys;
+use phivault::store::schema;
+use phivault::store::{Cf, Store, StoreError, StoreOptions};
 use phivault::{Error, MasterKey, Vault, VaultOptions};
 use zeroize::Zeroizing;
 
@@ -140,7 +142,7 @@ async fn the_active_keyset_pointer_and_keyset_state_are_protected() {
     let dir = tempfile::tempdir().expect("tempdir");
     vault(dir.path()).await;
     tamper(dir.path(), |txn| {
-        txn.put(Cf::Meta, keys::META_ACTIVE_KEYSET, keys::u32_bytes(1));
+        txn.put(Cf::Meta, keys::META_ACTIVE_KEYSET, schema::u32_bytes(1));
         Ok(())
     })
     .await;
@@ -152,10 +154,10 @@ async fn the_active_keyset_pointer_and_keyset_state_are_protected() {
     let dir = tempfile::tempdir().expect("tempdir");
     vault(dir.path()).await;
     tamper(dir.path(), |txn| {
-        let mut stored = txn.get(Cf::Keys, &keys::u32_bytes(1))?.expect("keyset 1");
+        let mut stored = txn.get(Cf::Keys, &schema::u32_bytes(1))?.expect("keyset 1");
         // The state byte, then the old tag: a keyset marked otherwise.
         stored[0] ^= 1;
-        txn.put(Cf::Keys, keys::u32_bytes(1), stored);
+        txn.put(Cf::Keys, schema::u32_bytes(1), stored);
         Ok(())
     })
     .await;

@@ -12,7 +12,8 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use phivault::store::keys::{
+use phivault::store::rocks::keys;
+use phivault::store::schema::{
     self, ForwardKey, KeysetRow, KeysetState, LastRotationRow, RotationPhase, RotationRow,
 };
 use phivault::store::{
@@ -48,7 +49,11 @@ async fn rocksdb() -> Harness {
         Box::pin(async move {
             store
                 .write(move |txn| {
-                    txn.put(Cf::Meta, keys::META_ACTIVE_KEYSET, keys::u32_bytes(version));
+                    txn.put(
+                        Cf::Meta,
+                        keys::META_ACTIVE_KEYSET,
+                        schema::u32_bytes(version),
+                    );
                     Ok::<_, phivault::store::StoreError>(())
                 })
                 .await
@@ -58,10 +63,10 @@ async fn rocksdb() -> Harness {
     activate(1).await;
     store
         .write(|txn| {
-            txn.put(Cf::Meta, keys::META_NEXT_NAMESPACE_ID, keys::u32_bytes(1));
+            txn.put(Cf::Meta, keys::META_NEXT_NAMESPACE_ID, schema::u32_bytes(1));
             txn.put(
                 Cf::Keys,
-                keys::u32_bytes(1),
+                schema::u32_bytes(1),
                 keyset_row(KeysetState::Active).encode(),
             );
             Ok::<_, phivault::store::StoreError>(())

@@ -9,7 +9,7 @@
 use sha2::{Digest, Sha256};
 
 use super::StoreFuture;
-use super::keys::AuditHead;
+use super::schema::AuditHead;
 
 /// Domain label of the chain hash.
 const CHAIN_LABEL: &[u8] = b"phivault audit v1";
@@ -118,7 +118,7 @@ pub trait AuditStore: Send + Sync {
     /// The stored records of `seqs`, in order.
     fn audit_entries<'a>(&'a self, seqs: &'a [u64]) -> StoreFuture<'a, Vec<Option<Vec<u8>>>>;
 
-    /// The audit key's row ([`AuditKeyRow`](super::keys::AuditKeyRow)),
+    /// The audit key's row ([`AuditKeyRow`](super::schema::AuditKeyRow)),
     /// wrapped under the KEK.
     fn audit_key_row(&self) -> StoreFuture<'_, Option<Vec<u8>>>;
 

@@ -11,7 +11,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use super::StoreError;
-use super::keys::ForwardKey;
+use super::schema::ForwardKey;
 
 /// What a storage operation returns: boxed, so that the traits of the
 /// boundary stay object-safe and the engine can hold any backend behind

@@ -7,7 +7,7 @@
 //! replayed after a crash, or by a second job, finds the record changed and
 //! does nothing.
 
-use super::keys::{ForwardKey, KeysetRow, LastRotationRow, RotationRow};
+use super::schema::{ForwardKey, KeysetRow, LastRotationRow, RotationRow};
 use super::{PendingRecord, StoreFuture};
 
 /// Runs once a change is durable, before the backend commits anything after

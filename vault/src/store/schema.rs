@@ -1,32 +1,14 @@
-//! Key and value encodings of every column family, as small typed functions.
-//! All integers are big-endian so that keys sort by their numeric prefix.
+//! What a stored row holds, whatever backend stores it: the encodings of
+//! reverse rows, forward keys and entries, keysets, the rotation records, the
+//! audit head and the audit key. How a backend keys and arranges them is its
+//! own (see `rocks::keys`). All integers are big-endian so that encodings
+//! sort by their numeric prefix.
 
 use crate::crypto::{BINDING_LEN, BlindIndex, PrfKey};
 
-/// `meta`: on-disk format version (u32).
-pub const META_FORMAT_VERSION: &[u8] = b"format_version";
-/// `meta`: how the KEK is derived (kind, Argon2id parameters, salt).
-pub const META_KDF: &[u8] = b"kdf";
-/// `meta`: a constant sealed under the KEK, bound to the KDF record.
-pub const META_KEK_CHECK: &[u8] = b"kek_check";
-/// `meta`: the keyset version that new mappings are written under (u32).
-pub const META_ACTIVE_KEYSET: &[u8] = b"active_keyset";
-/// `meta`: the id the next namespace receives (u32).
-pub const META_NEXT_NAMESPACE_ID: &[u8] = b"next_namespace_id";
-/// `meta`: the running key rotation and its cursor ([`RotationRow`]); absent
-/// when none runs.
-pub const META_ROTATION: &[u8] = b"rotation";
-/// `meta`: the last completed key rotation ([`LastRotationRow`]).
-pub const META_LAST_ROTATION: &[u8] = b"last_rotation";
-
-/// `meta`: the audit key, wrapped under the KEK ([`AuditKeyRow`]).
-pub const META_AUDIT_KEY: &[u8] = b"audit_key";
-/// `meta`: the last record of the audit chain ([`AuditHead`]); absent
-/// before the first.
-pub const META_AUDIT_HEAD: &[u8] = b"audit_head";
-/// The time of the latest write-path probe: written only while commits are
-/// failing, to find out when the store takes writes again.
-pub const META_WRITE_PROBE: &[u8] = b"write_probe";
+/// Bytes of the MAC a backend stores after each row that grants or shapes
+/// access (DESIGN.md §10).
+pub const ROW_TAG_LEN: usize = 32;
 
 /// The on-disk format this build writes and reads.
 pub const FORMAT_VERSION: u32 = 1;
@@ -96,14 +78,6 @@ impl ForwardKey {
         prf.verify_forward_binding(&self.0, token, binding)
             .then_some(token)
     }
-}
-
-/// `reverse` key: `ns_id ‖ token` (the token's canonical form).
-pub fn reverse_key(namespace_id: u32, token: &str) -> Vec<u8> {
-    let mut key = Vec::with_capacity(4 + token.len());
-    key.extend_from_slice(&namespace_id.to_be_bytes());
-    key.extend_from_slice(token.as_bytes());
-    key
 }
 
 /// A `reverse` value: `v ‖ created_at ‖ AES-SIV(enc_key_v, AD, value)`.
@@ -330,30 +304,6 @@ impl LastRotationRow {
     }
 }
 
-/// `audit` key: the record's sequence number, so the chain reads in order.
-pub fn audit_key(seq: u64) -> [u8; 8] {
-    seq.to_be_bytes()
-}
-
-/// Decodes [`audit_key`].
-pub fn decode_audit_key(bytes: &[u8]) -> Option<u64> {
-    Some(u64::from_be_bytes(bytes.try_into().ok()?))
-}
-
-/// `disclosures` key: `token mark ‖ seq`. Every disclosure of one token sits
-/// under one prefix, oldest first.
-pub fn disclosure_key(mark: &[u8; 32], seq: u64) -> [u8; 40] {
-    let mut key = [0u8; 40];
-    key[..32].copy_from_slice(mark);
-    key[32..].copy_from_slice(&seq.to_be_bytes());
-    key
-}
-
-/// Decodes the sequence number of a [`disclosure_key`].
-pub fn disclosure_seq(key: &[u8]) -> Option<u64> {
-    decode_audit_key(key.get(32..)?)
-}
-
 /// The `meta` row of the audit chain's last record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct AuditHead {
@@ -376,13 +326,13 @@ impl AuditHead {
     }
 
     /// Parses a row; `None` if malformed. A row read without the key still
-    /// carries its MAC (see [`super::integrity`]): it is dropped unchecked
+    /// carries its MAC (see a backend's row tag, [`ROW_TAG_LEN`] bytes): it is dropped unchecked
     /// here, for the keyless walk of the chain, which checks every link but
     /// not that the head is genuine.
     pub fn decode(bytes: &[u8]) -> Option<Self> {
         let bytes = match bytes.len() {
             48 => bytes,
-            n if n == 48 + super::integrity::TAG_LEN => &bytes[..48],
+            n if n == 48 + ROW_TAG_LEN => &bytes[..48],
             _ => return None,
         };
         let (seq, rest) = bytes.split_first_chunk::<8>()?;
@@ -473,13 +423,6 @@ mod tests {
             prop_assert_eq!(AuditHead::decode(&head.encode()), Some(head));
             let row = AuditKeyRow { version, created_at: time_ms, wrapped };
             prop_assert_eq!(AuditKeyRow::decode(&row.encode()), Some(row));
-            prop_assert_eq!(decode_audit_key(&audit_key(seq)), Some(seq));
-            prop_assert_eq!(disclosure_seq(&disclosure_key(&hash, seq)), Some(seq));
-        }
-
-        #[test]
-        fn audit_keys_sort_by_sequence(a: u64, b: u64) {
-            prop_assert_eq!(a.cmp(&b), audit_key(a).cmp(&audit_key(b)));
         }
 
         #[test]
@@ -522,10 +465,9 @@ mod tests {
     }
 
     #[test]
-    fn forward_and_reverse_keys_lead_with_the_namespace() {
+    fn forward_keys_lead_with_the_namespace() {
         let key = ForwardKey::new(7, 2, &BlindIndex([0xab; 32]));
         assert_eq!(&key.0[..8], &[0, 0, 0, 7, 0, 0, 0, 2]);
-        assert_eq!(reverse_key(7, "987-65"), b"\0\0\0\x07987-65");
         assert_eq!(ReverseRow::decode(&[0; 11]), None);
     }
 }

@@ -13,7 +13,8 @@ use std::thread::JoinHandle;
 use rocksdb::{WriteBatch, WriteOptions};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Cf, Durability, Inner, StoreError, integrity};
+use super::{Cf, Inner, integrity};
+use crate::store::{Durability, StoreError};
 
 /// Jobs waiting for the writer before submitters have to wait.
 const QUEUE_DEPTH: usize = 4096;

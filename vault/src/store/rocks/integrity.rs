@@ -17,10 +17,12 @@
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
-use super::{Cf, StoreError, keys};
+use super::{Cf, keys};
+use crate::store::StoreError;
+use crate::store::schema;
 
 /// Bytes a tag adds to a row.
-pub const TAG_LEN: usize = 32;
+pub const TAG_LEN: usize = schema::ROW_TAG_LEN;
 
 /// `meta` rows that are MACed; every row of `clients`, `namespaces` and
 /// `keys` is too. The audit head among them keys the audit chain: the chain
@@ -92,7 +94,7 @@ impl RowMac {
 /// (client ids, namespace and `meta` names: none of them PHI), shortened.
 pub fn row_name(cf: Cf, key: &[u8]) -> String {
     if cf == Cf::Keys
-        && let Some(version) = keys::decode_u32(key)
+        && let Some(version) = schema::decode_u32(key)
     {
         return format!("version {version}");
     }
