@@ -418,7 +418,7 @@ impl Vault {
 
     /// Walks the audit chain.
     pub async fn verify_audit(&self) -> Result<AuditReport, Error> {
-        verify_chain(&self.store).await
+        verify_chain(self.store.as_ref()).await
     }
 
     /// Every call that revealed `token` in `namespace`, oldest first, after

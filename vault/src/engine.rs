@@ -34,7 +34,7 @@ use crate::store::rocks::keys;
 use crate::store::schema;
 use crate::store::schema::{ForwardKey, KeysetRow, KeysetState, ReverseRow};
 use crate::store::{
-    Cf, InsertOutcome, Inserted, MappingRows, MappingStore, NamespaceRow, NewValues, RegistryStore,
+    Cf, InsertOutcome, Inserted, MappingRows, NamespaceRow, NewValues, RegistryStore, Storage,
     Store, StoreError, StoreOptions,
 };
 
@@ -101,7 +101,7 @@ impl Default for VaultOptions {
 
 /// An unsealed vault.
 pub struct Vault {
-    pub(crate) store: Store,
+    pub(crate) store: Arc<dyn Storage>,
     /// Kept while unsealed so that new keysets can be wrapped.
     pub(crate) kek: Kek,
     pub(crate) keyring: SharedKeyring,
@@ -427,7 +427,7 @@ impl Vault {
             HashMap::from([(1, Arc::clone(&keyset))]),
         );
         Ok(Self::assemble(
-            store,
+            Arc::new(store),
             kek,
             keyring,
             audit_key,
@@ -480,12 +480,18 @@ impl Vault {
         }
         tracing::info!(path = %path.display(), active_keyset = keyring.active.version(), keysets = keyring.by_version.len(), "vault unsealed");
         Ok(Self::assemble(
-            store, kek, keyring, audit_key, namespaces, clients, options,
+            Arc::new(store),
+            kek,
+            keyring,
+            audit_key,
+            namespaces,
+            clients,
+            options,
         ))
     }
 
     fn assemble(
-        store: Store,
+        store: Arc<dyn Storage>,
         kek: Kek,
         keyring: Keyring,
         audit_key: AuditKey,
@@ -660,8 +666,8 @@ impl Vault {
     }
 
     /// The keysets as they are now.
-    pub(crate) fn data_dir(&self) -> &Path {
-        self.store.path()
+    pub(crate) fn data_dir(&self) -> Option<&Path> {
+        self.store.local_dir()
     }
 
     pub(crate) fn keyring(&self) -> Arc<Keyring> {
@@ -670,7 +676,7 @@ impl Vault {
 
     /// Commit statistics of the single writer.
     pub fn writer_stats(&self) -> crate::store::WriterStats {
-        self.store.writer_stats()
+        self.store.commit_stats()
     }
 
     /// For each namespace that has allocated tokens since start, the share
@@ -685,23 +691,13 @@ impl Vault {
     /// commits now. While it does not, every reveal fails closed, so health
     /// reports NOT_SERVING.
     pub fn write_path_healthy(&self) -> bool {
-        self.store.write_path_healthy()
+        self.store.writable()
     }
 
     /// Commits a small durable write to find out whether the store takes
     /// writes again (after a full disk, say) when no call is writing.
     pub async fn probe_write_path(&self) -> Result<(), Error> {
-        let now = crate::clock::now_ms();
-        self.store
-            .write(move |txn| {
-                txn.put(
-                    crate::store::Cf::Meta,
-                    crate::store::rocks::keys::META_WRITE_PROBE,
-                    now.to_be_bytes().to_vec(),
-                );
-                Ok(())
-            })
-            .await?;
+        self.store.probe_writes().await?;
         Ok(())
     }
 
@@ -1675,7 +1671,7 @@ mod migration_tests {
             assert_eq!(&again.expect("same token"), token);
             assert_eq!(&revealed.expect("value"), value);
         }
-        assert!(vault.verify().expect("verify").is_clean());
+        assert!(vault.verify().await.expect("verify").is_clean());
         vault.close().expect("close");
         let Unsealed { protection, .. } = unseal_kek(path, key_file()).await.expect("kek");
         assert_eq!(protection, Protection::CURRENT, "the KEK check says so");
@@ -1754,7 +1750,7 @@ mod migration_tests {
                 assert_eq!(given, token);
             }
         }
-        let report = vault.verify().expect("verify");
+        let report = vault.verify().await.expect("verify");
         assert_eq!(
             report.counts.get(&crate::ProblemKind::ForwardUnbound),
             Some(&1)

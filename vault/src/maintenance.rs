@@ -14,7 +14,9 @@ use crate::keyring::{live_keysets, load_keyring, reverse_ad};
 use crate::store::rocks::keys;
 use crate::store::schema;
 use crate::store::schema::{ForwardKey, ReverseRow};
-use crate::store::{Cf, Entry, Store, StoreOptions};
+use std::collections::HashMap;
+
+use crate::store::{Cf, ForwardRow, Lifecycle, Store, StoreOptions};
 use crate::{Namespace, Vault};
 
 /// Rows read per step of `verify`.
@@ -188,7 +190,11 @@ impl Drop for Staging {
 }
 
 /// Checkpoints `store` to `path` through a private staging directory.
-async fn checkpoint_to(store: &Store, path: &Path, within: Option<&Path>) -> Result<(), Error> {
+async fn checkpoint_to(
+    store: &dyn Lifecycle,
+    path: &Path,
+    within: Option<&Path>,
+) -> Result<(), Error> {
     let parent = backup_target(path, within)?;
     let staging = Staging::create(&parent)?;
     let target = path.to_path_buf();
@@ -198,18 +204,21 @@ async fn checkpoint_to(store: &Store, path: &Path, within: Option<&Path>) -> Res
     // directory: a caller that gives up waiting (a cancelled RPC) does not
     // remove it under a checkpoint being written; it goes when the job does.
     store
-        .checkpoint(&checkpoint, move |made| {
-            let published = publish(made, &target);
-            drop(staging);
-            published.map_err(|e| crate::store::StoreError::Checkpoint {
-                path: target.display().to_string(),
-                reason: if e.kind() == std::io::ErrorKind::Unsupported {
-                    e.to_string()
-                } else {
-                    e.kind().to_string()
-                },
-            })
-        })
+        .backup(
+            &checkpoint,
+            Box::new(move |made: &Path| {
+                let published = publish(made, &target);
+                drop(staging);
+                published.map_err(|e| crate::store::StoreError::Checkpoint {
+                    path: target.display().to_string(),
+                    reason: if e.kind() == std::io::ErrorKind::Unsupported {
+                        e.to_string()
+                    } else {
+                        e.kind().to_string()
+                    },
+                })
+            }),
+        )
         .await?;
     Ok(())
 }
@@ -393,6 +402,14 @@ impl VerifyReport {
     }
 }
 
+/// A forward entry whose reverse row `verify` reads next.
+struct ForwardLookup<'a> {
+    row_no: u64,
+    ns: &'a Arc<Namespace>,
+    key: Vec<u8>,
+    token: String,
+}
+
 fn split_key(key: &[u8]) -> Option<(u32, &[u8])> {
     let (id, rest) = key.split_first_chunk::<4>()?;
     Some((u32::from_be_bytes(*id), rest))
@@ -408,7 +425,7 @@ impl Vault {
             Some(within) => under_backup_dir(path, within)?,
             None => path.to_path_buf(),
         };
-        checkpoint_to(&self.store, &resolved, within).await?;
+        checkpoint_to(self.store.as_ref(), &resolved, within).await?;
         let info = BackupInfo {
             path: path.to_path_buf(),
             bytes: directory_bytes(&resolved),
@@ -421,7 +438,7 @@ impl Vault {
     /// deterministic value's forward entry exists and points back at its
     /// token, and each forward entry belongs to a reverse row whose value
     /// hashes to it. Reads everything; run it on a stopped vault or a backup.
-    pub fn verify(&self) -> Result<VerifyReport, Error> {
+    pub async fn verify(&self) -> Result<VerifyReport, Error> {
         let ring = self.keyring();
         let namespaces = self.namespaces_by_id();
         let ns_name = |id: u32| {
@@ -434,14 +451,15 @@ impl Vault {
         // Reverse rows → their forward entries.
         let mut cursor: Vec<u8> = Vec::new();
         loop {
-            let chunk = self.store.scan_after(Cf::Reverse, &cursor, VERIFY_CHUNK)?;
-            let Some((last, _)) = chunk.last() else { break };
-            cursor = last.to_vec();
+            let chunk = self.store.reverse_after(&cursor, VERIFY_CHUNK).await?;
+            let Some(last) = chunk.last() else { break };
+            cursor = last.cursor.clone();
             let mut expected: Vec<(u64, u32, ForwardKey, Box<[u8]>)> = Vec::new();
-            for (key, value) in chunk {
+            for entry in chunk {
                 report.reverse_rows += 1;
                 let row_no = report.reverse_rows;
-                let Some((ns_id, token)) = split_key(&key) else {
+                let (value, token) = (entry.row, entry.token.as_slice());
+                let Some(ns_id) = entry.namespace else {
                     report.report(ProblemKind::UnreadableRow, "?".into(), "reverse", row_no);
                     continue;
                 };
@@ -491,8 +509,8 @@ impl Vault {
                     expected.push((row_no, ns_id, forward, token.into()));
                 }
             }
-            let keys: Vec<[u8; 40]> = expected.iter().map(|(_, _, k, _)| k.0).collect();
-            let found = self.store.multi_get(Cf::Forward, &keys)?;
+            let keys: Vec<ForwardKey> = expected.iter().map(|(_, _, k, _)| *k).collect();
+            let found = self.store.forward_entries(&keys).await?;
             for ((row_no, ns_id, key, token), stored) in expected.into_iter().zip(found) {
                 let Some(stored) = stored else {
                     report.report(
@@ -521,12 +539,11 @@ impl Vault {
         // Forward entries → the reverse rows they name.
         cursor.clear();
         loop {
-            let chunk = self.store.scan_after(Cf::Forward, &cursor, VERIFY_CHUNK)?;
-            let Some((last, _)) = chunk.last() else { break };
-            cursor = last.to_vec();
-            // (row number, namespace, forward key, token)
-            let mut lookups: Vec<(u64, &Arc<Namespace>, Entry)> = Vec::new();
-            for (key, stored) in chunk {
+            let chunk = self.store.forward_after(&cursor, VERIFY_CHUNK).await?;
+            let Some(last) = chunk.last() else { break };
+            cursor = last.cursor.clone();
+            let mut lookups: Vec<ForwardLookup<'_>> = Vec::new();
+            for ForwardRow { key, stored, .. } in chunk {
                 report.forward_entries += 1;
                 let row_no = report.forward_entries;
                 let Some((ns_id, _)) = split_key(&key) else {
@@ -551,8 +568,13 @@ impl Vault {
                                 continue;
                             }
                         };
-                        let token = token.as_bytes().to_vec().into_boxed_slice();
-                        lookups.push((row_no, ns, (key, token)));
+                        let token = token.to_owned();
+                        lookups.push(ForwardLookup {
+                            row_no,
+                            ns,
+                            key,
+                            token,
+                        });
                     }
                     Some(ns) => report.report(
                         ProblemKind::OrphanForward,
@@ -568,27 +590,38 @@ impl Vault {
                     ),
                 }
             }
-            let reverse_keys: Vec<Vec<u8>> = lookups
-                .iter()
-                .map(|(_, ns, (_, token))| {
-                    let mut k = ns.id.to_be_bytes().to_vec();
-                    k.extend_from_slice(token);
-                    k
-                })
-                .collect();
-            let rows = self.store.multi_get(Cf::Reverse, &reverse_keys)?;
-            for ((row_no, ns, (key, token)), row) in lookups.into_iter().zip(rows) {
+            // One read per namespace of the chunk.
+            let mut rows: Vec<Option<Vec<u8>>> = vec![None; lookups.len()];
+            let mut by_namespace: HashMap<u32, Vec<usize>> = HashMap::new();
+            for (i, lookup) in lookups.iter().enumerate() {
+                by_namespace.entry(lookup.ns.id).or_default().push(i);
+            }
+            for (ns_id, positions) in by_namespace {
+                let tokens: Vec<&str> = positions
+                    .iter()
+                    .map(|&i| lookups[i].token.as_str())
+                    .collect();
+                let found = self.store.reverse_rows(ns_id, &tokens).await?;
+                for (i, row) in positions.into_iter().zip(found) {
+                    rows[i] = row;
+                }
+            }
+            for (lookup, row) in lookups.into_iter().zip(rows) {
+                let ForwardLookup {
+                    row_no,
+                    ns,
+                    key,
+                    token,
+                } = lookup;
                 let name = ns.name.clone();
                 let Some(row) = row else {
                     report.report(ProblemKind::OrphanForward, name, "forward", row_no);
                     continue;
                 };
                 let version = schema::decode_u32(&key[4..8]).unwrap_or(0);
-                let (Some(keyset), Some(row), Ok(token)) = (
-                    ring.by_version.get(&version),
-                    ReverseRow::decode(&row),
-                    std::str::from_utf8(&token),
-                ) else {
+                let (Some(keyset), Some(row)) =
+                    (ring.by_version.get(&version), ReverseRow::decode(&row))
+                else {
                     report.report(ProblemKind::UnknownKeyset, name, "forward", row_no);
                     continue;
                 };
@@ -596,7 +629,7 @@ impl Vault {
                 let Some(sealer) = ring.by_version.get(&row.version) else {
                     continue;
                 };
-                let ad = reverse_ad(ns.id, token, row.version);
+                let ad = reverse_ad(ns.id, &token, row.version);
                 let Ok(plain) = sealer.enc().open(&ad.each(), &row.ciphertext) else {
                     continue;
                 };

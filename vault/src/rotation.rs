@@ -31,10 +31,7 @@ use crate::namespace::Namespace;
 use crate::store::schema::{
     ForwardKey, KeysetRow, KeysetState, LastRotationRow, ReverseRow, RotationPhase, RotationRow,
 };
-use crate::store::{
-    MappingStore, Moved, NotStarted, OnCommit, ReverseEntry, RotationStart, RotationStore,
-    StoreError,
-};
+use crate::store::{Moved, NotStarted, OnCommit, ReverseEntry, RotationStart, StoreError};
 
 /// Mappings per chunk: large enough that one fsync covers many, small enough
 /// that the writer job of a chunk (two writes per mapping, no reads, no

@@ -206,7 +206,7 @@ async fn retokenize_and_verify(path: &Path) -> (Vec<phivault::ItemResult>, phiva
         .await
         .expect("forward entries are checked when read, not at open");
     let again = vault.tokenize("ssn", &SSNS).await.expect("tokenize");
-    let report = vault.verify().expect("verify");
+    let report = vault.verify().await.expect("verify");
     vault.close().expect("close");
     (again, report)
 }

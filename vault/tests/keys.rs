@@ -114,7 +114,7 @@ async fn a_rotation_moves_every_mapping_keeps_every_token_and_destroys_the_old_k
             .expect("init"),
     );
     let loaded = load(&vault, 5000).await;
-    let before = vault.verify().expect("verify");
+    let before = vault.verify().await.expect("verify");
     assert!(before.is_clean(), "{:?}", before.problems);
     assert_eq!(
         before.rows_by_keyset.keys().copied().collect::<Vec<_>>(),
@@ -159,7 +159,7 @@ async fn a_rotation_moves_every_mapping_keeps_every_token_and_destroys_the_old_k
             .expect("tokenize")),
         fresh
     );
-    let after = vault.verify().expect("verify");
+    let after = vault.verify().await.expect("verify");
     assert!(after.is_clean(), "{:?}", after.problems);
     assert_eq!(
         after.rows_by_keyset.keys().copied().collect::<Vec<_>>(),
@@ -238,7 +238,7 @@ async fn a_second_rotation_waits_for_the_first_and_then_runs() {
         status.rotation
     );
     assert_intact(&vault, &loaded).await;
-    assert!(vault.verify().expect("verify").is_clean());
+    assert!(vault.verify().await.expect("verify").is_clean());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -277,7 +277,7 @@ async fn verify_reports_a_flipped_ciphertext_byte_and_a_deleted_forward_entry() 
     let vault = Vault::open(dir.path(), key_file(), VaultOptions::default())
         .await
         .expect("open");
-    let report = vault.verify().expect("verify");
+    let report = vault.verify().await.expect("verify");
     assert!(!report.is_clean());
     assert_eq!(report.counts.get(&ProblemKind::IntegrityFailure), Some(&1));
     assert_eq!(report.counts.get(&ProblemKind::MissingForward), Some(&1));
@@ -504,5 +504,5 @@ async fn opens_with_both_mrns(path: &Path, tokens: &[String]) {
         ok(vault.detokenize("mrn", tokens).await.expect("detokenize")),
         ["MRN0001", "MRN0002"]
     );
-    assert!(vault.verify().expect("verify").is_clean());
+    assert!(vault.verify().await.expect("verify").is_clean());
 }

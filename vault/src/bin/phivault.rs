@@ -624,7 +624,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Verify { vault } => {
             let opened = open_vault(&vault).await?;
-            let report = opened.verify()?;
+            let report = opened.verify().await?;
             opened.close()?;
             print_report(&report);
             let audit = phivault::verify_audit_at(&vault.data_dir).await?;

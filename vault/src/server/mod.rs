@@ -270,8 +270,8 @@ pub async fn serve(
         );
     }
     install_tls_provider();
-    if let Some(dir) = &options.backup_dir {
-        let (dir_owned, data_dir) = (dir.clone(), vault.data_dir().to_path_buf());
+    if let (Some(dir), Some(data_dir)) = (&options.backup_dir, vault.data_dir()) {
+        let (dir_owned, data_dir) = (dir.clone(), data_dir.to_path_buf());
         let removed = tokio::task::spawn_blocking(move || {
             crate::maintenance::remove_interrupted_backups(&dir_owned, &data_dir)
         })

@@ -12,6 +12,7 @@
 
 mod audit;
 mod lease;
+mod lifecycle;
 mod mappings;
 mod registry;
 pub mod rocks;
@@ -20,17 +21,24 @@ pub mod schema;
 
 pub use audit::{AuditStore, PendingRecord, StoredRecord, chain_hash};
 pub use lease::{Lease, LeaseStore};
+pub use lifecycle::{BATCH_BUCKETS, BackupFinish, ForwardRow, Lifecycle, WriterStats};
 pub use mappings::{InsertOutcome, Inserted, MappingRows, MappingStore, NewValues, StoreFuture};
 pub use registry::{ClientRow, NamespaceRow, RegistryStore};
-pub use rocks::{BATCH_BUCKETS, Cf, Entry, Store, StoreOptions, Txn, WriterStats, integrity};
+pub use rocks::{Cf, Entry, Store, StoreOptions, Txn, integrity};
 pub use rotation::{Moved, NotStarted, OnCommit, ReverseEntry, RotationStart, RotationStore};
 
 /// Everything a backend provides: the vault's own operations, each one
 /// round trip (DESIGN.md §9). The conformance suite in
 /// `vault/tests/storage_conformance.rs` says what each must do.
-pub trait Storage: MappingStore + AuditStore + RegistryStore + RotationStore + LeaseStore {}
+pub trait Storage:
+    MappingStore + AuditStore + RegistryStore + RotationStore + LeaseStore + Lifecycle
+{
+}
 
-impl<T: MappingStore + AuditStore + RegistryStore + RotationStore + LeaseStore> Storage for T {}
+impl<T> Storage for T where
+    T: MappingStore + AuditStore + RegistryStore + RotationStore + LeaseStore + Lifecycle
+{
+}
 
 /// How writes reach the disk before a caller is told they succeeded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

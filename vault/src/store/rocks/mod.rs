@@ -17,12 +17,13 @@ use tokio::sync::oneshot;
 
 use super::schema;
 use super::{
-    AuditStore, ClientRow, Durability, InsertOutcome, Inserted, Lease, LeaseStore, MappingStore,
-    Moved, NamespaceRow, NewValues, NotStarted, OnCommit, PendingRecord, RegistryStore,
-    ReverseEntry, RotationStart, RotationStore, StoreError, StoreFuture,
+    AuditStore, BackupFinish, ClientRow, Durability, ForwardRow, InsertOutcome, Inserted, Lease,
+    LeaseStore, Lifecycle, MappingStore, Moved, NamespaceRow, NewValues, NotStarted, OnCommit,
+    PendingRecord, RegistryStore, ReverseEntry, RotationStart, RotationStore, StoreError,
+    StoreFuture, WriterStats,
 };
 
-pub use writer::{BATCH_BUCKETS, Txn, WriterStats};
+pub use writer::Txn;
 
 /// A key and its value, as a scan yields them.
 pub type Entry = (Box<[u8]>, Box<[u8]>);
@@ -513,9 +514,17 @@ impl Store {
         self.inner.db.path()
     }
 
-    /// Stops the writer after the queued jobs and flushes the memtables.
+    /// Stops the writer after the queued jobs, flushes the write-ahead log
+    /// and closes the database (its lock is released).
     pub fn close(self) -> Result<(), StoreError> {
-        if let Some(writer) = self.writer {
+        self.stop()
+    }
+
+    /// Stops the writer after the queued jobs and flushes the write-ahead
+    /// log. Later calls do nothing; reads go on working until the store is
+    /// dropped.
+    fn stop(&self) -> Result<(), StoreError> {
+        if let Some(writer) = &self.writer {
             writer.stop();
             self.inner.db.flush_wal(true)?;
         }
@@ -1002,6 +1011,55 @@ fn encode_client(row: &ClientRow) -> Result<Vec<u8>, StoreError> {
         table: "clients",
         what: "a client row cannot be encoded",
     })
+}
+
+impl Lifecycle for Store {
+    fn writable(&self) -> bool {
+        self.write_path_healthy()
+    }
+
+    fn commit_stats(&self) -> WriterStats {
+        self.writer_stats()
+    }
+
+    fn probe_writes(&self) -> StoreFuture<'_, ()> {
+        let now = crate::clock::now_ms();
+        Box::pin(self.write(move |txn| {
+            txn.put(Cf::Meta, keys::META_WRITE_PROBE, now.to_be_bytes().to_vec());
+            Ok(())
+        }))
+    }
+
+    fn local_dir(&self) -> Option<&Path> {
+        Some(self.path())
+    }
+
+    fn backup<'a>(&'a self, staging: &'a Path, finish: BackupFinish) -> StoreFuture<'a, ()> {
+        Box::pin(self.checkpoint(staging, finish))
+    }
+
+    fn forward_after<'a>(
+        &'a self,
+        cursor: &'a [u8],
+        limit: usize,
+    ) -> StoreFuture<'a, Vec<ForwardRow>> {
+        Box::pin(std::future::ready(
+            self.scan_after(Cf::Forward, cursor, limit).map(|entries| {
+                entries
+                    .into_iter()
+                    .map(|(key, stored)| ForwardRow {
+                        cursor: key.to_vec(),
+                        key: key.into_vec(),
+                        stored: stored.into_vec(),
+                    })
+                    .collect()
+            }),
+        ))
+    }
+
+    fn close(&self) -> Result<(), StoreError> {
+        self.stop()
+    }
 }
 
 /// A lease as the RocksDB backend holds it.

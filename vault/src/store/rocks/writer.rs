@@ -14,7 +14,7 @@ use rocksdb::{WriteBatch, WriteOptions};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Cf, Inner, integrity};
-use crate::store::{Durability, StoreError};
+use crate::store::{BATCH_BUCKETS, Durability, StoreError, WriterStats};
 
 /// Jobs waiting for the writer before submitters have to wait.
 const QUEUE_DEPTH: usize = 4096;
@@ -32,28 +32,10 @@ type Job = Box<dyn FnOnce(&mut Txn<'_>) -> Completion + Send>;
 /// before any later commit: installing a new keyring, taking a checkpoint.
 type AfterCommit = Box<dyn FnOnce() + Send>;
 
-/// Upper bounds of the jobs-per-commit histogram: 1, 2, 4, … 1024.
-pub const BATCH_BUCKETS: [u64; 11] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024];
-
-/// Counters of the group commit, for metrics and tests.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct WriterStats {
-    /// `WriteBatch` commits made.
-    pub commits: u64,
-    /// Jobs run.
-    pub jobs: u64,
-    /// Commits by how many jobs they carried: `batches[i]` counts commits of
-    /// more than `BATCH_BUCKETS[i-1]` and at most `BATCH_BUCKETS[i]` jobs.
-    pub batches: [u64; BATCH_BUCKETS.len()],
-    /// Commits that failed (the store refused the batch).
-    pub failed_commits: u64,
-    /// Jobs that panicked and were discarded.
-    pub panicked_jobs: u64,
-}
-
 pub(super) struct Writer {
-    sender: Option<mpsc::Sender<Job>>,
-    thread: Option<JoinHandle<()>>,
+    /// Taken (closing the queue) when the writer stops.
+    sender: std::sync::Mutex<Option<mpsc::Sender<Job>>>,
+    thread: std::sync::Mutex<Option<JoinHandle<()>>>,
     counters: Arc<Counters>,
 }
 
@@ -93,8 +75,8 @@ impl Writer {
             })
             .map_err(|e| StoreError::Unavailable(format!("cannot start the writer thread: {e}")))?;
         Ok(Self {
-            sender: Some(sender),
-            thread: Some(thread),
+            sender: std::sync::Mutex::new(Some(sender)),
+            thread: std::sync::Mutex::new(Some(thread)),
             counters,
         })
     }
@@ -105,7 +87,14 @@ impl Writer {
         E: From<StoreError> + Send + 'static,
         F: FnOnce(&mut Txn<'_>) -> Result<R, E> + Send + 'static,
     {
-        let sender = self.sender.as_ref().ok_or(StoreError::WriterStopped)?;
+        // A clone of the sender (one reference count) so that no lock is
+        // held across the wait for a queue slot.
+        let sender = self
+            .sender
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or(StoreError::WriterStopped)?;
         let (reply, answer) = oneshot::channel();
         let job: Job = Box::new(move |txn: &mut Txn<'_>| {
             txn.begin_job();
@@ -153,14 +142,12 @@ impl Writer {
         }
     }
 
-    /// Closes the queue, lets the writer commit what was queued, and joins it.
-    pub(super) fn stop(mut self) {
-        self.shutdown();
-    }
-
-    fn shutdown(&mut self) {
-        self.sender = None;
-        if let Some(thread) = self.thread.take()
+    /// Closes the queue, lets the writer commit what was queued, and joins
+    /// it. Later calls do nothing.
+    pub(super) fn stop(&self) {
+        self.sender.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(thread) = thread
             && thread.join().is_err()
         {
             tracing::error!("the storage writer thread panicked");
@@ -170,7 +157,7 @@ impl Writer {
 
 impl Drop for Writer {
     fn drop(&mut self) {
-        self.shutdown();
+        self.stop();
     }
 }
 

@@ -1,0 +1,75 @@
+//! What the vault asks of a backend about itself rather than about its
+//! rows: whether it takes writes, its commit figures, a consistent backup,
+//! the walk of every mapping that `verify` makes, and shutdown.
+
+use std::path::Path;
+
+use super::{StoreError, StoreFuture};
+
+/// Upper bounds of the jobs-per-commit histogram: 1, 2, 4, … 1024.
+pub const BATCH_BUCKETS: [u64; 11] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024];
+
+/// Counters of the group commit, for metrics and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriterStats {
+    /// Commits made.
+    pub commits: u64,
+    /// Operations run.
+    pub jobs: u64,
+    /// Commits by how many operations they carried: `batches[i]` counts
+    /// commits of more than `BATCH_BUCKETS[i-1]` and at most
+    /// `BATCH_BUCKETS[i]`.
+    pub batches: [u64; BATCH_BUCKETS.len()],
+    /// Commits that failed (the store refused them).
+    pub failed_commits: u64,
+    /// Operations that panicked and were discarded.
+    pub panicked_jobs: u64,
+}
+
+/// Moves a finished backup into place; runs before the backend commits
+/// anything after the backup was taken, and must not panic.
+pub type BackupFinish = Box<dyn FnOnce(&Path) -> Result<(), StoreError> + Send>;
+
+/// One forward entry as `verify` walks them.
+pub struct ForwardRow {
+    /// Where the walk resumes after this entry (opaque).
+    pub cursor: Vec<u8>,
+    /// The key as stored: `namespace ‖ version ‖ blind index` when intact.
+    pub key: Vec<u8>,
+    /// The entry as stored: `token ‖ binding` when intact.
+    pub stored: Vec<u8>,
+}
+
+/// The lifecycle operations of a backend.
+pub trait Lifecycle: Send + Sync {
+    /// Whether writes can be committed now. While not, every reveal fails
+    /// closed (its audit record cannot be written).
+    fn writable(&self) -> bool;
+
+    /// Commit figures since the store was opened.
+    fn commit_stats(&self) -> WriterStats;
+
+    /// Commits a small durable write, to find out whether storage takes
+    /// writes again when nothing else is writing.
+    fn probe_writes(&self) -> StoreFuture<'_, ()>;
+
+    /// The directory the data lives in, for a backend that keeps it in one
+    /// on this machine.
+    fn local_dir(&self) -> Option<&Path>;
+
+    /// Writes a consistent copy of everything acknowledged before the call
+    /// to `staging` (a new directory), and runs `finish` on it.
+    fn backup<'a>(&'a self, staging: &'a Path, finish: BackupFinish) -> StoreFuture<'a, ()>;
+
+    /// Up to `limit` forward entries after `cursor` (from the first when
+    /// empty), in a fixed order.
+    fn forward_after<'a>(
+        &'a self,
+        cursor: &'a [u8],
+        limit: usize,
+    ) -> StoreFuture<'a, Vec<ForwardRow>>;
+
+    /// Stops taking writes once those under way are committed, and makes
+    /// them durable. Later calls do nothing.
+    fn close(&self) -> Result<(), StoreError>;
+}
