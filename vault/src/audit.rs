@@ -30,16 +30,17 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use sha2::{Digest, Sha256};
 
-use crate::Vault;
 use crate::clock::now_secs;
 use crate::crypto::AuditKey;
-use crate::error::{Error, ItemCode};
+use crate::error::Error;
 use crate::store::schema;
 use crate::store::{
-    AuditStore, PendingRecord, Store, StoreError, StoreOptions, StoredRecord, chain_hash,
+    AuditStore, PendingRecord, Storage, Store, StoreError, StoreOptions, StoredRecord, chain_hash,
 };
 
 /// Format byte of a record body.
@@ -354,42 +355,74 @@ pub async fn verify_audit_at(path: &Path) -> Result<AuditReport, Error> {
     verify_chain(&store).await
 }
 
-impl Vault {
+/// The audit trail of an unsealed vault: appends records and answers
+/// questions about them. Owns the audit key and its storage; knows nothing
+/// of the vault that uses it.
+pub(crate) struct AuditLog {
+    store: Arc<dyn Storage>,
+    key: AuditKey,
+    /// Records appended and refused since start, for metrics.
+    appended: AtomicU64,
+    failed: AtomicU64,
+    /// Bench-only: records are not written, so the benchmark can measure
+    /// what they cost. Compiled in only with the `bench-switches` feature.
+    skip_for_bench: bool,
+}
+
+impl AuditLog {
+    pub(crate) fn new(store: Arc<dyn Storage>, key: AuditKey) -> Self {
+        #[cfg(feature = "bench-switches")]
+        let skip_for_bench = std::env::var_os("PHIVAULT_BENCH_SKIP_AUDIT").is_some();
+        #[cfg(not(feature = "bench-switches"))]
+        let skip_for_bench = false;
+        if skip_for_bench {
+            tracing::warn!(
+                "BENCHMARK BUILD: PHIVAULT_BENCH_SKIP_AUDIT is set; no audit record is written"
+            );
+        }
+        Self {
+            store,
+            key,
+            appended: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            skip_for_bench,
+        }
+    }
+
     /// Appends a record of `event` and returns its sequence number once it
-    /// is durable. A caller must not answer the call before this returns,
-    /// and must fail it when this fails ([`Error::AuditUnavailable`]).
-    pub async fn audit(&self, event: &AuditEvent) -> Result<u64, Error> {
-        if self.audit.skip_for_bench {
+    /// is durable.
+    pub(crate) async fn append(
+        &self,
+        keyset_version: u32,
+        event: &AuditEvent,
+    ) -> Result<u64, Error> {
+        if self.skip_for_bench {
             return Ok(0);
         }
-        let record = pending(self.active_keyset_version(), event);
+        let record = pending(keyset_version, event);
         let appended = self
             .store
             .append_audit(vec![record])
             .await
             .map_err(Error::AuditUnavailable)
             .map(|seqs| seqs.first().copied().unwrap_or_default());
-        self.audit.count(appended.is_ok());
+        self.count(appended.is_ok());
         appended
     }
 
-    /// Counts a record appended with the change it describes.
-    pub(crate) fn count_record(&self, recorded: bool) {
-        if recorded {
-            self.audit.count(true);
-        }
-    }
-
-    /// Appends records of `events`, in order, in one commit: summaries that
-    /// no caller is waiting for, written as one job so that they take one
-    /// place in the writer's queue however many there are.
-    pub async fn audit_batch(&self, events: &[AuditEvent]) -> Result<(), Error> {
-        if self.audit.skip_for_bench || events.is_empty() {
+    /// Appends records of `events`, in order, in one commit.
+    pub(crate) async fn append_batch(
+        &self,
+        keyset_version: u32,
+        events: &[AuditEvent],
+    ) -> Result<(), Error> {
+        if self.skip_for_bench || events.is_empty() {
             return Ok(());
         }
-        let version = self.active_keyset_version();
-        let records: Vec<PendingRecord> =
-            events.iter().map(|event| pending(version, event)).collect();
+        let records: Vec<PendingRecord> = events
+            .iter()
+            .map(|event| pending(keyset_version, event))
+            .collect();
         let appended = self
             .store
             .append_audit(records)
@@ -397,50 +430,53 @@ impl Vault {
             .map(drop)
             .map_err(Error::AuditUnavailable);
         for _ in events {
-            self.audit.count(appended.is_ok());
+            self.count(appended.is_ok());
         }
         appended
     }
 
-    /// The mark of `token` in `namespace`, taken over the token's canonical
-    /// form so that every way of writing one token marks alike. A token the
-    /// namespace's format does not accept (or of an unknown namespace) is
-    /// marked as given: it cannot have been revealed.
-    pub fn token_mark(&self, namespace: &str, token: &str) -> [u8; 32] {
-        let canonical = self
-            .namespace(namespace)
-            .ok()
-            .and_then(|ns| ns.format.parse_token(token).ok())
-            .map(|parsed| parsed.canonical);
-        let token = canonical.as_deref().map_or(token, |c| c.as_str());
-        self.audit.key.token_mark(namespace, token)
+    /// Counts a record appended with the change it describes.
+    pub(crate) fn count_record(&self, recorded: bool) {
+        if recorded {
+            self.count(true);
+        }
     }
 
-    /// Walks the audit chain.
-    pub async fn verify_audit(&self) -> Result<AuditReport, Error> {
+    fn count(&self, ok: bool) {
+        let counter = if ok { &self.appended } else { &self.failed };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// (records appended, records that could not be) since start.
+    pub(crate) fn counts(&self) -> (u64, u64) {
+        (
+            self.appended.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+        )
+    }
+
+    /// The mark of a token (canonical form) in `namespace`.
+    pub(crate) fn mark(&self, namespace: &str, token: &str) -> [u8; 32] {
+        self.key.token_mark(namespace, token)
+    }
+
+    /// Walks the chain.
+    pub(crate) async fn verify(&self) -> Result<AuditReport, Error> {
         verify_chain(self.store.as_ref()).await
     }
 
-    /// Every call that revealed `token` in `namespace`, oldest first, after
-    /// sequence number `after_seq`, at most `limit` (0: the default), and the
-    /// `after_seq` of the next page if there is one. Read from the
-    /// disclosure index; each answer is checked against its record.
-    pub async fn disclosures(
+    /// The calls that revealed the token marked `mark`, oldest first, after
+    /// sequence number `after_seq`, at most `limit` (0: the default), and
+    /// the `after_seq` of the next page if there is one. Read from the
+    /// disclosure index; each answer is checked against its record. `names`
+    /// gives client names by id.
+    pub(crate) async fn disclosures(
         &self,
-        namespace: &str,
-        token: &str,
+        mark: [u8; 32],
         after_seq: u64,
         limit: usize,
+        names: &HashMap<String, String>,
     ) -> Result<(Vec<Disclosure>, Option<u64>), Error> {
-        let ns = self.namespace(namespace)?;
-        let parsed = ns.format.parse_token(token).map_err(|e| {
-            Error::InvalidToken(crate::error::ItemError::new(
-                ItemCode::InvalidArgument,
-                &ns.name,
-                format_args!("not a {} token: {e}", ns.format.kind),
-            ))
-        })?;
-        let mark = self.audit.key.token_mark(&ns.name, &parsed.canonical);
         let limit = match limit {
             0 => DEFAULT_DISCLOSURES,
             n => n.min(MAX_DISCLOSURES),
@@ -449,8 +485,6 @@ impl Vault {
         let more = seqs.len() > limit;
         seqs.truncate(limit);
         let records = self.store.audit_entries(&seqs).await?;
-        let names: HashMap<String, String> =
-            self.clients().into_iter().map(|c| (c.id, c.name)).collect();
         let mut found = Vec::with_capacity(seqs.len());
         for (&seq, value) in seqs.iter().zip(records) {
             let record = value.as_deref().and_then(|v| decode_record(seq, v));
@@ -481,21 +515,15 @@ impl Vault {
         Ok((found, next))
     }
 
-    /// Audit records appended, and refused for a storage failure, since the
-    /// vault was opened.
-    pub fn audit_counts(&self) -> (u64, u64) {
-        self.audit.counts()
-    }
-
-    /// The head of the audit chain: its sequence number (0: empty).
-    pub async fn audit_head_seq(&self) -> Result<u64, Error> {
+    /// The head of the chain: its sequence number (0: empty).
+    pub(crate) async fn head_seq(&self) -> Result<u64, Error> {
         Ok(self.store.audit_head().await?.seq)
     }
 
     /// The first sequence number whose record is at or after `since_ms`:
     /// a binary search, as times never decrease along the chain.
-    pub async fn audit_seq_at(&self, since_ms: u64) -> Result<u64, Error> {
-        let (mut low, mut high) = (1, self.audit_head_seq().await? + 1);
+    pub(crate) async fn seq_at(&self, since_ms: u64) -> Result<u64, Error> {
+        let (mut low, mut high) = (1, self.head_seq().await? + 1);
         while low < high {
             let mid = low + (high - low) / 2;
             let time = self
@@ -519,7 +547,7 @@ impl Vault {
     /// Up to `limit` records after sequence number `after_seq` and no
     /// further than `up_to`, in order. A record that does not parse ends
     /// the read with [`Error::Corrupt`]: an export must not skip one.
-    pub async fn audit_records(
+    pub(crate) async fn records(
         &self,
         after_seq: u64,
         up_to: u64,
@@ -533,48 +561,6 @@ impl Vault {
             records.push(decode_record(seq, &value).ok_or(Error::Corrupt("audit record"))?);
         }
         Ok(records)
-    }
-}
-
-/// The audit state of an unsealed vault.
-pub(crate) struct AuditState {
-    pub(crate) key: AuditKey,
-    /// Records appended and refused since start, for metrics.
-    appended: std::sync::atomic::AtomicU64,
-    failed: std::sync::atomic::AtomicU64,
-    /// Bench-only: records are not written, so the benchmark can measure
-    /// what they cost. Compiled in only with the `bench-switches` feature.
-    skip_for_bench: bool,
-}
-
-impl AuditState {
-    pub(crate) fn new(key: AuditKey) -> Self {
-        #[cfg(feature = "bench-switches")]
-        let skip_for_bench = std::env::var_os("PHIVAULT_BENCH_SKIP_AUDIT").is_some();
-        #[cfg(not(feature = "bench-switches"))]
-        let skip_for_bench = false;
-        if skip_for_bench {
-            tracing::warn!(
-                "BENCHMARK BUILD: PHIVAULT_BENCH_SKIP_AUDIT is set; no audit record is written"
-            );
-        }
-        Self {
-            key,
-            appended: Default::default(),
-            failed: Default::default(),
-            skip_for_bench,
-        }
-    }
-
-    pub(crate) fn count(&self, ok: bool) {
-        let counter = if ok { &self.appended } else { &self.failed };
-        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    /// (records appended, records that could not be) since start.
-    pub(crate) fn counts(&self) -> (u64, u64) {
-        use std::sync::atomic::Ordering::Relaxed;
-        (self.appended.load(Relaxed), self.failed.load(Relaxed))
     }
 }
 

@@ -18,7 +18,7 @@ use quick_cache::sync::Cache;
 use zeroize::Zeroizing;
 
 use crate::AuditEvent;
-use crate::audit::AuditState;
+use crate::audit::{AuditLog, AuditRecord, AuditReport, Disclosure};
 use crate::auth::{self, ApiKey, AuthError, Client, ClientRecord, ClientTable, Scope};
 use crate::clock::now_secs;
 use crate::crypto::kek::KdfRecord;
@@ -29,7 +29,9 @@ use crate::crypto::{
 use crate::error::{Error, ItemCode, ItemError};
 use crate::format::{Parsed, Shape};
 use crate::keyring::{Keyring, Lookup, SharedKeyring, load_keyring, reverse_ad};
-use crate::namespace::{self, Namespace, NamespaceSpec};
+use crate::maintenance::{self, BackupInfo, VerifyReport};
+use crate::namespace::{self, Namespace, NamespaceSpec, Namespaces};
+use crate::rotation::{KeyStatus, Rotator};
 use crate::store::rocks::keys;
 use crate::store::schema;
 use crate::store::schema::{ForwardKey, KeysetRow, KeysetState, ReverseRow};
@@ -101,11 +103,11 @@ impl Default for VaultOptions {
 
 /// An unsealed vault.
 pub struct Vault {
-    pub(crate) store: Arc<dyn Storage>,
+    store: Arc<dyn Storage>,
     /// Kept while unsealed so that new keysets can be wrapped.
-    pub(crate) kek: Kek,
-    pub(crate) keyring: SharedKeyring,
-    namespaces: RwLock<HashMap<String, Arc<Namespace>>>,
+    kek: Kek,
+    keyring: SharedKeyring,
+    namespaces: Arc<Namespaces>,
     clients: RwLock<ClientTable>,
     /// Forward key → canonical token. Holds no plaintext: a forward key is a
     /// keyed hash.
@@ -113,8 +115,8 @@ pub struct Vault {
     /// Candidate tokens checked and found taken, by namespace.
     fill: Arc<FillStats>,
     limits: Limits,
-    pub(crate) rotation: crate::rotation::RotationState,
-    pub(crate) audit: AuditState,
+    rotation: Rotator,
+    audit: AuditLog,
 }
 
 /// A value that missed the cache and the forward index, on its way to
@@ -499,22 +501,25 @@ impl Vault {
         clients: ClientTable,
         options: VaultOptions,
     ) -> Self {
-        let namespaces = namespaces
-            .into_iter()
-            .map(|ns| (ns.name.clone(), Arc::new(ns)))
-            .collect();
+        let namespaces = Arc::new(Namespaces::new(namespaces));
+        let keyring: SharedKeyring = Arc::new(RwLock::new(Arc::new(keyring)));
         let cache = (options.cache_entries > 0).then(|| Cache::new(options.cache_entries));
         Self {
+            audit: AuditLog::new(Arc::clone(&store), audit_key),
+            rotation: Rotator::new(
+                Arc::clone(&store),
+                Arc::clone(&keyring),
+                Arc::clone(&namespaces),
+                options.rotation_max_rate,
+            ),
             store,
             kek,
-            keyring: Arc::new(RwLock::new(Arc::new(keyring))),
-            namespaces: RwLock::new(namespaces),
+            keyring,
+            namespaces,
             clients: RwLock::new(clients),
             cache,
             fill: Arc::default(),
             limits: options.limits,
-            rotation: crate::rotation::RotationState::new(options.rotation_max_rate),
-            audit: AuditState::new(audit_key),
         }
     }
 
@@ -607,7 +612,7 @@ impl Vault {
                 "client id clash; retry".into(),
             )));
         }
-        self.count_record(recorded);
+        self.audit.count_record(recorded);
         self.clients
             .write()
             .unwrap_or_else(|e| e.into_inner())
@@ -637,7 +642,7 @@ impl Vault {
             .revoke_client(id.to_owned(), now, audited)
             .await?
             .ok_or_else(|| Error::ClientNotFound(id.to_owned()))?;
-        self.count_record(recorded);
+        self.audit.count_record(recorded);
         let client = record
             .to_client(id)
             .map_err(|_| Error::Corrupt("client scopes"))?;
@@ -701,25 +706,176 @@ impl Vault {
         Ok(())
     }
 
-    /// Every namespace, by name.
-    pub fn namespaces(&self) -> Vec<Namespace> {
-        let map = self.namespaces.read().unwrap_or_else(|e| e.into_inner());
-        let mut all: Vec<Namespace> = map.values().map(|ns| (**ns).clone()).collect();
-        all.sort_by(|a, b| a.name.cmp(&b.name));
-        all
+    /// Appends a record of `event` and returns its sequence number once it
+    /// is durable. A caller must not answer the call before this returns,
+    /// and must fail it when this fails ([`Error::AuditUnavailable`]).
+    pub async fn audit(&self, event: &AuditEvent) -> Result<u64, Error> {
+        self.audit.append(self.active_keyset_version(), event).await
     }
 
-    /// Every namespace by id, for jobs that walk the mappings.
-    pub(crate) fn namespaces_by_id(&self) -> HashMap<u32, Arc<Namespace>> {
-        let map = self.namespaces.read().unwrap_or_else(|e| e.into_inner());
-        map.values().map(|ns| (ns.id, Arc::clone(ns))).collect()
+    /// Appends records of `events`, in order, in one commit: summaries that
+    /// no caller is waiting for, written as one operation so that they take
+    /// one place in the writer's queue however many there are.
+    pub async fn audit_batch(&self, events: &[AuditEvent]) -> Result<(), Error> {
+        self.audit
+            .append_batch(self.active_keyset_version(), events)
+            .await
+    }
+
+    /// The mark of `token` in `namespace`, taken over the token's canonical
+    /// form so that every way of writing one token marks alike. A token the
+    /// namespace's format does not accept (or of an unknown namespace) is
+    /// marked as given: it cannot have been revealed.
+    pub fn token_mark(&self, namespace: &str, token: &str) -> [u8; 32] {
+        let canonical = self
+            .namespace(namespace)
+            .ok()
+            .and_then(|ns| ns.format.parse_token(token).ok())
+            .map(|parsed| parsed.canonical);
+        let token = canonical.as_deref().map_or(token, |c| c.as_str());
+        self.audit.mark(namespace, token)
+    }
+
+    /// Walks the audit chain.
+    pub async fn verify_audit(&self) -> Result<AuditReport, Error> {
+        self.audit.verify().await
+    }
+
+    /// Every call that revealed `token` in `namespace`, oldest first, after
+    /// sequence number `after_seq`, at most `limit` (0: the default), and the
+    /// `after_seq` of the next page if there is one.
+    pub async fn disclosures(
+        &self,
+        namespace: &str,
+        token: &str,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<(Vec<Disclosure>, Option<u64>), Error> {
+        let ns = self.namespace(namespace)?;
+        let parsed = ns.format.parse_token(token).map_err(|e| {
+            Error::InvalidToken(ItemError::new(
+                ItemCode::InvalidArgument,
+                &ns.name,
+                format_args!("not a {} token: {e}", ns.format.kind),
+            ))
+        })?;
+        let mark = self.audit.mark(&ns.name, &parsed.canonical);
+        let names: HashMap<String, String> =
+            self.clients().into_iter().map(|c| (c.id, c.name)).collect();
+        self.audit.disclosures(mark, after_seq, limit, &names).await
+    }
+
+    /// Audit records appended, and refused for a storage failure, since the
+    /// vault was opened.
+    pub fn audit_counts(&self) -> (u64, u64) {
+        self.audit.counts()
+    }
+
+    /// The head of the audit chain: its sequence number (0: empty).
+    pub async fn audit_head_seq(&self) -> Result<u64, Error> {
+        self.audit.head_seq().await
+    }
+
+    /// The first sequence number whose record is at or after `since_ms`.
+    pub async fn audit_seq_at(&self, since_ms: u64) -> Result<u64, Error> {
+        self.audit.seq_at(since_ms).await
+    }
+
+    /// Up to `limit` records after sequence number `after_seq` and no
+    /// further than `up_to`, in order.
+    pub async fn audit_records(
+        &self,
+        after_seq: u64,
+        up_to: u64,
+        limit: usize,
+    ) -> Result<Vec<AuditRecord>, Error> {
+        self.audit.records(after_seq, up_to, limit).await
+    }
+
+    /// Every namespace, by name.
+    pub fn namespaces(&self) -> Vec<Namespace> {
+        self.namespaces.all()
+    }
+
+    /// Writes a consistent backup to `path` while serving. With `within`,
+    /// the path must lie inside that directory. The backup is written to a
+    /// private staging directory beside `path` and renamed into place,
+    /// owner-only.
+    pub async fn backup(&self, path: &Path, within: Option<&Path>) -> Result<BackupInfo, Error> {
+        maintenance::backup(self.store.as_ref(), path, within).await
+    }
+
+    /// Checks every mapping: each reverse row opens under its keyset, each
+    /// deterministic value's forward entry exists and points back at its
+    /// token, and each forward entry belongs to a reverse row whose value
+    /// hashes to it. Reads everything; run it on a stopped vault or a backup.
+    pub async fn verify(&self) -> Result<VerifyReport, Error> {
+        maintenance::verify(
+            self.store.as_ref(),
+            &self.keyring(),
+            &self.namespaces.by_id(),
+        )
+        .await
+    }
+
+    /// Replaces the master key of the stopped vault at `path`: every keyset
+    /// is re-wrapped under the new KEK and the KDF record and KEK check are
+    /// replaced in one synced batch, so after a crash at any point exactly
+    /// one of the old and new keys unseals the vault.
+    pub async fn rekey(
+        path: &Path,
+        old: MasterKey,
+        new: MasterKey,
+        kdf: KdfParams,
+    ) -> Result<(), Error> {
+        maintenance::rekey(path, old, new, kdf).await
     }
 
     pub(crate) fn namespace(&self, name: &str) -> Result<Arc<Namespace>, Error> {
-        let map = self.namespaces.read().unwrap_or_else(|e| e.into_inner());
-        map.get(name)
-            .cloned()
-            .ok_or_else(|| Error::NamespaceNotFound(crate::namespace::shown_name(name)))
+        self.namespaces.get(name)
+    }
+
+    /// Starts a key rotation: keyset v+1 is created and active for new
+    /// writes as soon as this returns; a background job moves the existing
+    /// mappings and destroys v when done. Returns the new version.
+    ///
+    /// Fails with [`Error::RotationInProgress`] while a rotation runs.
+    pub async fn rotate_keys(&self) -> Result<u32, Error> {
+        self.rotate_keys_with_record(None).await
+    }
+
+    /// [`Vault::rotate_keys`], with `record` (its `target` set to the new
+    /// keyset) appended to the audit trail in the same commit.
+    pub async fn rotate_keys_with_record(
+        &self,
+        audit_record: Option<AuditEvent>,
+    ) -> Result<u32, Error> {
+        let recorded = audit_record.is_some();
+        let version = self.rotation.start(&self.kek, audit_record).await?;
+        self.audit.count_record(recorded);
+        Ok(version)
+    }
+
+    /// Resumes a rotation that a previous process left unfinished. Call once
+    /// after opening, inside the runtime that should run it.
+    pub async fn resume_background_jobs(&self) -> Result<(), Error> {
+        self.rotation.resume().await
+    }
+
+    /// Stops the background jobs after their current chunk (their cursor is
+    /// on disk; the next start resumes them) and waits for them.
+    pub async fn stop_background_jobs(&self) {
+        self.rotation.stop().await;
+    }
+
+    /// Waits until no rotation job runs in this process.
+    pub async fn rotation_settled(&self) {
+        self.rotation.settled().await;
+    }
+
+    /// Key versions, the rotation in progress and the last one completed.
+    pub async fn key_status(&self) -> Result<KeyStatus, Error> {
+        self.rotation.status().await
     }
 
     /// Creates a namespace.
@@ -752,9 +908,8 @@ impl Vault {
             .await?
             .ok_or_else(|| Error::NamespaceExists(ns.name.clone()))?;
         let created = Namespace { id, ..ns };
-        self.count_record(recorded);
-        let mut map = self.namespaces.write().unwrap_or_else(|e| e.into_inner());
-        map.insert(created.name.clone(), Arc::new(created.clone()));
+        self.audit.count_record(recorded);
+        self.namespaces.insert(created.clone());
         tracing::info!(namespace = %created.name, format = %created.format.kind, "namespace created");
         Ok(created)
     }
@@ -1183,7 +1338,7 @@ impl Vault {
             });
             if mark {
                 let canonical = parsed.as_ref().map_or(token, |p| p.canonical.as_str());
-                marks.push(self.audit.key.token_mark(&ns.name, canonical));
+                marks.push(self.audit.mark(&ns.name, canonical));
             }
             match parsed {
                 Ok(parsed) => lookups.push((slot, parsed)),

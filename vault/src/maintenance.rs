@@ -10,14 +10,14 @@ use crate::crypto::kek::KdfRecord;
 use crate::crypto::{KdfParams, KeyPurpose, MasterKey};
 use crate::engine::{MIN_PASSPHRASE_CHARS, Unsealed, derive_kek, protect_rows, unseal_kek};
 use crate::error::Error;
-use crate::keyring::{live_keysets, load_keyring, reverse_ad};
+use crate::keyring::{Keyring, live_keysets, load_keyring, reverse_ad};
 use crate::store::rocks::keys;
 use crate::store::schema;
 use crate::store::schema::{ForwardKey, ReverseRow};
 use std::collections::HashMap;
 
-use crate::store::{Cf, ForwardRow, Lifecycle, Store, StoreOptions};
-use crate::{Namespace, Vault};
+use crate::Namespace;
+use crate::store::{Cf, ForwardRow, Lifecycle, Storage, Store, StoreOptions};
 
 /// Rows read per step of `verify`.
 const VERIFY_CHUNK: usize = 4096;
@@ -415,329 +415,333 @@ fn split_key(key: &[u8]) -> Option<(u32, &[u8])> {
     Some((u32::from_be_bytes(*id), rest))
 }
 
-impl Vault {
-    /// Writes a consistent checkpoint to `path` while serving; see
-    /// [`crate::store::Store::checkpoint`]. With `within`, the path must lie
-    /// inside that directory. The checkpoint is written to a private staging
-    /// directory beside `path` and renamed into place, owner-only.
-    pub async fn backup(&self, path: &Path, within: Option<&Path>) -> Result<BackupInfo, Error> {
-        let resolved = match within {
-            Some(within) => under_backup_dir(path, within)?,
-            None => path.to_path_buf(),
-        };
-        checkpoint_to(self.store.as_ref(), &resolved, within).await?;
-        let info = BackupInfo {
-            path: path.to_path_buf(),
-            bytes: directory_bytes(&resolved),
-        };
-        tracing::info!(path = %info.path.display(), bytes = info.bytes, "backup written");
-        Ok(info)
-    }
+/// Writes a consistent backup of `store` to `path` while serving. With
+/// `within`, the path must lie inside that directory. The backup is written
+/// to a private staging directory beside `path` and renamed into place,
+/// owner-only.
+pub(crate) async fn backup(
+    store: &dyn Lifecycle,
+    path: &Path,
+    within: Option<&Path>,
+) -> Result<BackupInfo, Error> {
+    let resolved = match within {
+        Some(within) => under_backup_dir(path, within)?,
+        None => path.to_path_buf(),
+    };
+    checkpoint_to(store, &resolved, within).await?;
+    let info = BackupInfo {
+        path: path.to_path_buf(),
+        bytes: directory_bytes(&resolved),
+    };
+    tracing::info!(path = %info.path.display(), bytes = info.bytes, "backup written");
+    Ok(info)
+}
 
-    /// Checks every mapping: each reverse row opens under its keyset, each
-    /// deterministic value's forward entry exists and points back at its
-    /// token, and each forward entry belongs to a reverse row whose value
-    /// hashes to it. Reads everything; run it on a stopped vault or a backup.
-    pub async fn verify(&self) -> Result<VerifyReport, Error> {
-        let ring = self.keyring();
-        let namespaces = self.namespaces_by_id();
-        let ns_name = |id: u32| {
-            namespaces
-                .get(&id)
-                .map_or_else(|| format!("#{id}"), |ns| ns.name.clone())
-        };
-        let mut report = VerifyReport::default();
+/// Checks every mapping: each reverse row opens under its keyset, each
+/// deterministic value's forward entry exists and points back at its token,
+/// and each forward entry belongs to a reverse row whose value hashes to it.
+/// Reads everything; run it on a stopped vault or a backup.
+pub(crate) async fn verify(
+    store: &dyn Storage,
+    ring: &Keyring,
+    namespaces: &HashMap<u32, Arc<Namespace>>,
+) -> Result<VerifyReport, Error> {
+    let ns_name = |id: u32| {
+        namespaces
+            .get(&id)
+            .map_or_else(|| format!("#{id}"), |ns| ns.name.clone())
+    };
+    let mut report = VerifyReport::default();
 
-        // Reverse rows → their forward entries.
-        let mut cursor: Vec<u8> = Vec::new();
-        loop {
-            let chunk = self.store.reverse_after(&cursor, VERIFY_CHUNK).await?;
-            let Some(last) = chunk.last() else { break };
-            cursor = last.cursor.clone();
-            let mut expected: Vec<(u64, u32, ForwardKey, Box<[u8]>)> = Vec::new();
-            for entry in chunk {
-                report.reverse_rows += 1;
-                let row_no = report.reverse_rows;
-                let (value, token) = (entry.row, entry.token.as_slice());
-                let Some(ns_id) = entry.namespace else {
-                    report.report(ProblemKind::UnreadableRow, "?".into(), "reverse", row_no);
-                    continue;
-                };
-                let Some(ns) = namespaces.get(&ns_id) else {
-                    report.report(
-                        ProblemKind::UnknownNamespace,
-                        ns_name(ns_id),
-                        "reverse",
-                        row_no,
-                    );
-                    continue;
-                };
-                let (Some(row), Ok(token_text)) =
-                    (ReverseRow::decode(&value), std::str::from_utf8(token))
-                else {
-                    report.report(
-                        ProblemKind::UnreadableRow,
-                        ns.name.clone(),
-                        "reverse",
-                        row_no,
-                    );
-                    continue;
-                };
-                *report.rows_by_keyset.entry(row.version).or_default() += 1;
-                let Some(keyset) = ring.by_version.get(&row.version) else {
-                    report.report(
-                        ProblemKind::UnknownKeyset,
-                        ns.name.clone(),
-                        "reverse",
-                        row_no,
-                    );
-                    continue;
-                };
-                let ad = reverse_ad(ns_id, token_text, row.version);
-                let Ok(plain) = keyset.enc().open(&ad.each(), &row.ciphertext) else {
-                    report.report(
-                        ProblemKind::IntegrityFailure,
-                        ns.name.clone(),
-                        "reverse",
-                        row_no,
-                    );
-                    continue;
-                };
-                if ns.deterministic {
-                    let index = keyset.prf().blind_index(ns_id, &plain);
-                    let forward = ForwardKey::new(ns_id, row.version, &index);
-                    expected.push((row_no, ns_id, forward, token.into()));
-                }
-            }
-            let keys: Vec<ForwardKey> = expected.iter().map(|(_, _, k, _)| *k).collect();
-            let found = self.store.forward_entries(&keys).await?;
-            for ((row_no, ns_id, key, token), stored) in expected.into_iter().zip(found) {
-                let Some(stored) = stored else {
-                    report.report(
-                        ProblemKind::MissingForward,
-                        ns_name(ns_id),
-                        "reverse",
-                        row_no,
-                    );
-                    continue;
-                };
-                // An unbound entry is reported by the second pass, once.
-                if ring
-                    .open_forward(&key, &stored)
-                    .is_some_and(|t| t.as_bytes() != &*token)
-                {
-                    report.report(
-                        ProblemKind::ForwardMismatch,
-                        ns_name(ns_id),
-                        "reverse",
-                        row_no,
-                    );
-                }
-            }
-        }
-
-        // Forward entries → the reverse rows they name.
-        cursor.clear();
-        loop {
-            let chunk = self.store.forward_after(&cursor, VERIFY_CHUNK).await?;
-            let Some(last) = chunk.last() else { break };
-            cursor = last.cursor.clone();
-            let mut lookups: Vec<ForwardLookup<'_>> = Vec::new();
-            for ForwardRow { key, stored, .. } in chunk {
-                report.forward_entries += 1;
-                let row_no = report.forward_entries;
-                let Some((ns_id, _)) = split_key(&key) else {
-                    report.report(ProblemKind::UnreadableRow, "?".into(), "forward", row_no);
-                    continue;
-                };
-                match namespaces.get(&ns_id) {
-                    Some(ns) if ns.deterministic => {
-                        let opened = match ForwardKey::from_slice(&key) {
-                            None => Err(ProblemKind::UnreadableRow),
-                            Some(k) if !ring.by_version.contains_key(&k.version()) => {
-                                Err(ProblemKind::UnknownKeyset)
-                            }
-                            Some(k) => ring
-                                .open_forward(&k, &stored)
-                                .ok_or(ProblemKind::ForwardUnbound),
-                        };
-                        let token = match opened {
-                            Ok(token) => token,
-                            Err(kind) => {
-                                report.report(kind, ns.name.clone(), "forward", row_no);
-                                continue;
-                            }
-                        };
-                        let token = token.to_owned();
-                        lookups.push(ForwardLookup {
-                            row_no,
-                            ns,
-                            key,
-                            token,
-                        });
-                    }
-                    Some(ns) => report.report(
-                        ProblemKind::OrphanForward,
-                        ns.name.clone(),
-                        "forward",
-                        row_no,
-                    ),
-                    None => report.report(
-                        ProblemKind::UnknownNamespace,
-                        ns_name(ns_id),
-                        "forward",
-                        row_no,
-                    ),
-                }
-            }
-            // One read per namespace of the chunk.
-            let mut rows: Vec<Option<Vec<u8>>> = vec![None; lookups.len()];
-            let mut by_namespace: HashMap<u32, Vec<usize>> = HashMap::new();
-            for (i, lookup) in lookups.iter().enumerate() {
-                by_namespace.entry(lookup.ns.id).or_default().push(i);
-            }
-            for (ns_id, positions) in by_namespace {
-                let tokens: Vec<&str> = positions
-                    .iter()
-                    .map(|&i| lookups[i].token.as_str())
-                    .collect();
-                let found = self.store.reverse_rows(ns_id, &tokens).await?;
-                for (i, row) in positions.into_iter().zip(found) {
-                    rows[i] = row;
-                }
-            }
-            for (lookup, row) in lookups.into_iter().zip(rows) {
-                let ForwardLookup {
+    // Reverse rows → their forward entries.
+    let mut cursor: Vec<u8> = Vec::new();
+    loop {
+        let chunk = store.reverse_after(&cursor, VERIFY_CHUNK).await?;
+        let Some(last) = chunk.last() else { break };
+        cursor = last.cursor.clone();
+        let mut expected: Vec<(u64, u32, ForwardKey, Box<[u8]>)> = Vec::new();
+        for entry in chunk {
+            report.reverse_rows += 1;
+            let row_no = report.reverse_rows;
+            let (value, token) = (entry.row, entry.token.as_slice());
+            let Some(ns_id) = entry.namespace else {
+                report.report(ProblemKind::UnreadableRow, "?".into(), "reverse", row_no);
+                continue;
+            };
+            let Some(ns) = namespaces.get(&ns_id) else {
+                report.report(
+                    ProblemKind::UnknownNamespace,
+                    ns_name(ns_id),
+                    "reverse",
                     row_no,
-                    ns,
-                    key,
-                    token,
-                } = lookup;
-                let name = ns.name.clone();
-                let Some(row) = row else {
-                    report.report(ProblemKind::OrphanForward, name, "forward", row_no);
-                    continue;
-                };
-                let version = schema::decode_u32(&key[4..8]).unwrap_or(0);
-                let (Some(keyset), Some(row)) =
-                    (ring.by_version.get(&version), ReverseRow::decode(&row))
-                else {
-                    report.report(ProblemKind::UnknownKeyset, name, "forward", row_no);
-                    continue;
-                };
-                // A damaged reverse row is reported by the first pass.
-                let Some(sealer) = ring.by_version.get(&row.version) else {
-                    continue;
-                };
-                let ad = reverse_ad(ns.id, &token, row.version);
-                let Ok(plain) = sealer.enc().open(&ad.each(), &row.ciphertext) else {
-                    continue;
-                };
-                let index = keyset.prf().blind_index(ns.id, &plain);
-                if ForwardKey::new(ns.id, version, &index).0[..] != key[..] {
-                    report.report(ProblemKind::ForwardDoesNotHashBack, name, "forward", row_no);
-                }
+                );
+                continue;
+            };
+            let (Some(row), Ok(token_text)) =
+                (ReverseRow::decode(&value), std::str::from_utf8(token))
+            else {
+                report.report(
+                    ProblemKind::UnreadableRow,
+                    ns.name.clone(),
+                    "reverse",
+                    row_no,
+                );
+                continue;
+            };
+            *report.rows_by_keyset.entry(row.version).or_default() += 1;
+            let Some(keyset) = ring.by_version.get(&row.version) else {
+                report.report(
+                    ProblemKind::UnknownKeyset,
+                    ns.name.clone(),
+                    "reverse",
+                    row_no,
+                );
+                continue;
+            };
+            let ad = reverse_ad(ns_id, token_text, row.version);
+            let Ok(plain) = keyset.enc().open(&ad.each(), &row.ciphertext) else {
+                report.report(
+                    ProblemKind::IntegrityFailure,
+                    ns.name.clone(),
+                    "reverse",
+                    row_no,
+                );
+                continue;
+            };
+            if ns.deterministic {
+                let index = keyset.prf().blind_index(ns_id, &plain);
+                let forward = ForwardKey::new(ns_id, row.version, &index);
+                expected.push((row_no, ns_id, forward, token.into()));
             }
         }
-        Ok(report)
+        let keys: Vec<ForwardKey> = expected.iter().map(|(_, _, k, _)| *k).collect();
+        let found = store.forward_entries(&keys).await?;
+        for ((row_no, ns_id, key, token), stored) in expected.into_iter().zip(found) {
+            let Some(stored) = stored else {
+                report.report(
+                    ProblemKind::MissingForward,
+                    ns_name(ns_id),
+                    "reverse",
+                    row_no,
+                );
+                continue;
+            };
+            // An unbound entry is reported by the second pass, once.
+            if ring
+                .open_forward(&key, &stored)
+                .is_some_and(|t| t.as_bytes() != &*token)
+            {
+                report.report(
+                    ProblemKind::ForwardMismatch,
+                    ns_name(ns_id),
+                    "reverse",
+                    row_no,
+                );
+            }
+        }
     }
 
-    /// Replaces the master key of the stopped vault at `path`: every keyset
-    /// is re-wrapped under the new KEK and the KDF record and KEK check are
-    /// replaced in one synced batch, so after a crash at any point exactly
-    /// one of the old and new keys unseals the vault.
-    pub async fn rekey(
-        path: &Path,
-        old: MasterKey,
-        new: MasterKey,
-        kdf: KdfParams,
-    ) -> Result<(), Error> {
-        if !Store::exists(path) {
-            return Err(Error::NotInitialized(path.display().to_string()));
-        }
-        if let MasterKey::Passphrase(p) = &new
-            && p.chars().count() < MIN_PASSPHRASE_CHARS
-        {
-            return Err(Error::WeakPassphrase {
-                min: MIN_PASSPHRASE_CHARS,
-            });
-        }
-        kdf.check().map_err(Error::MasterKey)?;
-        let Unsealed {
-            kek: old_kek,
-            protection,
-        } = unseal_kek(path, old).await?;
-        // Opening for writing takes RocksDB's lock: a running server holds it.
-        let store = Store::open(path, &StoreOptions::default())?;
-        protect_rows(&store, &old_kek, protection).await?;
-        failpoint("rekey-opened");
-        let rows = live_keysets(&store, &old_kek).await?;
-        // Every row that carries a tag is tagged again under the new KEK in
-        // the same commit as the new wrapping: read (and checked) here.
-        let tagged_rows = store.protected_rows()?;
-        let record = KdfRecord::generate(&new, kdf).map_err(Error::Crypto)?;
-        let new_kek = derive_kek(new, record.clone()).await?;
-        failpoint("rekey-derived");
-        let check = new_kek
-            .check_value(&record, crate::crypto::Protection::CURRENT)
-            .map_err(Error::Crypto)?;
-        let mut rewrapped: Vec<(u32, Vec<u8>)> = Vec::with_capacity(rows.len());
-        for (version, mut row, keyset) in rows {
-            row.wrapped = keyset
-                .wrap(&new_kek, KeyPurpose::Data)
-                .map_err(Error::Crypto)?;
-            rewrapped.push((version, row.encode()));
-        }
-        // The audit key too: its marks must stay answerable under the new
-        // master key.
-        let audit_key = crate::audit::load_or_create_key(&store, &old_kek).await?;
-        let audit_row = store
-            .get(Cf::Meta, keys::META_AUDIT_KEY)?
-            .as_deref()
-            .and_then(schema::AuditKeyRow::decode)
-            .ok_or(Error::Corrupt("audit key row"))?;
-        let audit_row = schema::AuditKeyRow {
-            wrapped: audit_key.wrap(&new_kek).map_err(Error::Crypto)?,
-            ..audit_row
-        }
-        .encode();
-        drop(old_kek);
-        failpoint("rekey-wrapped");
-        let count = rewrapped.len();
-        store.set_row_mac(Some(crate::store::integrity::RowMac::new(
-            new_kek.registry_key(),
-        )));
-        store
-            .write(move |txn| {
-                for (cf, (key, value)) in tagged_rows {
-                    txn.put(cf, key, value);
+    // Forward entries → the reverse rows they name.
+    cursor.clear();
+    loop {
+        let chunk = store.forward_after(&cursor, VERIFY_CHUNK).await?;
+        let Some(last) = chunk.last() else { break };
+        cursor = last.cursor.clone();
+        let mut lookups: Vec<ForwardLookup<'_>> = Vec::new();
+        for ForwardRow { key, stored, .. } in chunk {
+            report.forward_entries += 1;
+            let row_no = report.forward_entries;
+            let Some((ns_id, _)) = split_key(&key) else {
+                report.report(ProblemKind::UnreadableRow, "?".into(), "forward", row_no);
+                continue;
+            };
+            match namespaces.get(&ns_id) {
+                Some(ns) if ns.deterministic => {
+                    let opened = match ForwardKey::from_slice(&key) {
+                        None => Err(ProblemKind::UnreadableRow),
+                        Some(k) if !ring.by_version.contains_key(&k.version()) => {
+                            Err(ProblemKind::UnknownKeyset)
+                        }
+                        Some(k) => ring
+                            .open_forward(&k, &stored)
+                            .ok_or(ProblemKind::ForwardUnbound),
+                    };
+                    let token = match opened {
+                        Ok(token) => token,
+                        Err(kind) => {
+                            report.report(kind, ns.name.clone(), "forward", row_no);
+                            continue;
+                        }
+                    };
+                    let token = token.to_owned();
+                    lookups.push(ForwardLookup {
+                        row_no,
+                        ns,
+                        key,
+                        token,
+                    });
                 }
-                txn.put(Cf::Meta, keys::META_KDF, record.encode());
-                txn.put(Cf::Meta, keys::META_KEK_CHECK, check);
-                for (version, row) in rewrapped {
-                    txn.put(Cf::Keys, schema::u32_bytes(version), row);
-                }
-                txn.put(Cf::Meta, keys::META_AUDIT_KEY, audit_row);
-                failpoint("rekey-committing");
-                Ok(())
-            })
-            .await?;
-        failpoint("rekey-committed");
-        load_keyring(&store, &new_kek).await?;
-        crate::audit::load_or_create_key(&store, &new_kek).await?;
-        // The keysets wrapped under the old KEK are overwritten, not gone:
-        // they sit in older table files and the write-ahead log until
-        // compaction reaches them, and anyone holding the old passphrase
-        // could unwrap them from a copy of the directory. Flush and rewrite
-        // both column families now, so that they leave the disk.
-        let compacting = store.reader_compact(&[Cf::Keys, Cf::Meta]);
-        tokio::task::spawn_blocking(compacting)
-            .await
-            .map_err(|_| Error::Store(crate::store::StoreError::JobPanicked))??;
-        store.close()?;
-        tracing::info!(path = %path.display(), keysets = count, "master key replaced");
-        Ok(())
+                Some(ns) => report.report(
+                    ProblemKind::OrphanForward,
+                    ns.name.clone(),
+                    "forward",
+                    row_no,
+                ),
+                None => report.report(
+                    ProblemKind::UnknownNamespace,
+                    ns_name(ns_id),
+                    "forward",
+                    row_no,
+                ),
+            }
+        }
+        // One read per namespace of the chunk.
+        let mut rows: Vec<Option<Vec<u8>>> = vec![None; lookups.len()];
+        let mut by_namespace: HashMap<u32, Vec<usize>> = HashMap::new();
+        for (i, lookup) in lookups.iter().enumerate() {
+            by_namespace.entry(lookup.ns.id).or_default().push(i);
+        }
+        for (ns_id, positions) in by_namespace {
+            let tokens: Vec<&str> = positions
+                .iter()
+                .map(|&i| lookups[i].token.as_str())
+                .collect();
+            let found = store.reverse_rows(ns_id, &tokens).await?;
+            for (i, row) in positions.into_iter().zip(found) {
+                rows[i] = row;
+            }
+        }
+        for (lookup, row) in lookups.into_iter().zip(rows) {
+            let ForwardLookup {
+                row_no,
+                ns,
+                key,
+                token,
+            } = lookup;
+            let name = ns.name.clone();
+            let Some(row) = row else {
+                report.report(ProblemKind::OrphanForward, name, "forward", row_no);
+                continue;
+            };
+            let version = schema::decode_u32(&key[4..8]).unwrap_or(0);
+            let (Some(keyset), Some(row)) =
+                (ring.by_version.get(&version), ReverseRow::decode(&row))
+            else {
+                report.report(ProblemKind::UnknownKeyset, name, "forward", row_no);
+                continue;
+            };
+            // A damaged reverse row is reported by the first pass.
+            let Some(sealer) = ring.by_version.get(&row.version) else {
+                continue;
+            };
+            let ad = reverse_ad(ns.id, &token, row.version);
+            let Ok(plain) = sealer.enc().open(&ad.each(), &row.ciphertext) else {
+                continue;
+            };
+            let index = keyset.prf().blind_index(ns.id, &plain);
+            if ForwardKey::new(ns.id, version, &index).0[..] != key[..] {
+                report.report(ProblemKind::ForwardDoesNotHashBack, name, "forward", row_no);
+            }
+        }
     }
+    Ok(report)
+}
+
+/// Replaces the master key of the stopped vault at `path`: every keyset is
+/// re-wrapped under the new KEK and the KDF record and KEK check are
+/// replaced in one synced batch, so after a crash at any point exactly one
+/// of the old and new keys unseals the vault.
+pub(crate) async fn rekey(
+    path: &Path,
+    old: MasterKey,
+    new: MasterKey,
+    kdf: KdfParams,
+) -> Result<(), Error> {
+    if !Store::exists(path) {
+        return Err(Error::NotInitialized(path.display().to_string()));
+    }
+    if let MasterKey::Passphrase(p) = &new
+        && p.chars().count() < MIN_PASSPHRASE_CHARS
+    {
+        return Err(Error::WeakPassphrase {
+            min: MIN_PASSPHRASE_CHARS,
+        });
+    }
+    kdf.check().map_err(Error::MasterKey)?;
+    let Unsealed {
+        kek: old_kek,
+        protection,
+    } = unseal_kek(path, old).await?;
+    // Opening for writing takes RocksDB's lock: a running server holds it.
+    let store = Store::open(path, &StoreOptions::default())?;
+    protect_rows(&store, &old_kek, protection).await?;
+    failpoint("rekey-opened");
+    let rows = live_keysets(&store, &old_kek).await?;
+    // Every row that carries a tag is tagged again under the new KEK in
+    // the same commit as the new wrapping: read (and checked) here.
+    let tagged_rows = store.protected_rows()?;
+    let record = KdfRecord::generate(&new, kdf).map_err(Error::Crypto)?;
+    let new_kek = derive_kek(new, record.clone()).await?;
+    failpoint("rekey-derived");
+    let check = new_kek
+        .check_value(&record, crate::crypto::Protection::CURRENT)
+        .map_err(Error::Crypto)?;
+    let mut rewrapped: Vec<(u32, Vec<u8>)> = Vec::with_capacity(rows.len());
+    for (version, mut row, keyset) in rows {
+        row.wrapped = keyset
+            .wrap(&new_kek, KeyPurpose::Data)
+            .map_err(Error::Crypto)?;
+        rewrapped.push((version, row.encode()));
+    }
+    // The audit key too: its marks must stay answerable under the new
+    // master key.
+    let audit_key = crate::audit::load_or_create_key(&store, &old_kek).await?;
+    let audit_row = store
+        .get(Cf::Meta, keys::META_AUDIT_KEY)?
+        .as_deref()
+        .and_then(schema::AuditKeyRow::decode)
+        .ok_or(Error::Corrupt("audit key row"))?;
+    let audit_row = schema::AuditKeyRow {
+        wrapped: audit_key.wrap(&new_kek).map_err(Error::Crypto)?,
+        ..audit_row
+    }
+    .encode();
+    drop(old_kek);
+    failpoint("rekey-wrapped");
+    let count = rewrapped.len();
+    store.set_row_mac(Some(crate::store::integrity::RowMac::new(
+        new_kek.registry_key(),
+    )));
+    store
+        .write(move |txn| {
+            for (cf, (key, value)) in tagged_rows {
+                txn.put(cf, key, value);
+            }
+            txn.put(Cf::Meta, keys::META_KDF, record.encode());
+            txn.put(Cf::Meta, keys::META_KEK_CHECK, check);
+            for (version, row) in rewrapped {
+                txn.put(Cf::Keys, schema::u32_bytes(version), row);
+            }
+            txn.put(Cf::Meta, keys::META_AUDIT_KEY, audit_row);
+            failpoint("rekey-committing");
+            Ok(())
+        })
+        .await?;
+    failpoint("rekey-committed");
+    load_keyring(&store, &new_kek).await?;
+    crate::audit::load_or_create_key(&store, &new_kek).await?;
+    // The keysets wrapped under the old KEK are overwritten, not gone:
+    // they sit in older table files and the write-ahead log until
+    // compaction reaches them, and anyone holding the old passphrase
+    // could unwrap them from a copy of the directory. Flush and rewrite
+    // both column families now, so that they leave the disk.
+    let compacting = store.reader_compact(&[Cf::Keys, Cf::Meta]);
+    tokio::task::spawn_blocking(compacting)
+        .await
+        .map_err(|_| Error::Store(crate::store::StoreError::JobPanicked))??;
+    store.close()?;
+    tracing::info!(path = %path.display(), keysets = count, "master key replaced");
+    Ok(())
 }
 
 #[cfg(test)]

@@ -2,9 +2,55 @@
 //! Each namespace has its own id inside every blind index, token stream and
 //! reverse key, so the same value gets unrelated tokens in two namespaces.
 
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
 use serde::{Deserialize, Serialize};
 
+use crate::error::Error;
 use crate::format::{FormatKind, FormatSpec};
+
+/// The namespaces of an unsealed vault, by name: read by every call, and by
+/// the jobs that walk the mappings; added to by `CreateNamespace`.
+#[derive(Default)]
+pub(crate) struct Namespaces(RwLock<HashMap<String, Arc<Namespace>>>);
+
+impl Namespaces {
+    pub(crate) fn new(all: Vec<Namespace>) -> Self {
+        Self(RwLock::new(
+            all.into_iter()
+                .map(|ns| (ns.name.clone(), Arc::new(ns)))
+                .collect(),
+        ))
+    }
+
+    /// The namespace called `name`.
+    pub(crate) fn get(&self, name: &str) -> Result<Arc<Namespace>, Error> {
+        let map = self.0.read().unwrap_or_else(|e| e.into_inner());
+        map.get(name)
+            .cloned()
+            .ok_or_else(|| Error::NamespaceNotFound(shown_name(name)))
+    }
+
+    /// Every namespace by id, for jobs that walk the mappings.
+    pub(crate) fn by_id(&self) -> HashMap<u32, Arc<Namespace>> {
+        let map = self.0.read().unwrap_or_else(|e| e.into_inner());
+        map.values().map(|ns| (ns.id, Arc::clone(ns))).collect()
+    }
+
+    /// Every namespace, by name.
+    pub(crate) fn all(&self) -> Vec<Namespace> {
+        let map = self.0.read().unwrap_or_else(|e| e.into_inner());
+        let mut all: Vec<Namespace> = map.values().map(|ns| (**ns).clone()).collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
+
+    pub(crate) fn insert(&self, ns: Namespace) {
+        let mut map = self.0.write().unwrap_or_else(|e| e.into_inner());
+        map.insert(ns.name.clone(), Arc::new(ns));
+    }
+}
 
 /// A namespace as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -22,16 +22,16 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 
-use crate::Vault;
+use crate::AuditEvent;
 use crate::clock::now_secs;
-use crate::crypto::{KeyPurpose, Keyset};
+use crate::crypto::{Kek, KeyPurpose, Keyset};
 use crate::error::Error;
-use crate::keyring::{Keyring, reverse_ad};
-use crate::namespace::Namespace;
+use crate::keyring::{Keyring, SharedKeyring, reverse_ad};
+use crate::namespace::{Namespace, Namespaces};
 use crate::store::schema::{
     ForwardKey, KeysetRow, KeysetState, LastRotationRow, ReverseRow, RotationPhase, RotationRow,
 };
-use crate::store::{Moved, NotStarted, OnCommit, ReverseEntry, RotationStart, StoreError};
+use crate::store::{Moved, NotStarted, OnCommit, ReverseEntry, RotationStart, Storage, StoreError};
 
 /// Mappings per chunk: large enough that one fsync covers many, small enough
 /// that the writer job of a chunk (two writes per mapping, no reads, no
@@ -44,7 +44,7 @@ const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// The rotation job's in-memory side: the task, its stop signal and the
 /// figures for `GetKeyStatus`.
-pub(crate) struct RotationState {
+struct RotationState {
     max_rate: Option<u32>,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     stop: watch::Sender<bool>,
@@ -63,7 +63,7 @@ struct Live {
 }
 
 impl RotationState {
-    pub(crate) fn new(max_rate: Option<u32>) -> Self {
+    fn new(max_rate: Option<u32>) -> Self {
         Self {
             max_rate: max_rate.filter(|&r| r > 0),
             task: Mutex::new(None),
@@ -153,22 +153,74 @@ enum Step {
     Finished,
 }
 
-impl Vault {
-    /// Starts a key rotation: keyset v+1 is created and active for new
-    /// writes as soon as this returns; a background job moves the existing
-    /// mappings and destroys v when done. Returns the new version.
-    ///
-    /// Fails with [`Error::RotationInProgress`] while a rotation runs.
-    pub async fn rotate_keys(self: &Arc<Self>) -> Result<u32, Error> {
-        self.rotate_keys_with_record(None).await
+/// The key-rotation job of an unsealed vault: starts rotations, runs the
+/// background job that moves the mappings, and reports progress. Owns its
+/// state and a handle on the storage, keyring and namespaces it works on;
+/// knows nothing of the vault that uses it.
+pub(crate) struct Rotator(Arc<Job>);
+
+struct Job {
+    store: Arc<dyn Storage>,
+    keyring: SharedKeyring,
+    namespaces: Arc<Namespaces>,
+    rotation: RotationState,
+}
+
+impl Rotator {
+    pub(crate) fn new(
+        store: Arc<dyn Storage>,
+        keyring: SharedKeyring,
+        namespaces: Arc<Namespaces>,
+        max_rate: Option<u32>,
+    ) -> Self {
+        Self(Arc::new(Job {
+            store,
+            keyring,
+            namespaces,
+            rotation: RotationState::new(max_rate),
+        }))
     }
 
-    /// [`Vault::rotate_keys`], with `record` (its `target` set to the new
-    /// keyset) appended to the audit trail in the same commit.
-    pub async fn rotate_keys_with_record(
-        self: &Arc<Self>,
-        audit_record: Option<crate::AuditEvent>,
-    ) -> Result<u32, Error> {
+    /// Starts a rotation (see [`Job::start`]) and its background job.
+    pub(crate) async fn start(&self, kek: &Kek, audit: Option<AuditEvent>) -> Result<u32, Error> {
+        let version = self.0.start(kek, audit).await?;
+        self.0.spawn_rotation();
+        Ok(version)
+    }
+
+    /// Resumes a rotation that a previous process left unfinished.
+    pub(crate) async fn resume(&self) -> Result<(), Error> {
+        self.0.resume().await
+    }
+
+    /// Stops the job after its current chunk and waits for it.
+    pub(crate) async fn stop(&self) {
+        self.0.stop().await;
+    }
+
+    /// Waits until no rotation job runs in this process.
+    pub(crate) async fn settled(&self) {
+        self.0.settled().await;
+    }
+
+    /// Key versions, the rotation in progress and the last one completed.
+    pub(crate) async fn status(&self) -> Result<KeyStatus, Error> {
+        self.0.status().await
+    }
+}
+
+impl Job {
+    fn keyring(&self) -> Arc<Keyring> {
+        Arc::clone(&self.keyring.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Starts a key rotation: keyset v+1 is created and active for new
+    /// writes as soon as this returns; a background job moves the existing
+    /// mappings and destroys v when done. Returns the new version; `audit`
+    /// (its `target` set to the new keyset) is appended in the same commit.
+    ///
+    /// Fails with [`Error::RotationInProgress`] while a rotation runs.
+    async fn start(&self, kek: &Kek, audit: Option<AuditEvent>) -> Result<u32, Error> {
         // Destroyed versions keep their rows, so a number is never reused.
         let newest = self
             .store
@@ -179,15 +231,12 @@ impl Vault {
             .max()
             .unwrap_or(0);
         let version = newest + 1;
-        let audited = audit_record.map(|mut event| {
+        let audited = audit.map(|mut event| {
             event.target = format!("keyset {version}");
-            crate::audit::pending(self.active_keyset_version(), &event)
+            crate::audit::pending(self.keyring().active.version(), &event)
         });
-        let recorded = audited.is_some();
         let keyset = Arc::new(Keyset::generate(version).map_err(Error::Crypto)?);
-        let wrapped = keyset
-            .wrap(&self.kek, KeyPurpose::Data)
-            .map_err(Error::Crypto)?;
+        let wrapped = keyset.wrap(kek, KeyPurpose::Data).map_err(Error::Crypto)?;
         let total = self.store.estimate_mappings().await?;
         let shared = Arc::clone(&self.keyring);
         let now = now_secs();
@@ -222,20 +271,18 @@ impl Vault {
             .start_rotation(start, audited, on_commit)
             .await?
             .map_err(|NotStarted::InProgress| Error::RotationInProgress)?;
-        self.count_record(recorded);
         tracing::info!(
             from = started,
             to = version,
             estimated_mappings = total,
             "key rotation started"
         );
-        self.spawn_rotation();
         Ok(version)
     }
 
     /// Resumes a rotation that a previous process left unfinished. Call once
     /// after opening, inside the runtime that should run it.
-    pub async fn resume_background_jobs(self: &Arc<Self>) -> Result<(), Error> {
+    async fn resume(self: &Arc<Self>) -> Result<(), Error> {
         if let Some(row) = self.store.rotation().await? {
             tracing::info!(
                 to = row.target,
@@ -250,7 +297,7 @@ impl Vault {
 
     /// Stops the background jobs after their current chunk (their cursor is
     /// on disk; the next start resumes them) and waits for them.
-    pub async fn stop_background_jobs(&self) {
+    async fn stop(&self) {
         self.rotation.stop.send_replace(true);
         let task = self
             .rotation
@@ -264,13 +311,13 @@ impl Vault {
     }
 
     /// Waits until no rotation job runs in this process.
-    pub async fn rotation_settled(&self) {
+    async fn settled(&self) {
         let mut running = self.rotation.running.subscribe();
         let _ = running.wait_for(|r| !r).await;
     }
 
     /// Key versions, the rotation in progress and the last one completed.
-    pub async fn key_status(&self) -> Result<KeyStatus, Error> {
+    async fn status(&self) -> Result<KeyStatus, Error> {
         let versions = self
             .store
             .keyset_rows()
@@ -304,7 +351,7 @@ impl Vault {
         });
         let last_rotation = self.store.last_rotation().await?;
         Ok(KeyStatus {
-            active: self.active_keyset_version(),
+            active: self.keyring().active.version(),
             versions,
             rotation,
             last_rotation,
@@ -329,7 +376,7 @@ impl Vault {
         let vault = Arc::clone(self);
         *task = Some(tokio::spawn(async move {
             loop {
-                async fn target(vault: &Vault) -> Option<u32> {
+                async fn target(vault: &Job) -> Option<u32> {
                     vault
                         .store
                         .rotation()
@@ -487,7 +534,7 @@ impl Vault {
             return Ok(None);
         }
         let ring = self.keyring();
-        let namespaces = self.namespaces_by_id();
+        let namespaces = self.namespaces.by_id();
         // Opening and resealing a chunk is the job's CPU: off the async
         // workers.
         let chunk = tokio::task::spawn_blocking(move || {
@@ -581,7 +628,7 @@ impl Vault {
             return Ok(Step::Continue);
         }
         let shared = Arc::clone(&self.keyring);
-        let namespace_ids: Vec<u32> = self.namespaces_by_id().into_keys().collect();
+        let namespace_ids: Vec<u32> = self.namespaces.by_id().into_keys().collect();
         let compacting = RotationRow {
             phase: RotationPhase::Compacting,
             cursor: Vec::new(),
