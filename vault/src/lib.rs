@@ -42,6 +42,7 @@ mod namespace;
 mod rotation;
 pub mod server;
 pub mod store;
+mod unseal;
 
 pub use audit::{
     AuditEvent, AuditRecord, AuditReport, DEFAULT_DISCLOSURES, Disclosure, TokenMark,

@@ -8,12 +8,12 @@ use std::sync::Arc;
 
 use crate::crypto::kek::KdfRecord;
 use crate::crypto::{KdfParams, KeyPurpose, MasterKey};
-use crate::engine::{MIN_PASSPHRASE_CHARS, Unsealed, derive_kek, protect_rows, unseal_kek};
 use crate::error::Error;
 use crate::keyring::{Keyring, live_keysets, load_keyring, reverse_ad};
 use crate::store::rocks::keys;
 use crate::store::schema;
 use crate::store::schema::{ForwardKey, ReverseRow};
+use crate::unseal::{MIN_PASSPHRASE_CHARS, Unsealed, derive_kek, protect_rows, unseal_kek};
 use std::collections::HashMap;
 
 use crate::Namespace;
