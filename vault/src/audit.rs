@@ -273,7 +273,10 @@ fn decode_body(body: &[u8]) -> Option<(u32, AuditEvent)> {
     ))
 }
 
-/// Walks the chain of `store` from record 1 to the head.
+/// Walks the chain of `store` from record 1 to the head as it was when the
+/// walk began: records appended while it walks (a served vault) are left
+/// for the next walk; records past the head that no append accounts for are
+/// reported.
 async fn verify_chain(store: &dyn AuditStore) -> Result<AuditReport, Error> {
     let head = store.audit_head().await?;
     let mut report = AuditReport {
@@ -283,12 +286,30 @@ async fn verify_chain(store: &dyn AuditStore) -> Result<AuditReport, Error> {
     };
     let mut prev = [0u8; 32];
     let mut after = 0;
-    loop {
-        let chunk = store.audit_after(after, WALK_CHUNK).await?;
+    let mut chunk_size = WALK_CHUNK;
+    'walk: loop {
+        let chunk = match store.audit_after(after, chunk_size).await {
+            Ok(chunk) => chunk,
+            // A record whose key does not decode: read one at a time up to
+            // it, so that the report names where it is.
+            Err(StoreError::Corrupt { table: "audit", .. }) if chunk_size > 1 => {
+                chunk_size = 1;
+                continue;
+            }
+            Err(StoreError::Corrupt { table: "audit", .. }) => {
+                report.first_bad = Some((report.records + 1, "a record has a malformed key"));
+                return Ok(report);
+            }
+            Err(e) => return Err(e.into()),
+        };
         let Some(&(last, _)) = chunk.last() else {
             break;
         };
         for (seq, value) in chunk {
+            if seq > head.seq && store.audit_head().await?.seq >= seq {
+                // Appended since the walk began, with its head.
+                break 'walk;
+            }
             let expected = report.records + 1;
             match check_link(expected, &prev, seq, &value) {
                 Ok(hash) => prev = hash,

@@ -633,8 +633,12 @@ impl Vault {
         Ok(client)
     }
 
-    /// Flushes and closes the vault; its directory can be opened again.
+    /// Flushes and closes the vault. A rotation job still running is told
+    /// to stop (its cursor is on disk; the next start resumes it); call
+    /// [`Vault::stop_background_jobs`] first to wait for it, after which the
+    /// directory can be opened again at once.
     pub fn close(self) -> Result<(), Error> {
+        self.rotation.signal_stop();
         Ok(self.store.close()?)
     }
 
@@ -1196,6 +1200,9 @@ impl Vault {
             }
         }
         let (mut tried, mut taken) = (0u64, 0u64);
+        // Where the next pass starts: passes go round the values, so that
+        // when the budget runs out every value has had its turns.
+        let mut start = 0usize;
         loop {
             // Each pass draws a chunk for every value still short, at most
             // SEARCH_PASS in all: one storage read per pass, of bounded size.
@@ -1203,18 +1210,24 @@ impl Vault {
             let job_ns = Arc::clone(ns);
             let job_ring = Arc::clone(ring);
             // Each value still short of candidates draws its next chunk.
-            let (back, drawn, used) = tokio::task::spawn_blocking(move || {
+            let (back, drawn, used, next_start) = tokio::task::spawn_blocking(move || {
                 let keyset = &job_ring.active;
                 let mut left = left;
                 let mut used = 0u32;
+                let mut next_start = start;
                 let mut drawn: Vec<(usize, String)> = Vec::new();
-                for (position, (_, mapping)) in round.iter_mut().enumerate() {
+                let count = round.len();
+                for position in (0..count).map(|i| (start + i) % count) {
+                    let mapping = &mut round[position].1;
+                    if left == 0 {
+                        break;
+                    }
                     if mapping.candidates.len() >= SEARCH_CANDIDATES
                         || mapping.next_attempt >= mapping.attempts
-                        || left == 0
                     {
                         continue;
                     }
+                    next_start = (position + 1) % count;
                     let end = mapping
                         .next_attempt
                         .saturating_add(SEARCH_CHUNK.min(left))
@@ -1230,11 +1243,12 @@ impl Vault {
                     );
                     mapping.next_attempt = end;
                 }
-                (round, drawn, used)
+                (round, drawn, used, next_start)
             })
             .await
             .map_err(|_| Error::Store(StoreError::JobPanicked))?;
             round = back;
+            start = next_start;
             *spent = spent.saturating_add(used);
             if used == 0 {
                 break;

@@ -198,6 +198,11 @@ impl Rotator {
         self.0.stop().await;
     }
 
+    /// Tells the job to stop after its current chunk, without waiting.
+    pub(crate) fn signal_stop(&self) {
+        self.0.rotation.stop.send_replace(true);
+    }
+
     /// Waits until no rotation job runs in this process.
     pub(crate) async fn settled(&self) {
         self.0.settled().await;
@@ -360,10 +365,10 @@ impl Job {
 
     fn spawn_rotation(self: &Arc<Self>) {
         let mut task = self.rotation.task.lock().unwrap_or_else(|e| e.into_inner());
-        // `running` is cleared only under this lock, by a job that has
-        // checked that no newer rotation is waiting (below): a job still
-        // finishing when a new rotation is recorded either sees it and runs
-        // it, or has already said it is not running.
+        // `running` is cleared only under this lock, by a job that found no
+        // newer rotation waiting and looks once more after clearing it
+        // (below): a rotation recorded while a job ends is run either by
+        // that job or by a new one.
         if *self.rotation.running.borrow() {
             return;
         }
@@ -388,21 +393,32 @@ impl Job {
                 let ran = target(&vault).await;
                 vault.run_rotation().await;
                 let next = target(&vault).await;
-                let _task = vault
-                    .rotation
-                    .task
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner());
-                let stopping = *vault.rotation.stop.borrow();
-                if stopping || next.is_none_or(|next| Some(next) <= ran) {
+                let stopping = {
+                    let _task = vault
+                        .rotation
+                        .task
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner());
+                    let stopping = *vault.rotation.stop.borrow();
+                    if !stopping && next.is_some_and(|next| Some(next) > ran) {
+                        continue;
+                    }
                     *vault
                         .rotation
                         .live
                         .lock()
                         .unwrap_or_else(|e| e.into_inner()) = None;
                     vault.rotation.running.send_replace(false);
-                    break;
+                    stopping
+                };
+                // A rotation recorded after `next` was read found `running`
+                // still set and left itself to this job: look once more now
+                // that it is clear (a second spawn while one runs does
+                // nothing).
+                if !stopping && target(&vault).await.is_some_and(|now| Some(now) > ran) {
+                    vault.spawn_rotation();
                 }
+                break;
             }
         }));
     }

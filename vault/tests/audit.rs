@@ -453,3 +453,40 @@ async fn records_hold_marks_never_values_tokens_or_keys() {
     }
     assert_eq!(records, 2);
 }
+
+/// A served vault's chain is walked in chunks while calls go on appending:
+/// records that arrive during the walk are not a broken chain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_walk_beside_appends_finds_the_chain_intact() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let vault = Arc::new(
+        Vault::init(dir.path(), key_file(), VaultOptions::default())
+            .await
+            .expect("init"),
+    );
+    // More than one chunk of the walk (4,096 records), in few commits.
+    let batch: Vec<AuditEvent> = (0..1000).map(|_| refused("c0ffee0000000001")).collect();
+    for _ in 0..5 {
+        vault.audit_batch(&batch).await.expect("append");
+    }
+    let appending = {
+        let vault = Arc::clone(&vault);
+        tokio::spawn(async move {
+            for _ in 0..400 {
+                vault
+                    .audit(&refused("c0ffee0000000002"))
+                    .await
+                    .expect("append");
+            }
+        })
+    };
+    for _ in 0..5 {
+        let report = vault.verify_audit().await.expect("verify");
+        assert!(report.is_intact(), "{:?}", report.first_bad);
+        assert!(report.records >= 5000);
+    }
+    appending.await.expect("appender");
+    let report = vault.verify_audit().await.expect("verify");
+    assert_eq!((report.records, report.first_bad), (5400, None));
+    close(vault);
+}

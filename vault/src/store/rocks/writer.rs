@@ -88,7 +88,9 @@ impl Writer {
         F: FnOnce(&mut Txn<'_>) -> Result<R, E> + Send + 'static,
     {
         // A clone of the sender (one reference count) so that no lock is
-        // held across the wait for a queue slot.
+        // held across the wait for a queue slot; dropped once the job is
+        // queued, so that a stopping writer waits only for jobs being queued,
+        // not for their answers.
         let sender = self
             .sender
             .lock()
@@ -114,6 +116,7 @@ impl Writer {
             .send(job)
             .await
             .map_err(|_| StoreError::WriterStopped)?;
+        drop(sender);
         // A reply dropped unanswered while the writer lives means the job
         // panicked (and was discarded); otherwise the writer is gone.
         answer.await.map_err(|_| {
