@@ -1118,7 +1118,7 @@ impl Vault {
                         }
                         Some((token.ok_or(ItemCode::DataLoss), Some(key)))
                     }
-                    Inserted::New(token) => Some((Ok(Arc::from(token)), stored_under)),
+                    Inserted::New(token) => Some((Ok(token), stored_under)),
                     Inserted::Taken if mapping.failed => {
                         Some((Err(ItemCode::Internal), stored_under))
                     }

@@ -272,7 +272,7 @@ async fn concurrent_inserts_of_one_value_end_with_one_token() {
             let mut seen = Vec::new();
             for racer in racers {
                 match racer.await.expect("racer").remove(0) {
-                    Inserted::New(token) => winners.push(token),
+                    Inserted::New(token) => winners.push(token.to_string()),
                     Inserted::Existing { stored, .. } => seen.push(stored),
                     Inserted::Taken => panic!("{name}: every racer offered a free token"),
                 }
@@ -346,8 +346,8 @@ async fn concurrent_values_offering_one_token_never_share_it() {
             for racer in racers {
                 let (i, mut done) = racer.await.expect("racer");
                 match done.remove(0) {
-                    Inserted::New(token) if token == "777" => winners.push(i),
-                    Inserted::New(token) => assert_eq!(token, format!("{i:03}"), "{name}"),
+                    Inserted::New(token) if &*token == "777" => winners.push(i),
+                    Inserted::New(token) => assert_eq!(&*token, format!("{i:03}"), "{name}"),
                     other => panic!("{name}: value {i} got {other:?}"),
                 }
             }

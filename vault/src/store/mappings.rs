@@ -74,8 +74,10 @@ pub enum Inserted {
         /// The stored entry, for the caller to open.
         stored: Vec<u8>,
     },
-    /// Stored now, under this token.
-    New(String),
+    /// Stored now, under this token. Shared, as the caller keeps it (in its
+    /// cache): made where storage took it, so that a batch's tokens sit
+    /// together in memory rather than among the request's allocations.
+    New(Arc<str>),
     /// Every candidate offered was another value's token.
     Taken,
 }

@@ -1173,7 +1173,7 @@ fn insert_mappings(txn: &mut Txn<'_>, values: &dyn NewValues) -> Result<InsertOu
             if let (Some(key), Some(entry)) = (forward.first(), rows.forward) {
                 txn.put(Cf::Forward, key.0.as_slice(), entry);
             }
-            outcomes.push(Inserted::New(token));
+            outcomes.push(Inserted::New(Arc::from(token)));
             continue 'value;
         }
         outcomes.push(Inserted::Taken);
