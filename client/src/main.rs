@@ -29,6 +29,7 @@ struct Connection {
     #[arg(
         long,
         env = "PHIVAULT_ENDPOINT",
+        hide_env_values = true,
         default_value = "http://127.0.0.1:50051",
         global = true
     )]
@@ -53,6 +54,7 @@ struct Connection {
     #[arg(
         long,
         env = "PHIVAULT_INSECURE_PLAINTEXT",
+        hide_env_values = true,
         value_parser = clap::builder::BoolishValueParser::new(),
         global = true
     )]

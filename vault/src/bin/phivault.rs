@@ -48,7 +48,7 @@ enum Command {
     /// key needed). A serving vault is backed up with `Admin.Backup`.
     Backup {
         /// The vault's data directory.
-        #[arg(long, env = "PHIVAULT_DATA_DIR")]
+        #[arg(long, env = "PHIVAULT_DATA_DIR", hide_env_values = true)]
         data_dir: PathBuf,
         /// The new directory to write; must not exist.
         #[arg(long)]
@@ -73,7 +73,7 @@ enum AuditCommand {
     /// no key and works beside a running server (read-only).
     Verify {
         /// The vault's data directory (or a backup's).
-        #[arg(long, env = "PHIVAULT_DATA_DIR")]
+        #[arg(long, env = "PHIVAULT_DATA_DIR", hide_env_values = true)]
         data_dir: PathBuf,
         /// Print the result as JSON.
         #[arg(long)]
@@ -130,7 +130,7 @@ impl KdfArgs {
 #[derive(Args)]
 struct VaultArgs {
     /// The vault's data directory.
-    #[arg(long, env = "PHIVAULT_DATA_DIR")]
+    #[arg(long, env = "PHIVAULT_DATA_DIR", hide_env_values = true)]
     data_dir: PathBuf,
     /// File holding the passphrase (one trailing newline is ignored).
     /// Without it, PHIVAULT_PASSPHRASE, else a prompt on the terminal.
@@ -156,7 +156,7 @@ struct ServeArgs {
     #[arg(long, conflicts_with_all = ["data_dir", "passphrase_file", "master_key_file"])]
     dev: bool,
     /// The vault's data directory.
-    #[arg(long, env = "PHIVAULT_DATA_DIR")]
+    #[arg(long, env = "PHIVAULT_DATA_DIR", hide_env_values = true)]
     data_dir: Option<PathBuf>,
     /// File holding the passphrase; without it PHIVAULT_PASSPHRASE, else a
     /// prompt on the terminal.
