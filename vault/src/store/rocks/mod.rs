@@ -882,7 +882,7 @@ impl RotationStore for Store {
         moved: Vec<Moved>,
     ) -> StoreFuture<'_, bool> {
         Box::pin(self.write(move |txn| {
-            if txn.get(Cf::Meta, keys::META_ROTATION)?.as_deref() != Some(&expected.encode()) {
+            if !rotation_is(txn, &expected)? {
                 return Ok(false);
             }
             for m in moved {
@@ -910,7 +910,7 @@ impl RotationStore for Store {
         next: schema::RotationRow,
     ) -> StoreFuture<'_, bool> {
         Box::pin(self.write(move |txn| {
-            if txn.get(Cf::Meta, keys::META_ROTATION)?.as_deref() != Some(&expected.encode()) {
+            if !rotation_is(txn, &expected)? {
                 return Ok(false);
             }
             txn.put(Cf::Meta, keys::META_ROTATION, next.encode());
@@ -927,7 +927,7 @@ impl RotationStore for Store {
         on_commit: OnCommit,
     ) -> StoreFuture<'_, Vec<u32>> {
         Box::pin(self.write(move |txn| {
-            if txn.get(Cf::Meta, keys::META_ROTATION)?.as_deref() != Some(&expected.encode()) {
+            if !rotation_is(txn, &expected)? {
                 return Ok(Vec::new());
             }
             let target = next.target;
@@ -973,7 +973,7 @@ impl RotationStore for Store {
         last: schema::LastRotationRow,
     ) -> StoreFuture<'_, bool> {
         Box::pin(self.write(move |txn| {
-            if txn.get(Cf::Meta, keys::META_ROTATION)?.as_deref() != Some(&expected.encode()) {
+            if !rotation_is(txn, &expected)? {
                 return Ok(false);
             }
             txn.delete(Cf::Meta, keys::META_ROTATION);
@@ -981,6 +981,13 @@ impl RotationStore for Store {
             Ok(true)
         }))
     }
+}
+
+/// Whether the rotation record is `expected` as this commit leaves it: every
+/// step of the job is conditional on it, so that a replayed step does
+/// nothing.
+fn rotation_is(txn: &mut Txn<'_>, expected: &schema::RotationRow) -> Result<bool, StoreError> {
+    Ok(txn.get(Cf::Meta, keys::META_ROTATION)?.as_deref() == Some(&expected.encode()))
 }
 
 fn active_version(stored: Option<&[u8]>) -> Result<u32, StoreError> {
