@@ -477,21 +477,9 @@ impl Store {
         R: Send + 'static,
         F: FnOnce(&mut Txn<'_>) -> Result<R, StoreError> + Send + 'static,
     {
-        self.write_job(job).await
-    }
-
-    /// [`Store::write`] for a job that fails with its own error type `E`: a
-    /// row it finds damaged is the job's to report as such, while a storage
-    /// failure arrives as `E::from(StoreError)`.
-    pub async fn write_job<R, E, F>(&self, job: F) -> Result<R, E>
-    where
-        R: Send + 'static,
-        E: From<StoreError> + Send + 'static,
-        F: FnOnce(&mut Txn<'_>) -> Result<R, E> + Send + 'static,
-    {
         match &self.writer {
             Some(writer) => writer.submit(job).await,
-            None => Err(StoreError::WriterStopped.into()),
+            None => Err(StoreError::WriterStopped),
         }
     }
 

@@ -81,11 +81,10 @@ impl Writer {
         })
     }
 
-    pub(super) async fn submit<R, E, F>(&self, job: F) -> Result<R, E>
+    pub(super) async fn submit<R, F>(&self, job: F) -> Result<R, StoreError>
     where
         R: Send + 'static,
-        E: From<StoreError> + Send + 'static,
-        F: FnOnce(&mut Txn<'_>) -> Result<R, E> + Send + 'static,
+        F: FnOnce(&mut Txn<'_>) -> Result<R, StoreError> + Send + 'static,
     {
         // A clone of the sender (one reference count) so that no lock is
         // held across the wait for a queue slot; dropped once the job is
@@ -102,7 +101,7 @@ impl Writer {
             txn.begin_job();
             match job(txn) {
                 Ok(value) => Box::new(move |committed: Result<(), StoreError>| {
-                    let _ = reply.send(committed.map(|()| value).map_err(E::from));
+                    let _ = reply.send(committed.map(|()| value));
                 }),
                 Err(e) => {
                     txn.rollback_job();
