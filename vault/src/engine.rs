@@ -1168,9 +1168,10 @@ impl Vault {
     }
 
     /// Finds up to [`SEARCH_CANDIDATES`] free tokens for each value whose
-    /// candidates were all taken. Candidates are drawn on a blocking task, a
-    /// chunk per value at a time (drawing is the expensive part of a nearly
-    /// full token space, and must hold up no async worker), and each chunk of
+    /// candidates were all taken. Candidates are drawn on a background thread,
+    /// a chunk per value at a time (drawing is the expensive part of a nearly
+    /// full token space: it must hold up no async worker, and yields the
+    /// cores to reveals, see `background`), and each chunk of
     /// every value is checked in one storage read. A value left with no
     /// candidate has exhausted its attempts, or the request its budget.
     async fn search(
@@ -1210,7 +1211,7 @@ impl Vault {
             let job_ns = Arc::clone(ns);
             let job_ring = Arc::clone(ring);
             // Each value still short of candidates draws its next chunk.
-            let (back, drawn, used, next_start) = tokio::task::spawn_blocking(move || {
+            let (back, drawn, used, next_start) = crate::background::run(move || {
                 let keyset = &job_ring.active;
                 let mut left = left;
                 let mut used = 0u32;

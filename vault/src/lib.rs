@@ -29,6 +29,7 @@
 
 mod audit;
 pub mod auth;
+mod background;
 mod clock;
 pub mod crypto;
 mod engine;

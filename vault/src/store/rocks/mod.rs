@@ -552,11 +552,11 @@ impl MappingStore for Store {
             .iter()
             .map(|t| keys::reverse_key(namespace, t))
             .collect();
-        // A collision search asks for many thousands at once: off the async
-        // workers.
+        // Only a collision search asks, for many thousands at once: with the
+        // search's drawing, at background priority, off the async workers.
         let reader = self.reader();
         Box::pin(async move {
-            tokio::task::spawn_blocking(move || reader.contains_many(Cf::Reverse, &keys))
+            crate::background::run(move || reader.contains_many(Cf::Reverse, &keys))
                 .await
                 .map_err(|_| StoreError::JobPanicked)?
         })
