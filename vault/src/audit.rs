@@ -40,7 +40,7 @@ use crate::crypto::AuditKey;
 use crate::error::Error;
 use crate::store::schema;
 use crate::store::{
-    AuditStore, PendingRecord, Storage, Store, StoreError, StoreOptions, StoredRecord, chain_hash,
+    AuditStore, PendingRecord, Storage, StoreError, StoreOptions, StoredRecord, chain_hash,
 };
 
 /// Format byte of a record body.
@@ -369,11 +369,12 @@ fn check_link(
 /// and without stopping a server that runs on it: the database is opened
 /// read-only and the chain checked as it was at that moment.
 pub async fn verify_audit_at(path: &Path) -> Result<AuditReport, Error> {
-    if !Store::exists(path) {
-        return Err(Error::NotInitialized(path.display().to_string()));
+    let location = crate::store::Location::directory(path);
+    if !crate::store::exists(&location) {
+        return Err(Error::NotInitialized(location.to_string()));
     }
-    let store = Store::open_read_only(path, &StoreOptions::default())?;
-    verify_chain(&store).await
+    let store = crate::store::open_read_only(&location, &StoreOptions::default())?;
+    verify_chain(store.as_ref()).await
 }
 
 /// The audit trail of an unsealed vault: appends records and answers

@@ -32,12 +32,10 @@ use crate::keyring::{Keyring, Lookup, SharedKeyring, load_keyring, reverse_ad};
 use crate::maintenance::{self, BackupInfo, VerifyReport};
 use crate::namespace::{self, Namespace, NamespaceSpec, Namespaces};
 use crate::rotation::{KeyStatus, Rotator};
-use crate::store::rocks::keys;
-use crate::store::schema;
 use crate::store::schema::{ForwardKey, KeysetRow, KeysetState, ReverseRow};
 use crate::store::{
-    Cf, InsertOutcome, Inserted, MappingRows, NamespaceRow, NewValues, RegistryStore, Storage,
-    Store, StoreError, StoreOptions,
+    Genesis, InsertOutcome, Inserted, Location, MappingRows, NamespaceRow, NewValues, RowKey,
+    Storage, StoreError, StoreOptions,
 };
 use crate::unseal::{MIN_PASSPHRASE_CHARS, Unsealed, derive_kek, protect_rows, unseal_kek};
 
@@ -333,8 +331,9 @@ impl Vault {
         master: MasterKey,
         options: VaultOptions,
     ) -> Result<Self, Error> {
-        if Store::exists(path) {
-            return Err(Error::AlreadyInitialized(path.display().to_string()));
+        let location = Location::directory(path);
+        if crate::store::exists(&location) {
+            return Err(Error::AlreadyInitialized(location.to_string()));
         }
         if let MasterKey::Passphrase(p) = &master
             && p.chars().count() < MIN_PASSPHRASE_CHARS
@@ -365,41 +364,29 @@ impl Vault {
                 created_at: now,
             })
             .collect();
-        let next_id = namespaces.len() as u32 + 1;
 
-        let store = Store::create(path, &options.store)?;
-        store.set_row_mac(Some(crate::store::integrity::RowMac::new(
-            kek.registry_key(),
-        )));
-        let stored = namespaces.clone();
-        store
-            .write(move |txn| {
-                txn.put(
-                    Cf::Meta,
-                    keys::META_FORMAT_VERSION,
-                    schema::u32_bytes(schema::FORMAT_VERSION),
-                );
-                txn.put(Cf::Meta, keys::META_KDF, record.encode());
-                txn.put(Cf::Meta, keys::META_KEK_CHECK, check);
-                txn.put(Cf::Meta, keys::META_ACTIVE_KEYSET, schema::u32_bytes(1));
-                txn.put(
-                    Cf::Meta,
-                    keys::META_NEXT_NAMESPACE_ID,
-                    schema::u32_bytes(next_id),
-                );
-                let row = KeysetRow {
-                    state: KeysetState::Active,
-                    created_at: now,
-                    wrapped,
-                };
-                txn.put(Cf::Keys, schema::u32_bytes(1), row.encode());
-                txn.put(Cf::Meta, keys::META_AUDIT_KEY, audit_row);
-                for ns in &stored {
-                    txn.put(Cf::Namespaces, ns.name.as_bytes(), encode_namespace(ns));
-                }
-                Ok(())
-            })
-            .await?;
+        let genesis = Genesis {
+            kdf: record.encode(),
+            kek_check: check,
+            keyset: KeysetRow {
+                state: KeysetState::Active,
+                created_at: now,
+                wrapped,
+            }
+            .encode(),
+            audit_key: audit_row,
+            namespaces: namespaces
+                .iter()
+                .map(|ns| (ns.name.clone(), encode_namespace(ns)))
+                .collect(),
+        };
+        let store = crate::store::create(
+            &location,
+            &options.store,
+            RowKey::new(kek.registry_key()),
+            genesis,
+        )
+        .await?;
         tracing::info!(path = %path.display(), namespaces = namespaces.len(), "vault initialised");
         let keyset = Arc::new(keyset);
         let keyring = Keyring::new(
@@ -407,7 +394,7 @@ impl Vault {
             HashMap::from([(1, Arc::clone(&keyset))]),
         );
         Ok(Self::assemble(
-            Arc::new(store),
+            store,
             kek,
             keyring,
             audit_key,
@@ -425,26 +412,19 @@ impl Vault {
         master: MasterKey,
         options: VaultOptions,
     ) -> Result<Self, Error> {
-        if !Store::exists(path) {
-            return Err(Error::NotInitialized(path.display().to_string()));
+        let location = Location::directory(path);
+        if !crate::store::exists(&location) {
+            return Err(Error::NotInitialized(location.to_string()));
         }
-        let Unsealed { kek, protection } = unseal_kek(path, master).await?;
-        let store = Store::open(path, &options.store)?;
-        protect_rows(&store, &kek, protection).await?;
+        let Unsealed { kek, protection } = unseal_kek(&location, master).await?;
+        let store = crate::store::open(&location, &options.store)?;
+        protect_rows(store.as_ref(), &kek, protection).await?;
         // The audit head's MAC is what keys the chain: check it now, so that
-        // a rewritten trail stops the start rather than the first reveal. A
-        // head deleted while records exist would make the next record
-        // overwrite the first: refused too.
-        if store.get(Cf::Meta, keys::META_AUDIT_HEAD)?.is_none()
-            && store.scan(Cf::Audit).next().is_some()
-        {
-            return Err(Error::Store(StoreError::Tampered {
-                table: Cf::Meta.name(),
-                row: crate::store::integrity::row_name(Cf::Meta, keys::META_AUDIT_HEAD),
-            }));
-        }
-        let keyring = load_keyring(&store, &kek).await?;
-        let audit_key = crate::audit::load_or_create_key(&store, &kek).await?;
+        // a rewritten or deleted head stops the start rather than the first
+        // reveal.
+        store.audit_head().await?;
+        let keyring = load_keyring(store.as_ref(), &kek).await?;
+        let audit_key = crate::audit::load_or_create_key(store.as_ref(), &kek).await?;
         let mut namespaces: Vec<Namespace> = Vec::new();
         for row in store.namespace_rows().await? {
             namespaces.push(
@@ -460,13 +440,7 @@ impl Vault {
         }
         tracing::info!(path = %path.display(), active_keyset = keyring.active.version(), keysets = keyring.by_version.len(), "vault unsealed");
         Ok(Self::assemble(
-            Arc::new(store),
-            kek,
-            keyring,
-            audit_key,
-            namespaces,
-            clients,
-            options,
+            store, kek, keyring, audit_key, namespaces, clients, options,
         ))
     }
 

@@ -2,14 +2,15 @@
 //! information.
 //!
 //! A [`Vault`] swaps PHI values for deterministic tokens that keep the value's
-//! format, and keeps the way back in an encrypted RocksDB mapping:
+//! format, and keeps the way back in an encrypted mapping:
 //!
 //! * [`crypto`] — the key hierarchy: an Argon2id (or key-file) KEK wraps
 //!   versioned keysets of an AES-256-SIV key and an HMAC-SHA256 PRF key;
 //! * [`format`] — how each kind of value is validated and how a token of the
 //!   same shape is drawn;
-//! * [`store`] — the only module that touches RocksDB, including the single
-//!   writer that group-commits every write;
+//! * [`store`] — the only module that touches storage: the boundary's
+//!   traits, and the embedded RocksDB backend with the single writer that
+//!   group-commits every write;
 //! * [`Vault`] — tokenize and detokenize orchestration, and the
 //!   hash-chained audit trail every reveal is recorded in.
 //!
@@ -34,6 +35,7 @@ mod clock;
 pub mod crypto;
 mod engine;
 mod error;
+mod failpoint;
 pub mod format;
 #[cfg(fuzzing)]
 pub mod fuzzing;

@@ -10,33 +10,19 @@ use crate::crypto::kek::KdfRecord;
 use crate::crypto::{KdfParams, KeyPurpose, MasterKey};
 use crate::error::Error;
 use crate::keyring::{Keyring, live_keysets, load_keyring, reverse_ad};
-use crate::store::rocks::keys;
 use crate::store::schema;
 use crate::store::schema::{ForwardKey, ReverseRow};
 use crate::unseal::{MIN_PASSPHRASE_CHARS, Unsealed, derive_kek, protect_rows, unseal_kek};
 use std::collections::HashMap;
 
 use crate::Namespace;
-use crate::store::{Cf, ForwardRow, Lifecycle, Storage, Store, StoreOptions};
+use crate::failpoint::failpoint;
+use crate::store::{ForwardRow, Lifecycle, Location, MasterChange, RowKey, Storage, StoreOptions};
 
 /// Rows read per step of `verify`.
 const VERIFY_CHUNK: usize = 4096;
 /// Problems listed one by one; beyond this only counted.
 const MAX_LISTED_PROBLEMS: usize = 1000;
-
-/// Stops the process at a named step when the `failpoints` feature is on and
-/// `PHIVAULT_FAILPOINT` names it — how the tests prove that a crash at each
-/// step of a multi-step operation leaves a usable vault. Compiled out
-/// otherwise.
-pub(crate) fn failpoint(name: &str) {
-    #[cfg(feature = "failpoints")]
-    if std::env::var("PHIVAULT_FAILPOINT").is_ok_and(|f| f == name) {
-        eprintln!("phivault: failpoint {name}: aborting");
-        std::process::abort();
-    }
-    #[cfg(not(feature = "failpoints"))]
-    let _ = name;
-}
 
 /// A finished backup.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -284,14 +270,15 @@ fn directory_bytes(path: &Path) -> u64 {
 /// served (the `phivault backup` command). Needs no key: a backup holds
 /// ciphertext and keysets wrapped under the KEK, nothing else.
 pub async fn backup_offline(data_dir: &Path, to: &Path) -> Result<BackupInfo, Error> {
-    if !Store::exists(data_dir) {
-        return Err(Error::NotInitialized(data_dir.display().to_string()));
+    let location = Location::directory(data_dir);
+    if !crate::store::exists(&location) {
+        return Err(Error::NotInitialized(location.to_string()));
     }
     let to = std::path::absolute(to)
         .map_err(|e| Error::InvalidBackupPath(format!("{}: {e}", to.display())))?;
     backup_target(&to, None)?;
-    let store = Store::open(data_dir, &StoreOptions::default())?;
-    let written = checkpoint_to(&store, &to, None).await;
+    let store = crate::store::open(&location, &StoreOptions::default())?;
+    let written = checkpoint_to(store.as_ref(), &to, None).await;
     store.close()?;
     written?;
     Ok(BackupInfo {
@@ -657,8 +644,9 @@ pub(crate) async fn rekey(
     new: MasterKey,
     kdf: KdfParams,
 ) -> Result<(), Error> {
-    if !Store::exists(path) {
-        return Err(Error::NotInitialized(path.display().to_string()));
+    let location = Location::directory(path);
+    if !crate::store::exists(&location) {
+        return Err(Error::NotInitialized(location.to_string()));
     }
     if let MasterKey::Passphrase(p) = &new
         && p.chars().count() < MIN_PASSPHRASE_CHARS
@@ -671,33 +659,32 @@ pub(crate) async fn rekey(
     let Unsealed {
         kek: old_kek,
         protection,
-    } = unseal_kek(path, old).await?;
-    // Opening for writing takes RocksDB's lock: a running server holds it.
-    let store = Store::open(path, &StoreOptions::default())?;
-    protect_rows(&store, &old_kek, protection).await?;
+    } = unseal_kek(&location, old).await?;
+    // Opening for writing takes the embedded database's lock: a running
+    // server holds it.
+    let store = crate::store::open(&location, &StoreOptions::default())?;
+    protect_rows(store.as_ref(), &old_kek, protection).await?;
     failpoint("rekey-opened");
-    let rows = live_keysets(&store, &old_kek).await?;
-    // Every row that carries a tag is tagged again under the new KEK in
-    // the same commit as the new wrapping: read (and checked) here.
-    let tagged_rows = store.protected_rows()?;
+    let rows = live_keysets(store.as_ref(), &old_kek).await?;
     let record = KdfRecord::generate(&new, kdf).map_err(Error::Crypto)?;
     let new_kek = derive_kek(new, record.clone()).await?;
     failpoint("rekey-derived");
     let check = new_kek
         .check_value(&record, crate::crypto::Protection::CURRENT)
         .map_err(Error::Crypto)?;
-    let mut rewrapped: Vec<(u32, Vec<u8>)> = Vec::with_capacity(rows.len());
+    let mut keysets: Vec<(u32, Vec<u8>)> = Vec::with_capacity(rows.len());
     for (version, mut row, keyset) in rows {
         row.wrapped = keyset
             .wrap(&new_kek, KeyPurpose::Data)
             .map_err(Error::Crypto)?;
-        rewrapped.push((version, row.encode()));
+        keysets.push((version, row.encode()));
     }
     // The audit key too: its marks must stay answerable under the new
     // master key.
-    let audit_key = crate::audit::load_or_create_key(&store, &old_kek).await?;
+    let audit_key = crate::audit::load_or_create_key(store.as_ref(), &old_kek).await?;
     let audit_row = store
-        .get(Cf::Meta, keys::META_AUDIT_KEY)?
+        .audit_key_row()
+        .await?
         .as_deref()
         .and_then(schema::AuditKeyRow::decode)
         .ok_or(Error::Corrupt("audit key row"))?;
@@ -708,37 +695,19 @@ pub(crate) async fn rekey(
     .encode();
     drop(old_kek);
     failpoint("rekey-wrapped");
-    let count = rewrapped.len();
-    store.set_row_mac(Some(crate::store::integrity::RowMac::new(
-        new_kek.registry_key(),
-    )));
+    let count = keysets.len();
     store
-        .write(move |txn| {
-            for (cf, (key, value)) in tagged_rows {
-                txn.put(cf, key, value);
-            }
-            txn.put(Cf::Meta, keys::META_KDF, record.encode());
-            txn.put(Cf::Meta, keys::META_KEK_CHECK, check);
-            for (version, row) in rewrapped {
-                txn.put(Cf::Keys, schema::u32_bytes(version), row);
-            }
-            txn.put(Cf::Meta, keys::META_AUDIT_KEY, audit_row);
-            failpoint("rekey-committing");
-            Ok(())
+        .replace_master(MasterChange {
+            row_key: RowKey::new(new_kek.registry_key()),
+            kdf: record.encode(),
+            kek_check: check,
+            keysets,
+            audit_key: audit_row,
         })
         .await?;
     failpoint("rekey-committed");
-    load_keyring(&store, &new_kek).await?;
-    crate::audit::load_or_create_key(&store, &new_kek).await?;
-    // The keysets wrapped under the old KEK are overwritten, not gone:
-    // they sit in older table files and the write-ahead log until
-    // compaction reaches them, and anyone holding the old passphrase
-    // could unwrap them from a copy of the directory. Flush and rewrite
-    // both column families now, so that they leave the disk.
-    let compacting = store.reader_compact(&[Cf::Keys, Cf::Meta]);
-    tokio::task::spawn_blocking(compacting)
-        .await
-        .map_err(|_| Error::Store(crate::store::StoreError::JobPanicked))??;
+    load_keyring(store.as_ref(), &new_kek).await?;
+    crate::audit::load_or_create_key(store.as_ref(), &new_kek).await?;
     store.close()?;
     tracing::info!(path = %path.display(), keysets = count, "master key replaced");
     Ok(())

@@ -3,15 +3,14 @@
 //! up to the protection this one expects. Shared by opening a vault and by
 //! the offline operations; below both.
 
-use std::path::Path;
+use std::collections::BTreeMap;
 
 use crate::crypto::kek::KdfRecord;
 use crate::crypto::{CryptoError, Kek, MasterKey, Protection};
 use crate::error::Error;
 use crate::keyring::{Keyring, load_keyring, reverse_ad};
-use crate::store::rocks::keys;
 use crate::store::schema::{self, ForwardKey, ReverseRow};
-use crate::store::{Cf, Store};
+use crate::store::{Location, RowKey, Storage};
 
 /// Shortest passphrase a new vault (or `rekey`) accepts.
 pub(crate) const MIN_PASSPHRASE_CHARS: usize = 12;
@@ -37,20 +36,15 @@ pub(crate) async fn derive_kek(master: MasterKey, record: KdfRecord) -> Result<K
         .map_err(master_key_error)
 }
 
-/// Derives the KEK of the vault at `path` and checks it against the stored
-/// KEK check, reading through a read-only view: a wrong key changes nothing
-/// on disk.
-pub(crate) async fn unseal_kek(path: &Path, master: MasterKey) -> Result<Unsealed, Error> {
-    let meta = Store::read_meta_read_only(
-        path,
-        &[
-            keys::META_FORMAT_VERSION,
-            keys::META_KDF,
-            keys::META_KEK_CHECK,
-        ],
-    )?;
-    let [version, kdf, check] =
-        <[Option<Vec<u8>>; 3]>::try_from(meta).map_err(|_| Error::Corrupt("meta"))?;
+/// Derives the KEK of the vault at `location` and checks it against the
+/// stored KEK check, read without opening the vault for writing: a wrong key
+/// changes nothing.
+pub(crate) async fn unseal_kek(location: &Location, master: MasterKey) -> Result<Unsealed, Error> {
+    let crate::store::MasterRecord {
+        format_version: version,
+        kdf,
+        kek_check: check,
+    } = crate::store::read_master_record(location)?;
     match version.as_deref().and_then(schema::decode_u32) {
         Some(schema::FORMAT_VERSION) => {}
         Some(_) => return Err(Error::Corrupt("unknown format version")),
@@ -91,39 +85,27 @@ const BINDING_CHUNK: usize = 4096;
 /// bound, chunk by chunk, the check replaced again after the last. From then
 /// on an untagged or altered row, an unbound or rebound entry, is refused.
 pub(crate) async fn protect_rows(
-    store: &Store,
+    store: &dyn Storage,
     kek: &Kek,
     protection: Protection,
 ) -> Result<(), Error> {
-    let mac = crate::store::integrity::RowMac::new(kek.registry_key());
+    let untagged_check = if protection < Protection::RegistryTags {
+        Some(
+            kek.check_value(&kdf_record(store).await?, Protection::RegistryTags)
+                .map_err(Error::Crypto)?,
+        )
+    } else {
+        None
+    };
+    let count = store
+        .protect_rows(RowKey::new(kek.registry_key()), untagged_check)
+        .await?;
     if protection < Protection::RegistryTags {
-        let check = kek
-            .check_value(&kdf_record(store)?, Protection::RegistryTags)
-            .map_err(Error::Crypto)?;
-        let rows: Vec<_> = store
-            .protected_rows()?
-            .into_iter()
-            .map(|(cf, (key, value))| {
-                let sealed = mac.seal(cf, &key, &value);
-                (cf, key, sealed)
-            })
-            .collect();
-        let count = rows.len();
-        store
-            .write(move |txn| {
-                for (cf, key, sealed) in rows {
-                    txn.put(cf, key, sealed);
-                }
-                txn.put(Cf::Meta, keys::META_KEK_CHECK, check);
-                Ok(())
-            })
-            .await?;
         tracing::info!(
             rows = count,
             "rows that shape access now carry MACs under a key derived from the KEK"
         );
     }
-    store.set_row_mac(Some(mac));
     if protection < Protection::ForwardBindings {
         bind_forward_entries(store, kek).await?;
     }
@@ -143,60 +125,59 @@ pub(crate) async fn protect_rows(
 /// not compacted yet) can be put back; without this check an entry pointed
 /// at another value's token before the check was put back would be bound
 /// here, and its wrong token served from then on.
-async fn bind_forward_entries(store: &Store, kek: &Kek) -> Result<(), Error> {
+async fn bind_forward_entries(store: &dyn Storage, kek: &Kek) -> Result<(), Error> {
     let check = kek
-        .check_value(&kdf_record(store)?, Protection::ForwardBindings)
+        .check_value(&kdf_record(store).await?, Protection::ForwardBindings)
         .map_err(Error::Crypto)?;
     let ring = load_keyring(store, kek).await?;
     let (mut bound, mut unbindable) = (0u64, 0u64);
     let mut cursor: Vec<u8> = Vec::new();
     loop {
-        let chunk = store.scan_after(Cf::Forward, &cursor, BINDING_CHUNK)?;
-        let Some((last, _)) = chunk.last() else { break };
-        cursor = last.to_vec();
-        let mut unbound = Vec::with_capacity(chunk.len());
-        for (key, token) in chunk {
-            let Some((key, keyset)) = ForwardKey::from_slice(&key)
+        let chunk = store.forward_after(&cursor, BINDING_CHUNK).await?;
+        let Some(last) = chunk.last() else { break };
+        cursor.clone_from(&last.cursor);
+        // Unbound entries by namespace: reverse rows are read a namespace at
+        // a time.
+        let mut unbound: BTreeMap<u32, Vec<(ForwardKey, String)>> = BTreeMap::new();
+        for row in chunk {
+            let Some((key, keyset)) = ForwardKey::from_slice(&row.key)
                 .and_then(|k| Some((k, ring.by_version.get(&k.version())?)))
             else {
                 // Not an entry any lookup reads; `verify` reports it.
                 unbindable += 1;
                 continue;
             };
-            if key.open(keyset.prf(), &token).is_none() {
-                unbound.push((key, token));
+            if key.open(keyset.prf(), &row.stored).is_some() {
+                continue;
+            }
+            match String::from_utf8(row.stored) {
+                Ok(token) => unbound
+                    .entry(key.namespace())
+                    .or_default()
+                    .push((key, token)),
+                // No token is anything but UTF-8.
+                Err(_) => unbindable += 1,
             }
         }
-        let reverse_keys: Vec<Vec<u8>> = unbound
-            .iter()
-            .map(|(key, token)| [&key.0[..4], &token[..]].concat())
-            .collect();
-        let rows_named = store.multi_get(Cf::Reverse, &reverse_keys)?;
-        let mut rows = Vec::with_capacity(unbound.len());
-        for ((key, token), row) in unbound.into_iter().zip(rows_named) {
-            match ring.by_version.get(&key.version()) {
-                Some(keyset) if agrees_with_its_row(&ring, &key, &token, row.as_deref()) => {
-                    rows.push((key, key.bind(keyset.prf(), &token)));
+        let mut rows = Vec::new();
+        for (namespace, entries) in unbound {
+            let tokens: Vec<&str> = entries.iter().map(|(_, t)| t.as_str()).collect();
+            let named = store.reverse_rows(namespace, &tokens).await?;
+            for ((key, token), row) in entries.iter().zip(named) {
+                match ring.by_version.get(&key.version()) {
+                    Some(keyset)
+                        if agrees_with_its_row(&ring, key, token.as_bytes(), row.as_deref()) =>
+                    {
+                        rows.push((key.0.to_vec(), key.bind(keyset.prf(), token.as_bytes())));
+                    }
+                    _ => unbindable += 1,
                 }
-                _ => unbindable += 1,
             }
         }
         bound += rows.len() as u64;
-        store
-            .write(move |txn| {
-                for (key, stored) in rows {
-                    txn.put(Cf::Forward, key.0.as_slice(), stored);
-                }
-                Ok(())
-            })
-            .await?;
+        store.rewrite_forward_entries(rows).await?;
     }
-    store
-        .write(move |txn| {
-            txn.put(Cf::Meta, keys::META_KEK_CHECK, check);
-            Ok(())
-        })
-        .await?;
+    store.set_kek_check(check).await?;
     if unbindable > 0 {
         tracing::warn!(
             entries = unbindable,
@@ -213,7 +194,7 @@ async fn bind_forward_entries(store: &Store, kek: &Kek) -> Result<(), Error> {
 /// Whether a forward entry (`key` → `token`) names a reverse row that opens
 /// under its keyset and whose value hashes back to `key`.
 fn agrees_with_its_row(ring: &Keyring, key: &ForwardKey, token: &[u8], row: Option<&[u8]>) -> bool {
-    let namespace_id = u32::from_be_bytes([key.0[0], key.0[1], key.0[2], key.0[3]]);
+    let namespace_id = key.namespace();
     let (Some(row), Ok(token), Some(indexer)) = (
         row.and_then(ReverseRow::decode),
         std::str::from_utf8(token),
@@ -235,9 +216,10 @@ fn agrees_with_its_row(ring: &Keyring, key: &ForwardKey, token: &[u8], row: Opti
     ) == *key
 }
 
-fn kdf_record(store: &Store) -> Result<KdfRecord, Error> {
+async fn kdf_record(store: &dyn Storage) -> Result<KdfRecord, Error> {
     store
-        .get(Cf::Meta, keys::META_KDF)?
+        .kdf_record()
+        .await?
         .as_deref()
         .and_then(KdfRecord::decode)
         .ok_or(Error::Corrupt("KDF record"))
@@ -245,10 +227,15 @@ fn kdf_record(store: &Store) -> Result<KdfRecord, Error> {
 
 #[cfg(test)]
 mod migration_tests {
+    //! Older vaults are made by rewriting a new RocksDB vault's rows as an
+    //! older version left them: only these fixtures name the backend.
+    use std::path::Path;
+
     use zeroize::Zeroizing;
 
     use super::*;
     use crate::store::integrity::RowMac;
+    use crate::store::rocks::{Cf, Store, keys};
     use crate::store::{StoreError, StoreOptions};
     use crate::{ItemCode, Vault, VaultOptions};
 
@@ -276,11 +263,13 @@ mod migration_tests {
         let Unsealed {
             kek,
             protection: now,
-        } = unseal_kek(path, key_file()).await.expect("kek");
+        } = unseal_kek(&Location::directory(path), key_file())
+            .await
+            .expect("kek");
         assert_eq!(now, Protection::CURRENT);
         let store = Store::open(path, &StoreOptions::default()).expect("raw");
         let check = kek
-            .check_value(&kdf_record(&store).expect("record"), protection)
+            .check_value(&kdf_record(&store).await.expect("record"), protection)
             .expect("check");
         let mac = RowMac::new(kek.registry_key());
         let registry: Vec<_> = store
@@ -338,7 +327,9 @@ mod migration_tests {
         }
         assert!(vault.verify().await.expect("verify").is_clean());
         vault.close().expect("close");
-        let Unsealed { protection, .. } = unseal_kek(path, key_file()).await.expect("kek");
+        let Unsealed { protection, .. } = unseal_kek(&Location::directory(path), key_file())
+            .await
+            .expect("kek");
         assert_eq!(protection, Protection::CURRENT, "the KEK check says so");
     }
 

@@ -2,9 +2,9 @@
 //! written once against the traits of `phivault::store` and run against each
 //! backend in [`BACKENDS`].
 //!
-//! A backend joins by adding a constructor that returns a fresh, empty store
-//! with keyset version 1 active, and a way to make another version active
-//! (what a rotation's start does).
+//! A backend joins by adding a constructor that creates a fresh store with
+//! `phivault::store::create` from [`genesis`]: keyset version 1 active, no
+//! namespace.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -12,13 +12,13 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use phivault::store::rocks::keys;
 use phivault::store::schema::{
     self, ForwardKey, KeysetRow, KeysetState, LastRotationRow, RotationPhase, RotationRow,
 };
 use phivault::store::{
-    Cf, ClientRow, InsertOutcome, Inserted, MappingRows, Moved, NewValues, NotStarted,
-    PendingRecord, RotationStart, Storage, Store, StoreOptions, StoredRecord, chain_hash,
+    ClientRow, Genesis, InsertOutcome, Inserted, Location, MappingRows, MasterChange, Moved,
+    NewValues, NotStarted, PendingRecord, RotationStart, RowKey, Storage, StoreError, StoreOptions,
+    StoredRecord, chain_hash,
 };
 
 type Boxed<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -26,8 +26,8 @@ type Boxed<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 /// A backend under test.
 struct Harness {
     store: Arc<dyn Storage>,
-    /// Makes keyset `version` the active one.
-    activate: Box<dyn Fn(u32) -> Boxed<()> + Send + Sync>,
+    /// Where it lives.
+    location: Location,
     /// What the backend's files live in, if it has any: held by
     /// [`each_backend`] until the test is over (a test's `async move` block
     /// captures only the fields it uses).
@@ -40,42 +40,34 @@ type Constructor = fn() -> Boxed<Harness>;
 /// Every backend the suite runs against.
 const BACKENDS: &[(&str, Constructor)] = &[("rocksdb", || Box::pin(rocksdb()))];
 
+/// The row key every fresh backend is created with.
+const ROW_KEY: [u8; 32] = [0x5a; 32];
+
+/// The first commit of every fresh backend: keyset 1 active, no namespace.
+fn genesis() -> Genesis {
+    Genesis {
+        kdf: b"kdf record".to_vec(),
+        kek_check: b"kek check".to_vec(),
+        keyset: keyset_row(KeysetState::Active).encode(),
+        audit_key: b"audit key row".to_vec(),
+        namespaces: Vec::new(),
+    }
+}
+
 async fn rocksdb() -> Harness {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = Arc::new(Store::create(dir.path(), &StoreOptions::default()).expect("create"));
-    let activating = Arc::clone(&store);
-    let activate = move |version: u32| -> Boxed<()> {
-        let store = Arc::clone(&activating);
-        Box::pin(async move {
-            store
-                .write(move |txn| {
-                    txn.put(
-                        Cf::Meta,
-                        keys::META_ACTIVE_KEYSET,
-                        schema::u32_bytes(version),
-                    );
-                    Ok::<_, phivault::store::StoreError>(())
-                })
-                .await
-                .expect("activate a keyset");
-        })
-    };
-    activate(1).await;
-    store
-        .write(|txn| {
-            txn.put(Cf::Meta, keys::META_NEXT_NAMESPACE_ID, schema::u32_bytes(1));
-            txn.put(
-                Cf::Keys,
-                schema::u32_bytes(1),
-                keyset_row(KeysetState::Active).encode(),
-            );
-            Ok::<_, phivault::store::StoreError>(())
-        })
-        .await
-        .expect("the first namespace id and keyset");
+    let location = Location::directory(dir.path());
+    let store = phivault::store::create(
+        &location,
+        &StoreOptions::default(),
+        RowKey::new(&ROW_KEY),
+        genesis(),
+    )
+    .await
+    .expect("create");
     Harness {
         store,
-        activate: Box::new(activate),
+        location,
         files: Some(Arc::new(dir)),
     }
 }
@@ -451,7 +443,7 @@ async fn lookups_span_every_live_keyset_version() {
         Box::pin(async move {
             let store = h.store.as_ref();
             insert_done(store, 1, vec![value(1, &[1], &["111"])]).await;
-            (h.activate)(2).await;
+            activate(store, 2).await;
             // Under version 2 the value's key differs; while version 1 lives
             // a lookup carries both, and finds the older entry.
             let done = insert_done(store, 2, vec![value(1, &[2, 1], &["999"])]).await;
@@ -481,7 +473,7 @@ async fn a_batch_made_under_a_retired_keyset_writes_nothing() {
     each_backend(|name, h| {
         Box::pin(async move {
             let store = h.store.as_ref();
-            (h.activate)(2).await;
+            activate(store, 2).await;
             let outcome = insert(store, 1, vec![value(1, &[1], &["111"])]).await;
             assert_eq!(outcome, InsertOutcome::StaleKeyset, "{name}");
             let taken = store
@@ -722,6 +714,15 @@ fn start(version: u32) -> RotationStart {
         keyset: keyset_row(KeysetState::Active),
         record: rotation_to(version),
     }
+}
+
+/// Makes keyset `version` the active one, as a rotation's start does.
+async fn activate(store: &dyn Storage, version: u32) {
+    store
+        .start_rotation(start(version), None, Box::new(|| ()))
+        .await
+        .expect("start a rotation")
+        .expect("no rotation runs");
 }
 
 fn counting(counter: &Arc<AtomicUsize>) -> Box<dyn FnOnce() + Send> {
@@ -999,6 +1000,121 @@ async fn a_lease_has_one_holder_at_a_time() {
                 .expect("acquire")
                 .expect("expired");
             assert!(taken_over.fence > brief.fence, "{name}");
+        })
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_new_store_holds_its_first_commit_and_is_not_created_twice() {
+    each_backend(|name, h| {
+        Box::pin(async move {
+            let store = h.store.as_ref();
+            let master = phivault::store::read_master_record(&h.location).expect("master");
+            assert_eq!(
+                master.format_version.as_deref(),
+                Some(&schema::u32_bytes(schema::FORMAT_VERSION)[..]),
+                "{name}"
+            );
+            assert_eq!(master.kdf.as_deref(), Some(&b"kdf record"[..]), "{name}");
+            assert_eq!(
+                master.kek_check.as_deref(),
+                Some(&b"kek check"[..]),
+                "{name}"
+            );
+            let kdf = store.kdf_record().await.expect("kdf");
+            assert_eq!(kdf.as_deref(), Some(&b"kdf record"[..]), "{name}");
+            assert_eq!(store.active_keyset().await.expect("active"), 1, "{name}");
+            let keysets = store.keyset_rows().await.expect("keysets");
+            assert_eq!(
+                keysets,
+                vec![(1, keyset_row(KeysetState::Active))],
+                "{name}"
+            );
+            let audit_key = store.audit_key_row().await.expect("audit key");
+            assert_eq!(audit_key.as_deref(), Some(&b"audit key row"[..]), "{name}");
+            assert!(store.namespace_rows().await.expect("rows").is_empty());
+            assert!(phivault::store::exists(&h.location), "{name}");
+            let again = phivault::store::create(
+                &h.location,
+                &StoreOptions::default(),
+                RowKey::new(&ROW_KEY),
+                genesis(),
+            )
+            .await;
+            assert!(
+                matches!(again, Err(StoreError::AlreadyExists(_))),
+                "{name}: a second create is refused"
+            );
+        })
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_master_change_replaces_its_records_and_retags_every_row() {
+    each_backend(|name, h| {
+        Box::pin(async move {
+            let store = h.store.as_ref();
+            store
+                .create_namespace("ssn".into(), Box::new(|id| vec![1, id as u8]), None)
+                .await
+                .expect("namespace");
+            assert!(
+                store
+                    .create_client("billing".into(), client("billing"), None)
+                    .await
+                    .expect("client")
+            );
+            let rewrapped = KeysetRow {
+                wrapped: vec![8; 96],
+                ..keyset_row(KeysetState::Active)
+            };
+            store
+                .replace_master(MasterChange {
+                    row_key: RowKey::new(&[0x6b; 32]),
+                    kdf: b"new kdf record".to_vec(),
+                    kek_check: b"new kek check".to_vec(),
+                    keysets: vec![(1, rewrapped.encode())],
+                    audit_key: b"new audit key row".to_vec(),
+                })
+                .await
+                .expect("replace the master records");
+            let kdf = store.kdf_record().await.expect("kdf");
+            assert_eq!(kdf.as_deref(), Some(&b"new kdf record"[..]), "{name}");
+            let master = phivault::store::read_master_record(&h.location).expect("master");
+            assert_eq!(
+                master.kek_check.as_deref(),
+                Some(&b"new kek check"[..]),
+                "{name}"
+            );
+            let keysets = store.keyset_rows().await.expect("keysets");
+            assert_eq!(keysets, vec![(1, rewrapped)], "{name}");
+            let audit_key = store.audit_key_row().await.expect("audit key");
+            assert_eq!(
+                audit_key.as_deref(),
+                Some(&b"new audit key row"[..]),
+                "{name}"
+            );
+            // Rows the change did not rewrite are tagged under the new key
+            // too: they read back under it, and not under the old one.
+            assert_eq!(
+                store.namespace_rows().await.expect("rows"),
+                vec![vec![1, 1]],
+                "{name}"
+            );
+            assert_eq!(store.client_rows().await.expect("clients").len(), 1);
+            store
+                .protect_rows(RowKey::new(&ROW_KEY), None)
+                .await
+                .expect("install the old key");
+            assert!(
+                matches!(
+                    store.namespace_rows().await,
+                    Err(StoreError::Tampered { .. })
+                ),
+                "{name}: rows under the old key are refused"
+            );
         })
     })
     .await;

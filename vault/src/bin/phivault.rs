@@ -825,11 +825,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // A rotation stops after its current chunk; its cursor is on disk.
     vault.stop_background_jobs().await;
     // Every service is gone with the server; the writer flushes what is
-    // queued and RocksDB closes cleanly.
+    // queued and storage closes cleanly.
     match Arc::try_unwrap(vault) {
         Ok(vault) => vault.close()?,
         Err(_) => tracing::warn!(
-            "the vault was still shared at shutdown; RocksDB closes as the process exits"
+            "the vault was still shared at shutdown; storage closes as the process exits"
         ),
     }
     tracing::info!("vault closed");

@@ -5,7 +5,8 @@
 //! insert-or-get a batch of mappings, look up a batch of tokens, append
 //! audit records with the change they describe, registry changes, the
 //! rotation job's steps, leases — so that each backend can do each in one
-//! round trip (DESIGN.md §9). [`schema`] says what a stored row holds,
+//! round trip (DESIGN.md §9). [`meta`] says where a vault lives and opens,
+//! creates and rekeys it, whatever the backend. [`schema`] says what a stored row holds,
 //! whatever backend stores it; [`rocks`] is the embedded RocksDB backend,
 //! with its single group-committing writer. The conformance suite in
 //! `vault/tests/storage_conformance.rs` runs against every backend.
@@ -14,6 +15,7 @@ mod audit;
 mod lease;
 mod lifecycle;
 mod mappings;
+pub mod meta;
 mod registry;
 pub mod rocks;
 mod rotation;
@@ -23,6 +25,10 @@ pub use audit::{AuditStore, PendingRecord, StoredRecord, chain_hash};
 pub use lease::{Lease, LeaseStore};
 pub use lifecycle::{BATCH_BUCKETS, BackupFinish, ForwardRow, Lifecycle, WriterStats};
 pub use mappings::{InsertOutcome, Inserted, MappingRows, MappingStore, NewValues, StoreFuture};
+pub use meta::{
+    Genesis, Location, MasterChange, MasterRecord, MetaStore, RowKey, create, exists, open,
+    open_read_only, read_master_record,
+};
 pub use registry::{ClientRow, NamespaceRow, RegistryStore};
 pub use rocks::{Cf, Entry, Store, StoreOptions, Txn, integrity};
 pub use rotation::{Moved, NotStarted, OnCommit, ReverseEntry, RotationStart, RotationStore};
@@ -31,12 +37,18 @@ pub use rotation::{Moved, NotStarted, OnCommit, ReverseEntry, RotationStart, Rot
 /// round trip (DESIGN.md §9). The conformance suite in
 /// `vault/tests/storage_conformance.rs` says what each must do.
 pub trait Storage:
-    MappingStore + AuditStore + RegistryStore + RotationStore + LeaseStore + Lifecycle
+    MappingStore + AuditStore + RegistryStore + RotationStore + LeaseStore + MetaStore + Lifecycle
 {
 }
 
 impl<T> Storage for T where
-    T: MappingStore + AuditStore + RegistryStore + RotationStore + LeaseStore + Lifecycle
+    T: MappingStore
+        + AuditStore
+        + RegistryStore
+        + RotationStore
+        + LeaseStore
+        + MetaStore
+        + Lifecycle
 {
 }
 

@@ -61,6 +61,11 @@ impl ForwardKey {
         u32::from_be_bytes([self.0[4], self.0[5], self.0[6], self.0[7]])
     }
 
+    /// The namespace id the key was made in.
+    pub fn namespace(&self) -> u32 {
+        u32::from_be_bytes([self.0[0], self.0[1], self.0[2], self.0[3]])
+    }
+
     /// The stored value of this entry: `token ‖ binding`, the binding made
     /// with the PRF key of the entry's own version (DESIGN.md §10: a token
     /// written over another entry's is detected when it is read).
