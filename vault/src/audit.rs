@@ -29,7 +29,6 @@
 //! verify`) checks every link; that the head is genuine needs the key.
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -39,9 +38,7 @@ use crate::clock::now_secs;
 use crate::crypto::AuditKey;
 use crate::error::Error;
 use crate::store::schema;
-use crate::store::{
-    AuditStore, PendingRecord, Storage, StoreError, StoreOptions, StoredRecord, chain_hash,
-};
+use crate::store::{AuditStore, PendingRecord, Storage, StoreError, StoredRecord, chain_hash};
 
 /// Format byte of a record body.
 const BODY_FORMAT: u8 = 1;
@@ -277,7 +274,7 @@ fn decode_body(body: &[u8]) -> Option<(u32, AuditEvent)> {
 /// walk began: records appended while it walks (a served vault) are left
 /// for the next walk; records past the head that no append accounts for are
 /// reported.
-async fn verify_chain(store: &dyn AuditStore) -> Result<AuditReport, Error> {
+pub(crate) async fn verify_chain(store: &dyn AuditStore) -> Result<AuditReport, Error> {
     let head = store.audit_head().await?;
     let mut report = AuditReport {
         records: 0,
@@ -363,18 +360,6 @@ fn check_link(
     }
     decode_body(stored.body).ok_or("the record is unreadable")?;
     Ok(stored.hash)
-}
-
-/// Verifies the audit chain of the vault at `path` without its master key
-/// and without stopping a server that runs on it: the database is opened
-/// read-only and the chain checked as it was at that moment.
-pub async fn verify_audit_at(path: &Path) -> Result<AuditReport, Error> {
-    let location = crate::store::Location::directory(path);
-    if !crate::store::exists(&location) {
-        return Err(Error::NotInitialized(location.to_string()));
-    }
-    let store = crate::store::open_read_only(&location, &StoreOptions::default())?;
-    verify_chain(store.as_ref()).await
 }
 
 /// The audit trail of an unsealed vault: appends records and answers

@@ -48,13 +48,14 @@ pub mod store;
 mod unseal;
 
 pub use audit::{
-    AuditEvent, AuditRecord, AuditReport, DEFAULT_DISCLOSURES, Disclosure, TokenMark,
-    decode_record, verify_audit_at,
+    AuditEvent, AuditRecord, AuditReport, DEFAULT_DISCLOSURES, Disclosure, TokenMark, decode_record,
 };
 pub use crypto::MasterKey;
 pub use engine::{Durability, ItemResult, Limits, Vault, VaultOptions, mask};
 pub use error::{Error, ItemCode, ItemError};
-pub use maintenance::{BackupInfo, Problem, ProblemKind, VerifyReport, backup_offline};
+pub use maintenance::{
+    BackupInfo, Problem, ProblemKind, VerifyReport, backup_offline, verify_audit_at,
+};
 pub use namespace::{Namespace, NamespaceSpec};
 pub use rotation::{KeyStatus, KeyVersion, LastRotation, RotationProgress};
 pub use store::schema::{KeysetState, RotationPhase};

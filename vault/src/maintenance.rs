@@ -634,6 +634,18 @@ pub(crate) async fn verify(
     Ok(report)
 }
 
+/// Verifies the audit chain of the vault at `path` without its master key
+/// and without stopping a server that runs on it: the database is opened
+/// read-only and the chain checked as it was at that moment.
+pub async fn verify_audit_at(path: &Path) -> Result<crate::AuditReport, Error> {
+    let location = crate::store::Location::directory(path);
+    if !crate::store::exists(&location) {
+        return Err(Error::NotInitialized(location.to_string()));
+    }
+    let store = crate::store::open_read_only(&location, &StoreOptions::default())?;
+    crate::audit::verify_chain(store.as_ref()).await
+}
+
 /// Replaces the master key of the stopped vault at `path`: every keyset is
 /// re-wrapped under the new KEK and the KDF record and KEK check are
 /// replaced in one synced batch, so after a crash at any point exactly one
