@@ -16,7 +16,7 @@ struct Cli {
     #[command(flatten)]
     connection: Connection,
     /// Print JSON instead of plain text.
-    #[arg(long, global = true)]
+    #[arg(long, env = "PHIVAULT_JSON", hide_env_values = true, global = true)]
     json: bool,
     #[command(subcommand)]
     command: Command,
@@ -35,19 +35,41 @@ struct Connection {
     )]
     endpoint: String,
     /// File holding the API key. Without it, PHIVAULT_API_KEY.
-    #[arg(long, global = true)]
+    #[arg(
+        long,
+        env = "PHIVAULT_API_KEY_FILE",
+        hide_env_values = true,
+        global = true
+    )]
     api_key_file: Option<PathBuf>,
     /// PEM CA bundle to verify the server with (default: system roots).
-    #[arg(long, global = true)]
+    #[arg(long, env = "PHIVAULT_TLS_CA", hide_env_values = true, global = true)]
     tls_ca: Option<PathBuf>,
     /// PEM client certificate for mTLS.
-    #[arg(long, global = true, requires = "tls_key")]
+    #[arg(
+        long,
+        env = "PHIVAULT_CLIENT_CERT",
+        hide_env_values = true,
+        global = true,
+        requires = "tls_key"
+    )]
     tls_cert: Option<PathBuf>,
     /// PEM client key for mTLS.
-    #[arg(long, global = true, requires = "tls_cert")]
+    #[arg(
+        long,
+        env = "PHIVAULT_CLIENT_KEY",
+        hide_env_values = true,
+        global = true,
+        requires = "tls_cert"
+    )]
     tls_key: Option<PathBuf>,
     /// The server name to verify, when it differs from the endpoint's host.
-    #[arg(long, global = true)]
+    #[arg(
+        long,
+        env = "PHIVAULT_TLS_DOMAIN",
+        hide_env_values = true,
+        global = true
+    )]
     tls_domain: Option<String>,
     /// DANGEROUS: allow an http:// endpoint that is not loopback; the API
     /// key, values and tokens then cross the network unencrypted.

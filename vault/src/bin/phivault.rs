@@ -134,76 +134,106 @@ struct VaultArgs {
     data_dir: PathBuf,
     /// File holding the passphrase (one trailing newline is ignored).
     /// Without it, PHIVAULT_PASSPHRASE, else a prompt on the terminal.
-    #[arg(long, conflicts_with = "master_key_file")]
+    #[arg(
+        long,
+        env = "PHIVAULT_PASSPHRASE_FILE",
+        hide_env_values = true,
+        conflicts_with = "master_key_file"
+    )]
     passphrase_file: Option<PathBuf>,
     /// A 32-byte master key file (raw or 64 hex digits) instead of a
     /// passphrase.
-    #[arg(long)]
+    #[arg(long, env = "PHIVAULT_MASTER_KEY_FILE", hide_env_values = true)]
     master_key_file: Option<PathBuf>,
     /// With `init` and --master-key-file: create the key file first.
-    #[arg(long, requires = "master_key_file")]
+    #[arg(long, env = "PHIVAULT_CREATE_KEY_FILE", hide_env_values = true, value_parser = clap::builder::BoolishValueParser::new(), requires = "master_key_file")]
     create_key_file: bool,
 }
 
 #[derive(Args)]
 struct ServeArgs {
-    /// A TOML file with any of the settings below; flags given on the
-    /// command line override it. See deploy/phivault.toml.
-    #[arg(long)]
+    /// A TOML file with any of the settings below; PHIVAULT_* variables
+    /// override it, and flags override both. See deploy/phivault.toml.
+    #[arg(long, env = "PHIVAULT_CONFIG", hide_env_values = true)]
     config: Option<PathBuf>,
     /// DEVELOPMENT ONLY: a throwaway vault in ./.phivault-dev, created on
     /// first start, whose master key and admin key sit next to its data.
-    #[arg(long, conflicts_with_all = ["data_dir", "passphrase_file", "master_key_file"])]
+    #[arg(long, env = "PHIVAULT_DEV", hide_env_values = true, value_parser = clap::builder::BoolishValueParser::new(), conflicts_with_all = ["data_dir", "passphrase_file", "master_key_file"])]
     dev: bool,
     /// The vault's data directory.
     #[arg(long, env = "PHIVAULT_DATA_DIR", hide_env_values = true)]
     data_dir: Option<PathBuf>,
     /// File holding the passphrase; without it PHIVAULT_PASSPHRASE, else a
     /// prompt on the terminal.
-    #[arg(long, conflicts_with = "master_key_file")]
+    #[arg(
+        long,
+        env = "PHIVAULT_PASSPHRASE_FILE",
+        hide_env_values = true,
+        conflicts_with = "master_key_file"
+    )]
     passphrase_file: Option<PathBuf>,
     /// A 32-byte master key file instead of a passphrase.
-    #[arg(long)]
+    #[arg(long, env = "PHIVAULT_MASTER_KEY_FILE", hide_env_values = true)]
     master_key_file: Option<PathBuf>,
     /// Address to listen on [default: 127.0.0.1:50051]; port 0 picks a free
     /// port.
-    #[arg(long)]
+    #[arg(long, env = "PHIVAULT_LISTEN", hide_env_values = true)]
     listen: Option<SocketAddr>,
     /// PEM certificate chain for TLS.
-    #[arg(long, requires = "tls_key")]
+    #[arg(
+        long,
+        env = "PHIVAULT_TLS_CERT",
+        hide_env_values = true,
+        requires = "tls_key"
+    )]
     tls_cert: Option<PathBuf>,
     /// PEM private key for TLS.
-    #[arg(long, requires = "tls_cert")]
+    #[arg(
+        long,
+        env = "PHIVAULT_TLS_KEY",
+        hide_env_values = true,
+        requires = "tls_cert"
+    )]
     tls_key: Option<PathBuf>,
     /// PEM CA bundle: require client certificates that chain to it (mTLS).
-    #[arg(long, requires = "tls_cert")]
+    #[arg(
+        long,
+        env = "PHIVAULT_TLS_CLIENT_CA",
+        hide_env_values = true,
+        requires = "tls_cert"
+    )]
     tls_client_ca: Option<PathBuf>,
     /// DANGEROUS: serve plaintext gRPC on a non-loopback address.
-    #[arg(long)]
+    #[arg(long, env = "PHIVAULT_INSECURE_PLAINTEXT", hide_env_values = true, value_parser = clap::builder::BoolishValueParser::new())]
     insecure_plaintext: bool,
     /// Serve Prometheus metrics on http://ADDR/metrics (port 0 picks one;
     /// the address is printed as `phivault metrics on IP:PORT`).
-    #[arg(long)]
+    #[arg(long, env = "PHIVAULT_METRICS_LISTEN", hide_env_values = true)]
     metrics_listen: Option<SocketAddr>,
     /// Largest gRPC message accepted, in bytes [default: 4194304].
-    #[arg(long)]
+    #[arg(long, env = "PHIVAULT_MAX_MESSAGE_BYTES", hide_env_values = true)]
     max_message_bytes: Option<usize>,
     /// Items per tokenize or detokenize request [default: 10000].
-    #[arg(long)]
+    #[arg(long, env = "PHIVAULT_MAX_ITEMS", hide_env_values = true)]
     max_items: Option<usize>,
     /// Bytes per value or token [default: 4096].
-    #[arg(long)]
+    #[arg(long, env = "PHIVAULT_MAX_VALUE_BYTES", hide_env_values = true)]
     max_value_bytes: Option<usize>,
     /// `fsync` (default): every acknowledged write is on disk. `os`: leave
     /// flushing to the OS — faster, loses acknowledged writes on power loss.
-    #[arg(long, value_parser = ["fsync", "os"])]
+    #[arg(long, env = "PHIVAULT_DURABILITY", hide_env_values = true, value_parser = ["fsync", "os"])]
     durability: Option<String>,
     /// Most mappings a key rotation moves per second [default: unlimited].
-    #[arg(long)]
+    #[arg(long, env = "PHIVAULT_ROTATION_MAX_RATE", hide_env_values = true)]
     rotation_max_rate: Option<u32>,
     /// Confine `Admin.Backup` to new directories inside this one.
-    #[arg(long)]
+    #[arg(long, env = "PHIVAULT_BACKUP_DIR", hide_env_values = true)]
     backup_dir: Option<PathBuf>,
+    /// Print the settings as resolved (defaults, --config, PHIVAULT_*
+    /// variables, flags) in the configuration file's format, and exit
+    /// without opening the vault.
+    #[arg(long)]
+    check_config: bool,
     /// Connection, stream and call caps: set in the configuration file's
     /// `[transport]` section only.
     #[arg(skip)]
@@ -374,6 +404,7 @@ fn resolve(args: ServeArgs) -> anyhow::Result<ServeArgs> {
     let resolved = ServeArgs {
         config: args.config,
         dev: args.dev,
+        check_config: args.check_config,
         data_dir: args.data_dir.or(file.data_dir),
         passphrase_file: args.passphrase_file.or(file.passphrase_file),
         master_key_file: args.master_key_file.or(file.master_key_file),
@@ -413,6 +444,110 @@ fn resolve(args: ServeArgs) -> anyhow::Result<ServeArgs> {
         bail!("give a passphrase file or a master key file, not both");
     }
     Ok(resolved)
+}
+
+/// The resolved settings of `serve`, as a configuration file that gives
+/// them all. Paths only: no secret is ever a setting.
+fn render_settings(args: &ServeArgs) -> anyhow::Result<String> {
+    use toml::{Table, Value};
+    fn path(table: &mut Table, key: &str, value: Option<&Path>) {
+        if let Some(p) = value {
+            table.insert(key.into(), Value::String(p.display().to_string()));
+        }
+    }
+    fn number(table: &mut Table, key: &str, value: Option<u64>) {
+        if let Some(n) = value {
+            table.insert(
+                key.into(),
+                Value::Integer(i64::try_from(n).unwrap_or(i64::MAX)),
+            );
+        }
+    }
+    let mut top = Table::new();
+    path(&mut top, "data_dir", args.data_dir.as_deref());
+    path(&mut top, "passphrase_file", args.passphrase_file.as_deref());
+    path(&mut top, "master_key_file", args.master_key_file.as_deref());
+    for (key, addr) in [
+        ("listen", args.listen),
+        ("metrics_listen", args.metrics_listen),
+    ] {
+        if let Some(addr) = addr {
+            top.insert(key.into(), Value::String(addr.to_string()));
+        }
+    }
+    top.insert(
+        "insecure_plaintext".into(),
+        Value::Boolean(args.insecure_plaintext),
+    );
+    if let Some(d) = &args.durability {
+        top.insert("durability".into(), Value::String(d.clone()));
+    }
+    number(
+        &mut top,
+        "rotation_max_rate",
+        args.rotation_max_rate.map(u64::from),
+    );
+    path(&mut top, "backup_dir", args.backup_dir.as_deref());
+    let mut tls = Table::new();
+    path(&mut tls, "cert", args.tls_cert.as_deref());
+    path(&mut tls, "key", args.tls_key.as_deref());
+    path(&mut tls, "client_ca", args.tls_client_ca.as_deref());
+    top.insert("tls".into(), Value::Table(tls));
+    let mut limits = Table::new();
+    let count = |n: Option<usize>| n.map(|n| n as u64);
+    number(
+        &mut limits,
+        "max_message_bytes",
+        count(args.max_message_bytes),
+    );
+    number(&mut limits, "max_items", count(args.max_items));
+    number(&mut limits, "max_value_bytes", count(args.max_value_bytes));
+    top.insert("limits".into(), Value::Table(limits));
+    let t = &args.transport;
+    let mut transport = Table::new();
+    let counts: [(&str, u64); 9] = [
+        ("max_connections", t.max_connections as u64),
+        (
+            "max_connections_per_peer",
+            t.max_connections_per_peer as u64,
+        ),
+        ("ipv6_peer_prefix", u64::from(t.ipv6_peer_prefix)),
+        (
+            "max_concurrent_streams",
+            u64::from(t.max_concurrent_streams),
+        ),
+        ("max_calls_in_progress", t.max_calls_in_progress as u64),
+        (
+            "max_pending_accept_reset_streams",
+            t.max_pending_accept_reset_streams as u64,
+        ),
+        (
+            "max_local_error_reset_streams",
+            t.max_local_error_reset_streams as u64,
+        ),
+        ("max_header_list_bytes", u64::from(t.max_header_list_bytes)),
+        ("admin_max_message_bytes", t.admin_max_message_bytes as u64),
+    ];
+    let secs = [
+        ("request_timeout_secs", t.request_timeout),
+        ("keepalive_interval_secs", t.keepalive_interval),
+        ("keepalive_timeout_secs", t.keepalive_timeout),
+        ("refusal_window_secs", t.refusal_window),
+        ("handshake_timeout_secs", t.handshake_timeout),
+    ];
+    for (key, n) in counts
+        .into_iter()
+        .chain(secs.into_iter().map(|(k, d)| (k, d.as_secs())))
+    {
+        number(&mut transport, key, Some(n));
+    }
+    top.insert("transport".into(), Value::Table(transport));
+    let dev = if args.dev {
+        "# --dev: a throwaway vault in ./.phivault-dev (no setting gives it)\n"
+    } else {
+        ""
+    };
+    Ok(format!("{dev}{}", toml::to_string(&top)?))
 }
 
 fn master_key(
@@ -753,6 +888,10 @@ async fn rekey(args: RekeyArgs) -> anyhow::Result<()> {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let args = resolve(args)?;
+    if args.check_config {
+        print!("{}", render_settings(&args)?);
+        return Ok(());
+    }
     let durability = if args.durability.as_deref() == Some("os") {
         Durability::Os
     } else {
@@ -977,6 +1116,39 @@ mod tests {
             ..TransportConfig::default()
         };
         assert!(zero.over(TransportLimits::default()).is_err());
+    }
+
+    /// What `--check-config` prints is a configuration file that resolves
+    /// to the same settings.
+    #[test]
+    fn the_printed_settings_load_back_as_they_were() {
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/phivault.toml");
+        let serve = |argv: &[&str]| {
+            let Command::Serve(args) = Cli::parse_from(argv).command else {
+                panic!("serve")
+            };
+            resolve(*args).expect("resolve")
+        };
+        let first = serve(&[
+            "phivault",
+            "serve",
+            "--config",
+            example.to_str().expect("utf-8"),
+            "--max-items",
+            "77",
+        ]);
+        let printed = render_settings(&first).expect("render");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("printed.toml");
+        std::fs::write(&path, &printed).expect("write");
+        let again = serve(&[
+            "phivault",
+            "serve",
+            "--config",
+            path.to_str().expect("utf-8"),
+        ]);
+        assert_eq!(render_settings(&again).expect("render"), printed);
+        assert!(printed.contains("max_items = 77"), "{printed}");
     }
 
     #[test]
