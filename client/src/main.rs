@@ -16,7 +16,13 @@ struct Cli {
     #[command(flatten)]
     connection: Connection,
     /// Print JSON instead of plain text.
-    #[arg(long, env = "PHIVAULT_JSON", hide_env_values = true, global = true)]
+    #[arg(
+        long,
+        env = "PHIVAULT_JSON",
+        hide_env_values = true,
+        value_parser = clap::builder::BoolishValueParser::new(),
+        global = true
+    )]
     json: bool,
     #[command(subcommand)]
     command: Command,

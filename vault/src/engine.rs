@@ -420,9 +420,18 @@ impl Vault {
         let store = crate::store::open(&location, &options.store)?;
         protect_rows(store.as_ref(), &kek, protection).await?;
         // The audit head's MAC is what keys the chain: check it now, so that
-        // a rewritten or deleted head stops the start rather than the first
-        // reveal.
-        store.audit_head().await?;
+        // a rewritten head stops the start rather than the first reveal. A
+        // head deleted while records exist would make the next record
+        // overwrite the first: refused too (a record whose key does not
+        // decode is a record).
+        if store.audit_head().await?.seq == 0
+            && !matches!(store.audit_after(0, 1).await, Ok(ref none) if none.is_empty())
+        {
+            return Err(Error::Store(StoreError::Tampered {
+                table: "meta",
+                row: format!("{:?}", "audit_head"),
+            }));
+        }
         let keyring = load_keyring(store.as_ref(), &kek).await?;
         let audit_key = crate::audit::load_or_create_key(store.as_ref(), &kek).await?;
         let mut namespaces: Vec<Namespace> = Vec::new();

@@ -264,6 +264,13 @@ async fn a_deleted_audit_head_is_refused_at_start() {
             phivault::store::StoreError::Tampered { table: "meta", .. }
         ))
     ));
+    // `audit verify` still answers with a report that says where.
+    let report = verify_audit_at(dir.path()).await.expect("a report");
+    assert_eq!(
+        report.first_bad,
+        Some((1, "records follow the head kept in meta")),
+        "{report:?}"
+    );
 }
 
 /// An audit key removed while records exist is never silently replaced.

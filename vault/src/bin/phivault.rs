@@ -158,7 +158,7 @@ struct ServeArgs {
     config: Option<PathBuf>,
     /// DEVELOPMENT ONLY: a throwaway vault in ./.phivault-dev, created on
     /// first start, whose master key and admin key sit next to its data.
-    #[arg(long, env = "PHIVAULT_DEV", hide_env_values = true, value_parser = clap::builder::BoolishValueParser::new(), conflicts_with_all = ["data_dir", "passphrase_file", "master_key_file"])]
+    #[arg(long, conflicts_with_all = ["data_dir", "passphrase_file", "master_key_file"])]
     dev: bool,
     /// The vault's data directory.
     #[arg(long, env = "PHIVAULT_DATA_DIR", hide_env_values = true)]
@@ -204,7 +204,8 @@ struct ServeArgs {
     )]
     tls_client_ca: Option<PathBuf>,
     /// DANGEROUS: serve plaintext gRPC on a non-loopback address.
-    #[arg(long, env = "PHIVAULT_INSECURE_PLAINTEXT", hide_env_values = true, value_parser = clap::builder::BoolishValueParser::new())]
+    /// (No variable: a switch this dangerous is given where it is seen.)
+    #[arg(long)]
     insecure_plaintext: bool,
     /// Serve Prometheus metrics on http://ADDR/metrics (port 0 picks one;
     /// the address is printed as `phivault metrics on IP:PORT`).
@@ -436,6 +437,15 @@ fn resolve(args: ServeArgs) -> anyhow::Result<ServeArgs> {
     };
     if resolved.tls_cert.is_some() != resolved.tls_key.is_some() {
         bail!("TLS needs both a certificate and a key");
+    }
+    if resolved.dev
+        && (resolved.data_dir.is_some()
+            || resolved.passphrase_file.is_some()
+            || resolved.master_key_file.is_some())
+    {
+        bail!(
+            "--dev runs a throwaway vault in ./.phivault-dev: it takes no data directory, passphrase file or master key file (one is set in --config or PHIVAULT_*)"
+        );
     }
     if !resolved.dev && resolved.data_dir.is_none() {
         bail!("no data directory: pass --data-dir, set it in --config, or use --dev");

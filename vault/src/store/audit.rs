@@ -108,8 +108,8 @@ pub trait AuditStore: Send + Sync {
     /// sequence numbers once the commit is durable.
     fn append_audit(&self, records: Vec<PendingRecord>) -> StoreFuture<'_, Vec<u64>>;
 
-    /// The head of the chain (all zero before the first record). A head
-    /// missing while records exist is [`super::StoreError::Tampered`].
+    /// The head of the chain (all zero before the first record, or when
+    /// the head is missing: `verify` reports records beyond it).
     fn audit_head(&self) -> StoreFuture<'_, AuditHead>;
 
     /// Up to `limit` stored records after sequence number `after` (from the

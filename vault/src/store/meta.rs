@@ -47,9 +47,11 @@ pub struct MasterRecord {
     pub kek_check: Option<Vec<u8>>,
 }
 
-/// The key rows that shape access (clients, namespaces, keysets, the
-/// records about the vault) are tagged under: derived from the KEK, so a row
-/// written without it is refused.
+/// The key rows that shape access (clients, namespaces, keysets, and the
+/// records of the active keyset, rotation, namespace ids and audit head)
+/// are tagged under: derived from the KEK, so a row written without it is
+/// refused. The KDF record, KEK check and audit key row are not tagged: each
+/// is checked by what it unlocks.
 pub struct RowKey(Zeroizing<[u8; 32]>);
 
 impl RowKey {
@@ -98,7 +100,8 @@ pub struct MasterChange {
 
 /// The operations on the records about the vault itself.
 pub trait MetaStore: Send + Sync {
-    /// The KDF record as stored (read through the row key once installed).
+    /// The KDF record as stored (it is not tagged: it carries no secret,
+    /// and the KEK check proves the derivation it leads to).
     fn kdf_record(&self) -> StoreFuture<'_, Option<Vec<u8>>>;
 
     /// From now on, rows that shape access are tagged under `key` when
