@@ -107,3 +107,31 @@ pub fn stored_rows(bytes: &[u8]) {
     let seq = bytes.first().map_or(1, |&b| u64::from(b));
     let _ = crate::audit::decode_record(seq, bytes);
 }
+
+/// A `serve --config` file: parsing never panics; a refusal is one line and
+/// quotes no line of the file (a value in the file may be a secret in the
+/// wrong place); a file that parses has its transport caps checked without
+/// panicking.
+pub fn config(bytes: &[u8]) {
+    let Ok(text) = std::str::from_utf8(bytes) else {
+        return;
+    };
+    match crate::server::config::ConfigFile::parse(text) {
+        Ok(file) => {
+            let _ = file
+                .transport
+                .over(crate::server::TransportLimits::default());
+        }
+        Err(e) => {
+            let message = e.to_string();
+            assert!(!message.contains('\n'), "a refusal is one line");
+            for line in text
+                .lines()
+                .map(str::trim)
+                .filter(|l| l.chars().count() >= 24)
+            {
+                assert!(!message.contains(line), "a refusal quotes the file");
+            }
+        }
+    }
+}

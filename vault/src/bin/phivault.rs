@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
+use phivault::server::config::ConfigFile;
 use phivault::server::{ServeOptions, TlsOptions, TransportLimits};
 use phivault::store::{Durability, StoreOptions};
 use phivault::{MasterKey, Vault, VaultOptions};
@@ -239,154 +240,6 @@ struct ServeArgs {
     /// `[transport]` section only.
     #[arg(skip)]
     transport: TransportLimits,
-}
-
-/// `phivault serve --config FILE`: the same settings as the flags.
-/// Unknown keys are an error, so a typo cannot silently leave a default in
-/// place.
-#[derive(Debug, Default, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ConfigFile {
-    data_dir: Option<PathBuf>,
-    passphrase_file: Option<PathBuf>,
-    master_key_file: Option<PathBuf>,
-    listen: Option<SocketAddr>,
-    metrics_listen: Option<SocketAddr>,
-    insecure_plaintext: Option<bool>,
-    durability: Option<String>,
-    rotation_max_rate: Option<u32>,
-    backup_dir: Option<PathBuf>,
-    #[serde(default)]
-    tls: TlsConfig,
-    #[serde(default)]
-    limits: LimitsConfig,
-    #[serde(default)]
-    transport: TransportConfig,
-}
-
-/// `[transport]`: every key optional, defaults in `TransportLimits`.
-#[derive(Debug, Default, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TransportConfig {
-    max_connections: Option<usize>,
-    max_connections_per_peer: Option<usize>,
-    ipv6_peer_prefix: Option<u8>,
-    max_concurrent_streams: Option<u32>,
-    max_calls_in_progress: Option<usize>,
-    max_pending_accept_reset_streams: Option<usize>,
-    max_local_error_reset_streams: Option<usize>,
-    request_timeout_secs: Option<u64>,
-    keepalive_interval_secs: Option<u64>,
-    keepalive_timeout_secs: Option<u64>,
-    max_header_list_bytes: Option<u32>,
-    admin_max_message_bytes: Option<usize>,
-    refusal_window_secs: Option<u64>,
-    handshake_timeout_secs: Option<u64>,
-}
-
-impl TransportConfig {
-    fn over(self, d: TransportLimits) -> anyhow::Result<TransportLimits> {
-        let secs = |v: Option<u64>, default: std::time::Duration, what: &str| match v {
-            Some(0) => bail!("transport.{what} must be at least 1 second"),
-            Some(n) => Ok(std::time::Duration::from_secs(n)),
-            None => Ok(default),
-        };
-        let limits = TransportLimits {
-            max_connections: self.max_connections.unwrap_or(d.max_connections),
-            max_connections_per_peer: self
-                .max_connections_per_peer
-                .unwrap_or(d.max_connections_per_peer),
-            ipv6_peer_prefix: match self.ipv6_peer_prefix {
-                Some(bits @ 48..=128) => bits,
-                Some(_) => bail!("transport.ipv6_peer_prefix must be from 48 to 128 bits"),
-                None => d.ipv6_peer_prefix,
-            },
-            max_concurrent_streams: self
-                .max_concurrent_streams
-                .unwrap_or(d.max_concurrent_streams),
-            max_calls_in_progress: self
-                .max_calls_in_progress
-                .unwrap_or(d.max_calls_in_progress),
-            max_pending_accept_reset_streams: self
-                .max_pending_accept_reset_streams
-                .unwrap_or(d.max_pending_accept_reset_streams),
-            max_local_error_reset_streams: self
-                .max_local_error_reset_streams
-                .unwrap_or(d.max_local_error_reset_streams),
-            request_timeout: secs(
-                self.request_timeout_secs,
-                d.request_timeout,
-                "request_timeout_secs",
-            )?,
-            keepalive_interval: secs(
-                self.keepalive_interval_secs,
-                d.keepalive_interval,
-                "keepalive_interval_secs",
-            )?,
-            keepalive_timeout: secs(
-                self.keepalive_timeout_secs,
-                d.keepalive_timeout,
-                "keepalive_timeout_secs",
-            )?,
-            max_header_list_bytes: self
-                .max_header_list_bytes
-                .unwrap_or(d.max_header_list_bytes),
-            admin_max_message_bytes: self
-                .admin_max_message_bytes
-                .unwrap_or(d.admin_max_message_bytes),
-            refusal_window: secs(
-                self.refusal_window_secs,
-                d.refusal_window,
-                "refusal_window_secs",
-            )?,
-            handshake_timeout: secs(
-                self.handshake_timeout_secs,
-                d.handshake_timeout,
-                "handshake_timeout_secs",
-            )?,
-        };
-        let counts = [
-            ("max_connections", limits.max_connections),
-            ("max_connections_per_peer", limits.max_connections_per_peer),
-            (
-                "max_concurrent_streams",
-                limits.max_concurrent_streams as usize,
-            ),
-            ("max_calls_in_progress", limits.max_calls_in_progress),
-            ("admin_max_message_bytes", limits.admin_max_message_bytes),
-        ];
-        for (name, value) in counts {
-            if value == 0 {
-                bail!("transport.{name} must be at least 1");
-            }
-        }
-        Ok(limits)
-    }
-}
-
-#[derive(Debug, Default, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TlsConfig {
-    cert: Option<PathBuf>,
-    key: Option<PathBuf>,
-    client_ca: Option<PathBuf>,
-}
-
-#[derive(Debug, Default, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LimitsConfig {
-    max_message_bytes: Option<usize>,
-    max_items: Option<usize>,
-    max_value_bytes: Option<usize>,
-}
-
-impl ConfigFile {
-    fn load(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        toml::from_str(&text)
-            .with_context(|| format!("invalid configuration in {}", path.display()))
-    }
 }
 
 /// Flags over the configuration file over the built-in defaults.
@@ -1100,6 +953,8 @@ async fn print_status(vault: &Vault) {
 
 #[cfg(test)]
 mod tests {
+    use phivault::server::config::TransportConfig;
+
     use super::*;
 
     #[test]
@@ -1163,9 +1018,17 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_refused() {
-        let error = toml::from_str::<ConfigFile>("lissen = \"0.0.0.0:1\"").expect_err("typo");
+        let error = ConfigFile::parse("lissen = \"0.0.0.0:1\"").expect_err("typo");
         assert!(error.to_string().contains("lissen"), "{error}");
-        assert!(toml::from_str::<ConfigFile>("[limits]\nmax_itemz = 1").is_err());
+        assert!(ConfigFile::parse("[limits]\nmax_itemz = 1").is_err());
+        // A secret pasted into the file under a wrong key is named by its
+        // key and line, never quoted.
+        let error =
+            ConfigFile::parse("listen = \"127.0.0.1:1\"\npassphrase = \"correct horse battery\"\n")
+                .expect_err("unknown key");
+        assert!(error.to_string().starts_with("line 2: "), "{error}");
+        assert!(error.to_string().contains("passphrase"), "{error}");
+        assert!(!error.to_string().contains("correct horse"), "{error}");
     }
 
     #[test]

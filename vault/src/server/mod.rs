@@ -4,6 +4,7 @@
 
 mod admin;
 mod call;
+pub mod config;
 mod convert;
 mod gate;
 mod listener;
