@@ -8,6 +8,9 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use phivault_client::output::{create_private, ensure_absent, publish};
 use phivault_client::{Client, ClientOptions, ItemResult, Transport, bulk, code_name, v1 as pb};
+use phivault_proto::render::{
+    client_json, client_line, key_status_json, key_status_text, namespace_json, namespace_line,
+};
 
 /// Command-line client of a phivault vault.
 #[derive(Parser)]
@@ -386,70 +389,6 @@ fn print_items(results: &[ItemResult], json: bool) -> anyhow::Result<bool> {
         }
     }
     Ok(all_ok)
-}
-
-fn namespace_json(ns: &pb::Namespace) -> serde_json::Value {
-    let o = ns.options.clone().unwrap_or_default();
-    serde_json::json!({
-        "name": ns.name, "format": ns.format, "deterministic": ns.deterministic, "created_at": ns.created_at,
-        "keep_prefix": o.keep_prefix, "keep_suffix": o.keep_suffix, "date_pattern": o.date_pattern,
-    })
-}
-
-fn client_json(c: &pb::Client) -> serde_json::Value {
-    serde_json::json!({ "client_id": c.client_id, "name": c.name, "scopes": c.scopes, "revoked": c.revoked })
-}
-
-fn key_status_json(s: &pb::KeyStatus) -> serde_json::Value {
-    let versions: Vec<_> = s
-        .versions
-        .iter()
-        .map(|v| serde_json::json!({ "version": v.version, "state": v.state, "created_at": v.created_at, "destroyed_at": v.destroyed_at }))
-        .collect();
-    let rotation = s.rotation.as_ref().map(|r| {
-        serde_json::json!({
-            "target_version": r.target_version, "phase": r.phase, "done": r.done, "total": r.total,
-            "rate": r.rate, "eta_seconds": r.eta_seconds, "started_at": r.started_at, "damaged": r.damaged,
-        })
-    });
-    let last = s.last_rotation.as_ref().map(|l| {
-        serde_json::json!({ "target_version": l.target_version, "started_at": l.started_at, "finished_at": l.finished_at, "mappings": l.mappings })
-    });
-    serde_json::json!({ "active_version": s.active_version, "versions": versions, "rotation": rotation, "last_rotation": last })
-}
-
-fn print_key_status(s: &pb::KeyStatus) {
-    println!("active keyset: {}", s.active_version);
-    for v in &s.versions {
-        println!(
-            "  keyset {:<4} {:<10} created {}",
-            v.version, v.state, v.created_at
-        );
-    }
-    match &s.rotation {
-        Some(r) => {
-            let eta = r
-                .eta_seconds
-                .map_or_else(|| "-".to_owned(), |e| format!("{e:.0}s"));
-            println!(
-                "rotation to keyset {}: {} {}/{} mappings, {:.0}/s, ETA {eta}",
-                r.target_version, r.phase, r.done, r.total, r.rate
-            );
-            if r.damaged > 0 {
-                println!(
-                    "  {} damaged rows could not be moved (run `phivault verify`)",
-                    r.damaged
-                );
-            }
-        }
-        None => println!("no rotation running"),
-    }
-    if let Some(l) = &s.last_rotation {
-        println!(
-            "last rotation: to keyset {}, {} mappings, finished {} (old keys destroyed, compacted)",
-            l.target_version, l.mappings, l.finished_at
-        );
-    }
 }
 
 /// Milliseconds since the Unix epoch of a `--since` argument.
@@ -880,12 +819,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 if json {
                     println!("{}", namespace_json(&ns));
                 } else {
-                    let mode = if ns.deterministic {
-                        "deterministic"
-                    } else {
-                        "random"
-                    };
-                    println!("{:<16} {:<7} {mode}", ns.name, ns.format);
+                    println!("{}", namespace_line(&ns));
                 }
             }
             true
@@ -914,14 +848,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 if json {
                     println!("{}", client_json(&c));
                 } else {
-                    let state = if c.revoked { "revoked" } else { "active" };
-                    println!(
-                        "{} {:<20} {:<8} {}",
-                        c.client_id,
-                        c.name,
-                        state,
-                        c.scopes.join(" ")
-                    );
+                    println!("{}", client_line(&c));
                 }
             }
             true
@@ -949,7 +876,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 if json {
                     println!("{}", key_status_json(&status));
                 } else {
-                    print_key_status(&status);
+                    print!("{}", key_status_text(&status));
                 }
             }
             true
@@ -959,7 +886,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if json {
                 println!("{}", key_status_json(&status));
             } else {
-                print_key_status(&status);
+                print!("{}", key_status_text(&status));
             }
             true
         }

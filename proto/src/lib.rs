@@ -11,6 +11,8 @@
 
 use std::fmt;
 
+pub mod render;
+
 /// Generated code for `phivault.v1`.
 #[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
 pub mod v1 {

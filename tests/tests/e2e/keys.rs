@@ -433,7 +433,34 @@ async fn the_keys_and_backup_commands_of_the_cli() {
     );
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("InvalidArgument"));
+    // What the client shows of the served vault, `phivault status` shows of
+    // the stopped one: one rendering for both binaries.
+    let served = |args: &[&str]| -> Vec<serde_json::Value> {
+        let shown = cli(&server, &vault.admin_key, args, "");
+        assert!(shown.status.success(), "{shown:?}");
+        serde_json::Deserializer::from_slice(&shown.stdout)
+            .into_iter()
+            .map(|v| v.expect("JSON"))
+            .collect()
+    };
+    let keys = served(&["--json", "keys", "status"]);
+    let namespaces = served(&["--json", "namespaces", "list"]);
+    let clients = served(&["--json", "clients", "list"]);
     server.stop();
+    let stopped = vault
+        .command("status")
+        .args([
+            "--master-key-file",
+            vault.key_file().to_str().expect("utf-8"),
+        ])
+        .arg("--json")
+        .output()
+        .expect("run status");
+    assert!(stopped.status.success(), "{stopped:?}");
+    let status: serde_json::Value = serde_json::from_slice(&stopped.stdout).expect("JSON");
+    assert_eq!(status["keys"], keys[0]);
+    assert_eq!(status["namespaces"], serde_json::Value::from(namespaces));
+    assert_eq!(status["clients"], serde_json::Value::from(clients));
 
     let server = Server::start(&restored, &[]);
     let data = connect(&server, Some(&key)).await;

@@ -42,6 +42,10 @@ enum Command {
     Status {
         #[command(flatten)]
         vault: VaultArgs,
+        /// One JSON object instead of text, with the fields
+        /// `phivault-client --json` prints for keys, namespaces and clients.
+        #[arg(long)]
+        json: bool,
     },
     /// Replace the master passphrase or key file of a stopped vault.
     Rekey(RekeyArgs),
@@ -605,10 +609,11 @@ async fn run(command: Command) -> anyhow::Result<()> {
             );
             opened.close()?;
         }
-        Command::Status { vault } => {
+        Command::Status { vault, json } => {
             let opened = open_vault(&vault).await?;
-            print_status(&opened).await;
+            let printed = print_status(&opened, json).await;
             opened.close()?;
+            printed?;
         }
         Command::Serve(args) => serve(*args).await?,
         Command::Rekey(args) => rekey(args).await?,
@@ -889,66 +894,50 @@ async fn dev_vault(dir: &Path, options: VaultOptions) -> anyhow::Result<Vault> {
     Ok(vault)
 }
 
-async fn print_status(vault: &Vault) {
-    println!("active keyset version: {}", vault.active_keyset_version());
-    if let Ok(status) = vault.key_status().await {
-        for v in &status.versions {
-            println!("  keyset {}: {:?}", v.version, v.state);
+/// What `phivault status` shows, rendered as `phivault-client` renders the
+/// same messages from a served vault.
+async fn print_status(vault: &Vault, json: bool) -> anyhow::Result<()> {
+    use std::fmt::Write as _;
+
+    use phivault::server::convert;
+    use phivault_proto::render;
+    let keys = convert::key_status(&vault.key_status().await?);
+    let audit_records = vault.audit_head_seq().await?;
+    let namespaces: Vec<_> = vault.namespaces().iter().map(convert::namespace).collect();
+    let clients: Vec<_> = vault.clients().iter().map(convert::client).collect();
+    let mut text = String::new();
+    if json {
+        let status = serde_json::json!({
+            "keys": render::key_status_json(&keys),
+            "audit_records": audit_records,
+            "namespaces": namespaces.iter().map(render::namespace_json).collect::<Vec<_>>(),
+            "clients": clients.iter().map(render::client_json).collect::<Vec<_>>(),
+        });
+        writeln!(text, "{status}")?;
+    } else {
+        text.push_str(&render::key_status_text(&keys));
+        if keys.rotation.is_some() {
+            writeln!(
+                text,
+                "  (a stopped vault: the rotation resumes when it is served)"
+            )?;
         }
-        if let Some(r) = &status.rotation {
-            println!(
-                "  rotation to {} paused at {}/{} (resumes when served)",
-                r.target, r.done, r.total
-            );
+        writeln!(
+            text,
+            "audit trail: {audit_records} records (`phivault audit verify` walks the chain)"
+        )?;
+        writeln!(text, "namespaces:")?;
+        for ns in &namespaces {
+            writeln!(text, "  {}", render::namespace_line(ns))?;
+        }
+        writeln!(text, "clients:")?;
+        for client in &clients {
+            writeln!(text, "  {}", render::client_line(client))?;
         }
     }
-    if let Ok(head) = vault.audit_head_seq().await {
-        println!("audit trail: {head} records (`phivault audit verify` walks the chain)");
-    }
-    println!("namespaces:");
-    for ns in vault.namespaces() {
-        let mode = if ns.deterministic {
-            "deterministic"
-        } else {
-            "random"
-        };
-        let mut options = Vec::new();
-        if ns.format.keep_prefix > 0 {
-            options.push(format!("keep_prefix={}", ns.format.keep_prefix));
-        }
-        if ns.format.keep_suffix > 0 {
-            options.push(format!("keep_suffix={}", ns.format.keep_suffix));
-        }
-        if let Some(date) = &ns.format.date {
-            options.push(format!(
-                "pattern={} years={}-{}",
-                date.pattern, date.token_year_min, date.token_year_max
-            ));
-        }
-        println!(
-            "  {:<12} {:<7} {:<14} {}",
-            ns.name,
-            ns.format.kind,
-            mode,
-            options.join(" ")
-        );
-    }
-    println!("clients:");
-    for client in vault.clients() {
-        let scopes: Vec<String> = client.scopes.iter().map(ToString::to_string).collect();
-        let state = if client.revoked_at.is_some() {
-            "revoked"
-        } else {
-            "active"
-        };
-        println!(
-            "  {} {:<20} {:<8} {}",
-            client.id,
-            client.name,
-            state,
-            scopes.join(" ")
-        );
-    }
+    // A closed pipe is an error to report, not a panic.
+    std::io::stdout().lock().write_all(text.as_bytes())?;
+    Ok(())
 }
 
 #[cfg(test)]

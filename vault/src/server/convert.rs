@@ -1,4 +1,6 @@
-//! Conversions between wire messages and the core's types.
+//! Conversions between wire messages and the core's types. The binary's
+//! `status` uses the public ones to print a stopped vault the way the client
+//! prints a served one (`phivault_proto::render`).
 
 use phivault_proto::v1 as pb;
 use tonic::Status;
@@ -22,7 +24,8 @@ pub(crate) fn item_results(results: Vec<ItemResult>) -> Vec<pb::ItemResult> {
         .collect()
 }
 
-pub(crate) fn namespace(ns: &Namespace) -> pb::Namespace {
+/// A namespace as the wire shows it.
+pub fn namespace(ns: &Namespace) -> pb::Namespace {
     let f = &ns.format;
     pb::Namespace {
         name: ns.name.clone(),
@@ -85,7 +88,8 @@ impl TryFrom<pb::CreateNamespaceRequest> for NamespaceSpec {
     }
 }
 
-pub(crate) fn client(c: &Client) -> pb::Client {
+/// A client as the wire shows it (no key: none is kept).
+pub fn client(c: &Client) -> pb::Client {
     pb::Client {
         client_id: c.id.clone(),
         name: c.name.clone(),
@@ -98,7 +102,8 @@ fn timestamp(secs: u64) -> i64 {
     i64::try_from(secs).unwrap_or(i64::MAX)
 }
 
-pub(crate) fn key_status(status: &KeyStatus) -> pb::KeyStatus {
+/// The keysets and rotations as the wire shows them.
+pub fn key_status(status: &KeyStatus) -> pb::KeyStatus {
     pb::KeyStatus {
         active_version: status.active,
         versions: status

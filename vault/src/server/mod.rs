@@ -5,7 +5,7 @@
 mod admin;
 mod call;
 pub mod config;
-mod convert;
+pub mod convert;
 mod gate;
 mod listener;
 mod metrics;
