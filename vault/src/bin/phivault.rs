@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
-use phivault::server::config::ConfigFile;
+use phivault::server::config::{ConfigFile, LimitsConfig, TlsConfig, TransportConfig};
 use phivault::server::{ServeOptions, TlsOptions, TransportLimits};
 use phivault::store::{Durability, StoreOptions};
 use phivault::{MasterKey, Vault, VaultOptions};
@@ -316,105 +316,34 @@ fn resolve(args: ServeArgs) -> anyhow::Result<ServeArgs> {
 /// The resolved settings of `serve`, as a configuration file that gives
 /// them all. Paths only: no secret is ever a setting.
 fn render_settings(args: &ServeArgs) -> anyhow::Result<String> {
-    use toml::{Table, Value};
-    fn path(table: &mut Table, key: &str, value: Option<&Path>) {
-        if let Some(p) = value {
-            table.insert(key.into(), Value::String(p.display().to_string()));
-        }
-    }
-    fn number(table: &mut Table, key: &str, value: Option<u64>) {
-        if let Some(n) = value {
-            table.insert(
-                key.into(),
-                Value::Integer(i64::try_from(n).unwrap_or(i64::MAX)),
-            );
-        }
-    }
-    let mut top = Table::new();
-    path(&mut top, "data_dir", args.data_dir.as_deref());
-    path(&mut top, "passphrase_file", args.passphrase_file.as_deref());
-    path(&mut top, "master_key_file", args.master_key_file.as_deref());
-    for (key, addr) in [
-        ("listen", args.listen),
-        ("metrics_listen", args.metrics_listen),
-    ] {
-        if let Some(addr) = addr {
-            top.insert(key.into(), Value::String(addr.to_string()));
-        }
-    }
-    top.insert(
-        "insecure_plaintext".into(),
-        Value::Boolean(args.insecure_plaintext),
-    );
-    if let Some(d) = &args.durability {
-        top.insert("durability".into(), Value::String(d.clone()));
-    }
-    number(
-        &mut top,
-        "rotation_max_rate",
-        args.rotation_max_rate.map(u64::from),
-    );
-    path(&mut top, "backup_dir", args.backup_dir.as_deref());
-    let mut tls = Table::new();
-    path(&mut tls, "cert", args.tls_cert.as_deref());
-    path(&mut tls, "key", args.tls_key.as_deref());
-    path(&mut tls, "client_ca", args.tls_client_ca.as_deref());
-    top.insert("tls".into(), Value::Table(tls));
-    let mut limits = Table::new();
-    let count = |n: Option<usize>| n.map(|n| n as u64);
-    number(
-        &mut limits,
-        "max_message_bytes",
-        count(args.max_message_bytes),
-    );
-    number(&mut limits, "max_items", count(args.max_items));
-    number(&mut limits, "max_value_bytes", count(args.max_value_bytes));
-    top.insert("limits".into(), Value::Table(limits));
-    let t = &args.transport;
-    let mut transport = Table::new();
-    let counts: [(&str, u64); 9] = [
-        ("max_connections", t.max_connections as u64),
-        (
-            "max_connections_per_peer",
-            t.max_connections_per_peer as u64,
-        ),
-        ("ipv6_peer_prefix", u64::from(t.ipv6_peer_prefix)),
-        (
-            "max_concurrent_streams",
-            u64::from(t.max_concurrent_streams),
-        ),
-        ("max_calls_in_progress", t.max_calls_in_progress as u64),
-        (
-            "max_pending_accept_reset_streams",
-            t.max_pending_accept_reset_streams as u64,
-        ),
-        (
-            "max_local_error_reset_streams",
-            t.max_local_error_reset_streams as u64,
-        ),
-        ("max_header_list_bytes", u64::from(t.max_header_list_bytes)),
-        ("admin_max_message_bytes", t.admin_max_message_bytes as u64),
-    ];
-    let secs = [
-        ("request_timeout_secs", t.request_timeout),
-        ("keepalive_interval_secs", t.keepalive_interval),
-        ("keepalive_timeout_secs", t.keepalive_timeout),
-        ("refusal_window_secs", t.refusal_window),
-        ("handshake_timeout_secs", t.handshake_timeout),
-    ];
-    for (key, n) in counts
-        .into_iter()
-        .chain(secs.into_iter().map(|(k, d)| (k, d.as_secs())))
-    {
-        number(&mut transport, key, Some(n));
-    }
-    top.insert("transport".into(), Value::Table(transport));
+    let file = ConfigFile {
+        data_dir: args.data_dir.clone(),
+        passphrase_file: args.passphrase_file.clone(),
+        master_key_file: args.master_key_file.clone(),
+        listen: args.listen,
+        metrics_listen: args.metrics_listen,
+        insecure_plaintext: Some(args.insecure_plaintext),
+        durability: args.durability.clone(),
+        rotation_max_rate: args.rotation_max_rate,
+        backup_dir: args.backup_dir.clone(),
+        tls: TlsConfig {
+            cert: args.tls_cert.clone(),
+            key: args.tls_key.clone(),
+            client_ca: args.tls_client_ca.clone(),
+        },
+        limits: LimitsConfig {
+            max_message_bytes: args.max_message_bytes,
+            max_items: args.max_items,
+            max_value_bytes: args.max_value_bytes,
+        },
+        transport: TransportConfig::from(&args.transport),
+    };
     let dev = if args.dev {
         "# --dev: a throwaway vault in ./.phivault-dev (no setting gives it)\n"
     } else {
         ""
     };
-    Ok(format!("{dev}{}", toml::to_string(&top)?))
+    Ok(format!("{dev}{}", toml::to_string(&file)?))
 }
 
 fn master_key(
@@ -942,8 +871,6 @@ async fn print_status(vault: &Vault, json: bool) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use phivault::server::config::TransportConfig;
-
     use super::*;
 
     #[test]

@@ -23,7 +23,7 @@ impl ConfigError {
 /// `phivault serve --config FILE`: the same settings as the flags.
 /// Unknown keys are an error, so a typo cannot silently leave a default in
 /// place.
-#[derive(Debug, Default, serde::Deserialize)]
+#[derive(Debug, Default, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigFile {
     /// `--data-dir`: the vault's data directory.
@@ -56,7 +56,7 @@ pub struct ConfigFile {
 }
 
 /// `[transport]`: every key optional, defaults in [`TransportLimits`].
-#[derive(Debug, Default, serde::Deserialize)]
+#[derive(Debug, Default, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TransportConfig {
     /// [`TransportLimits::max_connections`].
@@ -87,6 +87,28 @@ pub struct TransportConfig {
     pub refusal_window_secs: Option<u64>,
     /// [`TransportLimits::handshake_timeout`], in seconds.
     pub handshake_timeout_secs: Option<u64>,
+}
+
+impl From<&TransportLimits> for TransportConfig {
+    /// Every cap set: what `serve --check-config` prints.
+    fn from(t: &TransportLimits) -> Self {
+        Self {
+            max_connections: Some(t.max_connections),
+            max_connections_per_peer: Some(t.max_connections_per_peer),
+            ipv6_peer_prefix: Some(t.ipv6_peer_prefix),
+            max_concurrent_streams: Some(t.max_concurrent_streams),
+            max_calls_in_progress: Some(t.max_calls_in_progress),
+            max_pending_accept_reset_streams: Some(t.max_pending_accept_reset_streams),
+            max_local_error_reset_streams: Some(t.max_local_error_reset_streams),
+            request_timeout_secs: Some(t.request_timeout.as_secs()),
+            keepalive_interval_secs: Some(t.keepalive_interval.as_secs()),
+            keepalive_timeout_secs: Some(t.keepalive_timeout.as_secs()),
+            max_header_list_bytes: Some(t.max_header_list_bytes),
+            admin_max_message_bytes: Some(t.admin_max_message_bytes),
+            refusal_window_secs: Some(t.refusal_window.as_secs()),
+            handshake_timeout_secs: Some(t.handshake_timeout.as_secs()),
+        }
+    }
 }
 
 impl TransportConfig {
@@ -181,7 +203,7 @@ impl TransportConfig {
 
 /// `[tls]`: the server's certificate and key, and the CA of client
 /// certificates for mTLS.
-#[derive(Debug, Default, serde::Deserialize)]
+#[derive(Debug, Default, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     /// `--tls-cert`: the PEM certificate chain.
@@ -193,7 +215,7 @@ pub struct TlsConfig {
 }
 
 /// `[limits]`: request size limits.
-#[derive(Debug, Default, serde::Deserialize)]
+#[derive(Debug, Default, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsConfig {
     /// `--max-message-bytes`.
