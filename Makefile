@@ -1,10 +1,14 @@
 # phivault: `make run` starts a development vault, `make test` runs every test,
 # `make bench` measures. Each first installs the Debian packages the build
-# needs (libclang for RocksDB's bindings, a C++ compiler) when it can.
+# needs (libclang for RocksDB's bindings, a C++ compiler) when it can; `make
+# test` also installs PostgreSQL, whose servers the tests start themselves.
 
 SHELL := /bin/bash
 CARGO ?= cargo
 APT_PACKAGES := libclang-dev g++
+# The PostgreSQL backend's tests start real servers (DESIGN.md §9). A
+# target-specific value reaches `deps` too.
+TEST_PACKAGES := postgresql
 LISTEN ?= 127.0.0.1:50051
 
 .PHONY: run test bench deps check fmt clippy
@@ -20,6 +24,7 @@ run: deps
 # (compiled out of every other build).
 TEST_FEATURES := --features phivault/failpoints
 
+test: APT_PACKAGES += $(TEST_PACKAGES)
 test: deps
 	$(CARGO) build --locked --workspace --bins $(TEST_FEATURES)
 	$(CARGO) test --locked --workspace $(TEST_FEATURES)

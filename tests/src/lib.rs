@@ -4,6 +4,8 @@
 //! The binaries are the ones `make test` builds (`cargo build --bins`) next to
 //! this test executable (`target/<profile>/`).
 
+pub mod postgres;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -324,15 +324,24 @@ const SEARCH_PASS: u32 = 16_384;
 const SEARCH_BUDGET: u32 = 262_144;
 
 impl Vault {
-    /// Creates a vault at `path`: KDF record, KEK check, keyset 1 and the
-    /// default namespaces, in one durable commit.
+    /// Creates a vault in the directory `path`: KDF record, KEK check,
+    /// keyset 1 and the default namespaces, in one durable commit.
     pub async fn init(
         path: &Path,
         master: MasterKey,
         options: VaultOptions,
     ) -> Result<Self, Error> {
-        let location = Location::directory(path);
-        if crate::store::exists(&location) {
+        Self::init_at(&Location::directory(path), master, options).await
+    }
+
+    /// Creates a vault at `location`, whatever the backend: KDF record, KEK
+    /// check, keyset 1 and the default namespaces, in one durable commit.
+    pub async fn init_at(
+        location: &Location,
+        master: MasterKey,
+        options: VaultOptions,
+    ) -> Result<Self, Error> {
+        if crate::store::exists(location).await? {
             return Err(Error::AlreadyInitialized(location.to_string()));
         }
         if let MasterKey::Passphrase(p) = &master
@@ -381,13 +390,13 @@ impl Vault {
                 .collect(),
         };
         let store = crate::store::create(
-            &location,
+            location,
             &options.store,
             RowKey::new(kek.registry_key()),
             genesis,
         )
         .await?;
-        tracing::info!(path = %path.display(), namespaces = namespaces.len(), "vault initialised");
+        tracing::info!(%location, namespaces = namespaces.len(), "vault initialised");
         let keyset = Arc::new(keyset);
         let keyring = Keyring::new(
             Arc::clone(&keyset),
@@ -412,12 +421,21 @@ impl Vault {
         master: MasterKey,
         options: VaultOptions,
     ) -> Result<Self, Error> {
-        let location = Location::directory(path);
-        if !crate::store::exists(&location) {
+        Self::open_at(&Location::directory(path), master, options).await
+    }
+
+    /// Unseals the vault at `location`, whatever the backend; see
+    /// [`Vault::open`].
+    pub async fn open_at(
+        location: &Location,
+        master: MasterKey,
+        options: VaultOptions,
+    ) -> Result<Self, Error> {
+        if !crate::store::exists(location).await? {
             return Err(Error::NotInitialized(location.to_string()));
         }
-        let Unsealed { kek, protection } = unseal_kek(&location, master).await?;
-        let store = crate::store::open(&location, &options.store)?;
+        let Unsealed { kek, protection } = unseal_kek(location, master).await?;
+        let store = crate::store::open(location, &options.store).await?;
         protect_rows(store.as_ref(), &kek, protection).await?;
         // The audit head's MAC is what keys the chain: check it now, so that
         // a rewritten head stops the start rather than the first reveal. A
@@ -447,7 +465,7 @@ impl Vault {
                 .map_err(|_| Error::Corrupt("client scopes"))?;
             clients.insert(client, &record.secret_sha256);
         }
-        tracing::info!(path = %path.display(), active_keyset = keyring.active.version(), keysets = keyring.by_version.len(), "vault unsealed");
+        tracing::info!(%location, active_keyset = keyring.active.version(), keysets = keyring.by_version.len(), "vault unsealed");
         Ok(Self::assemble(
             store, kek, keyring, audit_key, namespaces, clients, options,
         ))
@@ -783,17 +801,17 @@ impl Vault {
         .await
     }
 
-    /// Replaces the master key of the stopped vault at `path`: every keyset
-    /// is re-wrapped under the new KEK and the KDF record and KEK check are
-    /// replaced in one synced batch, so after a crash at any point exactly
-    /// one of the old and new keys unseals the vault.
+    /// Replaces the master key of the stopped vault at `location`: every
+    /// keyset is re-wrapped under the new KEK and the KDF record and KEK
+    /// check are replaced in one commit, so after a crash at any point
+    /// exactly one of the old and new keys unseals the vault.
     pub async fn rekey(
-        path: &Path,
+        location: &Location,
         old: MasterKey,
         new: MasterKey,
         kdf: KdfParams,
     ) -> Result<(), Error> {
-        maintenance::rekey(path, old, new, kdf).await
+        maintenance::rekey(location, old, new, kdf).await
     }
 
     pub(crate) fn namespace(&self, name: &str) -> Result<Arc<Namespace>, Error> {

@@ -271,13 +271,13 @@ fn directory_bytes(path: &Path) -> u64 {
 /// ciphertext and keysets wrapped under the KEK, nothing else.
 pub async fn backup_offline(data_dir: &Path, to: &Path) -> Result<BackupInfo, Error> {
     let location = Location::directory(data_dir);
-    if !crate::store::exists(&location) {
+    if !crate::store::exists(&location).await? {
         return Err(Error::NotInitialized(location.to_string()));
     }
     let to = std::path::absolute(to)
         .map_err(|e| Error::InvalidBackupPath(format!("{}: {e}", to.display())))?;
     backup_target(&to, None)?;
-    let store = crate::store::open(&location, &StoreOptions::default())?;
+    let store = crate::store::open(&location, &StoreOptions::default()).await?;
     let written = checkpoint_to(store.as_ref(), &to, None).await;
     store.close()?;
     written?;
@@ -637,27 +637,25 @@ pub(crate) async fn verify(
 /// Verifies the audit chain of the vault at `path` without its master key
 /// and without stopping a server that runs on it: the database is opened
 /// read-only and the chain checked as it was at that moment.
-pub async fn verify_audit_at(path: &Path) -> Result<crate::AuditReport, Error> {
-    let location = crate::store::Location::directory(path);
-    if !crate::store::exists(&location) {
+pub async fn verify_audit_at(location: &Location) -> Result<crate::AuditReport, Error> {
+    if !crate::store::exists(location).await? {
         return Err(Error::NotInitialized(location.to_string()));
     }
-    let store = crate::store::open_read_only(&location, &StoreOptions::default())?;
+    let store = crate::store::open_read_only(location, &StoreOptions::default()).await?;
     crate::audit::verify_chain(store.as_ref()).await
 }
 
-/// Replaces the master key of the stopped vault at `path`: every keyset is
+/// Replaces the master key of the stopped vault at `location`: every keyset is
 /// re-wrapped under the new KEK and the KDF record and KEK check are
 /// replaced in one synced batch, so after a crash at any point exactly one
 /// of the old and new keys unseals the vault.
 pub(crate) async fn rekey(
-    path: &Path,
+    location: &Location,
     old: MasterKey,
     new: MasterKey,
     kdf: KdfParams,
 ) -> Result<(), Error> {
-    let location = Location::directory(path);
-    if !crate::store::exists(&location) {
+    if !crate::store::exists(location).await? {
         return Err(Error::NotInitialized(location.to_string()));
     }
     if let MasterKey::Passphrase(p) = &new
@@ -671,10 +669,10 @@ pub(crate) async fn rekey(
     let Unsealed {
         kek: old_kek,
         protection,
-    } = unseal_kek(&location, old).await?;
+    } = unseal_kek(location, old).await?;
     // Opening for writing takes the embedded database's lock: a running
     // server holds it.
-    let store = crate::store::open(&location, &StoreOptions::default())?;
+    let store = crate::store::open(location, &StoreOptions::default()).await?;
     protect_rows(store.as_ref(), &old_kek, protection).await?;
     failpoint("rekey-opened");
     let rows = live_keysets(store.as_ref(), &old_kek).await?;
@@ -721,7 +719,7 @@ pub(crate) async fn rekey(
     load_keyring(store.as_ref(), &new_kek).await?;
     crate::audit::load_or_create_key(store.as_ref(), &new_kek).await?;
     store.close()?;
-    tracing::info!(path = %path.display(), keysets = count, "master key replaced");
+    tracing::info!(%location, keysets = count, "master key replaced");
     Ok(())
 }
 

@@ -44,7 +44,7 @@ pub(crate) async fn unseal_kek(location: &Location, master: MasterKey) -> Result
         format_version: version,
         kdf,
         kek_check: check,
-    } = crate::store::read_master_record(location)?;
+    } = crate::store::read_master_record(location).await?;
     match version.as_deref().and_then(schema::decode_u32) {
         Some(schema::FORMAT_VERSION) => {}
         Some(_) => return Err(Error::Corrupt("unknown format version")),
@@ -277,7 +277,7 @@ mod migration_tests {
             .expect("rows")
             .into_iter()
             .map(|(cf, (key, value))| {
-                let plain = mac.open(cf, &key, &value).expect("tagged");
+                let plain = mac.open(cf.name(), &key, &value).expect("tagged");
                 (cf, key, plain)
             })
             .collect();

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 
-use phivault::store::{Cf, Store, StoreOptions};
+use phivault::store::{Cf, Location, Store, StoreOptions};
 use phivault::{AuditEvent, MasterKey, TokenMark, Vault, VaultOptions, verify_audit_at};
 use zeroize::Zeroizing;
 
@@ -152,7 +152,9 @@ async fn the_chain_verifies_across_restarts_and_a_key_rotation() {
     );
     close(vault);
 
-    let offline = verify_audit_at(dir.path()).await.expect("offline verify");
+    let offline = verify_audit_at(&Location::directory(dir.path()))
+        .await
+        .expect("offline verify");
     assert!(offline.is_intact());
     assert_eq!(offline.records, 7);
 }
@@ -168,7 +170,9 @@ async fn an_edited_record_is_named() {
         txn.put(Cf::Audit, 4u64.to_be_bytes(), edited)
     })
     .await;
-    let report = verify_audit_at(dir.path()).await.expect("verify");
+    let report = verify_audit_at(&Location::directory(dir.path()))
+        .await
+        .expect("verify");
     assert_eq!(report.first_bad.map(|(seq, _)| seq), Some(4), "{report:?}");
     assert_eq!(report.records, 3);
 }
@@ -178,7 +182,9 @@ async fn a_deleted_record_is_named() {
     let dir = tempfile::tempdir().expect("tempdir");
     vault_with_records(dir.path(), 10).await;
     tamper(dir.path(), |txn| txn.delete(Cf::Audit, 6u64.to_be_bytes())).await;
-    let report = verify_audit_at(dir.path()).await.expect("verify");
+    let report = verify_audit_at(&Location::directory(dir.path()))
+        .await
+        .expect("verify");
     assert_eq!(report.first_bad.map(|(seq, _)| seq), Some(6), "{report:?}");
 }
 
@@ -192,7 +198,9 @@ async fn reordered_records_are_named() {
         txn.put(Cf::Audit, 8u64.to_be_bytes(), a);
     })
     .await;
-    let report = verify_audit_at(dir.path()).await.expect("verify");
+    let report = verify_audit_at(&Location::directory(dir.path()))
+        .await
+        .expect("verify");
     assert_eq!(report.first_bad.map(|(seq, _)| seq), Some(7), "{report:?}");
 }
 
@@ -206,7 +214,9 @@ async fn a_truncated_chain_is_named() {
         }
     })
     .await;
-    let report = verify_audit_at(dir.path()).await.expect("verify");
+    let report = verify_audit_at(&Location::directory(dir.path()))
+        .await
+        .expect("verify");
     assert_eq!(report.first_bad.map(|(seq, _)| seq), Some(8), "{report:?}");
     assert_eq!((report.records, report.head_seq), (7, 10));
 }
@@ -237,7 +247,9 @@ async fn a_truncation_with_a_rewritten_head_is_refused_at_start() {
         );
     })
     .await;
-    let report = verify_audit_at(dir.path()).await.expect("verify");
+    let report = verify_audit_at(&Location::directory(dir.path()))
+        .await
+        .expect("verify");
     assert!(report.is_intact(), "the links alone look fine: {report:?}");
     match Vault::open(dir.path(), key_file(), VaultOptions::default()).await {
         Err(phivault::Error::Store(phivault::store::StoreError::Tampered { table, row })) => {
@@ -265,7 +277,9 @@ async fn a_deleted_audit_head_is_refused_at_start() {
         ))
     ));
     // `audit verify` still answers with a report that says where.
-    let report = verify_audit_at(dir.path()).await.expect("a report");
+    let report = verify_audit_at(&Location::directory(dir.path()))
+        .await
+        .expect("a report");
     assert_eq!(
         report.first_bad,
         Some((1, "records follow the head kept in meta")),

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use phivault::store::Cf;
+use phivault::store::{Cf, Location};
 use phivault::{Error, KeysetState, MasterKey, ProblemKind, RotationPhase, Vault, VaultOptions};
 use zeroize::Zeroizing;
 
@@ -317,7 +317,7 @@ async fn rekey_replaces_the_passphrase_and_keeps_every_mapping() {
     vault.close().expect("close");
 
     let weak = Vault::rekey(
-        dir.path(),
+        &Location::directory(dir.path()),
         passphrase(old),
         passphrase("short"),
         Default::default(),
@@ -326,7 +326,7 @@ async fn rekey_replaces_the_passphrase_and_keeps_every_mapping() {
     .expect_err("weak");
     assert!(matches!(weak, Error::WeakPassphrase { .. }));
     let wrong = Vault::rekey(
-        dir.path(),
+        &Location::directory(dir.path()),
         passphrase(new),
         passphrase(new),
         Default::default(),
@@ -347,7 +347,7 @@ async fn rekey_replaces_the_passphrase_and_keeps_every_mapping() {
     assert!(!old_rows.is_empty());
 
     Vault::rekey(
-        dir.path(),
+        &Location::directory(dir.path()),
         passphrase(old),
         passphrase(new),
         Default::default(),
@@ -378,9 +378,14 @@ async fn rekey_replaces_the_passphrase_and_keeps_every_mapping() {
     vault.close().expect("close");
 
     // And on to a key file.
-    Vault::rekey(dir.path(), passphrase(new), key_file(), Default::default())
-        .await
-        .expect("rekey to a key file");
+    Vault::rekey(
+        &Location::directory(dir.path()),
+        passphrase(new),
+        key_file(),
+        Default::default(),
+    )
+    .await
+    .expect("rekey to a key file");
     assert!(
         Vault::open(dir.path(), key_file(), VaultOptions::default())
             .await

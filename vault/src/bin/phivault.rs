@@ -10,7 +10,8 @@ use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use phivault::server::config::{ConfigFile, LimitsConfig, TlsConfig, TransportConfig};
 use phivault::server::{ServeOptions, TlsOptions, TransportLimits};
-use phivault::store::{Durability, StoreOptions};
+use phivault::store::postgres::PgTarget;
+use phivault::store::{Durability, Location, StoreOptions};
 use phivault::{MasterKey, Vault, VaultOptions};
 use zeroize::Zeroizing;
 
@@ -77,9 +78,9 @@ enum AuditCommand {
     /// the first bad sequence number; exits non-zero if there is one. Needs
     /// no key and works beside a running server (read-only).
     Verify {
-        /// The vault's data directory (or a backup's).
-        #[arg(long, env = "PHIVAULT_DATA_DIR", hide_env_values = true)]
-        data_dir: PathBuf,
+        /// The vault: its data directory (or a backup's), or --store.
+        #[command(flatten)]
+        store: StoreArgs,
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
@@ -132,11 +133,79 @@ impl KdfArgs {
     }
 }
 
+/// Where a vault lives: a data directory (the embedded store) or a
+/// PostgreSQL database.
+#[derive(Args, Clone, Default)]
+struct StoreArgs {
+    /// The vault's data directory (the embedded RocksDB store).
+    #[arg(long, env = "PHIVAULT_DATA_DIR", hide_env_values = true)]
+    data_dir: Option<PathBuf>,
+    /// A vault in PostgreSQL, shared by any number of nodes: a connection
+    /// string, `postgres://USER@HOST1,HOST2/DB?target_session_attrs=read-write`
+    /// or `host=… dbname=…` pairs. Off this machine it needs
+    /// `sslmode=verify-full&sslrootcert=CA.pem`. Never a password in it.
+    #[arg(
+        long,
+        env = "PHIVAULT_STORE",
+        hide_env_values = true,
+        conflicts_with = "data_dir"
+    )]
+    store: Option<String>,
+    /// File holding the PostgreSQL password; without it
+    /// PHIVAULT_STORE_PASSWORD, else none (certificate or peer
+    /// authentication).
+    #[arg(long, env = "PHIVAULT_STORE_PASSWORD_FILE", hide_env_values = true)]
+    store_password_file: Option<PathBuf>,
+}
+
+impl StoreArgs {
+    /// The vault's location; `pool_size` for a PostgreSQL one.
+    fn location(&self, pool_size: Option<usize>) -> anyhow::Result<Location> {
+        match (&self.data_dir, &self.store) {
+            (Some(_), Some(_)) => bail!("give --data-dir or --store, not both"),
+            (Some(dir), None) => {
+                if self.store_password_file.is_some() {
+                    bail!("--store-password-file is for a vault in PostgreSQL (--store)");
+                }
+                Ok(Location::directory(dir))
+            }
+            (None, Some(text)) => {
+                if !PgTarget::looks_like(text) {
+                    bail!(
+                        "--store takes a PostgreSQL connection string (postgres://… or host=… dbname=…); a vault in a directory is given by --data-dir"
+                    );
+                }
+                let mut target = PgTarget::parse(text)?;
+                if target.has_password() {
+                    bail!(
+                        "the PostgreSQL connection string holds a password: put it in --store-password-file or PHIVAULT_STORE_PASSWORD, where it is not seen in the process list or a shell history"
+                    );
+                }
+                if let Some(file) = &self.store_password_file {
+                    check_private(file, "the PostgreSQL password file")?;
+                    let password = Zeroizing::new(
+                        std::fs::read(file)
+                            .with_context(|| format!("cannot read {}", file.display()))?,
+                    );
+                    let password = password.strip_suffix(b"\n").unwrap_or(&password);
+                    target.set_password(password);
+                } else if let Some(password) = std::env::var_os("PHIVAULT_STORE_PASSWORD") {
+                    target.set_password(password.as_encoded_bytes());
+                }
+                if let Some(size) = pool_size {
+                    target.set_pool_size(size);
+                }
+                Ok(Location::Postgres(Box::new(target)))
+            }
+            (None, None) => bail!("no vault: pass --data-dir or --store"),
+        }
+    }
+}
+
 #[derive(Args)]
 struct VaultArgs {
-    /// The vault's data directory.
-    #[arg(long, env = "PHIVAULT_DATA_DIR", hide_env_values = true)]
-    data_dir: PathBuf,
+    #[command(flatten)]
+    store: StoreArgs,
     /// File holding the passphrase (one trailing newline is ignored).
     /// Without it, PHIVAULT_PASSPHRASE, else a prompt on the terminal.
     #[arg(
@@ -163,11 +232,13 @@ struct ServeArgs {
     config: Option<PathBuf>,
     /// DEVELOPMENT ONLY: a throwaway vault in ./.phivault-dev, created on
     /// first start, whose master key and admin key sit next to its data.
-    #[arg(long, conflicts_with_all = ["data_dir", "passphrase_file", "master_key_file"])]
+    #[arg(long, conflicts_with_all = ["data_dir", "store", "passphrase_file", "master_key_file"])]
     dev: bool,
-    /// The vault's data directory.
-    #[arg(long, env = "PHIVAULT_DATA_DIR", hide_env_values = true)]
-    data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    store: StoreArgs,
+    /// PostgreSQL connections this node keeps at most [default: 16].
+    #[arg(long, env = "PHIVAULT_STORE_POOL_SIZE", hide_env_values = true)]
+    store_pool_size: Option<usize>,
     /// File holding the passphrase; without it PHIVAULT_PASSPHRASE, else a
     /// prompt on the terminal.
     #[arg(
@@ -263,7 +334,12 @@ fn resolve(args: ServeArgs) -> anyhow::Result<ServeArgs> {
         config: args.config,
         dev: args.dev,
         check_config: args.check_config,
-        data_dir: args.data_dir.or(file.data_dir),
+        store: StoreArgs {
+            data_dir: args.store.data_dir.or(file.data_dir),
+            store: args.store.store.or(file.store),
+            store_password_file: args.store.store_password_file.or(file.store_password_file),
+        },
+        store_pool_size: args.store_pool_size.or(file.store_pool_size),
         passphrase_file: args.passphrase_file.or(file.passphrase_file),
         master_key_file: args.master_key_file.or(file.master_key_file),
         listen: Some(
@@ -296,16 +372,22 @@ fn resolve(args: ServeArgs) -> anyhow::Result<ServeArgs> {
         bail!("TLS needs both a certificate and a key");
     }
     if resolved.dev
-        && (resolved.data_dir.is_some()
+        && (resolved.store.data_dir.is_some()
+            || resolved.store.store.is_some()
             || resolved.passphrase_file.is_some()
             || resolved.master_key_file.is_some())
     {
         bail!(
-            "--dev runs a throwaway vault in ./.phivault-dev: it takes no data directory, passphrase file or master key file (one is set in --config or PHIVAULT_*)"
+            "--dev runs a throwaway vault in ./.phivault-dev: it takes no data directory, store, passphrase file or master key file (one is set in --config or PHIVAULT_*)"
         );
     }
-    if !resolved.dev && resolved.data_dir.is_none() {
-        bail!("no data directory: pass --data-dir, set it in --config, or use --dev");
+    if !resolved.dev && resolved.store.data_dir.is_none() && resolved.store.store.is_none() {
+        bail!("no vault: pass --data-dir or --store, set one in --config, or use --dev");
+    }
+    if resolved.store.data_dir.is_some() && resolved.store.store.is_some() {
+        bail!(
+            "give a data directory or a store, not both (one may come from --config or PHIVAULT_*)"
+        );
     }
     if resolved.passphrase_file.is_some() && resolved.master_key_file.is_some() {
         bail!("give a passphrase file or a master key file, not both");
@@ -317,7 +399,10 @@ fn resolve(args: ServeArgs) -> anyhow::Result<ServeArgs> {
 /// them all. Paths only: no secret is ever a setting.
 fn render_settings(args: &ServeArgs) -> anyhow::Result<String> {
     let file = ConfigFile {
-        data_dir: args.data_dir.clone(),
+        data_dir: args.store.data_dir.clone(),
+        store: args.store.store.clone(),
+        store_password_file: args.store.store_password_file.clone(),
+        store_pool_size: args.store_pool_size,
         passphrase_file: args.passphrase_file.clone(),
         master_key_file: args.master_key_file.clone(),
         listen: args.listen,
@@ -508,6 +593,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             };
             // The key's file is created before the vault, so that a vault is
             // never made whose admin key could not be written anywhere.
+            let location = vault.store.location(None)?;
             let mut key_out = create_secret_file(&admin_key_file)?;
             let made = async {
                 let master = master_key(
@@ -516,7 +602,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     vault.create_key_file,
                     true,
                 )?;
-                let opened = Vault::init(&vault.data_dir, master, options).await?;
+                let opened = Vault::init_at(&location, master, options).await?;
                 let (_, key) = opened.create_client("admin", &["admin"]).await?;
                 writeln!(key_out, "{}", key.expose())?;
                 key_out.sync_all()?;
@@ -531,7 +617,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     return Err(e);
                 }
             };
-            println!("initialised a vault at {}", vault.data_dir.display());
+            println!("initialised a vault at {location}");
             println!(
                 "admin API key written to {} (mode 0600)",
                 admin_key_file.display()
@@ -559,7 +645,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let report = opened.verify().await?;
             opened.close()?;
             print_report(&report);
-            let audit = phivault::verify_audit_at(&vault.data_dir).await?;
+            let audit = phivault::verify_audit_at(&vault.store.location(None)?).await?;
             print_audit_report(&audit, false);
             if !report.is_clean() {
                 bail!("{} problem(s) found", report.counts.values().sum::<u64>());
@@ -568,8 +654,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 bail!("the audit chain is broken at record {seq}");
             }
         }
-        Command::Audit(AuditCommand::Verify { data_dir, json }) => {
-            let report = phivault::verify_audit_at(&data_dir).await?;
+        Command::Audit(AuditCommand::Verify { store, json }) => {
+            let report = phivault::verify_audit_at(&store.location(None)?).await?;
             print_audit_report(&report, json);
             if let Some((seq, _)) = report.first_bad {
                 bail!("the audit chain is broken at record {seq}");
@@ -619,7 +705,7 @@ async fn open_vault(args: &VaultArgs) -> anyhow::Result<Vault> {
         false,
         false,
     )?;
-    Ok(Vault::open(&args.data_dir, master, VaultOptions::default()).await?)
+    Ok(Vault::open_at(&args.store.location(None)?, master, VaultOptions::default()).await?)
 }
 
 fn print_report(report: &phivault::VerifyReport) {
@@ -675,10 +761,10 @@ async fn rekey(args: RekeyArgs) -> anyhow::Result<()> {
         }
         MasterKey::Passphrase(first)
     };
-    Vault::rekey(&args.vault.data_dir, old, new, args.kdf.params()?).await?;
+    let location = args.vault.store.location(None)?;
+    Vault::rekey(&location, old, new, args.kdf.params()?).await?;
     println!(
-        "master key replaced for {}; the old passphrase or key file no longer opens it",
-        args.vault.data_dir.display()
+        "master key replaced for {location}; the old passphrase or key file no longer opens it"
     );
     Ok(())
 }
@@ -712,8 +798,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let vault = if args.dev {
         dev_vault(Path::new(".phivault-dev"), options).await?
     } else {
-        let data_dir = args.data_dir.as_deref().context("--data-dir is required")?;
-        check_private(data_dir, "the data directory")?;
+        let location = args.store.location(args.store_pool_size)?;
+        if let Location::Directory(data_dir) = &location {
+            check_private(data_dir, "the data directory")?;
+        }
         if let Some(file) = &args.master_key_file {
             check_private(file, "the master key file")?;
         }
@@ -726,7 +814,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             false,
             false,
         )?;
-        Vault::open(data_dir, master, options).await?
+        Vault::open_at(&location, master, options).await?
     };
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(TlsOptions {
@@ -972,7 +1060,10 @@ mod tests {
             resolved.listen,
             Some(SocketAddr::from(([127, 0, 0, 1], 8000)))
         );
-        assert_eq!(resolved.data_dir.as_deref(), Some(Path::new("/srv/v")));
+        assert_eq!(
+            resolved.store.data_dir.as_deref(),
+            Some(Path::new("/srv/v"))
+        );
         assert_eq!(resolved.max_items, Some(50));
         assert_eq!(resolved.max_value_bytes, Some(4096));
     }

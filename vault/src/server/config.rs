@@ -28,6 +28,12 @@ impl ConfigError {
 pub struct ConfigFile {
     /// `--data-dir`: the vault's data directory.
     pub data_dir: Option<PathBuf>,
+    /// `--store`: a vault in PostgreSQL, by connection string (no password).
+    pub store: Option<String>,
+    /// `--store-password-file`: the file holding the PostgreSQL password.
+    pub store_password_file: Option<PathBuf>,
+    /// `--store-pool-size`: PostgreSQL connections this node keeps at most.
+    pub store_pool_size: Option<usize>,
     /// `--passphrase-file`: the file holding the passphrase.
     pub passphrase_file: Option<PathBuf>,
     /// `--master-key-file`: a 32-byte master key file.

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use zeroize::Zeroizing;
 
+use super::postgres::{PgStore, PgTarget};
 use super::{StoreError, StoreFuture, StoreOptions};
 
 /// Where a vault's data lives.
@@ -17,6 +18,9 @@ use super::{StoreError, StoreFuture, StoreOptions};
 pub enum Location {
     /// An embedded RocksDB database in a directory on this machine.
     Directory(PathBuf),
+    /// A database of a PostgreSQL server or cluster, shared by any number
+    /// of vault nodes.
+    Postgres(Box<PgTarget>),
 }
 
 impl Location {
@@ -30,6 +34,7 @@ impl fmt::Display for Location {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Directory(path) => write!(f, "{}", path.display()),
+            Self::Postgres(target) => write!(f, "{target}"),
         }
     }
 }
@@ -123,17 +128,19 @@ pub trait MetaStore: Send + Sync {
 }
 
 /// Whether a vault exists at `location`.
-pub fn exists(location: &Location) -> bool {
+pub async fn exists(location: &Location) -> Result<bool, StoreError> {
     match location {
-        Location::Directory(path) => super::rocks::Store::exists(path),
+        Location::Directory(path) => Ok(super::rocks::Store::exists(path)),
+        Location::Postgres(target) => PgStore::exists(target).await,
     }
 }
 
 /// Reads the records that unseal the vault at `location` without opening
 /// it for writing: no lock taken, nothing changed.
-pub fn read_master_record(location: &Location) -> Result<MasterRecord, StoreError> {
+pub async fn read_master_record(location: &Location) -> Result<MasterRecord, StoreError> {
     match location {
         Location::Directory(path) => super::rocks::read_master_record(path),
+        Location::Postgres(target) => PgStore::read_master_record(target).await,
     }
 }
 
@@ -151,24 +158,28 @@ pub async fn create(
             store.genesis(row_key, genesis).await?;
             Ok(Arc::new(store))
         }
+        Location::Postgres(target) => {
+            Ok(Arc::new(PgStore::create(target, row_key, genesis).await?))
+        }
     }
 }
 
 /// Opens the vault at `location` for reading and writing. Its rows are
 /// checked once [`MetaStore::protect_rows`] installs their key.
-pub fn open(
+pub async fn open(
     location: &Location,
     options: &StoreOptions,
 ) -> Result<Arc<dyn super::Storage>, StoreError> {
     match location {
         Location::Directory(path) => Ok(Arc::new(super::rocks::Store::open(path, options)?)),
+        Location::Postgres(target) => Ok(Arc::new(PgStore::open(target).await?)),
     }
 }
 
 /// Opens the vault at `location` for reading only, beside a server that
-/// may be running on it: it sees what was written when it opened, and
-/// writes fail with [`StoreError::WriterStopped`].
-pub fn open_read_only(
+/// may be running on it: it sees what was written when it opened (RocksDB)
+/// or what is committed when it reads (PostgreSQL), and writes fail.
+pub async fn open_read_only(
     location: &Location,
     options: &StoreOptions,
 ) -> Result<Arc<dyn super::Storage>, StoreError> {
@@ -176,5 +187,6 @@ pub fn open_read_only(
         Location::Directory(path) => Ok(Arc::new(super::rocks::Store::open_read_only(
             path, options,
         )?)),
+        Location::Postgres(target) => Ok(Arc::new(PgStore::open_read_only(target).await?)),
     }
 }

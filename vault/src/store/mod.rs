@@ -8,14 +8,17 @@
 //! round trip (DESIGN.md §9). [`meta`] says where a vault lives and opens,
 //! creates and rekeys it, whatever the backend. [`schema`] says what a stored row holds,
 //! whatever backend stores it; [`rocks`] is the embedded RocksDB backend,
-//! with its single group-committing writer. The conformance suite in
+//! with its single group-committing writer; [`postgres`] keeps a vault in
+//! PostgreSQL for stateless nodes. The conformance suite in
 //! `vault/tests/storage_conformance.rs` runs against every backend.
 
 mod audit;
+pub mod integrity;
 mod lease;
 mod lifecycle;
 mod mappings;
 pub mod meta;
+pub mod postgres;
 mod registry;
 pub mod rocks;
 mod rotation;
@@ -30,7 +33,7 @@ pub use meta::{
     open_read_only, read_master_record,
 };
 pub use registry::{ClientRow, NamespaceRow, RegistryStore};
-pub use rocks::{Cf, Entry, Store, StoreOptions, Txn, integrity};
+pub use rocks::{Cf, Entry, Store, StoreOptions, Txn};
 pub use rotation::{Moved, NotStarted, OnCommit, ReverseEntry, RotationStart, RotationStore};
 
 /// Everything a backend provides: the vault's own operations, each one
@@ -112,6 +115,20 @@ pub enum StoreError {
         /// What was wrong, by a name that is not PHI.
         what: &'static str,
     },
+    /// The database's schema is newer than this binary knows: a newer
+    /// version of phivault migrated it.
+    #[error(
+        "the database's schema is at version {found}, newer than this binary's {supported}: run a phivault at least as new as the one that migrated it"
+    )]
+    SchemaTooNew {
+        /// The database's version.
+        found: u32,
+        /// The newest this binary knows.
+        supported: u32,
+    },
+    /// The backend does not do this; the text says what to do instead.
+    #[error("{0}")]
+    Unsupported(&'static str),
     /// A checkpoint could not be written.
     #[error("cannot write a checkpoint to {path}: {reason}")]
     Checkpoint {

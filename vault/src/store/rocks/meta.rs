@@ -83,7 +83,7 @@ impl MetaStore for Store {
                     .protected_rows()?
                     .into_iter()
                     .map(|(cf, (key, value))| {
-                        let sealed = mac.seal(cf, &key, &value);
+                        let sealed = mac.seal(cf.name(), &key, &value);
                         (cf, key, sealed)
                     })
                     .collect();

@@ -149,7 +149,7 @@ impl Inner {
             return Ok(stored);
         }
         match (stored, self.row_mac()) {
-            (Some(stored), Some(mac)) => mac.open(cf, key, &stored).map(Some),
+            (Some(stored), Some(mac)) => mac.open(cf.name(), key, &stored).map(Some),
             (stored, _) => Ok(stored),
         }
     }
@@ -160,7 +160,7 @@ impl Inner {
         }
         match self.row_mac() {
             Some(mac) => {
-                let value = mac.open(cf, &key, &value)?;
+                let value = mac.open(cf.name(), &key, &value)?;
                 Ok((key, value.into_boxed_slice()))
             }
             None => Ok((key, value)),

@@ -378,7 +378,7 @@ impl<'a> Txn<'a> {
             for (key, value) in &self.writes[cf.index()] {
                 match (value, &mac) {
                     (Some(value), Some(mac)) if integrity::protects(cf, key) => {
-                        batch.put_cf(handle, key, mac.seal(cf, key, value));
+                        batch.put_cf(handle, key, mac.seal(cf.name(), key, value));
                     }
                     (Some(value), _) => batch.put_cf(handle, key, value),
                     (None, _) => batch.delete_cf(handle, key),

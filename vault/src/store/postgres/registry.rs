@@ -1,0 +1,234 @@
+//! Namespaces and clients in PostgreSQL, each change committed with its
+//! audit record.
+
+use deadpool_postgres::Transaction;
+
+use super::{Fail, PgStore, names};
+use crate::store::audit::PendingRecord;
+use crate::store::registry::{ClientRow, NamespaceRow, RegistryStore};
+use crate::store::schema::{self as rows, AuditHead};
+use crate::store::{StoreError, StoreFuture};
+
+/// A change's outcome and the audit head its commit left, if it wrote a
+/// record.
+pub(super) type Committed<T> = (T, Option<AuditHead>);
+
+impl PgStore {
+    /// Appends `audit` inside `tx` after `head` and commits.
+    pub(super) async fn commit_with(
+        &self,
+        tx: Transaction<'_>,
+        head: Option<AuditHead>,
+        audit: Option<&PendingRecord>,
+    ) -> Result<Option<AuditHead>, Fail> {
+        let moved = match audit {
+            Some(record) => Some(
+                self.append_on(&tx, head, std::slice::from_ref(record))
+                    .await?
+                    .1,
+            ),
+            None => None,
+        };
+        tx.commit().await?;
+        Ok(moved)
+    }
+
+    /// Keeps the head a change's commit left; forgets it when the commit
+    /// failed (its outcome may be unknown).
+    pub(super) fn keep_head<T>(
+        &self,
+        lane: &mut Option<AuditHead>,
+        result: Result<Committed<T>, Fail>,
+    ) -> Result<T, Fail> {
+        self.inner.committed(result.is_ok());
+        match result {
+            Ok((value, moved)) => {
+                if moved.is_some() {
+                    *lane = moved;
+                }
+                Ok(value)
+            }
+            Err(e) => {
+                *lane = None;
+                Err(e)
+            }
+        }
+    }
+}
+
+fn decode_client(bytes: &[u8]) -> Result<ClientRow, StoreError> {
+    serde_json::from_slice(bytes).map_err(|_| StoreError::Corrupt {
+        table: "clients",
+        what: "a client row is unreadable",
+    })
+}
+
+fn encode_client(row: &ClientRow) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(row).map_err(|_| StoreError::Corrupt {
+        table: "clients",
+        what: "a client row cannot be encoded",
+    })
+}
+
+impl RegistryStore for PgStore {
+    fn namespace_rows(&self) -> StoreFuture<'_, Vec<Vec<u8>>> {
+        Box::pin(async move {
+            self.inner
+                .query(
+                    "SELECT name, stored FROM phivault.namespaces ORDER BY name",
+                    &[],
+                )
+                .await?
+                .iter()
+                .map(|row| {
+                    self.open_row("namespaces", row.get::<_, &str>(0).as_bytes(), row.get(1))
+                })
+                .collect()
+        })
+    }
+
+    fn client_rows(&self) -> StoreFuture<'_, Vec<(String, ClientRow)>> {
+        Box::pin(async move {
+            self.inner
+                .query("SELECT id, stored FROM phivault.clients ORDER BY id", &[])
+                .await?
+                .iter()
+                .map(|row| {
+                    let id: String = row.get(0);
+                    let value = self.open_row("clients", id.as_bytes(), row.get(1))?;
+                    Ok((id, decode_client(&value)?))
+                })
+                .collect()
+        })
+    }
+
+    fn create_namespace(
+        &self,
+        name: String,
+        row: NamespaceRow,
+        audit: Option<PendingRecord>,
+    ) -> StoreFuture<'_, Option<u32>> {
+        Box::pin(async move {
+            let mut lane = self.inner.lane.lock().await;
+            let mut client = self.inner.client().await?;
+            let done = async {
+                let tx = client.transaction().await?;
+                // The lock on the id counter orders concurrent creations on
+                // every node; the name is checked under it.
+                let counter = tx
+                    .query_opt(
+                        "SELECT value FROM phivault.meta WHERE name = $1 FOR UPDATE",
+                        &[&names::NEXT_NAMESPACE_ID],
+                    )
+                    .await?;
+                let missing = StoreError::Corrupt {
+                    table: "meta",
+                    what: "the next namespace id is missing or unreadable",
+                };
+                let Some(counter) = counter else {
+                    return Err(Fail::Store(missing));
+                };
+                let id =
+                    rows::decode_u32(&self.open_meta(names::NEXT_NAMESPACE_ID, counter.get(0))?)
+                        .ok_or(missing)?;
+                let taken = tx
+                    .query_opt(
+                        "SELECT 1 FROM phivault.namespaces WHERE name = $1",
+                        &[&name],
+                    )
+                    .await?;
+                if taken.is_some() {
+                    return Ok((None, None));
+                }
+                tx.execute(
+                    "UPDATE phivault.meta SET value = $2 WHERE name = $1",
+                    &[
+                        &names::NEXT_NAMESPACE_ID,
+                        &self.seal_meta(names::NEXT_NAMESPACE_ID, &rows::u32_bytes(id + 1)),
+                    ],
+                )
+                .await?;
+                tx.execute(
+                    "INSERT INTO phivault.namespaces (name, stored) VALUES ($1, $2)",
+                    &[&name, &self.seal("namespaces", name.as_bytes(), &row(id))],
+                )
+                .await?;
+                let moved = self.commit_with(tx, *lane, audit.as_ref()).await?;
+                Ok((Some(id), moved))
+            }
+            .await;
+            let done = self.keep_head(&mut lane, done);
+            self.inner.settle(client, done)
+        })
+    }
+
+    fn create_client(
+        &self,
+        id: String,
+        row: ClientRow,
+        audit: Option<PendingRecord>,
+    ) -> StoreFuture<'_, bool> {
+        Box::pin(async move {
+            let sealed = self.seal("clients", id.as_bytes(), &encode_client(&row)?);
+            let mut lane = self.inner.lane.lock().await;
+            let mut client = self.inner.client().await?;
+            let done = async {
+                let tx = client.transaction().await?;
+                let created = tx
+                    .execute(
+                        "INSERT INTO phivault.clients (id, stored) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                        &[&id, &sealed],
+                    )
+                    .await?;
+                if created == 0 {
+                    return Ok((false, None));
+                }
+                let moved = self.commit_with(tx, *lane, audit.as_ref()).await?;
+                Ok((true, moved))
+            }
+            .await;
+            let done = self.keep_head(&mut lane, done);
+            self.inner.settle(client, done)
+        })
+    }
+
+    fn revoke_client(
+        &self,
+        id: String,
+        at: u64,
+        audit: Option<PendingRecord>,
+    ) -> StoreFuture<'_, Option<ClientRow>> {
+        Box::pin(async move {
+            let mut lane = self.inner.lane.lock().await;
+            let mut client = self.inner.client().await?;
+            let done = async {
+                let tx = client.transaction().await?;
+                let Some(found) = tx
+                    .query_opt(
+                        "SELECT stored FROM phivault.clients WHERE id = $1 FOR UPDATE",
+                        &[&id],
+                    )
+                    .await?
+                else {
+                    return Ok((None, None));
+                };
+                let mut row =
+                    decode_client(&self.open_row("clients", id.as_bytes(), found.get(0))?)?;
+                row.revoked_at.get_or_insert(at);
+                tx.execute(
+                    "UPDATE phivault.clients SET stored = $2 WHERE id = $1",
+                    &[
+                        &id,
+                        &self.seal("clients", id.as_bytes(), &encode_client(&row)?),
+                    ],
+                )
+                .await?;
+                let moved = self.commit_with(tx, *lane, audit.as_ref()).await?;
+                Ok((Some(row), moved))
+            }
+            .await;
+            let done = self.keep_head(&mut lane, done);
+            self.inner.settle(client, done)
+        })
+    }
+}
