@@ -24,10 +24,13 @@ run: deps
 # (compiled out of every other build).
 TEST_FEATURES := --features phivault/failpoints
 
+# The end-to-end suite runs a second time with every vault in PostgreSQL
+# (tests about the embedded store's own directory say so and step aside).
 test: APT_PACKAGES += $(TEST_PACKAGES)
 test: deps
 	$(CARGO) build --locked --workspace --bins $(TEST_FEATURES)
 	$(CARGO) test --locked --workspace $(TEST_FEATURES)
+	PHIVAULT_TEST_STORE=postgres $(CARGO) test --locked -p phivault-tests --test e2e
 
 # `bench-switches` compiles in the switch that lets the audit benchmark run a
 # second vault without audit records, to measure what they cost.

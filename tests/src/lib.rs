@@ -33,32 +33,91 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
-/// A vault directory with its master key file and admin API key.
+/// Whether this run puts its vaults in PostgreSQL: `make test` runs the
+/// end-to-end suite once on the embedded store and once more with
+/// `PHIVAULT_TEST_STORE=postgres`.
+pub fn on_postgres() -> bool {
+    std::env::var("PHIVAULT_TEST_STORE").is_ok_and(|s| s == "postgres")
+}
+
+/// For a test of what only the embedded store has (its directory, its
+/// backups, its disk): whether to skip it in the PostgreSQL run, which it
+/// would only repeat. Says so on stderr.
+pub fn embedded_only(test: &str) -> bool {
+    let skip = on_postgres();
+    if skip {
+        eprintln!("{test}: about the embedded store; it ran in the embedded run");
+    }
+    skip
+}
+
+/// A vault with its master key file and admin API key: in a directory, or
+/// in a database of a PostgreSQL server of its own (see [`on_postgres`]).
 pub struct VaultDir {
-    /// Keeps the directory alive.
+    /// Keeps the directory alive: the data, key files and configuration.
     pub root: tempfile::TempDir,
     /// The admin client's API key.
     pub admin_key: String,
+    /// The server the vault lives in, when it lives in PostgreSQL.
+    postgres: Option<std::sync::Arc<postgres::Postgres>>,
 }
 
 impl VaultDir {
-    /// Runs `phivault init` with a fresh master key file.
+    /// Runs `phivault init` with a fresh master key file, on the store this
+    /// run tests.
     pub fn init() -> Self {
-        Self::init_prepared(|_| {})
+        if !on_postgres() {
+            return Self::init_prepared(|_| {});
+        }
+        let server = postgres::Postgres::start()
+            .unwrap_or_else(|why| panic!("PHIVAULT_TEST_STORE=postgres, but {why}"));
+        Self::init_postgres(std::sync::Arc::new(server))
+    }
+
+    /// Runs `phivault init` for a vault in database `vault` of `server`,
+    /// which the caller shares with others (nodes, a failover).
+    pub fn init_postgres(server: std::sync::Arc<postgres::Postgres>) -> Self {
+        server.create_database("vault");
+        Self::init_in(Some(server), |_| {})
+    }
+
+    /// The arguments that name this vault's store: `--data-dir <data>`, or
+    /// `--store <connection string>`.
+    pub fn store_args(&self) -> Vec<String> {
+        match &self.postgres {
+            Some(server) => vec!["--store".into(), server.connection_string("vault")],
+            None => vec![
+                "--data-dir".into(),
+                self.data().to_str().expect("utf-8 path").into(),
+            ],
+        }
+    }
+
+    /// The PostgreSQL server the vault lives in, if it does.
+    pub fn postgres(&self) -> Option<&postgres::Postgres> {
+        self.postgres.as_deref()
     }
 
     /// Runs `phivault init` after `prepare` has been given the data
     /// directory's path (to mount a file system there, say).
     pub fn init_prepared(prepare: impl FnOnce(&Path)) -> Self {
+        Self::init_in(None, prepare)
+    }
+
+    fn init_in(
+        postgres: Option<std::sync::Arc<postgres::Postgres>>,
+        prepare: impl FnOnce(&Path),
+    ) -> Self {
         let root = tempfile::tempdir().expect("tempdir");
         let vault = Self {
             root,
             admin_key: String::new(),
+            postgres,
         };
         prepare(&vault.data());
         let status = Command::new(binary("phivault"))
             .arg("init")
-            .args(["--data-dir", vault.data().to_str().expect("utf-8 path")])
+            .args(vault.store_args())
             .args([
                 "--master-key-file",
                 vault.key_file().to_str().expect("utf-8 path"),
@@ -88,6 +147,7 @@ impl VaultDir {
         Self {
             root,
             admin_key: self.admin_key.clone(),
+            postgres: None,
         }
     }
 
@@ -113,12 +173,13 @@ impl VaultDir {
         self.root.path().join("admin.key")
     }
 
-    /// `phivault <subcommand> --data-dir <data>`, ready for more arguments.
+    /// `phivault <subcommand> --data-dir <data>` (or `--store <database>`),
+    /// ready for more arguments.
     pub fn command(&self, subcommand: &str) -> Command {
         let mut command = Command::new(binary("phivault"));
         command
             .arg(subcommand)
-            .args(["--data-dir", self.data().to_str().expect("utf-8 path")])
+            .args(self.store_args())
             .env("PHIVAULT_LOG", "warn")
             .env_remove("PHIVAULT_PASSPHRASE")
             .env_remove("PHIVAULT_NEW_PASSPHRASE")
@@ -151,7 +212,7 @@ impl Server {
     pub fn start_with_env(vault: &VaultDir, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(binary("phivault"))
             .arg("serve")
-            .args(["--data-dir", vault.data().to_str().expect("utf-8 path")])
+            .args(vault.store_args())
             .args([
                 "--master-key-file",
                 vault.key_file().to_str().expect("utf-8 path"),

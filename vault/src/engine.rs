@@ -114,6 +114,11 @@ pub struct Vault {
     limits: Limits,
     rotation: Rotator,
     audit: AuditLog,
+    /// The registry epoch the clients, namespaces and keysets in memory
+    /// were read at, on storage other nodes write to (0: not shared).
+    epoch: std::sync::atomic::AtomicU64,
+    /// One reload of the registry at a time.
+    reloading: tokio::sync::Mutex<()>,
 }
 
 /// A value that missed the cache and the forward index, on its way to
@@ -450,25 +455,54 @@ impl Vault {
                 row: format!("{:?}", "audit_head"),
             }));
         }
+        // Read before the registry, so that a change made while it is read
+        // is seen as a newer epoch on the next call.
+        let epoch = store.registry_epoch().await?.unwrap_or(0);
         let keyring = load_keyring(store.as_ref(), &kek).await?;
         let audit_key = crate::audit::load_or_create_key(store.as_ref(), &kek).await?;
-        let mut namespaces: Vec<Namespace> = Vec::new();
-        for row in store.namespace_rows().await? {
-            namespaces.push(
-                serde_json::from_slice(&row).map_err(|_| Error::Corrupt("namespace definition"))?,
-            );
-        }
-        let mut clients = ClientTable::default();
-        for (id, record) in store.client_rows().await? {
-            let client = record
-                .to_client(&id)
-                .map_err(|_| Error::Corrupt("client scopes"))?;
-            clients.insert(client, &record.secret_sha256);
-        }
+        let namespaces = read_namespaces(store.as_ref()).await?;
+        let clients = read_clients(store.as_ref()).await?;
         tracing::info!(%location, active_keyset = keyring.active.version(), keysets = keyring.by_version.len(), "vault unsealed");
-        Ok(Self::assemble(
-            store, kek, keyring, audit_key, namespaces, clients, options,
-        ))
+        let vault = Self::assemble(store, kek, keyring, audit_key, namespaces, clients, options);
+        vault.epoch.store(epoch, Ordering::Release);
+        Ok(vault)
+    }
+
+    /// On storage other nodes write to: reads the clients, namespaces and
+    /// keysets again if another node changed any since this one read them,
+    /// so that a client revoked or a keyset rotated on one node is seen on
+    /// the next call on every node. One small read per call; nothing on
+    /// storage only this process writes.
+    pub async fn refresh(&self) -> Result<(), Error> {
+        if !self.store.shared() {
+            return Ok(());
+        }
+        let Some(epoch) = self.store.registry_epoch().await? else {
+            return Ok(());
+        };
+        if epoch <= self.epoch.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let _one = self.reloading.lock().await;
+        if epoch <= self.epoch.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let keyring = load_keyring(self.store.as_ref(), &self.kek).await?;
+        let namespaces = read_namespaces(self.store.as_ref()).await?;
+        let clients = read_clients(self.store.as_ref()).await?;
+        for ns in namespaces {
+            self.namespaces.insert(ns);
+        }
+        *self.clients.write().unwrap_or_else(|e| e.into_inner()) = clients;
+        *self.keyring.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keyring);
+        self.epoch.store(epoch, Ordering::Release);
+        tracing::debug!(epoch, "registry read again after another node changed it");
+        Ok(())
+    }
+
+    /// Whether other vault nodes share this one's storage.
+    pub fn shares_storage(&self) -> bool {
+        self.store.shared()
     }
 
     fn assemble(
@@ -499,6 +533,8 @@ impl Vault {
             cache,
             fill: Arc::default(),
             limits: options.limits,
+            epoch: std::sync::atomic::AtomicU64::new(0),
+            reloading: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -1444,6 +1480,28 @@ fn allocation_error(ns: &Namespace, code: ItemCode) -> ItemError {
         ),
         _ => internal(ns),
     }
+}
+
+/// Every namespace as stored.
+async fn read_namespaces(store: &dyn Storage) -> Result<Vec<Namespace>, Error> {
+    store
+        .namespace_rows()
+        .await?
+        .iter()
+        .map(|row| serde_json::from_slice(row).map_err(|_| Error::Corrupt("namespace definition")))
+        .collect()
+}
+
+/// Every client as stored, as the table that authenticates calls.
+async fn read_clients(store: &dyn Storage) -> Result<ClientTable, Error> {
+    let mut clients = ClientTable::default();
+    for (id, record) in store.client_rows().await? {
+        let client = record
+            .to_client(&id)
+            .map_err(|_| Error::Corrupt("client scopes"))?;
+        clients.insert(client, &record.secret_sha256);
+    }
+    Ok(clients)
 }
 
 fn encode_namespace(ns: &Namespace) -> Vec<u8> {

@@ -46,7 +46,15 @@ const RETRY_AFTER: Duration = Duration::from_secs(1);
 /// figures for `GetKeyStatus`.
 struct RotationState {
     max_rate: Option<u32>,
+    /// This process's name for the rotation lease: host, process id and a
+    /// random part, so that a restarted process is a new holder.
+    holder: String,
+    /// The rotation lease as last granted to this process.
+    lease: Mutex<Option<crate::store::Lease>>,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// On storage other nodes share: looks for a rotation another node
+    /// started or left behind, and runs it here if nobody holds its lease.
+    watcher: Mutex<Option<tokio::task::JoinHandle<()>>>,
     stop: watch::Sender<bool>,
     running: watch::Sender<bool>,
     live: Mutex<Option<Live>>,
@@ -62,11 +70,39 @@ struct Live {
     moved: u64,
 }
 
+/// The lease on the rotation job: one node moves mappings at a time.
+const LEASE_JOB: &str = "key-rotation";
+/// How long a holder keeps the lease without renewing it: a node that
+/// died mid-rotation is replaced this long after its last step.
+const LEASE_TTL: Duration = Duration::from_secs(15);
+/// How often a node without the lease, or a watcher, looks again.
+const LEASE_POLL: Duration = Duration::from_secs(2);
+
+/// `host:pid:random`.
+fn holder_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default();
+    let mut random = [0u8; 4];
+    let _ = getrandom::fill(&mut random);
+    format!(
+        "{host}:{}:{}",
+        std::process::id(),
+        random
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    )
+}
+
 impl RotationState {
     fn new(max_rate: Option<u32>) -> Self {
         Self {
             max_rate: max_rate.filter(|&r| r > 0),
+            holder: holder_name(),
+            lease: Mutex::new(None),
             task: Mutex::new(None),
+            watcher: Mutex::new(None),
             stop: watch::Sender::new(false),
             running: watch::Sender::new(false),
             live: Mutex::new(None),
@@ -288,6 +324,9 @@ impl Job {
     /// Resumes a rotation that a previous process left unfinished. Call once
     /// after opening, inside the runtime that should run it.
     async fn resume(self: &Arc<Self>) -> Result<(), Error> {
+        if self.store.shared() {
+            self.spawn_watcher();
+        }
         if let Some(row) = self.store.rotation().await? {
             tracing::info!(
                 to = row.target,
@@ -303,6 +342,15 @@ impl Job {
     /// Stops the background jobs after their current chunk (their cursor is
     /// on disk; the next start resumes them) and waits for them.
     async fn stop(&self) {
+        if let Some(watcher) = self
+            .rotation
+            .watcher
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            watcher.abort();
+        }
         self.rotation.stop.send_replace(true);
         let task = self
             .rotation
@@ -361,6 +409,69 @@ impl Job {
             rotation,
             last_rotation,
         })
+    }
+
+    /// Every [`LEASE_POLL`], runs the rotation job here if a rotation is
+    /// recorded and this node runs none: the job then waits for the lease,
+    /// which the node that started the rotation holds until it finishes or
+    /// dies.
+    fn spawn_watcher(self: &Arc<Self>) {
+        let job = Arc::clone(self);
+        let watcher = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(LEASE_POLL).await;
+                if matches!(job.store.rotation().await, Ok(Some(_)))
+                    && !*job.rotation.running.borrow()
+                    && !*job.rotation.stop.borrow()
+                {
+                    job.spawn_rotation();
+                }
+            }
+        });
+        if let Some(old) = self
+            .rotation
+            .watcher
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .replace(watcher)
+        {
+            old.abort();
+        }
+    }
+
+    /// Takes or renews the rotation lease; `false` while another node
+    /// holds it. The job's steps are each conditional on the rotation
+    /// record, so a node that lost the lease without knowing it changes
+    /// nothing the holder did: the lease keeps the work from being done
+    /// twice, the record keeps it right.
+    async fn hold_lease(&self) -> Result<bool, Error> {
+        let granted = self
+            .store
+            .acquire_lease(LEASE_JOB, &self.rotation.holder, LEASE_TTL)
+            .await?;
+        let held = granted.is_some();
+        *self
+            .rotation
+            .lease
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = granted;
+        Ok(held)
+    }
+
+    /// Gives the lease up once the rotation is done, so that the next one
+    /// starts without waiting for it to expire.
+    async fn release_lease(&self) {
+        let lease = self
+            .rotation
+            .lease
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(lease) = lease
+            && let Err(e) = self.store.release_lease(&lease).await
+        {
+            tracing::warn!(error = %e, "cannot give the key rotation lease up; it expires by itself");
+        }
     }
 
     fn spawn_rotation(self: &Arc<Self>) {
@@ -430,9 +541,35 @@ impl Job {
                 tracing::info!("key rotation paused for shutdown; it resumes on the next start");
                 return;
             }
+            match self.hold_lease().await {
+                Ok(true) => {}
+                Ok(false) => {
+                    // Another node runs the job; take over if it stops
+                    // renewing, or stop waiting once the rotation is done.
+                    if matches!(self.store.rotation().await, Ok(None)) {
+                        return;
+                    }
+                    tokio::select! {
+                        () = tokio::time::sleep(LEASE_POLL) => {}
+                        _ = stop.changed() => {}
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot take the key rotation lease; retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(RETRY_AFTER) => {}
+                        _ = stop.changed() => {}
+                    }
+                    continue;
+                }
+            }
             match self.rotation_step(&mut stop).await {
                 Ok(Step::Continue) => {}
-                Ok(Step::Finished) => return,
+                Ok(Step::Finished) => {
+                    self.release_lease().await;
+                    return;
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "key rotation chunk failed; retrying");
                     tokio::select! {

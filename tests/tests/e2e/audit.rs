@@ -365,8 +365,8 @@ async fn disclosures_name_exactly_the_clients_that_revealed_a_token() {
     assert_eq!(report.records, report.head_seq);
     server.stop();
     let offline = std::process::Command::new(phivault_tests::binary("phivault"))
-        .args(["audit", "verify", "--json", "--data-dir"])
-        .arg(vault.data())
+        .args(["audit", "verify", "--json"])
+        .args(vault.store_args())
         .output()
         .expect("phivault audit verify");
     assert!(offline.status.success());
@@ -377,6 +377,11 @@ async fn disclosures_name_exactly_the_clients_that_revealed_a_token() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_fail_closed_while_records_cannot_be_written_and_recover_after() {
+    if phivault_tests::embedded_only(
+        "calls_fail_closed_while_records_cannot_be_written_and_recover_after",
+    ) {
+        return;
+    }
     let vault = VaultDir::init();
     let flag = vault.data().with_extension("disk-full");
     let flag_path = flag.to_str().expect("utf-8 path").to_owned();

@@ -127,6 +127,11 @@ async fn reveal_latencies(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unauthenticated_flood_neither_fills_the_audit_trail_nor_slows_reveals() {
+    if phivault_tests::embedded_only(
+        "an_unauthenticated_flood_neither_fills_the_audit_trail_nor_slows_reveals",
+    ) {
+        return;
+    }
     const FLOOD: usize = 20_000;
     const IN_FLIGHT: usize = 16;
     let vault = VaultDir::init();
@@ -519,6 +524,9 @@ async fn silent_connections_are_closed_and_free_their_slots() {
 /// configured through a link, as a mounted volume often is.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crashed_backups_staging_directory_is_removed_at_start() {
+    if phivault_tests::embedded_only("a_crashed_backups_staging_directory_is_removed_at_start") {
+        return;
+    }
     let vault = VaultDir::init();
     let root = tempfile::tempdir().expect("tempdir");
     let volume = root.path().join("volume");
@@ -641,6 +649,11 @@ fn fill(dir: &Path) -> std::path::PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_fails_closed_and_the_vault_heals_when_space_returns() {
+    if phivault_tests::embedded_only(
+        "a_full_disk_fails_closed_and_the_vault_heals_when_space_returns",
+    ) {
+        return;
+    }
     let mut mounted = None;
     let vault = VaultDir::init_prepared(|data| {
         mounted = Some(Tmpfs::mount(data, 256 << 20));
@@ -798,6 +811,9 @@ fn mode(path: &Path) -> u32 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn files_and_secrets_on_the_machine_are_owner_only() {
+    if phivault_tests::embedded_only("files_and_secrets_on_the_machine_are_owner_only") {
+        return;
+    }
     let vault = VaultDir::init();
     assert_eq!(mode(&vault.data()), 0o700, "the data directory");
     for entry in std::fs::read_dir(vault.data()).expect("data dir") {
@@ -870,6 +886,9 @@ async fn files_and_secrets_on_the_machine_are_owner_only() {
 
 #[test]
 fn init_writes_the_admin_key_only_to_a_new_private_file() {
+    if phivault_tests::embedded_only("init_writes_the_admin_key_only_to_a_new_private_file") {
+        return;
+    }
     let root = tempfile::tempdir().expect("tempdir");
     let init = |extra: &[&str]| {
         std::process::Command::new(phivault_tests::binary("phivault"))
@@ -924,6 +943,9 @@ fn init_writes_the_admin_key_only_to_a_new_private_file() {
 
 #[test]
 fn a_passphrase_from_the_environment_is_warned_about() {
+    if phivault_tests::embedded_only("a_passphrase_from_the_environment_is_warned_about") {
+        return;
+    }
     let root = tempfile::tempdir().expect("tempdir");
     let data = root.path().join("data");
     let output = std::process::Command::new(phivault_tests::binary("phivault"))

@@ -276,6 +276,11 @@ type Acked = (Vec<String>, Vec<String>, Instant);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_backup_during_a_bulk_load_restores_every_acknowledged_token() {
+    if phivault_tests::embedded_only(
+        "a_backup_during_a_bulk_load_restores_every_acknowledged_token",
+    ) {
+        return;
+    }
     let vault = VaultDir::init();
     let restored = vault.empty_twin();
     let backup_dir = restored.root.path().to_str().expect("utf-8");
@@ -382,6 +387,9 @@ async fn a_backup_during_a_bulk_load_restores_every_acknowledged_token() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_keys_and_backup_commands_of_the_cli() {
+    if phivault_tests::embedded_only("the_keys_and_backup_commands_of_the_cli") {
+        return;
+    }
     let vault = VaultDir::init();
     let restored = vault.empty_twin();
     let backup_dir = restored.root.path().to_str().expect("utf-8");

@@ -11,6 +11,7 @@ use tonic::Code;
 mod audit;
 mod bulk;
 mod client_safety;
+mod cluster;
 mod hardening;
 mod keys;
 
@@ -504,7 +505,7 @@ async fn plaintext_is_refused_off_loopback() {
     let vault = VaultDir::init();
     let output = std::process::Command::new(phivault_tests::binary("phivault"))
         .arg("serve")
-        .args(["--data-dir", vault.data().to_str().expect("utf-8")])
+        .args(vault.store_args())
         .args([
             "--master-key-file",
             vault.key_file().to_str().expect("utf-8"),

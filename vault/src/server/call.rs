@@ -123,6 +123,11 @@ impl Call {
             masked: matches!(action, Action::DetokenizeMasked(_)),
             ..AuditEvent::default()
         };
+        // Another node may have revoked this client, created it, or
+        // rotated the keysets since this node last looked.
+        if let Err(e) = vault.refresh().await {
+            return Err(self.fail(Status::from(e)));
+        }
         let client = self.authenticate(vault)?;
         if !client.allows(action) {
             let (kind, namespace_bytes) = match action {

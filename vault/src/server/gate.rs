@@ -23,7 +23,7 @@ use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use super::refusals::Refusals;
 use super::status;
 use crate::Vault;
-use crate::auth;
+use crate::auth::{self, AuthError};
 
 /// The mark of a call that passed the gate, in the request's extensions:
 /// where the handler tallies a refusal if a later message of a stream finds
@@ -81,13 +81,19 @@ pub(crate) fn peer_ip(extensions: &http::Extensions) -> Option<IpAddr> {
         .map(|a| a.ip())
 }
 
+/// What the gate hands back for a call: the service's answer, or its own.
+type Answer<E> = Pin<Box<dyn Future<Output = Result<http::Response<Body>, E>> + Send>>;
+
 fn refuse(status: Status) -> http::Response<Body> {
     status.into_http()
 }
 
 impl<S> tower::Service<http::Request<Body>> for Gate<S>
 where
-    S: tower::Service<http::Request<Body>, Response = http::Response<Body>>,
+    S: tower::Service<http::Request<Body>, Response = http::Response<Body>>
+        + Clone
+        + Send
+        + 'static,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
 {
@@ -99,7 +105,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
         let path = request.uri().path();
         if PUBLIC_SERVICES.iter().any(|s| path.starts_with(s)) {
             return Box::pin(self.inner.call(request));
@@ -112,12 +118,69 @@ where
         // vault is at its limit.
         if let Err(e) = self.layer.vault.authenticate(header) {
             let claimed = auth::claimed_client_id(header).unwrap_or_default();
+            if self.layer.vault.shares_storage() && e == AuthError::Unknown {
+                // A key another node created since this one read the
+                // clients: look again (one small read, no body read) before
+                // refusing.
+                let claimed = claimed.to_owned();
+                return self.call_after_refresh(request, claimed);
+            }
             self.layer
                 .refusals
                 .count(peer_ip(request.extensions()), claimed, e);
             // The body is dropped unread: hyper resets the stream.
             return Box::pin(std::future::ready(Ok(refuse(status::unauthenticated(e)))));
         }
+        self.admit(request)
+    }
+}
+
+impl<S> Gate<S>
+where
+    S: tower::Service<http::Request<Body>, Response = http::Response<Body>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    /// Authenticates again once the registry was read again, then admits
+    /// or refuses.
+    fn call_after_refresh(
+        &mut self,
+        request: http::Request<Body>,
+        claimed: String,
+    ) -> Answer<S::Error> {
+        // The service that was polled ready goes with the call; this gate
+        // keeps a fresh clone for the next.
+        let ready = self.inner.clone();
+        let mut gate = Self {
+            inner: std::mem::replace(&mut self.inner, ready),
+            layer: self.layer.clone(),
+        };
+        Box::pin(async move {
+            let refreshed = gate.layer.vault.refresh().await;
+            let header = request
+                .headers()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok());
+            let checked = match refreshed {
+                Ok(()) => gate.layer.vault.authenticate(header).map(|_| ()),
+                Err(e) => return Ok(refuse(Status::from(e))),
+            };
+            if let Err(e) = checked {
+                gate.layer
+                    .refusals
+                    .count(peer_ip(request.extensions()), &claimed, e);
+                return Ok(refuse(status::unauthenticated(e)));
+            }
+            gate.admit(request).await
+        })
+    }
+
+    /// Lets an authenticated call in, or sheds it when too many are in
+    /// progress.
+    fn admit(&mut self, mut request: http::Request<Body>) -> Answer<S::Error> {
         // Shed rather than queue: a call that cannot start now is answered
         // at once, so that a burst costs memory for permits, not for bodies.
         let Ok(permit) = Arc::clone(&self.layer.in_progress).try_acquire_owned() else {

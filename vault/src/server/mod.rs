@@ -205,12 +205,20 @@ const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 /// (`""`, what liveness probes ask) stays SERVING: the process is alive and
 /// heals by itself, and restarting it would not bring the disk back. A
 /// writer that has ended while serving cannot heal: the process exits so
-/// that its supervisor restarts it.
+/// that its supervisor restarts it. On storage shared with other nodes, it
+/// also reads the registry again once a second when another node changed it.
 async fn watch_write_path(vault: Arc<Vault>, health: tonic_health::server::HealthReporter) {
     let mut serving = true;
     let mut ticks = tokio::time::interval(HEALTH_INTERVAL);
     loop {
         ticks.tick().await;
+        // A node without calls still follows the registry other nodes
+        // change, so that it can take a rotation over with the new keyset.
+        if vault.shares_storage()
+            && let Err(e) = vault.refresh().await
+        {
+            tracing::warn!(error = %e, "cannot read the registry's epoch");
+        }
         let mut healthy = vault.write_path_healthy();
         if !healthy {
             match vault.probe_write_path().await {

@@ -42,6 +42,12 @@ pub struct ForwardRow {
 
 /// The lifecycle operations of a backend.
 pub trait Lifecycle: Send + Sync {
+    /// Whether other processes (vault nodes) write to the same storage, so
+    /// that this one must look for their changes.
+    fn shared(&self) -> bool {
+        false
+    }
+
     /// Whether writes can be committed now. While not, every reveal fails
     /// closed (its audit record cannot be written).
     fn writable(&self) -> bool;

@@ -33,6 +33,15 @@ pub trait RegistryStore: Send + Sync {
     /// Every client, by id.
     fn client_rows(&self) -> StoreFuture<'_, Vec<(String, ClientRow)>>;
 
+    /// The registry's epoch, raised by every change of a client, a
+    /// namespace or the keysets made by any node: a node that finds it moved
+    /// reads the registry again before it answers, so that a revocation on
+    /// one node applies on the next call on every node. `None` for a backend
+    /// only one process writes, whose changes are all this process's own.
+    fn registry_epoch(&self) -> StoreFuture<'_, Option<u64>> {
+        Box::pin(std::future::ready(Ok(None)))
+    }
+
     /// Creates namespace `name` with the next free id, its row made by
     /// `row`, and appends `audit`; returns the id, or `None` (and writes
     /// nothing) when the name is taken.

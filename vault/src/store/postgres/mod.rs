@@ -802,6 +802,10 @@ impl MetaStore for PgStore {
 }
 
 impl Lifecycle for PgStore {
+    fn shared(&self) -> bool {
+        true
+    }
+
     fn writable(&self) -> bool {
         !self.inner.read_only
             && !self.inner.closed.load(Ordering::Acquire)

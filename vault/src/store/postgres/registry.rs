@@ -14,13 +14,16 @@ use crate::store::{StoreError, StoreFuture};
 pub(super) type Committed<T> = (T, Option<AuditHead>);
 
 impl PgStore {
-    /// Appends `audit` inside `tx` after `head` and commits.
+    /// Raises the registry's epoch and appends `audit` inside `tx` after
+    /// `head`, and commits: every change that calls this is one other nodes
+    /// must see on their next call.
     pub(super) async fn commit_with(
         &self,
         tx: Transaction<'_>,
         head: Option<AuditHead>,
         audit: Option<&PendingRecord>,
     ) -> Result<Option<AuditHead>, Fail> {
+        tx.execute(super::schema::RAISE_EPOCH, &[]).await?;
         let moved = match audit {
             Some(record) => Some(
                 self.append_on(&tx, head, std::slice::from_ref(record))
@@ -99,6 +102,16 @@ impl RegistryStore for PgStore {
                     Ok((id, decode_client(&value)?))
                 })
                 .collect()
+        })
+    }
+
+    fn registry_epoch(&self) -> StoreFuture<'_, Option<u64>> {
+        Box::pin(async move {
+            let found = self
+                .inner
+                .query("SELECT epoch FROM phivault.registry_epoch", &[])
+                .await?;
+            Ok(found.first().map(|row| super::i64_to_u64(row.get(0))))
         })
     }
 

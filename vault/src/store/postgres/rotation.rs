@@ -362,6 +362,7 @@ impl RotationStore for PgStore {
                     &[&namespaces, &u32_to_i32(target)],
                 )
                 .await?;
+                tx.execute(super::schema::RAISE_EPOCH, &[]).await?;
                 tx.commit().await?;
                 Ok(Some(destroyed))
             }

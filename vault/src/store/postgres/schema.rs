@@ -79,7 +79,19 @@ pub(super) const MIGRATIONS: &[&str] = &[
         expires timestamptz NOT NULL
     );
     ",
+    // 2: the registry's epoch, raised in the commit of every change to
+    // clients, namespaces or keysets, so that other nodes reload them.
+    r"
+    CREATE TABLE phivault.registry_epoch (
+        one   boolean PRIMARY KEY DEFAULT true CHECK (one),
+        epoch bigint  NOT NULL
+    );
+    INSERT INTO phivault.registry_epoch (epoch) VALUES (1);
+    ",
 ];
+
+/// Raises the registry's epoch, in the transaction of the change.
+pub(super) const RAISE_EPOCH: &str = "UPDATE phivault.registry_epoch SET epoch = epoch + 1";
 
 /// Creates the schema and its version table when missing, and serialises
 /// migrating nodes. The lock key is an arbitrary constant of this project.
