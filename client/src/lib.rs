@@ -4,15 +4,23 @@
 //! It depends on `phivault-proto` only, never on the server crate, so a
 //! pipeline builds it without compiling RocksDB.
 //!
+//! A vault may run as several stateless nodes over one database, any of
+//! which can serve any call: give them all, separated by commas, and the
+//! client uses one at a time, moving on to the next when it goes away (see
+//! [`Client::connect`]).
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), phivault_client::ClientError> {
 //! use phivault_client::{Client, ClientOptions};
-//! let client = Client::connect(ClientOptions::new("http://127.0.0.1:50051").api_key("pv_…")).await?;
+//! let options = ClientOptions::new("http://127.0.0.1:50051,http://127.0.0.1:50052");
+//! let client = Client::connect(options.api_key("pv_…")).await?;
 //! let tokens = client.tokenize("ssn", vec!["123-45-6789".into()]).await?;
 //! # Ok(()) }
 //! ```
 
 use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures_util::{Stream, StreamExt, TryStreamExt, stream};
@@ -23,7 +31,7 @@ use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
-use tonic::{Code, Request, Status};
+use tonic::{Code, Request, Response, Status};
 use zeroize::Zeroizing;
 
 pub use phivault_proto::v1;
@@ -31,15 +39,24 @@ pub use phivault_proto::v1;
 pub mod bulk;
 pub mod output;
 
-/// Attempts of an idempotent call (tokenize) while the server answers
-/// `UNAVAILABLE`.
-const RETRIES: u32 = 5;
+/// Attempts after the first of a call that may be sent again (see
+/// [`Retry`]): at least this many, and at least one on every other endpoint.
+/// With one endpoint, 5 more attempts, 0.1 to 1.6 s apart, ride out a
+/// restart.
+const RETRIES: usize = 5;
+/// The wait before going round the endpoints again, doubled each round.
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// How long one endpoint may take to accept a connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How to reach and authenticate to a vault.
 #[derive(Clone)]
 pub struct ClientOptions {
-    endpoint: String,
+    /// As given, trimmed; checked by [`ClientOptions::transport`] and
+    /// [`Client::connect`], not before, so that building options never
+    /// fails.
+    endpoints: Vec<String>,
     api_key: Option<Zeroizing<String>>,
     ca_pem: Option<Vec<u8>>,
     identity_pem: Option<(Vec<u8>, Vec<u8>)>,
@@ -49,11 +66,23 @@ pub struct ClientOptions {
 
 impl ClientOptions {
     /// `http://host:port` for plaintext (loopback), `https://host:port` for
-    /// TLS. An `http://` endpoint whose host is not loopback is refused
-    /// unless [`ClientOptions::insecure_plaintext`] is set.
-    pub fn new(endpoint: impl Into<String>) -> Self {
+    /// TLS, `unix:PATH` for a Unix domain socket. An `http://` endpoint whose
+    /// host is not loopback is refused unless
+    /// [`ClientOptions::insecure_plaintext`] is set.
+    ///
+    /// Several endpoints, separated by commas
+    /// (`https://a:50051,https://b:50051`), are nodes of one vault: any of
+    /// them can serve any call, and the client moves from one to the next
+    /// when one goes away. Every endpoint passes the same checks; an empty
+    /// one (two commas in a row, or one at an end) is an error rather than
+    /// skipped, since it is most likely a typing slip.
+    pub fn new(endpoints: impl Into<String>) -> Self {
         Self {
-            endpoint: endpoint.into(),
+            endpoints: endpoints
+                .into()
+                .split(',')
+                .map(|endpoint| endpoint.trim().to_owned())
+                .collect(),
             api_key: None,
             ca_pem: None,
             identity_pem: None,
@@ -62,13 +91,22 @@ impl ClientOptions {
         }
     }
 
+    /// Adds one more endpoint, after those given so far, taken whole: a
+    /// comma in it does not separate (a socket path may hold one). The
+    /// same checks apply to it as to the others.
+    pub fn endpoint(mut self, endpoint: impl Into<String>) -> Self {
+        self.endpoints.push(endpoint.into().trim().to_owned());
+        self
+    }
+
     /// The API key, `pv_<id>_<secret>`.
     pub fn api_key(mut self, key: impl Into<String>) -> Self {
         self.api_key = Some(Zeroizing::new(key.into().trim().to_owned()));
         self
     }
 
-    /// Trust this PEM CA bundle instead of the system roots.
+    /// Trust this PEM CA bundle instead of the system roots (for every
+    /// `https://` endpoint).
     pub fn ca_pem(mut self, pem: Vec<u8>) -> Self {
         self.ca_pem = Some(pem);
         self
@@ -81,7 +119,8 @@ impl ClientOptions {
     }
 
     /// The name to verify the server certificate against, when it differs
-    /// from the endpoint's host.
+    /// from the endpoint's host. With several endpoints it applies to each:
+    /// nodes behind one certificate name.
     pub fn domain(mut self, domain: impl Into<String>) -> Self {
         self.domain = Some(domain.into());
         self
@@ -99,18 +138,66 @@ impl ClientOptions {
         self
     }
 
-    /// How [`Client::connect`] would reach the endpoint, decided without
-    /// connecting: the refusal of plaintext off loopback comes from here.
+    /// How [`Client::connect`] would reach the endpoints, decided without
+    /// connecting: the refusal of plaintext off loopback, and of an endpoint
+    /// that is not one, comes from here. With several endpoints, the least
+    /// protected of their transports: a warning about plaintext must not
+    /// depend on which node happens to answer.
     pub fn transport(&self) -> Result<Transport, ClientError> {
-        let endpoint = Endpoint::from_shared(self.endpoint.clone())?;
-        self.transport_of(&endpoint)
+        // `check` refuses an empty list: the fallback is never taken.
+        Ok(self
+            .check()?
+            .iter()
+            .map(|checked| checked.transport)
+            .max_by_key(|transport| transport.exposure())
+            .unwrap_or(Transport::Tls))
     }
 
-    fn transport_of(&self, endpoint: &Endpoint) -> Result<Transport, ClientError> {
+    /// Every endpoint parsed and checked, in order; the first that fails
+    /// is the error, named by its position (its text may carry user
+    /// information, `http://user:secret@host`, which must not reach an
+    /// error) or, when plaintext is refused, by its host.
+    fn check(&self) -> Result<Vec<Checked>, ClientError> {
+        if self.endpoints.is_empty() {
+            return Err(ClientError::InvalidEndpoint {
+                position: 1,
+                problem: "is missing",
+            });
+        }
+        let mut checked = Vec::with_capacity(self.endpoints.len());
+        for (index, text) in self.endpoints.iter().enumerate() {
+            let position = index + 1;
+            if text.is_empty() {
+                return Err(ClientError::InvalidEndpoint {
+                    position,
+                    problem: "is empty (two commas in a row, or one at an end?)",
+                });
+            }
+            let endpoint =
+                Endpoint::from_shared(text.clone()).map_err(|_| ClientError::InvalidEndpoint {
+                    position,
+                    problem: "is not an address (http://host:port, https://host:port or unix:PATH)",
+                })?;
+            let transport = self.transport_of(text, position, &endpoint)?;
+            checked.push(Checked {
+                name: endpoint_name(text, &endpoint),
+                endpoint,
+                transport,
+            });
+        }
+        Ok(checked)
+    }
+
+    fn transport_of(
+        &self,
+        text: &str,
+        position: usize,
+        endpoint: &Endpoint,
+    ) -> Result<Transport, ClientError> {
         // tonic takes an endpoint spelled `unix:…` as the path of a Unix
         // domain socket (the same test as `Endpoint::from_shared`): the
         // traffic never leaves the machine.
-        if self.endpoint.starts_with("unix:") {
+        if text.starts_with("unix:") {
             return Ok(Transport::LocalPlaintext);
         }
         let uri = endpoint.uri();
@@ -125,13 +212,63 @@ impl ClientOptions {
         } else if self.insecure_plaintext {
             Ok(Transport::InsecurePlaintext)
         } else if host.is_empty() {
-            Err(ClientError::PlaintextRefused("(no host)".to_owned()))
+            Err(ClientError::PlaintextRefused(format!(
+                "(no host in endpoint {position})"
+            )))
         } else {
             // The host only: the endpoint may carry user information
             // (`http://user:secret@host`), which must not reach an error.
             Err(ClientError::PlaintextRefused(host.to_owned()))
         }
     }
+
+    /// The TLS settings every `https://` endpoint gets.
+    fn tls_config(&self) -> ClientTlsConfig {
+        // aws-lc-rs offers the hybrid post-quantum key exchange
+        // X25519MLKEM768 first; a provider the embedding program installed
+        // already is kept.
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let mut tls = ClientTlsConfig::new();
+        tls = match &self.ca_pem {
+            Some(ca) => tls.ca_certificate(Certificate::from_pem(ca)),
+            None => tls.with_native_roots(),
+        };
+        if let Some((cert, key)) = &self.identity_pem {
+            tls = tls.identity(Identity::from_pem(cert, key));
+        }
+        if let Some(domain) = &self.domain {
+            tls = tls.domain_name(domain.clone());
+        }
+        tls
+    }
+}
+
+/// An endpoint that passed [`ClientOptions::check`].
+struct Checked {
+    endpoint: Endpoint,
+    transport: Transport,
+    /// As errors name it: [`endpoint_name`].
+    name: String,
+}
+
+/// How an endpoint is named in errors and by [`Client::endpoint`]:
+/// `scheme://host:port`, without the user information a URI may carry
+/// (`http://user:secret@host`), its path or its query; a Unix domain socket
+/// as `unix:PATH`.
+fn endpoint_name(text: &str, endpoint: &Endpoint) -> String {
+    if text.starts_with("unix:") {
+        return text.to_owned();
+    }
+    let uri = endpoint.uri();
+    let mut name = match uri.scheme_str() {
+        Some(scheme) => format!("{scheme}://"),
+        None => String::new(),
+    };
+    name.push_str(uri.host().unwrap_or("(no host)"));
+    if let Some(port) = uri.port_u16() {
+        name.push_str(&format!(":{port}"));
+    }
+    name
 }
 
 /// How a connection reaches the vault, as [`ClientOptions::transport`]
@@ -148,6 +285,18 @@ pub enum Transport {
     /// [`ClientOptions::insecure_plaintext`]: the API key, values and tokens
     /// cross it readable.
     InsecurePlaintext,
+}
+
+impl Transport {
+    /// How much of a call others can read: what the least protected of
+    /// several endpoints is chosen by.
+    fn exposure(self) -> u8 {
+        match self {
+            Self::Tls => 0,
+            Self::LocalPlaintext => 1,
+            Self::InsecurePlaintext => 2,
+        }
+    }
 }
 
 /// Whether plaintext to `host`, as a URI spells it (IPv6 in brackets),
@@ -173,14 +322,28 @@ fn is_loopback_host(host: &str) -> bool {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ClientError {
-    /// The endpoint or TLS settings are unusable, or the connection failed.
+    /// The TLS settings are unusable.
     #[error("cannot connect: {0}")]
     Connect(#[from] tonic::transport::Error),
+    /// An endpoint of the list, counted from 1, is empty or not an address.
+    /// Its text is not repeated: it may carry user information.
+    #[error("endpoint {position} {problem}")]
+    InvalidEndpoint {
+        /// Where it is in the list, from 1.
+        position: usize,
+        /// What is wrong with it.
+        problem: &'static str,
+    },
+    /// No endpoint answered [`Client::connect`]: each, in the order tried,
+    /// with why.
+    #[error("cannot connect {}", failures_text(.0))]
+    Unreachable(Vec<EndpointFailure>),
     /// The API key cannot be sent as metadata.
     #[error("the API key holds characters that cannot be sent")]
     BadKey,
     /// A plaintext endpoint whose host (named) is not loopback, without
-    /// [`ClientOptions::insecure_plaintext`]. Nothing was sent.
+    /// [`ClientOptions::insecure_plaintext`]. Nothing was sent, to it or to
+    /// any other endpoint.
     #[error(
         "refusing plaintext to {0}, which is not a loopback address: the API key, values and tokens would cross the network unencrypted; use an https:// endpoint, or pass --insecure-plaintext (ClientOptions::insecure_plaintext) if the network is protected otherwise"
     )]
@@ -196,6 +359,109 @@ impl From<Status> for ClientError {
     fn from(status: Status) -> Self {
         Self::Status(status)
     }
+}
+
+/// One endpoint [`Client::connect`] could not reach.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EndpointFailure {
+    /// The endpoint, as `scheme://host:port` (without user information) or
+    /// `unix:PATH`.
+    pub endpoint: String,
+    /// Why: the transport's error and its causes (refused, timed out, a
+    /// TLS failure). Nothing of the API key, which is not sent before the
+    /// connection is made.
+    pub reason: String,
+}
+
+/// `to ENDPOINT (why)`, or `to any of the N endpoints: ENDPOINT (why); …`.
+fn failures_text(failures: &[EndpointFailure]) -> String {
+    let each: Vec<String> = failures
+        .iter()
+        .map(|failure| format!("{} ({})", failure.endpoint, failure.reason))
+        .collect();
+    match each.as_slice() {
+        [one] => format!("to {one}"),
+        _ => format!(
+            "to any of the {} endpoints: {}",
+            each.len(),
+            each.join("; ")
+        ),
+    }
+}
+
+/// `error` and its causes, as `error: cause: cause`, each said once
+/// (tonic's connect error repeats its cause's text).
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut last = text.clone();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let line = cause.to_string();
+        if !line.is_empty() && line != last {
+            text.push_str(": ");
+            text.push_str(&line);
+        }
+        last = line;
+        source = cause.source();
+    }
+    text
+}
+
+/// Whether `status` says that the node the call went to is out of reach,
+/// rather than answering it: `UNAVAILABLE` (a node says so when it is
+/// shutting down or lost its database; tonic says so when it cannot
+/// connect), or a status this side made of a transport failure — the
+/// connection dropped under the call, which tonic reports as `UNKNOWN` or
+/// `CANCELLED` carrying the I/O error as its source, which a status sent by
+/// a server never has.
+fn node_down(status: &Status) -> bool {
+    match status.code() {
+        Code::Unavailable => true,
+        Code::Unknown | Code::Cancelled => std::error::Error::source(status).is_some(),
+        _ => false,
+    }
+}
+
+/// Whether `status` comes from a connection that could not be made (refused,
+/// timed out, TLS handshake failed): then the request never left this
+/// process, and no node can have acted on it. tonic marks those with
+/// [`tonic::ConnectError`] in the status's sources. Anything else — a
+/// connection lost after the request went out, or a node's own
+/// `UNAVAILABLE` (its database may have committed before it lost it) —
+/// leaves open whether the call took effect.
+fn never_sent(status: &Status) -> bool {
+    let mut source = std::error::Error::source(status);
+    while let Some(error) = source {
+        if error.is::<tonic::ConnectError>() {
+            return true;
+        }
+        source = error.source();
+    }
+    false
+}
+
+/// Whether `error` says that the node a call or stream went to is out of
+/// reach ([`node_down`]): what a bulk run reconnects after.
+pub(crate) fn transport_failed(error: &ClientError) -> bool {
+    matches!(error, ClientError::Status(status) if node_down(status))
+}
+
+/// Whether a call may be sent again, to the next endpoint, after its node
+/// went out of reach under it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Retry {
+    /// Sending it twice does what sending it once does: tokenize
+    /// (deterministic tokens over one database: a value tokenized twice gets
+    /// one token), detokenize, every read, and revoking (a second keeps the
+    /// first revocation time).
+    Idempotent,
+    /// The first attempt may have taken effect — a client, a namespace, a
+    /// keyset or a backup created — and a second would create another or
+    /// fail as a duplicate: sent again only when the first provably never
+    /// left ([`never_sent`]); otherwise the error is returned for the caller
+    /// to look (list clients, key status) before trying again.
+    IfUnsent,
 }
 
 /// Adds `authorization: Bearer <key>` to every call.
@@ -253,56 +519,247 @@ pub struct Batch {
     pub items: Vec<String>,
 }
 
-/// A connection to a vault. Cheap to clone; clones share the connection.
+/// One endpoint: its connection and the clients over it.
 #[derive(Clone)]
-pub struct Client {
+struct Node {
+    /// As [`endpoint_name`] names it.
+    name: Arc<str>,
     tokenizer: TokenizerClient<Svc>,
     admin: AdminClient<Svc>,
     channel: Channel,
 }
 
-impl Client {
-    /// Connects to the vault. A plaintext endpoint off loopback is refused
-    /// first, before anything is sent, unless
-    /// [`ClientOptions::insecure_plaintext`] is set.
-    pub async fn connect(options: ClientOptions) -> Result<Self, ClientError> {
-        let endpoint = Endpoint::from_shared(options.endpoint.clone())?;
-        let transport = options.transport_of(&endpoint)?;
-        let auth = Auth::bearer(options.api_key.as_deref().map(String::as_str))?;
-        let mut endpoint = endpoint
-            .connect_timeout(Duration::from_secs(10))
-            .tcp_nodelay(true);
-        if transport == Transport::Tls {
-            // aws-lc-rs offers the hybrid post-quantum key exchange
-            // X25519MLKEM768 first; a provider the embedding program
-            // installed already is kept.
-            let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-            let mut tls = ClientTlsConfig::new();
-            tls = match &options.ca_pem {
-                Some(ca) => tls.ca_certificate(Certificate::from_pem(ca)),
-                None => tls.with_native_roots(),
-            };
-            if let Some((cert, key)) = &options.identity_pem {
-                tls = tls.identity(Identity::from_pem(cert, key));
-            }
-            if let Some(domain) = &options.domain {
-                tls = tls.domain_name(domain.clone());
-            }
-            endpoint = endpoint.tls_config(tls)?;
-        }
-        let channel = endpoint.connect().await?;
+impl Node {
+    fn new(name: String, channel: Channel, auth: &Auth) -> Self {
         let max = 64 << 20;
-        Ok(Self {
+        Self {
+            name: name.into(),
             tokenizer: TokenizerClient::with_interceptor(channel.clone(), auth.clone())
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max),
-            admin: AdminClient::with_interceptor(channel.clone(), auth),
+            admin: AdminClient::with_interceptor(channel.clone(), auth.clone()),
             channel,
+        }
+    }
+}
+
+/// A client's endpoints, shared by its clones, and which one is in use.
+struct Nodes {
+    /// In the order given; never empty.
+    list: Vec<Node>,
+    /// Counts the moves from one endpoint to the next: the node in use is
+    /// `list[position % list.len()]`. A call that saw its node go away
+    /// moves it on only if nothing did since the call read it (compare and
+    /// swap), so that calls failing together on one node move the client
+    /// on once, not once each. An atomic rather than a lock: nothing shared
+    /// is held across a call or a backoff.
+    position: AtomicUsize,
+}
+
+impl Nodes {
+    /// The position of the node in use, and the node.
+    fn current(&self) -> (usize, Node) {
+        // Relaxed: the position is only a hint of where to go; the list it
+        // indexes never changes after `Client::connect`.
+        let position = self.position.load(Ordering::Relaxed);
+        (position, self.at(position))
+    }
+
+    fn at(&self, position: usize) -> Node {
+        // In range: `list` is never empty (`Client::connect` returns only
+        // after one of its endpoints answered).
+        self.list[position % self.list.len()].clone()
+    }
+
+    /// Moves on from the node at `from` to the next endpoint, unless a call
+    /// did already; returns the position now in use.
+    fn fail_over(&self, from: usize) -> usize {
+        let next = from.wrapping_add(1);
+        match self
+            .position
+            .compare_exchange(from, next, Ordering::Relaxed, Ordering::Relaxed)
+        {
+            Ok(_) => next,
+            Err(now) => now,
+        }
+    }
+
+    /// `status` as a call's error, after moving on from the node at
+    /// `position` if it says that node is out of reach.
+    fn failed(&self, position: usize, status: Status) -> ClientError {
+        if node_down(&status) {
+            self.fail_over(position);
+        }
+        status.into()
+    }
+}
+
+/// A connection to a vault: to one of its endpoints at a time, moving on to
+/// the next when that one goes away (see [`Client::connect`]). Cheap to
+/// clone; clones share the connections and which endpoint is in use.
+#[derive(Clone)]
+pub struct Client {
+    nodes: Arc<Nodes>,
+}
+
+impl Client {
+    /// Connects to the vault: to the first of the endpoints, in the order
+    /// given, that answers; fails only when none does, saying for each why
+    /// ([`ClientError::Unreachable`]). Every endpoint is checked first,
+    /// before anything is sent anywhere: plaintext off loopback is refused
+    /// unless [`ClientOptions::insecure_plaintext`] is set.
+    ///
+    /// In order rather than from a random one: the list is a preference (the
+    /// nearest node first, say), the same every run, so that which node a
+    /// run used is predictable; spreading clients over the nodes is done by
+    /// giving them the list in different orders.
+    ///
+    /// The other endpoints are connected to when first needed. When a call
+    /// finds its node out of reach — a transport error, or `UNAVAILABLE`:
+    /// the node died, is restarting, or lost its database — the client
+    /// moves on to the next endpoint (after the last, the first) for every
+    /// later call, and sends the call again there if that is safe: see each
+    /// call. Calls on a stream are not sent again (the stream's messages
+    /// are the caller's); [`bulk::run`] sends its unanswered batches again
+    /// on a new stream.
+    pub async fn connect(options: ClientOptions) -> Result<Self, ClientError> {
+        let checked = options.check()?;
+        let auth = Auth::bearer(options.api_key.as_deref().map(String::as_str))?;
+        let tls = checked
+            .iter()
+            .any(|c| c.transport == Transport::Tls)
+            .then(|| options.tls_config());
+        let mut endpoints = Vec::with_capacity(checked.len());
+        for Checked {
+            endpoint,
+            transport,
+            name,
+        } in checked
+        {
+            let mut endpoint = endpoint.connect_timeout(CONNECT_TIMEOUT).tcp_nodelay(true);
+            if let (Transport::Tls, Some(config)) = (transport, &tls) {
+                endpoint = endpoint.tls_config(config.clone())?;
+            }
+            endpoints.push((name, endpoint));
+        }
+        let mut failures = Vec::new();
+        let mut answered = None;
+        for (index, (name, endpoint)) in endpoints.iter().enumerate() {
+            match endpoint.connect().await {
+                Ok(channel) => {
+                    answered = Some((index, channel));
+                    break;
+                }
+                Err(error) => failures.push(EndpointFailure {
+                    endpoint: name.clone(),
+                    reason: error_chain(&error),
+                }),
+            }
+        }
+        let Some((first, channel)) = answered else {
+            return Err(ClientError::Unreachable(failures));
+        };
+        // The others connect on their first call, so that a node that is
+        // down now costs nothing until the client needs it; one that failed
+        // above is tried again then.
+        let list = endpoints
+            .into_iter()
+            .enumerate()
+            .map(|(index, (name, endpoint))| {
+                let channel = if index == first {
+                    channel.clone()
+                } else {
+                    endpoint.connect_lazy()
+                };
+                Node::new(name, channel, &auth)
+            })
+            .collect();
+        Ok(Self {
+            nodes: Arc::new(Nodes {
+                list,
+                position: AtomicUsize::new(first),
+            }),
         })
     }
 
-    /// Tokenizes `values` in `namespace`, retrying with backoff while the
-    /// server is `UNAVAILABLE` (tokenize is idempotent).
+    /// The endpoint calls go to now, as `scheme://host:port` (without user
+    /// information) or `unix:PATH`: it changes when the client moves on.
+    pub fn endpoint(&self) -> String {
+        self.nodes.current().1.name.to_string()
+    }
+
+    /// Moves the client on from the node at `position`, unless a call did
+    /// already: for a stream that ended while batches were unanswered (a
+    /// node shutting down ends its streams cleanly).
+    pub(crate) fn fail_over_from(&self, position: usize) {
+        self.nodes.fail_over(position);
+    }
+
+    /// Sends a call with `send` to the node in use. When that node is out of
+    /// reach ([`node_down`]), moves the client on to the next endpoint and,
+    /// as `retry` allows, sends the call again there: straight away to an
+    /// endpoint this call has not tried, after a wait that doubles each time
+    /// it comes round to one it has (the node may be restarting, or every
+    /// node lost the database for a moment). Bounded: [`RETRIES`] attempts
+    /// after the first, or one on every other endpoint if there are more.
+    /// The waits hold nothing shared, only this call's own handle on a node.
+    /// Returns the answer and the position of the node that gave it.
+    async fn call_at<T, F, Fut>(&self, retry: Retry, mut send: F) -> Result<(T, usize), ClientError>
+    where
+        F: FnMut(Node) -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>>,
+    {
+        let count = self.nodes.list.len();
+        let budget = RETRIES.max(count.saturating_sub(1));
+        let mut tried = vec![false; count];
+        let mut backoff = FIRST_BACKOFF;
+        let mut retries = 0;
+        let (mut position, mut node) = self.nodes.current();
+        loop {
+            let status = match send(node).await {
+                Ok(response) => return Ok((response.into_inner(), position)),
+                Err(status) => status,
+            };
+            if !node_down(&status) {
+                return Err(status.into());
+            }
+            if let Some(slot) = tried.get_mut(position % count) {
+                *slot = true;
+            }
+            let next = self.nodes.fail_over(position);
+            let again = match retry {
+                Retry::Idempotent => true,
+                Retry::IfUnsent => never_sent(&status),
+            };
+            if !again || retries >= budget {
+                return Err(status.into());
+            }
+            retries += 1;
+            if tried.get(next % count).copied().unwrap_or(true) {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+            // Where the client is now: another call may have moved it on
+            // further while this one waited.
+            (position, node) = self.nodes.current();
+        }
+    }
+
+    /// [`Client::call_at`], without the position.
+    async fn call<T, F, Fut>(&self, retry: Retry, send: F) -> Result<T, ClientError>
+    where
+        F: FnMut(Node) -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>>,
+    {
+        self.call_at(retry, send).await.map(|(answer, _)| answer)
+    }
+
+    /// Tokenizes `values` in `namespace`. Sent again, on the next endpoint,
+    /// when its node goes out of reach: tokens are deterministic over one
+    /// database, so a value tokenized twice gets the token it got the first
+    /// time. (In a namespace of random tokens the second attempt makes
+    /// fresh ones; those of a first attempt whose answer was lost are never
+    /// delivered.)
     pub async fn tokenize(
         &self,
         namespace: &str,
@@ -312,23 +769,25 @@ impl Client {
             namespace: namespace.to_owned(),
             values,
         };
-        let mut backoff = FIRST_BACKOFF;
-        let mut attempt = 0;
-        loop {
-            match self.tokenizer.clone().tokenize(request.clone()).await {
-                Ok(response) => return Ok(results(response.into_inner().results)),
-                Err(status) if status.code() == Code::Unavailable && attempt < RETRIES => {
-                    attempt += 1;
-                    tokio::time::sleep(backoff).await;
-                    backoff *= 2;
+        let response = self
+            .call(Retry::Idempotent, |node: Node| {
+                let request = request.clone();
+                async move {
+                    let mut tokenizer = node.tokenizer;
+                    tokenizer.tokenize(request).await
                 }
-                Err(status) => return Err(status.into()),
-            }
-        }
+            })
+            .await?;
+        Ok(results(response.results))
     }
 
     /// Reveals `tokens` of `namespace`, masked (all but the last 4
-    /// characters) when `masked` is set. Not retried: a reveal is audited.
+    /// characters) when `masked` is set. Sent again, on the next endpoint,
+    /// when its node goes out of reach: a reveal changes nothing stored. A
+    /// node that cannot write the call's audit record reveals nothing
+    /// (`UNAVAILABLE`); one that did and then went away before answering
+    /// leaves the record, so a reveal sent twice is on the trail twice —
+    /// what happened, never less.
     pub async fn detokenize(
         &self,
         namespace: &str,
@@ -340,8 +799,16 @@ impl Client {
             tokens,
             masked,
         };
-        let response = self.tokenizer.clone().detokenize(request).await?;
-        Ok(results(response.into_inner().results))
+        let response = self
+            .call(Retry::Idempotent, |node: Node| {
+                let request = request.clone();
+                async move {
+                    let mut tokenizer = node.tokenizer;
+                    tokenizer.detokenize(request).await
+                }
+            })
+            .await?;
+        Ok(results(response.results))
     }
 
     /// Tokenizes a stream of batches of `namespace` over one
@@ -380,6 +847,12 @@ impl Client {
 
     /// Tokenizes batches of any namespaces over one `TokenizeStream` call,
     /// up to `in_flight` outstanding; one result per batch, in order.
+    ///
+    /// The stream goes to the node in use and is not moved: when that node
+    /// goes out of reach, the stream ends with the error and the client
+    /// moves on, so that the next stream opened goes to the next endpoint;
+    /// sending the unanswered batches again is the caller's to do, as
+    /// [`bulk::run`] does.
     pub async fn tokenize_batches<S>(
         &self,
         batches: S,
@@ -388,23 +861,42 @@ impl Client {
     where
         S: Stream<Item = Batch> + Send + 'static,
     {
+        self.open_tokenize(batches, in_flight)
+            .await
+            .map(|(answers, _)| answers)
+    }
+
+    /// [`Client::tokenize_batches`], and the position of the node the
+    /// stream went to.
+    pub(crate) async fn open_tokenize<S>(
+        &self,
+        batches: S,
+        in_flight: usize,
+    ) -> Result<(BatchResults, usize), ClientError>
+    where
+        S: Stream<Item = Batch> + Send + 'static,
+    {
         let requests = batches.map(|batch| pb::TokenizeRequest {
             namespace: batch.namespace,
             values: batch.items,
         });
-        let outbound = outbound(requests, in_flight);
-        let response = self.tokenizer.clone().tokenize_stream(outbound).await?;
-        Ok(Box::pin(
-            response
-                .into_inner()
-                .map_err(ClientError::from)
-                .map_ok(|r| results(r.results)),
+        let (position, node) = self.nodes.current();
+        let mut tokenizer = node.tokenizer;
+        let response = tokenizer
+            .tokenize_stream(outbound(requests, in_flight))
+            .await
+            .map_err(|status| self.nodes.failed(position, status))?;
+        let answers = response.into_inner().map_ok(|r| results(r.results));
+        Ok((
+            watched(Arc::clone(&self.nodes), position, answers),
+            position,
         ))
     }
 
     /// Reveals batches of tokens of any namespaces over one
     /// `DetokenizeStream` call, up to `in_flight` outstanding; one result
-    /// per batch, in order. Every batch is audited on its own.
+    /// per batch, in order. Every batch is audited on its own. When the
+    /// node goes away, as [`Client::tokenize_batches`].
     pub async fn detokenize_batches<S>(
         &self,
         batches: S,
@@ -414,46 +906,73 @@ impl Client {
     where
         S: Stream<Item = Batch> + Send + 'static,
     {
+        self.open_detokenize(batches, masked, in_flight)
+            .await
+            .map(|(answers, _)| answers)
+    }
+
+    /// [`Client::detokenize_batches`], and the position of the node the
+    /// stream went to.
+    pub(crate) async fn open_detokenize<S>(
+        &self,
+        batches: S,
+        masked: bool,
+        in_flight: usize,
+    ) -> Result<(BatchResults, usize), ClientError>
+    where
+        S: Stream<Item = Batch> + Send + 'static,
+    {
         let requests = batches.map(move |batch| pb::DetokenizeRequest {
             namespace: batch.namespace,
             tokens: batch.items,
             masked,
         });
-        let outbound = outbound(requests, in_flight);
-        let response = self.tokenizer.clone().detokenize_stream(outbound).await?;
-        Ok(Box::pin(
-            response
-                .into_inner()
-                .map_err(ClientError::from)
-                .map_ok(|r| results(r.results)),
+        let (position, node) = self.nodes.current();
+        let mut tokenizer = node.tokenizer;
+        let response = tokenizer
+            .detokenize_stream(outbound(requests, in_flight))
+            .await
+            .map_err(|status| self.nodes.failed(position, status))?;
+        let answers = response.into_inner().map_ok(|r| results(r.results));
+        Ok((
+            watched(Arc::clone(&self.nodes), position, answers),
+            position,
         ))
     }
 
-    /// Creates a namespace.
+    /// Creates a namespace. Not sent again after its node went away under
+    /// it, unless it never left: the first may have created it, and a second
+    /// would fail as `ALREADY_EXISTS`. List the namespaces to see.
     pub async fn create_namespace(
         &self,
         request: pb::CreateNamespaceRequest,
     ) -> Result<pb::Namespace, ClientError> {
-        Ok(self
-            .admin
-            .clone()
-            .create_namespace(request)
-            .await?
-            .into_inner())
+        self.call(Retry::IfUnsent, |node: Node| {
+            let request = request.clone();
+            async move {
+                let mut admin = node.admin;
+                admin.create_namespace(request).await
+            }
+        })
+        .await
     }
 
     /// Every namespace.
     pub async fn list_namespaces(&self) -> Result<Vec<pb::Namespace>, ClientError> {
-        Ok(self
-            .admin
-            .clone()
-            .list_namespaces(pb::ListNamespacesRequest {})
-            .await?
-            .into_inner()
-            .namespaces)
+        let response = self
+            .call(Retry::Idempotent, |node: Node| async move {
+                let mut admin = node.admin;
+                admin.list_namespaces(pb::ListNamespacesRequest {}).await
+            })
+            .await?;
+        Ok(response.namespaces)
     }
 
-    /// Creates a client; the response holds its API key, shown once.
+    /// Creates a client; the response holds its API key, shown once. Not
+    /// sent again after its node went away under it, unless it never left:
+    /// the first may have created a client whose key was lost with the
+    /// answer, and a second would create another. List the clients (and
+    /// revoke the orphan) before trying again.
     pub async fn create_client(
         &self,
         name: &str,
@@ -463,80 +982,97 @@ impl Client {
             name: name.to_owned(),
             scopes,
         };
-        Ok(self
-            .admin
-            .clone()
-            .create_client(request)
-            .await?
-            .into_inner())
+        self.call(Retry::IfUnsent, |node: Node| {
+            let request = request.clone();
+            async move {
+                let mut admin = node.admin;
+                admin.create_client(request).await
+            }
+        })
+        .await
     }
 
     /// Every client.
     pub async fn list_clients(&self) -> Result<Vec<pb::Client>, ClientError> {
-        Ok(self
-            .admin
-            .clone()
-            .list_clients(pb::ListClientsRequest {})
-            .await?
-            .into_inner()
-            .clients)
+        let response = self
+            .call(Retry::Idempotent, |node: Node| async move {
+                let mut admin = node.admin;
+                admin.list_clients(pb::ListClientsRequest {}).await
+            })
+            .await?;
+        Ok(response.clients)
     }
 
-    /// Revokes a client.
+    /// Revokes a client. Sent again on the next endpoint when its node goes
+    /// away: revoking twice keeps the first revocation.
     pub async fn revoke_client(&self, client_id: &str) -> Result<pb::Client, ClientError> {
         let request = pb::RevokeClientRequest {
             client_id: client_id.to_owned(),
         };
-        Ok(self
-            .admin
-            .clone()
-            .revoke_client(request)
-            .await?
-            .into_inner())
+        self.call(Retry::Idempotent, |node: Node| {
+            let request = request.clone();
+            async move {
+                let mut admin = node.admin;
+                admin.revoke_client(request).await
+            }
+        })
+        .await
     }
 
-    /// Starts a key rotation; returns the version now active.
+    /// Starts a key rotation; returns the version now active. Not sent again
+    /// after its node went away under it, unless it never left: the first
+    /// may have started one, and a second would fail (`FAILED_PRECONDITION`,
+    /// one at a time) or, once it finished, start another. See the key
+    /// status before trying again.
     pub async fn rotate_keys(&self) -> Result<u32, ClientError> {
-        Ok(self
-            .admin
-            .clone()
-            .rotate_keys(pb::RotateKeysRequest {})
-            .await?
-            .into_inner()
-            .new_version)
+        let response = self
+            .call(Retry::IfUnsent, |node: Node| async move {
+                let mut admin = node.admin;
+                admin.rotate_keys(pb::RotateKeysRequest {}).await
+            })
+            .await?;
+        Ok(response.new_version)
     }
 
     /// Key versions and rotation progress.
     pub async fn key_status(&self) -> Result<pb::KeyStatus, ClientError> {
-        Ok(self
-            .admin
-            .clone()
-            .get_key_status(pb::GetKeyStatusRequest {})
-            .await?
-            .into_inner())
+        self.call(Retry::Idempotent, |node: Node| async move {
+            let mut admin = node.admin;
+            admin.get_key_status(pb::GetKeyStatusRequest {}).await
+        })
+        .await
     }
 
-    /// Has the server write a consistent checkpoint to `path` (on the
-    /// server's file system).
+    /// Has the server write a consistent checkpoint to `path` (on the file
+    /// system of the node that answers). Not sent again after its node went
+    /// away under it, unless it never left: the first may have written it,
+    /// and a second would find the path taken.
     pub async fn backup(&self, path: &str) -> Result<pb::BackupResponse, ClientError> {
         let request = pb::BackupRequest {
             path: path.to_owned(),
         };
-        Ok(self.admin.clone().backup(request).await?.into_inner())
+        self.call(Retry::IfUnsent, |node: Node| {
+            let request = request.clone();
+            async move {
+                let mut admin = node.admin;
+                admin.backup(request).await
+            }
+        })
+        .await
     }
 
     /// Walks the server's audit hash chain.
     pub async fn verify_audit(&self) -> Result<pb::VerifyAuditResponse, ClientError> {
-        Ok(self
-            .admin
-            .clone()
-            .verify_audit(pb::VerifyAuditRequest {})
-            .await?
-            .into_inner())
+        self.call(Retry::Idempotent, |node: Node| async move {
+            let mut admin = node.admin;
+            admin.verify_audit(pb::VerifyAuditRequest {}).await
+        })
+        .await
     }
 
     /// Every call that revealed `token` in `namespace` (in full or masked),
-    /// oldest first, fetched page by page. Needs the `audit` or `admin`
+    /// oldest first, fetched page by page (each page sent again on the next
+    /// endpoint when its node goes away). Needs the `audit` or `admin`
     /// scope.
     pub async fn list_disclosures(
         &self,
@@ -553,11 +1089,14 @@ impl Client {
                 limit: 0,
             };
             let page = self
-                .admin
-                .clone()
-                .list_disclosures(request)
-                .await?
-                .into_inner();
+                .call(Retry::Idempotent, |node: Node| {
+                    let request = request.clone();
+                    async move {
+                        let mut admin = node.admin;
+                        admin.list_disclosures(request).await
+                    }
+                })
+                .await?;
             all.extend(page.disclosures);
             if page.next_after_seq == 0 {
                 return Ok(all);
@@ -569,29 +1108,132 @@ impl Client {
     /// The audit records from `since_ms` (milliseconds since the Unix
     /// epoch; 0: from the first) up to the head as it is when the call
     /// starts, oldest first. Needs the `audit` or `admin` scope.
+    ///
+    /// When its node goes away under it, the export goes on from the next
+    /// endpoint after the last record received, so that no record is
+    /// skipped or repeated; it then runs up to the head as it is when it
+    /// goes on, which may hold records appended meanwhile.
     pub async fn export_audit(
         &self,
         since_ms: u64,
     ) -> Result<impl Stream<Item = Result<pb::AuditRecord, ClientError>> + use<>, ClientError> {
-        let request = pb::ExportAuditRequest {
-            since_ms,
-            after_seq: 0,
-        };
-        let response = self.admin.clone().export_audit(request).await?;
-        Ok(response.into_inner().map_err(ClientError::from))
+        let export = Export::open(self.clone(), since_ms).await?;
+        Ok(stream::unfold(export, next_record))
     }
 
-    /// The standard gRPC health check of the whole server (`""`).
+    /// Opens an audit export from `since_ms` after the record `after_seq`
+    /// (0: from the first).
+    async fn export_from(
+        &self,
+        since_ms: u64,
+        after_seq: u64,
+    ) -> Result<(tonic::Streaming<pb::AuditRecord>, usize), ClientError> {
+        let request = pb::ExportAuditRequest {
+            since_ms,
+            after_seq,
+        };
+        self.call_at(Retry::Idempotent, |node: Node| async move {
+            let mut admin = node.admin;
+            admin.export_audit(request).await
+        })
+        .await
+    }
+
+    /// The standard gRPC health check (`""`) of the node in use, moving on
+    /// to the next endpoint while the node is out of reach: whether the vault
+    /// is serving through this client.
     pub async fn health(&self) -> Result<bool, ClientError> {
         use tonic_health::pb::health_check_response::ServingStatus;
-        let mut health = tonic_health::pb::health_client::HealthClient::new(self.channel.clone());
-        let response = health
-            .check(tonic_health::pb::HealthCheckRequest {
-                service: String::new(),
+        use tonic_health::pb::health_client::HealthClient;
+        let response = self
+            .call(Retry::Idempotent, |node: Node| async move {
+                let mut health = HealthClient::new(node.channel);
+                health
+                    .check(tonic_health::pb::HealthCheckRequest {
+                        service: String::new(),
+                    })
+                    .await
             })
             .await?;
-        Ok(response.into_inner().status() == ServingStatus::Serving)
+        Ok(response.status() == ServingStatus::Serving)
     }
+}
+
+/// An audit export under way: goes on after the last record received, on
+/// the next endpoint, when its node goes away under it.
+struct Export {
+    client: Client,
+    since_ms: u64,
+    /// The sequence number of the last record received (0: none yet).
+    after_seq: u64,
+    /// The open stream and the position of its node; `None` once it ended.
+    records: Option<(tonic::Streaming<pb::AuditRecord>, usize)>,
+    /// Times the export went on since the last record it received: bounded,
+    /// so that a node that fails every stream at once ends the export.
+    stalls: usize,
+}
+
+impl Export {
+    async fn open(client: Client, since_ms: u64) -> Result<Self, ClientError> {
+        let records = client.export_from(since_ms, 0).await?;
+        Ok(Self {
+            client,
+            since_ms,
+            after_seq: 0,
+            records: Some(records),
+            stalls: 0,
+        })
+    }
+
+    /// The next record, or the error that ends the export, or `None` at its
+    /// end.
+    async fn next(&mut self) -> Option<Result<pb::AuditRecord, ClientError>> {
+        loop {
+            let (records, position) = self.records.as_mut()?;
+            let position = *position;
+            let received = records.message().await;
+            let status = match received {
+                Ok(Some(record)) => {
+                    self.after_seq = record.seq;
+                    self.stalls = 0;
+                    return Some(Ok(record));
+                }
+                Ok(None) => {
+                    self.records = None;
+                    return None;
+                }
+                Err(status) => status,
+            };
+            self.records = None;
+            if !node_down(&status) || self.stalls >= RETRIES {
+                return Some(Err(self.client.nodes.failed(position, status)));
+            }
+            self.client.nodes.fail_over(position);
+            self.stalls += 1;
+            match self.client.export_from(self.since_ms, self.after_seq).await {
+                Ok(records) => self.records = Some(records),
+                Err(error) => return Some(Err(error)),
+            }
+        }
+    }
+}
+
+/// [`Export::next`] in the shape `stream::unfold` takes. A function rather
+/// than a closure, so that the stream [`Client::export_audit`] returns
+/// borrows nothing of the call.
+async fn next_record(mut export: Export) -> Option<(Result<pb::AuditRecord, ClientError>, Export)> {
+    let record = export.next().await?;
+    Some((record, export))
+}
+
+/// `answers` as [`BatchResults`], moving the client on from the node at
+/// `position` when the stream breaks because that node went out of reach,
+/// so that the caller's next stream goes to the next endpoint.
+fn watched<S>(nodes: Arc<Nodes>, position: usize, answers: S) -> BatchResults
+where
+    S: Stream<Item = Result<Vec<ItemResult>, Status>> + Send + 'static,
+{
+    Box::pin(answers.map_err(move |status| nodes.failed(position, status)))
 }
 
 /// Batches of one namespace's items as [`Batch`]es.
@@ -673,6 +1315,8 @@ fn results(results: Vec<pb::ItemResult>) -> Vec<ItemResult> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Mutex;
+
     use super::*;
 
     fn transport(endpoint: &str, insecure_plaintext: bool) -> Result<Transport, ClientError> {
@@ -764,6 +1408,160 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_comma_separated_list_gives_every_endpoint_in_order() {
+        let options = ClientOptions::new(
+            " https://a.example.org:50051, https://b.example.org:50051 ,unix:/run/pv.sock",
+        );
+        assert_eq!(
+            options.endpoints,
+            [
+                "https://a.example.org:50051",
+                "https://b.example.org:50051",
+                "unix:/run/pv.sock"
+            ]
+        );
+        let names: Vec<String> = options
+            .check()
+            .expect("three good endpoints")
+            .into_iter()
+            .map(|checked| checked.name)
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "https://a.example.org:50051",
+                "https://b.example.org:50051",
+                "unix:/run/pv.sock"
+            ]
+        );
+        // One endpoint is a list of one, as before.
+        assert_eq!(
+            ClientOptions::new("http://127.0.0.1:50051").endpoints,
+            ["http://127.0.0.1:50051"]
+        );
+    }
+
+    #[test]
+    fn an_added_endpoint_is_taken_whole() {
+        let options = ClientOptions::new("https://a.example.org:50051")
+            .endpoint("unix:/run/phivault/a,b.sock")
+            .endpoint(" https://c.example.org:50051 ");
+        assert_eq!(
+            options.endpoints,
+            [
+                "https://a.example.org:50051",
+                "unix:/run/phivault/a,b.sock",
+                "https://c.example.org:50051"
+            ]
+        );
+        assert_eq!(
+            options.transport().expect("all good"),
+            Transport::LocalPlaintext
+        );
+    }
+
+    #[test]
+    fn an_empty_endpoint_is_refused_by_its_position() {
+        for (list, position) in [
+            ("", 1),
+            (
+                "https://a.example.org:50051,,https://b.example.org:50051",
+                2,
+            ),
+            ("https://a.example.org:50051,", 2),
+            (",https://a.example.org:50051", 1),
+            (
+                "https://a.example.org:50051, ,https://b.example.org:50051",
+                2,
+            ),
+        ] {
+            let error = transport(list, false).expect_err(list);
+            let ClientError::InvalidEndpoint { position: at, .. } = &error else {
+                panic!("{list:?}: {error}");
+            };
+            assert_eq!(*at, position, "{list:?}");
+            assert!(error.to_string().contains("is empty"), "{error}");
+        }
+    }
+
+    #[test]
+    fn an_endpoint_that_is_no_address_is_named_by_position_never_quoted() {
+        let error = transport(
+            "https://a.example.org:50051,http://etl:hunter2@vault host:1",
+            false,
+        )
+        .expect_err("a space is no part of a URI");
+        assert!(
+            matches!(error, ClientError::InvalidEndpoint { position: 2, .. }),
+            "{error}"
+        );
+        let message = error.to_string();
+        assert!(message.starts_with("endpoint 2 "), "{message}");
+        assert!(
+            !message.contains("hunter2") && !message.contains("etl"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn every_endpoint_of_a_list_passes_the_plaintext_check() {
+        // The refusal names the endpoint that is wrong, whichever it is.
+        for list in [
+            "http://10.0.0.1:50051,http://127.0.0.1:50051",
+            "http://127.0.0.1:50051,http://10.0.0.1:50051",
+            "https://vault.example.org,http://etl:hunter2@10.0.0.1:50051",
+        ] {
+            let error = transport(list, false).expect_err(list);
+            assert!(
+                matches!(&error, ClientError::PlaintextRefused(host) if host == "10.0.0.1"),
+                "{list}: {error}"
+            );
+            assert!(!error.to_string().contains("hunter2"));
+        }
+        let error = transport("http://127.0.0.1:50051,http://:50051", false).expect_err("no host");
+        assert!(error.to_string().contains("endpoint 2"), "{error}");
+    }
+
+    #[test]
+    fn a_list_answers_its_least_protected_transport() {
+        for (list, expected) in [
+            (
+                "https://a.example.org,https://b.example.org",
+                Transport::Tls,
+            ),
+            (
+                "https://a.example.org,http://127.0.0.1:1",
+                Transport::LocalPlaintext,
+            ),
+            (
+                "http://127.0.0.1:1,https://a.example.org,http://10.0.0.1:1",
+                Transport::InsecurePlaintext,
+            ),
+        ] {
+            assert_eq!(transport(list, true).expect(list), expected, "{list}");
+        }
+    }
+
+    #[test]
+    fn names_leave_user_information_path_and_query_out() {
+        for (text, name) in [
+            (
+                "https://etl:hunter2@vault.example.org:50051/x?key=1",
+                "https://vault.example.org:50051",
+            ),
+            ("http://[::1]:50051", "http://[::1]:50051"),
+            ("https://vault.example.org", "https://vault.example.org"),
+            (
+                "unix:/run/phivault/grpc.sock",
+                "unix:/run/phivault/grpc.sock",
+            ),
+        ] {
+            let endpoint = Endpoint::from_shared(text.to_owned()).expect(text);
+            assert_eq!(endpoint_name(text, &endpoint), name);
+        }
+    }
+
     #[tokio::test]
     async fn connect_refuses_before_connecting() {
         // Port 1 of a private address: were a connection attempted, it would
@@ -781,6 +1579,221 @@ mod tests {
         );
         assert!(!refused.to_string().contains("not-a-secret"));
         assert!(started.elapsed() < Duration::from_secs(2));
+    }
+
+    #[tokio::test]
+    async fn a_list_is_refused_whole_when_one_endpoint_is_wrong() {
+        // The good endpoint comes first and is not connected to either.
+        let started = std::time::Instant::now();
+        let refused = Client::connect(ClientOptions::new("http://127.0.0.1:1,http://10.1.2.3:1"))
+            .await
+            .err()
+            .expect("refused");
+        assert!(
+            matches!(&refused, ClientError::PlaintextRefused(host) if host == "10.1.2.3"),
+            "{refused}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+
+    /// A loopback port nothing listens on: bound, then let go.
+    fn dead_endpoint() -> String {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("address");
+        drop(listener);
+        format!("http://{addr}")
+    }
+
+    #[tokio::test]
+    async fn connect_fails_only_when_no_endpoint_answers_listing_each() {
+        let (a, b) = (dead_endpoint(), dead_endpoint());
+        let error = Client::connect(
+            ClientOptions::new(format!("{a},{b}")).api_key("pv_0123456789abcdef_not-a-secret"),
+        )
+        .await
+        .err()
+        .expect("nothing listens");
+        let ClientError::Unreachable(failures) = &error else {
+            panic!("expected Unreachable, got {error}");
+        };
+        let tried: Vec<&str> = failures.iter().map(|f| f.endpoint.as_str()).collect();
+        assert_eq!(tried, [a.as_str(), b.as_str()]);
+        assert!(failures.iter().all(|f| !f.reason.is_empty()));
+        let message = error.to_string();
+        assert!(
+            message.starts_with("cannot connect") && message.contains(&a) && message.contains(&b),
+            "{message}"
+        );
+        assert!(!message.contains("not-a-secret"), "{message}");
+    }
+
+    /// A client over `count` endpoints nothing listens on, connected lazily
+    /// (`Client::connect` would refuse them): for the retry policy, which
+    /// the tests drive with statuses of their own.
+    fn unconnected(count: usize) -> Client {
+        let auth = Auth::bearer(None).expect("no key");
+        let list = (0..count)
+            .map(|i| {
+                let name = format!("http://127.0.0.1:{}", i + 1);
+                let channel = Endpoint::from_shared(name.clone())
+                    .expect("a URI")
+                    .connect_lazy();
+                Node::new(name, channel, &auth)
+            })
+            .collect();
+        Client {
+            nodes: Arc::new(Nodes {
+                list,
+                position: AtomicUsize::new(0),
+            }),
+        }
+    }
+
+    /// What a connection that could not be made looks like to a call.
+    fn connect_failure() -> Status {
+        let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        Status::from_error(Box::new(tonic::ConnectError(Box::new(refused))))
+    }
+
+    /// What a connection dropped under a call looks like to it.
+    fn dropped_connection() -> Status {
+        let reset = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
+        Status::from_error(Box::new(reset))
+    }
+
+    #[test]
+    fn statuses_are_told_apart_by_where_they_come_from() {
+        let connect = connect_failure();
+        assert_eq!(connect.code(), Code::Unavailable);
+        assert!(node_down(&connect) && never_sent(&connect));
+
+        let dropped = dropped_connection();
+        assert!(node_down(&dropped), "{dropped:?}");
+        assert!(!never_sent(&dropped));
+
+        // A node's own UNAVAILABLE: out of reach, but it may have acted.
+        let sent = Status::unavailable("the store is unavailable");
+        assert!(node_down(&sent) && !never_sent(&sent));
+
+        // Answers from a node that is up are not failures of the node, even
+        // UNKNOWN and CANCELLED when the server sent them.
+        for status in [
+            Status::unknown("sent by the server"),
+            Status::cancelled("sent by the server"),
+            Status::permission_denied("no scope"),
+            Status::invalid_argument("bad value"),
+            Status::failed_precondition("one rotation at a time"),
+            Status::already_exists("namespace"),
+        ] {
+            assert!(!node_down(&status), "{status:?}");
+        }
+        assert!(transport_failed(&ClientError::Status(dropped_connection())));
+        assert!(!transport_failed(&ClientError::BadKey));
+    }
+
+    /// Sends through `client.call` with `retry`, answering each attempt
+    /// with `status()`; returns the endpoints tried, in order, and the
+    /// error.
+    async fn attempts(
+        client: &Client,
+        retry: Retry,
+        status: fn() -> Status,
+    ) -> (Vec<String>, ClientError) {
+        let tried = Mutex::new(Vec::new());
+        let error = client
+            .call(retry, |node: Node| {
+                tried
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push(node.name.to_string());
+                let failure = status();
+                async move { Err::<Response<()>, Status>(failure) }
+            })
+            .await
+            .expect_err("every attempt fails");
+        let tried = tried
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        (tried, error)
+    }
+
+    #[tokio::test]
+    async fn an_idempotent_call_tries_every_endpoint_once_before_waiting() {
+        // Six endpoints: the budget (one attempt on every other endpoint)
+        // goes round once, without a wait.
+        let client = unconnected(6);
+        let started = std::time::Instant::now();
+        let (tried, error) = attempts(&client, Retry::Idempotent, dropped_connection).await;
+        let expected: Vec<String> = (1..=6).map(|p| format!("http://127.0.0.1:{p}")).collect();
+        assert_eq!(tried, expected);
+        assert!(transport_failed(&error), "{error}");
+        assert!(
+            started.elapsed() < Duration::from_millis(90),
+            "no wait in the first round"
+        );
+        // The client moved on with the call: the next goes where it ended.
+        assert_eq!(client.endpoint(), "http://127.0.0.1:1");
+    }
+
+    #[tokio::test]
+    async fn with_one_endpoint_an_idempotent_call_is_retried_with_backoff() {
+        let client = unconnected(1);
+        let started = std::time::Instant::now();
+        let (tried, _) = attempts(&client, Retry::Idempotent, || {
+            Status::unavailable("restarting")
+        })
+        .await;
+        assert_eq!(tried.len(), 1 + RETRIES);
+        // 0.1 + 0.2 + 0.4 + 0.8 + 1.6 s.
+        assert!(started.elapsed() >= Duration::from_millis(3_000));
+    }
+
+    #[tokio::test]
+    async fn a_call_that_creates_is_sent_again_only_if_it_never_left() {
+        let client = unconnected(6);
+        // Sent, and the node went away: it may have committed.
+        let (tried, error) = attempts(&client, Retry::IfUnsent, dropped_connection).await;
+        assert_eq!(tried, ["http://127.0.0.1:1"]);
+        assert!(transport_failed(&error));
+        // The client still moved on, for the calls after it.
+        assert_eq!(client.endpoint(), "http://127.0.0.1:2");
+
+        let (tried, _) = attempts(&client, Retry::IfUnsent, || {
+            Status::unavailable("lost the database")
+        })
+        .await;
+        assert_eq!(tried, ["http://127.0.0.1:2"]);
+
+        // Never sent: no node can have acted on it.
+        let (tried, _) = attempts(&client, Retry::IfUnsent, connect_failure).await;
+        assert_eq!(tried.len(), 6, "{tried:?}");
+        assert_eq!(tried[0], "http://127.0.0.1:3");
+    }
+
+    #[tokio::test]
+    async fn an_answer_that_is_not_a_node_failure_is_returned_at_once() {
+        let client = unconnected(3);
+        let (tried, error) = attempts(&client, Retry::Idempotent, || {
+            Status::permission_denied("no scope")
+        })
+        .await;
+        assert_eq!(tried, ["http://127.0.0.1:1"]);
+        assert!(matches!(error, ClientError::Status(s) if s.code() == Code::PermissionDenied));
+        assert_eq!(client.endpoint(), "http://127.0.0.1:1", "the node is fine");
+    }
+
+    #[tokio::test]
+    async fn calls_failing_together_move_the_client_on_once() {
+        let client = unconnected(3);
+        let (seen, _) = client.nodes.current();
+        assert_eq!(client.nodes.fail_over(seen), seen + 1);
+        // A second call that saw the same node fail finds the move made.
+        assert_eq!(client.nodes.fail_over(seen), seen + 1);
+        assert_eq!(client.endpoint(), "http://127.0.0.1:2");
+        // After the last endpoint, the first.
+        client.nodes.fail_over(seen + 1);
+        client.nodes.fail_over(seen + 2);
+        assert_eq!(client.endpoint(), "http://127.0.0.1:1");
     }
 
     #[test]

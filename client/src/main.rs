@@ -34,7 +34,9 @@ struct Cli {
 #[derive(Args)]
 struct Connection {
     /// The vault's address: http://host:port (loopback only, unless
-    /// --insecure-plaintext) or https://host:port.
+    /// --insecure-plaintext) or https://host:port; for a vault of several
+    /// nodes, their addresses separated by commas, used in order, the next
+    /// when one goes away.
     #[arg(
         long,
         env = "PHIVAULT_ENDPOINT",
@@ -189,8 +191,8 @@ struct BulkArgs {
     /// Stream messages sent and not yet answered.
     #[arg(long, default_value_t = 16)]
     in_flight: usize,
-    /// While the vault is unreachable, keep reconnecting this long (30s, 10m)
-    /// before giving up.
+    /// While the vault is unreachable, keep reconnecting this long (30s, 10m),
+    /// going round the endpoints, before giving up.
     #[arg(long, default_value = "2m")]
     retry_for: humantime::Duration,
 }

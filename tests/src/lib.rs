@@ -4,6 +4,7 @@
 //! The binaries are the ones `make test` builds (`cargo build --bins`) next to
 //! this test executable (`target/<profile>/`).
 
+pub mod patroni;
 pub mod postgres;
 
 use std::io::{BufRead, BufReader};
@@ -58,8 +59,11 @@ pub struct VaultDir {
     pub root: tempfile::TempDir,
     /// The admin client's API key.
     pub admin_key: String,
-    /// The server the vault lives in, when it lives in PostgreSQL.
+    /// The server the vault lives in, when this harness started it.
     postgres: Option<std::sync::Arc<postgres::Postgres>>,
+    /// The connection string of the vault's database, when it lives in
+    /// PostgreSQL.
+    store: Option<String>,
 }
 
 impl VaultDir {
@@ -78,14 +82,21 @@ impl VaultDir {
     /// which the caller shares with others (nodes, a failover).
     pub fn init_postgres(server: std::sync::Arc<postgres::Postgres>) -> Self {
         server.create_database("vault");
-        Self::init_in(Some(server), |_| {})
+        let store = server.connection_string("vault");
+        Self::init_in(Some(server), Some(store), |_| {})
+    }
+
+    /// Runs `phivault init` for a vault in the PostgreSQL database that
+    /// `store` names (a server the caller runs, a Patroni cluster).
+    pub fn init_store(store: String) -> Self {
+        Self::init_in(None, Some(store), |_| {})
     }
 
     /// The arguments that name this vault's store: `--data-dir <data>`, or
     /// `--store <connection string>`.
     pub fn store_args(&self) -> Vec<String> {
-        match &self.postgres {
-            Some(server) => vec!["--store".into(), server.connection_string("vault")],
+        match &self.store {
+            Some(store) => vec!["--store".into(), store.clone()],
             None => vec![
                 "--data-dir".into(),
                 self.data().to_str().expect("utf-8 path").into(),
@@ -101,11 +112,12 @@ impl VaultDir {
     /// Runs `phivault init` after `prepare` has been given the data
     /// directory's path (to mount a file system there, say).
     pub fn init_prepared(prepare: impl FnOnce(&Path)) -> Self {
-        Self::init_in(None, prepare)
+        Self::init_in(None, None, prepare)
     }
 
     fn init_in(
         postgres: Option<std::sync::Arc<postgres::Postgres>>,
+        store: Option<String>,
         prepare: impl FnOnce(&Path),
     ) -> Self {
         let root = tempfile::tempdir().expect("tempdir");
@@ -113,6 +125,7 @@ impl VaultDir {
             root,
             admin_key: String::new(),
             postgres,
+            store,
         };
         prepare(&vault.data());
         let status = Command::new(binary("phivault"))
@@ -148,6 +161,7 @@ impl VaultDir {
             root,
             admin_key: self.admin_key.clone(),
             postgres: None,
+            store: None,
         }
     }
 

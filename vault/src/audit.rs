@@ -38,12 +38,57 @@ use crate::clock::now_secs;
 use crate::crypto::AuditKey;
 use crate::error::Error;
 use crate::store::schema;
-use crate::store::{AuditStore, PendingRecord, Storage, StoreError, StoredRecord, chain_hash};
+use crate::store::{
+    AuditStore, PendingRecord, Storage, StoreError, StoredRecord, chain_hash, lane_of, record_id,
+    seq_of,
+};
 
 /// Format byte of a record body.
 const BODY_FORMAT: u8 = 1;
 /// Records read per storage call while walking the chain.
 const WALK_CHUNK: usize = 4096;
+
+/// The `rpc` of a checkpoint record: the heads of every lane, written
+/// now and then on storage many nodes share, so that a lane removed whole
+/// (its records and its head) is missed by `verify`.
+pub const CHECKPOINT_RPC: &str = "phivault.audit/Checkpoint";
+/// Lanes one checkpoint record names at most (its target stays well under
+/// the 64 KiB a field holds).
+const CHECKPOINT_LANES: usize = 500;
+
+/// `lane:seq:hash` for each head, comma-separated.
+fn checkpoint_target(heads: &[(u32, schema::AuditHead)]) -> String {
+    heads
+        .iter()
+        .map(|(lane, head)| {
+            let hash: String = head.hash.iter().map(|b| format!("{b:02x}")).collect();
+            format!("{lane}:{}:{hash}", head.seq)
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The heads a checkpoint's target names; `None` if it is not one.
+fn parse_checkpoint(target: &str) -> Option<Vec<(u32, u64, [u8; 32])>> {
+    target
+        .split(',')
+        .filter(|part| !part.is_empty())
+        .map(|part| {
+            let mut fields = part.split(':');
+            let lane = fields.next()?.parse().ok()?;
+            let seq = fields.next()?.parse().ok()?;
+            let hex = fields.next()?;
+            if hex.len() != 64 || fields.next().is_some() {
+                return None;
+            }
+            let mut hash = [0u8; 32];
+            for (byte, pair) in hash.iter_mut().zip(hex.as_bytes().chunks_exact(2)) {
+                *byte = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
+            }
+            Some((lane, seq, hash))
+        })
+        .collect()
+}
 /// Disclosures answered per `ListDisclosures` page unless asked otherwise,
 /// and at most.
 pub const DEFAULT_DISCLOSURES: usize = 1000;
@@ -270,21 +315,32 @@ fn decode_body(body: &[u8]) -> Option<(u32, AuditEvent)> {
     ))
 }
 
-/// Walks the chain of `store` from record 1 to the head as it was when the
-/// walk began: records appended while it walks (a served vault) are left
-/// for the next walk; records past the head that no append accounts for are
-/// reported.
+/// Walks every lane's chain of `store` from its record 1 to its head as it
+/// was when the walk began: records appended while it walks (a served vault)
+/// are left for the next walk; records past a head that no append accounts
+/// for are reported, and so is a head whose records are gone. On one lane
+/// (the embedded store) a record's id is its sequence number.
 pub(crate) async fn verify_chain(store: &dyn AuditStore) -> Result<AuditReport, Error> {
-    let head = store.audit_head().await?;
+    let heads: HashMap<u32, schema::AuditHead> = store.audit_heads().await?.into_iter().collect();
     let mut report = AuditReport {
         records: 0,
-        head_seq: head.seq,
+        head_seq: heads.values().map(|h| h.seq).sum(),
         first_bad: None,
     };
+    // The lane being walked, the next sequence number it expects and the
+    // hash its last record had.
+    let mut lane: Option<u32> = None;
+    let mut expected = 1;
     let mut prev = [0u8; 32];
+    // Lanes walked to their end, to check against their heads.
+    let mut walked: HashMap<u32, (u64, [u8; 32])> = HashMap::new();
+    // A lane whose walk reached records appended since it began.
+    let mut caught_up: Option<u32> = None;
+    // The newest record of each lane a checkpoint named, and its hash.
+    let mut claimed: HashMap<u32, (u64, [u8; 32])> = HashMap::new();
     let mut after = 0;
     let mut chunk_size = WALK_CHUNK;
-    'walk: loop {
+    loop {
         let chunk = match store.audit_after(after, chunk_size).await {
             Ok(chunk) => chunk,
             // A record whose key does not decode: read one at a time up to
@@ -294,7 +350,8 @@ pub(crate) async fn verify_chain(store: &dyn AuditStore) -> Result<AuditReport, 
                 continue;
             }
             Err(StoreError::Corrupt { table: "audit", .. }) => {
-                report.first_bad = Some((report.records + 1, "a record has a malformed key"));
+                let next = record_id(lane.unwrap_or(0), expected);
+                report.first_bad = Some((next, "a record has a malformed key"));
                 return Ok(report);
             }
             Err(e) => return Err(e.into()),
@@ -302,36 +359,114 @@ pub(crate) async fn verify_chain(store: &dyn AuditStore) -> Result<AuditReport, 
         let Some(&(last, _)) = chunk.last() else {
             break;
         };
-        for (seq, value) in chunk {
-            if seq > head.seq && store.audit_head().await?.seq >= seq {
-                // Appended since the walk began, with its head.
-                break 'walk;
+        for (id, value) in chunk {
+            let (this_lane, seq) = (lane_of(id), seq_of(id));
+            if lane != Some(this_lane) {
+                if let Some(done) = lane {
+                    walked.insert(done, (expected - 1, prev));
+                }
+                lane = Some(this_lane);
+                expected = 1;
+                prev = [0u8; 32];
             }
-            let expected = report.records + 1;
+            if caught_up == Some(this_lane) {
+                continue;
+            }
+            let head = heads.get(&this_lane).map_or(0, |h| h.seq);
+            if seq > head && lane_head(store, this_lane).await? >= seq {
+                // Appended since the walk began, with its head.
+                caught_up = Some(this_lane);
+                continue;
+            }
             match check_link(expected, &prev, seq, &value) {
                 Ok(hash) => prev = hash,
                 Err(why) => {
-                    report.first_bad = Some((expected, why));
+                    report.first_bad = Some((record_id(this_lane, expected), why));
                     return Ok(report);
                 }
             }
-            report.records = expected;
+            for (lane, seq, hash) in checkpoint_of(&value) {
+                let newest = claimed.entry(lane).or_insert((seq, hash));
+                if seq > newest.0 {
+                    *newest = (seq, hash);
+                }
+            }
+            expected += 1;
+            report.records += 1;
         }
         after = last;
     }
-    report.first_bad = if head.seq > report.records {
-        Some((
-            report.records + 1,
-            "the record is missing (the chain was truncated)",
-        ))
-    } else if head.seq < report.records {
-        Some((head.seq + 1, "records follow the head kept in meta"))
-    } else if head.seq > 0 && head.hash != prev {
-        Some((head.seq, "the record does not match the head kept in meta"))
-    } else {
-        None
-    };
+    if let Some(done) = lane {
+        walked.insert(done, (expected - 1, prev));
+    }
+    let mut lanes: Vec<u32> = heads.keys().chain(walked.keys()).copied().collect();
+    lanes.sort_unstable();
+    lanes.dedup();
+    for lane in lanes {
+        let head = heads.get(&lane).copied().unwrap_or_default();
+        let (count, last_hash) = walked.get(&lane).copied().unwrap_or((0, [0u8; 32]));
+        let problem = if head.seq > count {
+            Some((
+                record_id(lane, count + 1),
+                "the record is missing (the chain was truncated)",
+            ))
+        } else if head.seq < count && caught_up != Some(lane) {
+            Some((
+                record_id(lane, head.seq + 1),
+                "records follow the head kept in meta",
+            ))
+        } else if head.seq > 0 && head.seq == count && head.hash != last_hash {
+            Some((
+                record_id(lane, head.seq),
+                "the record does not match the head kept in meta",
+            ))
+        } else {
+            None
+        };
+        if problem.is_some() {
+            report.first_bad = problem;
+            return Ok(report);
+        }
+    }
+    // A lane is a chain that its own head proves, but a lane removed whole,
+    // head and all, leaves nothing behind: the checkpoints name it.
+    let mut claims: Vec<(u32, (u64, [u8; 32]))> = claimed.into_iter().collect();
+    claims.sort_unstable();
+    for (lane, (seq, hash)) in claims {
+        let id = record_id(lane, seq);
+        let found = store.audit_entries(&[id]).await?.pop().flatten();
+        let intact = found
+            .as_deref()
+            .and_then(StoredRecord::split)
+            .is_some_and(|stored| stored.hash == hash);
+        if !intact {
+            report.first_bad = Some((
+                id,
+                "a checkpoint names this record, which is gone or different (a lane was truncated or removed)",
+            ));
+            break;
+        }
+    }
     Ok(report)
+}
+
+/// The heads a stored record names, if it is a checkpoint.
+fn checkpoint_of(value: &[u8]) -> Vec<(u32, u64, [u8; 32])> {
+    StoredRecord::split(value)
+        .and_then(|stored| decode_body(stored.body))
+        .filter(|(_, event)| event.rpc == CHECKPOINT_RPC)
+        .and_then(|(_, event)| parse_checkpoint(&event.target))
+        .unwrap_or_default()
+}
+
+/// The sequence number of `lane`'s head now.
+async fn lane_head(store: &dyn AuditStore, lane: u32) -> Result<u64, Error> {
+    Ok(store
+        .audit_heads()
+        .await?
+        .into_iter()
+        .find(|(l, _)| *l == lane)
+        .map_or(0, |(_, head)| head.seq))
 }
 
 /// Checks that the entry `key → value` is record `expected` and follows the
@@ -374,6 +509,8 @@ pub(crate) struct AuditLog {
     /// Bench-only: records are not written, so the benchmark can measure
     /// what they cost. Compiled in only with the `bench-switches` feature.
     skip_for_bench: bool,
+    /// The heads this process's last checkpoint left.
+    checkpointed: std::sync::Mutex<Vec<(u32, schema::AuditHead)>>,
 }
 
 impl AuditLog {
@@ -393,6 +530,7 @@ impl AuditLog {
             appended: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             skip_for_bench,
+            checkpointed: std::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -522,33 +660,102 @@ impl AuditLog {
         Ok((found, next))
     }
 
-    /// The head of the chain: its sequence number (0: empty).
+    /// The id of the newest record of the last lane (0: none): where an
+    /// export that starts now stops. On one lane, the head's sequence
+    /// number.
     pub(crate) async fn head_seq(&self) -> Result<u64, Error> {
-        Ok(self.store.audit_head().await?.seq)
+        Ok(self
+            .store
+            .audit_heads()
+            .await?
+            .into_iter()
+            .filter(|(_, head)| head.seq > 0)
+            .map(|(lane, head)| record_id(lane, head.seq))
+            .max()
+            .unwrap_or(0))
     }
 
-    /// The first sequence number whose record is at or after `since_ms`:
-    /// a binary search, as times never decrease along the chain.
+    /// Appends a checkpoint over every lane's head, unless they have not
+    /// moved since this process's last one. Returns whether it wrote one.
+    pub(crate) async fn checkpoint(&self, keyset_version: u32) -> Result<bool, Error> {
+        let heads: Vec<(u32, schema::AuditHead)> = self
+            .store
+            .audit_heads()
+            .await?
+            .into_iter()
+            .filter(|(_, head)| head.seq > 0)
+            .collect();
+        if heads.is_empty() || *self.checkpointed.lock().unwrap_or_else(|e| e.into_inner()) == heads
+        {
+            return Ok(false);
+        }
+        for part in heads.chunks(CHECKPOINT_LANES) {
+            let event = AuditEvent {
+                authenticated: true,
+                rpc: CHECKPOINT_RPC.into(),
+                target: checkpoint_target(part),
+                ..AuditEvent::default()
+            };
+            self.append(keyset_version, &event).await?;
+        }
+        // The heads as the checkpoint left them: the next one is due only
+        // once something else moved them.
+        let now: Vec<(u32, schema::AuditHead)> = self
+            .store
+            .audit_heads()
+            .await?
+            .into_iter()
+            .filter(|(_, head)| head.seq > 0)
+            .collect();
+        *self.checkpointed.lock().unwrap_or_else(|e| e.into_inner()) = now;
+        Ok(true)
+    }
+
+    /// How many records the trail holds, in every lane.
+    pub(crate) async fn record_count(&self) -> Result<u64, Error> {
+        Ok(self
+            .store
+            .audit_heads()
+            .await?
+            .iter()
+            .map(|(_, head)| head.seq)
+            .sum())
+    }
+
+    /// Where an export of the records at or after `since_ms` starts: the
+    /// first record of any lane at or after that time (a binary search in
+    /// each lane, as times never decrease along a chain). Later lanes may
+    /// hold older records; the export reads lane by lane.
     pub(crate) async fn seq_at(&self, since_ms: u64) -> Result<u64, Error> {
-        let (mut low, mut high) = (1, self.head_seq().await? + 1);
-        while low < high {
-            let mid = low + (high - low) / 2;
-            let time = self
-                .store
-                .audit_entries(&[mid])
-                .await?
-                .pop()
-                .flatten()
-                .as_deref()
-                .and_then(StoredRecord::split)
-                .map_or(0, |s| s.time_ms);
-            if time < since_ms {
-                low = mid + 1;
-            } else {
-                high = mid;
+        let mut first: Option<u64> = None;
+        for (lane, head) in self.store.audit_heads().await? {
+            let (mut low, mut high) = (1, head.seq + 1);
+            while low < high {
+                let mid = low + (high - low) / 2;
+                let time = self
+                    .store
+                    .audit_entries(&[record_id(lane, mid)])
+                    .await?
+                    .pop()
+                    .flatten()
+                    .as_deref()
+                    .and_then(StoredRecord::split)
+                    .map_or(0, |s| s.time_ms);
+                if time < since_ms {
+                    low = mid + 1;
+                } else {
+                    high = mid;
+                }
+            }
+            if low <= head.seq {
+                let id = record_id(lane, low);
+                first = Some(first.map_or(id, |f| f.min(id)));
             }
         }
-        Ok(low)
+        match first {
+            Some(id) => Ok(id),
+            None => Ok(self.head_seq().await? + 1),
+        }
     }
 
     /// Up to `limit` records after sequence number `after_seq` and no
@@ -584,7 +791,12 @@ pub(crate) async fn load_or_create_key(
     // A vault without an audit key is one from before the audit trail.
     // If records exist, the key was removed: a new one would make every
     // token mark of the trail unanswerable, so refuse rather than hide it.
-    if store.audit_head().await?.seq > 0 {
+    if store
+        .audit_heads()
+        .await?
+        .iter()
+        .any(|(_, head)| head.seq > 0)
+    {
         return Err(Error::Corrupt(
             "the audit key is missing while audit records exist; refusing to create another",
         ));

@@ -119,7 +119,25 @@ pub struct Vault {
     epoch: std::sync::atomic::AtomicU64,
     /// One reload of the registry at a time.
     reloading: tokio::sync::Mutex<()>,
+    /// When this node last read the registry.
+    reloaded_at: std::sync::Mutex<std::time::Instant>,
+    /// When a key no client in memory has last made this node look again.
+    unknown_key_refresh: std::sync::Mutex<Option<std::time::Instant>>,
+    /// When this node last looked whether an audit checkpoint was due.
+    checkpoint_at: std::sync::Mutex<Option<std::time::Instant>>,
+    /// This process's name on leases.
+    holder: String,
 }
+
+/// How often a node reads the registry again whatever its epoch says.
+const REGISTRY_RELOAD_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+/// How often a key no client in memory has may make a node look again.
+const UNKNOWN_KEY_REFRESH_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// How often the holder of the checkpoint lease writes a checkpoint of the
+/// audit lanes' heads (when they moved): a lane removed whole after the last
+/// checkpoint is the one `verify` cannot tell from one never written.
+const AUDIT_CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A value that missed the cache and the forward index, on its way to
 /// storage.
@@ -447,7 +465,11 @@ impl Vault {
         // head deleted while records exist would make the next record
         // overwrite the first: refused too (a record whose key does not
         // decode is a record).
-        if store.audit_head().await?.seq == 0
+        if store
+            .audit_heads()
+            .await?
+            .iter()
+            .all(|(_, head)| head.seq == 0)
             && !matches!(store.audit_after(0, 1).await, Ok(ref none) if none.is_empty())
         {
             return Err(Error::Store(StoreError::Tampered {
@@ -474,35 +496,153 @@ impl Vault {
     /// the next call on every node. One small read per call; nothing on
     /// storage only this process writes.
     pub async fn refresh(&self) -> Result<(), Error> {
+        self.refresh_if(false).await
+    }
+
+    /// [`Vault::refresh`], and a full reload every [`REGISTRY_RELOAD_EVERY`]
+    /// whatever the epoch says (`periodic`): the epoch row carries no MAC,
+    /// and one held still would otherwise keep another node's revocation
+    /// from this one.
+    async fn refresh_if(&self, periodic: bool) -> Result<(), Error> {
         if !self.store.shared() {
             return Ok(());
         }
-        let Some(epoch) = self.store.registry_epoch().await? else {
-            return Ok(());
+        let epoch =
+            self.store
+                .registry_epoch()
+                .await?
+                .ok_or(Error::Store(StoreError::Corrupt {
+                    table: "registry_epoch",
+                    what: "the registry epoch is missing",
+                }))?;
+        let due = || {
+            periodic
+                && self
+                    .reloaded_at
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .elapsed()
+                    >= REGISTRY_RELOAD_EVERY
         };
-        if epoch <= self.epoch.load(Ordering::Acquire) {
+        // Any change, a step back included, means the rows may differ.
+        if epoch == self.epoch.load(Ordering::Acquire) && !due() {
             return Ok(());
         }
         let _one = self.reloading.lock().await;
-        if epoch <= self.epoch.load(Ordering::Acquire) {
+        if epoch == self.epoch.load(Ordering::Acquire) && !due() {
             return Ok(());
         }
         let keyring = load_keyring(self.store.as_ref(), &self.kek).await?;
         let namespaces = read_namespaces(self.store.as_ref()).await?;
         let clients = read_clients(self.store.as_ref()).await?;
+        self.refuse_rollback(&keyring, &clients)?;
         for ns in namespaces {
             self.namespaces.insert(ns);
         }
         *self.clients.write().unwrap_or_else(|e| e.into_inner()) = clients;
         *self.keyring.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keyring);
         self.epoch.store(epoch, Ordering::Release);
-        tracing::debug!(epoch, "registry read again after another node changed it");
+        *self.reloaded_at.lock().unwrap_or_else(|e| e.into_inner()) = std::time::Instant::now();
+        tracing::debug!(epoch, "registry read again");
         Ok(())
+    }
+
+    /// Row MACs prove a row was written by the vault, not that it is the
+    /// newest: rows put back from an older copy would un-revoke a client or
+    /// bring a retired keyset back. What this node has seen never goes back.
+    fn refuse_rollback(&self, keyring: &Keyring, clients: &ClientTable) -> Result<(), Error> {
+        let active = self.keyring().active.version();
+        if keyring.active.version() < active {
+            tracing::error!(
+                seen = active,
+                stored = keyring.active.version(),
+                "the stored active keyset is older than one this node used: refused"
+            );
+            return Err(Error::Store(StoreError::Tampered {
+                table: "meta",
+                row: format!("{:?}", "active_keyset"),
+            }));
+        }
+        let known = self.clients.read().unwrap_or_else(|e| e.into_inner()).all();
+        let now = clients.all();
+        for revoked in known.iter().filter(|c| c.revoked_at.is_some()) {
+            if now
+                .iter()
+                .any(|c| c.id == revoked.id && c.revoked_at.is_none())
+            {
+                tracing::error!(client_id = %revoked.id, "a client this node saw revoked is stored unrevoked: refused");
+                return Err(Error::Store(StoreError::Tampered {
+                    table: "clients",
+                    row: format!("{:?}", revoked.id),
+                }));
+            }
+        }
+        Ok(())
+    }
+
+    /// [`Vault::refresh`] for a key no client in memory has, at most once
+    /// every [`UNKNOWN_KEY_REFRESH_EVERY`]: a flood of made-up keys costs the
+    /// database one small read per interval, not one per request. A client
+    /// created on another node is therefore known here within that interval.
+    pub async fn refresh_for_unknown_key(&self) -> Result<(), Error> {
+        let recent = {
+            let mut last = self
+                .unknown_key_refresh
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let recent = last.is_some_and(|at| at.elapsed() < UNKNOWN_KEY_REFRESH_EVERY);
+            if !recent {
+                *last = Some(std::time::Instant::now());
+            }
+            recent
+        };
+        if recent {
+            // Joins a reload under way, so that callers arriving with a new
+            // client's key while it reads are not refused.
+            drop(self.reloading.lock().await);
+            return Ok(());
+        }
+        self.refresh().await
+    }
+
+    /// The health loop's once-a-second look: [`Vault::refresh`], and the
+    /// periodic full reload.
+    pub async fn refresh_periodically(&self) -> Result<(), Error> {
+        self.refresh_if(true).await
     }
 
     /// Whether other vault nodes share this one's storage.
     pub fn shares_storage(&self) -> bool {
         self.store.shared()
+    }
+
+    /// On storage other nodes share: if a checkpoint of the audit lanes is
+    /// due and this node holds the checkpoint lease, writes one (see
+    /// [`crate::audit::CHECKPOINT_RPC`]). One node writes them at a time;
+    /// another takes over when it stops renewing the lease.
+    pub async fn checkpoint_audit(&self) -> Result<(), Error> {
+        if !self.store.shared() {
+            return Ok(());
+        }
+        {
+            let last = self.checkpoint_at.lock().unwrap_or_else(|e| e.into_inner());
+            if last.is_some_and(|at| at.elapsed() < AUDIT_CHECKPOINT_EVERY) {
+                return Ok(());
+            }
+        }
+        *self.checkpoint_at.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(std::time::Instant::now());
+        let lease = self
+            .store
+            .acquire_lease("audit-checkpoint", &self.holder, AUDIT_CHECKPOINT_EVERY * 3)
+            .await?;
+        if lease.is_some() {
+            let version = self.keyring().active.version();
+            if self.audit.checkpoint(version).await? {
+                tracing::debug!("audit checkpoint written");
+            }
+        }
+        Ok(())
     }
 
     fn assemble(
@@ -535,6 +675,10 @@ impl Vault {
             limits: options.limits,
             epoch: std::sync::atomic::AtomicU64::new(0),
             reloading: tokio::sync::Mutex::new(()),
+            reloaded_at: std::sync::Mutex::new(std::time::Instant::now()),
+            unknown_key_refresh: std::sync::Mutex::new(None),
+            checkpoint_at: std::sync::Mutex::new(None),
+            holder: crate::store::holder_name(),
         }
     }
 
@@ -793,6 +937,11 @@ impl Vault {
     /// The head of the audit chain: its sequence number (0: empty).
     pub async fn audit_head_seq(&self) -> Result<u64, Error> {
         self.audit.head_seq().await
+    }
+
+    /// How many records the audit trail holds.
+    pub async fn audit_record_count(&self) -> Result<u64, Error> {
+        self.audit.record_count().await
     }
 
     /// The first sequence number whose record is at or after `since_ms`.
@@ -1124,6 +1273,8 @@ impl Vault {
                         )));
                     }
                     rounds_left += 1;
+                    // Another node's rotation: read the keysets it made.
+                    self.refresh().await?;
                     ring = self.keyring();
                     round = indexes
                         .into_iter()
@@ -1394,6 +1545,9 @@ impl Vault {
             });
         }
         if !stale.is_empty() {
+            // Sealed under a keyset this node has not read yet (another
+            // node's rotation), or one destroyed since the read.
+            self.refresh().await?;
             let ring = self.keyring();
             let tokens: Vec<&str> = stale.iter().map(|(_, p)| p.canonical.as_str()).collect();
             let rows = self.store.reverse_rows(ns.id, &tokens).await?;

@@ -48,7 +48,8 @@ pub mod store;
 mod unseal;
 
 pub use audit::{
-    AuditEvent, AuditRecord, AuditReport, DEFAULT_DISCLOSURES, Disclosure, TokenMark, decode_record,
+    AuditEvent, AuditRecord, AuditReport, CHECKPOINT_RPC, DEFAULT_DISCLOSURES, Disclosure,
+    TokenMark, decode_record,
 };
 pub use crypto::MasterKey;
 pub use engine::{Durability, ItemResult, Limits, Vault, VaultOptions, mask};

@@ -78,28 +78,11 @@ const LEASE_TTL: Duration = Duration::from_secs(15);
 /// How often a node without the lease, or a watcher, looks again.
 const LEASE_POLL: Duration = Duration::from_secs(2);
 
-/// `host:pid:random`.
-fn holder_name() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_default();
-    let mut random = [0u8; 4];
-    let _ = getrandom::fill(&mut random);
-    format!(
-        "{host}:{}:{}",
-        std::process::id(),
-        random
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>()
-    )
-}
-
 impl RotationState {
     fn new(max_rate: Option<u32>) -> Self {
         Self {
             max_rate: max_rate.filter(|&r| r > 0),
-            holder: holder_name(),
+            holder: crate::store::holder_name(),
             lease: Mutex::new(None),
             task: Mutex::new(None),
             watcher: Mutex::new(None),

@@ -511,3 +511,87 @@ async fn a_walk_beside_appends_finds_the_chain_intact() {
     assert_eq!((report.records, report.first_bad), (5400, None));
     close(vault);
 }
+
+/// On PostgreSQL, nodes append to lanes of their own; a checkpoint names
+/// every lane's head, so that a lane removed whole — records, disclosure
+/// entries and head — is found by `verify`, which a lane's own head could
+/// not do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lane_removed_whole_is_found_by_the_checkpoint_that_names_it() {
+    let server = match phivault_tests::postgres::Postgres::start() {
+        Ok(server) => server,
+        Err(why) if std::env::var_os("PHIVAULT_TESTS_WITHOUT_POSTGRES").is_some() => {
+            eprintln!("SKIPPED: {why}");
+            return;
+        }
+        Err(why) => panic!("{why} (PHIVAULT_TESTS_WITHOUT_POSTGRES=1 skips this test)"),
+    };
+    let target = phivault::store::postgres::PgTarget::parse(&server.create_database("vault"))
+        .expect("connection string");
+    let location = Location::Postgres(Box::new(target));
+    let vault = Arc::new(
+        Vault::init_at(&location, key_file(), VaultOptions::default())
+            .await
+            .expect("init"),
+    );
+    let token = vault
+        .tokenize("ssn", &["123-45-6789"])
+        .await
+        .expect("tokenize")
+        .remove(0)
+        .expect("token");
+    // Appends side by side spread over the node's lanes.
+    let mut appends = Vec::new();
+    for i in 0..64 {
+        let vault = Arc::clone(&vault);
+        let token = token.clone();
+        appends.push(tokio::spawn(async move {
+            let client = format!("c0ffee00000000{i:02x}");
+            let event = reveal(&vault, &client, "ssn", &[&token], false);
+            vault.audit(&event).await.expect("append")
+        }));
+    }
+    let mut ids = Vec::new();
+    for append in appends {
+        ids.push(append.await.expect("append task"));
+    }
+    let lanes: std::collections::BTreeSet<u64> = ids.iter().map(|id| id >> 40).collect();
+    assert!(
+        lanes.len() > 1,
+        "appends side by side use several lanes: {lanes:?}"
+    );
+    vault.checkpoint_audit().await.expect("checkpoint");
+    let report = vault.verify_audit().await.expect("verify");
+    assert!(report.is_intact(), "{report:?}");
+    assert_eq!(report.records, 65, "64 reveals and the checkpoint");
+    let disclosures = vault
+        .disclosures("ssn", &token, 0, 100)
+        .await
+        .expect("disclosures")
+        .0;
+    assert_eq!(disclosures.len(), 64, "reveals in every lane are found");
+    close(vault);
+
+    // Remove a lane that holds no checkpoint, as a database administrator
+    // could: its records, its disclosure entries and its head.
+    let lane = server.psql(
+        "vault",
+        "SELECT lane FROM phivault.audit GROUP BY lane \
+         HAVING bool_and(position(convert_to('phivault.audit/Checkpoint', 'UTF8') in record) = 0) \
+         ORDER BY lane LIMIT 1",
+    );
+    let lane = lane.trim();
+    assert!(!lane.is_empty(), "a lane without a checkpoint");
+    server.psql(
+        "vault",
+        &format!(
+            "DELETE FROM phivault.audit WHERE lane = {lane}; \
+             DELETE FROM phivault.disclosures WHERE lane = {lane}; \
+             DELETE FROM phivault.audit_lanes WHERE lane = {lane};"
+        ),
+    );
+    let report = verify_audit_at(&location).await.expect("verify");
+    let (id, why) = report.first_bad.expect("the removal is found");
+    assert_eq!((id >> 40).to_string(), lane, "{why}");
+    assert!(why.contains("checkpoint"), "{why}");
+}

@@ -6,7 +6,7 @@
 //! `phivault::store::create` from [`genesis`]: keyset version 1 active, no
 //! namespace.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -19,7 +19,7 @@ use phivault::store::schema::{
 use phivault::store::{
     ClientRow, Genesis, InsertOutcome, Inserted, Location, MappingRows, MasterChange, Moved,
     NewValues, NotStarted, PendingRecord, RotationStart, RowKey, Storage, StoreError, StoreOptions,
-    StoredRecord, chain_hash,
+    StoredRecord, chain_hash, lane_of, record_id, seq_of,
 };
 
 type Boxed<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -555,64 +555,84 @@ async fn audit_records_chain_in_order_and_index_their_disclosures() {
     each_backend(|name, h| {
         Box::pin(async move {
             let store = h.store.as_ref();
-            assert_eq!(store.audit_head().await.expect("head").seq, 0, "{name}");
-            let seqs = store
+            assert_eq!(records_on_record(store).await, 0, "{name}");
+            let first = store
                 .append_audit(vec![record("a", &[[1; 32]]), record("b", &[])])
                 .await
                 .expect("append");
-            assert_eq!(seqs, vec![1, 2], "{name}");
-            let seqs = store
+            // One call's records go to one lane, one after the other.
+            assert_eq!(first.len(), 2, "{name}");
+            assert_eq!(lane_of(first[0]), lane_of(first[1]), "{name}");
+            assert_eq!(first[1], first[0] + 1, "{name}");
+            let second = store
                 .append_audit(vec![record("c", &[[1; 32], [2; 32]])])
                 .await
                 .expect("append");
-            assert_eq!(seqs, vec![3], "{name}");
+            let ids = [first[0], first[1], second[0]];
+            let mut sorted = ids;
+            sorted.sort_unstable();
 
             let all = store.audit_after(0, 10).await.expect("audit_after");
             assert_eq!(
-                all.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(),
-                vec![1, 2, 3],
-                "{name}"
+                all.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+                sorted,
+                "{name}: in id order, lane by lane"
             );
-            let mut prev = [0u8; 32];
-            for ((seq, stored), body) in all.iter().zip(["a", "b", "c"]) {
+            // Every lane is a chain of its own from a zero hash; its head
+            // names its last record.
+            let bodies: HashMap<u64, &str> = ids.into_iter().zip(["a", "b", "c"]).collect();
+            let mut last: HashMap<u32, (u64, [u8; 32])> = HashMap::new();
+            for (id, stored) in &all {
                 let stored = StoredRecord::split(stored).expect("a stored record");
-                assert_eq!(stored.body, body.as_bytes(), "{name}");
+                assert_eq!(stored.body, bodies[id].as_bytes(), "{name}");
+                let (count, prev) = last.get(&lane_of(*id)).copied().unwrap_or((0, [0; 32]));
+                assert_eq!(seq_of(*id), count + 1, "{name}: lanes count from 1");
                 assert_eq!(
                     stored.prev, prev,
-                    "{name}: record {seq} links to the one before"
+                    "{name}: record {id} links to the one before"
                 );
                 let digest: [u8; 32] = sha256(stored.body);
                 assert_eq!(
-                    chain_hash(*seq, stored.time_ms, &prev, &digest),
+                    chain_hash(seq_of(*id), stored.time_ms, &prev, &digest),
                     stored.hash,
                     "{name}"
                 );
-                prev = stored.hash;
+                last.insert(lane_of(*id), (count + 1, stored.hash));
             }
-            let head = store.audit_head().await.expect("head");
-            assert_eq!((head.seq, head.hash), (3, prev), "{name}");
+            for (lane, head) in store.audit_heads().await.expect("heads") {
+                let (count, hash) = last.get(&lane).copied().unwrap_or((0, [0; 32]));
+                assert_eq!((head.seq, head.hash), (count, hash), "{name}: lane {lane}");
+            }
+            assert_eq!(records_on_record(store).await, 3, "{name}");
 
-            let after = store.audit_after(1, 1).await.expect("audit_after");
+            let after = store.audit_after(sorted[0], 1).await.expect("audit_after");
             assert_eq!(after.len(), 1, "{name}");
-            assert_eq!(after[0].0, 2, "{name}");
-            let picked = store.audit_entries(&[3, 9]).await.expect("entries");
-            assert_eq!(picked, vec![Some(all[2].1.clone()), None], "{name}");
+            assert_eq!(after[0].0, sorted[1], "{name}");
+            let missing = record_id(lane_of(ids[2]), 9);
+            let picked = store
+                .audit_entries(&[ids[2], missing])
+                .await
+                .expect("entries");
+            let third = all.iter().find(|(id, _)| *id == ids[2]).expect("third");
+            assert_eq!(picked, vec![Some(third.1.clone()), None], "{name}");
 
+            // In the order the records were appended, across lanes.
+            let marked = vec![ids[0], ids[2]];
             let one = store
                 .disclosures(&[1; 32], 0, 10)
                 .await
                 .expect("disclosures");
-            assert_eq!(one, vec![1, 3], "{name}");
+            assert_eq!(one, marked, "{name}");
             let paged = store
-                .disclosures(&[1; 32], 1, 10)
+                .disclosures(&[1; 32], marked[0], 10)
                 .await
                 .expect("disclosures");
-            assert_eq!(paged, vec![3], "{name}");
+            assert_eq!(paged, vec![marked[1]], "{name}");
             let two = store
                 .disclosures(&[2; 32], 0, 10)
                 .await
                 .expect("disclosures");
-            assert_eq!(two, vec![3], "{name}");
+            assert_eq!(two, vec![ids[2]], "{name}");
             let none = store
                 .disclosures(&[3; 32], 0, 10)
                 .await
@@ -626,6 +646,17 @@ async fn audit_records_chain_in_order_and_index_their_disclosures() {
 fn sha256(bytes: &[u8]) -> [u8; 32] {
     use sha2::Digest;
     sha2::Sha256::digest(bytes).into()
+}
+
+/// How many records every lane's head accounts for.
+async fn records_on_record(store: &dyn Storage) -> u64 {
+    store
+        .audit_heads()
+        .await
+        .expect("heads")
+        .iter()
+        .map(|(_, head)| head.seq)
+        .sum()
 }
 
 #[tokio::test]
@@ -671,7 +702,7 @@ async fn a_registry_change_and_its_audit_record_commit_together() {
             ];
             assert_eq!(rows, expected, "{name}");
             assert_eq!(
-                store.audit_head().await.expect("head").seq,
+                records_on_record(store).await,
                 1,
                 "{name}: only the change that happened is on record"
             );
@@ -723,7 +754,7 @@ async fn a_registry_change_and_its_audit_record_commit_together() {
                 "{name}"
             );
             assert_eq!(
-                store.audit_head().await.expect("head").seq,
+                records_on_record(store).await,
                 3,
                 "{name}: namespace, client and revocation records; none for refusals"
             );
@@ -813,7 +844,7 @@ async fn a_rotation_starts_once() {
                 Some(rotation_to(2)),
                 "{name}"
             );
-            assert_eq!(store.audit_head().await.expect("head").seq, 1, "{name}");
+            assert_eq!(records_on_record(store).await, 1, "{name}");
         })
     })
     .await;

@@ -233,6 +233,9 @@ fn read(
 struct Link {
     batches: mpsc::UnboundedSender<Batch>,
     answers: BatchResults,
+    /// Which of the client's endpoints it went to (its position), so that a
+    /// stream that ends early moves the client on from that node only.
+    position: usize,
 }
 
 impl Link {
@@ -245,31 +248,30 @@ impl Link {
             receiver.recv().await.map(|batch| (batch, receiver))
         });
         let in_flight = options.in_flight.max(1);
-        let answers = match options.direction {
-            Direction::Tokenize => client.tokenize_batches(outgoing, in_flight).await?,
+        // The stream goes to the endpoint the client uses now; when its node
+        // goes away, the client moves on, and the next `open` goes to the
+        // next endpoint.
+        let (answers, position) = match options.direction {
+            Direction::Tokenize => client.open_tokenize(outgoing, in_flight).await?,
             Direction::Detokenize { masked } => {
-                client
-                    .detokenize_batches(outgoing, masked, in_flight)
-                    .await?
+                client.open_detokenize(outgoing, masked, in_flight).await?
             }
         };
-        Ok(Self { batches, answers })
+        Ok(Self {
+            batches,
+            answers,
+            position,
+        })
     }
 }
 
-/// Whether the stream broke in a way a new stream can mend: the server
-/// shutting down or unreachable, or the connection dropped under the call
-/// (the transport reports that as `UNKNOWN` carrying the I/O error as its
-/// source, which a status sent by a server never has).
+/// Whether the stream broke in a way a new stream can mend: the node
+/// shutting down, restarting, without its database or unreachable, or the
+/// connection dropped under the call (the transport reports that as
+/// `UNKNOWN` or `CANCELLED` carrying the I/O error as its source, which a
+/// status sent by a server never has).
 fn retryable(error: &ClientError) -> bool {
-    match error {
-        ClientError::Status(status) => match status.code() {
-            Code::Unavailable | Code::Cancelled => true,
-            Code::Unknown => std::error::Error::source(status).is_some(),
-            _ => false,
-        },
-        _ => false,
-    }
+    crate::transport_failed(error)
 }
 
 struct Driver<'a> {
@@ -291,9 +293,13 @@ impl Driver<'_> {
         chunks: &mut mpsc::Receiver<Result<Chunk, BulkError>>,
         done: &mpsc::Sender<Pending>,
     ) -> Result<(), BulkError> {
-        let mut link = Link::open(self.client, self.options)
-            .await
-            .map_err(|e| self.refused(&e))?;
+        // A node that went away between `Client::connect` and here is
+        // passed over as one that goes away during the run is.
+        let mut link = match Link::open(self.client, self.options).await {
+            Ok(link) => link,
+            Err(e) if retryable(&e) => self.open_again().await?,
+            Err(e) => return Err(self.refused(&e)),
+        };
         let mut input_done = false;
         let mut input_error = None;
         loop {
@@ -422,12 +428,42 @@ impl Driver<'_> {
     }
 
     /// Opens a new stream, with backoff, and sends every unanswered batch
-    /// again, in order. Tokenizing is idempotent; a batch revealed twice is
-    /// audited twice, which is what happened.
+    /// again, in order, before any new one.
+    ///
+    /// The new stream goes to the client's next endpoint: the old one's node
+    /// went away (a stream that broke moved the client on already; one that
+    /// ended while batches were unanswered is a node shutting down, and
+    /// moves it on here), and while the next is out of reach too, each
+    /// attempt moves on again, round the list. The nodes are stateless over
+    /// one database, so every row still goes out exactly once, in order,
+    /// whichever node answers it:
+    ///
+    /// * Nothing is dropped. A batch leaves `unanswered` only when its
+    ///   answer arrives, and a stream answers in the order it was sent to,
+    ///   so the batches unanswered when a stream breaks are exactly those
+    ///   sent again, in their order, and the new stream's answers line up
+    ///   with them (`answered` pairs them first in, first out).
+    /// * Nothing is written twice. The old stream is dropped before anything
+    ///   is sent again, so no batch is answered on both; each answer fills
+    ///   its chunk's cells once, and the writer puts chunks out in order.
+    /// * A batch the old node committed but did not answer is tokenized
+    ///   again by the new one; tokens are deterministic, and the database
+    ///   the nodes share already holds the mapping, so the answer is the
+    ///   same token. (A namespace of random tokens gets fresh ones; the
+    ///   first were never delivered.) A batch revealed twice is audited
+    ///   twice, which is what happened.
     async fn reconnect(&mut self, broken: Link) -> Result<Link, BulkError> {
+        self.client.fail_over_from(broken.position);
         // Closing our side of the old stream first: a server shutting down
         // gracefully waits for its connections' streams to end.
         drop(broken);
+        self.open_again().await
+    }
+
+    /// Opens a new stream, with backoff, until one opens or `--retry-for`
+    /// passes without an answer, and sends every unanswered batch on it, in
+    /// order.
+    async fn open_again(&mut self) -> Result<Link, BulkError> {
         let mut backoff = FIRST_BACKOFF;
         loop {
             if self.last_answer.elapsed() > self.options.retry_for {

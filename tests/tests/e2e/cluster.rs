@@ -98,8 +98,7 @@ async fn three_nodes_serve_one_vault_as_one() {
     }
 
     // Revoked on node A: refused on the next call on B and C.
-    let (_, doomed_key) =
-        client_with(&admin_a, &nodes[0], "doomed", &["tokenize:mrn"]).await;
+    let (_, doomed_key) = client_with(&admin_a, &nodes[0], "doomed", &["tokenize:mrn"]).await;
     let doomed_b = connect(&nodes[1], Some(&doomed_key)).await;
     let doomed_c = connect(&nodes[2], Some(&doomed_key)).await;
     for doomed in [&doomed_b, &doomed_c] {
@@ -136,7 +135,10 @@ async fn three_nodes_serve_one_vault_as_one() {
             assert!(done < VALUES as u64 + 2, "A finished before it was killed");
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(60), "A never moved 1,000 mappings");
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "A never moved 1,000 mappings"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     nodes.remove(0).kill();
@@ -155,7 +157,11 @@ async fn three_nodes_serve_one_vault_as_one() {
     };
     assert_eq!(status.active_version, 2);
     for v in &status.versions {
-        let expected = if v.version == 2 { "active" } else { "destroyed" };
+        let expected = if v.version == 2 {
+            "active"
+        } else {
+            "destroyed"
+        };
         assert_eq!(v.state, expected, "{status:?}");
     }
     let data_c = connect(&nodes[1], Some(&key)).await;

@@ -12,6 +12,7 @@ mod audit;
 mod bulk;
 mod client_safety;
 mod cluster;
+mod failover;
 mod hardening;
 mod keys;
 

@@ -384,6 +384,15 @@ fn resolve(args: ServeArgs) -> anyhow::Result<ServeArgs> {
     if !resolved.dev && resolved.store.data_dir.is_none() && resolved.store.store.is_none() {
         bail!("no vault: pass --data-dir or --store, set one in --config, or use --dev");
     }
+    if let Some(store) = &resolved.store.store
+        && PgTarget::looks_like(store)
+        && PgTarget::parse(store).is_ok_and(|target| target.has_password())
+    {
+        // Refused before anything prints it (`--check-config`).
+        bail!(
+            "the PostgreSQL connection string holds a password: put it in --store-password-file or PHIVAULT_STORE_PASSWORD"
+        );
+    }
     if resolved.store.data_dir.is_some() && resolved.store.store.is_some() {
         bail!(
             "give a data directory or a store, not both (one may come from --config or PHIVAULT_*)"
@@ -919,7 +928,7 @@ async fn print_status(vault: &Vault, json: bool) -> anyhow::Result<()> {
     use phivault::server::convert;
     use phivault_proto::render;
     let keys = convert::key_status(&vault.key_status().await?);
-    let audit_records = vault.audit_head_seq().await?;
+    let audit_records = vault.audit_record_count().await?;
     let namespaces: Vec<_> = vault.namespaces().iter().map(convert::namespace).collect();
     let clients: Vec<_> = vault.clients().iter().map(convert::client).collect();
     let mut text = String::new();

@@ -91,14 +91,17 @@ fn namespace(namespace: impl Into<String>) -> AuditEvent {
     }
 }
 
-/// Where an export stands: the vault, the last sequence number sent, and the
-/// head it stops at (read when the first chunk is).
-type ExportState = (Arc<Vault>, u64, Option<u64>);
+/// Where an export stands: the vault, the last record id read, the record
+/// it stops at (read when the first chunk is), and the time before which
+/// records are left out.
+type ExportState = (Arc<Vault>, u64, Option<u64>, u64);
 type RecordChunk = stream::Iter<std::vec::IntoIter<Result<pb::AuditRecord, Status>>>;
 
-/// The next chunk of an export, read off the async workers.
+/// The next chunk of an export, read off the async workers. Records read
+/// lane by lane (on the embedded store, one lane: in order), so a lane after
+/// the first may hold records older than `--since`: they are left out here.
 async fn export_chunk(
-    (vault, after, up_to): ExportState,
+    (vault, after, up_to, since_ms): ExportState,
 ) -> Result<Option<(RecordChunk, ExportState)>, Status> {
     let up_to = match up_to {
         Some(seq) => seq,
@@ -111,9 +114,15 @@ async fn export_chunk(
     let Some(last) = chunk.last().map(|r| r.seq) else {
         return Ok(None);
     };
-    let messages: Vec<Result<pb::AuditRecord, Status>> =
-        chunk.iter().map(|r| Ok(convert::audit_record(r))).collect();
-    Ok(Some((stream::iter(messages), (vault, last, Some(up_to)))))
+    let messages: Vec<Result<pb::AuditRecord, Status>> = chunk
+        .iter()
+        .filter(|r| r.time_ms >= since_ms)
+        .map(|r| Ok(convert::audit_record(r)))
+        .collect();
+    Ok(Some((
+        stream::iter(messages),
+        (vault, last, Some(up_to), since_ms),
+    )))
 }
 
 type RecordStream = std::pin::Pin<Box<dyn Stream<Item = Result<pb::AuditRecord, Status>> + Send>>;
@@ -323,7 +332,8 @@ impl Admin for AdminService {
                 .map_err(Status::from),
         };
         let result = start.map(|after| {
-            let records = stream::try_unfold((vault, after, None), export_chunk).try_flatten();
+            let records = stream::try_unfold((vault, after, None, request.since_ms), export_chunk)
+                .try_flatten();
             Box::pin(records) as RecordStream
         });
         self.end(call, AuditEvent::default(), result).await

@@ -206,7 +206,8 @@ const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 /// heals by itself, and restarting it would not bring the disk back. A
 /// writer that has ended while serving cannot heal: the process exits so
 /// that its supervisor restarts it. On storage shared with other nodes, it
-/// also reads the registry again once a second when another node changed it.
+/// also reads the registry again once a second when another node changed it,
+/// and writes the audit lanes' checkpoints when this node holds their lease.
 async fn watch_write_path(vault: Arc<Vault>, health: tonic_health::server::HealthReporter) {
     let mut serving = true;
     let mut ticks = tokio::time::interval(HEALTH_INTERVAL);
@@ -214,10 +215,13 @@ async fn watch_write_path(vault: Arc<Vault>, health: tonic_health::server::Healt
         ticks.tick().await;
         // A node without calls still follows the registry other nodes
         // change, so that it can take a rotation over with the new keyset.
-        if vault.shares_storage()
-            && let Err(e) = vault.refresh().await
-        {
-            tracing::warn!(error = %e, "cannot read the registry's epoch");
+        if vault.shares_storage() {
+            if let Err(e) = vault.refresh_periodically().await {
+                tracing::warn!(error = %e, "cannot read the registry's epoch");
+            }
+            if let Err(e) = vault.checkpoint_audit().await {
+                tracing::warn!(error = %e, "cannot write an audit checkpoint");
+            }
         }
         let mut healthy = vault.write_path_healthy();
         if !healthy {

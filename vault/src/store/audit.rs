@@ -5,6 +5,14 @@
 //! digest on the request task. What storage does is link it to the head of
 //! its chain, store it with its disclosure index entries, and move the head,
 //! in the same commit as the state change it describes when there is one.
+//!
+//! Records sit in lanes: chains of their own, each with its head, so that
+//! many writers never wait on one head (DESIGN.md §9). The embedded store,
+//! one writer, keeps everything in lane 0; the PostgreSQL backend gives each
+//! node lanes of its own. A record is named by one number, its lane in the
+//! high bits and its place in the lane's chain in the low ones
+//! ([`record_id`]), so that records read in lane order and, on one lane, a
+//! record's id is its sequence number.
 
 use sha2::{Digest, Sha256};
 
@@ -60,6 +68,24 @@ impl PendingRecord {
     }
 }
 
+/// Bits of a record id that hold its sequence number in its lane.
+pub const LANE_SHIFT: u32 = 40;
+
+/// The id of record `seq` of `lane`.
+pub fn record_id(lane: u32, seq: u64) -> u64 {
+    (u64::from(lane) << LANE_SHIFT) | (seq & ((1 << LANE_SHIFT) - 1))
+}
+
+/// The lane of a record id.
+pub fn lane_of(id: u64) -> u32 {
+    u32::try_from(id >> LANE_SHIFT).unwrap_or(u32::MAX)
+}
+
+/// The sequence number in its lane of a record id.
+pub fn seq_of(id: u64) -> u64 {
+    id & ((1 << LANE_SHIFT) - 1)
+}
+
 /// `hash(n) = SHA-256(label ‖ n ‖ time ‖ prev ‖ SHA-256(body))`.
 pub fn chain_hash(seq: u64, time_ms: u64, prev: &[u8; 32], body_digest: &[u8; 32]) -> [u8; 32] {
     let mut hash = Sha256::new();
@@ -75,7 +101,7 @@ pub fn chain_hash(seq: u64, time_ms: u64, prev: &[u8; 32], body_digest: &[u8; 32
 pub struct StoredRecord<'a> {
     /// Milliseconds since the Unix epoch.
     pub time_ms: u64,
-    /// The hash of the record before it.
+    /// The hash of the record before it in its lane.
     pub prev: [u8; 32],
     /// Its own hash.
     pub hash: [u8; 32],
@@ -104,20 +130,21 @@ impl<'a> StoredRecord<'a> {
 
 /// The audit operations of a backend.
 pub trait AuditStore: Send + Sync {
-    /// Appends `records`, in order, in one commit, and returns their
-    /// sequence numbers once the commit is durable.
+    /// Appends `records`, in order, in one commit, to one lane, and returns
+    /// their ids once the commit is durable.
     fn append_audit(&self, records: Vec<PendingRecord>) -> StoreFuture<'_, Vec<u64>>;
 
-    /// The head of the chain (all zero before the first record, or when
-    /// the head is missing: `verify` reports records beyond it).
-    fn audit_head(&self) -> StoreFuture<'_, AuditHead>;
+    /// The head of every lane, by lane (all zero before a lane's first
+    /// record, or when its head is missing: `verify` reports records beyond
+    /// it).
+    fn audit_heads(&self) -> StoreFuture<'_, Vec<(u32, AuditHead)>>;
 
-    /// Up to `limit` stored records after sequence number `after` (from the
-    /// first when 0), in order.
+    /// Up to `limit` stored records after id `after` (from the first when
+    /// 0), in id order: lane by lane, each in sequence.
     fn audit_after(&self, after: u64, limit: usize) -> StoreFuture<'_, Vec<(u64, Vec<u8>)>>;
 
-    /// The stored records of `seqs`, in order.
-    fn audit_entries<'a>(&'a self, seqs: &'a [u64]) -> StoreFuture<'a, Vec<Option<Vec<u8>>>>;
+    /// The stored records of `ids`, in order.
+    fn audit_entries<'a>(&'a self, ids: &'a [u64]) -> StoreFuture<'a, Vec<Option<Vec<u8>>>>;
 
     /// The audit key's row ([`AuditKeyRow`](super::schema::AuditKeyRow)),
     /// wrapped under the KEK.
@@ -127,13 +154,32 @@ pub trait AuditStore: Send + Sync {
     /// written) if there is one.
     fn create_audit_key(&self, row: Vec<u8>) -> StoreFuture<'_, bool>;
 
-    /// Sequence numbers of the records that revealed the token marked
-    /// `mark`, in order, after `after` (from the first when 0), at most
-    /// `limit`.
+    /// Ids of the records that revealed the token marked `mark`, in the
+    /// order they were appended, after the record `after` (from the first
+    /// when 0), at most `limit`.
     fn disclosures<'a>(
         &'a self,
         mark: &'a [u8; 32],
         after: u64,
         limit: usize,
     ) -> StoreFuture<'a, Vec<u64>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_id_holds_its_lane_and_sequence_number() {
+        assert_eq!(record_id(0, 7), 7);
+        for (lane, seq) in [
+            (0, 1),
+            (3, 42),
+            (u32::from(u16::MAX), (1 << LANE_SHIFT) - 1),
+        ] {
+            let id = record_id(lane, seq);
+            assert_eq!((lane_of(id), seq_of(id)), (lane, seq));
+        }
+        assert!(record_id(1, 1) > record_id(0, 1 << 30));
+    }
 }

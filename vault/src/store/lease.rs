@@ -34,3 +34,16 @@ pub trait LeaseStore: Send + Sync {
     /// Gives the lease up, if `lease` still is it.
     fn release_lease<'a>(&'a self, lease: &'a Lease) -> StoreFuture<'a, ()>;
 }
+
+/// A name for this process as a lease holder: host, process id and a random
+/// part, so that a restarted process is a new holder whose grants raise the
+/// fence.
+pub fn holder_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default();
+    let mut random = [0u8; 4];
+    let _ = getrandom::fill(&mut random);
+    let random: String = random.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{host}:{}:{random}", std::process::id())
+}

@@ -24,8 +24,10 @@ pub mod rocks;
 mod rotation;
 pub mod schema;
 
-pub use audit::{AuditStore, PendingRecord, StoredRecord, chain_hash};
-pub use lease::{Lease, LeaseStore};
+pub use audit::{
+    AuditStore, LANE_SHIFT, PendingRecord, StoredRecord, chain_hash, lane_of, record_id, seq_of,
+};
+pub use lease::{Lease, LeaseStore, holder_name};
 pub use lifecycle::{BATCH_BUCKETS, BackupFinish, ForwardRow, Lifecycle, WriterStats};
 pub use mappings::{InsertOutcome, Inserted, MappingRows, MappingStore, NewValues, StoreFuture};
 pub use meta::{

@@ -19,7 +19,11 @@ use crate::store::{StoreError, StoreFuture};
 /// the forward entry alike, waiting for a concurrent insert of either to
 /// commit; a skipped row lost a race or collided, which the caller tells
 /// apart by looking the value up.
-const INSERT: &str = "\
+///
+/// Parameters: namespace id, keyset version, the active keyset row as
+/// stored, then tokens, reverse rows, blind indexes and forward entries as
+/// arrays. Public so that the benchmark can drive the same statement bare.
+pub const INSERT: &str = "\
     WITH active AS ( \
         SELECT value FROM phivault.meta WHERE name = 'active_keyset' FOR SHARE \
     ), inserted AS ( \

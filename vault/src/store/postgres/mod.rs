@@ -42,6 +42,7 @@ use super::integrity::RowMac;
 use super::lifecycle::{BackupFinish, ForwardRow, Lifecycle, WriterStats};
 use super::meta::{Genesis, MasterChange, MasterRecord, MetaStore, RowKey};
 use super::{Lease, LeaseStore, StoreError, StoreFuture, schema as rows};
+pub use mappings::INSERT as INSERT_MAPPINGS;
 pub use target::{PgTarget, PgTls, TargetError};
 
 /// `meta` rows, named as the RocksDB backend names them so that a row's
@@ -76,10 +77,10 @@ struct Inner {
     target: PgTarget,
     /// Tags protected rows once the vault is unsealed.
     mac: RwLock<Option<Arc<RowMac>>>,
-    /// The audit lane this node appends to, and its head as this node last
-    /// committed it (`None`: read it first). Held across an append, so that
-    /// the head moves only after its commit.
-    lane: tokio::sync::Mutex<Option<rows::AuditHead>>,
+    /// The audit lanes this node appends to, claimed on the first append.
+    lanes: tokio::sync::OnceCell<audit::Lanes>,
+    /// This process's name on leases: host, process id and a random part.
+    holder: String,
     stats: Mutex<WriterStats>,
     /// Whether the last write reached the database.
     healthy: AtomicBool,
@@ -110,14 +111,23 @@ impl From<StoreError> for Fail {
 /// the server's message, never its `DETAIL`, which quotes key values (a
 /// token, a blind index).
 fn pg_error(e: &tokio_postgres::Error) -> StoreError {
+    StoreError::Unavailable(pg_reason(e))
+}
+
+/// PostgreSQL's reason for `e`, with the cause of a failed connection (a
+/// refused port, a TLS failure), never a `DETAIL`.
+fn pg_reason(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
-        Some(db) => StoreError::Unavailable(format!(
+        Some(db) => format!(
             "PostgreSQL refused an operation ({}): {}",
             db.code().code(),
             db.message()
-        )),
-        None if e.is_closed() => StoreError::Unavailable("the PostgreSQL connection closed".into()),
-        None => StoreError::Unavailable(format!("PostgreSQL: {e}")),
+        ),
+        None if e.is_closed() => "the PostgreSQL connection closed".into(),
+        None => match std::error::Error::source(e) {
+            Some(cause) if e.as_db_error().is_none() => format!("PostgreSQL: {e}: {cause}"),
+            _ => format!("PostgreSQL: {e}"),
+        },
     }
 }
 
@@ -182,7 +192,11 @@ impl PgStore {
     fn new(target: &PgTarget, read_only: bool) -> Result<Self, StoreError> {
         let mut config = target.config.clone();
         if read_only {
+            // Writes are refused by the server; any member will do, a
+            // standby included (a multi-host string asking for a read-write
+            // session would refuse every member of a read-only session).
             config.options("-c default_transaction_read_only=on");
+            config.target_session_attrs(tokio_postgres::config::TargetSessionAttrs::Any);
         }
         let manager_config = ManagerConfig {
             // A connection broken by a failover is dropped when an operation
@@ -210,7 +224,8 @@ impl PgStore {
                 pool,
                 target: target.clone(),
                 mac: RwLock::new(None),
-                lane: tokio::sync::Mutex::new(None),
+                lanes: tokio::sync::OnceCell::new(),
+                holder: super::holder_name(),
                 stats: Mutex::new(WriterStats::default()),
                 healthy: AtomicBool::new(true),
                 closed: AtomicBool::new(false),
@@ -405,7 +420,7 @@ impl PgStore {
             }
             tx.execute(
                 "INSERT INTO phivault.audit_lanes (lane, head) VALUES (0, $1)",
-                &[&self.seal_head(&rows::AuditHead::default())],
+                &[&self.seal_head(0, &rows::AuditHead::default())],
             )
             .await?;
             tx.commit().await?;
@@ -457,8 +472,12 @@ impl PgStore {
         self.seal("keys", &rows::u32_bytes(version), row)
     }
 
-    pub(super) fn seal_head(&self, head: &rows::AuditHead) -> Vec<u8> {
-        self.seal("audit_lanes", &rows::u32_bytes(0), &head.encode())
+    pub(super) fn seal_head(&self, lane: i32, head: &rows::AuditHead) -> Vec<u8> {
+        self.seal(
+            "audit_lanes",
+            &rows::u32_bytes(i32_to_u32(lane)),
+            &head.encode(),
+        )
     }
 
     /// A `meta` row's value, its tag checked if it carries one.
@@ -623,7 +642,11 @@ impl Inner {
         }
         self.pool.get().await.map_err(|e| {
             self.healthy.store(false, Ordering::Release);
-            StoreError::Unavailable(format!("cannot reach PostgreSQL at {}: {e}", self.target))
+            let why = match &e {
+                deadpool_postgres::PoolError::Backend(pg) => pg_reason(pg),
+                other => other.to_string(),
+            };
+            StoreError::Unavailable(format!("cannot reach PostgreSQL at {}: {why}", self.target))
         })
     }
 

@@ -3,6 +3,7 @@
 
 use deadpool_postgres::Transaction;
 
+use super::audit::Lane;
 use super::{Fail, PgStore, names};
 use crate::store::audit::PendingRecord;
 use crate::store::registry::{ClientRow, NamespaceRow, RegistryStore};
@@ -20,13 +21,13 @@ impl PgStore {
     pub(super) async fn commit_with(
         &self,
         tx: Transaction<'_>,
-        head: Option<AuditHead>,
+        lane: &Lane,
         audit: Option<&PendingRecord>,
     ) -> Result<Option<AuditHead>, Fail> {
         tx.execute(super::schema::RAISE_EPOCH, &[]).await?;
         let moved = match audit {
             Some(record) => Some(
-                self.append_on(&tx, head, std::slice::from_ref(record))
+                self.append_on(&tx, lane, std::slice::from_ref(record))
                     .await?
                     .1,
             ),
@@ -40,19 +41,19 @@ impl PgStore {
     /// failed (its outcome may be unknown).
     pub(super) fn keep_head<T>(
         &self,
-        lane: &mut Option<AuditHead>,
+        lane: &mut Lane,
         result: Result<Committed<T>, Fail>,
     ) -> Result<T, Fail> {
         self.inner.committed(result.is_ok());
         match result {
             Ok((value, moved)) => {
                 if moved.is_some() {
-                    *lane = moved;
+                    lane.head = moved;
                 }
                 Ok(value)
             }
             Err(e) => {
-                *lane = None;
+                lane.head = None;
                 Err(e)
             }
         }
@@ -122,7 +123,7 @@ impl RegistryStore for PgStore {
         audit: Option<PendingRecord>,
     ) -> StoreFuture<'_, Option<u32>> {
         Box::pin(async move {
-            let mut lane = self.inner.lane.lock().await;
+            let mut lane = self.lane().await?;
             let mut client = self.inner.client().await?;
             let done = async {
                 let tx = client.transaction().await?;
@@ -166,7 +167,7 @@ impl RegistryStore for PgStore {
                     &[&name, &self.seal("namespaces", name.as_bytes(), &row(id))],
                 )
                 .await?;
-                let moved = self.commit_with(tx, *lane, audit.as_ref()).await?;
+                let moved = self.commit_with(tx, &lane, audit.as_ref()).await?;
                 Ok((Some(id), moved))
             }
             .await;
@@ -183,7 +184,7 @@ impl RegistryStore for PgStore {
     ) -> StoreFuture<'_, bool> {
         Box::pin(async move {
             let sealed = self.seal("clients", id.as_bytes(), &encode_client(&row)?);
-            let mut lane = self.inner.lane.lock().await;
+            let mut lane = self.lane().await?;
             let mut client = self.inner.client().await?;
             let done = async {
                 let tx = client.transaction().await?;
@@ -196,7 +197,7 @@ impl RegistryStore for PgStore {
                 if created == 0 {
                     return Ok((false, None));
                 }
-                let moved = self.commit_with(tx, *lane, audit.as_ref()).await?;
+                let moved = self.commit_with(tx, &lane, audit.as_ref()).await?;
                 Ok((true, moved))
             }
             .await;
@@ -212,7 +213,7 @@ impl RegistryStore for PgStore {
         audit: Option<PendingRecord>,
     ) -> StoreFuture<'_, Option<ClientRow>> {
         Box::pin(async move {
-            let mut lane = self.inner.lane.lock().await;
+            let mut lane = self.lane().await?;
             let mut client = self.inner.client().await?;
             let done = async {
                 let tx = client.transaction().await?;
@@ -236,7 +237,7 @@ impl RegistryStore for PgStore {
                     ],
                 )
                 .await?;
-                let moved = self.commit_with(tx, *lane, audit.as_ref()).await?;
+                let moved = self.commit_with(tx, &lane, audit.as_ref()).await?;
                 Ok((Some(row), moved))
             }
             .await;

@@ -117,7 +117,7 @@ impl RotationStore for PgStore {
         on_commit: OnCommit,
     ) -> StoreFuture<'_, Result<u32, NotStarted>> {
         Box::pin(async move {
-            let mut lane = self.inner.lane.lock().await;
+            let mut lane = self.lane().await?;
             let mut client = self.inner.client().await?;
             let done: Result<Committed<Result<u32, NotStarted>>, Fail> = async {
                 let tx = client.transaction().await?;
@@ -191,7 +191,7 @@ impl RotationStore for PgStore {
                     &[&names::ROTATION, &self.sealed_rotation(&start.record)],
                 )
                 .await?;
-                let moved = self.commit_with(tx, *lane, audit.as_ref()).await?;
+                let moved = self.commit_with(tx, &lane, audit.as_ref()).await?;
                 Ok((Ok(previous), moved))
             }
             .await;

@@ -88,6 +88,13 @@ pub(super) const MIGRATIONS: &[&str] = &[
     );
     INSERT INTO phivault.registry_epoch (epoch) VALUES (1);
     ",
+    // 3: disclosures list oldest first across lanes: each entry takes a
+    // number from one sequence as it is written, in the order appends reach
+    // the database.
+    r"
+    ALTER TABLE phivault.disclosures ADD COLUMN ord bigint GENERATED ALWAYS AS IDENTITY;
+    CREATE INDEX disclosures_in_order ON phivault.disclosures (mark, ord);
+    ",
 ];
 
 /// Raises the registry's epoch, in the transaction of the change.

@@ -51,9 +51,11 @@ pub const DEFAULT_POOL_SIZE: usize = 16;
 /// (a connection string may carry a password).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TargetError {
-    /// `tokio-postgres` could not read it.
-    #[error("invalid PostgreSQL connection string: {0}")]
-    Invalid(String),
+    /// Not a connection string `tokio-postgres` reads.
+    #[error(
+        "invalid PostgreSQL connection string: expected postgres://user@host[,host…][:port]/database?… or host=… dbname=… pairs (values with spaces in single quotes)"
+    )]
+    Invalid,
     /// An `sslmode` that would leave the connection open to an attacker.
     #[error(
         "sslmode={0} is not accepted: use sslmode=verify-full with sslrootcert=<CA file>, or sslmode=disable for a server on this machine"
@@ -92,15 +94,20 @@ impl PgTarget {
     /// machine is reached in plaintext and any other with `verify-full`.
     pub fn parse(text: &str) -> Result<Self, TargetError> {
         let (rest, sslmode, root_cert) = split_tls_settings(text);
-        let mut config = tokio_postgres::Config::from_str(&rest)
-            .map_err(|e| TargetError::Invalid(e.to_string()))?;
+        // The parser's own words may quote part of the string (a password
+        // written without quotes): not repeated.
+        let mut config =
+            tokio_postgres::Config::from_str(&rest).map_err(|_| TargetError::Invalid)?;
         if config.get_hosts().is_empty() {
             return Err(TargetError::NoHost);
         }
         let Some(dbname) = config.get_dbname().map(str::to_owned) else {
             return Err(TargetError::NoDatabase);
         };
-        let local = config.get_hosts().iter().all(is_local);
+        // `hostaddr` is where tokio-postgres connects when given: it must be
+        // on this machine too for plaintext.
+        let local = config.get_hosts().iter().all(is_local)
+            && config.get_hostaddrs().iter().all(|ip| ip.is_loopback());
         let tls = match sslmode.as_deref() {
             None if local => PgTls::Disable,
             Some("disable") if local => PgTls::Disable,
@@ -337,6 +344,23 @@ mod tests {
             .map(|_| ())
             .expect_err("unknown option");
         assert!(!refused.to_string().contains("s3cret"));
+        let unquoted = PgTarget::parse("host=127.0.0.1 dbname=v password=ab c=d")
+            .map(|_| ())
+            .expect_err("unknown option c");
+        assert_eq!(unquoted, TargetError::Invalid);
+    }
+
+    #[test]
+    fn a_loopback_name_over_a_remote_address_is_not_local() {
+        assert_eq!(
+            PgTarget::parse("host=localhost hostaddr=10.0.0.5 dbname=v").map(|_| ()),
+            Err(TargetError::NoRootCert)
+        );
+        assert_eq!(
+            PgTarget::parse("host=localhost hostaddr=10.0.0.5 dbname=v sslmode=disable")
+                .map(|_| ()),
+            Err(TargetError::PlaintextOffHost)
+        );
     }
 
     #[test]

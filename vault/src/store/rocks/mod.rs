@@ -579,10 +579,11 @@ impl AuditStore for Store {
         Box::pin(self.write(move |txn| records.iter().map(|r| append_audit(txn, r)).collect()))
     }
 
-    fn audit_head(&self) -> StoreFuture<'_, schema::AuditHead> {
-        Box::pin(std::future::ready(read_audit_head(
-            self.get(Cf::Meta, keys::META_AUDIT_HEAD),
-        )))
+    fn audit_heads(&self) -> StoreFuture<'_, Vec<(u32, schema::AuditHead)>> {
+        // One writer, one lane: record ids are sequence numbers.
+        Box::pin(std::future::ready(
+            read_audit_head(self.get(Cf::Meta, keys::META_AUDIT_HEAD)).map(|head| vec![(0, head)]),
+        ))
     }
 
     fn audit_after(&self, after: u64, limit: usize) -> StoreFuture<'_, Vec<(u64, Vec<u8>)>> {
