@@ -12,7 +12,7 @@ pub(crate) struct ServeProcess {
     pub(crate) addr: SocketAddr,
     /// The admin client's API key.
     pub(crate) admin_key: String,
-    _dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl ServeProcess {
@@ -39,11 +39,34 @@ impl ServeProcess {
             .status()
             .expect("init");
         assert!(status.success());
+        let admin_key = std::fs::read_to_string(admin)
+            .expect("admin key")
+            .trim()
+            .to_owned();
+        let mut serving = Self::serve(
+            &["--data-dir", data.to_str().expect("utf-8 path")],
+            &key,
+            admin_key,
+            env,
+        );
+        serving._dir = Some(dir);
+        serving
+    }
+
+    /// Serves a vault initialised already: `vault` names it (`--data-dir
+    /// DIR` or `--store STRING`), `key` is its master key file.
+    pub(crate) fn serve(
+        vault: &[&str],
+        key: &std::path::Path,
+        admin_key: String,
+        env: &[(&str, &str)],
+    ) -> Self {
+        let bin = env!("CARGO_BIN_EXE_phivault");
         let mut child = Command::new(bin)
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(&data)
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(vault)
             .arg("--master-key-file")
-            .arg(&key)
+            .arg(key)
             .env("PHIVAULT_LOG", "warn")
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
@@ -58,15 +81,11 @@ impl ServeProcess {
                     .and_then(|a| a.parse().ok())
             })
             .expect("readiness line");
-        let admin_key = std::fs::read_to_string(admin)
-            .expect("admin key")
-            .trim()
-            .to_owned();
         Self {
             child,
             addr,
             admin_key,
-            _dir: dir,
+            _dir: None,
         }
     }
 }

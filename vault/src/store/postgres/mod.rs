@@ -700,6 +700,23 @@ impl Inner {
         }
     }
 
+    /// Counts a commit that carried `jobs` operations.
+    pub(super) fn committed_group(&self, jobs: usize, ok: bool) {
+        let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+        if ok {
+            stats.commits += 1;
+            stats.jobs += jobs as u64;
+            let bucket = super::BATCH_BUCKETS
+                .iter()
+                .position(|&b| jobs as u64 <= b)
+                .unwrap_or(super::BATCH_BUCKETS.len() - 1);
+            stats.batches[bucket] += 1;
+            self.healthy.store(true, Ordering::Release);
+        } else {
+            stats.failed_commits += 1;
+        }
+    }
+
     /// Runs one writing statement and returns its rows.
     pub(super) async fn write(
         &self,

@@ -1,0 +1,354 @@
+//! The vault on PostgreSQL (DESIGN.md §9), against what it sits on, all in
+//! one run: a Patroni cluster of a leader and a synchronous standby on this
+//! machine (every commit waits for the standby, so commit latency is a lower
+//! bound of a real deployment's), the real `phivault serve` on it, one node
+//! then two, and the embedded RocksDB vault.
+//!
+//! * New values tokenized in batches of 1,000 by `WRITERS` concurrent
+//!   callers: the vault on PostgreSQL against (a) a bare client driving the
+//!   vault's own insert statement with the same crypto (blind index, sealed
+//!   row, bound forward entry) over as many connections, the limit the vault
+//!   sits on, and (b) the vault on RocksDB.
+//! * Unary `Detokenize` of one token at 32 callers: requests/s, p50, p99,
+//!   against the RocksDB vault.
+//!
+//! `make bench` (or `cargo bench -p phivault --bench postgres`).
+//! `PHIVAULT_BENCH_SECONDS` sets each measurement's length (default 10).
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use phivault::crypto::Keyset;
+use phivault::store::postgres::INSERT_MAPPINGS;
+use phivault::store::schema::ForwardKey;
+use phivault_client::{Client, ClientOptions};
+
+mod support;
+use support::ServeProcess;
+
+/// Concurrent callers writing new values.
+const WRITERS: usize = 4;
+/// Values per tokenize call (and per bare statement).
+const BATCH: usize = 1000;
+/// Concurrent unary detokenize callers.
+const CALLERS: usize = 32;
+/// The `ssn` namespace's id in a new vault (the default namespaces in order).
+const SSN: u32 = 1;
+
+/// A source of values never tokenized before, shared by every caller.
+struct Fresh(AtomicU64);
+
+impl Fresh {
+    fn batch(&self) -> Vec<String> {
+        let first = self.0.fetch_add(BATCH as u64, Ordering::Relaxed);
+        (first..first + BATCH as u64)
+            .map(|n| {
+                format!(
+                    "{:03}-{:02}-{:04}",
+                    100 + n / 1_000_000 % 800,
+                    n / 10_000 % 100,
+                    n % 10_000
+                )
+            })
+            .collect()
+    }
+}
+
+/// Values/s of `seconds` of `WRITERS` callers, each calling `one` with a
+/// fresh batch in a loop.
+async fn new_values_rate<F, Fut>(seconds: f64, one: F) -> f64
+where
+    F: Fn(usize, Vec<String>) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let fresh = Arc::new(Fresh(AtomicU64::new(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64 % 1_000_000_000),
+    )));
+    let one = Arc::new(one);
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..WRITERS)
+        .map(|writer| {
+            let (fresh, one) = (Arc::clone(&fresh), Arc::clone(&one));
+            tokio::spawn(async move {
+                let mut done = 0usize;
+                while Instant::now() < deadline {
+                    one(writer, fresh.batch()).await;
+                    done += BATCH;
+                }
+                done
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for task in tasks {
+        total += task.await.expect("writer");
+    }
+    total as f64 / started.elapsed().as_secs_f64()
+}
+
+/// Unary detokenize of one token by `CALLERS` callers: rate, p50, p99.
+async fn detokenize_latency(
+    client: Client,
+    token: String,
+    seconds: f64,
+) -> (f64, Duration, Duration) {
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..CALLERS)
+        .map(|_| {
+            let (client, token) = (client.clone(), token.clone());
+            tokio::spawn(async move {
+                let mut samples = Vec::new();
+                while Instant::now() < deadline {
+                    let t = Instant::now();
+                    let shown = client
+                        .detokenize("ssn", vec![token.clone()], false)
+                        .await
+                        .expect("detokenize");
+                    assert!(shown[0].is_ok());
+                    samples.push(t.elapsed());
+                }
+                samples
+            })
+        })
+        .collect();
+    let mut samples = Vec::new();
+    for task in tasks {
+        samples.extend(task.await.expect("caller"));
+    }
+    let rate = samples.len() as f64 / started.elapsed().as_secs_f64();
+    samples.sort();
+    let at = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)];
+    (rate, at(0.50), at(0.99))
+}
+
+/// `phivault init --store STORE` in `dir`; returns the admin key.
+fn init_store(dir: &Path, store: &str) -> String {
+    let bin = env!("CARGO_BIN_EXE_phivault");
+    let status = Command::new(bin)
+        .args(["init", "--store", store, "--master-key-file"])
+        .arg(dir.join("master.key"))
+        .arg("--create-key-file")
+        .arg("--admin-key-file")
+        .arg(dir.join("admin.key"))
+        .env("PHIVAULT_LOG", "warn")
+        .stdout(Stdio::null())
+        .status()
+        .expect("init");
+    assert!(status.success(), "phivault init --store");
+    std::fs::read_to_string(dir.join("admin.key"))
+        .expect("admin key")
+        .trim()
+        .to_owned()
+}
+
+/// A client with tokenize and detokenize on `ssn`, through `endpoint`.
+async fn pipeline(endpoint: &str, admin_key: &str) -> Client {
+    let admin = Client::connect(ClientOptions::new(endpoint).api_key(admin_key))
+        .await
+        .expect("admin");
+    let key = admin
+        .create_client(
+            "bench",
+            vec!["tokenize:ssn".into(), "detokenize:ssn".into()],
+        )
+        .await
+        .expect("client")
+        .api_key;
+    Client::connect(ClientOptions::new(endpoint).api_key(key))
+        .await
+        .expect("connect")
+}
+
+/// A client of an existing bench client's key on another node.
+async fn same_key_on(endpoint: &str, admin_key: &str, name: &str) -> Client {
+    let admin = Client::connect(ClientOptions::new(endpoint).api_key(admin_key))
+        .await
+        .expect("admin");
+    let key = admin
+        .create_client(name, vec!["tokenize:ssn".into(), "detokenize:ssn".into()])
+        .await
+        .expect("client")
+        .api_key;
+    Client::connect(ClientOptions::new(endpoint).api_key(key))
+        .await
+        .expect("connect")
+}
+
+/// One value's blind index, token, sealed reverse row and bound forward
+/// entry.
+type BareRow = ([u8; 32], String, Vec<u8>, Vec<u8>);
+
+/// The vault's insert statement driven bare: the same crypto per value as
+/// the vault does (blind index, sealed reverse row, bound forward entry),
+/// the same arrays sorted by blind index, over one connection per writer.
+struct Bare {
+    clients: Vec<tokio_postgres::Client>,
+    keyset: Keyset,
+    active: Vec<u8>,
+}
+
+impl Bare {
+    async fn connect(store: &str) -> Self {
+        let mut clients = Vec::new();
+        for _ in 0..WRITERS {
+            let (client, connection) = tokio_postgres::connect(store, tokio_postgres::NoTls)
+                .await
+                .expect("connect bare");
+            tokio::spawn(connection);
+            clients.push(client);
+        }
+        let active: Vec<u8> = clients[0]
+            .query_one(
+                "SELECT value FROM phivault.meta WHERE name = 'active_keyset'",
+                &[],
+            )
+            .await
+            .expect("the active keyset row")
+            .get(0);
+        Self {
+            clients,
+            keyset: Keyset::generate(1).expect("keyset"),
+            active,
+        }
+    }
+
+    async fn insert(&self, writer: usize, values: Vec<String>) {
+        let mut rows: Vec<BareRow> = values
+            .iter()
+            .map(|value| {
+                let index = self.keyset.prf().blind_index(SSN, value.as_bytes());
+                let key = ForwardKey::new(SSN, 1, &index);
+                let token: String = key.0[8..16].iter().map(|b| format!("{b:02x}")).collect();
+                let ad = [
+                    &SSN.to_be_bytes()[..],
+                    token.as_bytes(),
+                    &1u32.to_be_bytes(),
+                ];
+                let reverse = self.keyset.enc().seal(&ad, value.as_bytes()).expect("seal");
+                let forward = key.bind(self.keyset.prf(), token.as_bytes());
+                (index.0, token, reverse, forward)
+            })
+            .collect();
+        rows.sort_by_key(|row| row.0);
+        let tokens: Vec<&[u8]> = rows.iter().map(|r| r.1.as_bytes()).collect();
+        let reverse: Vec<&[u8]> = rows.iter().map(|r| r.2.as_slice()).collect();
+        let blinds: Vec<Option<&[u8]>> = rows.iter().map(|r| Some(&r.0[..])).collect();
+        let forward: Vec<Option<&[u8]>> = rows.iter().map(|r| Some(r.3.as_slice())).collect();
+        let client = &self.clients[writer % self.clients.len()];
+        client
+            .query(
+                INSERT_MAPPINGS,
+                &[
+                    &(SSN as i32),
+                    &1i32,
+                    &self.active,
+                    &tokens,
+                    &reverse,
+                    &blinds,
+                    &forward,
+                ],
+            )
+            .await
+            .expect("the bare insert");
+    }
+}
+
+fn main() {
+    let seconds: f64 = std::env::var("PHIVAULT_BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10.0);
+    let cluster = match phivault_tests::patroni::Cluster::start(2) {
+        Ok(cluster) => cluster,
+        Err(why) => {
+            eprintln!(
+                "SKIPPED the PostgreSQL benchmark: {why} (`make bench` installs patroni and etcd-server)"
+            );
+            return;
+        }
+    };
+    cluster.create_database("vault");
+    cluster.create_database("bare");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bare_dir = tempfile::tempdir().expect("tempdir");
+    let store = cluster.connection_string("vault");
+    let bare_store = cluster.connection_string("bare");
+    let admin_key = init_store(dir.path(), &store);
+    // The bare statement's database gets the vault's schema and rows.
+    init_store(bare_dir.path(), &bare_store);
+    let key_file = dir.path().join("master.key");
+    let a = ServeProcess::serve(&["--store", &store], &key_file, admin_key.clone(), &[]);
+    let b = ServeProcess::serve(&["--store", &store], &key_file, admin_key.clone(), &[]);
+    let rocks = ServeProcess::start(&[]);
+    runtime.block_on(async {
+        println!(
+            "PostgreSQL benchmark: a Patroni leader with a synchronous standby on this machine; {WRITERS} writers of batches of {BATCH} new values, {CALLERS} unary detokenize callers; {seconds} s each"
+        );
+        let bare = Arc::new(Bare::connect(&bare_store).await);
+        let on_a = pipeline(&a.endpoint(), &admin_key).await;
+        let on_b = same_key_on(&b.endpoint(), &admin_key, "bench-b").await;
+        let on_rocks = pipeline(&rocks.endpoint(), &rocks.admin_key).await;
+
+        let bare_rate = {
+            let bare = Arc::clone(&bare);
+            new_values_rate(seconds, move |writer, values| {
+                let bare = Arc::clone(&bare);
+                async move { bare.insert(writer, values).await }
+            })
+            .await
+        };
+        let tokenize = |clients: Vec<Client>| {
+            move |writer: usize, values: Vec<String>| {
+                let client = clients[writer % clients.len()].clone();
+                async move {
+                    let results = client.tokenize("ssn", values).await.expect("tokenize");
+                    assert!(results.iter().all(|r| r.is_ok()));
+                }
+            }
+        };
+        let one_node = new_values_rate(seconds, tokenize(vec![on_a.clone()])).await;
+        let two_nodes = new_values_rate(seconds, tokenize(vec![on_a.clone(), on_b.clone()])).await;
+        let rocks_rate = new_values_rate(seconds, tokenize(vec![on_rocks.clone()])).await;
+
+        let token = on_a.tokenize("ssn", vec!["123-45-6789".into()]).await.expect("token")[0]
+            .clone()
+            .expect("token");
+        let rocks_token = on_rocks.tokenize("ssn", vec!["123-45-6789".into()]).await.expect("token")[0]
+            .clone()
+            .expect("token");
+        let (pg_rate, pg_p50, pg_p99) = detokenize_latency(on_a.clone(), token, seconds).await;
+        let (rocks_detok, rocks_p50, rocks_p99) = detokenize_latency(on_rocks.clone(), rocks_token, seconds).await;
+
+        println!();
+        println!("| new values, batches of {BATCH}, {WRITERS} writers | values/s | / bare statement | / RocksDB vault |");
+        println!("|---|---:|---:|---:|");
+        println!("| bare insert statement, same crypto | {bare_rate:.0} | 1.00 | |");
+        println!("| vault on PostgreSQL, one node | {one_node:.0} | {:.2} | {:.2} |", one_node / bare_rate, one_node / rocks_rate);
+        println!("| vault on PostgreSQL, two nodes | {two_nodes:.0} | {:.2} | {:.2} |", two_nodes / bare_rate, two_nodes / rocks_rate);
+        println!("| vault on RocksDB | {rocks_rate:.0} | | 1.00 |");
+        println!();
+        println!("| unary Detokenize, 1 token, {CALLERS} callers | requests/s | p50 | p99 |");
+        println!("|---|---:|---:|---:|");
+        println!("| vault on PostgreSQL (one node) | {pg_rate:.0} | {pg_p50:.2?} | {pg_p99:.2?} |");
+        println!("| vault on RocksDB | {rocks_detok:.0} | {rocks_p50:.2?} | {rocks_p99:.2?} |");
+        println!();
+        println!(
+            "targets: new values on PostgreSQL at least 0.70 of the bare statement ({:.2}); detokenize at least 0.50 of RocksDB's ({:.2})",
+            one_node / bare_rate,
+            pg_rate / rocks_detok
+        );
+    });
+    drop((a, b, rocks));
+    drop(cluster);
+}
