@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{PendingRecord, StoreFuture};
+use super::{PendingRecord, StoreError, StoreFuture};
 
 /// A client as stored. No `Debug`: it holds the digest of an API key's
 /// secret, which has no business in a log.
@@ -70,4 +70,20 @@ pub trait RegistryStore: Send + Sync {
         at: u64,
         audit: Option<PendingRecord>,
     ) -> StoreFuture<'_, Option<ClientRow>>;
+}
+
+/// A client row as every backend stores it (JSON).
+pub(crate) fn encode_client(row: &ClientRow) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(row).map_err(|_| StoreError::Corrupt {
+        table: "clients",
+        what: "a client row cannot be encoded",
+    })
+}
+
+/// A stored client row, read back.
+pub(crate) fn decode_client(bytes: &[u8]) -> Result<ClientRow, StoreError> {
+    serde_json::from_slice(bytes).map_err(|_| StoreError::Corrupt {
+        table: "clients",
+        what: "a client row is unreadable",
+    })
 }

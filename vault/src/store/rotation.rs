@@ -8,7 +8,7 @@
 //! does nothing.
 
 use super::schema::{ForwardKey, KeysetRow, LastRotationRow, RotationRow};
-use super::{PendingRecord, StoreFuture};
+use super::{PendingRecord, StoreError, StoreFuture};
 
 /// Runs once a change is durable, before the backend commits anything after
 /// it where the backend can order that (the RocksDB writer does): how a new
@@ -131,4 +131,30 @@ pub trait RotationStore: Send + Sync {
         expected: RotationRow,
         last: LastRotationRow,
     ) -> StoreFuture<'_, bool>;
+}
+
+/// The active keyset version as stored.
+pub(crate) fn active_version(stored: Option<&[u8]>) -> Result<u32, StoreError> {
+    stored
+        .and_then(super::schema::decode_u32)
+        .ok_or(StoreError::Corrupt {
+            table: "meta",
+            what: "the active keyset version is missing or unreadable",
+        })
+}
+
+/// A stored keyset row, read back.
+pub(crate) fn decode_keyset(bytes: &[u8]) -> Result<KeysetRow, StoreError> {
+    KeysetRow::decode(bytes).ok_or(StoreError::Corrupt {
+        table: "keys",
+        what: "a keyset row is unreadable",
+    })
+}
+
+/// The stored rotation record, read back.
+pub(crate) fn decode_rotation(bytes: &[u8]) -> Result<RotationRow, StoreError> {
+    RotationRow::decode(bytes).ok_or(StoreError::Corrupt {
+        table: "meta",
+        what: "the rotation record is unreadable",
+    })
 }

@@ -21,7 +21,9 @@ use std::time::Duration;
 
 use deadpool_postgres::GenericClient;
 
-use super::{Fail, Inner, PgStore, i32_to_u32, i64_to_u64, names, u32_to_i32, u64_to_i64};
+use super::{
+    Fail, Inner, PgStore, by_position, i32_to_u32, i64_to_u64, names, u32_to_i32, u64_to_i64,
+};
 use crate::store::audit::{AuditStore, PendingRecord, lane_of, record_id, seq_of};
 use crate::store::schema::{self as rows, AuditHead};
 use crate::store::{LeaseStore, StoreError, StoreFuture};
@@ -441,17 +443,9 @@ impl AuditStore for PgStore {
                     &[&lanes, &seqs],
                 )
                 .await?;
-            let mut records = vec![None; ids.len()];
-            for row in found {
-                let position: i64 = row.get(0);
-                if let Some(slot) = usize::try_from(position - 1)
-                    .ok()
-                    .and_then(|i| records.get_mut(i))
-                {
-                    *slot = Some(row.get::<_, Vec<u8>>(1));
-                }
-            }
-            Ok(records)
+            Ok(by_position(&found, ids.len(), None, |row| {
+                Some(row.get::<_, Vec<u8>>(1))
+            }))
         })
     }
 

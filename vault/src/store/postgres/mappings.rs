@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tokio_postgres::error::SqlState;
 
-use super::{Fail, PgStore, names, u32_to_i32};
+use super::{Fail, PgStore, by_position, names, u32_to_i32};
 use crate::store::mappings::{InsertOutcome, Inserted, MappingRows, MappingStore, NewValues};
 use crate::store::schema::{self as rows, ForwardKey};
 use crate::store::{StoreError, StoreFuture};
@@ -65,17 +65,9 @@ impl PgStore {
             .inner
             .query(FORWARD, &[&namespaces, &versions, &blinds])
             .await?;
-        let mut entries = vec![None; keys.len()];
-        for row in found {
-            let position: i64 = row.get(0);
-            if let Some(slot) = usize::try_from(position - 1)
-                .ok()
-                .and_then(|i| entries.get_mut(i))
-            {
-                *slot = row.get::<_, Option<Vec<u8>>>(1);
-            }
-        }
-        Ok(entries)
+        Ok(by_position(&found, keys.len(), None, |row| {
+            row.get::<_, Option<Vec<u8>>>(1)
+        }))
     }
 
     /// Answers each of `items` whose value is stored under one of its
@@ -249,17 +241,9 @@ impl MappingStore for PgStore {
                 .inner
                 .query(REVERSE, &[&u32_to_i32(namespace), &keys])
                 .await?;
-            let mut rows = vec![None; tokens.len()];
-            for row in found {
-                let position: i64 = row.get(0);
-                if let Some(slot) = usize::try_from(position - 1)
-                    .ok()
-                    .and_then(|i| rows.get_mut(i))
-                {
-                    *slot = Some(row.get::<_, Vec<u8>>(1));
-                }
-            }
-            Ok(rows)
+            Ok(by_position(&found, tokens.len(), None, |row| {
+                Some(row.get::<_, Vec<u8>>(1))
+            }))
         })
     }
 
@@ -278,17 +262,7 @@ impl MappingStore for PgStore {
                     &[&u32_to_i32(namespace), &keys],
                 )
                 .await?;
-            let mut taken = vec![false; tokens.len()];
-            for row in found {
-                let position: i64 = row.get(0);
-                if let Some(slot) = usize::try_from(position - 1)
-                    .ok()
-                    .and_then(|i| taken.get_mut(i))
-                {
-                    *slot = true;
-                }
-            }
-            Ok(taken)
+            Ok(by_position(&found, tokens.len(), false, |_| true))
         })
     }
 

@@ -145,6 +145,28 @@ fn connection_is_spent(e: &tokio_postgres::Error) -> bool {
         })
 }
 
+/// The answer to a batch read, in the order asked: each row's value (made
+/// by `value`) at the `WITH ORDINALITY` position in its column 0 (from 1),
+/// `missing` where no row came back.
+fn by_position<T: Clone>(
+    rows: &[Row],
+    len: usize,
+    missing: T,
+    value: impl Fn(&Row) -> T,
+) -> Vec<T> {
+    let mut answer = vec![missing; len];
+    for row in rows {
+        let position: i64 = row.get(0);
+        if let Some(slot) = usize::try_from(position - 1)
+            .ok()
+            .and_then(|i| answer.get_mut(i))
+        {
+            *slot = value(row);
+        }
+    }
+    answer
+}
+
 fn u32_to_i32(n: u32) -> i32 {
     i32::from_ne_bytes(n.to_ne_bytes())
 }

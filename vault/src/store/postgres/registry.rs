@@ -6,7 +6,9 @@ use deadpool_postgres::Transaction;
 use super::audit::Lane;
 use super::{Fail, PgStore, names};
 use crate::store::audit::PendingRecord;
-use crate::store::registry::{ClientRow, NamespaceRow, RegistryStore};
+use crate::store::registry::{
+    ClientRow, NamespaceRow, RegistryStore, decode_client, encode_client,
+};
 use crate::store::schema::{self as rows, AuditHead};
 use crate::store::{StoreError, StoreFuture};
 
@@ -58,20 +60,6 @@ impl PgStore {
             }
         }
     }
-}
-
-fn decode_client(bytes: &[u8]) -> Result<ClientRow, StoreError> {
-    serde_json::from_slice(bytes).map_err(|_| StoreError::Corrupt {
-        table: "clients",
-        what: "a client row is unreadable",
-    })
-}
-
-fn encode_client(row: &ClientRow) -> Result<Vec<u8>, StoreError> {
-    serde_json::to_vec(row).map_err(|_| StoreError::Corrupt {
-        table: "clients",
-        what: "a client row cannot be encoded",
-    })
 }
 
 impl RegistryStore for PgStore {

@@ -7,33 +7,11 @@ use super::registry::Committed;
 use super::{Fail, PgStore, i32_to_u32, names, u32_to_i32};
 use crate::store::audit::PendingRecord;
 use crate::store::rotation::{
-    Moved, NotStarted, OnCommit, ReverseEntry, RotationStart, RotationStore,
+    Moved, NotStarted, OnCommit, ReverseEntry, RotationStart, RotationStore, active_version,
+    decode_keyset, decode_rotation,
 };
 use crate::store::schema::{self as rows, KeysetRow, KeysetState, LastRotationRow, RotationRow};
 use crate::store::{StoreError, StoreFuture};
-
-fn decode_keyset(bytes: &[u8]) -> Result<KeysetRow, StoreError> {
-    KeysetRow::decode(bytes).ok_or(StoreError::Corrupt {
-        table: "keys",
-        what: "a keyset row is unreadable",
-    })
-}
-
-fn decode_rotation(bytes: &[u8]) -> Result<RotationRow, StoreError> {
-    RotationRow::decode(bytes).ok_or(StoreError::Corrupt {
-        table: "meta",
-        what: "the rotation record is unreadable",
-    })
-}
-
-fn active_version(stored: Option<&[u8]>) -> Result<u32, StoreError> {
-    stored
-        .and_then(rows::decode_u32)
-        .ok_or(StoreError::Corrupt {
-            table: "meta",
-            what: "the active keyset version is missing or unreadable",
-        })
-}
 
 impl PgStore {
     fn sealed_rotation(&self, record: &RotationRow) -> Vec<u8> {

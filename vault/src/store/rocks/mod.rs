@@ -18,6 +18,8 @@ use rocksdb::{
 };
 use tokio::sync::oneshot;
 
+use super::registry::{decode_client, encode_client};
+use super::rotation::{active_version, decode_keyset, decode_rotation};
 use super::schema;
 use super::{
     AuditStore, BackupFinish, ClientRow, Durability, ForwardRow, InsertOutcome, Inserted, Lease,
@@ -674,7 +676,7 @@ impl RegistryStore for Store {
                 .map(|entry| {
                     let (id, value) = entry?;
                     let id = String::from_utf8(id.into_vec()).map_err(|_| unreadable.clone())?;
-                    let row = serde_json::from_slice(&value).map_err(|_| unreadable.clone())?;
+                    let row = decode_client(&value)?;
                     Ok((id, row))
                 })
                 .collect(),
@@ -740,11 +742,7 @@ impl RegistryStore for Store {
             let Some(bytes) = txn.get(Cf::Clients, id.as_bytes())? else {
                 return Ok(None);
             };
-            let mut row: ClientRow =
-                serde_json::from_slice(&bytes).map_err(|_| StoreError::Corrupt {
-                    table: "clients",
-                    what: "a client row is unreadable",
-                })?;
+            let mut row = decode_client(&bytes)?;
             row.revoked_at.get_or_insert(at);
             txn.put(Cf::Clients, id.into_bytes(), encode_client(&row)?);
             if let Some(record) = &audit {
@@ -980,36 +978,6 @@ impl RotationStore for Store {
 /// nothing.
 fn rotation_is(txn: &mut Txn<'_>, expected: &schema::RotationRow) -> Result<bool, StoreError> {
     Ok(txn.get(Cf::Meta, keys::META_ROTATION)?.as_deref() == Some(&expected.encode()))
-}
-
-fn active_version(stored: Option<&[u8]>) -> Result<u32, StoreError> {
-    stored
-        .and_then(schema::decode_u32)
-        .ok_or(StoreError::Corrupt {
-            table: "meta",
-            what: "the active keyset version is missing or unreadable",
-        })
-}
-
-fn decode_keyset(bytes: &[u8]) -> Result<schema::KeysetRow, StoreError> {
-    schema::KeysetRow::decode(bytes).ok_or(StoreError::Corrupt {
-        table: "keys",
-        what: "a keyset row is unreadable",
-    })
-}
-
-fn decode_rotation(bytes: &[u8]) -> Result<schema::RotationRow, StoreError> {
-    schema::RotationRow::decode(bytes).ok_or(StoreError::Corrupt {
-        table: "meta",
-        what: "the rotation record is unreadable",
-    })
-}
-
-fn encode_client(row: &ClientRow) -> Result<Vec<u8>, StoreError> {
-    serde_json::to_vec(row).map_err(|_| StoreError::Corrupt {
-        table: "clients",
-        what: "a client row cannot be encoded",
-    })
 }
 
 impl Lifecycle for Store {
