@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use phivault_tests::{Server, VaultDir};
 
-use super::{client_with, connect};
+use super::{client_with, connect, wait_for_growth};
 
 /// A deterministic generator (SplitMix64), so a failure can be replayed.
 struct Rng(u64);
@@ -882,27 +882,6 @@ fn wait_for_stream(server: &Server, run: &mut std::process::Child) {
             "the run ended before it reconnected"
         );
         assert!(Instant::now() < deadline, "the run did not reconnect");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Waits until `file` holds more than `bytes` bytes, while `run` is still
-/// going (the restart must land in the middle of the run).
-fn wait_for_growth(file: &Path, bytes: u64, run: &mut std::process::Child) -> u64 {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let size = std::fs::metadata(file).map_or(0, |m| m.len());
-        if size > bytes {
-            return size;
-        }
-        if let Some(status) = run.try_wait().expect("poll") {
-            let mut stderr = String::new();
-            if let Some(mut pipe) = run.stderr.take() {
-                let _ = std::io::Read::read_to_string(&mut pipe, &mut stderr);
-            }
-            panic!("the run ended ({status}) before the restart: {stderr}");
-        }
-        assert!(Instant::now() < deadline, "the run made no progress");
         std::thread::sleep(Duration::from_millis(20));
     }
 }

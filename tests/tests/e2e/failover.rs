@@ -10,14 +10,14 @@
 //! nodes also serve one vault at once, and one is killed under a run.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use phivault_client::{Client, ClientError, ClientOptions};
 use phivault_tests::{Server, VaultDir, on_postgres};
 
-use super::{client_with, connect, texts};
+use super::{client_with, connect, texts, wait_for_growth};
 
 /// A loopback address nothing listens on: a free port, bound and let go.
 /// Some tests serve the vault there later, as a node that comes up.
@@ -286,27 +286,6 @@ const MAPS: &[&str] = &[
     "--map",
     "phone=phone",
 ];
-
-/// Waits until `file` holds more than `bytes` bytes, while `run` is still
-/// going (the node must stop in the middle of the run).
-fn wait_for_growth(file: &Path, bytes: u64, run: &mut Child) -> u64 {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let size = std::fs::metadata(file).map_or(0, |m| m.len());
-        if size > bytes {
-            return size;
-        }
-        if let Some(status) = run.try_wait().expect("poll") {
-            let mut said = String::new();
-            if let Some(mut pipe) = run.stderr.take() {
-                let _ = std::io::Read::read_to_string(&mut pipe, &mut said);
-            }
-            panic!("the run ended ({status}) before the node stopped: {said}");
-        }
-        assert!(Instant::now() < deadline, "the run made no progress");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 /// Waits until `server` has taken a `TokenizeStream`, while `run` is still
 /// going: the run moved to this node.

@@ -38,6 +38,31 @@ async fn client_with(
     (connect(server, Some(&key)).await, key)
 }
 
+/// Waits until `file` holds more than `bytes` bytes, while the bulk `run`
+/// is still going: a node stops or restarts in the middle of the run, not
+/// after it. Returns the size reached.
+fn wait_for_growth(file: &std::path::Path, bytes: u64, run: &mut std::process::Child) -> u64 {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let size = std::fs::metadata(file).map_or(0, |m| m.len());
+        if size > bytes {
+            return size;
+        }
+        if let Some(status) = run.try_wait().expect("poll") {
+            let mut stderr = String::new();
+            if let Some(mut pipe) = run.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut pipe, &mut stderr);
+            }
+            panic!("the run ended ({status}) before the node stopped: {stderr}");
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the run made no progress"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 fn texts(results: Vec<phivault_client::ItemResult>) -> Vec<String> {
     results
         .into_iter()
