@@ -585,24 +585,24 @@ impl Vault {
     /// database one small read per interval, not one per request. A client
     /// created on another node is therefore known here within that interval.
     pub async fn refresh_for_unknown_key(&self) -> Result<(), Error> {
-        let recent = {
-            let mut last = self
-                .unknown_key_refresh
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            let recent = last.is_some_and(|at| at.elapsed() < UNKNOWN_KEY_REFRESH_EVERY);
-            if !recent {
-                *last = Some(std::time::Instant::now());
-            }
-            recent
-        };
+        let recent = self
+            .unknown_key_refresh
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some_and(|at| at.elapsed() < UNKNOWN_KEY_REFRESH_EVERY);
         if recent {
-            // Joins a reload under way, so that callers arriving with a new
-            // client's key while it reads are not refused.
-            drop(self.reloading.lock().await);
             return Ok(());
         }
-        self.refresh().await
+        // Timed from when a look ends, not when it starts: a caller that
+        // arrives while one is under way looks too (and waits for its
+        // reload), so a new client's key is never refused for arriving
+        // during the reload that brings it.
+        self.refresh().await?;
+        *self
+            .unknown_key_refresh
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(std::time::Instant::now());
+        Ok(())
     }
 
     /// The health loop's once-a-second look: [`Vault::refresh`], and the
