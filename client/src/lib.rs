@@ -882,11 +882,14 @@ impl Client {
         });
         let (position, node) = self.nodes.current();
         let mut tokenizer = node.tokenizer;
+        let (outgoing, slots) = windowed(requests, in_flight);
         let response = tokenizer
-            .tokenize_stream(outbound(requests, in_flight))
+            .tokenize_stream(outgoing)
             .await
             .map_err(|status| self.nodes.failed(position, status))?;
-        let answers = response.into_inner().map_ok(|r| results(r.results));
+        let answers = slots
+            .freed_by(response.into_inner())
+            .map_ok(|r| results(r.results));
         Ok((
             watched(Arc::clone(&self.nodes), position, answers),
             position,
@@ -929,11 +932,14 @@ impl Client {
         });
         let (position, node) = self.nodes.current();
         let mut tokenizer = node.tokenizer;
+        let (outgoing, slots) = windowed(requests, in_flight);
         let response = tokenizer
-            .detokenize_stream(outbound(requests, in_flight))
+            .detokenize_stream(outgoing)
             .await
             .map_err(|status| self.nodes.failed(position, status))?;
-        let answers = response.into_inner().map_ok(|r| results(r.results));
+        let answers = slots
+            .freed_by(response.into_inner())
+            .map_ok(|r| results(r.results));
         Ok((
             watched(Arc::clone(&self.nodes), position, answers),
             position,
@@ -1248,26 +1254,77 @@ where
     })
 }
 
-/// The request side of a bidirectional stream: `requests` fed through a
-/// channel of `in_flight` slots, so that at most that many batches are
-/// produced ahead of what the transport has taken (HTTP/2 flow control does
-/// the rest) and memory stays bounded.
-fn outbound<R: Send + 'static>(
+/// The request side of a bidirectional stream, and the answers it waits
+/// on: a request is sent only while fewer than `in_flight` are unanswered,
+/// and each answer frees a slot. So at most `in_flight` batches are ever
+/// outstanding, on the wire and in the server's buffers, whatever the
+/// caller's stream can produce: a server rightly treats a peer that keeps
+/// it buffering ever more small messages as a flood (h2 answers
+/// `ENHANCE_YOUR_CALM` and closes the connection).
+fn windowed<R: Send + 'static>(
     requests: impl Stream<Item = R> + Send + 'static,
     in_flight: usize,
-) -> impl Stream<Item = R> {
-    let (sender, receiver) = tokio::sync::mpsc::channel(in_flight.max(1));
+) -> (impl Stream<Item = R>, SlotsClosedOnDrop) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(in_flight.max(1)));
+    let (sender, receiver) = tokio::sync::mpsc::channel(1);
+    let sending = Arc::clone(&slots);
     tokio::spawn(async move {
         let mut requests = Box::pin(requests);
-        while let Some(request) = requests.next().await {
+        // Closed when the answers are dropped: nothing is sent after.
+        while let Ok(slot) = sending.acquire().await {
+            let Some(request) = requests.next().await else {
+                break;
+            };
+            slot.forget();
             if sender.send(request).await.is_err() {
                 break;
             }
         }
     });
-    stream::unfold(receiver, |mut receiver| async move {
+    let outgoing = stream::unfold(receiver, |mut receiver| async move {
         receiver.recv().await.map(|request| (request, receiver))
-    })
+    });
+    (outgoing, SlotsClosedOnDrop(slots))
+}
+
+/// A stream's answers, each freeing the slot of the request it answers.
+struct FreeingSlots<A> {
+    answers: A,
+    slots: SlotsClosedOnDrop,
+}
+
+/// The slots of [`windowed`]; stops its sending side when dropped.
+struct SlotsClosedOnDrop(Arc<tokio::sync::Semaphore>);
+
+impl SlotsClosedOnDrop {
+    /// `answers`, each freeing a slot.
+    fn freed_by<A>(self, answers: A) -> FreeingSlots<A> {
+        FreeingSlots {
+            answers,
+            slots: self,
+        }
+    }
+}
+
+impl Drop for SlotsClosedOnDrop {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
+impl<A: Stream + Unpin> Stream for FreeingSlots<A> {
+    type Item = A::Item;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<A::Item>> {
+        let next = self.answers.poll_next_unpin(cx);
+        if let std::task::Poll::Ready(Some(_)) = &next {
+            self.slots.0.add_permits(1);
+        }
+        next
+    }
 }
 
 /// The name of a `google.rpc.Code` (`INVALID_ARGUMENT`), as the errors file

@@ -353,8 +353,26 @@ impl Server {
 }
 
 impl Drop for Server {
+    /// Stops the server; when a test is failing, also shows how the server
+    /// ended and what it logged, so that a failure that starts on the server
+    /// side (an exit, a closed connection) can be told from one in the test.
     fn drop(&mut self) {
+        let exited = self.child.try_wait().ok().flatten();
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if std::thread::panicking() {
+            let log = self
+                .stderr
+                .take()
+                .and_then(|h| h.join().ok())
+                .unwrap_or_default();
+            match exited {
+                Some(status) => {
+                    eprintln!("phivault serve had exited ({status}) before the test failed")
+                }
+                None => eprintln!("phivault serve was still running when the test failed"),
+            }
+            eprintln!("its log:\n{log}");
+        }
     }
 }

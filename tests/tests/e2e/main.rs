@@ -2,6 +2,8 @@
 //! library.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use futures_util::{StreamExt, stream};
 use phivault_client::{Client, ClientOptions, v1 as pb};
@@ -504,9 +506,17 @@ async fn streams_keep_order_and_survive_a_cancelling_client() {
         assert_eq!(&values, batch);
     }
 
-    // A client that walks away mid-stream.
+    // A client that walks away mid-stream. Its requests are produced no
+    // further ahead than the answers it has read plus its window: sent
+    // without that bound, small messages pile up in the server's buffers
+    // until the server takes the connection for a flood and closes it.
     {
-        let endless = stream::iter(0..).map(|b: u64| vec![format!("{:09}", 200_000_000 + b)]);
+        let produced = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&produced);
+        let endless = stream::iter(0..).map(move |b: u64| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            vec![format!("{:09}", 200_000_000 + b)]
+        });
         let mut responses = pipeline
             .tokenize_stream("ssn", endless, 8)
             .await
@@ -514,6 +524,11 @@ async fn streams_keep_order_and_survive_a_cancelling_client() {
         for _ in 0..10 {
             responses.next().await.expect("a response").expect("ok");
         }
+        let produced = produced.load(Ordering::SeqCst);
+        assert!(
+            produced <= 10 + 8,
+            "{produced} requests made for 10 answers and a window of 8"
+        );
     }
     assert!(admin.health().await.expect("health"));
     assert!(
