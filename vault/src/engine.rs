@@ -21,6 +21,7 @@ use crate::AuditEvent;
 use crate::audit::{AuditLog, AuditRecord, AuditReport, Disclosure};
 use crate::auth::{self, ApiKey, AuthError, Client, ClientRecord, ClientTable, Scope};
 use crate::clock::now_secs;
+use crate::coalesce::Coalesced;
 use crate::crypto::kek::KdfRecord;
 use crate::crypto::{
     AuditKey, CryptoError, KdfParams, Kek, KeyPurpose, Keyset, MasterKey, Protection, SlotRng,
@@ -117,6 +118,8 @@ pub struct Vault {
     /// The registry epoch the clients, namespaces and keysets in memory
     /// were read at, on storage other nodes write to (0: not shared).
     epoch: std::sync::atomic::AtomicU64,
+    /// Reads of the registry epoch, one shared by the calls waiting on it.
+    epoch_reads: Coalesced<Option<u64>>,
     /// One reload of the registry at a time.
     reloading: tokio::sync::Mutex<()>,
     /// When this node last read the registry.
@@ -493,8 +496,9 @@ impl Vault {
     /// On storage other nodes write to: reads the clients, namespaces and
     /// keysets again if another node changed any since this one read them,
     /// so that a client revoked or a keyset rotated on one node is seen on
-    /// the next call on every node. One small read per call; nothing on
-    /// storage only this process writes.
+    /// the next call on every node. One small read, begun after the call
+    /// arrived and shared with the calls that arrived with it (see
+    /// [`Coalesced`]); nothing on storage only this process writes.
     pub async fn refresh(&self) -> Result<(), Error> {
         self.refresh_if(false).await
     }
@@ -507,14 +511,14 @@ impl Vault {
         if !self.store.shared() {
             return Ok(());
         }
-        let epoch =
-            self.store
-                .registry_epoch()
-                .await?
-                .ok_or(Error::Store(StoreError::Corrupt {
-                    table: "registry_epoch",
-                    what: "the registry epoch is missing",
-                }))?;
+        let epoch = self
+            .epoch_reads
+            .get(|| async { Ok(self.store.registry_epoch().await?) })
+            .await?
+            .ok_or(Error::Store(StoreError::Corrupt {
+                table: "registry_epoch",
+                what: "the registry epoch is missing",
+            }))?;
         let due = || {
             periodic
                 && self
@@ -674,6 +678,7 @@ impl Vault {
             fill: Arc::default(),
             limits: options.limits,
             epoch: std::sync::atomic::AtomicU64::new(0),
+            epoch_reads: Coalesced::new(),
             reloading: tokio::sync::Mutex::new(()),
             reloaded_at: std::sync::Mutex::new(std::time::Instant::now()),
             unknown_key_refresh: std::sync::Mutex::new(None),

@@ -32,6 +32,7 @@ mod audit;
 pub mod auth;
 mod background;
 mod clock;
+mod coalesce;
 pub mod crypto;
 mod engine;
 mod error;
