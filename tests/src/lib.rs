@@ -165,6 +165,22 @@ impl VaultDir {
         }
     }
 
+    /// As [`Self::empty_twin`], for a vault to be in database `database`
+    /// of `server` (created here, empty).
+    pub fn empty_twin_in(
+        &self,
+        server: std::sync::Arc<postgres::Postgres>,
+        database: &str,
+    ) -> Self {
+        server.create_database(database);
+        let store = server.connection_string(database);
+        Self {
+            store: Some(store),
+            postgres: Some(server),
+            ..self.empty_twin()
+        }
+    }
+
     /// Writes `text` to a configuration file beside the data and returns
     /// its path, for `phivault serve --config`.
     pub fn config(&self, text: &str) -> PathBuf {

@@ -991,6 +991,14 @@ impl Vault {
         .await
     }
 
+    /// Writes every row of the vault to the new file `path`, authenticated
+    /// under a key derived from the KEK, for [`crate::import`] into another
+    /// backend (see `crate::portable`). On PostgreSQL it reads one snapshot
+    /// and can run beside serving nodes; refused while a key rotation runs.
+    pub async fn export_to(&self, path: &std::path::Path) -> Result<crate::ExportInfo, Error> {
+        crate::portable::export(self.store.as_ref(), &self.kek, path).await
+    }
+
     /// Replaces the master key of the stopped vault at `location`: every
     /// keyset is re-wrapped under the new KEK and the KDF record and KEK
     /// check are replaced in one commit, so after a crash at any point

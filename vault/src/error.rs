@@ -83,6 +83,11 @@ pub enum Error {
     /// and reveals nothing (fail closed).
     #[error("the audit record could not be written: {0}")]
     AuditUnavailable(StoreError),
+    /// An export file could not be written, or one being imported is not
+    /// whole, not authentic or not readable. Names the line and the fault,
+    /// never a line's content.
+    #[error("export file: {0}")]
+    Export(String),
     /// The storage layer failed.
     #[error(transparent)]
     Store(#[from] StoreError),

@@ -43,6 +43,7 @@ pub mod fuzzing;
 mod keyring;
 mod maintenance;
 mod namespace;
+mod portable;
 mod rotation;
 pub mod server;
 pub mod store;
@@ -59,5 +60,6 @@ pub use maintenance::{
     BackupInfo, Problem, ProblemKind, VerifyReport, backup_offline, verify_audit_at,
 };
 pub use namespace::{Namespace, NamespaceSpec};
+pub use portable::{ExportInfo, ImportInfo, import};
 pub use rotation::{KeyStatus, KeyVersion, LastRotation, RotationProgress};
 pub use store::schema::{KeysetState, RotationPhase};

@@ -17,6 +17,7 @@ mod cluster;
 mod failover;
 mod hardening;
 mod keys;
+mod portable;
 
 async fn connect(server: &Server, key: Option<&str>) -> Client {
     let mut options = ClientOptions::new(server.endpoint());

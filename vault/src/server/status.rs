@@ -51,6 +51,7 @@ impl From<Error> for Status {
             | Error::WeakPassphrase { .. }
             | Error::NotInitialized(_)
             | Error::AlreadyInitialized(_)
+            | Error::Export(_)
             | Error::Crypto(_) => {
                 tracing::error!(error = %e, "internal failure");
                 Status::internal("internal error")

@@ -164,6 +164,24 @@ pub async fn create(
     }
 }
 
+/// Creates an empty store at `location` for an import
+/// ([`super::PortableStore::import_rows`]), its rows tagged under
+/// `row_key`. Fails if a vault, or rows of one, are there.
+pub async fn create_empty(
+    location: &Location,
+    options: &StoreOptions,
+    row_key: RowKey,
+) -> Result<Arc<dyn super::Storage>, StoreError> {
+    match location {
+        Location::Directory(path) => {
+            let store = super::rocks::Store::create(path, options)?;
+            store.set_row_mac(Some(super::integrity::RowMac::new(row_key.bytes())));
+            Ok(Arc::new(store))
+        }
+        Location::Postgres(target) => Ok(Arc::new(PgStore::create_empty(target, row_key).await?)),
+    }
+}
+
 /// Opens the vault at `location` for reading and writing. Its rows are
 /// checked once [`MetaStore::protect_rows`] installs their key.
 pub async fn open(

@@ -18,6 +18,7 @@ mod lease;
 mod lifecycle;
 mod mappings;
 pub mod meta;
+pub mod portable;
 pub mod postgres;
 mod registry;
 pub mod rocks;
@@ -31,9 +32,10 @@ pub use lease::{Lease, LeaseStore, holder_name};
 pub use lifecycle::{BATCH_BUCKETS, BackupFinish, ForwardRow, Lifecycle, WriterStats};
 pub use mappings::{InsertOutcome, Inserted, MappingRows, MappingStore, NewValues, StoreFuture};
 pub use meta::{
-    Genesis, Location, MasterChange, MasterRecord, MetaStore, RowKey, create, exists, open,
-    open_read_only, read_master_record,
+    Genesis, Location, MasterChange, MasterRecord, MetaStore, RowKey, create, create_empty, exists,
+    open, open_read_only, read_master_record,
 };
+pub use portable::{Import, PortableStore, Row};
 pub use registry::{ClientRow, NamespaceRow, RegistryStore};
 pub use rocks::{Cf, Entry, Store, StoreOptions, Txn};
 pub use rotation::{Moved, NotStarted, OnCommit, ReverseEntry, RotationStart, RotationStore};
@@ -42,7 +44,14 @@ pub use rotation::{Moved, NotStarted, OnCommit, ReverseEntry, RotationStart, Rot
 /// round trip (DESIGN.md §9). The conformance suite in
 /// `vault/tests/storage_conformance.rs` says what each must do.
 pub trait Storage:
-    MappingStore + AuditStore + RegistryStore + RotationStore + LeaseStore + MetaStore + Lifecycle
+    MappingStore
+    + AuditStore
+    + RegistryStore
+    + RotationStore
+    + LeaseStore
+    + MetaStore
+    + Lifecycle
+    + PortableStore
 {
 }
 
@@ -54,6 +63,7 @@ impl<T> Storage for T where
         + LeaseStore
         + MetaStore
         + Lifecycle
+        + PortableStore
 {
 }
 

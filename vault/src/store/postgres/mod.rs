@@ -24,6 +24,7 @@
 
 mod audit;
 mod mappings;
+mod portable;
 mod registry;
 mod rotation;
 mod schema;
@@ -898,7 +899,7 @@ impl Lifecycle for PgStore {
 
     fn backup<'a>(&'a self, _staging: &'a Path, _finish: BackupFinish) -> StoreFuture<'a, ()> {
         Box::pin(std::future::ready(Err(StoreError::Unsupported(
-            "a vault in PostgreSQL is backed up by PostgreSQL (pg_basebackup and WAL archiving, for point-in-time recovery) or copied out with `phivault export`",
+            "a vault in PostgreSQL is backed up by PostgreSQL itself: pg_basebackup and WAL archiving, for point-in-time recovery (README: High availability)",
         ))))
     }
 

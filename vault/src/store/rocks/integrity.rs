@@ -21,7 +21,7 @@ const META_ROWS: [&[u8]; 5] = [
 pub fn protects(cf: Cf, key: &[u8]) -> bool {
     match cf {
         Cf::Clients | Cf::Namespaces | Cf::Keys => true,
-        Cf::Meta => META_ROWS.contains(&key),
+        Cf::Meta => META_ROWS.contains(&key) || key.starts_with(keys::META_LANE_HEAD_PREFIX),
         Cf::Forward | Cf::Reverse | Cf::Audit | Cf::Disclosures => false,
     }
 }
@@ -35,6 +35,7 @@ mod tests {
         assert!(protects(Cf::Clients, b"any"));
         assert!(protects(Cf::Meta, keys::META_ACTIVE_KEYSET));
         assert!(protects(Cf::Meta, keys::META_AUDIT_HEAD));
+        assert!(protects(Cf::Meta, &keys::lane_head_key(9)));
         assert!(!protects(Cf::Meta, keys::META_AUDIT_KEY));
         assert!(!protects(Cf::Meta, keys::META_KDF));
         assert!(!protects(Cf::Reverse, b"any"));

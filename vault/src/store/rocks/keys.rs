@@ -23,6 +23,34 @@ pub const META_AUDIT_KEY: &[u8] = b"audit_key";
 /// `meta`: the last record of the audit chain ([`AuditHead`](crate::store::schema::AuditHead)); absent
 /// before the first.
 pub const META_AUDIT_HEAD: &[u8] = b"audit_head";
+/// `meta`: prefix of the heads of audit lanes other than 0, followed by the
+/// lane's number in decimal (`audit_head.9`). This backend appends on lane 0
+/// only; other lanes come from a vault imported from storage several nodes
+/// wrote to, and keep their records and heads as they were.
+pub const META_LANE_HEAD_PREFIX: &[u8] = b"audit_head.";
+
+/// The `meta` row holding audit lane `lane`'s head.
+pub fn lane_head_key(lane: u32) -> Vec<u8> {
+    if lane == 0 {
+        META_AUDIT_HEAD.to_vec()
+    } else {
+        let mut key = META_LANE_HEAD_PREFIX.to_vec();
+        key.extend_from_slice(lane.to_string().as_bytes());
+        key
+    }
+}
+
+/// The lane whose head `meta` row `key` is, if it is one.
+pub fn lane_of_head_key(key: &[u8]) -> Option<u32> {
+    if key == META_AUDIT_HEAD {
+        return Some(0);
+    }
+    let digits = key.strip_prefix(META_LANE_HEAD_PREFIX)?;
+    let lane: u32 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    // One spelling per lane: `audit_head.09` is not lane 9's row.
+    (lane > 0 && lane_head_key(lane) == key).then_some(lane)
+}
+
 /// The time of the latest write-path probe: written only while commits are
 /// failing, to find out when the store takes writes again.
 pub const META_WRITE_PROBE: &[u8] = b"write_probe";
@@ -76,5 +104,23 @@ mod tests {
     #[test]
     fn reverse_keys_lead_with_the_namespace() {
         assert_eq!(reverse_key(7, "987-65"), b"\0\0\0\x07987-65");
+    }
+
+    #[test]
+    fn each_lane_head_has_one_name() {
+        assert_eq!(lane_head_key(0), META_AUDIT_HEAD);
+        assert_eq!(lane_head_key(9), b"audit_head.9");
+        for lane in [0, 1, 9, 4096, u32::MAX] {
+            assert_eq!(lane_of_head_key(&lane_head_key(lane)), Some(lane));
+        }
+        for other in [
+            &b"audit_head.09"[..],
+            b"audit_head.0",
+            b"audit_head.",
+            b"audit_head.x",
+            b"audit_key",
+        ] {
+            assert_eq!(lane_of_head_key(other), None);
+        }
     }
 }

@@ -4,6 +4,7 @@
 pub mod integrity;
 pub mod keys;
 mod meta;
+mod portable;
 mod writer;
 
 pub(crate) use meta::read_master_record;
@@ -582,10 +583,25 @@ impl AuditStore for Store {
     }
 
     fn audit_heads(&self) -> StoreFuture<'_, Vec<(u32, schema::AuditHead)>> {
-        // One writer, one lane: record ids are sequence numbers.
-        Box::pin(std::future::ready(
-            read_audit_head(self.get(Cf::Meta, keys::META_AUDIT_HEAD)).map(|head| vec![(0, head)]),
-        ))
+        // One writer appends on lane 0, whose record ids are its sequence
+        // numbers; other lanes come only with a vault imported from shared
+        // storage.
+        Box::pin(std::future::ready((|| {
+            let mut heads = vec![(
+                0,
+                read_audit_head(self.get(Cf::Meta, keys::META_AUDIT_HEAD))?,
+            )];
+            for (key, value) in
+                self.scan_prefix(Cf::Meta, keys::META_LANE_HEAD_PREFIX, &[], usize::MAX)?
+            {
+                let lane = keys::lane_of_head_key(&key).ok_or(StoreError::Corrupt {
+                    table: "meta",
+                    what: "an audit lane's head is named wrongly",
+                })?;
+                heads.push((lane, read_audit_head(Ok(Some(value.into_vec())))?));
+            }
+            Ok(heads)
+        })()))
     }
 
     fn audit_after(&self, after: u64, limit: usize) -> StoreFuture<'_, Vec<(u64, Vec<u8>)>> {
