@@ -513,8 +513,8 @@ async fn a_walk_beside_appends_finds_the_chain_intact() {
 }
 
 /// On PostgreSQL, nodes append to lanes of their own; a checkpoint names
-/// every lane's head, so that a lane removed whole — records, disclosure
-/// entries and head — is found by `verify`, which a lane's own head could
+/// every lane's head, so that a lane removed whole — records (with their
+/// disclosure marks) and head — is found by `verify`, which a lane's own head could
 /// not do.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lane_removed_whole_is_found_by_the_checkpoint_that_names_it() {
@@ -573,7 +573,7 @@ async fn a_lane_removed_whole_is_found_by_the_checkpoint_that_names_it() {
     close(vault);
 
     // Remove a lane that holds no checkpoint, as a database administrator
-    // could: its records, its disclosure entries and its head.
+    // could: its records and its head.
     let lane = server.psql(
         "vault",
         "SELECT lane FROM phivault.audit GROUP BY lane \
@@ -586,7 +586,6 @@ async fn a_lane_removed_whole_is_found_by_the_checkpoint_that_names_it() {
         "vault",
         &format!(
             "DELETE FROM phivault.audit WHERE lane = {lane}; \
-             DELETE FROM phivault.disclosures WHERE lane = {lane}; \
              DELETE FROM phivault.audit_lanes WHERE lane = {lane};"
         ),
     );
@@ -594,4 +593,117 @@ async fn a_lane_removed_whole_is_found_by_the_checkpoint_that_names_it() {
     let (id, why) = report.first_bad.expect("the removal is found");
     assert_eq!((id >> 40).to_string(), lane, "{why}");
     assert!(why.contains("checkpoint"), "{why}");
+}
+
+/// A PostgreSQL vault from before the disclosure index moved into the audit
+/// rows (schema 3: a `disclosures` table) keeps every disclosure, oldest
+/// first, when a node of this version migrates it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disclosures_survive_the_move_of_their_index_into_the_audit_rows() {
+    let server = match phivault_tests::postgres::Postgres::start() {
+        Ok(server) => server,
+        Err(why) if std::env::var_os("PHIVAULT_TESTS_WITHOUT_POSTGRES").is_some() => {
+            eprintln!("SKIPPED: {why}");
+            return;
+        }
+        Err(why) => panic!("{why} (PHIVAULT_TESTS_WITHOUT_POSTGRES=1 skips this test)"),
+    };
+    let target = phivault::store::postgres::PgTarget::parse(&server.create_database("vault"))
+        .expect("connection string");
+    let location = Location::Postgres(Box::new(target));
+    let vault = Arc::new(
+        Vault::init_at(&location, key_file(), VaultOptions::default())
+            .await
+            .expect("init"),
+    );
+    let tokens: Vec<String> = vault
+        .tokenize("ssn", &["123-45-6789", "987-65-4321"])
+        .await
+        .expect("tokenize")
+        .into_iter()
+        .map(|t| t.expect("token"))
+        .collect();
+    let mut appends = Vec::new();
+    for i in 0..24 {
+        let vault = Arc::clone(&vault);
+        let tokens = tokens.clone();
+        appends.push(tokio::spawn(async move {
+            let client = format!("c0ffee00000000{i:02x}");
+            let revealed: Vec<&str> = if i % 3 == 0 {
+                vec![&tokens[0], &tokens[1]]
+            } else {
+                vec![&tokens[i % 2]]
+            };
+            let event = reveal(&vault, &client, "ssn", &revealed, false);
+            vault.audit(&event).await.expect("append")
+        }));
+    }
+    for append in appends {
+        append.await.expect("append task");
+    }
+    let before: Vec<Vec<u64>> = {
+        let mut lists = Vec::new();
+        for token in &tokens {
+            let (found, _) = vault
+                .disclosures("ssn", token, 0, 100)
+                .await
+                .expect("disclosures");
+            lists.push(found.iter().map(|d| d.seq).collect());
+        }
+        lists
+    };
+    assert_eq!(before.iter().map(Vec::len).sum::<usize>(), 24 + 8);
+    close(vault);
+
+    // Put the database back in schema 3's shape, as a vault of the previous
+    // version left it.
+    server.psql(
+        "vault",
+        "CREATE TABLE phivault.disclosures ( \
+             mark bytea NOT NULL, lane integer NOT NULL, seq bigint NOT NULL, \
+             PRIMARY KEY (mark, lane, seq)); \
+         ALTER TABLE phivault.disclosures ADD COLUMN ord bigint GENERATED ALWAYS AS IDENTITY; \
+         CREATE INDEX disclosures_in_order ON phivault.disclosures (mark, ord); \
+         INSERT INTO phivault.disclosures (mark, lane, seq) \
+             SELECT m.mark, a.lane, a.seq FROM phivault.audit a, unnest(a.marks) AS m(mark) \
+             ORDER BY a.ord; \
+         ALTER TABLE phivault.audit DROP COLUMN marks, DROP COLUMN ord; \
+         UPDATE phivault.schema_version SET version = 3;",
+    );
+    let vault = Vault::open_at(&location, key_file(), VaultOptions::default())
+        .await
+        .expect("open and migrate");
+    for (token, expected) in tokens.iter().zip(&before) {
+        let (found, _) = vault
+            .disclosures("ssn", token, 0, 100)
+            .await
+            .expect("disclosures");
+        let found: Vec<u64> = found.iter().map(|d| d.seq).collect();
+        assert_eq!(&found, expected, "every disclosure, in the same order");
+        // Paged one at a time, the same list.
+        let mut paged = Vec::new();
+        let mut after = 0;
+        loop {
+            let (page, _) = vault
+                .disclosures("ssn", token, after, 1)
+                .await
+                .expect("page");
+            let Some(last) = page.last() else { break };
+            after = last.seq;
+            paged.push(last.seq);
+        }
+        assert_eq!(&paged, expected);
+    }
+    let report = vault.verify_audit().await.expect("verify");
+    assert!(report.is_intact(), "{report:?}");
+    // New reveals land in the new index, after the migrated ones.
+    let event = reveal(&vault, "c0ffee0000000099", "ssn", &[&tokens[0]], false);
+    let id = vault.audit(&event).await.expect("append");
+    let (found, _) = vault
+        .disclosures("ssn", &tokens[0], 0, 100)
+        .await
+        .expect("disclosures");
+    assert_eq!(found.last().map(|d| d.seq), Some(id));
+    assert_eq!(found.len(), before[0].len() + 1);
+    vault.close().expect("close");
 }

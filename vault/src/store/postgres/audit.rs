@@ -76,20 +76,22 @@ fn lane_job(lane: i32) -> String {
     format!("audit-lane-{lane}")
 }
 
-/// Moves the head from `$1` to `$2` and stores the records and their
-/// disclosure index entries, or does nothing when the head is not `$1`.
+/// Moves the head from `$1` to `$2` and stores the records, each with the
+/// marks it revealed (`$5`, by the sequence number in `$6`) for the
+/// disclosure index, or does nothing when the head is not `$1`.
 const APPEND: &str = "\
     WITH moved AS ( \
         UPDATE phivault.audit_lanes SET head = $2 WHERE lane = $7 AND head = $1 RETURNING 1 \
-    ), records AS ( \
-        INSERT INTO phivault.audit (lane, seq, record) \
-        SELECT $7, t.seq, t.record FROM unnest($3::int8[], $4::bytea[]) AS t(seq, record) \
-        WHERE EXISTS (SELECT 1 FROM moved) \
     ), marks AS ( \
-        INSERT INTO phivault.disclosures (mark, lane, seq) \
-        SELECT t.mark, $7, t.seq FROM unnest($5::bytea[], $6::int8[]) AS t(mark, seq) \
+        SELECT m.seq, array_agg(m.mark) AS marks \
+        FROM unnest($5::bytea[], $6::int8[]) AS m(mark, seq) GROUP BY m.seq \
+    ), records AS ( \
+        INSERT INTO phivault.audit (lane, seq, record, marks) \
+        SELECT $7, t.seq, t.record, marks.marks \
+        FROM unnest($3::int8[], $4::bytea[]) WITH ORDINALITY AS t(seq, record, i) \
+        LEFT JOIN marks ON marks.seq = t.seq \
         WHERE EXISTS (SELECT 1 FROM moved) \
-        ON CONFLICT DO NOTHING \
+        ORDER BY t.i \
     ) \
     SELECT count(*) FROM moved";
 
@@ -479,9 +481,9 @@ impl AuditStore for PgStore {
                 .query(
                     // Oldest first across lanes; a page resumes after the
                     // entry of the record it ended with.
-                    "SELECT lane, seq FROM phivault.disclosures \
-                     WHERE mark = $1 AND ord > coalesce( \
-                         (SELECT ord FROM phivault.disclosures WHERE mark = $1 AND lane = $2 AND seq = $3), 0) \
+                    "SELECT lane, seq FROM phivault.audit \
+                     WHERE marks @> ARRAY[$1::bytea] AND ord > coalesce( \
+                         (SELECT ord FROM phivault.audit WHERE lane = $2 AND seq = $3), 0) \
                      ORDER BY ord LIMIT $4",
                     &[
                         &mark.as_slice(),

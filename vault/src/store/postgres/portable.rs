@@ -34,18 +34,18 @@ struct ForwardColumns {
     token: Vec<Vec<u8>>,
 }
 
-/// One batch's audit records.
+/// One batch's audit records, with each record's time.
 #[derive(Default)]
 struct AuditColumns {
+    time_ms: Vec<i64>,
     lane: Vec<i32>,
     seq: Vec<i64>,
     record: Vec<Vec<u8>>,
 }
 
-/// The disclosures one batch's records make, with each record's time.
+/// The marks one batch's records revealed, by record.
 #[derive(Default)]
 struct DisclosureColumns {
-    time_ms: Vec<i64>,
     mark: Vec<Vec<u8>>,
     lane: Vec<i32>,
     seq: Vec<i64>,
@@ -77,9 +77,12 @@ impl PortableStore for PgStore {
             let done = async {
                 let tx = client.transaction().await?;
                 let mut format_version = None;
+                // Records wait here to be numbered in the order they were
+                // written, across lanes, when the last has arrived.
                 tx.batch_execute(
-                    "CREATE TEMPORARY TABLE import_disclosures \
-                     (time_ms bigint, mark bytea, lane integer, seq bigint) ON COMMIT DROP",
+                    "CREATE TEMPORARY TABLE import_audit \
+                     (time_ms bigint, lane integer, seq bigint, record bytea, marks bytea[]) \
+                     ON COMMIT DROP",
                 )
                 .await?;
                 while let Some(message) = rows.recv().await {
@@ -109,8 +112,8 @@ impl PortableStore for PgStore {
                             // In the order the records were written, so
                             // that disclosures list oldest first.
                             tx.batch_execute(
-                                "INSERT INTO phivault.disclosures (mark, lane, seq) \
-                                 SELECT mark, lane, seq FROM import_disclosures \
+                                "INSERT INTO phivault.audit (lane, seq, record, marks) \
+                                 SELECT lane, seq, record, marks FROM import_audit \
                                  ORDER BY time_ms, lane, seq",
                             )
                             .await?;
@@ -373,11 +376,11 @@ impl PgStore {
                         .map(|r| u64_to_i64(r.time_ms))
                         .ok_or_else(|| damaged("audit", "a record is unreadable"))?;
                     for mark in revealed {
-                        disclosed.time_ms.push(time_ms);
                         disclosed.mark.push(mark.to_vec());
                         disclosed.lane.push(lane);
                         disclosed.seq.push(seq);
                     }
+                    audit.time_ms.push(time_ms);
                     audit.lane.push(lane);
                     audit.seq.push(seq);
                     audit.record.push(record);
@@ -424,18 +427,20 @@ impl PgStore {
         }
         if !audit.lane.is_empty() {
             tx.execute(
-                "INSERT INTO phivault.audit (lane, seq, record) \
-                 SELECT * FROM unnest($1::int4[], $2::int8[], $3::bytea[])",
-                &[&audit.lane, &audit.seq, &audit.record],
-            )
-            .await?;
-        }
-        if !disclosed.time_ms.is_empty() {
-            tx.execute(
-                "INSERT INTO import_disclosures (time_ms, mark, lane, seq) \
-                 SELECT * FROM unnest($1::int8[], $2::bytea[], $3::int4[], $4::int8[])",
+                "WITH marks AS ( \
+                     SELECT m.lane, m.seq, array_agg(m.mark) AS marks \
+                     FROM unnest($5::bytea[], $6::int4[], $7::int8[]) AS m(mark, lane, seq) \
+                     GROUP BY m.lane, m.seq \
+                 ) \
+                 INSERT INTO import_audit (time_ms, lane, seq, record, marks) \
+                 SELECT t.time_ms, t.lane, t.seq, t.record, marks.marks \
+                 FROM unnest($1::int8[], $2::int4[], $3::int8[], $4::bytea[]) AS t(time_ms, lane, seq, record) \
+                 LEFT JOIN marks ON marks.lane = t.lane AND marks.seq = t.seq",
                 &[
-                    &disclosed.time_ms,
+                    &audit.time_ms,
+                    &audit.lane,
+                    &audit.seq,
+                    &audit.record,
                     &disclosed.mark,
                     &disclosed.lane,
                     &disclosed.seq,

@@ -95,6 +95,33 @@ pub(super) const MIGRATIONS: &[&str] = &[
     ALTER TABLE phivault.disclosures ADD COLUMN ord bigint GENERATED ALWAYS AS IDENTITY;
     CREATE INDEX disclosures_in_order ON phivault.disclosures (mark, ord);
     ",
+    // 4: the disclosure index moves into the audit rows: each record keeps
+    // the marks of the tokens it revealed as an array under a GIN index,
+    // whose pending list takes a record's marks in one sequential write,
+    // where the disclosures table took two random B-tree insertions per
+    // token (a reveal of 1,000 tokens spent two thirds of its time there,
+    // BENCHMARKS.md). `ord` numbers records in the order appends reach the
+    // database, for listing disclosures oldest first across lanes; records
+    // already there keep their disclosures' order.
+    r"
+    ALTER TABLE phivault.audit ADD COLUMN marks bytea[], ADD COLUMN ord bigint;
+    UPDATE phivault.audit a SET marks = n.marks, ord = n.ord FROM (
+        SELECT a.lane, a.seq, d.marks,
+               row_number() OVER (ORDER BY d.first NULLS LAST, a.lane, a.seq) AS ord
+        FROM phivault.audit a LEFT JOIN (
+            SELECT lane, seq, array_agg(mark) AS marks, min(ord) AS first
+            FROM phivault.disclosures GROUP BY lane, seq
+        ) d ON d.lane = a.lane AND d.seq = a.seq
+    ) n WHERE a.lane = n.lane AND a.seq = n.seq;
+    CREATE SEQUENCE phivault.audit_ord OWNED BY phivault.audit.ord;
+    SELECT setval('phivault.audit_ord', coalesce((SELECT max(ord) FROM phivault.audit), 0) + 1, false);
+    ALTER TABLE phivault.audit
+        ALTER COLUMN ord SET DEFAULT nextval('phivault.audit_ord'),
+        ALTER COLUMN ord SET NOT NULL;
+    CREATE INDEX audit_marks ON phivault.audit USING gin (marks);
+    CREATE UNIQUE INDEX audit_in_order ON phivault.audit (ord);
+    DROP TABLE phivault.disclosures;
+    ",
 ];
 
 /// Raises the registry's epoch, in the transaction of the change.
