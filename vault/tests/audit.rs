@@ -512,17 +512,14 @@ async fn a_walk_beside_appends_finds_the_chain_intact() {
     close(vault);
 }
 
-/// On PostgreSQL, nodes append to lanes of their own; a checkpoint names
-/// every lane's head, so that a lane removed whole — records (with their
-/// disclosure marks) and head — is found by `verify`, which a lane's own head could
-/// not do.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lane_removed_whole_is_found_by_the_checkpoint_that_names_it() {
+/// A new vault in a database of a PostgreSQL server of its own (`None`,
+/// said on stderr, where PostgreSQL is missing and the run allows it).
+async fn vault_in_postgres() -> Option<(phivault_tests::postgres::Postgres, Location, Arc<Vault>)> {
     let server = match phivault_tests::postgres::Postgres::start() {
         Ok(server) => server,
         Err(why) if std::env::var_os("PHIVAULT_TESTS_WITHOUT_POSTGRES").is_some() => {
             eprintln!("SKIPPED: {why}");
-            return;
+            return None;
         }
         Err(why) => panic!("{why} (PHIVAULT_TESTS_WITHOUT_POSTGRES=1 skips this test)"),
     };
@@ -534,6 +531,18 @@ async fn a_lane_removed_whole_is_found_by_the_checkpoint_that_names_it() {
             .await
             .expect("init"),
     );
+    Some((server, location, vault))
+}
+
+/// On PostgreSQL, nodes append to lanes of their own; a checkpoint names
+/// every lane's head, so that a lane removed whole — records (with their
+/// disclosure marks) and head — is found by `verify`, which a lane's own head could
+/// not do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lane_removed_whole_is_found_by_the_checkpoint_that_names_it() {
+    let Some((server, location, vault)) = vault_in_postgres().await else {
+        return;
+    };
     let token = vault
         .tokenize("ssn", &["123-45-6789"])
         .await
@@ -600,22 +609,9 @@ async fn a_lane_removed_whole_is_found_by_the_checkpoint_that_names_it() {
 /// first, when a node of this version migrates it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disclosures_survive_the_move_of_their_index_into_the_audit_rows() {
-    let server = match phivault_tests::postgres::Postgres::start() {
-        Ok(server) => server,
-        Err(why) if std::env::var_os("PHIVAULT_TESTS_WITHOUT_POSTGRES").is_some() => {
-            eprintln!("SKIPPED: {why}");
-            return;
-        }
-        Err(why) => panic!("{why} (PHIVAULT_TESTS_WITHOUT_POSTGRES=1 skips this test)"),
+    let Some((server, location, vault)) = vault_in_postgres().await else {
+        return;
     };
-    let target = phivault::store::postgres::PgTarget::parse(&server.create_database("vault"))
-        .expect("connection string");
-    let location = Location::Postgres(Box::new(target));
-    let vault = Arc::new(
-        Vault::init_at(&location, key_file(), VaultOptions::default())
-            .await
-            .expect("init"),
-    );
     let tokens: Vec<String> = vault
         .tokenize("ssn", &["123-45-6789", "987-65-4321"])
         .await

@@ -168,6 +168,16 @@ fn by_position<T: Clone>(
     answer
 }
 
+/// A forward entry's key (`ForwardKey`'s bytes) from the columns that hold
+/// it: `namespace ‖ keyset ‖ blind index`.
+fn forward_key(namespace: u32, keyset: u32, blind: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(8 + blind.len());
+    key.extend_from_slice(&namespace.to_be_bytes());
+    key.extend_from_slice(&keyset.to_be_bytes());
+    key.extend_from_slice(blind);
+    key
+}
+
 fn u32_to_i32(n: u32) -> i32 {
     i32::from_ne_bytes(n.to_ne_bytes())
 }
@@ -930,10 +940,11 @@ impl Lifecycle for PgStore {
             Ok(found
                 .iter()
                 .map(|row| {
-                    let mut key = Vec::with_capacity(40);
-                    key.extend_from_slice(&i32_to_u32(row.get(0)).to_be_bytes());
-                    key.extend_from_slice(&i32_to_u32(row.get(1)).to_be_bytes());
-                    key.extend_from_slice(row.get::<_, &[u8]>(2));
+                    let key = forward_key(
+                        i32_to_u32(row.get(0)),
+                        i32_to_u32(row.get(1)),
+                        row.get::<_, &[u8]>(2),
+                    );
                     ForwardRow {
                         cursor: key.clone(),
                         key,

@@ -7,7 +7,7 @@ use deadpool_postgres::Transaction;
 use tokio::sync::mpsc;
 use tokio_postgres::IsolationLevel;
 
-use super::{Fail, PgStore, i32_to_u32, i64_to_u64, names, u32_to_i32, u64_to_i64};
+use super::{Fail, PgStore, forward_key, i32_to_u32, i64_to_u64, names, u32_to_i32, u64_to_i64};
 use crate::store::portable::{
     EXPORT_BATCH, Import, PortableStore, Row, rotation_running, stays_behind,
 };
@@ -132,25 +132,51 @@ impl PortableStore for PgStore {
     }
 }
 
+/// Batches on their way to the file writer, counted.
+struct Sent<'a> {
+    sink: &'a mpsc::Sender<Vec<Row>>,
+    rows: u64,
+}
+
+impl Sent<'_> {
+    async fn send(&mut self, batch: Vec<Row>) -> Result<(), Fail> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.rows += batch.len() as u64;
+        self.sink.send(batch).await.map_err(|_| {
+            Fail::Store(StoreError::Unavailable(
+                "the export's writer stopped".into(),
+            ))
+        })
+    }
+}
+
+/// Every row `sql` selects, read through a portal of `tx` a batch at a
+/// time, each batch made into rows by `rows_of` and sent.
+async fn paged(
+    tx: &Transaction<'_>,
+    sql: &str,
+    out: &mut Sent<'_>,
+    mut rows_of: impl FnMut(Vec<tokio_postgres::Row>) -> Vec<Row>,
+) -> Result<(), Fail> {
+    let portal = tx.bind(sql, &[]).await?;
+    loop {
+        let found = tx.query_portal(&portal, EXPORT_BATCH as i32).await?;
+        if found.is_empty() {
+            return Ok(());
+        }
+        out.send(rows_of(found)).await?;
+    }
+}
+
 impl PgStore {
     async fn export_in(
         &self,
         tx: &Transaction<'_>,
         sink: &mpsc::Sender<Vec<Row>>,
     ) -> Result<u64, Fail> {
-        let stopped = || {
-            Fail::Store(StoreError::Unavailable(
-                "the export's writer stopped".into(),
-            ))
-        };
-        let mut sent = 0u64;
-        let mut send = async |batch: Vec<Row>| -> Result<(), Fail> {
-            if batch.is_empty() {
-                return Ok(());
-            }
-            sent += batch.len() as u64;
-            sink.send(batch).await.map_err(|_| stopped())
-        };
+        let mut out = Sent { sink, rows: 0 };
         let running = tx
             .query_opt(
                 "SELECT 1 FROM phivault.meta WHERE name = $1",
@@ -209,21 +235,13 @@ impl PgStore {
             let row = self.open_row("clients", id.as_bytes(), row.get(1))?;
             registry.push(Row::Client { id, row });
         }
-        send(registry).await?;
+        out.send(registry).await?;
 
         // Each mapping is a reverse row and, for a deterministic namespace,
         // the forward entry that names it right after.
-        let portal = tx
-            .bind(
-                "SELECT namespace, token, reverse, keyset, blind, forward FROM phivault.mappings",
-                &[],
-            )
-            .await?;
-        loop {
-            let found = tx.query_portal(&portal, EXPORT_BATCH as i32).await?;
-            if found.is_empty() {
-                break;
-            }
+        let mappings =
+            "SELECT namespace, token, reverse, keyset, blind, forward FROM phivault.mappings";
+        paged(tx, mappings, &mut out, |found| {
             let mut batch = Vec::with_capacity(found.len() * 2);
             for row in found {
                 let namespace = i32_to_u32(row.get(0));
@@ -236,37 +254,26 @@ impl PgStore {
                 let blind: Option<Vec<u8>> = row.get(4);
                 let forward: Option<Vec<u8>> = row.get(5);
                 if let (Some(keyset), Some(blind), Some(entry)) = (keyset, blind, forward) {
-                    let mut key = Vec::with_capacity(40);
-                    key.extend_from_slice(&namespace.to_be_bytes());
-                    key.extend_from_slice(&i32_to_u32(keyset).to_be_bytes());
-                    key.extend_from_slice(&blind);
+                    let key = forward_key(namespace, i32_to_u32(keyset), &blind);
                     batch.push(Row::Forward { key, entry });
                 }
             }
-            send(batch).await?;
-        }
+            batch
+        })
+        .await?;
 
-        let portal = tx
-            .bind(
-                "SELECT lane, seq, record FROM phivault.audit ORDER BY lane, seq",
-                &[],
-            )
-            .await?;
-        loop {
-            let found = tx.query_portal(&portal, EXPORT_BATCH as i32).await?;
-            if found.is_empty() {
-                break;
-            }
-            let batch = found
+        let records = "SELECT lane, seq, record FROM phivault.audit ORDER BY lane, seq";
+        paged(tx, records, &mut out, |found| {
+            found
                 .iter()
                 .map(|row| Row::Audit {
                     id: record_id(i32_to_u32(row.get(0)), i64_to_u64(row.get(1))),
                     record: row.get(2),
                     revealed: Vec::new(),
                 })
-                .collect();
-            send(batch).await?;
-        }
+                .collect()
+        })
+        .await?;
 
         let mut heads = Vec::new();
         for row in tx
@@ -280,8 +287,8 @@ impl PgStore {
             let head = self.open_row("audit_lanes", &schema::u32_bytes(lane), row.get(1))?;
             heads.push(Row::AuditHead { lane, head });
         }
-        send(heads).await?;
-        Ok(sent)
+        out.send(heads).await?;
+        Ok(out.rows)
     }
 
     async fn import_batch(
