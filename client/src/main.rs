@@ -289,7 +289,7 @@ enum ClientCommand {
     /// Create a client; its API key is printed once, alone on stdout.
     Create {
         name: String,
-        /// tokenize:<ns>, detokenize:<ns>, detokenize-masked:<ns>, admin, audit
+        /// tokenize:<ns>, lookup:<ns>, detokenize:<ns>, detokenize-masked:<ns>, admin, audit
         /// (repeatable).
         #[arg(long = "scope", required = true)]
         scopes: Vec<String>,

@@ -45,6 +45,11 @@ impl NamespacePattern {
 pub enum Scope {
     /// `tokenize:<ns>`
     Tokenize(NamespacePattern),
+    /// `lookup:<ns>`: tokenize values already in the vault, never mint a
+    /// token: for consumers that only join on tokens others made, so that
+    /// the credential cannot grow the vault or enumerate a small domain by
+    /// minting (a value not there is answered `NOT_FOUND`).
+    Lookup(NamespacePattern),
     /// `detokenize:<ns>`: full reveal (masked reveal too).
     Detokenize(NamespacePattern),
     /// `detokenize-masked:<ns>`: reveal with all but the last 4 characters
@@ -67,7 +72,7 @@ impl FromStr for Scope {
         }
         let (kind, namespace) = s
             .split_once(':')
-            .ok_or_else(|| format!("unknown scope {s:?}; expected tokenize:<ns>, detokenize:<ns>, detokenize-masked:<ns>, admin or audit"))?;
+            .ok_or_else(|| format!("unknown scope {s:?}; expected tokenize:<ns>, lookup:<ns>, detokenize:<ns>, detokenize-masked:<ns>, admin or audit"))?;
         let pattern = match namespace {
             "*" => NamespacePattern::Any,
             name if crate::NamespaceSpec::valid_name(name) => {
@@ -81,10 +86,11 @@ impl FromStr for Scope {
         };
         match kind {
             "tokenize" => Ok(Self::Tokenize(pattern)),
+            "lookup" => Ok(Self::Lookup(pattern)),
             "detokenize" => Ok(Self::Detokenize(pattern)),
             "detokenize-masked" => Ok(Self::DetokenizeMasked(pattern)),
             _ => Err(format!(
-                "unknown scope {s:?}; expected tokenize:<ns>, detokenize:<ns>, detokenize-masked:<ns>, admin or audit"
+                "unknown scope {s:?}; expected tokenize:<ns>, lookup:<ns>, detokenize:<ns>, detokenize-masked:<ns>, admin or audit"
             )),
         }
     }
@@ -96,6 +102,7 @@ impl fmt::Display for Scope {
             Self::Admin => return f.write_str("admin"),
             Self::Audit => return f.write_str("audit"),
             Self::Tokenize(p) => ("tokenize", p),
+            Self::Lookup(p) => ("lookup", p),
             Self::Detokenize(p) => ("detokenize", p),
             Self::DetokenizeMasked(p) => ("detokenize-masked", p),
         };
@@ -109,7 +116,8 @@ impl fmt::Display for Scope {
 /// What a caller is asking to do, checked against its scopes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action<'a> {
-    /// Tokenize in a namespace.
+    /// Tokenize in a namespace: mint tokens for new values (`tokenize`), or
+    /// only look up existing ones (`lookup`; see [`Client::may_mint`]).
     Tokenize(&'a str),
     /// Reveal values in full.
     Detokenize(&'a str),
@@ -142,13 +150,21 @@ impl Client {
         self.scopes.iter().any(|scope| match (scope, action) {
             (Scope::Admin, Action::Admin | Action::Audit) => true,
             (Scope::Audit, Action::Audit) => true,
-            (Scope::Tokenize(p), Action::Tokenize(ns)) => p.matches(ns),
+            (Scope::Tokenize(p) | Scope::Lookup(p), Action::Tokenize(ns)) => p.matches(ns),
             (Scope::Detokenize(p), Action::Detokenize(ns) | Action::DetokenizeMasked(ns)) => {
                 p.matches(ns)
             }
             (Scope::DetokenizeMasked(p), Action::DetokenizeMasked(ns)) => p.matches(ns),
             _ => false,
         })
+    }
+
+    /// Whether a tokenize in `ns` may mint tokens for values not in the
+    /// vault (a `tokenize` scope), or only look up existing ones (`lookup`).
+    pub fn may_mint(&self, ns: &str) -> bool {
+        self.scopes
+            .iter()
+            .any(|scope| matches!(scope, Scope::Tokenize(p) if p.matches(ns)))
     }
 }
 
@@ -313,6 +329,7 @@ mod tests {
     fn scopes_round_trip_and_reject_nonsense() {
         for s in [
             "tokenize:ssn",
+            "lookup:mrn",
             "detokenize:*",
             "detokenize-masked:ssn-research",
             "admin",
@@ -355,6 +372,13 @@ mod tests {
         assert!(admin.allows(Action::Admin) && admin.allows(Action::Audit));
         assert!(!admin.allows(Action::Tokenize("ssn")) && !admin.allows(Action::Detokenize("ssn")));
         assert!(!client(&[]).allows(Action::Tokenize("ssn")));
+        let joiner = client(&["lookup:ssn", "tokenize:mrn"]);
+        assert!(joiner.allows(Action::Tokenize("ssn")) && !joiner.may_mint("ssn"));
+        assert!(joiner.allows(Action::Tokenize("mrn")) && joiner.may_mint("mrn"));
+        assert!(!joiner.allows(Action::Tokenize("email")) && !joiner.may_mint("email"));
+        assert!(!joiner.allows(Action::Detokenize("ssn")));
+        let both = client(&["lookup:*", "tokenize:ssn"]);
+        assert!(both.may_mint("ssn") && !both.may_mint("mrn"));
     }
 
     #[test]

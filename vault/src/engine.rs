@@ -1127,6 +1127,27 @@ impl Vault {
         namespace: &str,
         values: &[S],
     ) -> Result<Vec<ItemResult>, Error> {
+        self.tokenize_or_look_up(namespace, values, true).await
+    }
+
+    /// The tokens of values already in `namespace`, minting none: a value
+    /// not there is an item error `NOT_FOUND`, and nothing is written (the
+    /// `lookup` scope). A random namespace's values are never looked up:
+    /// each tokenize mints a new token.
+    pub async fn look_up<S: AsRef<str>>(
+        &self,
+        namespace: &str,
+        values: &[S],
+    ) -> Result<Vec<ItemResult>, Error> {
+        self.tokenize_or_look_up(namespace, values, false).await
+    }
+
+    async fn tokenize_or_look_up<S: AsRef<str>>(
+        &self,
+        namespace: &str,
+        values: &[S],
+        mint: bool,
+    ) -> Result<Vec<ItemResult>, Error> {
         self.check_batch(values.len())?;
         let ns = self.namespace(namespace)?;
         let ring = self.keyring();
@@ -1191,7 +1212,16 @@ impl Vault {
             new_values.push((slot, parsed, lookup));
         }
 
-        if !new_values.is_empty() {
+        if !mint {
+            let why = if ns.deterministic {
+                "not in the vault (this client looks values up and never mints a token)"
+            } else {
+                "this namespace mints a new token for every value, so there is nothing to look up"
+            };
+            for (slot, _, _) in new_values {
+                results[slot] = Some(Err(ItemError::new(ItemCode::NotFound, &ns.name, why)));
+            }
+        } else if !new_values.is_empty() {
             self.allocate(&ns, &ring, new_values, &mut results).await?;
         }
         Ok(results

@@ -199,6 +199,7 @@ async fn the_scope_matrix() {
     ];
     for (label, scope) in [
         ("tokenize:ssn", "tokenize:ssn"),
+        ("lookup:ssn", "lookup:ssn"),
         ("detokenize:ssn", "detokenize:ssn"),
         ("detokenize-masked:ssn", "detokenize-masked:ssn"),
         ("admin", "admin"),
@@ -269,6 +270,19 @@ async fn the_scope_matrix() {
         ),
         (
             "tokenize:ssn",
+            [
+                (Tokenize, "ssn", Allowed),
+                (Tokenize, "email", Denied),
+                (Detokenize, "ssn", Denied),
+                (Detokenize, "email", Denied),
+                (DetokenizeMasked, "ssn", Denied),
+                (DetokenizeMasked, "email", Denied),
+                (CreateClient, "ssn", Denied),
+                (CreateClient, "email", Denied),
+            ],
+        ),
+        (
+            "lookup:ssn",
             [
                 (Tokenize, "ssn", Allowed),
                 (Tokenize, "email", Denied),
@@ -395,6 +409,99 @@ async fn the_scope_matrix() {
         no_namespace.map(|m| m.replace("\"nope\"", "\"ssn\"")),
         existing
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lookup_client_finds_existing_tokens_and_never_mints() {
+    let vault = VaultDir::init();
+    let server = Server::start(&vault, &[]);
+    let admin = connect(&server, Some(&vault.admin_key)).await;
+    let (pipeline, _) = client_with(&admin, &server, "pipeline", &["tokenize:*"]).await;
+    let (joiner, _) = client_with(&admin, &server, "joiner", &["lookup:*"]).await;
+    admin
+        .create_namespace(pb::CreateNamespaceRequest {
+            name: "visit".into(),
+            format: "alnum".into(),
+            options: None,
+            random: true,
+        })
+        .await
+        .expect("random namespace");
+    let known = texts(
+        pipeline
+            .tokenize("dob", vec!["1976-07-04".into(), "1980-01-31".into()])
+            .await
+            .expect("tokenize"),
+    );
+
+    // Known values, in any accepted spelling, find their tokens; a new one
+    // is NOT_FOUND, without its value in the message, and stays unminted.
+    let asked = vec![
+        "1976-07-04".to_owned(),
+        "1999-12-25".to_owned(),
+        "1980-01-31".to_owned(),
+    ];
+    let results = joiner.tokenize("dob", asked.clone()).await.expect("lookup");
+    assert_eq!(results[0].as_ref().expect("known"), &known[0]);
+    assert_eq!(results[2].as_ref().expect("known"), &known[1]);
+    let missing = results[1].as_ref().expect_err("never tokenized");
+    assert_eq!(missing.code, Code::NotFound as i32);
+    assert!(!missing.message.contains("1999"), "{}", missing.message);
+    let again = joiner.tokenize("dob", asked.clone()).await.expect("lookup");
+    assert!(
+        again[1].is_err(),
+        "a lookup minted the value it was asked for"
+    );
+    // Once a client that may mint brings it, the lookup finds it.
+    let minted = texts(
+        pipeline
+            .tokenize("dob", vec!["1999-12-25".into()])
+            .await
+            .expect("tokenize"),
+    );
+    let found = joiner.tokenize("dob", asked).await.expect("lookup");
+    assert_eq!(found[1].as_ref().expect("now known"), &minted[0]);
+
+    // The same over a stream.
+    let streamed: Vec<_> = joiner
+        .tokenize_stream(
+            "dob",
+            stream::iter(vec![vec!["1976-07-04".into(), "2001-02-03".into()]]),
+            2,
+        )
+        .await
+        .expect("stream")
+        .collect()
+        .await;
+    let streamed = streamed
+        .into_iter()
+        .next()
+        .expect("one answer")
+        .expect("batch");
+    assert_eq!(streamed[0].as_ref().expect("known"), &known[0]);
+    assert_eq!(
+        streamed[1].as_ref().expect_err("unknown").code,
+        Code::NotFound as i32
+    );
+
+    // A random namespace mints anew for every value: nothing to look up.
+    pipeline
+        .tokenize("visit", vec!["V123".into()])
+        .await
+        .expect("tokenize");
+    let random = joiner
+        .tokenize("visit", vec!["V123".into()])
+        .await
+        .expect("lookup");
+    let refused = random[0].as_ref().expect_err("random namespace");
+    assert_eq!(refused.code, Code::NotFound as i32);
+    assert!(
+        refused.message.contains("nothing to look up"),
+        "{}",
+        refused.message
+    );
+    drop((admin, pipeline, joiner));
+    server.stop();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

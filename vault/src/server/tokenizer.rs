@@ -46,16 +46,22 @@ async fn tokenize(
 ) -> Result<pb::TokenizeResponse, Status> {
     // Tokenizing reveals nothing: only a refusal is recorded, so that bulk
     // pipelines do not write a record per batch.
-    call.authorize(
-        vault,
-        Action::Tokenize(&request.namespace),
-        request.values.len(),
-    )
-    .await?;
-    let results = vault
-        .tokenize(&request.namespace, &request.values)
-        .await
-        .map_err(|e| call.fail(e.into()))?;
+    let client = call
+        .authorize(
+            vault,
+            Action::Tokenize(&request.namespace),
+            request.values.len(),
+        )
+        .await?;
+    // A `lookup` client gets the tokens of values already there, and
+    // `NOT_FOUND` for the rest: it can neither grow the vault nor use
+    // minting to enumerate a small domain.
+    let results = if client.may_mint(&request.namespace) {
+        vault.tokenize(&request.namespace, &request.values).await
+    } else {
+        vault.look_up(&request.namespace, &request.values).await
+    }
+    .map_err(|e| call.fail(e.into()))?;
     Ok(pb::TokenizeResponse {
         results: convert::item_results(results),
     })
