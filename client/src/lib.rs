@@ -984,10 +984,20 @@ impl Client {
         name: &str,
         scopes: Vec<String>,
     ) -> Result<pb::CreateClientResponse, ClientError> {
-        let request = pb::CreateClientRequest {
+        self.create_client_with(pb::CreateClientRequest {
             name: name.to_owned(),
             scopes,
-        };
+            allow_masked_oracle: false,
+        })
+        .await
+    }
+
+    /// Creates a client as `request` says (`allow_masked_oracle` among
+    /// others). Sent again only as [`Client::create_client`] is.
+    pub async fn create_client_with(
+        &self,
+        request: pb::CreateClientRequest,
+    ) -> Result<pb::CreateClientResponse, ClientError> {
         self.call(Retry::IfUnsent, |node: Node| {
             let request = request.clone();
             async move {

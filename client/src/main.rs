@@ -293,6 +293,10 @@ enum ClientCommand {
         /// (repeatable).
         #[arg(long = "scope", required = true)]
         scopes: Vec<String>,
+        /// Allow a masked reveal together with tokenize or lookup on one
+        /// namespace, which together reveal whole values (refused without).
+        #[arg(long)]
+        allow_masked_oracle: bool,
     },
     /// List clients.
     List,
@@ -826,8 +830,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             true
         }
-        Command::Clients(ClientCommand::Create { name, scopes }) => {
-            let created = client.create_client(&name, scopes).await?;
+        Command::Clients(ClientCommand::Create {
+            name,
+            scopes,
+            allow_masked_oracle,
+        }) => {
+            let created = client
+                .create_client_with(pb::CreateClientRequest {
+                    name,
+                    scopes,
+                    allow_masked_oracle,
+                })
+                .await?;
             let c = created.client.unwrap_or_default();
             if json {
                 println!(

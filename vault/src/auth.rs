@@ -113,6 +113,39 @@ impl fmt::Display for Scope {
     }
 }
 
+/// Namespace patterns that overlap: one namespace both name.
+fn overlap(a: &NamespacePattern, b: &NamespacePattern) -> Option<String> {
+    match (a, b) {
+        (NamespacePattern::Any, NamespacePattern::Any) => Some("*".into()),
+        (NamespacePattern::Any, NamespacePattern::Exact(n))
+        | (NamespacePattern::Exact(n), NamespacePattern::Any) => Some(n.clone()),
+        (NamespacePattern::Exact(x), NamespacePattern::Exact(y)) => (x == y).then(|| x.clone()),
+    }
+}
+
+/// The namespace on which `scopes` grant a masked reveal (but not a full
+/// one) together with tokenize or lookup, if any: together they reveal the
+/// full value, since the visible last characters leave few candidates and
+/// tokenize checks each against the token (an SSN's last 4 leave 10^5).
+pub fn masked_oracle(scopes: &[Scope]) -> Option<String> {
+    let full = |ns: &str| {
+        scopes
+            .iter()
+            .any(|s| matches!(s, Scope::Detokenize(p) if p.matches(ns)))
+    };
+    scopes.iter().find_map(|masked| {
+        let Scope::DetokenizeMasked(m) = masked else {
+            return None;
+        };
+        scopes.iter().find_map(|checker| match checker {
+            Scope::Tokenize(t) | Scope::Lookup(t) => {
+                overlap(m, t).filter(|ns| ns == "*" || !full(ns))
+            }
+            _ => None,
+        })
+    })
+}
+
 /// What a caller is asking to do, checked against its scopes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action<'a> {
@@ -379,6 +412,37 @@ mod tests {
         assert!(!joiner.allows(Action::Detokenize("ssn")));
         let both = client(&["lookup:*", "tokenize:ssn"]);
         assert!(both.may_mint("ssn") && !both.may_mint("mrn"));
+    }
+
+    #[test]
+    fn a_masked_reveal_with_tokenize_or_lookup_on_one_namespace_is_an_oracle() {
+        let scopes = |list: &[&str]| -> Vec<Scope> {
+            list.iter().map(|s| s.parse().expect("scope")).collect()
+        };
+        let oracle = |list: &[&str]| masked_oracle(&scopes(list));
+        assert_eq!(
+            oracle(&["tokenize:ssn", "detokenize-masked:ssn"]).as_deref(),
+            Some("ssn")
+        );
+        assert_eq!(
+            oracle(&["lookup:*", "detokenize-masked:ssn"]).as_deref(),
+            Some("ssn")
+        );
+        assert_eq!(
+            oracle(&["tokenize:ssn", "detokenize-masked:*"]).as_deref(),
+            Some("ssn")
+        );
+        assert_eq!(
+            oracle(&["tokenize:*", "detokenize-masked:*"]).as_deref(),
+            Some("*")
+        );
+        assert_eq!(oracle(&["tokenize:email", "detokenize-masked:ssn"]), None);
+        assert_eq!(oracle(&["detokenize-masked:ssn", "audit"]), None);
+        // A full reveal already shows the value: the pair adds nothing.
+        assert_eq!(
+            oracle(&["tokenize:ssn", "detokenize:ssn", "detokenize-masked:ssn"]),
+            None
+        );
     }
 
     #[test]

@@ -709,7 +709,8 @@ impl Vault {
         name: &str,
         scopes: &[impl AsRef<str>],
     ) -> Result<(Client, ApiKey), Error> {
-        self.create_client_with_record(name, scopes, None).await
+        self.create_client_with_record(name, scopes, None, false)
+            .await
     }
 
     /// `record` ready for the writer, with `complete` applied (the change's
@@ -727,12 +728,15 @@ impl Vault {
 
     /// [`Vault::create_client`], with `record` (its `target` set to the new
     /// client's id) appended to the audit trail in the same commit: the
-    /// client and its record exist together or not at all.
+    /// client and its record exist together or not at all. A masked reveal
+    /// with tokenize or lookup on one namespace is refused unless
+    /// `allow_masked_oracle` (see [`auth::masked_oracle`]).
     pub async fn create_client_with_record(
         &self,
         name: &str,
         scopes: &[impl AsRef<str>],
         audit_record: Option<AuditEvent>,
+        allow_masked_oracle: bool,
     ) -> Result<(Client, ApiKey), Error> {
         let name_ok = (1..=64).contains(&name.len())
             && name
@@ -749,6 +753,11 @@ impl Vault {
             .map(|s| s.as_ref().parse())
             .collect::<Result<_, _>>()
             .map_err(Error::InvalidClient)?;
+        if !allow_masked_oracle && let Some(ns) = auth::masked_oracle(&scopes) {
+            return Err(Error::InvalidClient(format!(
+                "a masked reveal with tokenize or lookup on namespace {ns:?} reveals whole values (the visible characters leave few candidates, which tokenize checks one by one); grant a full reveal instead, or allow it explicitly (allow_masked_oracle, `--allow-masked-oracle`)"
+            )));
+        }
         if scopes.is_empty() {
             return Err(Error::InvalidClient(
                 "a client needs at least one scope".into(),

@@ -505,6 +505,79 @@ async fn a_lookup_client_finds_existing_tokens_and_never_mints() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_masked_reveal_that_tokenize_could_complete_is_granted_only_when_allowed() {
+    let vault = VaultDir::init();
+    let server = Server::start(&vault, &[]);
+    let admin = connect(&server, Some(&vault.admin_key)).await;
+    for scopes in [
+        &["tokenize:ssn", "detokenize-masked:ssn"][..],
+        &["lookup:*", "detokenize-masked:ssn"],
+        &["tokenize:ssn", "detokenize-masked:*"],
+    ] {
+        let scopes: Vec<String> = scopes.iter().map(|s| (*s).to_owned()).collect();
+        let error = admin
+            .create_client("clerk", scopes.clone())
+            .await
+            .expect_err("an oracle pair");
+        let message = match &error {
+            phivault_client::ClientError::Status(status) => status.message().to_owned(),
+            other => panic!("expected a status, got {other}"),
+        };
+        assert_eq!(code(error), Code::InvalidArgument, "{scopes:?}");
+        assert!(
+            message.contains("\"ssn\"") && message.contains("allow"),
+            "{message}"
+        );
+    }
+    let names: Vec<String> = admin
+        .list_clients()
+        .await
+        .expect("clients")
+        .into_iter()
+        .map(|c| c.name)
+        .collect();
+    assert!(
+        !names.contains(&"clerk".to_owned()),
+        "a refused client was created"
+    );
+    // Different namespaces, or a full reveal, add nothing: granted.
+    admin
+        .create_client(
+            "clerk",
+            vec!["tokenize:email".into(), "detokenize-masked:ssn".into()],
+        )
+        .await
+        .expect("no oracle");
+    // Allowed explicitly, over the API and from the command line.
+    admin
+        .create_client_with(pb::CreateClientRequest {
+            name: "desk".into(),
+            scopes: vec!["tokenize:ssn".into(), "detokenize-masked:ssn".into()],
+            allow_masked_oracle: true,
+        })
+        .await
+        .expect("allowed explicitly");
+    let args = [
+        "clients",
+        "create",
+        "front",
+        "--scope",
+        "lookup:ssn",
+        "--scope",
+        "detokenize-masked:ssn",
+    ];
+    let refused = cli(&server, &vault.admin_key, &args, "");
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--allow-masked-oracle"));
+    let mut allowed = args.to_vec();
+    allowed.push("--allow-masked-oracle");
+    let key = stdout(&cli(&server, &vault.admin_key, &allowed, ""));
+    assert!(key.trim().starts_with("pv_"));
+    drop(admin);
+    server.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limits_give_clear_statuses_and_the_server_keeps_serving() {
     let vault = VaultDir::init();
     let server = Server::start(&vault, &[]);

@@ -173,7 +173,12 @@ impl Admin for AdminService {
         let record = call.0.success_record(&call.1, AuditEvent::default());
         let result = self
             .vault
-            .create_client_with_record(&request.name, &request.scopes, Some(record))
+            .create_client_with_record(
+                &request.name,
+                &request.scopes,
+                Some(record),
+                request.allow_masked_oracle,
+            )
             .await
             .map_err(Status::from)
             .map(|(client, key)| pb::CreateClientResponse {
