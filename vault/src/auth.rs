@@ -128,19 +128,20 @@ fn overlap(a: &NamespacePattern, b: &NamespacePattern) -> Option<String> {
 /// full value, since the visible last characters leave few candidates and
 /// tokenize checks each against the token (an SSN's last 4 leave 10^5).
 pub fn masked_oracle(scopes: &[Scope]) -> Option<String> {
+    // A full reveal on the namespace (on every one, for `*`).
     let full = |ns: &str| {
-        scopes
-            .iter()
-            .any(|s| matches!(s, Scope::Detokenize(p) if p.matches(ns)))
+        scopes.iter().any(|s| match s {
+            Scope::Detokenize(NamespacePattern::Any) => true,
+            Scope::Detokenize(p) => ns != "*" && p.matches(ns),
+            _ => false,
+        })
     };
     scopes.iter().find_map(|masked| {
         let Scope::DetokenizeMasked(m) = masked else {
             return None;
         };
         scopes.iter().find_map(|checker| match checker {
-            Scope::Tokenize(t) | Scope::Lookup(t) => {
-                overlap(m, t).filter(|ns| ns == "*" || !full(ns))
-            }
+            Scope::Tokenize(t) | Scope::Lookup(t) => overlap(m, t).filter(|ns| !full(ns)),
             _ => None,
         })
     })
@@ -442,6 +443,15 @@ mod tests {
         assert_eq!(
             oracle(&["tokenize:ssn", "detokenize:ssn", "detokenize-masked:ssn"]),
             None
+        );
+        assert_eq!(
+            oracle(&["tokenize:*", "detokenize:*", "detokenize-masked:*"]),
+            None
+        );
+        // A full reveal of one namespace does not cover every one.
+        assert_eq!(
+            oracle(&["tokenize:*", "detokenize:ssn", "detokenize-masked:*"]).as_deref(),
+            Some("*")
         );
     }
 
