@@ -411,13 +411,9 @@ async fn the_scope_matrix() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lookup_client_finds_existing_tokens_and_never_mints() {
-    let vault = VaultDir::init();
-    let server = Server::start(&vault, &[]);
-    let admin = connect(&server, Some(&vault.admin_key)).await;
-    let (pipeline, _) = client_with(&admin, &server, "pipeline", &["tokenize:*"]).await;
-    let (joiner, _) = client_with(&admin, &server, "joiner", &["lookup:*"]).await;
+/// Creates `visit`, a random alphanumeric namespace: every tokenize of a
+/// value mints a new token.
+async fn random_visit_namespace(admin: &Client) {
     admin
         .create_namespace(pb::CreateNamespaceRequest {
             name: "visit".into(),
@@ -427,6 +423,16 @@ async fn a_lookup_client_finds_existing_tokens_and_never_mints() {
         })
         .await
         .expect("random namespace");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lookup_client_finds_existing_tokens_and_never_mints() {
+    let vault = VaultDir::init();
+    let server = Server::start(&vault, &[]);
+    let admin = connect(&server, Some(&vault.admin_key)).await;
+    let (pipeline, _) = client_with(&admin, &server, "pipeline", &["tokenize:*"]).await;
+    let (joiner, _) = client_with(&admin, &server, "joiner", &["lookup:*"]).await;
+    random_visit_namespace(&admin).await;
     let known = texts(
         pipeline
             .tokenize("dob", vec!["1976-07-04".into(), "1980-01-31".into()])

@@ -16,7 +16,7 @@ use phivault_tests::{Server, VaultDir, on_postgres};
 
 use tonic::Code;
 
-use super::{client_with, code, connect, texts};
+use super::{client_with, code, connect, random_visit_namespace, texts};
 
 /// `phivault <subcommand>` on `vault`'s store with its key file, and more
 /// arguments.
@@ -168,15 +168,7 @@ async fn a_vault_moves_to_postgresql_and_back_with_every_token_and_its_audit_tra
     let admin = connect(&server, Some(&embedded.admin_key)).await;
     let (pipeline, pipeline_key) =
         client_with(&admin, &server, "pipeline", &["tokenize:*", "detokenize:*"]).await;
-    admin
-        .create_namespace(pb::CreateNamespaceRequest {
-            name: "visit".into(),
-            format: "alnum".into(),
-            options: None,
-            random: true,
-        })
-        .await
-        .expect("random namespace");
+    random_visit_namespace(&admin).await;
     let mut held = Held {
         tokens: HashMap::new(),
         random: (values("V", 200), Vec::new()),
