@@ -353,6 +353,27 @@ pub enum ClientError {
     Status(Status),
 }
 
+impl ClientError {
+    /// How long the server asked the caller to wait before sending the call
+    /// again, for a call refused by a rate limit or quota
+    /// (`RESOURCE_EXHAUSTED` with `grpc-retry-pushback-ms`). `None` when it
+    /// gave no time, or said that waiting does not help (a call larger than
+    /// the limit's burst).
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        let Self::Status(status) = self else {
+            return None;
+        };
+        let ms: i64 = status
+            .metadata()
+            .get("grpc-retry-pushback-ms")?
+            .to_str()
+            .ok()?
+            .parse()
+            .ok()?;
+        u64::try_from(ms).ok().map(std::time::Duration::from_millis)
+    }
+}
+
 // Not `#[from]`: that would also make the status the error's source, and
 // error reports would print its code and message twice.
 impl From<Status> for ClientError {
@@ -987,7 +1008,7 @@ impl Client {
         self.create_client_with(pb::CreateClientRequest {
             name: name.to_owned(),
             scopes,
-            allow_masked_oracle: false,
+            ..Default::default()
         })
         .await
     }

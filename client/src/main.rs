@@ -297,6 +297,16 @@ enum ClientCommand {
         /// namespace, which together reveal whole values (refused without).
         #[arg(long)]
         allow_masked_oracle: bool,
+        /// A rate limit, KIND[:NAMESPACE]=N/s (also /m, /h; optionally
+        /// ,burst=B) for KIND tokenize or detokenize: items per second in
+        /// each namespace, or the one named; `unlimited` lifts the server's
+        /// default (repeatable).
+        #[arg(long = "rate", value_name = "RULE")]
+        rates: Vec<String>,
+        /// A quota of new mappings, new-mappings[:NAMESPACE]=N/DURATION
+        /// (`100000/24h`): at most N created per fixed window (repeatable).
+        #[arg(long = "quota", value_name = "RULE")]
+        quotas: Vec<String>,
     },
     /// List clients.
     List,
@@ -834,12 +844,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             name,
             scopes,
             allow_masked_oracle,
+            rates,
+            quotas,
         }) => {
             let created = client
                 .create_client_with(pb::CreateClientRequest {
                     name,
                     scopes,
                     allow_masked_oracle,
+                    limits: rates.into_iter().chain(quotas).collect(),
                 })
                 .await?;
             let c = created.client.unwrap_or_default();

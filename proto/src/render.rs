@@ -57,14 +57,19 @@ pub fn namespace_line(ns: &Namespace) -> String {
 
 /// A client as one JSON object (its API key is never part of it).
 pub fn client_json(c: &Client) -> Value {
-    json!({ "client_id": c.client_id, "name": c.name, "scopes": c.scopes, "revoked": c.revoked })
+    json!({ "client_id": c.client_id, "name": c.name, "scopes": c.scopes, "revoked": c.revoked, "limits": c.limits })
 }
 
 /// A client as one line: id, name, state and scopes.
 pub fn client_line(c: &Client) -> String {
     let state = if c.revoked { "revoked" } else { "active" };
+    let limits = if c.limits.is_empty() {
+        String::new()
+    } else {
+        format!(" limits: {}", c.limits.join(" "))
+    };
     format!(
-        "{} {:<20} {:<8} {}",
+        "{} {:<20} {:<8} {}{limits}",
         c.client_id,
         c.name,
         state,

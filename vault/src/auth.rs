@@ -176,6 +176,9 @@ pub struct Client {
     pub created_at: u64,
     /// When it was revoked, if it was.
     pub revoked_at: Option<u64>,
+    /// Its own rate limits and quotas; what it leaves out, the server's
+    /// defaults decide.
+    pub limits: crate::limits::Limits,
 }
 
 impl Client {
@@ -218,6 +221,7 @@ impl ClientRecord {
             scopes,
             created_at: self.created_at,
             revoked_at: self.revoked_at,
+            limits: self.limits.clone(),
         })
     }
 }
@@ -312,6 +316,10 @@ impl ClientTable {
         }
     }
 
+    pub(crate) fn get(&self, id: &str) -> Option<Arc<Client>> {
+        self.by_id.get(id).map(|(client, _)| Arc::clone(client))
+    }
+
     pub(crate) fn all(&self) -> Vec<Client> {
         let mut all: Vec<Client> = self.by_id.values().map(|(c, _)| Client::clone(c)).collect();
         all.sort_by(|a, b| a.name.cmp(&b.name).then_with(|| a.id.cmp(&b.id)));
@@ -391,6 +399,7 @@ mod tests {
             scopes: scopes.iter().map(|s| s.parse().expect("scope")).collect(),
             created_at: 0,
             revoked_at: None,
+            limits: Default::default(),
         };
         let masked = client(&["detokenize-masked:ssn"]);
         assert!(masked.allows(Action::DetokenizeMasked("ssn")));
@@ -465,6 +474,7 @@ mod tests {
             scopes: vec![Scope::Admin],
             created_at: 1,
             revoked_at: None,
+            limits: Default::default(),
         };
         table.insert(client.clone(), &digest);
         let bearer = format!("Bearer {}", key.expose());

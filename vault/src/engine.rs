@@ -70,6 +70,47 @@ impl Default for Limits {
     }
 }
 
+/// Whether a tokenize call may create mappings for values not in the vault.
+#[derive(Clone, Copy)]
+pub enum Mint<'a> {
+    /// Never: values not there are `NOT_FOUND` (the `lookup` scope).
+    Never,
+    /// Always.
+    Always,
+    /// After `reserve` accepted the number of new mappings the call needs
+    /// (a quota): an error from it fails the call, with nothing written.
+    Reserving(&'a (dyn Fn(u64) -> Result<(), Error> + Sync)),
+}
+
+/// What one tokenize call found and made. `items` of the request may exceed
+/// the sum: repeats of one new value share the mapping made for the first.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TokenizeCounts {
+    /// Values answered by a mapping that existed before the call.
+    pub hits: u64,
+    /// Mappings the call created.
+    pub minted: u64,
+    /// Values not in the vault, for a call that may not mint.
+    pub not_found: u64,
+    /// Values that failed otherwise (invalid, no free token, damaged).
+    pub failed: u64,
+}
+
+/// A client to create: what `CreateClient` and `pvc clients create` take.
+#[derive(Debug, Clone, Default)]
+pub struct ClientSpec {
+    /// A human name (`billing-service`).
+    pub name: String,
+    /// Its scopes as written (`detokenize:ssn`, `admin`, …).
+    pub scopes: Vec<String>,
+    /// Allows a masked reveal together with tokenize or lookup on one
+    /// namespace (see [`auth::masked_oracle`]).
+    pub allow_masked_oracle: bool,
+    /// Its rate limits and quotas as written (`detokenize=50/s`,
+    /// `new-mappings=100000/24h`); see [`crate::limits`].
+    pub limits: Vec<String>,
+}
+
 /// How a vault is created and run.
 #[derive(Debug, Clone)]
 pub struct VaultOptions {
@@ -697,6 +738,23 @@ impl Vault {
             .authenticate(authorization)
     }
 
+    /// A client by id, as this node last read the registry.
+    pub(crate) fn client(&self, id: &str) -> Option<Arc<Client>> {
+        self.clients
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+    }
+
+    /// Publishes what this node admitted under its clients' limits, and
+    /// returns what the other nodes sharing its storage published.
+    pub(crate) async fn share_usage(
+        &self,
+        mine: Vec<crate::store::Usage>,
+    ) -> Result<Vec<crate::store::SharedUsage>, Error> {
+        Ok(self.store.share_usage(&self.holder, mine).await?)
+    }
+
     /// Every client, by name.
     pub fn clients(&self) -> Vec<Client> {
         self.clients.read().unwrap_or_else(|e| e.into_inner()).all()
@@ -709,8 +767,12 @@ impl Vault {
         name: &str,
         scopes: &[impl AsRef<str>],
     ) -> Result<(Client, ApiKey), Error> {
-        self.create_client_with_record(name, scopes, None, false)
-            .await
+        let spec = ClientSpec {
+            name: name.to_owned(),
+            scopes: scopes.iter().map(|s| s.as_ref().to_owned()).collect(),
+            ..ClientSpec::default()
+        };
+        self.create_client_with_record(&spec, None).await
     }
 
     /// `record` ready for the writer, with `complete` applied (the change's
@@ -726,18 +788,23 @@ impl Vault {
         })
     }
 
-    /// [`Vault::create_client`], with `record` (its `target` set to the new
-    /// client's id) appended to the audit trail in the same commit: the
-    /// client and its record exist together or not at all. A masked reveal
-    /// with tokenize or lookup on one namespace is refused unless
-    /// `allow_masked_oracle` (see [`auth::masked_oracle`]).
+    /// Creates the client `spec` describes, with `record` (its `target` set
+    /// to the new client's id) appended to the audit trail in the same
+    /// commit: the client and its record exist together or not at all. A
+    /// masked reveal with tokenize or lookup on one namespace is refused
+    /// unless the spec allows it (see [`auth::masked_oracle`]).
     pub async fn create_client_with_record(
         &self,
-        name: &str,
-        scopes: &[impl AsRef<str>],
+        spec: &ClientSpec,
         audit_record: Option<AuditEvent>,
-        allow_masked_oracle: bool,
     ) -> Result<(Client, ApiKey), Error> {
+        let ClientSpec {
+            name,
+            scopes,
+            allow_masked_oracle,
+            limits,
+        } = spec;
+        let limits = crate::limits::Limits::parse(limits).map_err(Error::InvalidClient)?;
         let name_ok = (1..=64).contains(&name.len())
             && name
                 .bytes()
@@ -750,10 +817,10 @@ impl Vault {
         }
         let scopes: Vec<Scope> = scopes
             .iter()
-            .map(|s| s.as_ref().parse())
+            .map(|s| s.parse())
             .collect::<Result<_, _>>()
             .map_err(Error::InvalidClient)?;
-        if !allow_masked_oracle && let Some(ns) = auth::masked_oracle(&scopes) {
+        if !*allow_masked_oracle && let Some(ns) = auth::masked_oracle(&scopes) {
             return Err(Error::InvalidClient(format!(
                 "a masked reveal with tokenize or lookup on namespace {ns:?} reveals whole values (the visible characters leave few candidates, which tokenize checks one by one); grant a full reveal instead, or allow it explicitly (allow_masked_oracle, `--allow-masked-oracle`)"
             )));
@@ -770,6 +837,7 @@ impl Vault {
             secret_sha256: digest.clone(),
             created_at: now_secs(),
             revoked_at: None,
+            limits,
         };
         let client = record.to_client(&id).map_err(Error::InvalidClient)?;
         let audited = self.pending_record(audit_record, |e| e.target = id.clone());
@@ -1136,7 +1204,9 @@ impl Vault {
         namespace: &str,
         values: &[S],
     ) -> Result<Vec<ItemResult>, Error> {
-        self.tokenize_or_look_up(namespace, values, true).await
+        self.tokenize_counted(namespace, values, Mint::Always)
+            .await
+            .map(|(results, _)| results)
     }
 
     /// The tokens of values already in `namespace`, minting none: a value
@@ -1148,16 +1218,22 @@ impl Vault {
         namespace: &str,
         values: &[S],
     ) -> Result<Vec<ItemResult>, Error> {
-        self.tokenize_or_look_up(namespace, values, false).await
+        self.tokenize_counted(namespace, values, Mint::Never)
+            .await
+            .map(|(results, _)| results)
     }
 
-    async fn tokenize_or_look_up<S: AsRef<str>>(
+    /// Tokenizes `values` in `namespace`, minting as `mint` says, and counts
+    /// what it found and made: what the audit trail's tokenize summaries
+    /// and the new-mapping quotas are built from.
+    pub async fn tokenize_counted<S: AsRef<str>>(
         &self,
         namespace: &str,
         values: &[S],
-        mint: bool,
-    ) -> Result<Vec<ItemResult>, Error> {
+        mint: Mint<'_>,
+    ) -> Result<(Vec<ItemResult>, TokenizeCounts), Error> {
         self.check_batch(values.len())?;
+        let mut counts = TokenizeCounts::default();
         let ns = self.namespace(namespace)?;
         let ring = self.keyring();
         let mut results: Vec<Option<ItemResult>> = vec![None; values.len()];
@@ -1188,6 +1264,7 @@ impl Vault {
                 && let Some(token) = lookup.all().find_map(|key| cache.get(key))
             {
                 results[slot] = Some(Ok(ns.format.render(&token, &parsed.shape)));
+                counts.hits += 1;
                 continue;
             }
             pending.push((slot, parsed, lookup));
@@ -1215,13 +1292,29 @@ impl Vault {
                 if let Some((key, stored)) = hit {
                     results[slot] =
                         Some(self.existing_token(&ns, &ring, key, &stored, &parsed.shape));
+                    counts.hits += 1;
                     continue;
                 }
             }
             new_values.push((slot, parsed, lookup));
         }
 
-        if !mint {
+        if let Mint::Reserving(reserve) = mint
+            && !new_values.is_empty()
+        {
+            // Repeats of one new value share one mapping.
+            let distinct = if ns.deterministic {
+                new_values
+                    .iter()
+                    .filter_map(|(_, _, lookup)| lookup.as_ref().map(|l| l.active))
+                    .collect::<std::collections::HashSet<_>>()
+                    .len()
+            } else {
+                new_values.len()
+            };
+            reserve(distinct as u64)?;
+        }
+        if matches!(mint, Mint::Never) {
             let why = if ns.deterministic {
                 "not in the vault (this client looks values up and never mints a token)"
             } else {
@@ -1231,12 +1324,22 @@ impl Vault {
                 results[slot] = Some(Err(ItemError::new(ItemCode::NotFound, &ns.name, why)));
             }
         } else if !new_values.is_empty() {
-            self.allocate(&ns, &ring, new_values, &mut results).await?;
+            let (minted, existing) = self.allocate(&ns, &ring, new_values, &mut results).await?;
+            counts.minted = minted;
+            counts.hits += existing;
         }
-        Ok(results
+        let results: Vec<ItemResult> = results
             .into_iter()
             .map(|r| r.unwrap_or_else(|| Err(internal(&ns))))
-            .collect())
+            .collect();
+        for result in &results {
+            match result {
+                Err(e) if e.code == ItemCode::NotFound => counts.not_found += 1,
+                Err(_) => counts.failed += 1,
+                Ok(_) => {}
+            }
+        }
+        Ok((results, counts))
     }
 
     fn existing_token(
@@ -1266,13 +1369,16 @@ impl Vault {
     }
 
     /// Sends values never seen before to storage and fills their slots.
+    /// Returns the mappings it created, and the slots answered by a mapping
+    /// another call created meanwhile.
     async fn allocate(
         &self,
         ns: &Arc<Namespace>,
         ring: &Arc<Keyring>,
         new_values: Vec<(usize, Parsed, Option<Lookup>)>,
         results: &mut [Option<ItemResult>],
-    ) -> Result<(), Error> {
+    ) -> Result<(u64, u64), Error> {
+        let (mut minted, mut existing) = (0u64, 0u64);
         // Repeats of one new value within the request share one mapping
         // (random namespaces excepted: there every value gets its own token).
         let mut mappings: Vec<NewMapping> = Vec::new();
@@ -1341,6 +1447,7 @@ impl Vault {
                 .iter()
                 .filter(|w| matches!(w, Inserted::New(_)))
                 .count() as u64;
+            minted += new;
             self.fill
                 .record(&ns.name, offered, offered.saturating_sub(new));
             let mut again = Vec::new();
@@ -1348,6 +1455,7 @@ impl Vault {
                 let stored_under = mapping.forward.as_ref().map(|l| l.active);
                 outcomes[i] = match written {
                     Inserted::Existing { key, stored } => {
+                        existing += slots[i].len() as u64;
                         let token = values.ring.open_forward(&key, &stored).map(Arc::from);
                         if token.is_none() {
                             tracing::error!(
@@ -1404,7 +1512,7 @@ impl Vault {
         if exhausted > 0 {
             tracing::warn!(namespace = %ns.name, values = exhausted, "no free token left for values of these shapes");
         }
-        Ok(())
+        Ok((minted, existing))
     }
 
     /// Finds up to [`SEARCH_CANDIDATES`] free tokens for each value whose

@@ -88,6 +88,16 @@ pub enum Error {
     /// never a line's content.
     #[error("export file: {0}")]
     Export(String),
+    /// A rate limit or quota of the caller is spent: the call did nothing.
+    /// `retry_after` is when it would be allowed, if waiting helps.
+    #[error("{what}")]
+    Limited {
+        /// Which limit, in words (kind, namespace, allowance).
+        what: String,
+        /// How long until the call would be allowed; `None` when waiting
+        /// does not help (a call larger than the burst).
+        retry_after: Option<std::time::Duration>,
+    },
     /// The storage layer failed.
     #[error(transparent)]
     Store(#[from] StoreError),

@@ -41,6 +41,7 @@ pub mod format;
 #[cfg(fuzzing)]
 pub mod fuzzing;
 mod keyring;
+pub mod limits;
 mod maintenance;
 mod namespace;
 mod portable;
@@ -54,7 +55,9 @@ pub use audit::{
     TokenMark, decode_record,
 };
 pub use crypto::MasterKey;
-pub use engine::{Durability, ItemResult, Limits, Vault, VaultOptions, mask};
+pub use engine::{
+    ClientSpec, Durability, ItemResult, Limits, Mint, TokenizeCounts, Vault, VaultOptions, mask,
+};
 pub use error::{Error, ItemCode, ItemError};
 pub use maintenance::{
     BackupInfo, Problem, ProblemKind, VerifyReport, backup_offline, verify_audit_at,

@@ -547,6 +547,7 @@ fn client(name: &str) -> ClientRow {
         secret_sha256: "00".repeat(32),
         created_at: 1,
         revoked_at: None,
+        limits: Default::default(),
     }
 }
 

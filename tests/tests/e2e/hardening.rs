@@ -35,7 +35,7 @@ fn dir_bytes(path: &Path) -> u64 {
 }
 
 /// Audit records as the auditor sees them.
-async fn records(auditor: &Client) -> Vec<pb::AuditRecord> {
+pub(super) async fn records(auditor: &Client) -> Vec<pb::AuditRecord> {
     auditor
         .export_audit(0)
         .await

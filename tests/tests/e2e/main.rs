@@ -17,6 +17,7 @@ mod cluster;
 mod failover;
 mod hardening;
 mod keys;
+mod limits;
 mod portable;
 
 async fn connect(server: &Server, key: Option<&str>) -> Client {
@@ -560,6 +561,7 @@ async fn a_masked_reveal_that_tokenize_could_complete_is_granted_only_when_allow
             name: "desk".into(),
             scopes: vec!["tokenize:ssn".into(), "detokenize-masked:ssn".into()],
             allow_masked_oracle: true,
+            ..Default::default()
         })
         .await
         .expect("allowed explicitly");

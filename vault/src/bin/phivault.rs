@@ -323,6 +323,15 @@ struct ServeArgs {
     /// Bytes per value or token [default: 4096].
     #[arg(long, env = "PHIVAULT_MAX_VALUE_BYTES", hide_env_values = true)]
     max_value_bytes: Option<usize>,
+    /// A rate limit or quota for every client that does not set its own,
+    /// KIND[:NAMESPACE]=ALLOWANCE (repeatable): `detokenize=500/s,burst=1000`,
+    /// `tokenize=20000/s`, `new-mappings=1000000/24h` [default: none].
+    #[arg(long = "client-limit", value_name = "RULE")]
+    client_limits: Vec<String>,
+    /// How often tokenize calls and calls over a limit are summed up in the
+    /// audit trail, per client and namespace, in seconds [default: 60].
+    #[arg(long)]
+    summary_window_secs: Option<u64>,
     /// `fsync` (default): every acknowledged write is on disk. `os`: leave
     /// flushing to the OS — faster, loses acknowledged writes on power loss.
     #[arg(long, env = "PHIVAULT_DURABILITY", hide_env_values = true, value_parser = ["fsync", "os"])]
@@ -390,11 +399,22 @@ fn resolve(args: ServeArgs) -> anyhow::Result<ServeArgs> {
                 .or(file.limits.max_value_bytes)
                 .unwrap_or(4096),
         ),
+        client_limits: if args.client_limits.is_empty() {
+            file.limits.client_defaults.unwrap_or_default()
+        } else {
+            args.client_limits
+        },
+        summary_window_secs: match args.summary_window_secs.or(file.limits.summary_window_secs) {
+            Some(0) => bail!("the summary window must be at least 1 second"),
+            window => Some(window.unwrap_or(60)),
+        },
         durability: Some(durability),
         rotation_max_rate: args.rotation_max_rate.or(file.rotation_max_rate),
         backup_dir: args.backup_dir.or(file.backup_dir),
         transport: file.transport.over(TransportLimits::default())?,
     };
+    phivault::limits::Limits::parse(&resolved.client_limits)
+        .map_err(|e| anyhow::anyhow!("client limits: {e}"))?;
     if resolved.tls_cert.is_some() != resolved.tls_key.is_some() {
         bail!("TLS needs both a certificate and a key");
     }
@@ -456,6 +476,8 @@ fn render_settings(args: &ServeArgs) -> anyhow::Result<String> {
             max_message_bytes: args.max_message_bytes,
             max_items: args.max_items,
             max_value_bytes: args.max_value_bytes,
+            client_defaults: Some(args.client_limits.clone()),
+            summary_window_secs: args.summary_window_secs,
         },
         transport: TransportConfig::from(&args.transport),
     };
@@ -917,6 +939,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         metrics_listen: args.metrics_listen,
         backup_dir: args.backup_dir.clone(),
         transport: args.transport.clone(),
+        client_limits: phivault::limits::Limits::parse(&args.client_limits)
+            .map_err(|e| anyhow::anyhow!("client limits: {e}"))?,
+        summary_window: std::time::Duration::from_secs(args.summary_window_secs.unwrap_or(60)),
     };
     let vault = Arc::new(vault);
     vault.resume_background_jobs().await?;

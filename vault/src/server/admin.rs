@@ -174,10 +174,13 @@ impl Admin for AdminService {
         let result = self
             .vault
             .create_client_with_record(
-                &request.name,
-                &request.scopes,
+                &crate::ClientSpec {
+                    name: request.name,
+                    scopes: request.scopes,
+                    allow_masked_oracle: request.allow_masked_oracle,
+                    limits: request.limits,
+                },
                 Some(record),
-                request.allow_masked_oracle,
             )
             .await
             .map_err(Status::from)

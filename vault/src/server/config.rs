@@ -230,6 +230,12 @@ pub struct LimitsConfig {
     pub max_items: Option<usize>,
     /// `--max-value-bytes`.
     pub max_value_bytes: Option<usize>,
+    /// `--client-limit`: rate limits and quotas for clients that do not set
+    /// their own (`["detokenize=500/s", "new-mappings=1000000/24h"]`).
+    pub client_defaults: Option<Vec<String>>,
+    /// `--summary-window-secs`: how often tokenize calls and calls over a
+    /// limit are summed up in the audit trail.
+    pub summary_window_secs: Option<u64>,
 }
 
 impl ConfigFile {

@@ -95,6 +95,7 @@ pub fn client(c: &Client) -> pb::Client {
         name: c.name.clone(),
         scopes: c.scopes.iter().map(ToString::to_string).collect(),
         revoked: c.revoked_at.is_some(),
+        limits: c.limits.written(),
     }
 }
 

@@ -2,15 +2,18 @@
 //! standard health service and server reflection, over TLS or (on loopback,
 //! or when explicitly told so) plaintext.
 
+mod activity;
 mod admin;
 mod call;
 pub mod config;
 pub mod convert;
 mod gate;
+mod limiter;
 mod listener;
 mod metrics;
 mod refusals;
 mod status;
+mod tally;
 mod tokenizer;
 
 use std::future::Future;
@@ -24,6 +27,7 @@ use phivault_proto::v1::tokenizer_server::TokenizerServer;
 use tonic::codegen::http;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
+pub use activity::{LIMITED_SUMMARY_RPC, TOKENIZE_SUMMARY_RPC};
 pub use admin::AdminService;
 pub use metrics::Metrics;
 pub use refusals::{MAX_SUMMARIES, SUMMARY_RPC};
@@ -50,6 +54,11 @@ pub struct ServeOptions {
     pub backup_dir: Option<std::path::PathBuf>,
     /// Caps on what peers can make the server hold.
     pub transport: TransportLimits,
+    /// Rate limits and quotas for clients that do not set their own.
+    pub client_limits: crate::limits::Limits,
+    /// How often tokenize calls and calls over a limit are summed up in
+    /// the audit trail.
+    pub summary_window: Duration,
 }
 
 /// What one peer, or all of them, can make the server hold: connections,
@@ -324,7 +333,28 @@ pub async fn serve(
         shutdown.await;
         let _ = stop.send(true);
     };
-    let tokenizer = TokenizerServer::new(TokenizerService::new(Arc::clone(&vault), stopping))
+    let activity = Arc::new(activity::Activity::default());
+    let limiter = Arc::new(limiter::Limiter::new(options.client_limits.clone()));
+    let plane = tokenizer::Plane {
+        vault: Arc::clone(&vault),
+        limiter: Arc::clone(&limiter),
+        activity: Arc::clone(&activity),
+    };
+    // Nodes over one database share what they admitted under each limit.
+    let share_limits = vault.shares_storage().then(|| {
+        let vault = Arc::clone(&vault);
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(limiter::SHARE_EVERY);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                if let Err(e) = limiter.share(&vault).await {
+                    tracing::warn!(error = %e, "cannot share rate limit figures with the other nodes");
+                }
+            }
+        })
+    });
+    let tokenizer = TokenizerServer::new(TokenizerService::new(plane, stopping))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
     let limits = &options.transport;
@@ -354,16 +384,22 @@ pub async fn serve(
         refusals: Arc::clone(&refusals),
         in_progress: Arc::new(tokio::sync::Semaphore::new(limits.max_calls_in_progress)),
     };
-    let (summaries_stop, summaries_stopping) = tokio::sync::oneshot::channel::<()>();
+    let (summaries_stop, summaries_stopping) = tokio::sync::watch::channel(false);
     let summaries = {
         let vault = Arc::clone(&vault);
         let refusals = Arc::clone(&refusals);
-        let window = limits.refusal_window;
+        let (refusal_window, activity_window) = (limits.refusal_window, options.summary_window);
+        let stopped = move || {
+            let mut stopping = summaries_stopping.clone();
+            async move {
+                let _ = stopping.wait_for(|stop| *stop).await;
+            }
+        };
         tokio::spawn(async move {
-            let stop = async move {
-                let _ = summaries_stopping.await;
-            };
-            refusals.run(&vault, window, stop).await;
+            tokio::join!(
+                refusals.tallies.run(&vault, refusal_window, stopped()),
+                activity.tallies.run(&vault, activity_window, stopped()),
+            );
         })
     };
     // Outermost first: the call is recorded with the status the client sees.
@@ -421,6 +457,9 @@ pub async fn serve(
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
     watch_health.abort();
+    if let Some(task) = share_limits {
+        task.abort();
+    }
     health
         .set_not_serving::<TokenizerServer<TokenizerService>>()
         .await;
@@ -428,7 +467,7 @@ pub async fn serve(
         task.abort();
     }
     // The last window's refusals are written before the vault closes.
-    let _ = summaries_stop.send(());
+    let _ = summaries_stop.send(true);
     let _ = summaries.await;
     tracing::info!("stopped accepting calls; in-flight calls finished");
     Ok(result?)

@@ -8,13 +8,12 @@
 //! become at most [`MAX_SUMMARIES`] records, the rest folded into one. The
 //! caller is answered at once: nothing it sent waits for the disk.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
 use std::time::Duration;
 
+use super::tally::{self, Tallies, Window};
+use crate::AuditEvent;
 use crate::auth::AuthError;
-use crate::{AuditEvent, Vault};
 
 /// The `rpc` field of a summary record: it stands for many calls, possibly of
 /// several methods.
@@ -29,7 +28,7 @@ pub const MAX_SUMMARIES: usize = 64;
 pub(crate) const DEFAULT_WINDOW: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct Source {
+pub(crate) struct Source {
     peer: Option<IpAddr>,
     /// The client id a well-formed key claimed (16 hex digits), else empty.
     claimed: String,
@@ -37,23 +36,23 @@ struct Source {
 }
 
 #[derive(Debug, Clone, Copy)]
-struct Tally {
+pub(crate) struct Calls {
     calls: u64,
     first_ms: u64,
     last_ms: u64,
 }
 
-#[derive(Default)]
-struct Window {
-    sources: HashMap<Source, Tally>,
-    /// Calls of sources beyond `MAX_SOURCES`.
-    overflow: Option<Tally>,
+/// The tallies of the current window.
+pub(crate) struct Refusals {
+    pub(crate) tallies: Tallies<Source, Calls>,
 }
 
-/// The tallies of the current window.
-#[derive(Default)]
-pub(crate) struct Refusals {
-    window: Mutex<Window>,
+impl Default for Refusals {
+    fn default() -> Self {
+        Self {
+            tallies: Tallies::new(MAX_SOURCES, "unauthenticated refusals", summaries),
+        }
+    }
 }
 
 fn reason(e: AuthError) -> &'static str {
@@ -65,7 +64,7 @@ fn reason(e: AuthError) -> &'static str {
     }
 }
 
-impl Tally {
+impl Calls {
     fn new(now: u64) -> Self {
         Self {
             calls: 1,
@@ -73,8 +72,10 @@ impl Tally {
             last_ms: now,
         }
     }
+}
 
-    fn add(&mut self, other: &Tally) {
+impl tally::Tally for Calls {
+    fn add(&mut self, other: &Calls) {
         self.calls = self.calls.saturating_add(other.calls);
         self.first_ms = self.first_ms.min(other.first_ms);
         self.last_ms = self.last_ms.max(other.last_ms);
@@ -85,100 +86,27 @@ impl Refusals {
     /// Counts one refused call. `claimed` must already be a validated client
     /// id (or empty): it is written to the audit trail.
     pub(crate) fn count(&self, peer: Option<IpAddr>, claimed: &str, error: AuthError) {
-        let now = crate::clock::now_ms();
-        let mut window = self.window.lock().unwrap_or_else(|e| e.into_inner());
         let source = Source {
             peer,
             claimed: claimed.to_owned(),
             reason: reason(error),
         };
-        let full = window.sources.len() >= MAX_SOURCES;
-        match window.sources.get_mut(&source) {
-            Some(tally) => tally.add(&Tally::new(now)),
-            None if full => match &mut window.overflow {
-                Some(tally) => tally.add(&Tally::new(now)),
-                None => window.overflow = Some(Tally::new(now)),
-            },
-            None => {
-                window.sources.insert(source, Tally::new(now));
-            }
-        }
-    }
-
-    /// Writes the window's tallies as summary records and starts a new
-    /// window. If the records cannot be written the tallies are kept for the
-    /// next attempt (the caps still hold: they are merged back).
-    pub(crate) async fn flush(&self, vault: &Vault) {
-        let taken = std::mem::take(&mut *self.window.lock().unwrap_or_else(|e| e.into_inner()));
-        let events = summaries(&taken);
-        if events.is_empty() {
-            return;
-        }
-        match vault.audit_batch(&events).await {
-            Ok(()) => {
-                tracing::info!(
-                    records = events.len(),
-                    "unauthenticated refusals summarised in the audit trail"
-                );
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "refusal summaries could not be written; kept for the next window");
-                let mut window = self.window.lock().unwrap_or_else(|e| e.into_inner());
-                for (source, tally) in taken.sources {
-                    let full = window.sources.len() >= MAX_SOURCES;
-                    match window.sources.get_mut(&source) {
-                        Some(kept) => kept.add(&tally),
-                        None if !full => {
-                            window.sources.insert(source, tally);
-                        }
-                        None => merge(&mut window.overflow, &tally),
-                    }
-                }
-                if let Some(tally) = taken.overflow {
-                    merge(&mut window.overflow, &tally);
-                }
-            }
-        }
-    }
-
-    /// Flushes every `window` until `stop` resolves, then once more.
-    pub(crate) async fn run(
-        &self,
-        vault: &Vault,
-        window: Duration,
-        stop: impl std::future::Future<Output = ()>,
-    ) {
-        let mut ticks = tokio::time::interval(window);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        ticks.tick().await;
-        tokio::pin!(stop);
-        loop {
-            tokio::select! {
-                _ = ticks.tick() => self.flush(vault).await,
-                () = &mut stop => break,
-            }
-        }
-        self.flush(vault).await;
-    }
-}
-
-fn merge(into: &mut Option<Tally>, tally: &Tally) {
-    match into {
-        Some(kept) => kept.add(tally),
-        None => *into = Some(*tally),
+        self.tallies
+            .add(source, &Calls::new(crate::clock::now_ms()));
     }
 }
 
 /// The records for one window: the `MAX_SUMMARIES` largest tallies, then one
 /// record for all the others.
-fn summaries(window: &Window) -> Vec<AuditEvent> {
-    let mut tallies: Vec<(&Source, &Tally)> = window.sources.iter().collect();
+fn summaries(window: &Window<Source, Calls>) -> Vec<AuditEvent> {
+    use tally::Tally as _;
+    let mut tallies: Vec<(&Source, &Calls)> = window.sources.iter().collect();
     tallies.sort_by(|a, b| {
         b.1.calls
             .cmp(&a.1.calls)
             .then(a.1.first_ms.cmp(&b.1.first_ms))
     });
-    let mut rest: Option<Tally> = window.overflow;
+    let mut rest: Option<Calls> = window.overflow;
     let mut rest_sources = usize::from(window.overflow.is_some());
     let mut events = Vec::new();
     for (i, (source, tally)) in tallies.into_iter().enumerate() {
@@ -203,7 +131,10 @@ fn summaries(window: &Window) -> Vec<AuditEvent> {
                 tally.calls,
             ));
         } else {
-            merge(&mut rest, tally);
+            match &mut rest {
+                Some(kept) => kept.add(tally),
+                None => rest = Some(*tally),
+            }
             rest_sources += 1;
         }
     }
@@ -251,7 +182,7 @@ mod tests {
             let ip = IpAddr::from(i.to_be_bytes());
             refusals.count(Some(ip), "0123456789abcdef", AuthError::Unknown);
         }
-        let window = refusals.window.lock().expect("lock");
+        let window = refusals.tallies.take();
         assert_eq!(window.sources.len(), MAX_SOURCES);
         assert_eq!(window.overflow.map(|t| t.calls), Some(501));
         let events = summaries(&window);

@@ -22,6 +22,7 @@ impl From<Error> for Status {
                 Status::invalid_argument(e.to_string())
             }
             Error::InvalidToken(_) => Status::invalid_argument(e.to_string()),
+            Error::Limited { what, retry_after } => limited(&what, retry_after),
             Error::AuditUnavailable(ref detail) if detail.is_data_loss() => {
                 tracing::error!(error = %detail, "the audit trail failed its integrity check; the call is refused (fail closed)");
                 Status::data_loss(
@@ -58,6 +59,33 @@ impl From<Error> for Status {
             }
         }
     }
+}
+
+/// The metadata key of gRPC's retry pushback (gRFC A6): how many
+/// milliseconds the caller should wait before it sends the call again.
+pub(crate) const RETRY_PUSHBACK: &str = "grpc-retry-pushback-ms";
+
+/// `RESOURCE_EXHAUSTED` for a spent rate limit or quota, with the time
+/// until the call would be allowed in words and in `grpc-retry-pushback-ms`.
+/// Without one (waiting does not help) the pushback is `-1`, which gRFC A6
+/// defines as "do not retry".
+pub(crate) fn limited(what: &str, retry_after: Option<std::time::Duration>) -> Status {
+    let (message, pushback) = match retry_after {
+        Some(wait) => {
+            // Rounded up: a caller that waits exactly this long is allowed.
+            let ms = wait.as_millis().saturating_add(1);
+            (
+                format!("{what}; retry in {:.1} s", ms as f64 / 1000.0),
+                ms.to_string(),
+            )
+        }
+        None => (what.to_owned(), "-1".to_owned()),
+    };
+    let mut status = Status::resource_exhausted(message);
+    if let Ok(value) = pushback.parse() {
+        status.metadata_mut().insert(RETRY_PUSHBACK, value);
+    }
+    status
 }
 
 /// Missing, malformed, unknown and revoked keys look alike to the caller;

@@ -11,10 +11,13 @@ use phivault_proto::v1::tokenizer_server::Tokenizer;
 use tokio::sync::watch;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::activity::Activity;
 use super::call::{self, Call};
 use super::convert;
+use super::limiter::{Limiter, Pace};
 use crate::auth::Action;
-use crate::{AuditEvent, TokenMark, Vault};
+use crate::limits::Limited;
+use crate::{AuditEvent, Error, Mint, TokenMark, Vault};
 
 /// Stream messages of one call processed at once; responses still leave in
 /// request order.
@@ -22,9 +25,41 @@ const STREAM_CONCURRENCY: usize = 8;
 
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
+/// What the data plane's calls go through: the vault, the rate limits and
+/// quotas, and the tallies of tokenize calls and calls over a limit.
+#[derive(Clone)]
+pub(crate) struct Plane {
+    pub(crate) vault: Arc<Vault>,
+    pub(crate) limiter: Arc<Limiter>,
+    pub(crate) activity: Arc<Activity>,
+}
+
+impl Plane {
+    /// Takes `items` from the client's rate for `limited` in `namespace`;
+    /// a refusal is tallied and becomes the call's status.
+    async fn admit(
+        &self,
+        call: &Call,
+        client: &crate::auth::Client,
+        limited: Limited,
+        namespace: &str,
+        items: usize,
+        pace: Pace,
+    ) -> Result<(), Status> {
+        let exists = self.vault.namespace(namespace).is_ok();
+        self.limiter
+            .admit(client, limited, namespace, items, pace, exists)
+            .await
+            .map_err(|e| {
+                self.activity.limited(&client.id, namespace, limited, items);
+                call.fail(e.into())
+            })
+    }
+}
+
 /// Serves `phivault.v1.Tokenizer`.
 pub struct TokenizerService {
-    vault: Arc<Vault>,
+    plane: Plane,
     stopping: watch::Receiver<bool>,
 }
 
@@ -34,16 +69,18 @@ impl TokenizerService {
     /// then the stream ends with `UNAVAILABLE`, so that a bulk client resends
     /// the rest to the next server instead of holding this one's shutdown
     /// open for as long as its input lasts.
-    pub fn new(vault: Arc<Vault>, stopping: watch::Receiver<bool>) -> Self {
-        Self { vault, stopping }
+    pub(crate) fn new(plane: Plane, stopping: watch::Receiver<bool>) -> Self {
+        Self { plane, stopping }
     }
 }
 
 async fn tokenize(
-    vault: &Vault,
+    plane: &Plane,
     call: &Call,
     request: pb::TokenizeRequest,
+    pace: Pace,
 ) -> Result<pb::TokenizeResponse, Status> {
+    let vault = &*plane.vault;
     // Tokenizing reveals nothing: only a refusal is recorded, so that bulk
     // pipelines do not write a record per batch.
     let client = call
@@ -53,25 +90,65 @@ async fn tokenize(
             request.values.len(),
         )
         .await?;
+    let namespace = &request.namespace;
+    let items = request.values.len();
+    plane
+        .admit(call, &client, Limited::Tokenize, namespace, items, pace)
+        .await?;
     // A `lookup` client gets the tokens of values already there, and
     // `NOT_FOUND` for the rest: it can neither grow the vault nor use
-    // minting to enumerate a small domain.
-    let results = if client.may_mint(&request.namespace) {
-        vault.tokenize(&request.namespace, &request.values).await
+    // minting to enumerate a small domain. A quota of new mappings is
+    // reserved once the call knows how many it needs, and what it did not
+    // make is given back.
+    let reserved = std::sync::atomic::AtomicU64::new(0);
+    let reserve = |n: u64| {
+        plane.limiter.reserve(&client, namespace, n)?;
+        reserved.store(n, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    };
+    let mint = if !client.may_mint(namespace) {
+        Mint::Never
+    } else if plane.limiter.quota(&client, namespace).is_some() {
+        Mint::Reserving(&reserve)
     } else {
-        vault.look_up(&request.namespace, &request.values).await
-    }
-    .map_err(|e| call.fail(e.into()))?;
+        Mint::Always
+    };
+    let outcome = vault
+        .tokenize_counted(namespace, &request.values, mint)
+        .await;
+    let reserved = reserved.into_inner();
+    let results = match outcome {
+        Ok((results, counts)) => {
+            plane
+                .limiter
+                .refund(&client, namespace, reserved.saturating_sub(counts.minted));
+            plane
+                .activity
+                .tokenized(&client.id, namespace, items, counts);
+            results
+        }
+        Err(e) => {
+            plane.limiter.refund(&client, namespace, reserved);
+            if matches!(e, Error::Limited { .. }) {
+                plane
+                    .activity
+                    .limited(&client.id, namespace, Limited::NewMappings, items);
+            }
+            return Err(call.fail(e.into()));
+        }
+    };
     Ok(pb::TokenizeResponse {
         results: convert::item_results(results),
     })
 }
 
 async fn detokenize(
-    vault: &Vault,
+    plane: &Plane,
     call: &Call,
     request: pb::DetokenizeRequest,
+    pace: Pace,
 ) -> Result<pb::DetokenizeResponse, Status> {
+    let vault = &*plane.vault;
     let action = if request.masked {
         Action::DetokenizeMasked(&request.namespace)
     } else {
@@ -80,6 +157,16 @@ async fn detokenize(
     // The scope is checked before the vault is asked anything, so a caller
     // without it learns nothing about whether a namespace or token exists.
     let client = call.authorize(vault, action, request.tokens.len()).await?;
+    plane
+        .admit(
+            call,
+            &client,
+            Limited::Detokenize,
+            &request.namespace,
+            request.tokens.len(),
+            pace,
+        )
+        .await?;
     let result = vault
         .detokenize_marked(&request.namespace, &request.tokens)
         .await
@@ -131,12 +218,12 @@ impl TokenizerService {
     where
         Req: Send + 'static,
         Resp: Send + 'static,
-        F: Fn(Arc<Vault>, Arc<Call>, Req) -> Fut + Send + 'static,
+        F: Fn(Plane, Arc<Call>, Req) -> Fut + Send + 'static,
         Fut: Future<Output = Result<Resp, Status>> + Send + 'static,
     {
         let call = Arc::new(Call::of(&request));
-        call.authenticate(&self.vault)?;
-        let vault = Arc::clone(&self.vault);
+        call.authenticate(&self.plane.vault)?;
+        let plane = self.plane.clone();
         let stream_call = Arc::clone(&call);
         let mut stop = self.stopping.clone();
         let stopped = async move {
@@ -157,8 +244,7 @@ impl TokenizerService {
             .into_inner()
             .take_until(stopped)
             .map(move |message| {
-                let pending =
-                    message.map(|m| handle(Arc::clone(&vault), Arc::clone(&stream_call), m));
+                let pending = message.map(|m| handle(plane.clone(), Arc::clone(&stream_call), m));
                 async move { pending?.await }
             })
             .buffered(STREAM_CONCURRENCY)
@@ -174,7 +260,7 @@ impl Tokenizer for TokenizerService {
         request: Request<pb::TokenizeRequest>,
     ) -> Result<Response<pb::TokenizeResponse>, Status> {
         let call = Call::of(&request);
-        tokenize(&self.vault, &call, request.into_inner())
+        tokenize(&self.plane, &call, request.into_inner(), Pace::Refuse)
             .await
             .map(|r| call.respond(r))
     }
@@ -184,7 +270,7 @@ impl Tokenizer for TokenizerService {
         request: Request<pb::DetokenizeRequest>,
     ) -> Result<Response<pb::DetokenizeResponse>, Status> {
         let call = Call::of(&request);
-        detokenize(&self.vault, &call, request.into_inner())
+        detokenize(&self.plane, &call, request.into_inner(), Pace::Refuse)
             .await
             .map(|r| call.respond(r))
     }
@@ -195,8 +281,8 @@ impl Tokenizer for TokenizerService {
         &self,
         request: Request<Streaming<pb::TokenizeRequest>>,
     ) -> Result<Response<Self::TokenizeStreamStream>, Status> {
-        self.stream(request, |vault, call, message| async move {
-            tokenize(&vault, &call, message).await
+        self.stream(request, |plane, call, message| async move {
+            tokenize(&plane, &call, message, Pace::Wait).await
         })
         .await
     }
@@ -207,8 +293,8 @@ impl Tokenizer for TokenizerService {
         &self,
         request: Request<Streaming<pb::DetokenizeRequest>>,
     ) -> Result<Response<Self::DetokenizeStreamStream>, Status> {
-        self.stream(request, |vault, call, message| async move {
-            detokenize(&vault, &call, message).await
+        self.stream(request, |plane, call, message| async move {
+            detokenize(&plane, &call, message, Pace::Wait).await
         })
         .await
     }

@@ -33,6 +33,44 @@ pub trait LeaseStore: Send + Sync {
 
     /// Gives the lease up, if `lease` still is it.
     fn release_lease<'a>(&'a self, lease: &'a Lease) -> StoreFuture<'a, ()>;
+
+    /// Publishes what node `node` admitted under the rate limits and quotas
+    /// it enforces (each a running total, kept for `keep_for`), and returns
+    /// what every other node published and still keeps: how nodes that
+    /// share storage share their clients' limits. A backend only one
+    /// process uses shares nothing.
+    fn share_usage<'a>(
+        &'a self,
+        node: &'a str,
+        mine: Vec<Usage>,
+    ) -> StoreFuture<'a, Vec<SharedUsage>> {
+        let _ = (node, mine);
+        Box::pin(std::future::ready(Ok(Vec::new())))
+    }
+}
+
+/// What this node admitted under one limit, as it publishes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Usage {
+    /// The limit: client, kind, namespace (and window, for a quota).
+    pub key: String,
+    /// Items admitted under it by this node, from the node's start (a rate)
+    /// or the window's (a quota).
+    pub total: u64,
+    /// How long the figure is worth keeping: to the end of a quota's window;
+    /// a minute for a rate, renewed as long as the node publishes it.
+    pub keep_for: Duration,
+}
+
+/// Another node's figure for one limit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedUsage {
+    /// The node that published it.
+    pub node: String,
+    /// The limit.
+    pub key: String,
+    /// Its running total.
+    pub total: u64,
 }
 
 /// A name for this process as a lease holder: host, process id and a random

@@ -28,7 +28,7 @@ pub mod schema;
 pub use audit::{
     AuditStore, LANE_SHIFT, PendingRecord, StoredRecord, chain_hash, lane_of, record_id, seq_of,
 };
-pub use lease::{Lease, LeaseStore, holder_name};
+pub use lease::{Lease, LeaseStore, SharedUsage, Usage, holder_name};
 pub use lifecycle::{BATCH_BUCKETS, BackupFinish, ForwardRow, Lifecycle, WriterStats};
 pub use mappings::{InsertOutcome, Inserted, MappingRows, MappingStore, NewValues, StoreFuture};
 pub use meta::{

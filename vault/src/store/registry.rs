@@ -20,6 +20,10 @@ pub struct ClientRow {
     pub created_at: u64,
     /// When it was revoked, if it was.
     pub revoked_at: Option<u64>,
+    /// Its rate limits and quotas (empty: the server's defaults). Absent
+    /// from the rows of clients made before limits existed.
+    #[serde(default, skip_serializing_if = "crate::limits::Limits::is_empty")]
+    pub limits: crate::limits::Limits,
 }
 
 /// Makes a new namespace's row once storage has given it its id.

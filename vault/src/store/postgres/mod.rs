@@ -42,7 +42,7 @@ use tokio_postgres::{NoTls, Row, types::ToSql};
 use super::integrity::RowMac;
 use super::lifecycle::{BackupFinish, ForwardRow, Lifecycle, WriterStats};
 use super::meta::{Genesis, MasterChange, MasterRecord, MetaStore, RowKey};
-use super::{Lease, LeaseStore, StoreError, StoreFuture, schema as rows};
+use super::{Lease, LeaseStore, SharedUsage, StoreError, StoreFuture, Usage, schema as rows};
 pub use mappings::INSERT as INSERT_MAPPINGS;
 pub use target::{PgTarget, PgTls, TargetError};
 
@@ -992,6 +992,47 @@ impl LeaseStore for PgStore {
                 holder: holder.to_owned(),
                 fence: i64_to_u64(row.get(0)),
             }))
+        })
+    }
+
+    fn share_usage<'a>(
+        &'a self,
+        node: &'a str,
+        mine: Vec<Usage>,
+    ) -> StoreFuture<'a, Vec<SharedUsage>> {
+        Box::pin(async move {
+            let keys: Vec<&str> = mine.iter().map(|u| u.key.as_str()).collect();
+            let totals: Vec<i64> = mine.iter().map(|u| u64_to_i64(u.total)).collect();
+            let keep_ms: Vec<i64> = mine
+                .iter()
+                .map(|u| i64::try_from(u.keep_for.as_millis()).unwrap_or(i64::MAX))
+                .collect();
+            // One statement: publish, drop what expired, read the others'.
+            // The SELECT sees the table as the statement began, which is
+            // all it needs: the rows it returns are other nodes'.
+            let rows = self
+                .inner
+                .query(
+                    "WITH published AS ( \
+                       INSERT INTO phivault.limit_usage AS u (node, key, total, expires) \
+                       SELECT $1, k, t, now() + ms * interval '1 millisecond' \
+                       FROM unnest($2::text[], $3::int8[], $4::int8[]) AS m(k, t, ms) \
+                       ON CONFLICT (node, key) DO UPDATE \
+                         SET total = EXCLUDED.total, expires = EXCLUDED.expires), \
+                     expired AS (DELETE FROM phivault.limit_usage WHERE expires < now()) \
+                     SELECT node, key, total FROM phivault.limit_usage \
+                     WHERE node <> $1 AND expires >= now()",
+                    &[&node, &keys, &totals, &keep_ms],
+                )
+                .await?;
+            Ok(rows
+                .iter()
+                .map(|row| SharedUsage {
+                    node: row.get(0),
+                    key: row.get(1),
+                    total: i64_to_u64(row.get(2)),
+                })
+                .collect())
         })
     }
 

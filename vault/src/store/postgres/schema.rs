@@ -122,6 +122,20 @@ pub(super) const MIGRATIONS: &[&str] = &[
     CREATE UNIQUE INDEX audit_in_order ON phivault.audit (ord);
     DROP TABLE phivault.disclosures;
     ",
+    // 5: what each node admitted under its clients' rate limits and quotas,
+    // shared once a second so that every node charges the others' share.
+    // Unlogged: soft state, rebuilt within a second by the nodes' running
+    // totals, so it costs no WAL and no wait for the synchronous standby
+    // (and is empty after a failover until the nodes publish again).
+    r"
+    CREATE UNLOGGED TABLE phivault.limit_usage (
+        node    text        NOT NULL,
+        key     text        NOT NULL,
+        total   bigint      NOT NULL,
+        expires timestamptz NOT NULL,
+        PRIMARY KEY (node, key)
+    );
+    ",
 ];
 
 /// Raises the registry's epoch, in the transaction of the change.
