@@ -62,6 +62,29 @@ pub struct ClientOptions {
     identity_pem: Option<(Vec<u8>, Vec<u8>)>,
     domain: Option<String>,
     insecure_plaintext: bool,
+    purpose: Purpose,
+}
+
+/// Why a reveal is made: an HL7 PurposeOfUse code (`TREAT`, `HPAYMT`,
+/// `HOPERAT`, `ETREAT` to break the glass…) and a reason in words (up to
+/// 200 characters, never PHI: it is recorded as given). Recorded with the
+/// reveal and shown by disclosures.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Purpose {
+    /// The PurposeOfUse code; empty for none.
+    pub code: String,
+    /// The reason in words; empty for none.
+    pub reason: String,
+}
+
+impl Purpose {
+    /// `code` with `reason`.
+    pub fn new(code: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            code: code.into(),
+            reason: reason.into(),
+        }
+    }
 }
 
 impl ClientOptions {
@@ -88,6 +111,7 @@ impl ClientOptions {
             identity_pem: None,
             domain: None,
             insecure_plaintext: false,
+            purpose: Purpose::default(),
         }
     }
 
@@ -96,6 +120,13 @@ impl ClientOptions {
     /// same checks apply to it as to the others.
     pub fn endpoint(mut self, endpoint: impl Into<String>) -> Self {
         self.endpoints.push(endpoint.into().trim().to_owned());
+        self
+    }
+
+    /// The purpose of use every reveal of this client states, unless a
+    /// call gives its own ([`Client::detokenize_for`]).
+    pub fn purpose(mut self, purpose: Purpose) -> Self {
+        self.purpose = purpose;
         self
     }
 
@@ -621,6 +652,8 @@ impl Nodes {
 #[derive(Clone)]
 pub struct Client {
     nodes: Arc<Nodes>,
+    /// What reveals state unless a call gives its own.
+    purpose: Arc<Purpose>,
 }
 
 impl Client {
@@ -700,6 +733,7 @@ impl Client {
                 list,
                 position: AtomicUsize::new(first),
             }),
+            purpose: Arc::new(options.purpose.clone()),
         })
     }
 
@@ -815,10 +849,25 @@ impl Client {
         tokens: Vec<String>,
         masked: bool,
     ) -> Result<Vec<ItemResult>, ClientError> {
+        let purpose = Arc::clone(&self.purpose);
+        self.detokenize_for(namespace, tokens, masked, &purpose)
+            .await
+    }
+
+    /// [`Client::detokenize`], stating `purpose` for this call.
+    pub async fn detokenize_for(
+        &self,
+        namespace: &str,
+        tokens: Vec<String>,
+        masked: bool,
+        purpose: &Purpose,
+    ) -> Result<Vec<ItemResult>, ClientError> {
         let request = pb::DetokenizeRequest {
             namespace: namespace.to_owned(),
             tokens,
             masked,
+            purpose: purpose.code.clone(),
+            reason: purpose.reason.clone(),
         };
         let response = self
             .call(Retry::Idempotent, |node: Node| {
@@ -946,10 +995,13 @@ impl Client {
     where
         S: Stream<Item = Batch> + Send + 'static,
     {
+        let purpose = Arc::clone(&self.purpose);
         let requests = batches.map(move |batch| pb::DetokenizeRequest {
             namespace: batch.namespace,
             tokens: batch.items,
             masked,
+            purpose: purpose.code.clone(),
+            reason: purpose.reason.clone(),
         });
         let (position, node) = self.nodes.current();
         let mut tokenizer = node.tokenizer;
@@ -1051,6 +1103,23 @@ impl Client {
             async move {
                 let mut admin = node.admin;
                 admin.revoke_client(request).await
+            }
+        })
+        .await
+    }
+
+    /// Re-arms a client whose break-glass window has opened. Sent again on
+    /// the next endpoint when its node goes away: re-arming twice is
+    /// re-arming once.
+    pub async fn release_client(&self, client_id: &str) -> Result<pb::Client, ClientError> {
+        let request = pb::ReleaseClientRequest {
+            client_id: client_id.to_owned(),
+        };
+        self.call(Retry::Idempotent, |node: Node| {
+            let request = request.clone();
+            async move {
+                let mut admin = node.admin;
+                admin.release_client(request).await
             }
         })
         .await
@@ -1734,6 +1803,7 @@ mod tests {
                 list,
                 position: AtomicUsize::new(0),
             }),
+            purpose: Arc::default(),
         }
     }
 

@@ -92,6 +92,20 @@ struct Connection {
         global = true
     )]
     insecure_plaintext: bool,
+    /// Why reveals are made: an HL7 PurposeOfUse code (TREAT, HPAYMT,
+    /// HOPERAT, ETREAT to break the glass…), recorded with each reveal.
+    #[arg(long, env = "PHIVAULT_PURPOSE", hide_env_values = true, global = true)]
+    purpose: Option<String>,
+    /// The reason in words that goes with --purpose (up to 200 characters,
+    /// never PHI: recorded as given).
+    #[arg(
+        long,
+        env = "PHIVAULT_REASON",
+        hide_env_values = true,
+        global = true,
+        requires = "purpose"
+    )]
+    reason: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -133,6 +147,10 @@ enum Command {
     /// Verify, query and export the audit trail (the audit or admin scope).
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Alerts: reveals that broke the glass, and what else the vault flags
+    /// for a security team (the audit scope).
+    #[command(subcommand)]
+    Alerts(AlertCommand),
     /// Tokenize or reveal the mapped cells of whole CSV, NDJSON and FHIR
     /// files, streaming. Exit status: 0 when every cell went through, 2 when
     /// some cells failed (the run completed), 1 when the run stopped.
@@ -239,6 +257,26 @@ enum AuditCommand {
         #[arg(long, short)]
         output: Option<PathBuf>,
     },
+    /// Reveals that broke the glass (an emergency purpose with a
+    /// break-glass scope), for review: time, client, namespace, items,
+    /// purpose and reason. Re-arm a client after review with `clients
+    /// release`.
+    BreakGlass {
+        /// Only records at or after TIME (as for export) [default: 30days].
+        #[arg(long, default_value = "30days")]
+        since: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum AlertCommand {
+    /// The alerts raised, with the reason in words (needs the audit scope).
+    List {
+        /// Only alerts at or after TIME: RFC 3339, a date, or a duration
+        /// back from now [default: 7days].
+        #[arg(long, default_value = "7days")]
+        since: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -307,11 +345,18 @@ enum ClientCommand {
         /// (`100000/24h`): at most N created per fixed window (repeatable).
         #[arg(long = "quota", value_name = "RULE")]
         quotas: Vec<String>,
+        /// Refuse this client's reveals that state no purpose of use
+        /// (--purpose).
+        #[arg(long)]
+        require_purpose: bool,
     },
     /// List clients.
     List,
     /// Revoke a client.
     Revoke { client_id: String },
+    /// Re-arm a client whose break-glass window has opened, after review
+    /// (`audit break-glass`): its next emergency reveal opens a new window.
+    Release { client_id: String },
 }
 
 fn main() -> ExitCode {
@@ -353,6 +398,12 @@ async fn connect(c: &Connection) -> anyhow::Result<Client> {
     };
     if let Some(key) = key {
         options = options.api_key(key);
+    }
+    if let Some(code) = &c.purpose {
+        options = options.purpose(phivault_client::Purpose::new(
+            code,
+            c.reason.clone().unwrap_or_default(),
+        ));
     }
     let read =
         |p: &PathBuf| std::fs::read(p).with_context(|| format!("cannot read {}", p.display()));
@@ -450,14 +501,62 @@ fn audit_record_json(r: &pb::AuditRecord) -> serde_json::Value {
         "outcome": code_name(r.outcome), "outcome_code": r.outcome,
         "request_id": r.request_id, "keyset_version": r.keyset_version, "target": r.target,
         "masked": r.masked, "tokens": tokens,
+        "purpose": r.purpose, "reason": r.reason, "break_glass": r.break_glass,
         "prev_hash": hex(&r.prev_hash), "hash": hex(&r.hash),
     })
+}
+
+/// The `rpc` of an alert's audit record.
+const ALERT_RPC: &str = "(alert)";
+
+/// A reveal's purpose as a line shows it: `  purpose TREAT "reason"`, and
+/// `BREAK-GLASS` when it broke the glass.
+fn purpose_words(code: &str, reason: &str, break_glass: bool) -> String {
+    let mut words = String::new();
+    if !code.is_empty() {
+        words.push_str(&format!("  purpose {code}"));
+    }
+    if !reason.is_empty() {
+        words.push_str(&format!(" {reason:?}"));
+    }
+    if break_glass {
+        words.push_str("  BREAK-GLASS");
+    }
+    words
+}
+
+/// The records from `since_ms` that `keep` keeps, printed as lines (or
+/// NDJSON); returns how many.
+async fn review(
+    client: &Client,
+    since_ms: u64,
+    json: bool,
+    keep: impl Fn(&pb::AuditRecord) -> bool,
+    line: impl Fn(&pb::AuditRecord) -> String,
+) -> anyhow::Result<u64> {
+    use futures_util::StreamExt;
+    let mut records = std::pin::pin!(client.export_audit(since_ms).await?);
+    let mut count = 0;
+    while let Some(record) = records.next().await {
+        let record = record?;
+        if !keep(&record) {
+            continue;
+        }
+        if json {
+            println!("{}", audit_record_json(&record));
+        } else {
+            println!("{}", line(&record));
+        }
+        count += 1;
+    }
+    Ok(count)
 }
 
 fn disclosure_json(d: &pb::Disclosure) -> serde_json::Value {
     serde_json::json!({
         "seq": d.seq, "time": rfc3339(d.time_ms), "client_id": d.client_id, "client_name": d.client_name,
         "rpc": d.rpc, "request_id": d.request_id, "masked": d.masked, "keyset_version": d.keyset_version,
+        "purpose": d.purpose, "reason": d.reason, "break_glass": d.break_glass,
     })
 }
 
@@ -846,6 +945,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             allow_masked_oracle,
             rates,
             quotas,
+            require_purpose,
         }) => {
             let created = client
                 .create_client_with(pb::CreateClientRequest {
@@ -853,6 +953,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     scopes,
                     allow_masked_oracle,
                     limits: rates.into_iter().chain(quotas).collect(),
+                    require_purpose,
                 })
                 .await?;
             let c = created.client.unwrap_or_default();
@@ -888,6 +989,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("{}", client_json(&c));
             } else {
                 println!("revoked client {} ({})", c.client_id, c.name);
+            }
+            true
+        }
+        Command::Clients(ClientCommand::Release { client_id }) => {
+            let c = client.release_client(&client_id).await?;
+            if json {
+                println!("{}", client_json(&c));
+            } else {
+                println!("re-armed client {} ({})", c.client_id, c.name);
             }
             true
         }
@@ -967,12 +1077,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 } else {
                     let how = if d.masked { "masked" } else { "full" };
                     println!(
-                        "{}  {} {:<20} {how:<6} request {}  keyset {}",
+                        "{}  {} {:<20} {how:<6} request {}  keyset {}{}",
                         rfc3339(d.time_ms),
                         d.client_id,
                         d.client_name,
                         d.request_id,
-                        d.keyset_version
+                        d.keyset_version,
+                        purpose_words(&d.purpose, &d.reason, d.break_glass)
                     );
                 }
             }
@@ -992,6 +1103,53 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             if output.is_some() {
                 eprintln!("{count} audit record(s) exported");
+            }
+            true
+        }
+        Command::Audit(AuditCommand::BreakGlass { since }) => {
+            let count = review(
+                &client,
+                parse_since(&since)?,
+                json,
+                |r| r.break_glass,
+                |r| {
+                    format!(
+                        "{}  {} {:<14} {} item(s) {}{}  request {}",
+                        rfc3339(r.time_ms),
+                        r.client_id,
+                        r.namespace,
+                        r.items,
+                        if r.masked { "masked" } else { "full" },
+                        purpose_words(&r.purpose, &r.reason, false),
+                        r.request_id
+                    )
+                },
+            )
+            .await?;
+            if !json {
+                eprintln!("{count} break-glass reveal(s)");
+            }
+            true
+        }
+        Command::Alerts(AlertCommand::List { since }) => {
+            let count = review(
+                &client,
+                parse_since(&since)?,
+                json,
+                |r| r.rpc == ALERT_RPC,
+                |r| {
+                    format!(
+                        "{}  {} {:<14} {}",
+                        rfc3339(r.time_ms),
+                        r.client_id,
+                        r.namespace,
+                        r.target
+                    )
+                },
+            )
+            .await?;
+            if !json {
+                eprintln!("{count} alert(s)");
             }
             true
         }

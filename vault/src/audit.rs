@@ -45,6 +45,9 @@ use crate::store::{
 
 /// Format byte of a record body.
 const BODY_FORMAT: u8 = 1;
+/// Format byte of a record body with a purpose of use (and the break-glass
+/// flag); records without one keep format 1, byte for byte.
+const BODY_FORMAT_PURPOSE: u8 = 2;
 /// Records read per storage call while walking the chain.
 const WALK_CHUNK: usize = 4096;
 
@@ -128,6 +131,13 @@ pub struct AuditEvent {
     pub masked: bool,
     /// One mark per item of a detokenize call.
     pub tokens: Vec<TokenMark>,
+    /// The purpose of use a reveal stated (an HL7 PurposeOfUse code).
+    pub purpose: String,
+    /// The reason in words that came with it.
+    pub reason: String,
+    /// A reveal allowed only because it broke the glass (see
+    /// [`crate::purpose::BREAK_GLASS`]).
+    pub break_glass: bool,
 }
 
 /// A record as stored: its place in the chain and the event.
@@ -185,6 +195,12 @@ pub struct Disclosure {
     pub masked: bool,
     /// The keyset version active then.
     pub keyset_version: u32,
+    /// The purpose of use stated, if any.
+    pub purpose: String,
+    /// The reason in words.
+    pub reason: String,
+    /// Allowed only because it broke the glass.
+    pub break_glass: bool,
 }
 
 /// A record of `event` on its way to storage: the body encoded and hashed
@@ -226,8 +242,17 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
 
 fn encode_body(keyset_version: u32, event: &AuditEvent) -> Vec<u8> {
     let mut out = Vec::with_capacity(64 + event.rpc.len() + 33 * event.tokens.len());
-    out.push(BODY_FORMAT);
-    out.push(u8::from(event.authenticated) | (u8::from(event.masked) << 1));
+    let stated = !event.purpose.is_empty() || !event.reason.is_empty() || event.break_glass;
+    out.push(if stated {
+        BODY_FORMAT_PURPOSE
+    } else {
+        BODY_FORMAT
+    });
+    out.push(
+        u8::from(event.authenticated)
+            | (u8::from(event.masked) << 1)
+            | (u8::from(event.break_glass) << 2),
+    );
     out.extend_from_slice(&event.outcome.to_be_bytes());
     out.extend_from_slice(&keyset_version.to_be_bytes());
     out.extend_from_slice(&event.items.to_be_bytes());
@@ -239,6 +264,10 @@ fn encode_body(keyset_version: u32, event: &AuditEvent) -> Vec<u8> {
         &event.target,
     ] {
         put_str(&mut out, s);
+    }
+    if stated {
+        put_str(&mut out, &event.purpose);
+        put_str(&mut out, &event.reason);
     }
     out.extend_from_slice(&(event.tokens.len() as u32).to_be_bytes());
     for mark in &event.tokens {
@@ -269,9 +298,11 @@ impl<'a> Reader<'a> {
 fn decode_body(body: &[u8]) -> Option<(u32, AuditEvent)> {
     let mut r = Reader(body);
     let [format, flags] = r.take::<2>()?;
-    if format != BODY_FORMAT || flags > 3 {
-        return None;
-    }
+    let stated = match format {
+        BODY_FORMAT if flags <= 3 => false,
+        BODY_FORMAT_PURPOSE if flags <= 7 => true,
+        _ => return None,
+    };
     let outcome = i32::from_be_bytes(r.take()?);
     let keyset_version = u32::from_be_bytes(r.take()?);
     let items = u32::from_be_bytes(r.take()?);
@@ -280,6 +311,11 @@ fn decode_body(body: &[u8]) -> Option<(u32, AuditEvent)> {
     let namespace = r.string()?;
     let request_id = r.string()?;
     let target = r.string()?;
+    let (purpose, reason) = if stated {
+        (r.string()?, r.string()?)
+    } else {
+        (String::new(), String::new())
+    };
     let count = u32::from_be_bytes(r.take()?) as usize;
     if r.0.len() != count.checked_mul(33)? {
         return None;
@@ -311,6 +347,9 @@ fn decode_body(body: &[u8]) -> Option<(u32, AuditEvent)> {
             target,
             masked: flags & 2 != 0,
             tokens,
+            purpose,
+            reason,
+            break_glass: flags & 4 != 0,
         },
     ))
 }
@@ -654,6 +693,9 @@ impl AuditLog {
                 request_id: record.event.request_id,
                 masked: record.event.masked,
                 keyset_version: record.keyset_version,
+                purpose: record.event.purpose,
+                reason: record.event.reason,
+                break_glass: record.event.break_glass,
             });
         }
         let next = more.then(|| seqs.last().copied()).flatten();
@@ -843,12 +885,14 @@ mod tests {
                 any::<bool>(),
             ),
             proptest::collection::vec((any::<[u8; 32]>(), any::<bool>()), 0..20),
+            ("[A-Z]{0,8}", "\\PC{0,20}", any::<bool>()),
         )
             .prop_map(
                 |(
                     (client_id, authenticated, rpc, namespace),
                     (items, outcome, request_id, target, masked),
                     tokens,
+                    (purpose, reason, break_glass),
                 )| AuditEvent {
                     client_id,
                     authenticated,
@@ -863,6 +907,9 @@ mod tests {
                         .into_iter()
                         .map(|(mac, revealed)| TokenMark { mac, revealed })
                         .collect(),
+                    purpose,
+                    reason,
+                    break_glass,
                 },
             )
     }

@@ -55,6 +55,11 @@ pub enum Scope {
     /// `detokenize-masked:<ns>`: reveal with all but the last 4 characters
     /// masked.
     DetokenizeMasked(NamespacePattern),
+    /// `break-glass:<ns>`: reveal in full, beyond the client's other scopes
+    /// and its rate limits, when a call states an emergency purpose (ETREAT
+    /// or BTG) — each such reveal flagged and alerted, within a window that
+    /// an administrator re-arms (see [`crate::purpose`]).
+    BreakGlass(NamespacePattern),
     /// `admin`: namespaces, clients and keys.
     Admin,
     /// `audit`: read the audit trail.
@@ -72,7 +77,7 @@ impl FromStr for Scope {
         }
         let (kind, namespace) = s
             .split_once(':')
-            .ok_or_else(|| format!("unknown scope {s:?}; expected tokenize:<ns>, lookup:<ns>, detokenize:<ns>, detokenize-masked:<ns>, admin or audit"))?;
+            .ok_or_else(|| format!("unknown scope {s:?}; expected tokenize:<ns>, lookup:<ns>, detokenize:<ns>, detokenize-masked:<ns>, break-glass:<ns>, admin or audit"))?;
         let pattern = match namespace {
             "*" => NamespacePattern::Any,
             name if crate::NamespaceSpec::valid_name(name) => {
@@ -89,8 +94,9 @@ impl FromStr for Scope {
             "lookup" => Ok(Self::Lookup(pattern)),
             "detokenize" => Ok(Self::Detokenize(pattern)),
             "detokenize-masked" => Ok(Self::DetokenizeMasked(pattern)),
+            "break-glass" => Ok(Self::BreakGlass(pattern)),
             _ => Err(format!(
-                "unknown scope {s:?}; expected tokenize:<ns>, lookup:<ns>, detokenize:<ns>, detokenize-masked:<ns>, admin or audit"
+                "unknown scope {s:?}; expected tokenize:<ns>, lookup:<ns>, detokenize:<ns>, detokenize-masked:<ns>, break-glass:<ns>, admin or audit"
             )),
         }
     }
@@ -105,6 +111,7 @@ impl fmt::Display for Scope {
             Self::Lookup(p) => ("lookup", p),
             Self::Detokenize(p) => ("detokenize", p),
             Self::DetokenizeMasked(p) => ("detokenize-masked", p),
+            Self::BreakGlass(p) => ("break-glass", p),
         };
         match pattern {
             NamespacePattern::Any => write!(f, "{kind}:*"),
@@ -157,6 +164,14 @@ pub enum Action<'a> {
     Detokenize(&'a str),
     /// Reveal masked values.
     DetokenizeMasked(&'a str),
+    /// Reveal, full or masked, stating an emergency purpose: allowed by a
+    /// `break-glass` scope, or by the scope the reveal needs anyway.
+    BreakGlass {
+        /// The namespace.
+        namespace: &'a str,
+        /// A masked reveal.
+        masked: bool,
+    },
     /// Administer the vault.
     Admin,
     /// Read the audit trail (admins may too).
@@ -179,6 +194,11 @@ pub struct Client {
     /// Its own rate limits and quotas; what it leaves out, the server's
     /// defaults decide.
     pub limits: crate::limits::Limits,
+    /// Its reveals must state a purpose of use.
+    pub require_purpose: bool,
+    /// When its break-glass window opened (seconds since the Unix epoch),
+    /// until an administrator re-arms it.
+    pub break_glass_opened_at: Option<u64>,
 }
 
 impl Client {
@@ -192,8 +212,32 @@ impl Client {
                 p.matches(ns)
             }
             (Scope::DetokenizeMasked(p), Action::DetokenizeMasked(ns)) => p.matches(ns),
+            (Scope::BreakGlass(p), Action::BreakGlass { namespace, .. }) => p.matches(namespace),
+            (Scope::Detokenize(p), Action::BreakGlass { namespace: ns, .. })
+            | (
+                Scope::DetokenizeMasked(p),
+                Action::BreakGlass {
+                    namespace: ns,
+                    masked: true,
+                },
+            ) => p.matches(ns),
             _ => false,
         })
+    }
+
+    /// Whether an emergency reveal in `ns` breaks the glass: the client has
+    /// a `break-glass` scope for it (a client that may reveal there anyway
+    /// reveals as usual, its purpose recorded).
+    pub fn breaks_glass_in(&self, ns: &str) -> bool {
+        let normal = self.scopes.iter().any(|s| match s {
+            Scope::Detokenize(p) => p.matches(ns),
+            _ => false,
+        });
+        !normal
+            && self
+                .scopes
+                .iter()
+                .any(|s| matches!(s, Scope::BreakGlass(p) if p.matches(ns)))
     }
 
     /// Whether a tokenize in `ns` may mint tokens for values not in the
@@ -222,6 +266,8 @@ impl ClientRecord {
             created_at: self.created_at,
             revoked_at: self.revoked_at,
             limits: self.limits.clone(),
+            require_purpose: self.require_purpose,
+            break_glass_opened_at: self.break_glass_opened_at,
         })
     }
 }
@@ -310,9 +356,10 @@ impl ClientTable {
             .insert(client.id.clone(), (Arc::new(client), digest));
     }
 
-    pub(crate) fn revoke(&mut self, id: &str, at: u64) {
-        if let Some((client, _)) = self.by_id.get_mut(id) {
-            Arc::make_mut(client).revoked_at = Some(at);
+    /// Puts `client` in place of the one with its id, keeping its key.
+    pub(crate) fn replace(&mut self, client: Client) {
+        if let Some((kept, _)) = self.by_id.get_mut(&client.id) {
+            *kept = Arc::new(client);
         }
     }
 
@@ -400,6 +447,8 @@ mod tests {
             created_at: 0,
             revoked_at: None,
             limits: Default::default(),
+            require_purpose: false,
+            break_glass_opened_at: None,
         };
         let masked = client(&["detokenize-masked:ssn"]);
         assert!(masked.allows(Action::DetokenizeMasked("ssn")));
@@ -475,10 +524,15 @@ mod tests {
             created_at: 1,
             revoked_at: None,
             limits: Default::default(),
+            require_purpose: false,
+            break_glass_opened_at: None,
         };
         table.insert(client.clone(), &digest);
         let bearer = format!("Bearer {}", key.expose());
-        assert_eq!(table.authenticate(Some(&bearer)), Ok(Arc::new(client)));
+        assert_eq!(
+            table.authenticate(Some(&bearer)),
+            Ok(Arc::new(client.clone()))
+        );
         assert_eq!(table.authenticate(None), Err(AuthError::Missing));
         assert_eq!(
             table.authenticate(Some(key.expose())),
@@ -490,7 +544,10 @@ mod tests {
         assert_eq!(table.authenticate(Some(&wrong)), Err(AuthError::Unknown));
         let other = format!("Bearer pv_{}_{}", "f".repeat(16), "0".repeat(64));
         assert_eq!(table.authenticate(Some(&other)), Err(AuthError::Unknown));
-        table.revoke(&id, 2);
+        table.replace(Client {
+            revoked_at: Some(2),
+            ..client
+        });
         assert_eq!(table.authenticate(Some(&bearer)), Err(AuthError::Revoked));
     }
 }

@@ -109,6 +109,8 @@ pub struct ClientSpec {
     /// Its rate limits and quotas as written (`detokenize=50/s`,
     /// `new-mappings=100000/24h`); see [`crate::limits`].
     pub limits: Vec<String>,
+    /// Its reveals must state a purpose of use.
+    pub require_purpose: bool,
 }
 
 /// How a vault is created and run.
@@ -803,6 +805,7 @@ impl Vault {
             scopes,
             allow_masked_oracle,
             limits,
+            require_purpose,
         } = spec;
         let limits = crate::limits::Limits::parse(limits).map_err(Error::InvalidClient)?;
         let name_ok = (1..=64).contains(&name.len())
@@ -838,6 +841,8 @@ impl Vault {
             created_at: now_secs(),
             revoked_at: None,
             limits,
+            require_purpose: *require_purpose,
+            break_glass_opened_at: None,
         };
         let client = record.to_client(&id).map_err(Error::InvalidClient)?;
         let audited = self.pending_record(audit_record, |e| e.target = id.clone());
@@ -876,23 +881,40 @@ impl Vault {
         audit_record: Option<AuditEvent>,
     ) -> Result<Client, Error> {
         let now = now_secs();
+        let change = Box::new(move |row: &mut ClientRecord| {
+            row.revoked_at.get_or_insert(now);
+        });
+        let client = self
+            .update_client_with_record(id, change, audit_record)
+            .await?;
+        tracing::info!(client_id = %id, "client revoked");
+        Ok(client)
+    }
+
+    /// Applies `change` to client `id` as stored, with `record` (its
+    /// `target` set to the client's id) appended in the same commit; the
+    /// client as it now is. Every node applies it on its next call.
+    pub(crate) async fn update_client_with_record(
+        &self,
+        id: &str,
+        change: crate::store::ClientChange,
+        audit_record: Option<AuditEvent>,
+    ) -> Result<Client, Error> {
         let audited = self.pending_record(audit_record, |e| e.target = id.to_owned());
         let recorded = audited.is_some();
         let record = self
             .store
-            .revoke_client(id.to_owned(), now, audited)
+            .update_client(id.to_owned(), change, audited)
             .await?
             .ok_or_else(|| Error::ClientNotFound(id.to_owned()))?;
         self.audit.count_record(recorded);
         let client = record
             .to_client(id)
             .map_err(|_| Error::Corrupt("client scopes"))?;
-        let revoked_at = client.revoked_at.unwrap_or(now);
         self.clients
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .revoke(id, revoked_at);
-        tracing::info!(client_id = %id, "client revoked");
+            .replace(client.clone());
         Ok(client)
     }
 

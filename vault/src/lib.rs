@@ -45,6 +45,7 @@ pub mod limits;
 mod maintenance;
 mod namespace;
 mod portable;
+pub mod purpose;
 mod rotation;
 pub mod server;
 pub mod store;

@@ -40,6 +40,7 @@ fn reveal(
                 revealed: true,
             })
             .collect(),
+        ..AuditEvent::default()
     }
 }
 
@@ -664,6 +665,7 @@ async fn disclosures_survive_the_move_of_their_index_into_the_audit_rows() {
              SELECT m.mark, a.lane, a.seq FROM phivault.audit a, unnest(a.marks) AS m(mark) \
              ORDER BY a.ord; \
          ALTER TABLE phivault.audit DROP COLUMN marks, DROP COLUMN ord; \
+         DROP TABLE phivault.limit_usage; \
          UPDATE phivault.schema_version SET version = 3;",
     );
     let vault = Vault::open_at(&location, key_file(), VaultOptions::default())

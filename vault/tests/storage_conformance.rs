@@ -548,6 +548,8 @@ fn client(name: &str) -> ClientRow {
         created_at: 1,
         revoked_at: None,
         limits: Default::default(),
+        require_purpose: false,
+        break_glass_opened_at: None,
     }
 }
 

@@ -10,17 +10,15 @@ use tonic::Code;
 use super::hardening::records;
 use super::{cli, client_with, code, connect, stdout, texts};
 
+/// The key of a client made through the CLI with `args` after its name.
+fn create_with(server: &Server, admin_key: &str, name: &str, args: &[&str]) -> String {
+    super::create_with(server, admin_key, name, args).0
+}
+
 /// The `rpc` of a record that sums up a client's tokenize calls.
 const TOKENIZE_SUMMARY_RPC: &str = "(tokenize calls, summarised)";
 /// The `rpc` of a record that sums up a client's calls over a limit.
 const LIMITED_SUMMARY_RPC: &str = "(calls over a limit, summarised)";
-
-/// A client created through the CLI with `args` after its name; its key.
-fn create_with(server: &Server, admin_key: &str, name: &str, args: &[&str]) -> String {
-    let mut all = vec!["clients", "create", name];
-    all.extend_from_slice(args);
-    stdout(&cli(server, admin_key, &all, "")).trim().to_owned()
-}
 
 /// The refusal's status, message and retry hint.
 fn refusal(error: ClientError) -> (Code, String, Option<Duration>) {
@@ -209,7 +207,7 @@ async fn new_mappings_are_bounded_by_a_quota_and_tokenize_is_on_record_in_aggreg
     let server = Server::start(&vault, &["--summary-window-secs", "1"]);
     let admin = connect(&server, Some(&vault.admin_key)).await;
     let (auditor, _) = client_with(&admin, &server, "auditor", &["audit"]).await;
-    let key = create_with(
+    let (key, id) = super::create_with(
         &server,
         &vault.admin_key,
         "enumerator",
@@ -221,17 +219,6 @@ async fn new_mappings_are_bounded_by_a_quota_and_tokenize_is_on_record_in_aggreg
         ],
     );
     let enumerator = connect(&server, Some(&key)).await;
-    let id = stdout(&cli(
-        &server,
-        &vault.admin_key,
-        &["clients", "list", "--json"],
-        "",
-    ))
-    .lines()
-    .find(|l| l.contains("\"enumerator\""))
-    .and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-    .and_then(|v| v["client_id"].as_str().map(str::to_owned))
-    .expect("the enumerator's id");
     let dates = |from: u32, n: u32| -> Vec<String> {
         (from..from + n)
             .map(|d| {

@@ -19,6 +19,7 @@ mod hardening;
 mod keys;
 mod limits;
 mod portable;
+mod purpose;
 
 async fn connect(server: &Server, key: Option<&str>) -> Client {
     let mut options = ClientOptions::new(server.endpoint());
@@ -1077,6 +1078,24 @@ fn cli(server: &Server, key: &str, args: &[&str], stdin: &str) -> std::process::
         .write_all(stdin.as_bytes())
         .expect("write stdin");
     child.wait_with_output().expect("wait")
+}
+
+/// The key of a client made through the CLI with `args` after its name,
+/// and its id.
+pub(crate) fn create_with(
+    server: &Server,
+    admin_key: &str,
+    name: &str,
+    args: &[&str],
+) -> (String, String) {
+    let mut all = vec!["--json", "clients", "create", name];
+    all.extend_from_slice(args);
+    let out: serde_json::Value =
+        serde_json::from_str(&stdout(&cli(server, admin_key, &all, ""))).expect("json");
+    (
+        out["api_key"].as_str().expect("key").to_owned(),
+        out["client"]["client_id"].as_str().expect("id").to_owned(),
+    )
 }
 
 fn stdout(output: &std::process::Output) -> String {

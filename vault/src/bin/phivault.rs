@@ -332,6 +332,11 @@ struct ServeArgs {
     /// audit trail, per client and namespace, in seconds [default: 60].
     #[arg(long)]
     summary_window_secs: Option<u64>,
+    /// How long a client with a break-glass scope may reveal stating an
+    /// emergency, from its first such reveal, before an administrator must
+    /// re-arm it (`clients release`), in seconds [default: 1800].
+    #[arg(long)]
+    break_glass_window_secs: Option<u64>,
     /// `fsync` (default): every acknowledged write is on disk. `os`: leave
     /// flushing to the OS — faster, loses acknowledged writes on power loss.
     #[arg(long, env = "PHIVAULT_DURABILITY", hide_env_values = true, value_parser = ["fsync", "os"])]
@@ -408,6 +413,13 @@ fn resolve(args: ServeArgs) -> anyhow::Result<ServeArgs> {
             Some(0) => bail!("the summary window must be at least 1 second"),
             window => Some(window.unwrap_or(60)),
         },
+        break_glass_window_secs: match args
+            .break_glass_window_secs
+            .or(file.limits.break_glass_window_secs)
+        {
+            Some(0) => bail!("the break-glass window must be at least 1 second"),
+            window => Some(window.unwrap_or(1800)),
+        },
         durability: Some(durability),
         rotation_max_rate: args.rotation_max_rate.or(file.rotation_max_rate),
         backup_dir: args.backup_dir.or(file.backup_dir),
@@ -478,6 +490,7 @@ fn render_settings(args: &ServeArgs) -> anyhow::Result<String> {
             max_value_bytes: args.max_value_bytes,
             client_defaults: Some(args.client_limits.clone()),
             summary_window_secs: args.summary_window_secs,
+            break_glass_window_secs: args.break_glass_window_secs,
         },
         transport: TransportConfig::from(&args.transport),
     };
@@ -942,6 +955,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         client_limits: phivault::limits::Limits::parse(&args.client_limits)
             .map_err(|e| anyhow::anyhow!("client limits: {e}"))?,
         summary_window: std::time::Duration::from_secs(args.summary_window_secs.unwrap_or(60)),
+        break_glass_window: std::time::Duration::from_secs(
+            args.break_glass_window_secs.unwrap_or(1800),
+        ),
     };
     let vault = Arc::new(vault);
     vault.resume_background_jobs().await?;

@@ -179,6 +179,7 @@ impl Admin for AdminService {
                     scopes: request.scopes,
                     allow_masked_oracle: request.allow_masked_oracle,
                     limits: request.limits,
+                    require_purpose: request.require_purpose,
                 },
                 Some(record),
             )
@@ -211,6 +212,25 @@ impl Admin for AdminService {
         let result = self
             .vault
             .revoke_client_with_record(&id, Some(record))
+            .await
+            .map(|c| convert::client(&c))
+            .map_err(Status::from);
+        self.end_recorded(call, target(id), result).await
+    }
+
+    async fn release_client(
+        &self,
+        request: Request<pb::ReleaseClientRequest>,
+    ) -> Result<Response<pb::Client>, Status> {
+        let call = self.begin(&request, Action::Admin).await?;
+        let id = request.into_inner().client_id;
+        let record = call.0.success_record(&call.1, AuditEvent::default());
+        let change = Box::new(|row: &mut crate::store::ClientRow| {
+            row.break_glass_opened_at = None;
+        });
+        let result = self
+            .vault
+            .update_client_with_record(&id, change, Some(record))
             .await
             .map(|c| convert::client(&c))
             .map_err(Status::from);

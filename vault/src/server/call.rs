@@ -114,13 +114,19 @@ impl Call {
         items: usize,
     ) -> Result<Arc<Client>, Status> {
         let namespace = match action {
-            Action::Tokenize(ns) | Action::Detokenize(ns) | Action::DetokenizeMasked(ns) => ns,
+            Action::Tokenize(ns)
+            | Action::Detokenize(ns)
+            | Action::DetokenizeMasked(ns)
+            | Action::BreakGlass { namespace: ns, .. } => ns,
             Action::Admin | Action::Audit => "",
         };
         let refused = AuditEvent {
             namespace: namespace.to_owned(),
             items: count(items),
-            masked: matches!(action, Action::DetokenizeMasked(_)),
+            masked: matches!(
+                action,
+                Action::DetokenizeMasked(_) | Action::BreakGlass { masked: true, .. }
+            ),
             ..AuditEvent::default()
         };
         // Another node may have revoked this client, created it, or
@@ -134,6 +140,7 @@ impl Call {
                 Action::Tokenize(ns) => ("tokenize", ns.len()),
                 Action::Detokenize(ns) => ("detokenize", ns.len()),
                 Action::DetokenizeMasked(ns) => ("detokenize-masked", ns.len()),
+                Action::BreakGlass { namespace, .. } => ("break-glass", namespace.len()),
                 Action::Admin => ("admin", 0),
                 Action::Audit => ("audit", 0),
             };
@@ -144,6 +151,10 @@ impl Call {
                 Action::DetokenizeMasked(ns) => {
                     format!("detokenize (masked) in namespace {}", shown(ns))
                 }
+                Action::BreakGlass { namespace, .. } => format!(
+                    "detokenize, even for an emergency, in namespace {}",
+                    shown(namespace)
+                ),
                 Action::Admin => "administer the vault".into(),
                 Action::Audit => "read the audit trail".into(),
             };

@@ -236,6 +236,9 @@ pub struct LimitsConfig {
     /// `--summary-window-secs`: how often tokenize calls and calls over a
     /// limit are summed up in the audit trail.
     pub summary_window_secs: Option<u64>,
+    /// `--break-glass-window-secs`: how long a client may break the glass
+    /// before an administrator re-arms it.
+    pub break_glass_window_secs: Option<u64>,
 }
 
 impl ConfigFile {

@@ -96,6 +96,8 @@ pub fn client(c: &Client) -> pb::Client {
         scopes: c.scopes.iter().map(ToString::to_string).collect(),
         revoked: c.revoked_at.is_some(),
         limits: c.limits.written(),
+        require_purpose: c.require_purpose,
+        break_glass_opened_at: c.break_glass_opened_at.unwrap_or(0),
     }
 }
 
@@ -158,6 +160,9 @@ pub(crate) fn disclosure(d: &crate::Disclosure) -> pb::Disclosure {
         request_id: d.request_id.clone(),
         masked: d.masked,
         keyset_version: d.keyset_version,
+        purpose: d.purpose.clone(),
+        reason: d.reason.clone(),
+        break_glass: d.break_glass,
     }
 }
 
@@ -186,5 +191,8 @@ pub(crate) fn audit_record(r: &crate::AuditRecord) -> pb::AuditRecord {
             .collect(),
         prev_hash: r.prev_hash.to_vec(),
         hash: r.hash.to_vec(),
+        purpose: e.purpose.clone(),
+        reason: e.reason.clone(),
+        break_glass: e.break_glass,
     }
 }

@@ -454,6 +454,8 @@ mod tests {
             created_at: 0,
             revoked_at: None,
             limits: Limits::parse(limits).expect("limits"),
+            require_purpose: false,
+            break_glass_opened_at: None,
         }
     }
 

@@ -22,7 +22,7 @@ use crate::store::BATCH_BUCKETS;
 
 /// The RPCs metrics are kept for. Anything else is counted as `other`, so
 /// that a caller cannot grow the label set by inventing method names.
-const KNOWN_RPCS: [&str; 15] = [
+const KNOWN_RPCS: [&str; 16] = [
     "/phivault.v1.Tokenizer/Tokenize",
     "/phivault.v1.Tokenizer/Detokenize",
     "/phivault.v1.Tokenizer/TokenizeStream",
@@ -32,6 +32,7 @@ const KNOWN_RPCS: [&str; 15] = [
     "/phivault.v1.Admin/CreateClient",
     "/phivault.v1.Admin/ListClients",
     "/phivault.v1.Admin/RevokeClient",
+    "/phivault.v1.Admin/ReleaseClient",
     "/phivault.v1.Admin/RotateKeys",
     "/phivault.v1.Admin/GetKeyStatus",
     "/phivault.v1.Admin/Backup",
@@ -73,8 +74,8 @@ impl std::fmt::Debug for Metrics {
 }
 
 impl Metrics {
-    /// Metrics for `vault`'s server.
-    pub fn new(vault: Arc<Vault>) -> Self {
+    /// Metrics for `vault`'s server, with the count of `alerts` raised.
+    pub(crate) fn new(vault: Arc<Vault>, alerts: &super::alerts::Alerts) -> Self {
         let mut registry = Registry::with_prefix("phivault");
         let calls = Family::<CallLabels, Counter>::default();
         registry.register(
@@ -111,6 +112,11 @@ impl Metrics {
             "namespace_fill_ratio",
             "Share of candidate tokens found taken since start, by namespace: how full the token space is for the values being tokenized",
             fill.clone(),
+        );
+        registry.register(
+            "alerts",
+            "Alerts raised since start, by kind (each is also an audit record: pvc alerts list)",
+            alerts.raised.clone(),
         );
         Self {
             registry,

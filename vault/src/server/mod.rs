@@ -4,6 +4,7 @@
 
 mod activity;
 mod admin;
+mod alerts;
 mod call;
 pub mod config;
 pub mod convert;
@@ -29,8 +30,10 @@ use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 pub use activity::{LIMITED_SUMMARY_RPC, TOKENIZE_SUMMARY_RPC};
 pub use admin::AdminService;
+pub use alerts::ALERT_RPC;
 pub use metrics::Metrics;
 pub use refusals::{MAX_SUMMARIES, SUMMARY_RPC};
+pub use tokenizer::BREAK_GLASS_OPENED_RPC;
 pub use tokenizer::TokenizerService;
 
 use crate::Vault;
@@ -59,6 +62,9 @@ pub struct ServeOptions {
     /// How often tokenize calls and calls over a limit are summed up in
     /// the audit trail.
     pub summary_window: Duration,
+    /// How long a client may break the glass, from its first such reveal,
+    /// before an administrator must re-arm it.
+    pub break_glass_window: Duration,
 }
 
 /// What one peer, or all of them, can make the server hold: connections,
@@ -335,10 +341,13 @@ pub async fn serve(
     };
     let activity = Arc::new(activity::Activity::default());
     let limiter = Arc::new(limiter::Limiter::new(options.client_limits.clone()));
+    let alerts = Arc::new(alerts::Alerts::default());
     let plane = tokenizer::Plane {
         vault: Arc::clone(&vault),
         limiter: Arc::clone(&limiter),
         activity: Arc::clone(&activity),
+        alerts: Arc::clone(&alerts),
+        break_glass_window: options.break_glass_window,
     };
     // Nodes over one database share what they admitted under each limit.
     let share_limits = vault.shares_storage().then(|| {
@@ -364,7 +373,7 @@ pub async fn serve(
     .max_decoding_message_size(limits.admin_max_message_bytes)
     .max_encoding_message_size(max);
 
-    let metrics = Arc::new(Metrics::new(Arc::clone(&vault)));
+    let metrics = Arc::new(Metrics::new(Arc::clone(&vault), &alerts));
     let metrics_task = match options.metrics_listen {
         Some(addr) => {
             let listener = tokio::net::TcpListener::bind(addr)

@@ -12,12 +12,17 @@ use tokio::sync::watch;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::activity::Activity;
+use super::alerts::{self, Alert, Alerts};
 use super::call::{self, Call};
 use super::convert;
 use super::limiter::{Limiter, Pace};
 use crate::auth::Action;
 use crate::limits::Limited;
+use crate::purpose::Purpose;
 use crate::{AuditEvent, Error, Mint, TokenMark, Vault};
+
+/// The `rpc` of the record of a client's break-glass window opening.
+pub const BREAK_GLASS_OPENED_RPC: &str = "(break-glass window opened)";
 
 /// Stream messages of one call processed at once; responses still leave in
 /// request order.
@@ -32,9 +37,65 @@ pub(crate) struct Plane {
     pub(crate) vault: Arc<Vault>,
     pub(crate) limiter: Arc<Limiter>,
     pub(crate) activity: Arc<Activity>,
+    pub(crate) alerts: Arc<Alerts>,
+    /// How long a client may break the glass once it has, before an
+    /// administrator must re-arm it.
+    pub(crate) break_glass_window: std::time::Duration,
 }
 
 impl Plane {
+    /// Checks a reveal's purpose of use: well formed, present when the
+    /// client must state one, and for a reveal that breaks the glass,
+    /// within the client's window (opening it on the first).
+    async fn check_purpose(
+        &self,
+        client: &crate::auth::Client,
+        request: &pb::DetokenizeRequest,
+        breaking: bool,
+    ) -> Result<(), Status> {
+        let purpose = Purpose::new(&request.purpose, &request.reason)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if client.require_purpose && !purpose.is_stated() {
+            return Err(Status::failed_precondition(
+                "this client must state a purpose of use with each reveal (purpose in the request, --purpose on the command line)",
+            ));
+        }
+        if !breaking {
+            return Ok(());
+        }
+        let window = self.break_glass_window.as_secs();
+        let now = crate::clock::now_secs();
+        match client.break_glass_opened_at {
+            Some(opened) if now >= opened.saturating_add(window) => {
+                Err(Status::permission_denied(format!(
+                    "this client's break-glass window of {} closed; an administrator re-arms it after review (pvc clients release {})",
+                    humantime::format_duration(self.break_glass_window),
+                    client.id
+                )))
+            }
+            Some(_) => Ok(()),
+            None => {
+                let record = AuditEvent {
+                    client_id: client.id.clone(),
+                    authenticated: true,
+                    rpc: BREAK_GLASS_OPENED_RPC.to_owned(),
+                    namespace: request.namespace.clone(),
+                    purpose: purpose.code,
+                    reason: purpose.reason,
+                    ..AuditEvent::default()
+                };
+                let change = Box::new(move |row: &mut crate::store::ClientRow| {
+                    row.break_glass_opened_at.get_or_insert(now);
+                });
+                self.vault
+                    .update_client_with_record(&client.id, change, Some(record))
+                    .await
+                    .map(drop)
+                    .map_err(Status::from)
+            }
+        }
+    }
+
     /// Takes `items` from the client's rate for `limited` in `namespace`;
     /// a refusal is tallied and becomes the call's status.
     async fn admit(
@@ -149,26 +210,51 @@ async fn detokenize(
     pace: Pace,
 ) -> Result<pb::DetokenizeResponse, Status> {
     let vault = &*plane.vault;
-    let action = if request.masked {
-        Action::DetokenizeMasked(&request.namespace)
+    let namespace = request.namespace.as_str();
+    let items = request.tokens.len();
+    let purpose = Purpose::new(&request.purpose, &request.reason);
+    let emergency = purpose.as_ref().is_ok_and(Purpose::breaks_glass);
+    let action = if emergency {
+        Action::BreakGlass {
+            namespace,
+            masked: request.masked,
+        }
+    } else if request.masked {
+        Action::DetokenizeMasked(namespace)
     } else {
-        Action::Detokenize(&request.namespace)
+        Action::Detokenize(namespace)
     };
     // The scope is checked before the vault is asked anything, so a caller
     // without it learns nothing about whether a namespace or token exists.
-    let client = call.authorize(vault, action, request.tokens.len()).await?;
-    plane
-        .admit(
-            call,
-            &client,
-            Limited::Detokenize,
-            &request.namespace,
-            request.tokens.len(),
-            pace,
-        )
-        .await?;
+    let client = call.authorize(vault, action, items).await?;
+    let breaking = emergency && client.breaks_glass_in(namespace);
+    let purpose = purpose.unwrap_or_default();
+    let subject = AuditEvent {
+        namespace: namespace.to_owned(),
+        items: call::count(items),
+        masked: request.masked,
+        purpose: purpose.code.clone(),
+        reason: purpose.reason.clone(),
+        break_glass: breaking,
+        ..AuditEvent::default()
+    };
+    if let Err(refusal) = plane.check_purpose(&client, &request, breaking).await {
+        // On record like any refusal of an authorised call.
+        let subject = AuditEvent {
+            break_glass: false,
+            ..subject
+        };
+        return call.finish(vault, &client, subject, Err(refusal)).await;
+    }
+    // Breaking the glass lifts the client's rate limits (its window bounds
+    // it instead).
+    if !breaking {
+        plane
+            .admit(call, &client, Limited::Detokenize, namespace, items, pace)
+            .await?;
+    }
     let result = vault
-        .detokenize_marked(&request.namespace, &request.tokens)
+        .detokenize_marked(namespace, &request.tokens)
         .await
         .map_err(Status::from);
     // One mark per token, revealed or not; none for a request refused as a
@@ -187,14 +273,27 @@ async fn detokenize(
         }
         Err(status) => (Err(status), Vec::new()),
     };
-    let subject = AuditEvent {
-        namespace: request.namespace,
-        items: call::count(request.tokens.len()),
-        masked: request.masked,
-        tokens,
-        ..AuditEvent::default()
-    };
+    let subject = AuditEvent { tokens, ..subject };
     let mut results = call.finish(vault, &client, subject, result).await?;
+    if breaking {
+        let revealed = results.iter().filter(|r| r.is_ok()).count();
+        plane
+            .alerts
+            .raise(
+                vault,
+                Alert {
+                    kind: alerts::Kind::BreakGlass,
+                    client_id: client.id.clone(),
+                    namespace: namespace.to_owned(),
+                    items: call::count(items),
+                    reason: format!(
+                        "purpose={} revealed={revealed}: a reveal beyond the client's scopes and limits, stating an emergency",
+                        purpose.code
+                    ),
+                },
+            )
+            .await;
+    }
     if request.masked {
         for value in results.iter_mut().flatten() {
             *value = crate::mask(value);

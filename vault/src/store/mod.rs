@@ -36,7 +36,7 @@ pub use meta::{
     open, open_read_only, read_master_record,
 };
 pub use portable::{Import, PortableStore, Row};
-pub use registry::{ClientRow, NamespaceRow, RegistryStore};
+pub use registry::{ClientChange, ClientRow, NamespaceRow, RegistryStore};
 pub use rocks::{Cf, Entry, Store, StoreOptions, Txn};
 pub use rotation::{Moved, NotStarted, OnCommit, ReverseEntry, RotationStart, RotationStore};
 

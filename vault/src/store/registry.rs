@@ -24,7 +24,17 @@ pub struct ClientRow {
     /// from the rows of clients made before limits existed.
     #[serde(default, skip_serializing_if = "crate::limits::Limits::is_empty")]
     pub limits: crate::limits::Limits,
+    /// Its reveals must state a purpose of use.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub require_purpose: bool,
+    /// When its break-glass window opened, until an administrator re-arms
+    /// it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub break_glass_opened_at: Option<u64>,
 }
+
+/// A change to a client's row, applied where the backend holds it locked.
+pub type ClientChange = Box<dyn FnOnce(&mut ClientRow) + Send>;
 
 /// Makes a new namespace's row once storage has given it its id.
 pub type NamespaceRow = Box<dyn FnOnce(u32) -> Vec<u8> + Send>;
@@ -65,6 +75,18 @@ pub trait RegistryStore: Send + Sync {
         audit: Option<PendingRecord>,
     ) -> StoreFuture<'_, bool>;
 
+    /// Applies `change` to client `id`'s row and appends `audit`, in one
+    /// commit; the client as it now is, or `None` (and nothing written) when
+    /// there is no such client. The change runs on the row as stored (read
+    /// under the commit's lock), so two nodes changing one client do not
+    /// lose either change.
+    fn update_client(
+        &self,
+        id: String,
+        change: ClientChange,
+        audit: Option<PendingRecord>,
+    ) -> StoreFuture<'_, Option<ClientRow>>;
+
     /// Marks client `id` revoked at `at` (a revoked client keeps its first
     /// revocation time) and appends `audit`; the client as it now is, or
     /// `None` (and nothing written) when there is no such client.
@@ -73,7 +95,15 @@ pub trait RegistryStore: Send + Sync {
         id: String,
         at: u64,
         audit: Option<PendingRecord>,
-    ) -> StoreFuture<'_, Option<ClientRow>>;
+    ) -> StoreFuture<'_, Option<ClientRow>> {
+        self.update_client(
+            id,
+            Box::new(move |row| {
+                row.revoked_at.get_or_insert(at);
+            }),
+            audit,
+        )
+    }
 }
 
 /// A client row as every backend stores it (JSON).

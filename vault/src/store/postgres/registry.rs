@@ -7,7 +7,7 @@ use super::audit::Lane;
 use super::{Fail, PgStore, names};
 use crate::store::audit::PendingRecord;
 use crate::store::registry::{
-    ClientRow, NamespaceRow, RegistryStore, decode_client, encode_client,
+    ClientChange, ClientRow, NamespaceRow, RegistryStore, decode_client, encode_client,
 };
 use crate::store::schema::{self as rows, AuditHead};
 use crate::store::{StoreError, StoreFuture};
@@ -194,10 +194,10 @@ impl RegistryStore for PgStore {
         })
     }
 
-    fn revoke_client(
+    fn update_client(
         &self,
         id: String,
-        at: u64,
+        change: ClientChange,
         audit: Option<PendingRecord>,
     ) -> StoreFuture<'_, Option<ClientRow>> {
         Box::pin(async move {
@@ -216,7 +216,7 @@ impl RegistryStore for PgStore {
                 };
                 let mut row =
                     decode_client(&self.open_row("clients", id.as_bytes(), found.get(0))?)?;
-                row.revoked_at.get_or_insert(at);
+                change(&mut row);
                 tx.execute(
                     "UPDATE phivault.clients SET stored = $2 WHERE id = $1",
                     &[

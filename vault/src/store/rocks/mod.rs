@@ -23,10 +23,10 @@ use super::registry::{decode_client, encode_client};
 use super::rotation::{active_version, decode_keyset, decode_rotation};
 use super::schema;
 use super::{
-    AuditStore, BackupFinish, ClientRow, Durability, ForwardRow, InsertOutcome, Inserted, Lease,
-    LeaseStore, Lifecycle, MappingStore, Moved, NamespaceRow, NewValues, NotStarted, OnCommit,
-    PendingRecord, RegistryStore, ReverseEntry, RotationStart, RotationStore, StoreError,
-    StoreFuture, WriterStats,
+    AuditStore, BackupFinish, ClientChange, ClientRow, Durability, ForwardRow, InsertOutcome,
+    Inserted, Lease, LeaseStore, Lifecycle, MappingStore, Moved, NamespaceRow, NewValues,
+    NotStarted, OnCommit, PendingRecord, RegistryStore, ReverseEntry, RotationStart, RotationStore,
+    StoreError, StoreFuture, WriterStats,
 };
 
 pub use writer::Txn;
@@ -748,10 +748,10 @@ impl RegistryStore for Store {
         }))
     }
 
-    fn revoke_client(
+    fn update_client(
         &self,
         id: String,
-        at: u64,
+        change: ClientChange,
         audit: Option<PendingRecord>,
     ) -> StoreFuture<'_, Option<ClientRow>> {
         Box::pin(self.write(move |txn| {
@@ -759,7 +759,7 @@ impl RegistryStore for Store {
                 return Ok(None);
             };
             let mut row = decode_client(&bytes)?;
-            row.revoked_at.get_or_insert(at);
+            change(&mut row);
             txn.put(Cf::Clients, id.into_bytes(), encode_client(&row)?);
             if let Some(record) = &audit {
                 append_audit(txn, record)?;
