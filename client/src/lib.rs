@@ -1108,6 +1108,29 @@ impl Client {
         .await
     }
 
+    /// Gives a client a new API key (in the answer, shown once); the old
+    /// one is still accepted for `grace`. Not sent again after its node went
+    /// away under it unless it never left: a second rotation would retire
+    /// the key the first one made.
+    pub async fn rotate_client_key(
+        &self,
+        client_id: &str,
+        grace: std::time::Duration,
+    ) -> Result<pb::CreateClientResponse, ClientError> {
+        let request = pb::RotateClientKeyRequest {
+            client_id: client_id.to_owned(),
+            grace_secs: Some(grace.as_secs()),
+        };
+        self.call(Retry::IfUnsent, |node: Node| {
+            let request = request.clone();
+            async move {
+                let mut admin = node.admin;
+                admin.rotate_client_key(request).await
+            }
+        })
+        .await
+    }
+
     /// Re-arms a client whose break-glass window has opened. Sent again on
     /// the next endpoint when its node goes away: re-arming twice is
     /// re-arming once.

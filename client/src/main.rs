@@ -144,7 +144,7 @@ enum Command {
     },
     /// Check the server's health (exit status 0 when serving).
     Health,
-    /// Verify, query and export the audit trail (the audit or admin scope).
+    /// Verify, query and export the audit trail (the audit scope).
     #[command(subcommand)]
     Audit(AuditCommand),
     /// Alerts: reveals that broke the glass, and what else the vault flags
@@ -349,6 +349,10 @@ enum ClientCommand {
         /// (--purpose).
         #[arg(long)]
         require_purpose: bool,
+        /// How long its API key, and each new one `rotate-key` gives it, is
+        /// accepted (90days, 720h) [default: until revoked].
+        #[arg(long)]
+        expires_in: Option<humantime::Duration>,
     },
     /// List clients.
     List,
@@ -357,6 +361,14 @@ enum ClientCommand {
     /// Re-arm a client whose break-glass window has opened, after review
     /// (`audit break-glass`): its next emergency reveal opens a new window.
     Release { client_id: String },
+    /// Give a client a new API key, printed once alone on stdout; the old
+    /// key is still accepted for the grace period.
+    RotateKey {
+        client_id: String,
+        /// How long the old key is still accepted (0s: not at all).
+        #[arg(long, default_value = "24h")]
+        grace: humantime::Duration,
+    },
 }
 
 fn main() -> ExitCode {
@@ -946,6 +958,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             rates,
             quotas,
             require_purpose,
+            expires_in,
         }) => {
             let created = client
                 .create_client_with(pb::CreateClientRequest {
@@ -954,6 +967,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     allow_masked_oracle,
                     limits: rates.into_iter().chain(quotas).collect(),
                     require_purpose,
+                    key_lifetime_secs: expires_in.map_or(0, |d| d.as_secs()),
                 })
                 .await?;
             let c = created.client.unwrap_or_default();
@@ -989,6 +1003,25 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("{}", client_json(&c));
             } else {
                 println!("revoked client {} ({})", c.client_id, c.name);
+            }
+            true
+        }
+        Command::Clients(ClientCommand::RotateKey { client_id, grace }) => {
+            let rotated = client.rotate_client_key(&client_id, *grace).await?;
+            let c = rotated.client.unwrap_or_default();
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "client": client_json(&c), "api_key": rotated.api_key })
+                );
+            } else {
+                eprintln!(
+                    "new API key for client {} ({}), shown this once; the old one is accepted for {}:",
+                    c.client_id,
+                    c.name,
+                    humantime::format_duration(*grace)
+                );
+                println!("{}", rotated.api_key);
             }
             true
         }

@@ -57,7 +57,13 @@ pub fn namespace_line(ns: &Namespace) -> String {
 
 /// A client as one JSON object (its API key is never part of it).
 pub fn client_json(c: &Client) -> Value {
-    json!({ "client_id": c.client_id, "name": c.name, "scopes": c.scopes, "revoked": c.revoked, "limits": c.limits })
+    json!({
+        "client_id": c.client_id, "name": c.name, "scopes": c.scopes, "revoked": c.revoked,
+        "limits": c.limits, "require_purpose": c.require_purpose,
+        "break_glass_opened_at": (c.break_glass_opened_at > 0).then_some(c.break_glass_opened_at),
+        "expires_at": (c.expires_at > 0).then_some(c.expires_at),
+        "previous_key_valid_until": (c.previous_key_valid_until > 0).then_some(c.previous_key_valid_until),
+    })
 }
 
 /// A client as one line: id, name, state and scopes.

@@ -62,8 +62,13 @@ pub enum Scope {
     BreakGlass(NamespacePattern),
     /// `admin`: namespaces, clients and keys.
     Admin,
-    /// `audit`: read the audit trail.
+    /// `audit`: read the audit trail. Not implied by `admin` (for clients
+    /// created since duties were separated; see [`Client::separated`]).
     Audit,
+    /// `grant`: create clients that may reveal (`detokenize`,
+    /// `detokenize-masked`, `break-glass`) or grant. Not implied by `admin`,
+    /// so that an administrator cannot give itself a reveal.
+    Grant,
 }
 
 impl FromStr for Scope {
@@ -73,11 +78,12 @@ impl FromStr for Scope {
         match s {
             "admin" => return Ok(Self::Admin),
             "audit" => return Ok(Self::Audit),
+            "grant" => return Ok(Self::Grant),
             _ => {}
         }
         let (kind, namespace) = s
             .split_once(':')
-            .ok_or_else(|| format!("unknown scope {s:?}; expected tokenize:<ns>, lookup:<ns>, detokenize:<ns>, detokenize-masked:<ns>, break-glass:<ns>, admin or audit"))?;
+            .ok_or_else(|| format!("unknown scope {s:?}; expected tokenize:<ns>, lookup:<ns>, detokenize:<ns>, detokenize-masked:<ns>, break-glass:<ns>, admin, audit or grant"))?;
         let pattern = match namespace {
             "*" => NamespacePattern::Any,
             name if crate::NamespaceSpec::valid_name(name) => {
@@ -96,7 +102,7 @@ impl FromStr for Scope {
             "detokenize-masked" => Ok(Self::DetokenizeMasked(pattern)),
             "break-glass" => Ok(Self::BreakGlass(pattern)),
             _ => Err(format!(
-                "unknown scope {s:?}; expected tokenize:<ns>, lookup:<ns>, detokenize:<ns>, detokenize-masked:<ns>, break-glass:<ns>, admin or audit"
+                "unknown scope {s:?}; expected tokenize:<ns>, lookup:<ns>, detokenize:<ns>, detokenize-masked:<ns>, break-glass:<ns>, admin, audit or grant"
             )),
         }
     }
@@ -107,6 +113,7 @@ impl fmt::Display for Scope {
         let (kind, pattern) = match self {
             Self::Admin => return f.write_str("admin"),
             Self::Audit => return f.write_str("audit"),
+            Self::Grant => return f.write_str("grant"),
             Self::Tokenize(p) => ("tokenize", p),
             Self::Lookup(p) => ("lookup", p),
             Self::Detokenize(p) => ("detokenize", p),
@@ -118,6 +125,17 @@ impl fmt::Display for Scope {
             NamespacePattern::Exact(name) => write!(f, "{kind}:{name}"),
         }
     }
+}
+
+/// Whether a client with `scopes` may reveal or grant: creating it needs
+/// the `grant` scope.
+pub fn needs_grant(scopes: &[Scope]) -> bool {
+    scopes.iter().any(|s| {
+        matches!(
+            s,
+            Scope::Detokenize(_) | Scope::DetokenizeMasked(_) | Scope::BreakGlass(_) | Scope::Grant
+        )
+    })
 }
 
 /// Namespace patterns that overlap: one namespace both name.
@@ -174,8 +192,10 @@ pub enum Action<'a> {
     },
     /// Administer the vault.
     Admin,
-    /// Read the audit trail (admins may too).
+    /// Read the audit trail.
     Audit,
+    /// Grant a reveal (create a client that may reveal or grant).
+    Grant,
 }
 
 /// A client of the vault as the API shows it.
@@ -199,14 +219,26 @@ pub struct Client {
     /// When its break-glass window opened (seconds since the Unix epoch),
     /// until an administrator re-arms it.
     pub break_glass_opened_at: Option<u64>,
+    /// Created since duties were separated: its `admin` scope is only
+    /// administration. A client from before keeps what `admin` meant then
+    /// (reading the audit trail and granting too).
+    pub separated: bool,
+    /// When its API key stops being accepted, if it expires.
+    pub expires_at: Option<u64>,
+    /// Until when the key a rotation retired is still accepted.
+    pub previous_key_valid_until: Option<u64>,
+    /// Its row's version, raised by every change.
+    pub version: u64,
 }
 
 impl Client {
     /// Whether the client may perform `action`.
     pub fn allows(&self, action: Action<'_>) -> bool {
         self.scopes.iter().any(|scope| match (scope, action) {
-            (Scope::Admin, Action::Admin | Action::Audit) => true,
+            (Scope::Admin, Action::Admin) => true,
+            (Scope::Admin, Action::Audit | Action::Grant) => !self.separated,
             (Scope::Audit, Action::Audit) => true,
+            (Scope::Grant, Action::Grant) => true,
             (Scope::Tokenize(p) | Scope::Lookup(p), Action::Tokenize(ns)) => p.matches(ns),
             (Scope::Detokenize(p), Action::Detokenize(ns) | Action::DetokenizeMasked(ns)) => {
                 p.matches(ns)
@@ -225,12 +257,14 @@ impl Client {
         })
     }
 
-    /// Whether an emergency reveal in `ns` breaks the glass: the client has
-    /// a `break-glass` scope for it (a client that may reveal there anyway
-    /// reveals as usual, its purpose recorded).
-    pub fn breaks_glass_in(&self, ns: &str) -> bool {
+    /// Whether an emergency reveal in `ns` (`masked` or not) breaks the
+    /// glass: the client has a `break-glass` scope for it, and no scope that
+    /// allows the reveal anyway (such a client reveals as usual, its purpose
+    /// recorded).
+    pub fn breaks_glass_in(&self, ns: &str, masked: bool) -> bool {
         let normal = self.scopes.iter().any(|s| match s {
             Scope::Detokenize(p) => p.matches(ns),
+            Scope::DetokenizeMasked(p) => masked && p.matches(ns),
             _ => false,
         });
         !normal
@@ -268,6 +302,13 @@ impl ClientRecord {
             limits: self.limits.clone(),
             require_purpose: self.require_purpose,
             break_glass_opened_at: self.break_glass_opened_at,
+            separated: self.separated,
+            expires_at: self.expires_at,
+            previous_key_valid_until: self
+                .previous_secret_sha256
+                .as_ref()
+                .and(self.previous_valid_until),
+            version: self.version,
         })
     }
 }
@@ -286,16 +327,22 @@ impl ApiKey {
 pub(crate) fn mint_key() -> Result<(String, ApiKey, String), CryptoError> {
     let mut id = [0u8; ID_BYTES];
     crypto::fill_random(&mut id)?;
+    let id = hex(&id);
+    let (key, digest) = mint_secret(&id)?;
+    Ok((id, key, digest))
+}
+
+/// A new API key for client `id`, and the digest to store.
+pub(crate) fn mint_secret(id: &str) -> Result<(ApiKey, String), CryptoError> {
     let mut secret = Zeroizing::new([0u8; SECRET_BYTES]);
     crypto::fill_random(&mut secret[..])?;
-    let id = hex(&id);
     let secret = Zeroizing::new(hex(&secret[..]));
     let digest = hex(&Sha256::digest(secret.as_bytes()));
     let key = ApiKey(Zeroizing::new(format!(
         "{KEY_PREFIX}{id}_{}",
         secret.as_str()
     )));
-    Ok((id, key, digest))
+    Ok((key, digest))
 }
 
 /// The client id an `authorization` header claims, when the key is
@@ -331,36 +378,54 @@ pub enum AuthError {
     /// The client was revoked.
     #[error("revoked API key")]
     Revoked,
+    /// The key's time ran out (or, for a key a rotation retired, its grace
+    /// period).
+    #[error("expired API key")]
+    Expired,
+}
+
+/// The digests of the keys a client's calls may carry: the current one,
+/// and one a rotation retired, until its grace period ends.
+#[derive(Clone, Copy)]
+struct Keys {
+    current: [u8; 32],
+    previous: Option<([u8; 32], u64)>,
+}
+
+fn digest_of(hex_digest: &str) -> [u8; 32] {
+    let mut digest = [0u8; 32];
+    for (out, pair) in digest.iter_mut().zip(hex_digest.as_bytes().chunks_exact(2)) {
+        *out = std::str::from_utf8(pair)
+            .ok()
+            .and_then(|p| u8::from_str_radix(p, 16).ok())
+            .unwrap_or(0);
+    }
+    digest
 }
 
 /// The in-memory view of every client, keyed by id. Records are shared
 /// (`Arc`) so that authenticating a call copies no strings or scopes.
 #[derive(Default)]
 pub(crate) struct ClientTable {
-    by_id: HashMap<String, (Arc<Client>, [u8; 32])>,
+    by_id: HashMap<String, (Arc<Client>, Keys)>,
 }
 
 impl ClientTable {
-    pub(crate) fn insert(&mut self, client: Client, secret_sha256: &str) {
-        let mut digest = [0u8; 32];
-        for (out, pair) in digest
-            .iter_mut()
-            .zip(secret_sha256.as_bytes().chunks_exact(2))
-        {
-            *out = std::str::from_utf8(pair)
-                .ok()
-                .and_then(|p| u8::from_str_radix(p, 16).ok())
-                .unwrap_or(0);
-        }
+    /// Puts client `id` as `row` stores it (new, or in place of what the
+    /// table held), keys included; the client as the API shows it.
+    pub(crate) fn put(&mut self, id: &str, row: &ClientRecord) -> Result<Client, String> {
+        let client = row.to_client(id)?;
+        let keys = Keys {
+            current: digest_of(&row.secret_sha256),
+            previous: row
+                .previous_secret_sha256
+                .as_deref()
+                .zip(row.previous_valid_until)
+                .map(|(digest, until)| (digest_of(digest), until)),
+        };
         self.by_id
-            .insert(client.id.clone(), (Arc::new(client), digest));
-    }
-
-    /// Puts `client` in place of the one with its id, keeping its key.
-    pub(crate) fn replace(&mut self, client: Client) {
-        if let Some((kept, _)) = self.by_id.get_mut(&client.id) {
-            *kept = Arc::new(client);
-        }
+            .insert(id.to_owned(), (Arc::new(client.clone()), keys));
+        Ok(client)
     }
 
     pub(crate) fn get(&self, id: &str) -> Option<Arc<Client>> {
@@ -383,12 +448,23 @@ impl ClientTable {
             .filter(|(id, secret)| id.len() == 2 * ID_BYTES && secret.len() == 2 * SECRET_BYTES)
             .ok_or(AuthError::Malformed)?;
         let digest = Sha256::digest(secret.as_bytes());
-        let (client, stored) = self.by_id.get(id).ok_or(AuthError::Unknown)?;
-        if !bool::from(digest.as_slice().ct_eq(stored)) {
-            return Err(AuthError::Unknown);
+        let (client, keys) = self.by_id.get(id).ok_or(AuthError::Unknown)?;
+        let now = crate::clock::now_secs();
+        let current = bool::from(digest.as_slice().ct_eq(&keys.current));
+        let retired = keys
+            .previous
+            .map(|(previous, until)| (bool::from(digest.as_slice().ct_eq(&previous)), until));
+        match (current, retired) {
+            (true, _) => {}
+            (false, Some((true, until))) if now < until => {}
+            (false, Some((true, _))) => return Err(AuthError::Expired),
+            _ => return Err(AuthError::Unknown),
         }
         if client.revoked_at.is_some() {
             return Err(AuthError::Revoked);
+        }
+        if client.expires_at.is_some_and(|at| now >= at) {
+            return Err(AuthError::Expired);
         }
         Ok(Arc::clone(client))
     }
@@ -449,6 +525,10 @@ mod tests {
             limits: Default::default(),
             require_purpose: false,
             break_glass_opened_at: None,
+            separated: true,
+            expires_at: None,
+            previous_key_valid_until: None,
+            version: 0,
         };
         let masked = client(&["detokenize-masked:ssn"]);
         assert!(masked.allows(Action::DetokenizeMasked("ssn")));
@@ -461,7 +541,18 @@ mod tests {
         );
         assert!(!full.allows(Action::Tokenize("ssn")));
         let admin = client(&["admin"]);
-        assert!(admin.allows(Action::Admin) && admin.allows(Action::Audit));
+        assert!(admin.allows(Action::Admin));
+        assert!(!admin.allows(Action::Audit) && !admin.allows(Action::Grant));
+        let legacy = Client {
+            separated: false,
+            ..admin.clone()
+        };
+        assert!(legacy.allows(Action::Audit) && legacy.allows(Action::Grant));
+        // Break-glass: a masked emergency reveal by a client that may see
+        // masked values anyway breaks nothing; a full one does.
+        let desk = client(&["detokenize-masked:ssn", "break-glass:ssn"]);
+        assert!(!desk.breaks_glass_in("ssn", true) && desk.breaks_glass_in("ssn", false));
+        assert!(!client(&["detokenize:ssn", "break-glass:ssn"]).breaks_glass_in("ssn", false));
         assert!(!admin.allows(Action::Tokenize("ssn")) && !admin.allows(Action::Detokenize("ssn")));
         assert!(!client(&[]).allows(Action::Tokenize("ssn")));
         let joiner = client(&["lookup:ssn", "tokenize:mrn"]);
@@ -514,20 +605,26 @@ mod tests {
     }
 
     #[test]
-    fn keys_authenticate_until_revoked() {
+    fn keys_authenticate_until_revoked_expired_or_retired() {
         let (id, key, digest) = mint_key().expect("rng");
         let mut table = ClientTable::default();
-        let client = Client {
-            id: id.clone(),
+        let row = ClientRecord {
             name: "c".into(),
-            scopes: vec![Scope::Admin],
+            scopes: vec!["admin".into()],
+            secret_sha256: digest.clone(),
             created_at: 1,
             revoked_at: None,
             limits: Default::default(),
             require_purpose: false,
             break_glass_opened_at: None,
+            separated: true,
+            expires_at: None,
+            key_lifetime_secs: None,
+            previous_secret_sha256: None,
+            previous_valid_until: None,
+            version: 0,
         };
-        table.insert(client.clone(), &digest);
+        let client = table.put(&id, &row).expect("put");
         let bearer = format!("Bearer {}", key.expose());
         assert_eq!(
             table.authenticate(Some(&bearer)),
@@ -544,10 +641,46 @@ mod tests {
         assert_eq!(table.authenticate(Some(&wrong)), Err(AuthError::Unknown));
         let other = format!("Bearer pv_{}_{}", "f".repeat(16), "0".repeat(64));
         assert_eq!(table.authenticate(Some(&other)), Err(AuthError::Unknown));
-        table.replace(Client {
+
+        // A rotation: the new key works, the old one during its grace only.
+        let now = crate::clock::now_secs();
+        let (new_key, new_digest) = mint_secret(&id).expect("rng");
+        let rotated = ClientRecord {
+            secret_sha256: new_digest,
+            previous_secret_sha256: Some(digest.clone()),
+            previous_valid_until: Some(now + 60),
+            ..row.clone()
+        };
+        table.put(&id, &rotated).expect("put");
+        let new_bearer = format!("Bearer {}", new_key.expose());
+        assert!(table.authenticate(Some(&new_bearer)).is_ok());
+        assert!(
+            table.authenticate(Some(&bearer)).is_ok(),
+            "within its grace"
+        );
+        let retired = ClientRecord {
+            previous_valid_until: Some(now - 1),
+            ..rotated.clone()
+        };
+        table.put(&id, &retired).expect("put");
+        assert_eq!(table.authenticate(Some(&bearer)), Err(AuthError::Expired));
+        let expired = ClientRecord {
+            expires_at: Some(now),
+            ..retired.clone()
+        };
+        table.put(&id, &expired).expect("put");
+        assert_eq!(
+            table.authenticate(Some(&new_bearer)),
+            Err(AuthError::Expired)
+        );
+        let revoked = ClientRecord {
             revoked_at: Some(2),
-            ..client
-        });
-        assert_eq!(table.authenticate(Some(&bearer)), Err(AuthError::Revoked));
+            ..retired
+        };
+        table.put(&id, &revoked).expect("put");
+        assert_eq!(
+            table.authenticate(Some(&new_bearer)),
+            Err(AuthError::Revoked)
+        );
     }
 }

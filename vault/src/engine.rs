@@ -111,6 +111,9 @@ pub struct ClientSpec {
     pub limits: Vec<String>,
     /// Its reveals must state a purpose of use.
     pub require_purpose: bool,
+    /// How long its API key (and each key a rotation gives it) is accepted;
+    /// `None`: until revoked.
+    pub key_lifetime: Option<std::time::Duration>,
 }
 
 /// How a vault is created and run.
@@ -612,6 +615,18 @@ impl Vault {
         }
         let known = self.clients.read().unwrap_or_else(|e| e.into_inner()).all();
         let now = clients.all();
+        for seen in &known {
+            if now
+                .iter()
+                .any(|c| c.id == seen.id && c.version < seen.version)
+            {
+                tracing::error!(client_id = %seen.id, "a client is stored at a version older than one this node saw: refused");
+                return Err(Error::Store(StoreError::Tampered {
+                    table: "clients",
+                    row: format!("{:?}", seen.id),
+                }));
+            }
+        }
         for revoked in known.iter().filter(|c| c.revoked_at.is_some()) {
             if now
                 .iter()
@@ -806,6 +821,7 @@ impl Vault {
             allow_masked_oracle,
             limits,
             require_purpose,
+            key_lifetime,
         } = spec;
         let limits = crate::limits::Limits::parse(limits).map_err(Error::InvalidClient)?;
         let name_ok = (1..=64).contains(&name.len())
@@ -843,6 +859,12 @@ impl Vault {
             limits,
             require_purpose: *require_purpose,
             break_glass_opened_at: None,
+            separated: true,
+            expires_at: key_lifetime.map(|d| now_secs().saturating_add(d.as_secs())),
+            key_lifetime_secs: key_lifetime.map(|d| d.as_secs()),
+            previous_secret_sha256: None,
+            previous_valid_until: None,
+            version: 0,
         };
         let client = record.to_client(&id).map_err(Error::InvalidClient)?;
         let audited = self.pending_record(audit_record, |e| e.target = id.clone());
@@ -851,7 +873,7 @@ impl Vault {
         // overwrites.
         if !self
             .store
-            .create_client(id.clone(), record, audited)
+            .create_client(id.clone(), record.clone(), audited)
             .await?
         {
             return Err(Error::Store(StoreError::Unavailable(
@@ -862,7 +884,8 @@ impl Vault {
         self.clients
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(client.clone(), &digest);
+            .put(&id, &record)
+            .map_err(Error::InvalidClient)?;
         tracing::info!(client_id = %id, client = %client.name, "client created");
         Ok((client, key))
     }
@@ -883,12 +906,44 @@ impl Vault {
         let now = now_secs();
         let change = Box::new(move |row: &mut ClientRecord| {
             row.revoked_at.get_or_insert(now);
+            true
         });
         let client = self
             .update_client_with_record(id, change, audit_record)
             .await?;
         tracing::info!(client_id = %id, "client revoked");
         Ok(client)
+    }
+
+    /// Gives client `id` a new API key, returned once; the key it had is
+    /// still accepted for `grace` (none: not at all), and a client whose
+    /// keys expire gets a fresh lifetime. On record like every change.
+    pub async fn rotate_client_key_with_record(
+        &self,
+        id: &str,
+        grace: std::time::Duration,
+        audit_record: Option<AuditEvent>,
+    ) -> Result<(Client, ApiKey), Error> {
+        let (key, digest) = auth::mint_secret(id).map_err(Error::Crypto)?;
+        let now = now_secs();
+        let change = Box::new(move |row: &mut ClientRecord| {
+            let retired = std::mem::replace(&mut row.secret_sha256, digest);
+            let until = now.saturating_add(grace.as_secs());
+            (row.previous_secret_sha256, row.previous_valid_until) = if grace.is_zero() {
+                (None, None)
+            } else {
+                (Some(retired), Some(until))
+            };
+            if let Some(lifetime) = row.key_lifetime_secs {
+                row.expires_at = Some(now.saturating_add(lifetime));
+            }
+            true
+        });
+        let client = self
+            .update_client_with_record(id, change, audit_record)
+            .await?;
+        tracing::info!(client_id = %id, grace_secs = grace.as_secs(), "client key rotated");
+        Ok((client, key))
     }
 
     /// Applies `change` to client `id` as stored, with `record` (its
@@ -908,14 +963,11 @@ impl Vault {
             .await?
             .ok_or_else(|| Error::ClientNotFound(id.to_owned()))?;
         self.audit.count_record(recorded);
-        let client = record
-            .to_client(id)
-            .map_err(|_| Error::Corrupt("client scopes"))?;
         self.clients
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .replace(client.clone());
-        Ok(client)
+            .put(id, &record)
+            .map_err(|_| Error::Corrupt("client scopes"))
     }
 
     /// Flushes and closes the vault. A rotation job still running is told
@@ -1832,10 +1884,9 @@ async fn read_namespaces(store: &dyn Storage) -> Result<Vec<Namespace>, Error> {
 async fn read_clients(store: &dyn Storage) -> Result<ClientTable, Error> {
     let mut clients = ClientTable::default();
     for (id, record) in store.client_rows().await? {
-        let client = record
-            .to_client(&id)
+        clients
+            .put(&id, &record)
             .map_err(|_| Error::Corrupt("client scopes"))?;
-        clients.insert(client, &record.secret_sha256);
     }
     Ok(clients)
 }

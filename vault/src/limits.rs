@@ -219,8 +219,11 @@ fn parse_quota(text: &str) -> Result<Allowance, String> {
     let count = u64::from(positive(count, "the quota")?);
     let window = humantime::parse_duration(window)
         .map_err(|_| "a quota's window is a duration such as 1h, 24h or 7d")?;
-    if window < Duration::from_secs(60) || window.subsec_nanos() != 0 {
-        return Err("a quota's window is whole seconds, at least a minute".into());
+    if window < Duration::from_secs(60)
+        || window > Duration::from_secs(366 * 86_400)
+        || window.subsec_nanos() != 0
+    {
+        return Err("a quota's window is whole seconds, from a minute to 366 days".into());
     }
     Ok(Allowance::Quota {
         count,
@@ -305,7 +308,8 @@ mod tests {
             ("detokenize=5/d", "per s, m or h"),
             ("detokenize=5/s,b=3", "burst"),
             ("new-mappings=5/s", "duration"),
-            ("new-mappings=5/10s", "at least a minute"),
+            ("new-mappings=5/10s", "from a minute"),
+            ("new-mappings=5/400days", "366 days"),
             ("tokenize:no such=5/s", "no valid namespace"),
         ] {
             let error = text.parse::<LimitRule>().expect_err(text);

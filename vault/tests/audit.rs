@@ -7,7 +7,7 @@ use std::process::Command;
 use std::sync::Arc;
 
 use phivault::store::{Cf, Location, Store, StoreOptions};
-use phivault::{AuditEvent, MasterKey, TokenMark, Vault, VaultOptions, verify_audit_at};
+use phivault::{AuditEvent, Error, MasterKey, TokenMark, Vault, VaultOptions, verify_audit_at};
 use zeroize::Zeroizing;
 
 fn key_file() -> MasterKey {
@@ -704,4 +704,46 @@ async fn disclosures_survive_the_move_of_their_index_into_the_audit_rows() {
     assert_eq!(found.last().map(|d| d.seq), Some(id));
     assert_eq!(found.len(), before[0].len() + 1);
     vault.close().expect("close");
+}
+
+/// The row MAC proves a client row was written by the vault, its version
+/// that it is the newest: a row put back from before a key rotation (to
+/// bring the retired key back, or re-arm a break-glass window) is refused
+/// by the next read of the registry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_row_put_back_from_an_older_copy_is_refused() {
+    let Some((server, _location, vault)) = vault_in_postgres().await else {
+        return;
+    };
+    let (billing, _) = vault
+        .create_client("billing", &["detokenize:ssn"])
+        .await
+        .expect("client");
+    server.psql(
+        "vault",
+        &format!(
+            "CREATE TABLE public.saved AS SELECT stored FROM phivault.clients WHERE id = '{}'",
+            billing.id
+        ),
+    );
+    vault
+        .rotate_client_key_with_record(&billing.id, std::time::Duration::ZERO, None)
+        .await
+        .expect("rotate");
+    vault.refresh().await.expect("the rotation is seen");
+    server.psql(
+        "vault",
+        &format!(
+            "UPDATE phivault.clients SET stored = (SELECT stored FROM public.saved) WHERE id = '{}'; \
+             UPDATE phivault.registry_epoch SET epoch = epoch + 1;",
+            billing.id
+        ),
+    );
+    match vault.refresh().await {
+        Err(Error::Store(phivault::store::StoreError::Tampered { table, row })) => {
+            assert_eq!(table, "clients");
+            assert!(row.contains(&billing.id), "{row}");
+        }
+        other => panic!("an older client row was taken: {other:?}"),
+    }
 }

@@ -550,6 +550,12 @@ fn client(name: &str) -> ClientRow {
         limits: Default::default(),
         require_purpose: false,
         break_glass_opened_at: None,
+        separated: true,
+        expires_at: None,
+        key_lifetime_secs: None,
+        previous_secret_sha256: None,
+        previous_valid_until: None,
+        version: 0,
     }
 }
 

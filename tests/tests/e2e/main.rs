@@ -14,6 +14,7 @@ mod audit;
 mod bulk;
 mod client_safety;
 mod cluster;
+mod duties;
 mod failover;
 mod hardening;
 mod keys;
@@ -73,6 +74,14 @@ fn texts(results: Vec<phivault_client::ItemResult>) -> Vec<String> {
         .into_iter()
         .map(|r| r.unwrap_or_else(|e| panic!("item failed: {} {}", e.code, e.message)))
         .collect()
+}
+
+/// The status code and message of a call's error.
+fn status(error: phivault_client::ClientError) -> (Code, String) {
+    match error {
+        phivault_client::ClientError::Status(s) => (s.code(), s.message().to_owned()),
+        other => panic!("expected a status, got {other}"),
+    }
 }
 
 fn code(error: phivault_client::ClientError) -> Code {

@@ -3,24 +3,17 @@
 
 use std::time::{Duration, Instant};
 
-use phivault_client::{ClientError, Purpose, v1 as pb};
+use phivault_client::{Purpose, v1 as pb};
 use phivault_tests::{Server, VaultDir};
 use tonic::Code;
 
 use super::hardening::records;
-use super::{cli, client_with, code, connect, create_with, stdout, texts};
+use super::{cli, client_with, code, connect, create_with, status, stdout, texts};
 
 /// The `rpc` of an alert's record.
 const ALERT_RPC: &str = "(alert)";
 /// The `rpc` of the record of a break-glass window opening.
 const OPENED_RPC: &str = "(break-glass window opened)";
-
-fn message(error: ClientError) -> (Code, String) {
-    match error {
-        ClientError::Status(s) => (s.code(), s.message().to_owned()),
-        other => panic!("expected a status, got {other}"),
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reveal_states_its_purpose_and_disclosures_show_it() {
@@ -48,13 +41,13 @@ async fn a_reveal_states_its_purpose_and_disclosures_show_it() {
             .expect("tokenize"),
     );
     // No purpose: refused, and on record.
-    let (status, text) = message(
+    let (got, text) = status(
         billing
             .detokenize("ssn", token.clone(), false)
             .await
             .expect_err("a purpose is required"),
     );
-    assert_eq!(status, Code::FailedPrecondition);
+    assert_eq!(got, Code::FailedPrecondition);
     assert!(text.contains("purpose of use"), "{text}");
     // A code that is not one, or a reason with a line break: refused
     // without being repeated.
@@ -62,13 +55,13 @@ async fn a_reveal_states_its_purpose_and_disclosures_show_it() {
         Purpose::new("123-45-6789", ""),
         Purpose::new("HPAYMT", "line one\nline two"),
     ] {
-        let (status, text) = message(
+        let (got, text) = status(
             billing
                 .detokenize_for("ssn", token.clone(), false, &purpose)
                 .await
                 .expect_err("malformed"),
         );
-        assert_eq!(status, Code::InvalidArgument);
+        assert_eq!(got, Code::InvalidArgument);
         assert!(
             !text.contains("123-45") && !text.contains("line one"),
             "{text}"
@@ -234,7 +227,7 @@ async fn breaking_the_glass_reveals_beyond_scope_flagged_alerted_and_within_a_wi
             .await
         {
             Ok(_) => {}
-            Err(e) => break message(e),
+            Err(e) => break status(e),
         }
         assert!(Instant::now() < deadline, "the window never closed");
         tokio::time::sleep(Duration::from_millis(200)).await;

@@ -674,7 +674,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     true,
                 )?;
                 let opened = Vault::init_at(&location, master, options).await?;
-                let (_, key) = opened.create_client("admin", &["admin"]).await?;
+                let (_, key) = opened
+                    .create_client("admin", &["admin", "grant", "audit"])
+                    .await?;
                 writeln!(key_out, "{}", key.expose())?;
                 key_out.sync_all()?;
                 anyhow::Ok(opened)
@@ -1014,7 +1016,9 @@ async fn dev_vault(dir: &Path, options: VaultOptions) -> anyhow::Result<Vault> {
             MasterKey::create_key_file(&key_file)?
         };
         let vault = Vault::init(&data, master, options).await?;
-        let (_, key) = vault.create_client("admin", &["admin"]).await?;
+        let (_, key) = vault
+            .create_client("admin", &["admin", "grant", "audit"])
+            .await?;
         write_secret_file(&admin_file, key.expose())?;
         vault
     };

@@ -1,6 +1,8 @@
 //! The `Admin` service: namespaces, clients, keys, backups and the audit
-//! trail. Every call needs `admin` (the audit calls also take `audit`) and
-//! is recorded in the audit trail before it is answered.
+//! trail. Every call needs `admin`, but the audit calls need `audit`, and
+//! a client that may reveal is made or re-keyed only with `grant` too
+//! (separation of duties); every call is recorded in the audit trail before
+//! it is answered.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -170,6 +172,19 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::CreateClientResponse>, Status> {
         let call = self.begin(&request, Action::Admin).await?;
         let request = request.into_inner();
+        // Separation of duties: a client that may reveal (or grant) is made
+        // only by a caller holding `grant`, which `admin` does not imply.
+        let scopes: Vec<crate::auth::Scope> = request
+            .scopes
+            .iter()
+            .filter_map(|s| s.parse().ok())
+            .collect();
+        if crate::auth::needs_grant(&scopes) && !call.1.allows(Action::Grant) {
+            let refusal = Status::permission_denied(
+                "creating a client that may reveal or grant needs the grant scope, which admin does not imply (separation of duties)",
+            );
+            return self.end(call, AuditEvent::default(), Err(refusal)).await;
+        }
         let record = call.0.success_record(&call.1, AuditEvent::default());
         let result = self
             .vault
@@ -180,6 +195,8 @@ impl Admin for AdminService {
                     allow_masked_oracle: request.allow_masked_oracle,
                     limits: request.limits,
                     require_purpose: request.require_purpose,
+                    key_lifetime: (request.key_lifetime_secs > 0)
+                        .then(|| std::time::Duration::from_secs(request.key_lifetime_secs)),
                 },
                 Some(record),
             )
@@ -218,6 +235,39 @@ impl Admin for AdminService {
         self.end_recorded(call, target(id), result).await
     }
 
+    async fn rotate_client_key(
+        &self,
+        request: Request<pb::RotateClientKeyRequest>,
+    ) -> Result<Response<pb::CreateClientResponse>, Status> {
+        let call = self.begin(&request, Action::Admin).await?;
+        let request = request.into_inner();
+        let id = request.client_id;
+        // A new key for a client that may reveal is as good as creating
+        // one: it needs `grant` too.
+        let reveals = self
+            .vault
+            .client(&id)
+            .is_some_and(|c| crate::auth::needs_grant(&c.scopes));
+        if reveals && !call.1.allows(Action::Grant) {
+            let refusal = Status::permission_denied(
+                "a new key for a client that may reveal or grant needs the grant scope, which admin does not imply (separation of duties)",
+            );
+            return self.end(call, target(id), Err(refusal)).await;
+        }
+        let grace = std::time::Duration::from_secs(request.grace_secs.unwrap_or(86_400));
+        let record = call.0.success_record(&call.1, AuditEvent::default());
+        let result = self
+            .vault
+            .rotate_client_key_with_record(&id, grace, Some(record))
+            .await
+            .map_err(Status::from)
+            .map(|(client, key)| pb::CreateClientResponse {
+                client: Some(convert::client(&client)),
+                api_key: key.expose().to_owned(),
+            });
+        self.end_recorded(call, target(id), result).await
+    }
+
     async fn release_client(
         &self,
         request: Request<pb::ReleaseClientRequest>,
@@ -227,6 +277,7 @@ impl Admin for AdminService {
         let record = call.0.success_record(&call.1, AuditEvent::default());
         let change = Box::new(|row: &mut crate::store::ClientRow| {
             row.break_glass_opened_at = None;
+            true
         });
         let result = self
             .vault

@@ -118,7 +118,7 @@ impl Call {
             | Action::Detokenize(ns)
             | Action::DetokenizeMasked(ns)
             | Action::BreakGlass { namespace: ns, .. } => ns,
-            Action::Admin | Action::Audit => "",
+            Action::Admin | Action::Audit | Action::Grant => "",
         };
         let refused = AuditEvent {
             namespace: namespace.to_owned(),
@@ -143,6 +143,7 @@ impl Call {
                 Action::BreakGlass { namespace, .. } => ("break-glass", namespace.len()),
                 Action::Admin => ("admin", 0),
                 Action::Audit => ("audit", 0),
+                Action::Grant => ("grant", 0),
             };
             tracing::info!(client_id = %client.id, request_id = %self.request_id, action = kind, namespace_bytes, "permission denied");
             let what = match action {
@@ -157,6 +158,9 @@ impl Call {
                 ),
                 Action::Admin => "administer the vault".into(),
                 Action::Audit => "read the audit trail".into(),
+                Action::Grant => {
+                    "grant a reveal (the grant scope, which admin does not imply)".into()
+                }
             };
             let status = Status::permission_denied(format!("this client may not {what}"));
             let event = AuditEvent {

@@ -98,6 +98,8 @@ pub fn client(c: &Client) -> pb::Client {
         limits: c.limits.written(),
         require_purpose: c.require_purpose,
         break_glass_opened_at: c.break_glass_opened_at.unwrap_or(0),
+        expires_at: c.expires_at.unwrap_or(0),
+        previous_key_valid_until: c.previous_key_valid_until.unwrap_or(0),
     }
 }
 

@@ -97,6 +97,10 @@ impl Key {
 struct Bucket {
     allowance: Allowance,
     limiter: DefaultDirectRateLimiter,
+    /// Items other nodes admitted that this limiter had no room to take
+    /// when it learnt of them: paid off before this node admits more, so
+    /// that nodes kept busy still share one rate.
+    debt: Mutex<u64>,
     /// Items this node admitted in its last two seconds with calls, as
     /// (second, items): what it publishes.
     recent: Mutex<[(u64, u64); 2]>,
@@ -172,6 +176,7 @@ impl Limiter {
         let bucket = Arc::new(Bucket {
             allowance,
             limiter: RateLimiter::direct(quota),
+            debt: Mutex::new(0),
             recent: Mutex::default(),
         });
         rates.insert(key, Arc::clone(&bucket));
@@ -208,9 +213,24 @@ impl Limiter {
             return Ok(());
         };
         let rule = || describe(limited, namespace, allowance);
+        let burst = match allowance {
+            Allowance::Rate { burst, .. } => burst.max(1),
+            _ => 1,
+        };
         let mut waited = Duration::ZERO;
         loop {
-            match bucket.limiter.check_n(n) {
+            // What other nodes admitted goes first, a burst at a time.
+            let owed = *bucket.debt.lock().unwrap_or_else(|e| e.into_inner());
+            let (cells, paying) =
+                match NonZeroU32::new(u32::try_from(owed.min(u64::from(burst))).unwrap_or(burst)) {
+                    Some(debt) => (debt, true),
+                    None => (n, false),
+                };
+            match bucket.limiter.check_n(cells) {
+                Ok(Ok(())) if paying => {
+                    let mut debt = bucket.debt.lock().unwrap_or_else(|e| e.into_inner());
+                    *debt = debt.saturating_sub(u64::from(cells.get()));
+                }
                 Ok(Ok(())) => {
                     bucket.count(u64::from(n.get()));
                     return Ok(());
@@ -249,9 +269,10 @@ impl Limiter {
 
     /// Reserves `n` new mappings from the client's quota in `namespace`
     /// for the current window, or refuses with the time until the next one.
-    pub(crate) fn reserve(&self, client: &Client, namespace: &str, n: u64) -> Result<(), Error> {
+    /// Returns the window reserved in, for [`Limiter::refund`].
+    pub(crate) fn reserve(&self, client: &Client, namespace: &str, n: u64) -> Result<u64, Error> {
         let Some((count, window_secs)) = self.quota(client, namespace) else {
-            return Ok(());
+            return Ok(0);
         };
         let rule = || {
             describe(
@@ -307,12 +328,13 @@ impl Limiter {
             });
         }
         window.used += n;
-        Ok(())
+        Ok(index)
     }
 
-    /// Gives back what a call reserved and did not use (values another
-    /// call created meanwhile, or a call that failed).
-    pub(crate) fn refund(&self, client: &Client, namespace: &str, n: u64) {
+    /// Gives back what a call reserved in window `index` and did not use
+    /// (values another call created meanwhile, or a call that failed);
+    /// nothing once that window has ended.
+    pub(crate) fn refund(&self, client: &Client, namespace: &str, n: u64, index: u64) {
         if n == 0 {
             return;
         }
@@ -322,7 +344,7 @@ impl Limiter {
             namespace: namespace.to_owned(),
         };
         let mut quotas = self.quotas.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(window) = quotas.get_mut(&key) {
+        if let Some(window) = quotas.get_mut(&key).filter(|w| w.index == index) {
             window.used = window.used.saturating_sub(n);
         }
     }
@@ -346,8 +368,10 @@ impl Limiter {
             }
         }
         for (key, window) in self.quotas.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            // Zero too, while the window lasts: refunds can bring a count
+            // back to it, and the others must not keep the last figure.
             let ends = (window.index + 1) * window.window_secs;
-            if window.used > 0 && ends > now {
+            if ends > now {
                 mine.push(Usage {
                     key: key.published(window.index),
                     total: window.used,
@@ -394,6 +418,11 @@ impl Limiter {
         }
         *self.others_made.lock().unwrap_or_else(|e| e.into_inner()) = quota_others;
         for (key, items) in charges {
+            // Rows are not authenticated: only clients and namespaces that
+            // exist get a limiter, whatever a row names.
+            if vault.namespace(&key.namespace).is_err() {
+                continue;
+            }
             let Some(client) = vault.client(&key.client) else {
                 continue;
             };
@@ -401,7 +430,22 @@ impl Limiter {
                 continue;
             };
             if let Some(bucket) = self.bucket(key, allowance) {
-                drain(&bucket.limiter, items);
+                let left = drain(&bucket.limiter, items);
+                if left > 0 {
+                    // Owed, up to what ten seconds of the rate and a burst
+                    // come to: a node that fell behind catches up, and
+                    // never owes without bound.
+                    let cap = match allowance {
+                        Allowance::Rate {
+                            count,
+                            per_secs,
+                            burst,
+                        } => u64::from(burst) + 10 * u64::from(count) / u64::from(per_secs.max(1)),
+                        _ => 0,
+                    };
+                    let mut debt = bucket.debt.lock().unwrap_or_else(|e| e.into_inner());
+                    *debt = debt.saturating_add(left).min(cap);
+                }
             }
         }
         Ok(())
@@ -409,8 +453,8 @@ impl Limiter {
 }
 
 /// Takes up to `items` cells from `limiter`: all of them if it has room,
-/// else as many as it has (a charge cannot make it owe more than empty).
-fn drain(limiter: &DefaultDirectRateLimiter, items: u64) {
+/// else as many as it has. Returns what it could not take.
+fn drain(limiter: &DefaultDirectRateLimiter, items: u64) -> u64 {
     let mut left = items;
     let mut n = u32::try_from(left).unwrap_or(u32::MAX);
     while let Some(cells) = NonZeroU32::new(n) {
@@ -423,6 +467,7 @@ fn drain(limiter: &DefaultDirectRateLimiter, items: u64) {
             _ => n /= 2,
         }
     }
+    left
 }
 
 /// A rule in words: `detokenize limit of 50/s in namespace "ssn"`.
@@ -456,6 +501,10 @@ mod tests {
             limits: Limits::parse(limits).expect("limits"),
             require_purpose: false,
             break_glass_opened_at: None,
+            separated: true,
+            expires_at: None,
+            previous_key_valid_until: None,
+            version: 0,
         }
     }
 
@@ -494,6 +543,40 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn what_other_nodes_admitted_is_paid_before_more_is_admitted() {
+        let limiter = Limiter::new(Limits::default());
+        let billing = client(&["detokenize=10/m"]);
+        let admit = |n| limiter.admit(&billing, Limited::Detokenize, "ssn", n, Pace::Refuse, true);
+        admit(1).await.expect("a bucket for it");
+        // Another node admitted 15 while this one's bucket held 9: 9 are
+        // taken at once, 6 are owed.
+        let key = Key {
+            client: billing.id.clone(),
+            limited: Limited::Detokenize,
+            namespace: "ssn".into(),
+        };
+        let bucket = limiter
+            .rates
+            .lock()
+            .expect("lock")
+            .get(&key)
+            .cloned()
+            .expect("bucket");
+        assert_eq!(drain(&bucket.limiter, 15), 6);
+        *bucket.debt.lock().expect("lock") = 6;
+        // Nothing is admitted here until the debt is paid off (6 minutes at
+        // 10 a minute), even though this node itself admitted only one.
+        assert!(matches!(
+            admit(1).await,
+            Err(Error::Limited {
+                retry_after: Some(_),
+                ..
+            })
+        ));
+        assert_eq!(*bucket.debt.lock().expect("lock"), 6);
+    }
+
+    #[tokio::test]
     async fn server_defaults_apply_unless_the_client_lifts_them() {
         let limiter = Limiter::new(Limits::parse(&["detokenize=1/s"]).expect("defaults"));
         let plain = client(&[]);
@@ -521,7 +604,8 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        limiter.refund(&billing, "mrn", 10);
+        let window = crate::clock::now_secs() / 3600;
+        limiter.refund(&billing, "mrn", 10, window);
         limiter
             .reserve(&billing, "mrn", 50)
             .expect("after the refund");

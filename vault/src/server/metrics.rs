@@ -22,7 +22,7 @@ use crate::store::BATCH_BUCKETS;
 
 /// The RPCs metrics are kept for. Anything else is counted as `other`, so
 /// that a caller cannot grow the label set by inventing method names.
-const KNOWN_RPCS: [&str; 16] = [
+const KNOWN_RPCS: [&str; 17] = [
     "/phivault.v1.Tokenizer/Tokenize",
     "/phivault.v1.Tokenizer/Detokenize",
     "/phivault.v1.Tokenizer/TokenizeStream",
@@ -33,6 +33,7 @@ const KNOWN_RPCS: [&str; 16] = [
     "/phivault.v1.Admin/ListClients",
     "/phivault.v1.Admin/RevokeClient",
     "/phivault.v1.Admin/ReleaseClient",
+    "/phivault.v1.Admin/RotateClientKey",
     "/phivault.v1.Admin/RotateKeys",
     "/phivault.v1.Admin/GetKeyStatus",
     "/phivault.v1.Admin/Backup",

@@ -61,6 +61,7 @@ fn reason(e: AuthError) -> &'static str {
         AuthError::Malformed => "malformed-key",
         AuthError::Unknown => "unknown-key",
         AuthError::Revoked => "revoked-key",
+        AuthError::Expired => "expired-key",
     }
 }
 

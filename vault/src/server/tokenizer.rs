@@ -65,16 +65,12 @@ impl Plane {
         }
         let window = self.break_glass_window.as_secs();
         let now = crate::clock::now_secs();
-        match client.break_glass_opened_at {
-            Some(opened) if now >= opened.saturating_add(window) => {
-                Err(Status::permission_denied(format!(
-                    "this client's break-glass window of {} closed; an administrator re-arms it after review (pvc clients release {})",
-                    humantime::format_duration(self.break_glass_window),
-                    client.id
-                )))
-            }
-            Some(_) => Ok(()),
+        let opened = match client.break_glass_opened_at {
+            Some(opened) => opened,
             None => {
+                // Opened here unless another call (on any node) did first:
+                // the row as stored decides, and only the call that opens
+                // the window writes its record.
                 let record = AuditEvent {
                     client_id: client.id.clone(),
                     authenticated: true,
@@ -85,15 +81,28 @@ impl Plane {
                     ..AuditEvent::default()
                 };
                 let change = Box::new(move |row: &mut crate::store::ClientRow| {
-                    row.break_glass_opened_at.get_or_insert(now);
+                    if row.break_glass_opened_at.is_some() {
+                        return false;
+                    }
+                    row.break_glass_opened_at = Some(now);
+                    true
                 });
-                self.vault
+                let stored = self
+                    .vault
                     .update_client_with_record(&client.id, change, Some(record))
                     .await
-                    .map(drop)
-                    .map_err(Status::from)
+                    .map_err(Status::from)?;
+                stored.break_glass_opened_at.unwrap_or(now)
             }
+        };
+        if now >= opened.saturating_add(window) {
+            return Err(Status::permission_denied(format!(
+                "this client's break-glass window of {} closed; an administrator re-arms it after review (pvc clients release {})",
+                humantime::format_duration(self.break_glass_window),
+                client.id
+            )));
         }
+        Ok(())
     }
 
     /// Takes `items` from the client's rate for `limited` in `namespace`;
@@ -161,10 +170,10 @@ async fn tokenize(
     // minting to enumerate a small domain. A quota of new mappings is
     // reserved once the call knows how many it needs, and what it did not
     // make is given back.
-    let reserved = std::sync::atomic::AtomicU64::new(0);
+    let reserved = std::sync::Mutex::new((0u64, 0u64));
     let reserve = |n: u64| {
-        plane.limiter.reserve(&client, namespace, n)?;
-        reserved.store(n, std::sync::atomic::Ordering::Relaxed);
+        let window = plane.limiter.reserve(&client, namespace, n)?;
+        *reserved.lock().unwrap_or_else(|e| e.into_inner()) = (n, window);
         Ok(())
     };
     let mint = if !client.may_mint(namespace) {
@@ -177,19 +186,22 @@ async fn tokenize(
     let outcome = vault
         .tokenize_counted(namespace, &request.values, mint)
         .await;
-    let reserved = reserved.into_inner();
+    let (reserved, window) = reserved.into_inner().unwrap_or_else(|e| e.into_inner());
     let results = match outcome {
         Ok((results, counts)) => {
-            plane
-                .limiter
-                .refund(&client, namespace, reserved.saturating_sub(counts.minted));
+            plane.limiter.refund(
+                &client,
+                namespace,
+                reserved.saturating_sub(counts.minted),
+                window,
+            );
             plane
                 .activity
                 .tokenized(&client.id, namespace, items, counts);
             results
         }
         Err(e) => {
-            plane.limiter.refund(&client, namespace, reserved);
+            plane.limiter.refund(&client, namespace, reserved, window);
             if matches!(e, Error::Limited { .. }) {
                 plane
                     .activity
@@ -227,7 +239,11 @@ async fn detokenize(
     // The scope is checked before the vault is asked anything, so a caller
     // without it learns nothing about whether a namespace or token exists.
     let client = call.authorize(vault, action, items).await?;
-    let breaking = emergency && client.breaks_glass_in(namespace);
+    // Only in a namespace that exists: a call to another fails anyway, and
+    // must neither open the window nor put its name on record.
+    let breaking = emergency
+        && client.breaks_glass_in(namespace, request.masked)
+        && vault.namespace(namespace).is_ok();
     let purpose = purpose.unwrap_or_default();
     let subject = AuditEvent {
         namespace: namespace.to_owned(),

@@ -31,10 +31,39 @@ pub struct ClientRow {
     /// it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub break_glass_opened_at: Option<u64>,
+    /// Created since duties were separated (`admin` no longer implies
+    /// `audit` and `grant`); absent from older rows.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub separated: bool,
+    /// When its API key stops being accepted (seconds since the Unix
+    /// epoch); `None`: never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
+    /// How long each new key of it lives, when keys expire.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_lifetime_secs: Option<u64>,
+    /// The digest of the key a rotation retired, still accepted until
+    /// `previous_valid_until` (the grace period).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_secret_sha256: Option<String>,
+    /// When the retired key stops being accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_valid_until: Option<u64>,
+    /// Raised by every change of the row: the MAC proves a row was written
+    /// by the vault, and this that it is not an older copy put back (which
+    /// could re-arm a break-glass window or bring a retired key back).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub version: u64,
 }
 
-/// A change to a client's row, applied where the backend holds it locked.
-pub type ClientChange = Box<dyn FnOnce(&mut ClientRow) + Send>;
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// A change to a client's row, applied where the backend holds it locked;
+/// `false` when it found nothing to change, and then nothing is written
+/// (the audit record neither).
+pub type ClientChange = Box<dyn FnOnce(&mut ClientRow) -> bool + Send>;
 
 /// Makes a new namespace's row once storage has given it its id.
 pub type NamespaceRow = Box<dyn FnOnce(u32) -> Vec<u8> + Send>;
@@ -75,9 +104,10 @@ pub trait RegistryStore: Send + Sync {
         audit: Option<PendingRecord>,
     ) -> StoreFuture<'_, bool>;
 
-    /// Applies `change` to client `id`'s row and appends `audit`, in one
-    /// commit; the client as it now is, or `None` (and nothing written) when
-    /// there is no such client. The change runs on the row as stored (read
+    /// Applies `change` to client `id`'s row, raises its version and
+    /// appends `audit`, in one commit; the client as it now is, or `None`
+    /// (and nothing written) when there is no such client. A change that
+    /// finds nothing to change writes nothing. The change runs on the row as stored (read
     /// under the commit's lock), so two nodes changing one client do not
     /// lose either change.
     fn update_client(
@@ -100,6 +130,7 @@ pub trait RegistryStore: Send + Sync {
             id,
             Box::new(move |row| {
                 row.revoked_at.get_or_insert(at);
+                true
             }),
             audit,
         )

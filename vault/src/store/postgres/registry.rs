@@ -216,7 +216,11 @@ impl RegistryStore for PgStore {
                 };
                 let mut row =
                     decode_client(&self.open_row("clients", id.as_bytes(), found.get(0))?)?;
-                change(&mut row);
+                if !change(&mut row) {
+                    // Nothing to write: the transaction rolls back.
+                    return Ok((Some(row), None));
+                }
+                row.version += 1;
                 tx.execute(
                     "UPDATE phivault.clients SET stored = $2 WHERE id = $1",
                     &[

@@ -759,7 +759,10 @@ impl RegistryStore for Store {
                 return Ok(None);
             };
             let mut row = decode_client(&bytes)?;
-            change(&mut row);
+            if !change(&mut row) {
+                return Ok(Some(row));
+            }
+            row.version += 1;
             txn.put(Cf::Clients, id.into_bytes(), encode_client(&row)?);
             if let Some(record) = &audit {
                 append_audit(txn, record)?;
