@@ -13,7 +13,7 @@ APT_PACKAGES := libclang-dev g++
 TEST_PACKAGES := postgresql patroni etcd-server
 LISTEN ?= 127.0.0.1:50051
 
-.PHONY: run test bench deps check fmt clippy
+.PHONY: run test bench eval-detection deps check fmt clippy
 
 run: deps
 	$(CARGO) build --locked --bins
@@ -47,6 +47,11 @@ bench: APT_PACKAGES += $(TEST_PACKAGES)
 bench: deps
 	$(CARGO) build --locked --release -p phivault-client
 	$(CARGO) bench --locked -p phivault --features bench-switches
+
+# Reveal-anomaly detection on a generated month of traffic with injected
+# attacks: detection rate, time to detect, false alarms (BENCHMARKS.md).
+eval-detection: deps
+	$(CARGO) run --locked --release -p phivault --example detection_eval
 
 check: test fmt clippy
 

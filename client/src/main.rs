@@ -353,6 +353,11 @@ enum ClientCommand {
         /// accepted (90days, 720h) [default: until revoked].
         #[arg(long)]
         expires_in: Option<humantime::Duration>,
+        /// What an alert of reveal-anomaly detection about this client does:
+        /// `alert` (record, count, log) or `suspend` (also refuse its calls
+        /// until `clients release`).
+        #[arg(long, value_parser = ["alert", "suspend"], default_value = "alert")]
+        quarantine: String,
     },
     /// List clients.
     List,
@@ -959,6 +964,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             quotas,
             require_purpose,
             expires_in,
+            quarantine,
         }) => {
             let created = client
                 .create_client_with(pb::CreateClientRequest {
@@ -968,6 +974,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     limits: rates.into_iter().chain(quotas).collect(),
                     require_purpose,
                     key_lifetime_secs: expires_in.map_or(0, |d| d.as_secs()),
+                    suspend_on_alert: quarantine == "suspend",
                 })
                 .await?;
             let c = created.client.unwrap_or_default();

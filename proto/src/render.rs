@@ -63,12 +63,21 @@ pub fn client_json(c: &Client) -> Value {
         "break_glass_opened_at": (c.break_glass_opened_at > 0).then_some(c.break_glass_opened_at),
         "expires_at": (c.expires_at > 0).then_some(c.expires_at),
         "previous_key_valid_until": (c.previous_key_valid_until > 0).then_some(c.previous_key_valid_until),
+        "quarantine": if c.suspend_on_alert { "suspend" } else { "alert" },
+        "suspended_at": (c.suspended_at > 0).then_some(c.suspended_at),
+        "suspended_reason": (c.suspended_at > 0).then_some(&c.suspended_reason),
     })
 }
 
 /// A client as one line: id, name, state and scopes.
 pub fn client_line(c: &Client) -> String {
-    let state = if c.revoked { "revoked" } else { "active" };
+    let state = if c.revoked {
+        "revoked"
+    } else if c.suspended_at > 0 {
+        "suspended"
+    } else {
+        "active"
+    };
     let limits = if c.limits.is_empty() {
         String::new()
     } else {

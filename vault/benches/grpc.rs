@@ -10,6 +10,9 @@
 //!   audit trail costs: a durable, hash-chained record per call before its
 //!   answer leaves. The two alternate, twice each, to even out a noisy
 //!   machine;
+//! * the same unary `Detokenize` against a vault with reveal-anomaly
+//!   detection turned off (`--detection-window-secs 0`), so the ratio shows
+//!   what watching every call costs (target: at most 5%);
 //! * `TokenizeStream` of repeated values: fields/s.
 //!
 //! `make bench` (or `cargo bench -p phivault --features bench-switches
@@ -223,6 +226,8 @@ fn main() {
         let client = bench_client(&vault).await;
         let unaudited_vault = ServeProcess::start(&[("PHIVAULT_BENCH_SKIP_AUDIT", "1")]);
         let unaudited = bench_client(&unaudited_vault).await;
+        let unwatched_vault = ServeProcess::start(&[("PHIVAULT_DETECTION_WINDOW_SECS", "0")]);
+        let unwatched = bench_client(&unwatched_vault).await;
         if !cfg!(feature = "bench-switches") {
             eprintln!("built without the bench-switches feature: both vaults write audit records (run `make bench`)");
         }
@@ -243,6 +248,13 @@ fn main() {
             }
             audit_rows.push((callers, Latency::mean(&unaudited_runs), Latency::mean(&audited_runs)));
         }
+        let unwatched_token = unwatched.tokenize("ssn", vec![values[0].clone()]).await.expect("warm-up")[0].clone().expect("token");
+        let (mut watched_runs, mut unwatched_runs) = (Vec::new(), Vec::new());
+        for _ in 0..2 {
+            unwatched_runs.push(unary_detokenize(unwatched.clone(), unwatched_token.clone(), CALLERS, seconds).await);
+            watched_runs.push(unary_detokenize(client.clone(), token.clone(), CALLERS, seconds).await);
+        }
+        let (watched, unwatched) = (Latency::mean(&watched_runs), Latency::mean(&unwatched_runs));
         let real = &audit_rows[0].2;
         let audit_records = audit_head(&vault).await;
         let bare_stream = stream_tokenize(echo, Arc::clone(&values), seconds).await;
@@ -270,6 +282,16 @@ fn main() {
                 100.0 * (1.0 - audited.rate / skipped.rate)
             );
         }
+        println!();
+        println!("| unary Detokenize (1 item), {CALLERS} callers | detection off | detection on (as served) | ratio |");
+        println!("|---|---:|---:|---:|");
+        println!("| requests/s | {:.0} | {:.0} | {:.3} |", unwatched.rate, watched.rate, watched.rate / unwatched.rate);
+        println!("| p50 | {:.2?} | {:.2?} | |", unwatched.p50, watched.p50);
+        println!("| p99 | {:.2?} | {:.2?} | |", unwatched.p99, watched.p99);
+        println!(
+            "detection's cost on throughput: {:.1}% (target at most 5%)",
+            100.0 * (1.0 - watched.rate / unwatched.rate)
+        );
         println!("{audit_records} records in the audited vault's chain, which verifies");
     });
 }

@@ -229,6 +229,10 @@ pub struct Client {
     pub previous_key_valid_until: Option<u64>,
     /// Its row's version, raised by every change.
     pub version: u64,
+    /// Suspended when the detector raises an alert about it.
+    pub suspend_on_alert: bool,
+    /// When it was suspended and why, until an administrator releases it.
+    pub suspended: Option<(u64, String)>,
 }
 
 impl Client {
@@ -309,6 +313,8 @@ impl ClientRecord {
                 .as_ref()
                 .and(self.previous_valid_until),
             version: self.version,
+            suspend_on_alert: self.suspend_on_alert,
+            suspended: self.suspended.clone(),
         })
     }
 }
@@ -529,6 +535,8 @@ mod tests {
             expires_at: None,
             previous_key_valid_until: None,
             version: 0,
+            suspend_on_alert: false,
+            suspended: None,
         };
         let masked = client(&["detokenize-masked:ssn"]);
         assert!(masked.allows(Action::DetokenizeMasked("ssn")));
@@ -623,6 +631,8 @@ mod tests {
             previous_secret_sha256: None,
             previous_valid_until: None,
             version: 0,
+            suspend_on_alert: false,
+            suspended: None,
         };
         let client = table.put(&id, &row).expect("put");
         let bearer = format!("Bearer {}", key.expose());

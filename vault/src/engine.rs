@@ -114,6 +114,8 @@ pub struct ClientSpec {
     /// How long its API key (and each key a rotation gives it) is accepted;
     /// `None`: until revoked.
     pub key_lifetime: Option<std::time::Duration>,
+    /// Suspend it when the detector raises an alert about it.
+    pub suspend_on_alert: bool,
 }
 
 /// How a vault is created and run.
@@ -822,6 +824,7 @@ impl Vault {
             limits,
             require_purpose,
             key_lifetime,
+            suspend_on_alert,
         } = spec;
         let limits = crate::limits::Limits::parse(limits).map_err(Error::InvalidClient)?;
         let name_ok = (1..=64).contains(&name.len())
@@ -865,6 +868,8 @@ impl Vault {
             previous_secret_sha256: None,
             previous_valid_until: None,
             version: 0,
+            suspend_on_alert: *suspend_on_alert,
+            suspended: None,
         };
         let client = record.to_client(&id).map_err(Error::InvalidClient)?;
         let audited = self.pending_record(audit_record, |e| e.target = id.clone());

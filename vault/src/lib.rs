@@ -34,6 +34,7 @@ mod background;
 mod clock;
 mod coalesce;
 pub mod crypto;
+pub mod detect;
 mod engine;
 mod error;
 mod failpoint;

@@ -556,6 +556,8 @@ fn client(name: &str) -> ClientRow {
         previous_secret_sha256: None,
         previous_valid_until: None,
         version: 0,
+        suspend_on_alert: false,
+        suspended: None,
     }
 }
 

@@ -14,6 +14,7 @@ mod audit;
 mod bulk;
 mod client_safety;
 mod cluster;
+mod detection;
 mod duties;
 mod failover;
 mod hardening;

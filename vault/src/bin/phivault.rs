@@ -337,6 +337,10 @@ struct ServeArgs {
     /// re-arm it (`clients release`), in seconds [default: 1800].
     #[arg(long)]
     break_glass_window_secs: Option<u64>,
+    /// The window reveal-anomaly detection scores each client's activity
+    /// in, in seconds; 0 turns detection off [default: 300].
+    #[arg(long, env = "PHIVAULT_DETECTION_WINDOW_SECS", hide_env_values = true)]
+    detection_window_secs: Option<u64>,
     /// `fsync` (default): every acknowledged write is on disk. `os`: leave
     /// flushing to the OS — faster, loses acknowledged writes on power loss.
     #[arg(long, env = "PHIVAULT_DURABILITY", hide_env_values = true, value_parser = ["fsync", "os"])]
@@ -413,6 +417,11 @@ fn resolve(args: ServeArgs) -> anyhow::Result<ServeArgs> {
             Some(0) => bail!("the summary window must be at least 1 second"),
             window => Some(window.unwrap_or(60)),
         },
+        detection_window_secs: Some(
+            args.detection_window_secs
+                .or(file.limits.detection_window_secs)
+                .unwrap_or(300),
+        ),
         break_glass_window_secs: match args
             .break_glass_window_secs
             .or(file.limits.break_glass_window_secs)
@@ -491,6 +500,7 @@ fn render_settings(args: &ServeArgs) -> anyhow::Result<String> {
             client_defaults: Some(args.client_limits.clone()),
             summary_window_secs: args.summary_window_secs,
             break_glass_window_secs: args.break_glass_window_secs,
+            detection_window_secs: args.detection_window_secs,
         },
         transport: TransportConfig::from(&args.transport),
     };
@@ -960,6 +970,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         break_glass_window: std::time::Duration::from_secs(
             args.break_glass_window_secs.unwrap_or(1800),
         ),
+        detection_window: match args.detection_window_secs.unwrap_or(300) {
+            0 => None,
+            secs => Some(std::time::Duration::from_secs(secs)),
+        },
     };
     let vault = Arc::new(vault);
     vault.resume_background_jobs().await?;

@@ -197,6 +197,7 @@ impl Admin for AdminService {
                     require_purpose: request.require_purpose,
                     key_lifetime: (request.key_lifetime_secs > 0)
                         .then(|| std::time::Duration::from_secs(request.key_lifetime_secs)),
+                    suspend_on_alert: request.suspend_on_alert,
                 },
                 Some(record),
             )
@@ -277,6 +278,7 @@ impl Admin for AdminService {
         let record = call.0.success_record(&call.1, AuditEvent::default());
         let change = Box::new(|row: &mut crate::store::ClientRow| {
             row.break_glass_opened_at = None;
+            row.suspended = None;
             true
         });
         let result = self

@@ -13,25 +13,13 @@ use crate::{AuditEvent, Vault};
 /// The `rpc` of an alert's audit record.
 pub const ALERT_RPC: &str = "(alert)";
 
-/// What an alert is about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Kind {
-    /// A reveal allowed only because it broke the glass.
-    BreakGlass,
-}
-
-impl Kind {
-    pub(crate) fn name(self) -> &'static str {
-        match self {
-            Self::BreakGlass => "break-glass",
-        }
-    }
-}
-
 /// One alert.
 #[derive(Debug, Clone)]
 pub(crate) struct Alert {
-    pub(crate) kind: Kind,
+    /// What raised it: `break-glass`, or a detector rule (`anomaly`,
+    /// `sustained-rise`, `enumeration`, `domain-share`, `first-namespace`,
+    /// `new-peer`).
+    pub(crate) kind: &'static str,
     pub(crate) client_id: String,
     pub(crate) namespace: String,
     /// Items of the call that raised it.
@@ -57,12 +45,10 @@ impl Alerts {
     /// flagged reveal) is on record already.
     pub(crate) async fn raise(&self, vault: &Vault, alert: Alert) {
         self.raised
-            .get_or_create(&KindLabel {
-                kind: alert.kind.name(),
-            })
+            .get_or_create(&KindLabel { kind: alert.kind })
             .inc();
         tracing::warn!(
-            kind = alert.kind.name(),
+            kind = alert.kind,
             client_id = %alert.client_id,
             namespace = %alert.namespace,
             items = alert.items,
@@ -75,11 +61,11 @@ impl Alerts {
             rpc: ALERT_RPC.to_owned(),
             namespace: alert.namespace,
             items: alert.items,
-            target: format!("kind={} {}", alert.kind.name(), alert.reason),
+            target: format!("kind={} {}", alert.kind, alert.reason),
             ..AuditEvent::default()
         };
         if let Err(e) = vault.audit(&event).await {
-            tracing::error!(error = %e, kind = alert.kind.name(), "an alert could not be recorded in the audit trail");
+            tracing::error!(error = %e, kind = alert.kind, "an alert could not be recorded in the audit trail");
         }
     }
 }

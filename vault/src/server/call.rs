@@ -81,6 +81,11 @@ impl Call {
         }
     }
 
+    /// The peer's address.
+    pub(crate) fn peer(&self) -> Option<std::net::IpAddr> {
+        self.peer
+    }
+
     /// The caller's `authorization` metadata.
     pub(crate) fn authorization(&self) -> Option<&str> {
         self.authorization.as_deref()
@@ -135,6 +140,19 @@ impl Call {
             return Err(self.fail(Status::from(e)));
         }
         let client = self.authenticate(vault)?;
+        if let Some((_, why)) = &client.suspended {
+            tracing::info!(client_id = %client.id, request_id = %self.request_id, "suspended client refused");
+            let status = Status::permission_denied(format!(
+                "this client is suspended by anomaly detection ({why}); an administrator releases it after review (pvc clients release {})",
+                client.id
+            ));
+            let event = AuditEvent {
+                client_id: client.id.clone(),
+                authenticated: true,
+                ..refused
+            };
+            return Err(self.finish_event(vault, event, &status).await);
+        }
         if !client.allows(action) {
             let (kind, namespace_bytes) = match action {
                 Action::Tokenize(ns) => ("tokenize", ns.len()),

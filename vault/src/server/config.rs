@@ -239,6 +239,9 @@ pub struct LimitsConfig {
     /// `--break-glass-window-secs`: how long a client may break the glass
     /// before an administrator re-arms it.
     pub break_glass_window_secs: Option<u64>,
+    /// `--detection-window-secs`: the window reveal-anomaly detection
+    /// scores; 0 turns it off.
+    pub detection_window_secs: Option<u64>,
 }
 
 impl ConfigFile {

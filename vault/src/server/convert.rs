@@ -100,6 +100,13 @@ pub fn client(c: &Client) -> pb::Client {
         break_glass_opened_at: c.break_glass_opened_at.unwrap_or(0),
         expires_at: c.expires_at.unwrap_or(0),
         previous_key_valid_until: c.previous_key_valid_until.unwrap_or(0),
+        suspend_on_alert: c.suspend_on_alert,
+        suspended_at: c.suspended.as_ref().map_or(0, |(at, _)| *at),
+        suspended_reason: c
+            .suspended
+            .as_ref()
+            .map(|(_, why)| why.clone())
+            .unwrap_or_default(),
     }
 }
 

@@ -505,6 +505,8 @@ mod tests {
             expires_at: None,
             previous_key_valid_until: None,
             version: 0,
+            suspend_on_alert: false,
+            suspended: None,
         }
     }
 

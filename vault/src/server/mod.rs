@@ -16,6 +16,7 @@ mod refusals;
 mod status;
 mod tally;
 mod tokenizer;
+mod watch;
 
 use std::future::Future;
 use std::io::Write as _;
@@ -35,6 +36,7 @@ pub use metrics::Metrics;
 pub use refusals::{MAX_SUMMARIES, SUMMARY_RPC};
 pub use tokenizer::BREAK_GLASS_OPENED_RPC;
 pub use tokenizer::TokenizerService;
+pub use watch::SUSPENDED_RPC;
 
 use crate::Vault;
 
@@ -65,6 +67,8 @@ pub struct ServeOptions {
     /// How long a client may break the glass, from its first such reveal,
     /// before an administrator must re-arm it.
     pub break_glass_window: Duration,
+    /// The window reveal-anomaly detection scores; `None` turns it off.
+    pub detection_window: Option<Duration>,
 }
 
 /// What one peer, or all of them, can make the server hold: connections,
@@ -342,13 +346,26 @@ pub async fn serve(
     let activity = Arc::new(activity::Activity::default());
     let limiter = Arc::new(limiter::Limiter::new(options.client_limits.clone()));
     let alerts = Arc::new(alerts::Alerts::default());
+    let watch = options.detection_window.map(|window| {
+        Arc::new(watch::Watch::new(
+            Arc::clone(&vault),
+            Arc::clone(&alerts),
+            window,
+        ))
+    });
     let plane = tokenizer::Plane {
         vault: Arc::clone(&vault),
         limiter: Arc::clone(&limiter),
         activity: Arc::clone(&activity),
         alerts: Arc::clone(&alerts),
         break_glass_window: options.break_glass_window,
+        watch: watch.clone(),
     };
+    let scoring = watch.zip(options.detection_window).map(|(watch, window)| {
+        tokio::spawn(async move {
+            watch.run(window, std::future::pending()).await;
+        })
+    });
     // Nodes over one database share what they admitted under each limit.
     let share_limits = vault.shares_storage().then(|| {
         let vault = Arc::clone(&vault);
@@ -467,6 +484,9 @@ pub async fn serve(
         .await;
     watch_health.abort();
     if let Some(task) = share_limits {
+        task.abort();
+    }
+    if let Some(task) = scoring {
         task.abort();
     }
     health

@@ -12,10 +12,11 @@ use tokio::sync::watch;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::activity::Activity;
-use super::alerts::{self, Alert, Alerts};
+use super::alerts::{Alert, Alerts};
 use super::call::{self, Call};
 use super::convert;
 use super::limiter::{Limiter, Pace};
+use super::watch::Seen;
 use crate::auth::Action;
 use crate::limits::Limited;
 use crate::purpose::Purpose;
@@ -41,6 +42,8 @@ pub(crate) struct Plane {
     /// How long a client may break the glass once it has, before an
     /// administrator must re-arm it.
     pub(crate) break_glass_window: std::time::Duration,
+    /// Reveal-anomaly detection, unless turned off.
+    pub(crate) watch: Option<Arc<super::watch::Watch>>,
 }
 
 impl Plane {
@@ -198,6 +201,18 @@ async fn tokenize(
             plane
                 .activity
                 .tokenized(&client.id, namespace, items, counts);
+            if let Some(watch) = &plane.watch {
+                let seen = Seen {
+                    namespace,
+                    reveal: false,
+                    masked: false,
+                    marks: &[],
+                    items: &request.values,
+                    minted: counts.minted,
+                    peer: call.peer(),
+                };
+                watch.observe(&client, seen).await;
+            }
             results
         }
         Err(e) => {
@@ -289,8 +304,28 @@ async fn detokenize(
         }
         Err(status) => (Err(status), Vec::new()),
     };
+    let revealed: Vec<[u8; 32]> = match &plane.watch {
+        Some(_) => tokens
+            .iter()
+            .filter(|t| t.revealed)
+            .map(|t| t.mac)
+            .collect(),
+        None => Vec::new(),
+    };
     let subject = AuditEvent { tokens, ..subject };
     let mut results = call.finish(vault, &client, subject, result).await?;
+    if let Some(watch) = &plane.watch {
+        let seen = Seen {
+            namespace,
+            reveal: true,
+            masked: request.masked,
+            marks: &revealed,
+            items: &request.tokens,
+            minted: 0,
+            peer: call.peer(),
+        };
+        watch.observe(&client, seen).await;
+    }
     if breaking {
         let revealed = results.iter().filter(|r| r.is_ok()).count();
         plane
@@ -298,7 +333,7 @@ async fn detokenize(
             .raise(
                 vault,
                 Alert {
-                    kind: alerts::Kind::BreakGlass,
+                    kind: "break-glass",
                     client_id: client.id.clone(),
                     namespace: namespace.to_owned(),
                     items: call::count(items),

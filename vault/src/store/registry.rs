@@ -54,6 +54,14 @@ pub struct ClientRow {
     /// could re-arm a break-glass window or bring a retired key back).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub version: u64,
+    /// Its quarantine policy: suspend it when the detector raises an alert
+    /// about it (else only alert).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub suspend_on_alert: bool,
+    /// When it was suspended, and why in words, until an administrator
+    /// releases it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suspended: Option<(u64, String)>,
 }
 
 fn is_zero(n: &u64) -> bool {
