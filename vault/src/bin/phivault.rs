@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
-use phivault::server::config::{ConfigFile, LimitsConfig, TlsConfig, TransportConfig};
+use phivault::server::config::{
+    AlertsConfig, ConfigFile, LimitsConfig, TlsConfig, TransportConfig,
+};
 use phivault::server::{ServeOptions, TlsOptions, TransportLimits};
 use phivault::store::postgres::PgTarget;
 use phivault::store::{Durability, Location, StoreOptions};
@@ -341,6 +343,18 @@ struct ServeArgs {
     /// in, in seconds; 0 turns detection off [default: 300].
     #[arg(long, env = "PHIVAULT_DETECTION_WINDOW_SECS", hide_env_values = true)]
     detection_window_secs: Option<u64>,
+    /// Also send every alert as a signed JSON POST to this URL (https://, or
+    /// http:// to a loopback address).
+    #[arg(long, requires = "alert_webhook_secret_file")]
+    alert_webhook: Option<String>,
+    /// The file holding the HMAC key alerts sent to the webhook are signed
+    /// with (mode 0600 or stricter).
+    #[arg(long)]
+    alert_webhook_secret_file: Option<PathBuf>,
+    /// PEM CA bundle the webhook's certificate must chain to, instead of the
+    /// system roots.
+    #[arg(long)]
+    alert_webhook_ca: Option<PathBuf>,
     /// `fsync` (default): every acknowledged write is on disk. `os`: leave
     /// flushing to the OS — faster, loses acknowledged writes on power loss.
     #[arg(long, env = "PHIVAULT_DURABILITY", hide_env_values = true, value_parser = ["fsync", "os"])]
@@ -417,6 +431,11 @@ fn resolve(args: ServeArgs) -> anyhow::Result<ServeArgs> {
             Some(0) => bail!("the summary window must be at least 1 second"),
             window => Some(window.unwrap_or(60)),
         },
+        alert_webhook: args.alert_webhook.or(file.alerts.webhook_url),
+        alert_webhook_secret_file: args
+            .alert_webhook_secret_file
+            .or(file.alerts.webhook_secret_file),
+        alert_webhook_ca: args.alert_webhook_ca.or(file.alerts.webhook_ca_file),
         detection_window_secs: Some(
             args.detection_window_secs
                 .or(file.limits.detection_window_secs)
@@ -436,6 +455,9 @@ fn resolve(args: ServeArgs) -> anyhow::Result<ServeArgs> {
     };
     phivault::limits::Limits::parse(&resolved.client_limits)
         .map_err(|e| anyhow::anyhow!("client limits: {e}"))?;
+    if resolved.alert_webhook.is_some() != resolved.alert_webhook_secret_file.is_some() {
+        bail!("the alert webhook needs both a URL and a secret file");
+    }
     if resolved.tls_cert.is_some() != resolved.tls_key.is_some() {
         bail!("TLS needs both a certificate and a key");
     }
@@ -503,6 +525,11 @@ fn render_settings(args: &ServeArgs) -> anyhow::Result<String> {
             detection_window_secs: args.detection_window_secs,
         },
         transport: TransportConfig::from(&args.transport),
+        alerts: AlertsConfig {
+            webhook_url: args.alert_webhook.clone(),
+            webhook_secret_file: args.alert_webhook_secret_file.clone(),
+            webhook_ca_file: args.alert_webhook_ca.clone(),
+        },
     };
     let dev = if args.dev {
         "# --dev: a throwaway vault in ./.phivault-dev (no setting gives it)\n"
@@ -973,6 +1000,30 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         detection_window: match args.detection_window_secs.unwrap_or(300) {
             0 => None,
             secs => Some(std::time::Duration::from_secs(secs)),
+        },
+        alert_webhook: match (&args.alert_webhook, &args.alert_webhook_secret_file) {
+            (Some(url), Some(secret)) => {
+                check_private(secret, "the alert webhook's secret file")?;
+                let key = std::fs::read(secret)
+                    .with_context(|| format!("cannot read {}", secret.display()))?;
+                let key = zeroize::Zeroizing::new(key.trim_ascii().to_vec());
+                if key.len() < 16 {
+                    bail!("the alert webhook's secret must be at least 16 bytes");
+                }
+                Some(phivault::server::webhook::WebhookOptions {
+                    url: url.clone(),
+                    secret: Arc::new(key),
+                    ca_pem: args
+                        .alert_webhook_ca
+                        .as_ref()
+                        .map(|ca| {
+                            std::fs::read(ca)
+                                .with_context(|| format!("cannot read {}", ca.display()))
+                        })
+                        .transpose()?,
+                })
+            }
+            _ => None,
         },
     };
     let vault = Arc::new(vault);

@@ -37,6 +37,8 @@ pub(crate) struct KindLabel {
 #[derive(Default)]
 pub(crate) struct Alerts {
     pub(crate) raised: Family<KindLabel, Counter>,
+    /// Where alerts are also sent, if anywhere.
+    pub(crate) webhook: Option<super::webhook::Webhook>,
 }
 
 impl Alerts {
@@ -55,6 +57,16 @@ impl Alerts {
             reason = %alert.reason,
             "alert"
         );
+        if let Some(webhook) = &self.webhook {
+            webhook.send(serde_json::json!({
+                "kind": alert.kind,
+                "client_id": alert.client_id,
+                "namespace": alert.namespace,
+                "items": alert.items,
+                "reason": alert.reason,
+                "time_ms": crate::clock::now_ms(),
+            }));
+        }
         let event = AuditEvent {
             client_id: alert.client_id,
             authenticated: true,

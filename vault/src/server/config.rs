@@ -59,6 +59,21 @@ pub struct ConfigFile {
     /// `[transport]`.
     #[serde(default)]
     pub transport: TransportConfig,
+    /// `[alerts]`.
+    #[serde(default)]
+    pub alerts: AlertsConfig,
+}
+
+/// `[alerts]`: where alerts are also sent.
+#[derive(Debug, Default, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertsConfig {
+    /// `--alert-webhook`: the URL alerts are POSTed to.
+    pub webhook_url: Option<String>,
+    /// `--alert-webhook-secret-file`: the HMAC key's file.
+    pub webhook_secret_file: Option<PathBuf>,
+    /// `--alert-webhook-ca`: the CA bundle to trust for it.
+    pub webhook_ca_file: Option<PathBuf>,
 }
 
 /// `[transport]`: every key optional, defaults in [`TransportLimits`].

@@ -17,6 +17,7 @@ mod status;
 mod tally;
 mod tokenizer;
 mod watch;
+pub mod webhook;
 
 use std::future::Future;
 use std::io::Write as _;
@@ -69,6 +70,8 @@ pub struct ServeOptions {
     pub break_glass_window: Duration,
     /// The window reveal-anomaly detection scores; `None` turns it off.
     pub detection_window: Option<Duration>,
+    /// Where alerts are also sent as signed JSON, if anywhere.
+    pub alert_webhook: Option<webhook::WebhookOptions>,
 }
 
 /// What one peer, or all of them, can make the server hold: connections,
@@ -176,6 +179,9 @@ pub enum ServeError {
     /// Reflection could not be built from the descriptors.
     #[error("server reflection: {0}")]
     Reflection(String),
+    /// The alert webhook's settings cannot be used.
+    #[error("{0}")]
+    Webhook(String),
 }
 
 /// gRPC's other implementations answer a message over the size limit with
@@ -345,7 +351,15 @@ pub async fn serve(
     };
     let activity = Arc::new(activity::Activity::default());
     let limiter = Arc::new(limiter::Limiter::new(options.client_limits.clone()));
-    let alerts = Arc::new(alerts::Alerts::default());
+    let alerts = Arc::new(alerts::Alerts {
+        webhook: options
+            .alert_webhook
+            .clone()
+            .map(webhook::Webhook::start)
+            .transpose()
+            .map_err(|e| ServeError::Webhook(e.to_string()))?,
+        ..alerts::Alerts::default()
+    });
     let watch = options.detection_window.map(|window| {
         Arc::new(watch::Watch::new(
             Arc::clone(&vault),
