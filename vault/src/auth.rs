@@ -127,13 +127,17 @@ impl fmt::Display for Scope {
     }
 }
 
-/// Whether a client with `scopes` may reveal or grant: creating it needs
-/// the `grant` scope.
+/// Whether a client with `scopes` may reveal, grant or read the audit
+/// trail: creating it needs the `grant` scope.
 pub fn needs_grant(scopes: &[Scope]) -> bool {
     scopes.iter().any(|s| {
         matches!(
             s,
-            Scope::Detokenize(_) | Scope::DetokenizeMasked(_) | Scope::BreakGlass(_) | Scope::Grant
+            Scope::Detokenize(_)
+                | Scope::DetokenizeMasked(_)
+                | Scope::BreakGlass(_)
+                | Scope::Grant
+                | Scope::Audit
         )
     })
 }
@@ -276,6 +280,13 @@ impl Client {
                 .scopes
                 .iter()
                 .any(|s| matches!(s, Scope::BreakGlass(p) if p.matches(ns)))
+    }
+
+    /// Whether the client may reveal, grant or read the audit trail by any
+    /// of its scopes, an `admin` of before separated duties included: a
+    /// new key for it, or lifting its suspension, needs `grant`.
+    pub fn is_privileged(&self) -> bool {
+        needs_grant(&self.scopes) || self.allows(Action::Grant) || self.allows(Action::Audit)
     }
 
     /// Whether a tokenize in `ns` may mint tokens for values not in the

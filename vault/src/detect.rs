@@ -19,8 +19,11 @@
 //! day where the client has almost never been active weighs the score up.
 //! Chosen over an isolation forest because every alert must say in words
 //! why it fired ("revealed 40,112 distinct tokens in 5 minutes; its median
-//! is 210"), and because it learns in constant memory per client with no
-//! training step or new dependency.
+//! is 210"), and because it learns online with no training step or new
+//! dependency. Its memory is bounded per client (288
+//! windows of five counts, 64 peers, a day of mint counts in five-minute
+//! steps, and up to 8,192 marks for the current window) and clients revoked
+//! or gone are forgotten.
 //!
 //! **Cold start.** A client with fewer than [`WARM`] windows of history is
 //! scored against the server-wide prior: the median and MAD of every warm
@@ -51,8 +54,9 @@ pub const THRESHOLD: f64 = 8.0;
 const SUSTAINED_SLACK: f64 = 2.0;
 /// The cumulative sum of a sustained rise at which it is a finding.
 const SUSTAINED_LIMIT: f64 = 24.0;
-/// Distinct tokens a call's marks are counted up to per window (memory).
-const MAX_MARKS: usize = 1 << 16;
+/// Distinct tokens counted per client and window, at most (256 KiB of
+/// marks): a sweep saturates it, far above any floor.
+const MAX_MARKS: usize = 1 << 13;
 /// Peer addresses remembered per client.
 const MAX_PEERS: usize = 64;
 /// Items of a call the sequence rule looks at.
@@ -365,7 +369,11 @@ impl Detector {
                     .minted_day
                     .entry(call.namespace.to_owned())
                     .or_default();
-                day.push_back((now_secs, call.minted));
+                // One entry per five minutes, so a day holds at most 288.
+                match day.back_mut() {
+                    Some((at, n)) if *at + 300 > now_secs => *n += call.minted,
+                    _ => day.push_back((now_secs, call.minted)),
+                }
                 while day.front().is_some_and(|(at, _)| *at + 86_400 < now_secs) {
                     day.pop_front();
                 }
@@ -443,7 +451,13 @@ impl Detector {
                     taught[feature.index()] = value.min(median + THRESHOLD * spread / 2.0);
                     if window.active {
                         let rise = &mut profile.rising[feature.index()];
-                        let z = (value - median) / spread;
+                        // Below the floor a count adds nothing, as for one
+                        // window: 1 namespace to 3 is not a sweep.
+                        let z = if value < feature.floor() {
+                            0.0
+                        } else {
+                            (value - median) / spread
+                        };
                         rise.0 = (rise.0 + z - SUSTAINED_SLACK).max(0.0);
                         if rise.0 > 0.0 {
                             rise.1 += 1;
@@ -451,13 +465,15 @@ impl Detector {
                         } else {
                             *rise = (0.0, 0, 0.0);
                         }
-                        if rise.0 >= SUSTAINED_LIMIT && worst.is_none() {
-                            worst = Some(Finding::Sustained {
-                                feature,
-                                windows: rise.1,
-                                median,
-                                mean: rise.2 / f64::from(rise.1.max(1)),
-                            });
+                        if rise.0 >= SUSTAINED_LIMIT {
+                            if worst.is_none() {
+                                worst = Some(Finding::Sustained {
+                                    feature,
+                                    windows: rise.1,
+                                    median,
+                                    mean: rise.2 / f64::from(rise.1.max(1)),
+                                });
+                            }
                             *rise = (0.0, 0, 0.0);
                         }
                     }
@@ -524,9 +540,10 @@ impl Detector {
         prior
     }
 
-    /// Forgets a client (revoked).
-    pub fn forget(&mut self, client: &str) {
-        self.profiles.remove(client);
+    /// Keeps the clients `keep` says yes to and forgets the others (revoked
+    /// or gone): what bounds the detector's memory by the clients there are.
+    pub fn retain(&mut self, mut keep: impl FnMut(&str) -> bool) {
+        self.profiles.retain(|client, _| keep(client));
     }
 }
 

@@ -584,10 +584,13 @@ impl Vault {
         if epoch == self.epoch.load(Ordering::Acquire) && !due() {
             return Ok(());
         }
+        // What this node knew before it read: a change it commits while
+        // the rows are read is newer than both, and is not a step back.
+        let known = self.clients.read().unwrap_or_else(|e| e.into_inner()).all();
         let keyring = load_keyring(self.store.as_ref(), &self.kek).await?;
         let namespaces = read_namespaces(self.store.as_ref()).await?;
         let clients = read_clients(self.store.as_ref()).await?;
-        self.refuse_rollback(&keyring, &clients)?;
+        self.refuse_rollback(&keyring, &known, &clients)?;
         for ns in namespaces {
             self.namespaces.insert(ns);
         }
@@ -602,7 +605,12 @@ impl Vault {
     /// Row MACs prove a row was written by the vault, not that it is the
     /// newest: rows put back from an older copy would un-revoke a client or
     /// bring a retired keyset back. What this node has seen never goes back.
-    fn refuse_rollback(&self, keyring: &Keyring, clients: &ClientTable) -> Result<(), Error> {
+    fn refuse_rollback(
+        &self,
+        keyring: &Keyring,
+        known: &[Client],
+        clients: &ClientTable,
+    ) -> Result<(), Error> {
         let active = self.keyring().active.version();
         if keyring.active.version() < active {
             tracing::error!(
@@ -615,9 +623,8 @@ impl Vault {
                 row: format!("{:?}", "active_keyset"),
             }));
         }
-        let known = self.clients.read().unwrap_or_else(|e| e.into_inner()).all();
         let now = clients.all();
-        for seen in &known {
+        for seen in known {
             if now
                 .iter()
                 .any(|c| c.id == seen.id && c.version < seen.version)
@@ -921,8 +928,9 @@ impl Vault {
     }
 
     /// Gives client `id` a new API key, returned once; the key it had is
-    /// still accepted for `grace` (none: not at all), and a client whose
-    /// keys expire gets a fresh lifetime. On record like every change.
+    /// still accepted for `grace` (none: not at all), never past its own
+    /// expiry, and a key an earlier rotation retired stops at once. A client
+    /// whose keys expire gets a fresh lifetime. On record like every change.
     pub async fn rotate_client_key_with_record(
         &self,
         id: &str,
@@ -933,8 +941,13 @@ impl Vault {
         let now = now_secs();
         let change = Box::new(move |row: &mut ClientRecord| {
             let retired = std::mem::replace(&mut row.secret_sha256, digest);
-            let until = now.saturating_add(grace.as_secs());
-            (row.previous_secret_sha256, row.previous_valid_until) = if grace.is_zero() {
+            // The retired key lives out its grace, but never past its own
+            // expiry: a rotation does not bring an expired key back.
+            let until = row
+                .expires_at
+                .map_or(u64::MAX, |at| at)
+                .min(now.saturating_add(grace.as_secs()));
+            (row.previous_secret_sha256, row.previous_valid_until) = if until <= now {
                 (None, None)
             } else {
                 (Some(retired), Some(until))

@@ -39,7 +39,7 @@ async fn an_enumeration_suspends_a_quarantined_client_until_released() {
     );
     assert_eq!(got, Code::PermissionDenied);
     assert!(
-        message.contains("suspended by anomaly detection") && message.contains("in sequence"),
+        message.contains("suspended by anomaly detection (enumeration)"),
         "{message}"
     );
     assert!(!message.contains("1980"), "{message}");

@@ -30,6 +30,7 @@ async fn an_administrator_cannot_grant_itself_a_reveal_nor_read_the_trail() {
         vec!["detokenize-masked:*".to_owned()],
         vec!["break-glass:ssn".to_owned()],
         vec!["grant".to_owned()],
+        vec!["audit".to_owned()],
     ] {
         let (got, message) = status(
             operator
@@ -71,6 +72,19 @@ async fn an_administrator_cannot_grant_itself_a_reveal_nor_read_the_trail() {
         .await
         .expect_err("admin alone");
     assert_eq!(code(denied), Code::PermissionDenied);
+    // Nor may it lift a suspension or re-arm a break-glass of one, nor
+    // re-key the key that set the vault up (it holds grant).
+    let denied = operator
+        .release_client(&billing_id)
+        .await
+        .expect_err("admin alone");
+    assert_eq!(code(denied), Code::PermissionDenied);
+    let root_id = vault.admin_key.split('_').nth(1).expect("id").to_owned();
+    let denied = operator
+        .rotate_client_key(&root_id, Duration::ZERO)
+        .await
+        .expect_err("admin alone");
+    assert_eq!(code(denied), Code::PermissionDenied);
     // Every refusal is on record.
     let trail = records(&auditor).await;
     let refusals = trail
@@ -79,7 +93,10 @@ async fn an_administrator_cannot_grant_itself_a_reveal_nor_read_the_trail() {
             r.rpc.starts_with("/phivault.v1.Admin/") && r.outcome == Code::PermissionDenied as i32
         })
         .count();
-    assert_eq!(refusals, 8, "4 grants, 2 audit reads, 1 create, 1 rotation");
+    assert_eq!(
+        refusals, 11,
+        "5 grants, 2 audit reads, 1 create, 2 rotations, 1 release"
+    );
     server.stop();
 }
 

@@ -19,6 +19,8 @@ use crate::{AuditEvent, NamespaceSpec, TokenMark, Vault};
 
 /// Records read per step of an export.
 const EXPORT_CHUNK: usize = 1000;
+/// Longest grace period a rotated key may have.
+const MAX_GRACE_SECS: u64 = 30 * 86_400;
 
 /// Serves `phivault.v1.Admin`.
 pub struct AdminService {
@@ -50,6 +52,19 @@ impl AdminService {
         let call = Call::of(request);
         let client = call.authorize(&self.vault, action, 0).await?;
         Ok((call, client))
+    }
+
+    /// Separation of duties for a change to client `id`: when it may
+    /// reveal, grant or read the trail (or is not known here), the caller
+    /// needs `grant`, which `admin` does not imply.
+    fn needs_grant_for(&self, caller: &Client, id: &str, what: &str) -> Result<(), Status> {
+        let privileged = self.vault.client(id).is_none_or(|c| c.is_privileged());
+        if privileged && !caller.allows(Action::Grant) {
+            return Err(Status::permission_denied(format!(
+                "{what} a client that may reveal, grant or read the audit trail needs the grant scope, which admin does not imply (separation of duties)"
+            )));
+        }
+        Ok(())
     }
 
     /// Answers a call whose success was recorded in the commit of its change
@@ -181,7 +196,7 @@ impl Admin for AdminService {
             .collect();
         if crate::auth::needs_grant(&scopes) && !call.1.allows(Action::Grant) {
             let refusal = Status::permission_denied(
-                "creating a client that may reveal or grant needs the grant scope, which admin does not imply (separation of duties)",
+                "creating a client that may reveal, grant or read the audit trail needs the grant scope, which admin does not imply (separation of duties)",
             );
             return self.end(call, AuditEvent::default(), Err(refusal)).await;
         }
@@ -245,17 +260,17 @@ impl Admin for AdminService {
         let id = request.client_id;
         // A new key for a client that may reveal is as good as creating
         // one: it needs `grant` too.
-        let reveals = self
-            .vault
-            .client(&id)
-            .is_some_and(|c| crate::auth::needs_grant(&c.scopes));
-        if reveals && !call.1.allows(Action::Grant) {
-            let refusal = Status::permission_denied(
-                "a new key for a client that may reveal or grant needs the grant scope, which admin does not imply (separation of duties)",
-            );
+        if let Err(refusal) = self.needs_grant_for(&call.1, &id, "a new key for") {
             return self.end(call, target(id), Err(refusal)).await;
         }
-        let grace = std::time::Duration::from_secs(request.grace_secs.unwrap_or(86_400));
+        let grace_secs = request.grace_secs.unwrap_or(86_400);
+        if grace_secs > MAX_GRACE_SECS {
+            let refusal = Status::invalid_argument(format!(
+                "the grace period is at most {MAX_GRACE_SECS} seconds (30 days)"
+            ));
+            return self.end(call, target(id), Err(refusal)).await;
+        }
+        let grace = std::time::Duration::from_secs(grace_secs);
         let record = call.0.success_record(&call.1, AuditEvent::default());
         let result = self
             .vault
@@ -275,6 +290,9 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::Client>, Status> {
         let call = self.begin(&request, Action::Admin).await?;
         let id = request.into_inner().client_id;
+        if let Err(refusal) = self.needs_grant_for(&call.1, &id, "releasing") {
+            return self.end(call, target(id), Err(refusal)).await;
+        }
         let record = call.0.success_record(&call.1, AuditEvent::default());
         let change = Box::new(|row: &mut crate::store::ClientRow| {
             row.break_glass_opened_at = None;

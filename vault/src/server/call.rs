@@ -142,8 +142,11 @@ impl Call {
         let client = self.authenticate(vault)?;
         if let Some((_, why)) = &client.suspended {
             tracing::info!(client_id = %client.id, request_id = %self.request_id, "suspended client refused");
+            // The kind only: the figures that decided it would tell a
+            // caller how to pace itself below them.
+            let kind = why.split(':').next().unwrap_or("an alert");
             let status = Status::permission_denied(format!(
-                "this client is suspended by anomaly detection ({why}); an administrator releases it after review (pvc clients release {})",
+                "this client is suspended by anomaly detection ({kind}); an administrator releases it after review (pvc clients release {})",
                 client.id
             ));
             let event = AuditEvent {

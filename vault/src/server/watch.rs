@@ -95,12 +95,24 @@ impl Watch {
                 _ = ticks.tick() => {}
                 () = &mut stop => return,
             }
-            let hour = (crate::clock::now_secs() % 86_400 / 3600) as usize;
-            let found = self
-                .detector
+            // The hour the window began in.
+            let began = crate::clock::now_secs().saturating_sub(window.as_secs());
+            let hour = (began % 86_400 / 3600) as usize;
+            let found = {
+                let mut detector = self.detector.lock().unwrap_or_else(|e| e.into_inner());
+                let found = detector.close_window(hour);
+                detector.retain(|id| {
+                    self.vault
+                        .client(id)
+                        .is_some_and(|c| c.revoked_at.is_none())
+                });
+                found
+            };
+            let now = crate::clock::now_secs();
+            self.raised
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .close_window(hour);
+                .retain(|_, at| *at + window.as_secs() > now);
             for (client, finding) in found {
                 self.act(&client, "", 0, finding).await;
             }
