@@ -305,6 +305,8 @@ fn run(seed: u64) -> (Vec<Attack>, Outcome) {
                     &Observation {
                         namespace,
                         reveal: true,
+                        // Clinicians' desks see the last 4 digits.
+                        masked: kind.name.starts_with("desk"),
                         marks: &marks,
                         count: items as usize,
                         peer: Some(peer),

@@ -3,8 +3,10 @@
 //! that need no history.
 //!
 //! **The model.** For every client and window (five minutes by default) the
-//! detector keeps a few counts — items revealed, distinct tokens revealed,
-//! namespaces touched, masked share, tokenize items and new mappings — and,
+//! detector keeps a few counts — items revealed, items revealed in full
+//! (a client that sees masked values turning to whole ones), distinct
+//! tokens revealed, namespaces touched, items tokenized and new mappings
+//! made (together, the hit/mint share) — and,
 //! per count, the values of the client's last [`HISTORY`] active windows.
 //! A window is scored per count as a robust z-score, `(x − median) / (1.4826
 //! × MAD)`, with the spread floored so that a client whose count never
@@ -21,7 +23,7 @@
 //! why it fired ("revealed 40,112 distinct tokens in 5 minutes; its median
 //! is 210"), and because it learns online with no training step or new
 //! dependency. Its memory is bounded per client (288
-//! windows of five counts, 64 peers, a day of mint counts in five-minute
+//! windows of six counts, 64 peers, a day of mint counts in five-minute
 //! steps, and up to 8,192 marks for the current window) and clients revoked
 //! or gone are forgotten.
 //!
@@ -67,6 +69,9 @@ const SEQUENCE_SAMPLE: usize = 256;
 pub enum Feature {
     /// Items revealed (full or masked).
     Reveals,
+    /// Items revealed in full: a client that sees masked values turning to
+    /// whole ones.
+    FullReveals,
     /// Distinct tokens revealed.
     DistinctTokens,
     /// Namespaces revealed from.
@@ -77,8 +82,12 @@ pub enum Feature {
     Minted,
 }
 
-const FEATURES: [Feature; 5] = [
+/// How many counts a window has.
+const COUNTS: usize = 6;
+
+const FEATURES: [Feature; COUNTS] = [
     Feature::Reveals,
+    Feature::FullReveals,
     Feature::DistinctTokens,
     Feature::Namespaces,
     Feature::Tokenized,
@@ -89,6 +98,7 @@ impl Feature {
     fn words(self) -> &'static str {
         match self {
             Self::Reveals => "revealed items",
+            Self::FullReveals => "items revealed in full",
             Self::DistinctTokens => "distinct tokens revealed",
             Self::Namespaces => "namespaces revealed from",
             Self::Tokenized => "items tokenized",
@@ -99,7 +109,7 @@ impl Feature {
     /// Below this a window is not anomalous whatever the baseline.
     fn floor(self) -> f64 {
         match self {
-            Self::Reveals | Self::DistinctTokens => 200.0,
+            Self::Reveals | Self::FullReveals | Self::DistinctTokens => 200.0,
             Self::Namespaces => 4.0,
             Self::Tokenized | Self::Minted => 5_000.0,
         }
@@ -259,7 +269,7 @@ pub struct Observation<'a> {
 
 #[derive(Default)]
 struct Window {
-    counts: [f64; 5],
+    counts: [f64; COUNTS],
     marks: HashSet<[u8; 32]>,
     namespaces: HashSet<String>,
     active: bool,
@@ -278,7 +288,7 @@ struct Profile {
     minted_day: HashMap<String, VecDeque<(u64, u64)>>,
     /// Per count: the cumulative sum of a rise, the windows it has lasted
     /// and their total.
-    rising: [(f64, u32, f64); 5],
+    rising: [(f64, u32, f64); COUNTS],
 }
 
 /// The detector for every client.
@@ -346,6 +356,9 @@ impl Detector {
         window.active = true;
         if call.reveal {
             window.counts[Feature::Reveals.index()] += call.count as f64;
+            if !call.masked {
+                window.counts[Feature::FullReveals.index()] += call.count as f64;
+            }
             for mark in call.marks {
                 if window.marks.len() < MAX_MARKS {
                     window.marks.insert(*mark);
@@ -521,8 +534,8 @@ impl Detector {
     /// The server-wide prior per feature: median and MAD of the medians of
     /// the warm clients that do it at all (generous defaults before any
     /// does).
-    fn prior(&self) -> [(f64, f64); 5] {
-        let mut prior = [(0.0, 0.0); 5];
+    fn prior(&self) -> [(f64, f64); COUNTS] {
+        let mut prior = [(0.0, 0.0); COUNTS];
         for feature in FEATURES {
             let medians: Vec<f64> = self
                 .profiles
