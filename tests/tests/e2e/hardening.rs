@@ -641,7 +641,9 @@ async fn a_full_disk_fails_closed_and_the_vault_heals_when_space_returns() {
             return;
         }
     };
-    let server = Server::start(&vault, &[]);
+    let server = Server::start(&vault, &["--metrics-listen", "127.0.0.1:0"]);
+    let ops = server.metrics_addr.expect("the operations listener");
+    assert!(super::http_get(ops, "/readyz").starts_with("HTTP/1.1 200"));
     let admin = connect(&server, Some(&vault.admin_key)).await;
     // Free text (opaque tokens) of 2 KiB a value, so that RocksDB soon needs
     // more space than its write-ahead log preallocated.
@@ -707,6 +709,13 @@ async fn a_full_disk_fails_closed_and_the_vault_heals_when_space_returns() {
         admin.health().await.expect("health answers"),
         "the process stays alive (liveness): restarting it would not free the disk"
     );
+    // The same over plain HTTP, for probes that cannot speak gRPC over TLS.
+    let readyz = super::http_get(ops, "/readyz");
+    assert!(
+        readyz.starts_with("HTTP/1.1 503") && readyz.contains("the write path is down"),
+        "{readyz}"
+    );
+    assert!(super::http_get(ops, "/healthz").starts_with("HTTP/1.1 200"));
 
     std::fs::remove_file(&filler).expect("free the space");
     // RocksDB's recovery polls for space every few seconds.
@@ -731,6 +740,7 @@ async fn a_full_disk_fails_closed_and_the_vault_heals_when_space_returns() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(tokenizer_serving(&server).await, "SERVING again");
+    assert!(super::http_get(ops, "/readyz").starts_with("HTTP/1.1 200"));
     let values = next_batch();
     let tokens = texts(
         pipeline

@@ -993,14 +993,24 @@ async fn reflection_lists_every_service() {
 }
 
 /// `GET /metrics` over a plain TCP connection.
-fn scrape(addr: std::net::SocketAddr) -> String {
+/// `GET path` on the operations listener at `addr`: the whole response,
+/// status line first.
+fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     use std::io::{Read, Write};
-    let mut connection = std::net::TcpStream::connect(addr).expect("connect to metrics");
+    let mut connection = std::net::TcpStream::connect(addr).expect("connect to the listener");
     connection
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
         .expect("request");
     let mut response = String::new();
     connection.read_to_string(&mut response).expect("response");
+    response
+}
+
+fn scrape(addr: std::net::SocketAddr) -> String {
+    let response = http_get(addr, "/metrics");
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     response
 }

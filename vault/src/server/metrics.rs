@@ -242,23 +242,66 @@ where
     }
 }
 
-/// Serves `/metrics` on `listener` until the task is dropped or aborted.
+/// How long `/readyz` waits for the store to answer.
+const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Whether the vault can serve calls now: unsealed (it is, or the listener
+/// would not be up), its write path healthy (commits, audit records
+/// included, succeed), and, for storage other nodes share, the store
+/// answering. `Err` says which part is not.
+async fn ready(vault: &Vault) -> Result<(), &'static str> {
+    if !vault.write_path_healthy() {
+        return Err("the write path is down: commits (and so audit records) fail");
+    }
+    if vault.shares_storage() {
+        match tokio::time::timeout(READY_TIMEOUT, vault.refresh()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err("the store does not answer"),
+            Err(_) => return Err("the store does not answer in time"),
+        }
+    }
+    Ok(())
+}
+
+/// Serves the operations endpoints on `listener`, in plain HTTP whatever the
+/// gRPC port's TLS (a kubelet probes in plaintext), until the task is
+/// dropped or aborted: `/metrics`, `/healthz` (the process answers: a
+/// liveness probe) and `/readyz` (it can serve calls now: a readiness
+/// probe, 503 with the reason otherwise).
 pub(crate) async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>) {
-    let app = axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(move || {
-            let metrics = Arc::clone(&metrics);
-            async move {
-                (
-                    [(
-                        http::header::CONTENT_TYPE,
-                        "text/plain; version=0.0.4; charset=utf-8",
-                    )],
-                    metrics.render(),
-                )
-            }
-        }),
-    );
+    let vault = Arc::clone(&metrics.vault);
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let metrics = Arc::clone(&metrics);
+                async move {
+                    (
+                        [(
+                            http::header::CONTENT_TYPE,
+                            "text/plain; version=0.0.4; charset=utf-8",
+                        )],
+                        metrics.render(),
+                    )
+                }
+            }),
+        )
+        .route("/healthz", axum::routing::get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            axum::routing::get(move || {
+                let vault = Arc::clone(&vault);
+                async move {
+                    match ready(&vault).await {
+                        Ok(()) => (http::StatusCode::OK, "ready\n".to_owned()),
+                        Err(why) => (
+                            http::StatusCode::SERVICE_UNAVAILABLE,
+                            format!("not ready: {why}\n"),
+                        ),
+                    }
+                }
+            }),
+        );
     if let Err(e) = axum::serve(listener, app).await {
         tracing::error!(error = %e, "the metrics endpoint stopped");
     }
