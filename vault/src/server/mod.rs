@@ -215,6 +215,30 @@ pub fn install_tls_provider() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 }
 
+/// Tells a service manager that started the server with `Type=notify`
+/// (systemd sets `NOTIFY_SOCKET`) that it is ready: the sd_notify protocol,
+/// one datagram `READY=1` to that socket (a path, or an abstract name
+/// written with a leading `@`). Nothing happens without the variable; a
+/// failure is logged, never fatal — the manager's start timeout tells.
+fn notify_ready() {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let bytes = std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str());
+    let sent = UnixDatagram::unbound().and_then(|socket| {
+        let address = match bytes.strip_prefix(b"@") {
+            Some(name) => SocketAddr::from_abstract_name(name)?,
+            None => SocketAddr::from_pathname(std::path::Path::new(&path))?,
+        };
+        socket.send_to_addr(b"READY=1\nSTATUS=serving\n", &address)
+    });
+    if let Err(e) = sent {
+        tracing::warn!(error = %e, "could not tell the service manager that the vault is ready (NOTIFY_SOCKET)");
+    }
+}
+
 /// Largest request health and reflection accept.
 const PUBLIC_MAX_MESSAGE_BYTES: usize = 4 << 10;
 
@@ -484,6 +508,7 @@ pub async fn serve(
     tracing::info!(%local, mode, "serving");
     // The readiness line that scripts and tests wait for.
     println!("phivault listening on {local}");
+    notify_ready();
     let _ = std::io::stdout().flush();
 
     let incoming = listener::admitted(

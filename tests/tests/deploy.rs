@@ -1,0 +1,99 @@
+//! The deployment files under `deploy/`, checked by the tools that run
+//! them: the systemd unit by `systemd-analyze`, and the server's side of it
+//! (readiness through `NOTIFY_SOCKET`) against the real binary.
+
+use std::os::unix::net::UnixDatagram;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use phivault_tests::{Server, VaultDir};
+
+/// The unit with its `ExecStart` pointing at the binary this build made
+/// (`verify` checks that the program exists).
+fn unit_for_this_build(dir: &Path) -> std::path::PathBuf {
+    let unit = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/systemd/phivault.service"),
+    )
+    .expect("deploy/systemd/phivault.service");
+    let binary = phivault_tests::binary("phivault");
+    let path = dir.join("phivault.service");
+    std::fs::write(
+        &path,
+        unit.replace("/usr/bin/phivault", binary.to_str().expect("utf-8")),
+    )
+    .expect("write the unit");
+    path
+}
+
+fn systemd_analyze(args: &[&str]) -> Option<std::process::Output> {
+    match Command::new("systemd-analyze").args(args).output() {
+        Ok(output) => Some(output),
+        Err(e) => {
+            // `make test` installs systemd; a machine without it says so.
+            eprintln!("SKIPPED: systemd-analyze cannot run ({e}); install the `systemd` package");
+            None
+        }
+    }
+}
+
+#[test]
+fn the_systemd_unit_verifies_and_is_hardened() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let unit = unit_for_this_build(dir.path());
+    let unit = unit.to_str().expect("utf-8");
+    let Some(verify) = systemd_analyze(&["verify", unit]) else {
+        return;
+    };
+    let said = String::from_utf8_lossy(&verify.stderr);
+    assert!(verify.status.success() && said.trim().is_empty(), "{said}");
+    let security = systemd_analyze(&["security", "--offline=true", "--threshold=20", unit])
+        .expect("systemd-analyze ran once");
+    let report = String::from_utf8_lossy(&security.stdout);
+    assert!(security.status.success(), "{report}");
+    let exposure: f64 = report
+        .lines()
+        .find_map(|l| l.split("exposure level for phivault.service: ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no exposure level in {report}"));
+    eprintln!("systemd-analyze security: exposure {exposure}");
+    assert!(
+        exposure <= 2.0,
+        "exposure {exposure} (README says 1.2)\n{report}"
+    );
+    for must in [
+        "MemoryDenyWriteExecute=",
+        "NoNewPrivileges=",
+        "PrivateTmp=",
+        "ProtectSystem=",
+    ] {
+        assert!(
+            report
+                .lines()
+                .any(|l| l.starts_with('✓') && l.contains(must)),
+            "{must} not in force:\n{report}"
+        );
+    }
+}
+
+#[test]
+fn the_server_tells_systemd_it_is_ready_once_it_accepts_calls() {
+    let vault = VaultDir::init();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket_path = dir.path().join("notify");
+    let socket = UnixDatagram::bind(&socket_path).expect("bind the notify socket");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .expect("timeout");
+    let server = Server::start_with_env(
+        &vault,
+        &[],
+        &[("NOTIFY_SOCKET", socket_path.to_str().expect("utf-8"))],
+    );
+    let mut buffer = [0u8; 256];
+    let n = socket.recv(&mut buffer).expect("a readiness datagram");
+    let message = String::from_utf8_lossy(&buffer[..n]);
+    assert!(message.lines().any(|l| l == "READY=1"), "{message}");
+    server.stop();
+}
