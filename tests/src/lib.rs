@@ -227,6 +227,8 @@ pub struct Server {
     pub metrics_addr: Option<SocketAddr>,
     /// Everything it wrote to stderr so far is collected here on `stop`.
     stderr: Option<std::thread::JoinHandle<String>>,
+    /// What it has written to stderr so far, while it runs.
+    stderr_so_far: std::sync::Arc<std::sync::Mutex<String>>,
     /// And everything it wrote to stdout.
     stdout: Option<std::thread::JoinHandle<String>>,
 }
@@ -278,11 +280,17 @@ impl Server {
             let _ = ready.send(None);
             all
         });
+        let stderr_so_far = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let so_far = std::sync::Arc::clone(&stderr_so_far);
         let stderr = std::thread::spawn(move || {
             let mut all = String::new();
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 all.push_str(&line);
                 all.push('\n');
+                if let Ok(mut so_far) = so_far.lock() {
+                    so_far.push_str(&line);
+                    so_far.push('\n');
+                }
             }
             all
         });
@@ -292,6 +300,7 @@ impl Server {
                 addr,
                 metrics_addr,
                 stderr: Some(stderr),
+                stderr_so_far,
                 stdout: Some(stdout),
             },
             _ => {
@@ -311,6 +320,23 @@ impl Server {
             .take()
             .and_then(|h| h.join().ok())
             .unwrap_or_default()
+    }
+
+    /// Waits until the server has written a line holding `needle` to
+    /// stderr, up to `timeout`; whether it did.
+    pub fn wait_for_log(&self, needle: &str, timeout: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let found = self
+                .stderr_so_far
+                .lock()
+                .map(|log| log.contains(needle))
+                .unwrap_or(false);
+            if found || std::time::Instant::now() > deadline {
+                return found;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
     }
 
     /// The server's process id.

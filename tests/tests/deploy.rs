@@ -97,3 +97,46 @@ fn the_server_tells_systemd_it_is_ready_once_it_accepts_calls() {
     assert!(message.lines().any(|l| l == "READY=1"), "{message}");
     server.stop();
 }
+
+#[test]
+fn logs_are_json_lines_on_request_and_sighup_changes_the_level() {
+    let vault = VaultDir::init();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let level_file = dir.path().join("log-level");
+    std::fs::write(&level_file, "debug\n").expect("level file");
+    let server = Server::start_with_env(
+        &vault,
+        &[],
+        &[
+            ("PHIVAULT_LOG_FORMAT", "json"),
+            ("PHIVAULT_LOG", "info"),
+            ("PHIVAULT_LOG_FILE", level_file.to_str().expect("utf-8")),
+        ],
+    );
+    let status = Command::new("kill")
+        .args(["-HUP", &server.pid().to_string()])
+        .status()
+        .expect("kill -HUP");
+    assert!(status.success());
+    assert!(
+        server.wait_for_log("log level changed", Duration::from_secs(20)),
+        "no sign of the SIGHUP"
+    );
+    let log = server.stop();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["fields"]["message"] == "SIGHUP: log level changed"),
+        "{log}"
+    );
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["level"].is_string() && l["timestamp"].is_string())
+    );
+}

@@ -21,6 +21,20 @@ use zeroize::Zeroizing;
 #[derive(Parser)]
 #[command(name = "phivault", version, about)]
 struct Cli {
+    /// How log lines are written to standard error: `text`, or `json` (one
+    /// object per line, for a log pipeline). The level comes from
+    /// PHIVAULT_LOG (`info` by default; `phivault=debug,warn`…), and a
+    /// running server reads it again from the file named by
+    /// PHIVAULT_LOG_FILE, if set, on SIGHUP.
+    #[arg(
+        long,
+        global = true,
+        env = "PHIVAULT_LOG_FORMAT",
+        hide_env_values = true,
+        value_parser = ["text", "json"],
+        default_value = "text"
+    )]
+    log_format: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -603,16 +617,81 @@ fn write_secret_file(path: &Path, secret: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Swaps the log level of the running process.
+type LevelHandle =
+    tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>;
+
+static LOG_LEVEL: std::sync::OnceLock<LevelHandle> = std::sync::OnceLock::new();
+
+/// Installs the log subscriber: `format` (text or JSON lines) to standard
+/// error, at the level PHIVAULT_LOG says, swappable on SIGHUP.
+fn init_logging(format: &str) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PHIVAULT_LOG")
+        .unwrap_or_else(|_| "info".into());
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    let _ = LOG_LEVEL.set(handle);
+    let registry = tracing_subscriber::registry().with(filter);
+    if format == "json" {
+        registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_writer(std::io::stderr),
+            )
+            .init();
+    } else {
+        registry
+            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .init();
+    }
+}
+
+/// On SIGHUP, reads the log level again from the file PHIVAULT_LOG_FILE
+/// names (one filter directive, as PHIVAULT_LOG takes), and applies it
+/// without dropping a connection. A bad directive is logged and the level
+/// kept.
+async fn reload_on_sighup() {
+    let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+    else {
+        tracing::warn!("cannot watch SIGHUP: the log level cannot be changed while serving");
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        let Some(path) = std::env::var_os("PHIVAULT_LOG_FILE") else {
+            tracing::info!("SIGHUP: no PHIVAULT_LOG_FILE to read a log level from");
+            continue;
+        };
+        let level = match std::fs::read_to_string(&path) {
+            Ok(text) => text.trim().to_owned(),
+            Err(e) => {
+                tracing::warn!(error = %e, "SIGHUP: cannot read PHIVAULT_LOG_FILE; the log level is kept");
+                continue;
+            }
+        };
+        match (
+            tracing_subscriber::EnvFilter::try_new(&level),
+            LOG_LEVEL.get(),
+        ) {
+            (Ok(filter), Some(handle)) => match handle.reload(filter) {
+                Ok(()) => tracing::info!(level = %level, "SIGHUP: log level changed"),
+                Err(e) => tracing::warn!(error = %e, "SIGHUP: the log level could not be changed"),
+            },
+            (Err(_), _) => {
+                tracing::warn!("SIGHUP: PHIVAULT_LOG_FILE holds no valid log level; kept")
+            }
+            (_, None) => {}
+        }
+    }
+}
+
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("PHIVAULT_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    harden_process();
+    // Nothing secret is read before the process is hardened: arguments
+    // name files, and the commands read them later.
     let cli = Cli::parse();
+    init_logging(&cli.log_format);
+    harden_process();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -1027,8 +1106,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         },
     };
     let vault = Arc::new(vault);
+    let reloads = tokio::spawn(reload_on_sighup());
     vault.resume_background_jobs().await?;
     phivault::server::serve(Arc::clone(&vault), serve_options, shutdown_signal()).await?;
+    reloads.abort();
     // A rotation stops after its current chunk; its cursor is on disk.
     vault.stop_background_jobs().await;
     // Every service is gone with the server; the writer flushes what is
