@@ -203,7 +203,7 @@ pub enum Action<'a> {
 }
 
 /// A client of the vault as the API shows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Client {
     /// 16 hex digits.
     pub id: String,
@@ -537,17 +537,8 @@ mod tests {
             id: "0".repeat(16),
             name: "t".into(),
             scopes: scopes.iter().map(|s| s.parse().expect("scope")).collect(),
-            created_at: 0,
-            revoked_at: None,
-            limits: Default::default(),
-            require_purpose: false,
-            break_glass_opened_at: None,
             separated: true,
-            expires_at: None,
-            previous_key_valid_until: None,
-            version: 0,
-            suspend_on_alert: false,
-            suspended: None,
+            ..Client::default()
         };
         let masked = client(&["detokenize-masked:ssn"]);
         assert!(masked.allows(Action::DetokenizeMasked("ssn")));
@@ -632,18 +623,8 @@ mod tests {
             scopes: vec!["admin".into()],
             secret_sha256: digest.clone(),
             created_at: 1,
-            revoked_at: None,
-            limits: Default::default(),
-            require_purpose: false,
-            break_glass_opened_at: None,
             separated: true,
-            expires_at: None,
-            key_lifetime_secs: None,
-            previous_secret_sha256: None,
-            previous_valid_until: None,
-            version: 0,
-            suspend_on_alert: false,
-            suspended: None,
+            ..ClientRecord::default()
         };
         let client = table.put(&id, &row).expect("put");
         let bearer = format!("Bearer {}", key.expose());

@@ -860,23 +860,19 @@ impl Vault {
             ));
         }
         let (id, key, digest) = auth::mint_key().map_err(Error::Crypto)?;
+        let now = now_secs();
         let record = ClientRecord {
             name: name.to_owned(),
             scopes: scopes.iter().map(ToString::to_string).collect(),
-            secret_sha256: digest.clone(),
-            created_at: now_secs(),
-            revoked_at: None,
+            secret_sha256: digest,
+            created_at: now,
             limits,
             require_purpose: *require_purpose,
-            break_glass_opened_at: None,
             separated: true,
-            expires_at: key_lifetime.map(|d| now_secs().saturating_add(d.as_secs())),
+            expires_at: key_lifetime.map(|d| now.saturating_add(d.as_secs())),
             key_lifetime_secs: key_lifetime.map(|d| d.as_secs()),
-            previous_secret_sha256: None,
-            previous_valid_until: None,
-            version: 0,
             suspend_on_alert: *suspend_on_alert,
-            suspended: None,
+            ..ClientRecord::default()
         };
         let client = record.to_client(&id).map_err(Error::InvalidClient)?;
         let audited = self.pending_record(audit_record, |e| e.target = id.clone());

@@ -546,18 +546,8 @@ fn client(name: &str) -> ClientRow {
         scopes: vec!["admin".into()],
         secret_sha256: "00".repeat(32),
         created_at: 1,
-        revoked_at: None,
-        limits: Default::default(),
-        require_purpose: false,
-        break_glass_opened_at: None,
         separated: true,
-        expires_at: None,
-        key_lifetime_secs: None,
-        previous_secret_sha256: None,
-        previous_valid_until: None,
-        version: 0,
-        suspend_on_alert: false,
-        suspended: None,
+        ..ClientRow::default()
     }
 }
 

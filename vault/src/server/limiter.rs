@@ -184,8 +184,9 @@ impl Limiter {
     }
 
     /// Takes `items` from the client's rate for `limited` in `namespace`, or
-    /// says how long to wait. A namespace that does not exist is not
-    /// limited here (the call fails on it anyway).
+    /// says how long to wait. A namespace that does not exist (`exists`,
+    /// asked only when a limit applies) is not limited here: the call fails
+    /// on it anyway, and caller-chosen names must not grow the tables.
     pub(crate) async fn admit(
         &self,
         client: &Client,
@@ -193,17 +194,17 @@ impl Limiter {
         namespace: &str,
         items: usize,
         pace: Pace,
-        exists: bool,
+        exists: impl FnOnce() -> bool,
     ) -> Result<(), Error> {
         let Some(n) = NonZeroU32::new(u32::try_from(items).unwrap_or(u32::MAX)) else {
             return Ok(());
         };
-        if !exists {
-            return Ok(());
-        }
         let Some(allowance) = self.allowance(client, limited, namespace) else {
             return Ok(());
         };
+        if allowance == Allowance::Unlimited || !exists() {
+            return Ok(());
+        }
         let key = Key {
             client: client.id.clone(),
             limited,
@@ -495,18 +496,9 @@ mod tests {
         Client {
             id: "0123456789abcdef".into(),
             name: "billing".into(),
-            scopes: Vec::new(),
-            created_at: 0,
-            revoked_at: None,
             limits: Limits::parse(limits).expect("limits"),
-            require_purpose: false,
-            break_glass_opened_at: None,
             separated: true,
-            expires_at: None,
-            previous_key_valid_until: None,
-            version: 0,
-            suspend_on_alert: false,
-            suspended: None,
+            ..Client::default()
         }
     }
 
@@ -514,7 +506,16 @@ mod tests {
     async fn a_unary_call_over_its_rate_is_refused_with_the_wait() {
         let limiter = Limiter::new(Limits::default());
         let billing = client(&["detokenize=10/s"]);
-        let admit = |n| limiter.admit(&billing, Limited::Detokenize, "ssn", n, Pace::Refuse, true);
+        let admit = |n| {
+            limiter.admit(
+                &billing,
+                Limited::Detokenize,
+                "ssn",
+                n,
+                Pace::Refuse,
+                || true,
+            )
+        };
         admit(10).await.expect("the burst");
         match admit(1).await {
             Err(Error::Limited {
@@ -535,11 +536,25 @@ mod tests {
         }
         // Tokenize and other namespaces have their own allowance.
         limiter
-            .admit(&billing, Limited::Detokenize, "mrn", 10, Pace::Refuse, true)
+            .admit(
+                &billing,
+                Limited::Detokenize,
+                "mrn",
+                10,
+                Pace::Refuse,
+                || true,
+            )
             .await
             .expect("another namespace");
         limiter
-            .admit(&billing, Limited::Tokenize, "ssn", 1000, Pace::Refuse, true)
+            .admit(
+                &billing,
+                Limited::Tokenize,
+                "ssn",
+                1000,
+                Pace::Refuse,
+                || true,
+            )
             .await
             .expect("no tokenize limit");
     }
@@ -548,7 +563,16 @@ mod tests {
     async fn what_other_nodes_admitted_is_paid_before_more_is_admitted() {
         let limiter = Limiter::new(Limits::default());
         let billing = client(&["detokenize=10/m"]);
-        let admit = |n| limiter.admit(&billing, Limited::Detokenize, "ssn", n, Pace::Refuse, true);
+        let admit = |n| {
+            limiter.admit(
+                &billing,
+                Limited::Detokenize,
+                "ssn",
+                n,
+                Pace::Refuse,
+                || true,
+            )
+        };
         admit(1).await.expect("a bucket for it");
         // Another node admitted 15 while this one's bucket held 9: 9 are
         // taken at once, 6 are owed.
@@ -583,7 +607,7 @@ mod tests {
         let limiter = Limiter::new(Limits::parse(&["detokenize=1/s"]).expect("defaults"));
         let plain = client(&[]);
         let lifted = client(&["detokenize:ssn=unlimited"]);
-        let admit = |c, n| limiter.admit(c, Limited::Detokenize, "ssn", n, Pace::Refuse, true);
+        let admit = |c, n| limiter.admit(c, Limited::Detokenize, "ssn", n, Pace::Refuse, || true);
         assert!(admit(&plain, 2).await.is_err());
         admit(&lifted, 1000).await.expect("lifted");
     }

@@ -239,6 +239,26 @@ fn notify_ready() {
     }
 }
 
+/// Runs `tick` every `period` (the first a period from now; a tick that
+/// overruns delays the next rather than bunching them) until `stop`
+/// resolves: the loop of the server's periodic work.
+pub(crate) async fn every<F, Fut>(period: Duration, stop: impl Future<Output = ()>, mut tick: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let mut ticks = tokio::time::interval(period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks.tick().await;
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => tick().await,
+            () = &mut stop => return,
+        }
+    }
+}
+
 /// Largest request health and reflection accept.
 const PUBLIC_MAX_MESSAGE_BYTES: usize = 4 << 10;
 
@@ -408,14 +428,12 @@ pub async fn serve(
     let share_limits = vault.shares_storage().then(|| {
         let vault = Arc::clone(&vault);
         tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(limiter::SHARE_EVERY);
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                ticks.tick().await;
+            every(limiter::SHARE_EVERY, std::future::pending(), || async {
                 if let Err(e) = limiter.share(&vault).await {
                     tracing::warn!(error = %e, "cannot share rate limit figures with the other nodes");
                 }
-            }
+            })
+            .await;
         })
     });
     let tokenizer = TokenizerServer::new(TokenizerService::new(plane, stopping))

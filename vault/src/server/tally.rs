@@ -132,16 +132,7 @@ impl<K: Eq + Hash + Send, V: Tally> Tallies<K, V> {
         window: Duration,
         stop: impl std::future::Future<Output = ()>,
     ) {
-        let mut ticks = tokio::time::interval(window);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        ticks.tick().await;
-        tokio::pin!(stop);
-        loop {
-            tokio::select! {
-                _ = ticks.tick() => self.flush(vault).await,
-                () = &mut stop => break,
-            }
-        }
+        super::every(window, stop, || self.flush(vault)).await;
         self.flush(vault).await;
     }
 }

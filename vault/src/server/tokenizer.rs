@@ -119,7 +119,7 @@ impl Plane {
         items: usize,
         pace: Pace,
     ) -> Result<(), Status> {
-        let exists = self.vault.namespace(namespace).is_ok();
+        let exists = || self.vault.namespace(namespace).is_ok();
         self.limiter
             .admit(client, limited, namespace, items, pace, exists)
             .await

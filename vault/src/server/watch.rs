@@ -86,36 +86,32 @@ impl Watch {
 
     /// Scores every client's window each `window` until `stop` resolves.
     pub(crate) async fn run(&self, window: Duration, stop: impl std::future::Future<Output = ()>) {
-        let mut ticks = tokio::time::interval(window);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        ticks.tick().await;
-        tokio::pin!(stop);
-        loop {
-            tokio::select! {
-                _ = ticks.tick() => {}
-                () = &mut stop => return,
-            }
-            // The hour the window began in.
-            let began = crate::clock::now_secs().saturating_sub(window.as_secs());
-            let hour = (began % 86_400 / 3600) as usize;
-            let found = {
-                let mut detector = self.detector.lock().unwrap_or_else(|e| e.into_inner());
-                let found = detector.close_window(hour);
-                detector.retain(|id| {
-                    self.vault
-                        .client(id)
-                        .is_some_and(|c| c.revoked_at.is_none())
-                });
-                found
-            };
-            let now = crate::clock::now_secs();
-            self.raised
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .retain(|_, at| *at + window.as_secs() > now);
-            for (client, finding) in found {
-                self.act(&client, "", 0, finding).await;
-            }
+        super::every(window, stop, || self.score(window)).await;
+    }
+
+    /// Ends the window: scores it, forgets clients revoked or gone, and
+    /// acts on what it found.
+    async fn score(&self, window: Duration) {
+        // The hour the window began in.
+        let began = crate::clock::now_secs().saturating_sub(window.as_secs());
+        let hour = (began % 86_400 / 3600) as usize;
+        let found = {
+            let mut detector = self.detector.lock().unwrap_or_else(|e| e.into_inner());
+            let found = detector.close_window(hour);
+            detector.retain(|id| {
+                self.vault
+                    .client(id)
+                    .is_some_and(|c| c.revoked_at.is_none())
+            });
+            found
+        };
+        let now = crate::clock::now_secs();
+        self.raised
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|_, at| *at + window.as_secs() > now);
+        for (client, finding) in found {
+            self.act(&client, "", 0, finding).await;
         }
     }
 

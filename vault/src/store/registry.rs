@@ -8,7 +8,7 @@ use super::{PendingRecord, StoreError, StoreFuture};
 
 /// A client as stored. No `Debug`: it holds the digest of an API key's
 /// secret, which has no business in a log.
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Clone, Default, Serialize, Deserialize)]
 pub struct ClientRow {
     /// The administrator's name for it.
     pub name: String,
