@@ -17,6 +17,7 @@ use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
 use crate::crypto::{self, CryptoError};
+use crate::hex::hex;
 
 const KEY_PREFIX: &str = "pv_";
 const ID_BYTES: usize = 8;
@@ -372,10 +373,6 @@ pub fn claimed_client_id(header: Option<&str>) -> Option<&str> {
         .split_once('_')?;
     let hex_of = |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit());
     (hex_of(id, 2 * ID_BYTES) && hex_of(secret, 2 * SECRET_BYTES)).then_some(id)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Why a caller could not be authenticated. Deliberately uninformative to the

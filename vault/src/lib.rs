@@ -41,6 +41,7 @@ mod failpoint;
 pub mod format;
 #[cfg(fuzzing)]
 pub mod fuzzing;
+mod hex;
 mod keyring;
 pub mod limits;
 mod maintenance;

@@ -26,6 +26,7 @@ use tokio::sync::mpsc;
 use crate::crypto::kek::KdfRecord;
 use crate::crypto::{Kek, MasterKey, Protection};
 use crate::error::Error;
+use crate::hex::{hex, unhex};
 use crate::store::integrity::{RowMac, TAG_LEN};
 use crate::store::{Import, Location, Row, RowKey, Storage, StoreOptions};
 
@@ -282,20 +283,6 @@ async fn write_export(
         bytes: writer.bytes,
         mac,
     })
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 /// Whether `mac` is the MAC of `digest` (compared in constant time).
