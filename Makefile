@@ -2,8 +2,8 @@
 # `make bench` measures. Each first installs the Debian packages the build
 # needs (libclang for RocksDB's bindings, a C++ compiler) when it can; `make
 # test` also installs PostgreSQL, Patroni and etcd, whose servers the tests
-# start themselves, and systemd, whose systemd-analyze checks the unit in
-# deploy/.
+# start themselves, systemd, whose systemd-analyze checks the unit in
+# deploy/, and SoftHSM2, the token the HSM seal is tested against.
 
 SHELL := /bin/bash
 CARGO ?= cargo
@@ -11,7 +11,7 @@ APT_PACKAGES := libclang-dev g++
 # The PostgreSQL backend's tests start real servers, and a Patroni + etcd
 # cluster for the failover test (DESIGN.md §9). A target-specific value
 # reaches `deps` too.
-TEST_PACKAGES := postgresql patroni etcd-server systemd
+TEST_PACKAGES := postgresql patroni etcd-server systemd softhsm2
 LISTEN ?= 127.0.0.1:50051
 
 .PHONY: run test bench eval-detection deps check fmt clippy

@@ -64,6 +64,10 @@ pub struct VaultDir {
     /// The connection string of the vault's database, when it lives in
     /// PostgreSQL.
     store: Option<String>,
+    /// What unseals it, when not the master key file: `--hsm URI`, say.
+    seal: Option<Vec<String>>,
+    /// Environment its commands and servers need (an HSM's configuration).
+    env: Vec<(String, String)>,
 }
 
 impl VaultDir {
@@ -115,6 +119,58 @@ impl VaultDir {
         Self::init_in(None, None, prepare)
     }
 
+    /// Runs `phivault init` on the store this run tests, sealed by what
+    /// `init_seal` gives init (given the vault's root directory, for files
+    /// to put there) and unsealed from then on by `seal`, with `env` set for
+    /// every command and server.
+    pub fn init_sealed(
+        init_seal: impl FnOnce(&Path) -> Vec<String>,
+        seal: Vec<String>,
+        env: &[(&str, &str)],
+    ) -> Self {
+        let (postgres, store) = if on_postgres() {
+            let server = std::sync::Arc::new(
+                postgres::Postgres::start()
+                    .unwrap_or_else(|why| panic!("PHIVAULT_TEST_STORE=postgres, but {why}")),
+            );
+            server.create_database("vault");
+            let store = server.connection_string("vault");
+            (Some(server), Some(store))
+        } else {
+            (None, None)
+        };
+        let vault = Self {
+            root: tempfile::tempdir().expect("tempdir"),
+            admin_key: String::new(),
+            postgres,
+            store,
+            seal: Some(seal),
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        };
+        let args = init_seal(vault.root.path());
+        vault.run_init(&args)
+    }
+
+    /// Unseals with `seal` from now on (after a rekey).
+    pub fn reseal(&mut self, seal: Vec<String>) {
+        self.seal = Some(seal);
+    }
+
+    /// The arguments that unseal this vault: its master key file, or what
+    /// it was given instead.
+    pub fn seal_args(&self) -> Vec<String> {
+        match &self.seal {
+            Some(seal) => seal.clone(),
+            None => vec![
+                "--master-key-file".into(),
+                self.key_file().to_str().expect("utf-8 path").into(),
+            ],
+        }
+    }
+
     fn init_in(
         postgres: Option<std::sync::Arc<postgres::Postgres>>,
         store: Option<String>,
@@ -126,21 +182,30 @@ impl VaultDir {
             admin_key: String::new(),
             postgres,
             store,
+            seal: None,
+            env: Vec::new(),
         };
         prepare(&vault.data());
+        let seal = vec![
+            "--master-key-file".to_owned(),
+            vault.key_file().to_str().expect("utf-8 path").to_owned(),
+            "--create-key-file".to_owned(),
+        ];
+        vault.run_init(&seal)
+    }
+
+    fn run_init(self, seal: &[String]) -> Self {
+        let vault = self;
         let status = Command::new(binary("phivault"))
             .arg("init")
             .args(vault.store_args())
-            .args([
-                "--master-key-file",
-                vault.key_file().to_str().expect("utf-8 path"),
-                "--create-key-file",
-            ])
+            .args(seal)
             .args([
                 "--admin-key-file",
                 vault.admin_file().to_str().expect("utf-8 path"),
             ])
             .env("PHIVAULT_LOG", "warn")
+            .envs(vault.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .status()
             .expect("run phivault init");
@@ -162,6 +227,8 @@ impl VaultDir {
             admin_key: self.admin_key.clone(),
             postgres: None,
             store: None,
+            seal: None,
+            env: Vec::new(),
         }
     }
 
@@ -213,7 +280,8 @@ impl VaultDir {
             .env("PHIVAULT_LOG", "warn")
             .env_remove("PHIVAULT_PASSPHRASE")
             .env_remove("PHIVAULT_NEW_PASSPHRASE")
-            .env_remove("PHIVAULT_FAILPOINT");
+            .env_remove("PHIVAULT_FAILPOINT")
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
         command
     }
 }
@@ -245,10 +313,7 @@ impl Server {
         let mut child = Command::new(binary("phivault"))
             .arg("serve")
             .args(vault.store_args())
-            .args([
-                "--master-key-file",
-                vault.key_file().to_str().expect("utf-8 path"),
-            ])
+            .args(vault.seal_args())
             .args(if extra.contains(&"--listen") {
                 &[][..]
             } else {
@@ -256,6 +321,7 @@ impl Server {
             })
             .args(extra)
             .env("PHIVAULT_LOG", "info")
+            .envs(vault.env.iter().map(|(k, v)| (k, v)))
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

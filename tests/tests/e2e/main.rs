@@ -22,6 +22,7 @@ mod keys;
 mod limits;
 mod portable;
 mod purpose;
+mod seals;
 
 async fn connect(server: &Server, key: Option<&str>) -> Client {
     let mut options = ClientOptions::new(server.endpoint());

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
+use phivault::crypto::HsmSeal;
 use phivault::server::config::{
     AlertsConfig, ConfigFile, LimitsConfig, TlsConfig, TransportConfig,
 };
@@ -144,6 +145,22 @@ struct RekeyArgs {
     /// With --new-master-key-file: create that key file first.
     #[arg(long, requires = "new_master_key_file")]
     create_new_key_file: bool,
+    /// Switch to an HSM key, named by a PKCS#11 URI (see --hsm).
+    #[arg(long, conflicts_with_all = ["new_master_key_file", "new_passphrase_file"])]
+    new_hsm: Option<String>,
+    /// With --new-hsm: make that key on the token unless one has its label.
+    #[arg(long, requires = "new_hsm")]
+    create_new_hsm_key: bool,
+    /// Switch to a new random master key split into this many shares
+    /// (2 to 16), written to --new-key-share-dir.
+    #[arg(long, value_name = "N", requires_all = ["new_key_threshold", "new_key_share_dir"], conflicts_with_all = ["new_master_key_file", "new_passphrase_file", "new_hsm"])]
+    new_key_shares: Option<u8>,
+    /// With --new-key-shares: how many shares unseal (2 to N).
+    #[arg(long, value_name = "K", requires = "new_key_shares")]
+    new_key_threshold: Option<u8>,
+    /// With --new-key-shares: the directory the shares are written to.
+    #[arg(long, value_name = "DIR", requires = "new_key_shares")]
+    new_key_share_dir: Option<PathBuf>,
     #[command(flatten)]
     kdf: KdfArgs,
 }
@@ -265,6 +282,46 @@ struct VaultArgs {
     /// With `init` and --master-key-file: create the key file first.
     #[arg(long, env = "PHIVAULT_CREATE_KEY_FILE", hide_env_values = true, value_parser = clap::builder::BoolishValueParser::new(), requires = "master_key_file")]
     create_key_file: bool,
+    /// A PKCS#11 URI naming the HSM key that seals the vault, instead of a
+    /// passphrase or key file: pkcs11:token=T;object=K?module-path=LIB&pin-source=file:PIN
+    #[arg(long, env = "PHIVAULT_HSM", hide_env_values = true, conflicts_with_all = ["passphrase_file", "master_key_file"])]
+    hsm: Option<String>,
+    /// With `init` and --hsm: make the AES key on the token unless one has
+    /// its label.
+    #[arg(long, requires = "hsm")]
+    create_hsm_key: bool,
+    /// A file holding one key share (repeat for as many as the split
+    /// needs), for a vault whose master key was split (`init --key-shares`).
+    #[arg(long = "key-share", value_name = "FILE", conflicts_with_all = ["passphrase_file", "master_key_file", "hsm"])]
+    key_shares: Vec<PathBuf>,
+    /// Ask for key shares on the terminal, one holder after another, until
+    /// the split's threshold is met (after any --key-share files).
+    #[arg(long, conflicts_with_all = ["passphrase_file", "master_key_file", "hsm"])]
+    key_shares_prompt: bool,
+    /// With `init`: seal with a new random master key split into this many
+    /// shares (2 to 16), written to --key-share-dir; the key itself is
+    /// written nowhere.
+    #[arg(long = "key-shares", value_name = "N", requires_all = ["key_threshold", "key_share_dir"], conflicts_with_all = ["passphrase_file", "master_key_file", "hsm", "key_shares", "key_shares_prompt"])]
+    split_into: Option<u8>,
+    /// With --key-shares: how many shares unseal (2 to N).
+    #[arg(long, value_name = "K", requires = "split_into")]
+    key_threshold: Option<u8>,
+    /// With --key-shares: the directory the shares are written to, one
+    /// 0600 file each (share-1.txt …), for handing to their holders.
+    #[arg(long, value_name = "DIR", requires = "split_into")]
+    key_share_dir: Option<PathBuf>,
+}
+
+impl VaultArgs {
+    fn seal(&self) -> Seal<'_> {
+        Seal {
+            passphrase_file: self.passphrase_file.as_deref(),
+            master_key_file: self.master_key_file.as_deref(),
+            hsm: self.hsm.as_deref(),
+            key_shares: &self.key_shares,
+            key_shares_prompt: self.key_shares_prompt,
+        }
+    }
 }
 
 #[derive(Args)]
@@ -275,7 +332,7 @@ struct ServeArgs {
     config: Option<PathBuf>,
     /// DEVELOPMENT ONLY: a throwaway vault in ./.phivault-dev, created on
     /// first start, whose master key and admin key sit next to its data.
-    #[arg(long, conflicts_with_all = ["data_dir", "store", "passphrase_file", "master_key_file"])]
+    #[arg(long, conflicts_with_all = ["data_dir", "store", "passphrase_file", "master_key_file", "hsm"])]
     dev: bool,
     #[command(flatten)]
     store: StoreArgs,
@@ -294,6 +351,18 @@ struct ServeArgs {
     /// A 32-byte master key file instead of a passphrase.
     #[arg(long, env = "PHIVAULT_MASTER_KEY_FILE", hide_env_values = true)]
     master_key_file: Option<PathBuf>,
+    /// A PKCS#11 URI naming the HSM key that seals the vault, instead of a
+    /// passphrase or key file (the PIN in a file: pin-source=file:PATH).
+    #[arg(long, env = "PHIVAULT_HSM", hide_env_values = true, conflicts_with_all = ["passphrase_file", "master_key_file"])]
+    hsm: Option<String>,
+    /// A file holding one key share (repeat for as many as the split
+    /// needs), for a vault whose master key was split.
+    #[arg(long = "key-share", value_name = "FILE", conflicts_with_all = ["passphrase_file", "master_key_file", "hsm"])]
+    key_shares: Vec<PathBuf>,
+    /// Ask for key shares on the terminal until the split's threshold is
+    /// met (after any --key-share files).
+    #[arg(long, conflicts_with_all = ["passphrase_file", "master_key_file", "hsm"])]
+    key_shares_prompt: bool,
     /// Address to listen on [default: 127.0.0.1:50051]; port 0 picks a free
     /// port.
     #[arg(long, env = "PHIVAULT_LISTEN", hide_env_values = true)]
@@ -415,6 +484,9 @@ fn resolve(args: ServeArgs) -> anyhow::Result<ServeArgs> {
         store_pool_size: args.store_pool_size.or(file.store_pool_size),
         passphrase_file: args.passphrase_file.or(file.passphrase_file),
         master_key_file: args.master_key_file.or(file.master_key_file),
+        hsm: args.hsm.or(file.hsm),
+        key_shares: args.key_shares,
+        key_shares_prompt: args.key_shares_prompt,
         listen: Some(
             args.listen
                 .or(file.listen)
@@ -479,7 +551,8 @@ fn resolve(args: ServeArgs) -> anyhow::Result<ServeArgs> {
         && (resolved.store.data_dir.is_some()
             || resolved.store.store.is_some()
             || resolved.passphrase_file.is_some()
-            || resolved.master_key_file.is_some())
+            || resolved.master_key_file.is_some()
+            || resolved.hsm.is_some())
     {
         bail!(
             "--dev runs a throwaway vault in ./.phivault-dev: it takes no data directory, store, passphrase file or master key file (one is set in --config or PHIVAULT_*)"
@@ -502,8 +575,24 @@ fn resolve(args: ServeArgs) -> anyhow::Result<ServeArgs> {
             "give a data directory or a store, not both (one may come from --config or PHIVAULT_*)"
         );
     }
-    if resolved.passphrase_file.is_some() && resolved.master_key_file.is_some() {
-        bail!("give a passphrase file or a master key file, not both");
+    let seals = [
+        resolved.passphrase_file.is_some(),
+        resolved.master_key_file.is_some(),
+        resolved.hsm.is_some(),
+        !resolved.key_shares.is_empty() || resolved.key_shares_prompt,
+    ];
+    if seals.into_iter().filter(|given| *given).count() > 1 {
+        bail!(
+            "give one of a passphrase file, a master key file, an HSM (--hsm) or key shares, not several"
+        );
+    }
+    if let Some(uri) = &resolved.hsm
+        && (uri.contains("pin-value=") || uri.contains("pin-value%3D"))
+    {
+        // Refused before anything prints it (`--check-config`).
+        bail!(
+            "the HSM URI holds the PIN (pin-value): put it in a file and give pin-source=file:PATH"
+        );
     }
     Ok(resolved)
 }
@@ -518,6 +607,7 @@ fn render_settings(args: &ServeArgs) -> anyhow::Result<String> {
         store_pool_size: args.store_pool_size,
         passphrase_file: args.passphrase_file.clone(),
         master_key_file: args.master_key_file.clone(),
+        hsm: args.hsm.clone(),
         listen: args.listen,
         metrics_listen: args.metrics_listen,
         insecure_plaintext: Some(args.insecure_plaintext),
@@ -553,20 +643,31 @@ fn render_settings(args: &ServeArgs) -> anyhow::Result<String> {
     Ok(format!("{dev}{}", toml::to_string(&file)?))
 }
 
-fn master_key(
-    passphrase_file: Option<&Path>,
-    master_key_file: Option<&Path>,
-    create_key_file: bool,
-    confirm: bool,
-) -> anyhow::Result<MasterKey> {
-    if let Some(path) = master_key_file {
-        return Ok(if create_key_file {
+/// What unseals a vault, as its flags and settings name it.
+#[derive(Default, Clone, Copy)]
+struct Seal<'a> {
+    passphrase_file: Option<&'a Path>,
+    master_key_file: Option<&'a Path>,
+    hsm: Option<&'a str>,
+    key_shares: &'a [PathBuf],
+    key_shares_prompt: bool,
+}
+
+fn master_key(seal: Seal<'_>, create: bool, confirm: bool) -> anyhow::Result<MasterKey> {
+    if let Some(uri) = seal.hsm {
+        return hsm_seal(uri, create);
+    }
+    if !seal.key_shares.is_empty() || seal.key_shares_prompt {
+        return gather_key_shares(seal.key_shares, seal.key_shares_prompt);
+    }
+    if let Some(path) = seal.master_key_file {
+        return Ok(if create {
             MasterKey::create_key_file(path)?
         } else {
             MasterKey::read_key_file(path)?
         });
     }
-    if let Some(path) = passphrase_file {
+    if let Some(path) = seal.passphrase_file {
         return read_passphrase_file(path);
     }
     if let Ok(passphrase) = std::env::var("PHIVAULT_PASSPHRASE") {
@@ -585,6 +686,94 @@ fn master_key(
         }
     }
     Ok(MasterKey::Passphrase(first))
+}
+
+/// The master key rebuilt from key shares: those in `files` (one share
+/// each, readable by their owner only), then, with `prompt`, as many more
+/// as the split needs, typed at the terminal one holder after another
+/// without echo.
+fn gather_key_shares(files: &[PathBuf], prompt: bool) -> anyhow::Result<MasterKey> {
+    let mut shares: Vec<Zeroizing<String>> = Vec::new();
+    for file in files {
+        check_private(file, "a key share file")?;
+        shares.push(Zeroizing::new(
+            std::fs::read_to_string(file)
+                .with_context(|| format!("cannot read {}", file.display()))?,
+        ));
+    }
+    if prompt {
+        loop {
+            let needed = shares
+                .first()
+                .and_then(|s| phivault::crypto::shares::threshold_of(s));
+            if needed.is_some_and(|n| shares.len() >= usize::from(n)) {
+                break;
+            }
+            let asked = match needed {
+                Some(n) => format!("key share {} of {n}: ", shares.len() + 1),
+                None => format!("key share {}: ", shares.len() + 1),
+            };
+            let share = Zeroizing::new(
+                rpassword::prompt_password(asked)
+                    .context("no key share: give --key-share files or run on a terminal")?,
+            );
+            if phivault::crypto::shares::threshold_of(&share).is_none() {
+                eprintln!("that is not a phivault key share, or it is mistyped; try again");
+                continue;
+            }
+            shares.push(share);
+        }
+    }
+    let key = phivault::crypto::shares::combine(&shares)?;
+    Ok(MasterKey::KeyFile(key))
+}
+
+/// Splits a new master key into `count` shares, `threshold` of which
+/// unseal, written one per 0600 file `share-N.txt` in `dir` (made 0700 if
+/// missing; existing files are never overwritten). The key itself is
+/// written nowhere. Returns it and the files.
+fn split_new_key(
+    dir: &Path,
+    count: u8,
+    threshold: u8,
+) -> anyhow::Result<(MasterKey, Vec<PathBuf>)> {
+    let mut key = Zeroizing::new([0u8; 32]);
+    phivault::crypto::fill_random(&mut key[..])?;
+    let shares = phivault::crypto::shares::split(&key, threshold, count)?;
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder
+        .create(dir)
+        .with_context(|| format!("cannot create {}", dir.display()))?;
+    let mut written = Vec::new();
+    for (i, share) in shares.iter().enumerate() {
+        let path = dir.join(format!("share-{}.txt", i + 1));
+        let made = create_secret_file(&path).and_then(|mut file| {
+            writeln!(file, "{}", share.as_str())?;
+            file.sync_all()?;
+            Ok(())
+        });
+        if let Err(e) = made {
+            for path in &written {
+                let _ = std::fs::remove_file(path);
+            }
+            return Err(e);
+        }
+        written.push(path);
+    }
+    Ok((MasterKey::KeyFile(key), written))
+}
+
+/// The HSM seal a PKCS#11 URI names; with `create`, its key is made on
+/// the token first unless one has its label.
+fn hsm_seal(uri: &str, create: bool) -> anyhow::Result<MasterKey> {
+    let seal = HsmSeal::from_uri(uri)?;
+    check_private(seal.pin_file(), "the HSM PIN file")?;
+    if create && seal.create_key()? {
+        println!("made a new AES-256 key on the token (sensitive, never extractable)");
+    }
+    Ok(MasterKey::Hsm(seal))
 }
 
 /// A passphrase file: its text, without one trailing newline.
@@ -783,13 +972,33 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let location = vault.store.location(None)?;
             let mut key_out = create_secret_file(&admin_key_file)?;
             let made = async {
-                let master = master_key(
-                    vault.passphrase_file.as_deref(),
-                    vault.master_key_file.as_deref(),
-                    vault.create_key_file,
-                    true,
-                )?;
-                let opened = Vault::init_at(&location, master, options).await?;
+                let (master, share_files) =
+                    match (vault.split_into, vault.key_threshold, &vault.key_share_dir) {
+                        (Some(count), Some(threshold), Some(dir)) => {
+                            let (master, files) = split_new_key(dir, count, threshold)?;
+                            (master, files)
+                        }
+                        _ => (
+                            master_key(
+                                vault.seal(),
+                                vault.create_key_file || vault.create_hsm_key,
+                                true,
+                            )?,
+                            Vec::new(),
+                        ),
+                    };
+                let opened = match Vault::init_at(&location, master, options).await {
+                    Ok(opened) => opened,
+                    Err(e) => {
+                        for file in &share_files {
+                            let _ = std::fs::remove_file(file);
+                        }
+                        return Err(e.into());
+                    }
+                };
+                for file in &share_files {
+                    println!("key share written to {} (mode 0600)", file.display());
+                }
                 let (_, key) = opened
                     .create_client("admin", &["admin", "grant", "audit"])
                     .await?;
@@ -844,12 +1053,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Import { vault, from } => {
             let location = vault.store.location(None)?;
-            let master = master_key(
-                vault.passphrase_file.as_deref(),
-                vault.master_key_file.as_deref(),
-                false,
-                false,
-            )?;
+            let master = master_key(vault.seal(), false, false)?;
             let info = phivault::import(&from, &location, master).await?;
             // An older export of the same vault is just as authentic: the
             // MAC and time say which one this was.
@@ -927,12 +1131,7 @@ fn print_audit_report(report: &phivault::AuditReport, json: bool) {
 
 /// Unseals the vault that `args` names, for an offline command.
 async fn open_vault(args: &VaultArgs) -> anyhow::Result<Vault> {
-    let master = master_key(
-        args.passphrase_file.as_deref(),
-        args.master_key_file.as_deref(),
-        false,
-        false,
-    )?;
+    let master = master_key(args.seal(), false, false)?;
     Ok(Vault::open_at(&args.store.location(None)?, master, VaultOptions::default()).await?)
 }
 
@@ -960,13 +1159,20 @@ fn print_report(report: &phivault::VerifyReport) {
 }
 
 async fn rekey(args: RekeyArgs) -> anyhow::Result<()> {
-    let old = master_key(
-        args.vault.passphrase_file.as_deref(),
-        args.vault.master_key_file.as_deref(),
-        false,
-        false,
-    )?;
-    let new = if let Some(path) = &args.new_master_key_file {
+    let old = master_key(args.vault.seal(), false, false)?;
+    let new = if let (Some(count), Some(threshold), Some(dir)) = (
+        args.new_key_shares,
+        args.new_key_threshold,
+        &args.new_key_share_dir,
+    ) {
+        let (master, files) = split_new_key(dir, count, threshold)?;
+        for file in &files {
+            println!("key share written to {} (mode 0600)", file.display());
+        }
+        master
+    } else if let Some(uri) = &args.new_hsm {
+        hsm_seal(uri, args.create_new_hsm_key)?
+    } else if let Some(path) = &args.new_master_key_file {
         if args.create_new_key_file {
             MasterKey::create_key_file(path)?
         } else {
@@ -1037,8 +1243,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             check_private(file, "the passphrase file")?;
         }
         let master = master_key(
-            args.passphrase_file.as_deref(),
-            args.master_key_file.as_deref(),
+            Seal {
+                passphrase_file: args.passphrase_file.as_deref(),
+                master_key_file: args.master_key_file.as_deref(),
+                hsm: args.hsm.as_deref(),
+                key_shares: &args.key_shares,
+                key_shares_prompt: args.key_shares_prompt,
+            },
             false,
             false,
         )?;

@@ -1,5 +1,6 @@
-//! The key-encryption key (KEK): derived from a passphrase with Argon2id or
-//! read from a 32-byte master key file; it only wraps keysets.
+//! The key-encryption key (KEK): derived from a passphrase with Argon2id,
+//! read from a 32-byte master key file, or unwrapped by an HSM; it only
+//! wraps keysets.
 
 use std::io::Write as _;
 use std::path::Path;
@@ -9,7 +10,7 @@ use hkdf::Hkdf;
 use sha2::Sha256;
 use zeroize::Zeroizing;
 
-use super::{CryptoError, SivKey};
+use super::{CryptoError, HsmSeal, SivKey};
 
 const KEK_CHECK_LABEL: &[u8] = b"phivault kek-check";
 const KEK_CHECK_PLAINTEXT: &[u8] = b"phivault kek check v1";
@@ -25,8 +26,11 @@ const REGISTRY_CHECK_LABEL: &[u8] = b"registry rows tagged";
 /// forward entries carry bindings; the same argument holds for them.
 const FORWARD_CHECK_LABEL: &[u8] = b"forward entries bound";
 const RECORD_VERSION: u8 = 1;
+/// A record that carries a wrapped secret after the fixed part.
+const RECORD_VERSION_WRAPPED: u8 = 2;
 const KIND_ARGON2ID: u8 = 1;
 const KIND_KEY_FILE: u8 = 2;
+const KIND_PKCS11: u8 = 3;
 const SALT_LEN: usize = 16;
 const RECORD_LEN: usize = 2 + 12 + SALT_LEN;
 
@@ -116,12 +120,15 @@ impl Default for KdfParams {
     }
 }
 
-/// What unseals the vault. Neither variant can be printed or copied.
+/// What unseals the vault. No variant can be printed or copied.
 pub enum MasterKey {
     /// A passphrase, stretched with Argon2id.
     Passphrase(Zeroizing<String>),
     /// 32 random bytes from a key file, for automated unsealing.
     KeyFile(Zeroizing<[u8; 32]>),
+    /// A key in an HSM that unwraps the vault's 32-byte secret, for
+    /// automated unsealing without the secret on any disk.
+    Hsm(HsmSeal),
 }
 
 impl MasterKey {
@@ -182,18 +189,31 @@ impl MasterKey {
         match self {
             Self::Passphrase(_) => KIND_ARGON2ID,
             Self::KeyFile(_) => KIND_KEY_FILE,
+            Self::Hsm(_) => KIND_PKCS11,
         }
     }
 }
 
-/// How the KEK is derived, as stored in `meta`: kind, Argon2id parameters and
-/// salt. Its exact bytes are the associated data of the KEK check, so editing
-/// any of them makes unsealing fail rather than silently weakening it.
+/// What a kind of master key is called in messages.
+fn kind_name(kind: u8) -> &'static str {
+    match kind {
+        KIND_ARGON2ID => "a passphrase",
+        KIND_KEY_FILE => "a master key file",
+        KIND_PKCS11 => "an HSM key (PKCS#11)",
+        _ => "an unknown kind of key",
+    }
+}
+
+/// How the KEK is derived, as stored in `meta`: kind, Argon2id parameters,
+/// salt and, under an HSM, the secret as the HSM wrapped it. Its exact bytes
+/// are the associated data of the KEK check, so editing any of them makes
+/// unsealing fail rather than silently weakening it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct KdfRecord {
     kind: u8,
     params: KdfParams,
     salt: [u8; SALT_LEN],
+    wrapped: Vec<u8>,
 }
 
 impl KdfRecord {
@@ -201,24 +221,36 @@ impl KdfRecord {
     pub(crate) fn generate(master: &MasterKey, params: KdfParams) -> Result<Self, CryptoError> {
         let mut salt = [0u8; SALT_LEN];
         super::fill_random(&mut salt)?;
-        let params = match master {
-            MasterKey::Passphrase(_) => params,
-            MasterKey::KeyFile(_) => KdfParams {
-                m_cost_kib: 0,
-                t_cost: 0,
-                p_cost: 0,
-            },
+        let unused = KdfParams {
+            m_cost_kib: 0,
+            t_cost: 0,
+            p_cost: 0,
+        };
+        let (params, wrapped) = match master {
+            MasterKey::Passphrase(_) => (params, Vec::new()),
+            MasterKey::KeyFile(_) => (unused, Vec::new()),
+            MasterKey::Hsm(seal) => {
+                let mut secret = Zeroizing::new([0u8; 32]);
+                super::fill_random(&mut secret[..])?;
+                (unused, seal.wrap(&secret, &salt)?)
+            }
         };
         Ok(Self {
             kind: master.kind(),
             params,
             salt,
+            wrapped,
         })
     }
 
     pub(crate) fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(RECORD_LEN);
-        out.extend_from_slice(&[RECORD_VERSION, self.kind]);
+        let mut out = Vec::with_capacity(RECORD_LEN + self.wrapped.len());
+        let version = if self.wrapped.is_empty() {
+            RECORD_VERSION
+        } else {
+            RECORD_VERSION_WRAPPED
+        };
+        out.extend_from_slice(&[version, self.kind]);
         for n in [
             self.params.m_cost_kib,
             self.params.t_cost,
@@ -227,17 +259,22 @@ impl KdfRecord {
             out.extend_from_slice(&n.to_be_bytes());
         }
         out.extend_from_slice(&self.salt);
+        out.extend_from_slice(&self.wrapped);
         out
     }
 
     pub(crate) fn decode(bytes: &[u8]) -> Option<Self> {
-        if bytes.len() != RECORD_LEN || bytes[0] != RECORD_VERSION {
-            return None;
-        }
+        let wrapped = match (bytes.first(), bytes.get(1)) {
+            (Some(&RECORD_VERSION), _) if bytes.len() == RECORD_LEN => Vec::new(),
+            (Some(&RECORD_VERSION_WRAPPED), Some(&KIND_PKCS11)) if bytes.len() > RECORD_LEN => {
+                bytes[RECORD_LEN..].to_vec()
+            }
+            _ => return None,
+        };
         let word =
             |i: usize| u32::from_be_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
         let mut salt = [0u8; SALT_LEN];
-        salt.copy_from_slice(&bytes[14..]);
+        salt.copy_from_slice(&bytes[14..RECORD_LEN]);
         Some(Self {
             kind: bytes[1],
             params: KdfParams {
@@ -246,6 +283,7 @@ impl KdfRecord {
                 p_cost: word(10),
             },
             salt,
+            wrapped,
         })
     }
 }
@@ -259,10 +297,11 @@ impl Kek {
     /// checked against the floor and ceiling before any work is done.
     pub(crate) fn derive(master: &MasterKey, record: &KdfRecord) -> Result<Self, CryptoError> {
         if master.kind() != record.kind {
-            return Err(CryptoError::MasterKeyKind(match record.kind {
-                KIND_ARGON2ID => "this vault is sealed with a passphrase, not a master key file",
-                _ => "this vault is sealed with a master key file, not a passphrase",
-            }));
+            return Err(CryptoError::MasterKeyKind(format!(
+                "this vault is sealed with {}, not {}",
+                kind_name(record.kind),
+                kind_name(master.kind())
+            )));
         }
         let mut kek = Zeroizing::new([0u8; 32]);
         match master {
@@ -276,6 +315,9 @@ impl Kek {
                     .map_err(|e| CryptoError::KdfParams(e.to_string()))?;
             }
             MasterKey::KeyFile(key) => kek.copy_from_slice(&key[..]),
+            MasterKey::Hsm(seal) => {
+                kek.copy_from_slice(&seal.unwrap(&record.wrapped, &record.salt)?[..]);
+            }
         }
         let hkdf = Hkdf::<Sha256>::new(Some(&record.salt), &kek[..]);
         let mut wrap = Zeroizing::new([0u8; 64]);
@@ -378,6 +420,7 @@ mod tests {
                 kind: KIND_ARGON2ID,
                 params: bad,
                 salt: [0; 16],
+                wrapped: Vec::new(),
             };
             // An absurd memory cost would take seconds or abort; refusing
             // returns at once.
@@ -386,6 +429,27 @@ mod tests {
                 Err(CryptoError::KdfParams(_))
             ));
         }
+    }
+
+    #[test]
+    fn a_record_with_a_wrapped_secret_round_trips_and_only_for_an_hsm() {
+        let record = KdfRecord {
+            kind: KIND_PKCS11,
+            params: KdfParams {
+                m_cost_kib: 0,
+                t_cost: 0,
+                p_cost: 0,
+            },
+            salt: [7; SALT_LEN],
+            wrapped: vec![9; 60],
+        };
+        let encoded = record.encode();
+        assert_eq!(encoded[0], RECORD_VERSION_WRAPPED);
+        assert_eq!(KdfRecord::decode(&encoded), Some(record));
+        let mut other_kind = encoded.clone();
+        other_kind[1] = KIND_KEY_FILE;
+        assert_eq!(KdfRecord::decode(&other_kind), None);
+        assert_eq!(KdfRecord::decode(&encoded[..RECORD_LEN]), None);
     }
 
     #[test]

@@ -82,11 +82,14 @@
 //! debug_clone_serialize::<phivault::format::FormatSpec>();
 //! ```
 
+mod hsm;
 pub(crate) mod kek;
 mod keyset;
 mod prf;
+pub mod shares;
 mod siv;
 
+pub use hsm::HsmSeal;
 pub use kek::{KdfParams, Kek, MasterKey, Protection};
 pub use keyset::{AuditKey, KeyPurpose, Keyset};
 pub use prf::{
@@ -108,12 +111,21 @@ pub enum CryptoError {
     /// Argon2id parameters outside the accepted range (checked before hashing).
     #[error("key derivation parameters out of range: {0}")]
     KdfParams(String),
-    /// The vault was sealed with the other kind of master key.
+    /// The vault was sealed with another kind of master key.
     #[error("{0}")]
-    MasterKeyKind(&'static str),
+    MasterKeyKind(String),
     /// The master key file could not be used.
     #[error("master key file: {0}")]
     KeyFile(String),
+    /// The PKCS#11 seal could not be used: the module, token, PIN or key.
+    #[error("HSM: {0}")]
+    Hsm(String),
+    /// Key shares that cannot be combined: named by position, never quoted.
+    #[error("{0}")]
+    KeyShares(String),
+    /// The sealed secret stored in the vault is malformed.
+    #[error("the vault's sealed master secret is malformed")]
+    Corrupt,
 }
 
 /// Fills `buf` from the operating system's random number generator.

@@ -38,6 +38,9 @@ pub struct ConfigFile {
     pub passphrase_file: Option<PathBuf>,
     /// `--master-key-file`: a 32-byte master key file.
     pub master_key_file: Option<PathBuf>,
+    /// `--hsm`: a PKCS#11 URI naming the HSM key that seals the vault (its
+    /// PIN in a file, never in the URI).
+    pub hsm: Option<String>,
     /// `--listen`: the gRPC address.
     pub listen: Option<SocketAddr>,
     /// `--metrics-listen`: the Prometheus address.
