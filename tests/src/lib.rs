@@ -405,6 +405,15 @@ impl Server {
         }
     }
 
+    /// Sends the server SIGHUP (reload the log level and TLS files).
+    pub fn hangup(&self) {
+        let status = std::process::Command::new("kill")
+            .args(["-HUP", &self.child.id().to_string()])
+            .status()
+            .expect("kill -HUP");
+        assert!(status.success(), "kill -HUP failed");
+    }
+
     /// The server's process id.
     pub fn pid(&self) -> u32 {
         self.child.id()

@@ -113,11 +113,7 @@ fn logs_are_json_lines_on_request_and_sighup_changes_the_level() {
             ("PHIVAULT_LOG_FILE", level_file.to_str().expect("utf-8")),
         ],
     );
-    let status = Command::new("kill")
-        .args(["-HUP", &server.pid().to_string()])
-        .status()
-        .expect("kill -HUP");
-    assert!(status.success());
+    server.hangup();
     assert!(
         server.wait_for_log("log level changed", Duration::from_secs(20)),
         "no sign of the SIGHUP"

@@ -953,6 +953,99 @@ async fn tls_and_mutual_tls() {
     assert!(admin.health().await.expect("health over mTLS"));
 }
 
+/// cert-manager replaces a certificate every 60 to 90 days: SIGHUP makes new
+/// connections use the new files, keeps open connections (and their calls)
+/// going, and refuses a pair that does not match without losing the old one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_swaps_the_tls_certificate_without_dropping_a_connection() {
+    let (old, new) = (Pki::new(), Pki::new());
+    let vault = VaultDir::init();
+    let live = tempfile::tempdir().expect("tempdir");
+    let (cert, key) = (live.path().join("tls.crt"), live.path().join("tls.key"));
+    let install = |pki: &Pki, cert_from: &Pki| {
+        std::fs::write(&cert, cert_from.read("server.pem")).expect("cert");
+        std::fs::write(&key, pki.read("server.key")).expect("key");
+    };
+    install(&old, &old);
+    let server = Server::start(
+        &vault,
+        &[
+            "--tls-cert",
+            cert.to_str().expect("utf-8"),
+            "--tls-key",
+            key.to_str().expect("utf-8"),
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ],
+    );
+    let metrics = scrape(server.metrics_addr.expect("metrics address"));
+    assert!(
+        metrics.contains("phivault_tls_certificate_expiry_timestamp_seconds "),
+        "{metrics}"
+    );
+    let https = format!("https://{}", server.addr);
+    let trusting = |pki: &Pki| {
+        ClientOptions::new(&https)
+            .api_key(&vault.admin_key)
+            .ca_pem(pki.read("ca.pem"))
+    };
+    let admin = Client::connect(trusting(&old)).await.expect("connect");
+    let pipeline_key = admin
+        .create_client("pipeline", vec!["tokenize:ssn".into()])
+        .await
+        .expect("create client")
+        .api_key;
+    let connected = Client::connect(trusting(&old).api_key(&pipeline_key))
+        .await
+        .expect("connect");
+    let before = connected
+        .tokenize("ssn", vec!["123-45-6789".to_owned()])
+        .await
+        .expect("tokenize");
+
+    // A key that does not go with the certificate is refused; the old pair
+    // stays in use for new connections.
+    install(&old, &new);
+    server.hangup();
+    assert!(
+        server.wait_for_log(
+            "TLS certificate not reloaded",
+            std::time::Duration::from_secs(20)
+        ),
+        "a mismatched pair must be refused"
+    );
+    let again = Client::connect(trusting(&old))
+        .await
+        .expect("old pair kept");
+    assert!(again.health().await.expect("health"));
+
+    install(&new, &new);
+    server.hangup();
+    assert!(
+        server.wait_for_log(
+            "TLS certificate reloaded",
+            std::time::Duration::from_secs(20)
+        ),
+        "no sign of the reload"
+    );
+    // The connection opened before still answers: a reconnect would have
+    // met a certificate its client does not trust.
+    let after = connected
+        .tokenize("ssn", vec!["123-45-6789".to_owned()])
+        .await
+        .expect("the open connection survives the reload");
+    assert_eq!(texts(before), texts(after));
+    let refused = match Client::connect(trusting(&old)).await {
+        Err(_) => true,
+        Ok(client) => client.health().await.is_err(),
+    };
+    assert!(refused, "new connections must get the new certificate");
+    let renewed = Client::connect(trusting(&new)).await.expect("new pair");
+    assert!(renewed.health().await.expect("health"));
+    let log = server.stop();
+    assert!(!log.contains("123-45-6789"), "{log}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reflection_lists_every_service() {
     use tonic_reflection::pb::v1::ServerReflectionRequest;
@@ -1036,8 +1129,44 @@ async fn metrics_count_calls_by_method_and_status() {
         .await
         .expect_err("no scope");
     assert_eq!(code(denied), Code::PermissionDenied);
+    // Streams count under the status they end with, sent in trailers after
+    // the response headers.
+    let answered: Vec<_> = pipeline
+        .tokenize_stream("ssn", stream::iter(vec![vec!["123-45-6789".to_owned()]]), 1)
+        .await
+        .expect("stream")
+        .collect()
+        .await;
+    assert!(answered.iter().all(|r| r.is_ok()));
+    let refused = match pipeline
+        .tokenize_stream("mrn", stream::iter(vec![vec!["MRN0001".to_owned()]]), 1)
+        .await
+    {
+        Err(e) => Some(code(e)),
+        Ok(answers) => answers
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .find_map(|r| r.err().map(code)),
+    };
+    assert_eq!(refused, Some(Code::PermissionDenied));
 
     let text = scrape(metrics);
+    for (rpc, status) in [
+        ("TokenizeStream", "Ok"),
+        ("TokenizeStream", "PermissionDenied"),
+    ] {
+        let line = format!(
+            r#"phivault_grpc_calls_total{{rpc="/phivault.v1.Tokenizer/{rpc}",code="{status}"}} 1"#
+        );
+        assert!(text.contains(&line), "{line} not in {text}");
+    }
+    assert!(text.contains(r#"phivault_build_info{version=""#), "{text}");
+    // Three unary calls and one stream of one value each.
+    assert!(
+        text.contains(r#"phivault_items_total{operation="tokenize",outcome="Ok"} 4"#),
+        "{text}"
+    );
     assert!(
         text.contains(
             r#"phivault_grpc_calls_total{rpc="/phivault.v1.Tokenizer/Tokenize",code="Ok"} 3"#

@@ -837,41 +837,81 @@ fn init_logging(format: &str) {
     }
 }
 
-/// On SIGHUP, reads the log level again from the file PHIVAULT_LOG_FILE
-/// names (one filter directive, as PHIVAULT_LOG takes), and applies it
-/// without dropping a connection. A bad directive is logged and the level
-/// kept.
-async fn reload_on_sighup() {
+/// The files the gRPC listener's TLS comes from, read at start and again
+/// on SIGHUP.
+struct TlsFiles {
+    cert: PathBuf,
+    key: PathBuf,
+    client_ca: Option<PathBuf>,
+}
+
+impl TlsFiles {
+    fn read(&self) -> anyhow::Result<TlsOptions> {
+        let read = |path: &Path| {
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+        };
+        Ok(TlsOptions {
+            cert_pem: read(&self.cert)?,
+            key_pem: read(&self.key)?,
+            client_ca_pem: self.client_ca.as_deref().map(read).transpose()?,
+        })
+    }
+}
+
+/// On SIGHUP: reads the log level again from the file PHIVAULT_LOG_FILE
+/// names (one filter directive, as PHIVAULT_LOG takes), and the TLS
+/// certificate, key and client CA from their files, and applies both
+/// without dropping a connection. What cannot be read or used is logged and
+/// the old setting kept.
+async fn reload_on_sighup(tls: Option<(TlsFiles, tokio::sync::watch::Sender<TlsOptions>)>) {
     let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
     else {
-        tracing::warn!("cannot watch SIGHUP: the log level cannot be changed while serving");
+        tracing::warn!(
+            "cannot watch SIGHUP: the log level and TLS certificate cannot be changed while serving"
+        );
         return;
     };
     while hangups.recv().await.is_some() {
-        let Some(path) = std::env::var_os("PHIVAULT_LOG_FILE") else {
-            tracing::info!("SIGHUP: no PHIVAULT_LOG_FILE to read a log level from");
-            continue;
-        };
-        let level = match std::fs::read_to_string(&path) {
-            Ok(text) => text.trim().to_owned(),
-            Err(e) => {
-                tracing::warn!(error = %e, "SIGHUP: cannot read PHIVAULT_LOG_FILE; the log level is kept");
-                continue;
+        if let Some((files, updates)) = &tls {
+            match files.read() {
+                // The server checks the new material before using it.
+                Ok(options) => {
+                    let _ = updates.send(options);
+                }
+                Err(e) => tracing::error!(
+                    error = %format!("{e:#}"),
+                    "SIGHUP: TLS files unreadable; the certificate in use stays"
+                ),
             }
-        };
-        match (
-            tracing_subscriber::EnvFilter::try_new(&level),
-            LOG_LEVEL.get(),
-        ) {
-            (Ok(filter), Some(handle)) => match handle.reload(filter) {
-                Ok(()) => tracing::info!(level = %level, "SIGHUP: log level changed"),
-                Err(e) => tracing::warn!(error = %e, "SIGHUP: the log level could not be changed"),
-            },
-            (Err(_), _) => {
-                tracing::warn!("SIGHUP: PHIVAULT_LOG_FILE holds no valid log level; kept")
-            }
-            (_, None) => {}
         }
+        reload_log_level();
+    }
+}
+
+fn reload_log_level() {
+    let Some(path) = std::env::var_os("PHIVAULT_LOG_FILE") else {
+        tracing::info!("SIGHUP: no PHIVAULT_LOG_FILE to read a log level from");
+        return;
+    };
+    let level = match std::fs::read_to_string(&path) {
+        Ok(text) => text.trim().to_owned(),
+        Err(e) => {
+            tracing::warn!(error = %e, "SIGHUP: cannot read PHIVAULT_LOG_FILE; the log level is kept");
+            return;
+        }
+    };
+    match (
+        tracing_subscriber::EnvFilter::try_new(&level),
+        LOG_LEVEL.get(),
+    ) {
+        (Ok(filter), Some(handle)) => match handle.reload(filter) {
+            Ok(()) => tracing::info!(level = %level, "SIGHUP: log level changed"),
+            Err(e) => tracing::warn!(error = %e, "SIGHUP: the log level could not be changed"),
+        },
+        (Err(_), _) => {
+            tracing::warn!("SIGHUP: PHIVAULT_LOG_FILE holds no valid log level; kept")
+        }
+        (_, None) => {}
     }
 }
 
@@ -1255,27 +1295,28 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         )?;
         Vault::open_at(&location, master, options).await?
     };
-    let tls = match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => Some(TlsOptions {
-            cert_pem: std::fs::read(cert)
-                .with_context(|| format!("cannot read {}", cert.display()))?,
-            key_pem: std::fs::read(key)
-                .with_context(|| format!("cannot read {}", key.display()))?,
-            client_ca_pem: args
-                .tls_client_ca
-                .as_ref()
-                .map(|ca| {
-                    std::fs::read(ca).with_context(|| format!("cannot read {}", ca.display()))
-                })
-                .transpose()?,
+    let tls_files = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca: args.tls_client_ca.clone(),
         }),
         _ => None,
+    };
+    let tls = tls_files.as_ref().map(TlsFiles::read).transpose()?;
+    let (tls_updates, tls_reloads) = match &tls {
+        Some(tls) => {
+            let (updates, reloads) = tokio::sync::watch::channel(tls.clone());
+            (Some(updates), Some(reloads))
+        }
+        None => (None, None),
     };
     let serve_options = ServeOptions {
         listen: args
             .listen
             .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 50051))),
         tls,
+        tls_reloads,
         insecure_plaintext: args.insecure_plaintext,
         max_message_bytes: args.max_message_bytes.unwrap_or(4 << 20),
         metrics_listen: args.metrics_listen,
@@ -1317,7 +1358,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         },
     };
     let vault = Arc::new(vault);
-    let reloads = tokio::spawn(reload_on_sighup());
+    let reloads = tokio::spawn(reload_on_sighup(tls_files.zip(tls_updates)));
     vault.resume_background_jobs().await?;
     phivault::server::serve(Arc::clone(&vault), serve_options, shutdown_signal()).await?;
     reloads.abort();

@@ -59,6 +59,54 @@ struct RpcLabel {
     rpc: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ItemLabels {
+    operation: &'static str,
+    outcome: &'static str,
+}
+
+/// Items answered, by operation (`tokenize`, `detokenize`) and outcome
+/// (`Ok`, or the item's status spelt as call statuses are: `NotFound`,
+/// `InvalidArgument`…). A call refused as a whole is counted by
+/// `phivault_grpc_calls_total`, not here.
+#[derive(Clone, Default)]
+pub(crate) struct Items(Family<ItemLabels, Counter>);
+
+impl Items {
+    pub(crate) fn count(&self, operation: &'static str, results: &[crate::ItemResult]) {
+        let mut tally: Vec<(&'static str, u64)> = Vec::new();
+        for result in results {
+            let outcome = match result {
+                Ok(_) => "Ok",
+                Err(e) => match e.code {
+                    crate::ItemCode::InvalidArgument => "InvalidArgument",
+                    crate::ItemCode::NotFound => "NotFound",
+                    crate::ItemCode::ResourceExhausted => "ResourceExhausted",
+                    crate::ItemCode::DataLoss => "DataLoss",
+                    _ => "Internal",
+                },
+            };
+            match tally.iter_mut().find(|(o, _)| *o == outcome) {
+                Some((_, n)) => *n += 1,
+                None => tally.push((outcome, 1)),
+            }
+        }
+        for (outcome, n) in tally {
+            self.0
+                .get_or_create(&ItemLabels { operation, outcome })
+                .inc_by(n);
+        }
+    }
+}
+
+/// What is running, for dashboards that follow a rolling upgrade.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+    /// `embedded` (RocksDB) or `postgres`.
+    store: &'static str,
+}
+
 /// The server's metrics registry.
 pub struct Metrics {
     registry: Registry,
@@ -75,9 +123,28 @@ impl std::fmt::Debug for Metrics {
 }
 
 impl Metrics {
-    /// Metrics for `vault`'s server, with the count of `alerts` raised.
-    pub(crate) fn new(vault: Arc<Vault>, alerts: &super::alerts::Alerts) -> Self {
+    /// Metrics for `vault`'s server, with the count of `alerts` raised, the
+    /// `items` answered and the expiry of the TLS certificate, if it serves
+    /// TLS.
+    pub(crate) fn new(
+        vault: Arc<Vault>,
+        alerts: &super::alerts::Alerts,
+        items: &Items,
+        tls: Option<Arc<super::tls::Tls>>,
+    ) -> Self {
         let mut registry = Registry::with_prefix("phivault");
+        registry.register(
+            "items",
+            "Items answered by tokenize and detokenize calls, by operation and outcome",
+            items.0.clone(),
+        );
+        if let Some(tls) = tls {
+            registry.register(
+                "tls_certificate_expiry_timestamp_seconds",
+                "When the gRPC listener's certificate expires (seconds since the epoch); follows SIGHUP reloads",
+                CertificateExpiry(tls),
+            );
+        }
         let calls = Family::<CallLabels, Counter>::default();
         registry.register(
             "grpc_calls",
@@ -90,7 +157,7 @@ impl Metrics {
         });
         registry.register(
             "grpc_call_seconds",
-            "gRPC call latency until the response headers",
+            "gRPC call duration, until its status is sent (a stream's whole life)",
             latency.clone(),
         );
         registry.register(
@@ -113,6 +180,18 @@ impl Metrics {
             "namespace_fill_ratio",
             "Share of candidate tokens found taken since start, by namespace: how full the token space is for the values being tokenized",
             fill.clone(),
+        );
+        registry.register(
+            "build",
+            "The running version and store; always 1",
+            prometheus_client::metrics::info::Info::new(BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+                store: if vault.shares_storage() {
+                    "postgres"
+                } else {
+                    "embedded"
+                },
+            }),
         );
         registry.register(
             "alerts",
@@ -185,10 +264,14 @@ impl EncodeMetric for WriterBatches {
     }
 }
 
-/// Records every gRPC call: its method, status and time to the response
-/// headers. A unary error's status is in the headers (trailers-only
-/// response); a call whose headers carry no status succeeded or is a stream
-/// whose status comes later, and counts as `Ok`.
+/// Records every gRPC call: its method, its status and how long it took.
+/// A call refused or failed before its answer has its status in the
+/// response headers (a trailers-only response) and is recorded then; any
+/// other call, a stream above all, is recorded when its status goes out in
+/// the trailers at its end, so a stream that fails after its first message
+/// counts as the failure it is and its duration is the whole stream's. A
+/// response dropped before its status (the client went away) counts as
+/// `Cancelled`.
 #[derive(Clone)]
 pub(crate) struct RecordLayer(pub(crate) Arc<Metrics>);
 
@@ -209,12 +292,36 @@ pub(crate) struct Record<S> {
     metrics: Arc<Metrics>,
 }
 
+/// A call whose status is not known yet.
+struct Pending {
+    metrics: Arc<Metrics>,
+    path: String,
+    started: Instant,
+}
+
+impl Pending {
+    fn finish(self, code: tonic::Code) {
+        self.metrics.record(
+            &self.path,
+            format!("{code:?}"),
+            self.started.elapsed().as_secs_f64(),
+        );
+    }
+}
+
+fn status_in(headers: &http::HeaderMap) -> Option<tonic::Code> {
+    headers
+        .get("grpc-status")
+        .map(|v| tonic::Code::from_bytes(v.as_bytes()))
+}
+
 impl<S, B, R> tower::Service<http::Request<B>> for Record<S>
 where
     S: tower::Service<http::Request<B>, Response = http::Response<R>>,
     S::Future: Send + 'static,
+    R: http_body::Body + Unpin,
 {
-    type Response = S::Response;
+    type Response = http::Response<Recorded<R>>;
     type Error = S::Error;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
 
@@ -223,22 +330,73 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let path = request.uri().path().to_owned();
-        let started = Instant::now();
-        let metrics = Arc::clone(&self.metrics);
+        let pending = Pending {
+            path: request.uri().path().to_owned(),
+            started: Instant::now(),
+            metrics: Arc::clone(&self.metrics),
+        };
         let response = self.inner.call(request);
         Box::pin(async move {
-            let response = response.await;
-            if let Ok(response) = &response {
-                let code = response
-                    .headers()
-                    .get("grpc-status")
-                    .map(|v| tonic::Code::from_bytes(v.as_bytes()))
-                    .unwrap_or(tonic::Code::Ok);
-                metrics.record(&path, format!("{code:?}"), started.elapsed().as_secs_f64());
-            }
-            response
+            let response = response.await?;
+            let call = match status_in(response.headers()) {
+                Some(code) => {
+                    pending.finish(code);
+                    None
+                }
+                None => Some(pending),
+            };
+            Ok(response.map(|inner| Recorded { inner, call }))
         })
+    }
+}
+
+/// A response body that records its call when the status passes in the
+/// trailers (or when it is dropped without one).
+pub(crate) struct Recorded<B> {
+    inner: B,
+    call: Option<Pending>,
+}
+
+impl<B: http_body::Body + Unpin> http_body::Body for Recorded<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        let ended = match &polled {
+            Poll::Ready(Some(Ok(frame))) => frame
+                .trailers_ref()
+                .map(|trailers| status_in(trailers).unwrap_or(tonic::Code::Unknown)),
+            Poll::Ready(Some(Err(_))) => Some(tonic::Code::Unknown),
+            // An answer that ends without a status is not one gRPC knows.
+            Poll::Ready(None) => Some(tonic::Code::Unknown),
+            Poll::Pending => None,
+        };
+        if let Some(code) = ended
+            && let Some(call) = self.call.take()
+        {
+            call.finish(code);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl<B> Drop for Recorded<B> {
+    fn drop(&mut self) {
+        if let Some(call) = self.call.take() {
+            call.finish(tonic::Code::Cancelled);
+        }
     }
 }
 
@@ -309,6 +467,24 @@ pub(crate) async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metric
 
 /// Reads the audit trail's counters when scraped: written (`true`) or
 /// failed.
+struct CertificateExpiry(Arc<super::tls::Tls>);
+
+impl std::fmt::Debug for CertificateExpiry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CertificateExpiry")
+    }
+}
+
+impl EncodeMetric for CertificateExpiry {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        encoder.encode_gauge(&i64::try_from(self.0.expires()).unwrap_or(i64::MAX))
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Gauge
+    }
+}
+
 struct AuditCount(Arc<Vault>, bool);
 
 impl std::fmt::Debug for AuditCount {

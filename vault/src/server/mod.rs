@@ -15,6 +15,7 @@ mod metrics;
 mod refusals;
 mod status;
 mod tally;
+mod tls;
 mod tokenizer;
 mod watch;
 pub mod webhook;
@@ -28,13 +29,14 @@ use std::time::Duration;
 use phivault_proto::v1::admin_server::AdminServer;
 use phivault_proto::v1::tokenizer_server::TokenizerServer;
 use tonic::codegen::http;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::transport::Server;
 
 pub use activity::{LIMITED_SUMMARY_RPC, TOKENIZE_SUMMARY_RPC};
 pub use admin::AdminService;
 pub use alerts::ALERT_RPC;
 pub use metrics::Metrics;
 pub use refusals::{MAX_SUMMARIES, SUMMARY_RPC};
+pub use tls::{TlsError, TlsOptions};
 pub use tokenizer::BREAK_GLASS_OPENED_RPC;
 pub use tokenizer::TokenizerService;
 pub use watch::SUSPENDED_RPC;
@@ -48,6 +50,9 @@ pub struct ServeOptions {
     pub listen: SocketAddr,
     /// Certificate and key (and optionally a client CA for mTLS).
     pub tls: Option<TlsOptions>,
+    /// Replacement TLS material (the files read again on SIGHUP): new
+    /// connections use it once it passes its checks, open ones keep theirs.
+    pub tls_reloads: Option<tokio::sync::watch::Receiver<TlsOptions>>,
     /// Allows plaintext gRPC on a non-loopback address. Dangerous: API keys
     /// and PHI cross the network in clear.
     pub insecure_plaintext: bool,
@@ -142,25 +147,6 @@ impl Default for TransportLimits {
     }
 }
 
-/// PEM-encoded TLS material.
-#[derive(Clone)]
-pub struct TlsOptions {
-    /// Server certificate chain.
-    pub cert_pem: Vec<u8>,
-    /// Server private key.
-    pub key_pem: Vec<u8>,
-    /// CA that client certificates must chain to; `Some` turns on mTLS.
-    pub client_ca_pem: Option<Vec<u8>>,
-}
-
-impl std::fmt::Debug for TlsOptions {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TlsOptions")
-            .field("mtls", &self.client_ca_pem.is_some())
-            .finish_non_exhaustive()
-    }
-}
-
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -173,7 +159,10 @@ pub enum ServeError {
     /// The address could not be bound.
     #[error("cannot listen on {0}: {1}")]
     Bind(SocketAddr, std::io::Error),
-    /// The transport failed (TLS configuration, I/O).
+    /// The TLS certificate, key or client CA cannot be used.
+    #[error("TLS: {0}")]
+    Tls(#[from] tls::TlsError),
+    /// The transport failed (I/O).
     #[error("gRPC transport: {0}")]
     Transport(#[from] tonic::transport::Error),
     /// Reflection could not be built from the descriptors.
@@ -352,6 +341,14 @@ pub async fn serve(
         );
     }
     install_tls_provider();
+    // Refused before anything is bound: a server that cannot present its
+    // certificate must not look started.
+    let tls = options
+        .tls
+        .as_ref()
+        .map(tls::Tls::new)
+        .transpose()?
+        .map(Arc::new);
     if let (Some(dir), Some(data_dir)) = (&options.backup_dir, vault.data_dir()) {
         let (dir_owned, data_dir) = (dir.clone(), data_dir.to_path_buf());
         let removed = tokio::task::spawn_blocking(move || {
@@ -411,7 +408,9 @@ pub async fn serve(
             window,
         ))
     });
+    let items = metrics::Items::default();
     let plane = tokenizer::Plane {
+        items: items.clone(),
         vault: Arc::clone(&vault),
         limiter: Arc::clone(&limiter),
         activity: Arc::clone(&activity),
@@ -446,7 +445,12 @@ pub async fn serve(
     .max_decoding_message_size(limits.admin_max_message_bytes)
     .max_encoding_message_size(max);
 
-    let metrics = Arc::new(Metrics::new(Arc::clone(&vault), &alerts));
+    let metrics = Arc::new(Metrics::new(
+        Arc::clone(&vault),
+        &alerts,
+        &items,
+        tls.clone(),
+    ));
     let metrics_task = match options.metrics_listen {
         Some(addr) => {
             let listener = tokio::net::TcpListener::bind(addr)
@@ -500,15 +504,6 @@ pub async fn serve(
         .timeout(limits.request_timeout)
         .accept_http1(false)
         .layer(layers);
-    if let Some(tls) = &options.tls {
-        let mut config = ServerTlsConfig::new()
-            .identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem))
-            .timeout(limits.handshake_timeout);
-        if let Some(ca) = &tls.client_ca_pem {
-            config = config.client_ca_root(Certificate::from_pem(ca));
-        }
-        builder = builder.tls_config(config)?;
-    }
     // Health and reflection answer without a key: their requests are a
     // service name or a symbol, so a few KiB is plenty, and nobody can make
     // the server buffer megabytes through them.
@@ -536,9 +531,41 @@ pub async fn serve(
         limits.ipv6_peer_prefix,
         limits.handshake_timeout,
     );
-    let result = router
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await;
+    let result = match tls {
+        Some(tls) => {
+            let reloads = options.tls_reloads.clone().map(|mut updates| {
+                let tls = Arc::clone(&tls);
+                tokio::spawn(async move {
+                    while updates.changed().await.is_ok() {
+                        let next = updates.borrow_and_update().clone();
+                        match tls.replace(&next) {
+                            Ok(()) => tracing::info!(
+                                expires_unix = tls.expires(),
+                                "TLS certificate reloaded: new connections use it, open ones keep theirs"
+                            ),
+                            Err(e) => tracing::error!(
+                                error = %e,
+                                "TLS certificate not reloaded; the one in use stays"
+                            ),
+                        }
+                    }
+                })
+            });
+            let incoming = tls::handshaken(incoming, tls, limits.handshake_timeout);
+            let result = router
+                .serve_with_incoming_shutdown(incoming, shutdown)
+                .await;
+            if let Some(task) = reloads {
+                task.abort();
+            }
+            result
+        }
+        None => {
+            router
+                .serve_with_incoming_shutdown(incoming, shutdown)
+                .await
+        }
+    };
     watch_health.abort();
     if let Some(task) = share_limits {
         task.abort();

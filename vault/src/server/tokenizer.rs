@@ -36,6 +36,8 @@ type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 #[derive(Clone)]
 pub(crate) struct Plane {
     pub(crate) vault: Arc<Vault>,
+    /// Items answered, for the metrics.
+    pub(crate) items: super::metrics::Items,
     pub(crate) limiter: Arc<Limiter>,
     pub(crate) activity: Arc<Activity>,
     pub(crate) alerts: Arc<Alerts>,
@@ -225,6 +227,7 @@ async fn tokenize(
             return Err(call.fail(e.into()));
         }
     };
+    plane.items.count("tokenize", &results);
     Ok(pb::TokenizeResponse {
         results: convert::item_results(results),
     })
@@ -345,6 +348,7 @@ async fn detokenize(
             )
             .await;
     }
+    plane.items.count("detokenize", &results);
     if request.masked {
         for value in results.iter_mut().flatten() {
             *value = crate::mask(value);
