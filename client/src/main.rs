@@ -14,7 +14,7 @@ use phivault_proto::render::{
 
 /// Command-line client of a phivault vault.
 #[derive(Parser)]
-#[command(name = "phivault-client", version, about)]
+#[command(name = "phivault-client", version, about, after_help = EXIT_CODES)]
 struct Cli {
     #[command(flatten)]
     connection: Connection,
@@ -376,6 +376,54 @@ enum ClientCommand {
     },
 }
 
+/// What the exit status says, for scripts and schedulers. Distinct from
+/// clap's 2 (a usage error), so that a run that finished with failed cells
+/// is never taken for a mistyped command.
+const EXIT_CODES: &str = "\
+Exit status:
+  0  done
+  1  failed (the call or the input was refused, or the server failed it)
+  2  usage error (a bad argument; nothing was sent)
+  3  a bulk run finished, but some cells failed (see --errors FILE)
+  4  the vault could not be reached or was unavailable: worth retrying
+  5  not authenticated or not permitted (API key, scope, revoked client)";
+
+/// Exit status 3: a bulk run that finished with failed cells.
+const EXIT_FAILED_CELLS: u8 = 3;
+/// Exit status 4: nothing answered, or the vault said it could not serve.
+const EXIT_UNAVAILABLE: u8 = 4;
+/// Exit status 5: the key or the scope was refused.
+const EXIT_DENIED: u8 = 5;
+
+/// The exit status of a command that failed with `error`.
+fn exit_status(error: &anyhow::Error) -> ExitCode {
+    use phivault_client::ClientError;
+    let of_code = |code: tonic::Code| match code {
+        tonic::Code::Unavailable
+        | tonic::Code::DeadlineExceeded
+        | tonic::Code::ResourceExhausted => ExitCode::from(EXIT_UNAVAILABLE),
+        tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => ExitCode::from(EXIT_DENIED),
+        _ => ExitCode::FAILURE,
+    };
+    for cause in error.chain() {
+        if let Some(client) = cause.downcast_ref::<ClientError>() {
+            return match client {
+                ClientError::Unreachable(_) => ExitCode::from(EXIT_UNAVAILABLE),
+                ClientError::Status(status) => of_code(status.code()),
+                _ => ExitCode::FAILURE,
+            };
+        }
+        if let Some(bulk) = cause.downcast_ref::<bulk::BulkError>() {
+            return match bulk {
+                bulk::BulkError::Refused { code, .. } => of_code(*code),
+                bulk::BulkError::Unanswered(_) => ExitCode::from(EXIT_UNAVAILABLE),
+                _ => ExitCode::FAILURE,
+            };
+        }
+    }
+    ExitCode::FAILURE
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -392,7 +440,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("phivault-client: {e:#}");
-            ExitCode::FAILURE
+            exit_status(&e)
         }
     }
 }
@@ -890,7 +938,7 @@ async fn bulk(
         }
     }
     Ok(if summary.errors > 0 {
-        ExitCode::from(2)
+        ExitCode::from(EXIT_FAILED_CELLS)
     } else {
         ExitCode::SUCCESS
     })

@@ -161,9 +161,20 @@ pub enum BulkError {
     /// without a mapped column, an oversized record, …).
     #[error("{0}")]
     Input(String),
-    /// The vault refused or failed the stream for good.
+    /// The vault answered something a vault must not (a protocol fault).
     #[error("the vault {0}")]
     Vault(String),
+    /// The vault refused or failed the stream for good, with this status.
+    #[error("the vault refused the stream: {} ({message})", crate::code_name(*code as i32))]
+    Refused {
+        /// The status.
+        code: tonic::Code,
+        /// What the vault said (it names no value or token).
+        message: String,
+    },
+    /// No node answered for the whole of `--retry-for`.
+    #[error("the vault {0}")]
+    Unanswered(String),
     /// A cell failed and the run was told to stop at the first failure.
     #[error(
         "row {row} (line {line}), {location}, namespace {namespace}: {code}; stopped (--on-error fail)"

@@ -486,7 +486,7 @@ impl Driver<'_> {
     }
 
     fn silent(&self) -> BulkError {
-        BulkError::Vault(format!(
+        BulkError::Unanswered(format!(
             "has not answered for {} (--retry-for); every row before the first unanswered one was written",
             humantime::format_duration(self.options.retry_for)
         ))
@@ -494,11 +494,11 @@ impl Driver<'_> {
 
     fn refused(&self, error: &ClientError) -> BulkError {
         match error {
-            ClientError::Status(status) => BulkError::Vault(format!(
-                "refused the stream: {} ({})",
-                code_name(status.code() as i32),
-                status.message()
-            )),
+            ClientError::Status(status) => BulkError::Refused {
+                code: status.code(),
+                message: status.message().to_owned(),
+            },
+            ClientError::Unreachable(_) => BulkError::Unanswered(format!("failed: {error}")),
             other => BulkError::Vault(format!("failed: {other}")),
         }
     }

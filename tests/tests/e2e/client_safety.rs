@@ -222,7 +222,7 @@ async fn outputs_are_private_new_and_never_followed_through_a_link() {
     // Tokens beside the rest of the record, and the failed-cell report.
     let (out, errors) = (file("out.csv"), file("errors.csv"));
     let first = bulk("tokenize", &input, &out, Some(&errors));
-    assert_eq!(first.status.code(), Some(2), "{}", stderr(&first));
+    assert_eq!(first.status.code(), Some(3), "{}", stderr(&first));
     assert_eq!(mode(&out), 0o600, "bulk output");
     assert_eq!(mode(&errors), 0o600, "errors file");
     assert!(absent(&file("out.csv.partial")));
@@ -232,7 +232,7 @@ async fn outputs_are_private_new_and_never_followed_through_a_link() {
     // Revealed values.
     let back = file("back.csv");
     let revealed = bulk("detokenize", &out, &back, None);
-    assert_eq!(revealed.status.code(), Some(2), "{}", stderr(&revealed));
+    assert_eq!(revealed.status.code(), Some(3), "{}", stderr(&revealed));
     assert_eq!(mode(&back), 0o600, "revealed output");
     assert!(
         std::fs::read_to_string(&back)

@@ -46,6 +46,35 @@ async fn client_with(
     (connect(server, Some(&key)).await, key)
 }
 
+/// Waits until `server` (started with `--metrics-listen`) has a
+/// `TokenizeStream` under way, while `run` is still going: the bulk run is
+/// streaming to this node.
+fn wait_for_stream(server: &Server, run: &mut std::process::Child) {
+    let metrics = server.metrics_addr.expect("started with --metrics-listen");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let streaming = |text: &str| {
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(
+                    r#"phivault_grpc_calls_in_progress{rpc="/phivault.v1.Tokenizer/TokenizeStream"} "#,
+                )
+            })
+            .and_then(|n| n.parse::<i64>().ok())
+            .is_some_and(|n| n > 0)
+    };
+    while !streaming(&scrape(metrics)) {
+        assert!(
+            run.try_wait().expect("poll").is_none(),
+            "the run ended before it streamed to this node"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the run did not stream to this node"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// Waits until `file` holds more than `bytes` bytes, while the bulk `run`
 /// is still going: a node stops or restarts in the middle of the run, not
 /// after it. Returns the size reached.

@@ -42,6 +42,15 @@ const KNOWN_RPCS: [&str; 17] = [
     "/phivault.v1.Admin/ExportAudit",
 ];
 
+/// The label of the RPC at `path`: one of [`KNOWN_RPCS`], or `other`.
+fn known_rpc(path: &str) -> &'static str {
+    KNOWN_RPCS
+        .iter()
+        .copied()
+        .find(|known| *known == path)
+        .unwrap_or("other")
+}
+
 /// A namespace's name: chosen by an administrator, validated, never PHI.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct NamespaceLabel {
@@ -111,6 +120,7 @@ struct BuildLabels {
 pub struct Metrics {
     registry: Registry,
     calls: Family<CallLabels, Counter>,
+    in_progress: Family<RpcLabel, Gauge>,
     latency: Family<RpcLabel, Histogram>,
     fill: Family<NamespaceLabel, Gauge<f64, AtomicU64>>,
     vault: Arc<Vault>,
@@ -150,6 +160,12 @@ impl Metrics {
             "grpc_calls",
             "gRPC calls by method and status code",
             calls.clone(),
+        );
+        let in_progress = Family::<RpcLabel, Gauge>::default();
+        registry.register(
+            "grpc_calls_in_progress",
+            "gRPC calls under way (streams included), by method",
+            in_progress.clone(),
         );
         let latency = Family::<RpcLabel, Histogram>::new_with_constructor(|| {
             // 250 µs to about 4 s.
@@ -201,18 +217,14 @@ impl Metrics {
         Self {
             registry,
             calls,
+            in_progress,
             latency,
             fill,
             vault,
         }
     }
 
-    fn record(&self, path: &str, code: String, seconds: f64) {
-        let rpc = KNOWN_RPCS
-            .iter()
-            .copied()
-            .find(|known| *known == path)
-            .unwrap_or("other");
+    fn record(&self, rpc: &'static str, code: String, seconds: f64) {
         self.calls.get_or_create(&CallLabels { rpc, code }).inc();
         self.latency
             .get_or_create(&RpcLabel { rpc })
@@ -292,20 +304,40 @@ pub(crate) struct Record<S> {
     metrics: Arc<Metrics>,
 }
 
-/// A call whose status is not known yet.
+/// A call whose status is not known yet: counted in progress until it is
+/// dropped.
 struct Pending {
     metrics: Arc<Metrics>,
-    path: String,
+    rpc: &'static str,
     started: Instant,
 }
 
 impl Pending {
+    fn start(metrics: Arc<Metrics>, path: &str) -> Self {
+        let rpc = known_rpc(path);
+        metrics.in_progress.get_or_create(&RpcLabel { rpc }).inc();
+        Self {
+            metrics,
+            rpc,
+            started: Instant::now(),
+        }
+    }
+
     fn finish(self, code: tonic::Code) {
         self.metrics.record(
-            &self.path,
+            self.rpc,
             format!("{code:?}"),
             self.started.elapsed().as_secs_f64(),
         );
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.metrics
+            .in_progress
+            .get_or_create(&RpcLabel { rpc: self.rpc })
+            .dec();
     }
 }
 
@@ -330,11 +362,7 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let pending = Pending {
-            path: request.uri().path().to_owned(),
-            started: Instant::now(),
-            metrics: Arc::clone(&self.metrics),
-        };
+        let pending = Pending::start(Arc::clone(&self.metrics), request.uri().path());
         let response = self.inner.call(request);
         Box::pin(async move {
             let response = response.await?;
