@@ -22,7 +22,6 @@ use crate::audit::{AuditLog, AuditRecord, AuditReport, Disclosure};
 use crate::auth::{self, ApiKey, AuthError, Client, ClientRecord, ClientTable, Scope};
 use crate::clock::now_secs;
 use crate::coalesce::Coalesced;
-use crate::crypto::kek::KdfRecord;
 use crate::crypto::{
     AuditKey, CryptoError, KdfParams, Kek, KeyPurpose, Keyset, MasterKey, Protection, SlotRng,
     TokenRng,
@@ -38,7 +37,7 @@ use crate::store::{
     Genesis, InsertOutcome, Inserted, Location, MappingRows, NamespaceRow, NewValues, RowKey,
     Storage, StoreError, StoreOptions,
 };
-use crate::unseal::{MIN_PASSPHRASE_CHARS, Unsealed, derive_kek, protect_rows, unseal_kek};
+use crate::unseal::{MIN_PASSPHRASE_CHARS, Unsealed, protect_rows, unseal_kek};
 
 pub use crate::store::Durability;
 
@@ -426,8 +425,7 @@ impl Vault {
             });
         }
         options.kdf.check().map_err(Error::MasterKey)?;
-        let record = KdfRecord::generate(&master, options.kdf).map_err(Error::Crypto)?;
-        let kek = derive_kek(master, record.clone()).await?;
+        let (record, kek) = crate::unseal::new_kek(master, options.kdf).await?;
         let check = kek
             .check_value(&record, Protection::CURRENT)
             .map_err(Error::Crypto)?;

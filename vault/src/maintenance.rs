@@ -6,13 +6,12 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::crypto::kek::KdfRecord;
 use crate::crypto::{KdfParams, KeyPurpose, MasterKey};
 use crate::error::Error;
 use crate::keyring::{Keyring, live_keysets, load_keyring, reverse_ad};
 use crate::store::schema;
 use crate::store::schema::{ForwardKey, ReverseRow};
-use crate::unseal::{MIN_PASSPHRASE_CHARS, Unsealed, derive_kek, protect_rows, unseal_kek};
+use crate::unseal::{MIN_PASSPHRASE_CHARS, Unsealed, protect_rows, unseal_kek};
 use std::collections::HashMap;
 
 use crate::Namespace;
@@ -676,8 +675,7 @@ pub(crate) async fn rekey(
     protect_rows(store.as_ref(), &old_kek, protection).await?;
     failpoint("rekey-opened");
     let rows = live_keysets(store.as_ref(), &old_kek).await?;
-    let record = KdfRecord::generate(&new, kdf).map_err(Error::Crypto)?;
-    let new_kek = derive_kek(new, record.clone()).await?;
+    let (record, new_kek) = crate::unseal::new_kek(new, kdf).await?;
     failpoint("rekey-derived");
     let check = new_kek
         .check_value(&record, crate::crypto::Protection::CURRENT)

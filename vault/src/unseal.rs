@@ -23,10 +23,12 @@ fn master_key_error(e: CryptoError) -> Error {
     }
 }
 
-pub(crate) async fn derive_kek(master: MasterKey, record: KdfRecord) -> Result<Kek, Error> {
-    // Argon2id at 64 MiB takes a noticeable fraction of a second: keep it off
-    // the async workers.
-    tokio::task::spawn_blocking(move || Kek::derive(&master, &record))
+/// Runs `derive` off the async workers: Argon2id at 64 MiB takes a
+/// noticeable fraction of a second, and an HSM answers over its own link.
+async fn off_workers<T: Send + 'static>(
+    derive: impl FnOnce() -> Result<T, CryptoError> + Send + 'static,
+) -> Result<T, Error> {
+    tokio::task::spawn_blocking(derive)
         .await
         .map_err(|_| {
             Error::Crypto(CryptoError::KdfParams(
@@ -34,6 +36,24 @@ pub(crate) async fn derive_kek(master: MasterKey, record: KdfRecord) -> Result<K
             ))
         })?
         .map_err(master_key_error)
+}
+
+pub(crate) async fn derive_kek(master: MasterKey, record: KdfRecord) -> Result<Kek, Error> {
+    off_workers(move || Kek::derive(&master, &record)).await
+}
+
+/// A new KDF record for `master` (under an HSM, a new secret it wraps) and
+/// the KEK it derives.
+pub(crate) async fn new_kek(
+    master: MasterKey,
+    params: crate::crypto::KdfParams,
+) -> Result<(KdfRecord, Kek), Error> {
+    off_workers(move || {
+        let record = KdfRecord::generate(&master, params)?;
+        let kek = Kek::derive(&master, &record)?;
+        Ok((record, kek))
+    })
+    .await
 }
 
 /// Derives the KEK of the vault at `location` and checks it against the

@@ -586,13 +586,11 @@ fn resolve(args: ServeArgs) -> anyhow::Result<ServeArgs> {
             "give one of a passphrase file, a master key file, an HSM (--hsm) or key shares, not several"
         );
     }
-    if let Some(uri) = &resolved.hsm
-        && (uri.contains("pin-value=") || uri.contains("pin-value%3D"))
-    {
-        // Refused before anything prints it (`--check-config`).
-        bail!(
-            "the HSM URI holds the PIN (pin-value): put it in a file and give pin-source=file:PATH"
-        );
+    if let Some(uri) = &resolved.hsm {
+        // Checked by the parser itself before anything prints it
+        // (`--check-config`): a PIN in the URI, or in place of its file, is
+        // refused without being repeated.
+        HsmSeal::check_uri(uri)?;
     }
     Ok(resolved)
 }
@@ -755,14 +753,27 @@ fn split_new_key(
             Ok(())
         });
         if let Err(e) = made {
-            for path in &written {
-                let _ = std::fs::remove_file(path);
-            }
+            let _ = std::fs::remove_file(&path);
+            remove_all(&written);
             return Err(e);
         }
         written.push(path);
     }
+    // The shares are the only copy of the key: on disk for good before the
+    // vault is sealed with it.
+    let synced = std::fs::File::open(dir).and_then(|d| d.sync_all());
+    if let Err(e) = synced {
+        remove_all(&written);
+        return Err(anyhow::Error::new(e).context(format!("cannot sync {}", dir.display())));
+    }
     Ok((MasterKey::KeyFile(key), written))
+}
+
+/// Removes the share files of a split whose vault was never sealed with it.
+fn remove_all(files: &[PathBuf]) {
+    for file in files {
+        let _ = std::fs::remove_file(file);
+    }
 }
 
 /// The HSM seal a PKCS#11 URI names; with `create`, its key is made on
@@ -1200,15 +1211,14 @@ fn print_report(report: &phivault::VerifyReport) {
 
 async fn rekey(args: RekeyArgs) -> anyhow::Result<()> {
     let old = master_key(args.vault.seal(), false, false)?;
+    let mut share_files = Vec::new();
     let new = if let (Some(count), Some(threshold), Some(dir)) = (
         args.new_key_shares,
         args.new_key_threshold,
         &args.new_key_share_dir,
     ) {
         let (master, files) = split_new_key(dir, count, threshold)?;
-        for file in &files {
-            println!("key share written to {} (mode 0600)", file.display());
-        }
+        share_files = files;
         master
     } else if let Some(uri) = &args.new_hsm {
         hsm_seal(uri, args.create_new_hsm_key)?
@@ -1236,7 +1246,19 @@ async fn rekey(args: RekeyArgs) -> anyhow::Result<()> {
         MasterKey::Passphrase(first)
     };
     let location = args.vault.store.location(None)?;
-    Vault::rekey(&location, old, new, args.kdf.params()?).await?;
+    if let Err(e) = Vault::rekey(&location, old, new, args.kdf.params()?).await {
+        // The files stay: a rekey that failed after its commit is sealed
+        // with them, and they would be the only copy of the key.
+        if !share_files.is_empty() {
+            eprintln!(
+                "the rekey failed; the new key shares were kept in case it committed: check which key opens the vault (`phivault status` with the old key, then with the new shares) before removing them"
+            );
+        }
+        return Err(e.into());
+    }
+    for file in &share_files {
+        println!("key share written to {} (mode 0600)", file.display());
+    }
     println!(
         "master key replaced for {location}; the old passphrase or key file no longer opens it"
     );

@@ -32,6 +32,8 @@ use super::CryptoError;
 
 const IV_LEN: usize = 12;
 const TAG_BITS: u64 = 128;
+/// A wrapped secret: IV, 32 bytes of ciphertext, 16 of tag.
+pub(crate) const WRAPPED_LEN: usize = IV_LEN + 32 + 16;
 /// Bound into the wrapping as associated data, with the vault's salt, so a
 /// blob wrapped for another purpose or another vault under the same HSM key
 /// does not unwrap here.
@@ -63,6 +65,38 @@ impl std::fmt::Debug for HsmSeal {
             .field("key", &self.key_label)
             .finish_non_exhaustive()
     }
+}
+
+/// The modules this process has loaded and initialised, by path. A module
+/// is loaded once and kept: PKCS#11 allows one initialisation per process,
+/// and unloading a vendor library under its own worker threads can crash
+/// the process.
+static MODULES: std::sync::Mutex<Vec<(PathBuf, Pkcs11)>> = std::sync::Mutex::new(Vec::new());
+
+fn loaded(path: &std::path::Path) -> Result<Pkcs11, CryptoError> {
+    let mut modules = MODULES.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, module)) = modules.iter().find(|(p, _)| p == path) {
+        return Ok(module.clone());
+    }
+    let module = Pkcs11::new(path).map_err(|e| {
+        hsm_error(format!(
+            "cannot load the PKCS#11 module {}: {}",
+            path.display(),
+            said(&e)
+        ))
+    })?;
+    match module.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+        // Another library of this process initialised it already.
+        Ok(()) | Err(Pkcs11Error::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
+        Err(e) => {
+            return Err(hsm_error(format!(
+                "the PKCS#11 module would not initialise: {}",
+                said(&e)
+            )));
+        }
+    }
+    modules.push((path.to_path_buf(), module.clone()));
+    Ok(module)
 }
 
 fn hsm_error(what: impl Into<String>) -> CryptoError {
@@ -106,6 +140,34 @@ fn percent_decoded(text: &str, what: &str) -> Result<String, CryptoError> {
 impl HsmSeal {
     /// Parses a PKCS#11 URI and reads the PIN from its `pin-source` file.
     pub fn from_uri(uri: &str) -> Result<Self, CryptoError> {
+        let mut seal = Self::parse(uri)?;
+        let text = Zeroizing::new(std::fs::read_to_string(&seal.pin_file).map_err(|e| {
+            hsm_error(format!(
+                "cannot read the PIN file {}: {}",
+                seal.pin_file.display(),
+                e.kind()
+            ))
+        })?);
+        let pin = text.strip_suffix('\n').unwrap_or(&text);
+        let pin = pin.strip_suffix('\r').unwrap_or(pin);
+        if pin.is_empty() {
+            return Err(hsm_error(format!(
+                "the PIN file {} is empty",
+                seal.pin_file.display()
+            )));
+        }
+        seal.pin = Zeroizing::new(pin.to_owned());
+        Ok(seal)
+    }
+
+    /// Checks a PKCS#11 URI without reading its PIN file: what a setting
+    /// must pass before anything prints it.
+    pub fn check_uri(uri: &str) -> Result<(), CryptoError> {
+        Self::parse(uri).map(|_| ())
+    }
+
+    /// The seal a URI names, its PIN not read yet.
+    fn parse(uri: &str) -> Result<Self, CryptoError> {
         let rest = uri
             .strip_prefix("pkcs11:")
             .ok_or_else(|| hsm_error("a PKCS#11 URI starts with \"pkcs11:\""))?;
@@ -198,22 +260,21 @@ impl HsmSeal {
         })?;
         let pin_source = pin_source
             .ok_or_else(|| hsm_error("the PKCS#11 URI names no PIN file (pin-source=file:PATH)"))?;
-        let pin_file = pin_source.strip_prefix("file:").unwrap_or(&pin_source);
-        let pin_file = pin_file.strip_prefix("//").unwrap_or(pin_file);
-        let text = Zeroizing::new(std::fs::read_to_string(pin_file).map_err(|e| {
-            hsm_error(format!("cannot read the PIN file {pin_file}: {}", e.kind()))
-        })?);
-        let pin = text.strip_suffix('\n').unwrap_or(&text);
-        let pin = pin.strip_suffix('\r').unwrap_or(pin);
-        if pin.is_empty() {
-            return Err(hsm_error(format!("the PIN file {pin_file} is empty")));
-        }
+        // Anything but a file: URI may be the PIN itself, typed in the wrong
+        // place: refused without repeating it.
+        let pin_file = pin_source
+            .strip_prefix("file:")
+            .map(|rest| rest.strip_prefix("//").unwrap_or(rest))
+            .filter(|path| path.starts_with('/'))
+            .ok_or_else(|| {
+                hsm_error("the PKCS#11 URI's pin-source must be file:/absolute/path of a file holding the PIN")
+            })?;
         Ok(Self {
             module,
             token,
             key_label,
             pin_file: PathBuf::from(pin_file),
-            pin: Zeroizing::new(pin.to_owned()),
+            pin: Zeroizing::new(String::new()),
         })
     }
 
@@ -230,27 +291,37 @@ impl HsmSeal {
         }
     }
 
-    /// A logged-in session on the chosen token. The module is loaded for
-    /// each operation: unsealing happens once per start, and a module kept
-    /// loaded would hold the HSM's session for the life of the process.
-    fn session(&self) -> Result<(Pkcs11, Session), CryptoError> {
-        let module = Pkcs11::new(&self.module).map_err(|e| {
-            hsm_error(format!(
-                "cannot load the PKCS#11 module {}: {}",
-                self.module.display(),
-                said(&e)
-            ))
-        })?;
-        module
-            .initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
-            .map_err(|e| {
-                hsm_error(format!(
-                    "the PKCS#11 module would not initialise: {}",
-                    said(&e)
-                ))
-            })?;
+    /// A logged-in session on the chosen token (read-write only to make a
+    /// key: a write-protected token still unseals).
+    fn session(&self, write: bool) -> Result<Session, CryptoError> {
+        let module = loaded(&self.module)?;
         let slot = self.slot(&module)?;
-        let session = module.open_rw_session(slot).map_err(|e| {
+        // Every failed login spends one of the token's tries, and a service
+        // manager restarting a vault with a wrong PIN file would lock the
+        // token for good: on the last try, stop before spending it.
+        if let Ok(info) = module.get_token_info(slot) {
+            if info.user_pin_locked() {
+                return Err(hsm_error(
+                    "the token's user PIN is locked after too many wrong tries; its security officer must unlock it",
+                ));
+            }
+            if info.user_pin_final_try() {
+                return Err(hsm_error(
+                    "the token allows one more PIN try before it locks: not spending it unattended; check the PIN file, then log in once by hand (or have the security officer reset the count)",
+                ));
+            }
+            if info.user_pin_count_low() {
+                tracing::warn!(
+                    "the token reports wrong PIN tries since the last good one; it locks after a few more"
+                );
+            }
+        }
+        let opened = if write {
+            module.open_rw_session(slot)
+        } else {
+            module.open_ro_session(slot)
+        };
+        let session = opened.map_err(|e| {
             hsm_error(format!(
                 "cannot open a session with the token: {}",
                 said(&e)
@@ -275,7 +346,7 @@ impl HsmSeal {
                 )));
             }
         }
-        Ok((module, session))
+        Ok(session)
     }
 
     fn slot(&self, module: &Pkcs11) -> Result<Slot, CryptoError> {
@@ -284,11 +355,20 @@ impl HsmSeal {
             .map_err(|e| hsm_error(format!("cannot list the module's tokens: {}", said(&e))))?;
         let found = match &self.token {
             TokenChoice::Slot(id) => slots.into_iter().find(|s| s.id() == *id),
-            TokenChoice::Label(label) => slots.into_iter().find(|s| {
-                module
-                    .get_token_info(*s)
-                    .is_ok_and(|info| info.label().trim_end() == label.as_str())
-            }),
+            TokenChoice::Label(label) => {
+                let mut labelled = slots.into_iter().filter(|s| {
+                    module
+                        .get_token_info(*s)
+                        .is_ok_and(|info| info.label().trim_end() == label.as_str())
+                });
+                let first = labelled.next();
+                if first.is_some() && labelled.next().is_some() {
+                    return Err(hsm_error(format!(
+                        "the module has more than one token labelled {label:?}: name the slot (slot-id=N) instead"
+                    )));
+                }
+                first
+            }
         };
         found.ok_or_else(|| match &self.token {
             TokenChoice::Label(label) => {
@@ -329,7 +409,7 @@ impl HsmSeal {
     /// there: AES-256, kept on the token, sensitive and never extractable,
     /// usable only to encrypt and decrypt. Whether it made one.
     pub fn create_key(&self) -> Result<bool, CryptoError> {
-        let (_module, session) = self.session()?;
+        let session = self.session(true)?;
         if self.key(&session)?.is_some() {
             return Ok(false);
         }
@@ -360,14 +440,13 @@ impl HsmSeal {
     /// followed by the ciphertext and tag. Refuses a key that could leave
     /// the token.
     pub(crate) fn wrap(&self, secret: &[u8; 32], salt: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        let (_module, session) = self.session()?;
+        let session = self.session(false)?;
         let key = self.existing_key(&session)?;
         self.check_kept_inside(&session, key)?;
         let mut iv = [0u8; IV_LEN];
         super::fill_random(&mut iv)?;
         let aad = [WRAP_CONTEXT, salt].concat();
-        let mut params_iv = iv;
-        let params = GcmParams::new(&mut params_iv, &aad, TAG_BITS.into())
+        let params = GcmParams::new(&mut iv, &aad, TAG_BITS.into())
             .map_err(|e| hsm_error(format!("AES-GCM parameters: {e}")))?;
         let sealed = session
             .encrypt(&Mechanism::AesGcm(params), key, secret)
@@ -377,6 +456,8 @@ impl HsmSeal {
                     said(&e)
                 ))
             })?;
+        // Some HSMs choose the IV themselves and write it back into the
+        // parameters (CloudHSM, FIPS modes): keep the one actually used.
         Ok([iv.as_slice(), &sealed].concat())
     }
 
@@ -388,18 +469,21 @@ impl HsmSeal {
         wrapped: &[u8],
         salt: &[u8],
     ) -> Result<Zeroizing<[u8; 32]>, CryptoError> {
+        // Tokens do not say why a GCM tag failed: the key is another than
+        // the vault was sealed with, or the stored secret was altered.
         let not_this_vault = |e: &Pkcs11Error| {
             hsm_error(format!(
-                "the {} does not open this vault's sealed secret: it is not the key the vault was sealed with (the token said {})",
+                "the {} does not open this vault's sealed secret: it is not the key the vault was sealed with, or the sealed secret was altered (the token said {})",
                 self.place(),
                 said(e)
             ))
         };
-        if wrapped.len() <= IV_LEN {
+        if wrapped.len() != WRAPPED_LEN {
             return Err(CryptoError::Corrupt);
         }
-        let (_module, session) = self.session()?;
+        let session = self.session(false)?;
         let key = self.existing_key(&session)?;
+        self.check_kept_inside(&session, key)?;
         let mut iv = [0u8; IV_LEN];
         iv.copy_from_slice(&wrapped[..IV_LEN]);
         let aad = [WRAP_CONTEXT, salt].concat();
@@ -433,28 +517,46 @@ impl HsmSeal {
         Ok(secret)
     }
 
-    /// A key marked extractable, or not sensitive, could be read out of the
-    /// token, and the seal would be a file by another name.
+    /// Refuses a key whose value exists, or has existed, outside the token
+    /// (not sensitive, extractable, once either: an imported key), or that
+    /// is not AES-256; an attribute the token will not report counts as a
+    /// refusal, not a pass.
     fn check_kept_inside(&self, session: &Session, key: ObjectHandle) -> Result<(), CryptoError> {
+        let wanted = [
+            AttributeType::Sensitive,
+            AttributeType::Extractable,
+            AttributeType::AlwaysSensitive,
+            AttributeType::NeverExtractable,
+            AttributeType::ValueLen,
+        ];
         let attributes = session
-            .get_attributes(key, &[AttributeType::Sensitive, AttributeType::Extractable])
+            .get_attributes(key, &wanted)
             .map_err(|e| hsm_error(format!("cannot read the key's attributes: {}", said(&e))))?;
+        let refuse = |why: &str| Err(hsm_error(format!("the {} {why}", self.place())));
+        let mut seen = 0;
         for attribute in attributes {
+            seen += 1;
             match attribute {
-                Attribute::Sensitive(false) => {
-                    return Err(hsm_error(format!(
-                        "the {} is not sensitive (CKA_SENSITIVE false): its value can be read off the token",
-                        self.place()
-                    )));
+                Attribute::Sensitive(false) | Attribute::AlwaysSensitive(false) => {
+                    return refuse(
+                        "is, or once was, not sensitive (CKA_SENSITIVE / CKA_ALWAYS_SENSITIVE false): its value has been readable off the token",
+                    );
                 }
-                Attribute::Extractable(true) => {
-                    return Err(hsm_error(format!(
-                        "the {} is extractable (CKA_EXTRACTABLE true): it can leave the token",
-                        self.place()
-                    )));
+                Attribute::Extractable(true) | Attribute::NeverExtractable(false) => {
+                    return refuse(
+                        "is, or once was, extractable (CKA_EXTRACTABLE true / CKA_NEVER_EXTRACTABLE false): it can have left the token",
+                    );
+                }
+                Attribute::ValueLen(len) if u64::from(len) != 32 => {
+                    return refuse("is not a 256-bit AES key");
                 }
                 _ => {}
             }
+        }
+        if seen < wanted.len() {
+            return refuse(
+                "does not report whether it is sensitive and never extractable, or its length: it cannot be trusted to stay inside",
+            );
         }
         Ok(())
     }
@@ -517,6 +619,11 @@ mod tests {
             (
                 "pkcs11:token=a;object=b?module-path=/m.so&pin-value=s3cret".to_owned(),
                 "pin-source",
+            ),
+            // The PIN typed where its file goes.
+            (
+                "pkcs11:token=a;object=b?module-path=/m.so&pin-source=s3cret".to_owned(),
+                "file:/absolute/path",
             ),
             (
                 format!(

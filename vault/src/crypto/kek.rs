@@ -266,7 +266,9 @@ impl KdfRecord {
     pub(crate) fn decode(bytes: &[u8]) -> Option<Self> {
         let wrapped = match (bytes.first(), bytes.get(1)) {
             (Some(&RECORD_VERSION), _) if bytes.len() == RECORD_LEN => Vec::new(),
-            (Some(&RECORD_VERSION_WRAPPED), Some(&KIND_PKCS11)) if bytes.len() > RECORD_LEN => {
+            (Some(&RECORD_VERSION_WRAPPED), Some(&KIND_PKCS11))
+                if bytes.len() == RECORD_LEN + super::hsm::WRAPPED_LEN =>
+            {
                 bytes[RECORD_LEN..].to_vec()
             }
             _ => return None,
@@ -441,7 +443,7 @@ mod tests {
                 p_cost: 0,
             },
             salt: [7; SALT_LEN],
-            wrapped: vec![9; 60],
+            wrapped: vec![9; super::super::hsm::WRAPPED_LEN],
         };
         let encoded = record.encode();
         assert_eq!(encoded[0], RECORD_VERSION_WRAPPED);

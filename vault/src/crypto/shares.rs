@@ -48,18 +48,36 @@ pub fn split(
     let mut set = [0u8; 4];
     super::fill_random(&mut set)?;
     let set = hex(&set).to_string();
+    // blahaj's dealer keeps the polynomials (the key's bytes among their
+    // coefficients) in memory it does not wipe when dropped; the shares
+    // themselves wipe on drop.
     let dealer = blahaj::Sharks(threshold).dealer(key);
     Ok(dealer
         .take(usize::from(count))
         .map(|share| {
             let bytes = Zeroizing::new(Vec::<u8>::from(&share));
-            let body = Zeroizing::new(format!(
-                "{PREFIX}-{set}-{threshold}-{}-{}",
-                bytes[0],
-                hex(&bytes[1..]).as_str()
-            ));
-            let check = checksum(&body);
-            Zeroizing::new(format!("{}-{check}", body.as_str()))
+            let data = hex(&bytes[1..]);
+            let number = bytes[0].to_string();
+            let threshold = threshold.to_string();
+            // Sized first and never regrown, so no copy of the share is
+            // left behind in freed memory.
+            let body_len = PREFIX.len()
+                + 1
+                + set.len()
+                + 1
+                + threshold.len()
+                + 1
+                + number.len()
+                + 1
+                + data.len();
+            let mut line = Zeroizing::new(String::with_capacity(body_len + 1 + 8));
+            for piece in [PREFIX, "-", &set, "-", &threshold, "-", &number, "-", &data] {
+                line.push_str(piece);
+            }
+            let check = checksum(&line);
+            line.push('-');
+            line.push_str(&check);
+            line
         })
         .collect())
 }
@@ -75,22 +93,27 @@ pub fn combine(shares: &[impl AsRef<str>]) -> Result<Zeroizing<[u8; 32]>, Crypto
     for (i, text) in shares.iter().enumerate() {
         let n = i + 1;
         let text = text.as_ref().trim();
-        let (body, check) = text
-            .rsplit_once('-')
-            .filter(|(body, _)| body.starts_with(PREFIX))
-            .ok_or_else(|| share_error(format!("key share {n} is not a phivault key share")))?;
+        let Some((body, fields)) = fields_of(text) else {
+            return Err(share_error(format!(
+                "key share {n} is not a phivault key share"
+            )));
+        };
+        let check = &text[body.len() + 1..];
         if checksum(body) != check.to_ascii_lowercase() {
             return Err(share_error(format!(
                 "key share {n} is mistyped: its checksum does not match"
             )));
         }
-        let fields: Vec<&str> = body[PREFIX.len()..].split('-').skip(1).collect();
-        let [share_set, threshold, number, data] = fields[..] else {
-            return Err(share_error(format!("key share {n} is malformed")));
-        };
-        let (Ok(threshold), Ok(number), Some(data)) = (
-            threshold.parse::<u8>(),
-            number.parse::<u8>(),
+        let [share_set, threshold, number, data] = fields;
+        // A share numbered 0 would be the key itself (the polynomial at 0),
+        // so that one crafted line decided the result: split never makes
+        // one, nor a threshold outside 2..=MAX_SHARES.
+        let (Some(threshold), Some(number), Some(data)) = (
+            threshold
+                .parse::<u8>()
+                .ok()
+                .filter(|t| (2..=MAX_SHARES).contains(t)),
+            number.parse::<u8>().ok().filter(|n| *n >= 1),
             unhex(data).filter(|d| d.len() == 32),
         ) else {
             return Err(share_error(format!("key share {n} is malformed")));
@@ -143,11 +166,25 @@ pub fn combine(shares: &[impl AsRef<str>]) -> Result<Zeroizing<[u8; 32]>, Crypto
 /// How many shares the split that `share` belongs to needs, if it is a
 /// well-formed share: to know how many more to ask for.
 pub fn threshold_of(share: &str) -> Option<u8> {
-    let (body, check) = share.trim().rsplit_once('-')?;
-    if !body.starts_with(PREFIX) || checksum(body) != check.to_ascii_lowercase() {
+    let text = share.trim();
+    let (body, [_, threshold, _, _]) = fields_of(text)?;
+    if checksum(body) != text[body.len() + 1..].to_ascii_lowercase() {
         return None;
     }
-    body[PREFIX.len()..].split('-').nth(2)?.parse().ok()
+    threshold
+        .parse()
+        .ok()
+        .filter(|t| (2..=MAX_SHARES).contains(t))
+}
+
+/// A share line's body (all but the checksum) and its four fields: set,
+/// threshold, number, data. `None` unless it is exactly this format.
+fn fields_of(text: &str) -> Option<(&str, [&str; 4])> {
+    let (body, _check) = text.rsplit_once('-')?;
+    let rest = body.strip_prefix(PREFIX)?.strip_prefix('-')?;
+    let mut parts = rest.split('-');
+    let fields = [parts.next()?, parts.next()?, parts.next()?, parts.next()?];
+    parts.next().is_none().then_some((body, fields))
 }
 
 fn checksum(body: &str) -> String {
@@ -213,6 +250,29 @@ mod tests {
                 assert!(!refused.contains(share.as_str()), "{refused}");
             }
             assert!(!refused.contains("hunter2"), "{refused}");
+        }
+        // Lines split never makes: a share numbered 0 (the key itself), a
+        // threshold of 1, another format version. Checksums made right, so
+        // that only the fields are wrong.
+        let good = shares[0].as_str();
+        let fields: Vec<&str> = good.split('-').collect();
+        let forge = |number: &str, threshold: &str, prefix: &str| {
+            let body = format!("{prefix}-{}-{threshold}-{number}-{}", fields[3], fields[6]);
+            let check = checksum(&body);
+            format!("{body}-{check}")
+        };
+        for (forged, expected) in [
+            (forge("0", fields[4], PREFIX), "malformed"),
+            (forge(fields[5], "1", PREFIX), "malformed"),
+            (
+                forge(fields[5], fields[4], "phivault-share-10"),
+                "not a phivault key share",
+            ),
+        ] {
+            let refused = combine(&[forged.as_str(), shares[1].as_str()])
+                .expect_err(&forged)
+                .to_string();
+            assert!(refused.contains(expected), "{refused}");
         }
         assert!(split(&[0; 32], 1, 3).is_err());
         assert!(split(&[0; 32], 4, 3).is_err());

@@ -305,11 +305,14 @@ pub(crate) struct Record<S> {
 }
 
 /// A call whose status is not known yet: counted in progress until it is
-/// dropped.
+/// dropped, and as `Cancelled` if dropped before a status was seen (the
+/// client went away, or the server's request timeout, which sits outside
+/// this layer, gave up on it).
 struct Pending {
     metrics: Arc<Metrics>,
     rpc: &'static str,
     started: Instant,
+    finished: bool,
 }
 
 impl Pending {
@@ -320,10 +323,16 @@ impl Pending {
             metrics,
             rpc,
             started: Instant::now(),
+            finished: false,
         }
     }
 
-    fn finish(self, code: tonic::Code) {
+    fn finish(mut self, code: tonic::Code) {
+        self.record(code);
+    }
+
+    fn record(&mut self, code: tonic::Code) {
+        self.finished = true;
         self.metrics.record(
             self.rpc,
             format!("{code:?}"),
@@ -334,6 +343,9 @@ impl Pending {
 
 impl Drop for Pending {
     fn drop(&mut self) {
+        if !self.finished {
+            self.record(tonic::Code::Cancelled);
+        }
         self.metrics
             .in_progress
             .get_or_create(&RpcLabel { rpc: self.rpc })
@@ -379,7 +391,7 @@ where
 }
 
 /// A response body that records its call when the status passes in the
-/// trailers (or when it is dropped without one).
+/// trailers (dropped without one, its call counts as `Cancelled`).
 pub(crate) struct Recorded<B> {
     inner: B,
     call: Option<Pending>,
@@ -420,14 +432,6 @@ impl<B: http_body::Body + Unpin> http_body::Body for Recorded<B> {
     }
 }
 
-impl<B> Drop for Recorded<B> {
-    fn drop(&mut self) {
-        if let Some(call) = self.call.take() {
-            call.finish(tonic::Code::Cancelled);
-        }
-    }
-}
-
 /// How long `/readyz` waits for the store to answer.
 const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -462,10 +466,13 @@ pub(crate) async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metric
             axum::routing::get(move || {
                 let metrics = Arc::clone(&metrics);
                 async move {
+                    // What prometheus-client writes is OpenMetrics (an
+                    // `info` type, a closing `# EOF`), which Prometheus's
+                    // older text parser refuses: say so.
                     (
                         [(
                             http::header::CONTENT_TYPE,
-                            "text/plain; version=0.0.4; charset=utf-8",
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
                         )],
                         metrics.render(),
                     )
