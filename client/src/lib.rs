@@ -1163,6 +1163,17 @@ impl Client {
         Ok(response.new_version)
     }
 
+    /// What the node in use is (version, store) and the limits it applies:
+    /// the most items per request, the largest message and value. Any valid
+    /// key may ask.
+    pub async fn server_info(&self) -> Result<pb::GetServerInfoResponse, ClientError> {
+        self.call(Retry::Idempotent, |node: Node| async move {
+            let mut tokenizer = node.tokenizer;
+            tokenizer.get_server_info(pb::GetServerInfoRequest {}).await
+        })
+        .await
+    }
+
     /// Key versions and rotation progress.
     pub async fn key_status(&self) -> Result<pb::KeyStatus, ClientError> {
         self.call(Retry::Idempotent, |node: Node| async move {

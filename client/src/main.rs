@@ -144,6 +144,9 @@ enum Command {
     },
     /// Check the server's health (exit status 0 when serving).
     Health,
+    /// The server's version, store and limits (items per request, message
+    /// and value sizes).
+    Info,
     /// Verify, query and export the audit trail (the audit scope).
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -1251,6 +1254,30 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let serving = client.health().await?;
             println!("{}", if serving { "SERVING" } else { "NOT_SERVING" });
             serving
+        }
+        Command::Info => {
+            let info = client.server_info().await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "version": info.version,
+                        "apis": info.apis,
+                        "store": info.store,
+                        "max_message_bytes": info.max_message_bytes,
+                        "max_items": info.max_items,
+                        "max_value_bytes": info.max_value_bytes,
+                    })
+                );
+            } else {
+                println!("version {}", info.version);
+                println!("apis {}", info.apis.join(" "));
+                println!("store {}", info.store);
+                println!("max_message_bytes {}", info.max_message_bytes);
+                println!("max_items {}", info.max_items);
+                println!("max_value_bytes {}", info.max_value_bytes);
+            }
+            true
         }
     };
     Ok(if ok {

@@ -63,6 +63,13 @@ impl Tokenizer for Echo {
         }))
     }
 
+    async fn get_server_info(
+        &self,
+        _: Request<pb::GetServerInfoRequest>,
+    ) -> Result<Response<pb::GetServerInfoResponse>, Status> {
+        Ok(Response::new(pb::GetServerInfoResponse::default()))
+    }
+
     type TokenizeStreamStream =
         futures_util::stream::BoxStream<'static, Result<pb::TokenizeResponse, Status>>;
 

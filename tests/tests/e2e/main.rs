@@ -1075,6 +1075,38 @@ async fn sighup_swaps_the_tls_certificate_without_dropping_a_connection() {
     assert!(!log.contains("123-45-6789"), "{log}");
 }
 
+/// Any valid key learns the server's version, store and limits; no key,
+/// nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_info_names_version_store_and_limits_to_any_valid_key() {
+    let vault = VaultDir::init();
+    let server = Server::start(&vault, &["--max-items", "500"]);
+    let admin = connect(&server, Some(&vault.admin_key)).await;
+    let (pipeline, key) = client_with(&admin, &server, "pipeline", &["tokenize:ssn"]).await;
+    let info = pipeline.server_info().await.expect("server info");
+    assert_eq!(info.version, env!("CARGO_PKG_VERSION"));
+    assert_eq!(info.apis, ["phivault.v1"]);
+    let store = if phivault_tests::on_postgres() {
+        "postgres"
+    } else {
+        "embedded"
+    };
+    assert_eq!(info.store, store);
+    assert_eq!(info.max_items, 500);
+    assert_eq!(info.max_message_bytes, 4 << 20);
+    assert_eq!(info.max_value_bytes, 4096);
+    let anonymous = connect(&server, None).await;
+    assert_eq!(
+        code(anonymous.server_info().await.expect_err("no key")),
+        Code::Unauthenticated
+    );
+    let printed = cli(&server, &key, &["--json", "info"], "");
+    assert!(printed.status.success());
+    let printed: serde_json::Value = serde_json::from_slice(&printed.stdout).expect("JSON");
+    assert_eq!(printed["max_items"], 500);
+    assert_eq!(printed["store"], store);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reflection_lists_every_service() {
     use tonic_reflection::pb::v1::ServerReflectionRequest;

@@ -22,11 +22,12 @@ use crate::store::BATCH_BUCKETS;
 
 /// The RPCs metrics are kept for. Anything else is counted as `other`, so
 /// that a caller cannot grow the label set by inventing method names.
-const KNOWN_RPCS: [&str; 17] = [
+const KNOWN_RPCS: [&str; 18] = [
     "/phivault.v1.Tokenizer/Tokenize",
     "/phivault.v1.Tokenizer/Detokenize",
     "/phivault.v1.Tokenizer/TokenizeStream",
     "/phivault.v1.Tokenizer/DetokenizeStream",
+    "/phivault.v1.Tokenizer/GetServerInfo",
     "/phivault.v1.Admin/CreateNamespace",
     "/phivault.v1.Admin/ListNamespaces",
     "/phivault.v1.Admin/CreateClient",

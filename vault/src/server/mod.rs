@@ -410,6 +410,19 @@ pub async fn serve(
     });
     let items = metrics::Items::default();
     let plane = tokenizer::Plane {
+        info: phivault_proto::v1::GetServerInfoResponse {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            apis: vec!["phivault.v1".to_owned()],
+            store: if vault.shares_storage() {
+                "postgres"
+            } else {
+                "embedded"
+            }
+            .to_owned(),
+            max_message_bytes: max as u64,
+            max_items: u32::try_from(vault.limits().max_items).unwrap_or(u32::MAX),
+            max_value_bytes: u32::try_from(vault.limits().max_value_bytes).unwrap_or(u32::MAX),
+        },
         items: items.clone(),
         vault: Arc::clone(&vault),
         limiter: Arc::clone(&limiter),

@@ -36,6 +36,8 @@ type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 #[derive(Clone)]
 pub(crate) struct Plane {
     pub(crate) vault: Arc<Vault>,
+    /// What `GetServerInfo` answers.
+    pub(crate) info: pb::GetServerInfoResponse,
     /// Items answered, for the metrics.
     pub(crate) items: super::metrics::Items,
     pub(crate) limiter: Arc<Limiter>,
@@ -439,6 +441,17 @@ impl Tokenizer for TokenizerService {
             tokenize(&plane, &call, message, Pace::Wait).await
         })
         .await
+    }
+
+    async fn get_server_info(
+        &self,
+        request: Request<pb::GetServerInfoRequest>,
+    ) -> Result<Response<pb::GetServerInfoResponse>, Status> {
+        // Any client whose key is good: versions and limits reveal nothing,
+        // and a pipeline needs them to size its batches.
+        let call = Call::of(&request);
+        call.authenticate(&self.plane.vault)?;
+        Ok(call.respond(self.plane.info.clone()))
     }
 
     type DetokenizeStreamStream = ResponseStream<pb::DetokenizeResponse>;

@@ -1,0 +1,88 @@
+//! The `phivault.v1` API's policy, checked by buf (pinned in tools/): the
+//! protos pass lint, nothing breaks what was released
+//! (`proto/phivault-v1.image.json`), and the check does catch a breaking
+//! change. See COMPATIBILITY.md.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn proto_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../proto")
+}
+
+/// `buf` with `args` in `dir`, or `None` (and a SKIPPED line) where it is
+/// not installed.
+fn buf(dir: &Path, args: &[&str]) -> Option<Output> {
+    match Command::new("buf").args(args).current_dir(dir).output() {
+        Ok(output) => Some(output),
+        Err(e) => {
+            eprintln!(
+                "SKIPPED: buf cannot run ({e}); install tools/package.json (`make tools`) and put tools/node_modules/.bin on PATH (`make test` does)"
+            );
+            None
+        }
+    }
+}
+
+fn said(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+#[test]
+fn the_protos_pass_lint_and_break_nothing_released() {
+    let dir = proto_dir();
+    let Some(lint) = buf(&dir, &["lint"]) else {
+        return;
+    };
+    assert!(lint.status.success(), "buf lint:\n{}", said(&lint));
+    let breaking =
+        buf(&dir, &["breaking", "--against", "phivault-v1.image.json"]).expect("buf ran once");
+    assert!(
+        breaking.status.success(),
+        "a breaking change to phivault.v1 (COMPATIBILITY.md):\n{}",
+        said(&breaking)
+    );
+}
+
+#[test]
+fn removing_a_field_or_renaming_an_rpc_is_caught() {
+    let dir = proto_dir();
+    let copy = tempfile::tempdir().expect("tempdir");
+    for file in ["buf.yaml", "phivault-v1.image.json"] {
+        std::fs::copy(dir.join(file), copy.path().join(file)).expect("copy");
+    }
+    let v1 = copy.path().join("phivault/v1");
+    std::fs::create_dir_all(&v1).expect("dirs");
+    let tokenizer =
+        std::fs::read_to_string(dir.join("phivault/v1/tokenizer.proto")).expect("tokenizer.proto");
+    let admin = std::fs::read_to_string(dir.join("phivault/v1/admin.proto")).expect("admin.proto");
+    std::fs::write(v1.join("admin.proto"), &admin).expect("write");
+    for (what, changed) in [
+        (
+            "a removed field",
+            tokenizer.replacen("bool masked = ", "// bool masked = ", 1),
+        ),
+        (
+            "a renamed RPC",
+            tokenizer.replacen("rpc Detokenize(", "rpc Reveal(", 1),
+        ),
+    ] {
+        assert_ne!(changed, tokenizer, "{what}: the edit must change the file");
+        std::fs::write(v1.join("tokenizer.proto"), &changed).expect("write");
+        let Some(breaking) = buf(
+            copy.path(),
+            &["breaking", "--against", "phivault-v1.image.json"],
+        ) else {
+            return;
+        };
+        assert!(
+            !breaking.status.success(),
+            "{what} went through buf breaking:\n{}",
+            said(&breaking)
+        );
+    }
+}
