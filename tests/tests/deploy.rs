@@ -136,3 +136,57 @@ fn logs_are_json_lines_on_request_and_sighup_changes_the_level() {
             .all(|l| l["level"].is_string() && l["timestamp"].is_string())
     );
 }
+
+/// Shell completions and man pages come from the same definitions as
+/// `--help`: the scripts parse in bash, and groff formats every page.
+#[test]
+fn completions_and_man_pages_are_generated_for_both_binaries() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (binary, subcommand) in [("phivault", "serve"), ("phivault-client", "bulk")] {
+        let script = Command::new(phivault_tests::binary(binary))
+            .args(["completions", "bash"])
+            .output()
+            .expect("completions");
+        assert!(script.status.success());
+        let text = String::from_utf8_lossy(&script.stdout);
+        assert!(text.contains(subcommand), "{binary}: {text}");
+        let path = dir.path().join(format!("{binary}.bash"));
+        std::fs::write(&path, &script.stdout).expect("write");
+        let parsed = Command::new("bash")
+            .arg("-n")
+            .arg(&path)
+            .output()
+            .expect("bash -n");
+        assert!(
+            parsed.status.success(),
+            "{}",
+            String::from_utf8_lossy(&parsed.stderr)
+        );
+
+        let pages = dir.path().join(format!("{binary}-man"));
+        let made = Command::new(phivault_tests::binary(binary))
+            .arg("man-pages")
+            .arg(&pages)
+            .output()
+            .expect("man-pages");
+        assert!(made.status.success());
+        let top = pages.join(format!("{binary}.1"));
+        let sub = pages.join(format!("{binary}-{subcommand}.1"));
+        for page in [&top, &sub] {
+            let Ok(formatted) = Command::new("groff")
+                .args(["-man", "-Tutf8", "-z"])
+                .arg(page)
+                .output()
+            else {
+                eprintln!("SKIPPED: groff cannot run; install the `groff-base` package");
+                return;
+            };
+            assert!(
+                formatted.status.success() && formatted.stderr.is_empty(),
+                "{}: {}",
+                page.display(),
+                String::from_utf8_lossy(&formatted.stderr)
+            );
+        }
+    }
+}

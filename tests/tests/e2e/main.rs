@@ -23,6 +23,7 @@ mod limits;
 mod portable;
 mod purpose;
 mod seals;
+mod traces;
 
 async fn connect(server: &Server, key: Option<&str>) -> Client {
     let mut options = ClientOptions::new(server.endpoint());

@@ -36,12 +36,36 @@ struct Cli {
         default_value = "text"
     )]
     log_format: String,
+    /// Send traces to this OpenTelemetry collector over OTLP/gRPC
+    /// (`http://collector:4317`, or https://): a span per call, with its
+    /// method, namespace, item count, status and request id, never a value
+    /// or token, joined to the caller's trace when the call carries W3C
+    /// `traceparent`. The standard OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT and
+    /// OTEL_SERVICE_NAME variables are read too.
+    #[arg(
+        long,
+        global = true,
+        env = "PHIVAULT_OTLP_ENDPOINT",
+        hide_env_values = true
+    )]
+    otlp_endpoint: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
+    /// Print a completion script for `shell` (bash, zsh, fish, elvish,
+    /// powershell) to standard output.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Write a man page for this command and each subcommand into `dir`.
+    ManPages {
+        /// Where the pages go (created if missing).
+        dir: PathBuf,
+    },
     /// Create a new vault with the default namespaces and an `admin` client.
     Init {
         #[command(flatten)]
@@ -824,28 +848,91 @@ type LevelHandle =
 static LOG_LEVEL: std::sync::OnceLock<LevelHandle> = std::sync::OnceLock::new();
 
 /// Installs the log subscriber: `format` (text or JSON lines) to standard
-/// error, at the level PHIVAULT_LOG says, swappable on SIGHUP.
-fn init_logging(format: &str) {
+/// error, at the level PHIVAULT_LOG says, swappable on SIGHUP; and, when a
+/// collector is configured, spans exported over OTLP (called within the
+/// runtime: the exporter's gRPC client needs it). Returns the tracer
+/// provider, to flush at exit.
+fn init_logging(
+    format: &str,
+    otlp_endpoint: Option<&str>,
+) -> Option<opentelemetry_sdk::trace::SdkTracerProvider> {
+    use tracing_subscriber::Layer as _;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_env("PHIVAULT_LOG")
         .unwrap_or_else(|_| "info".into());
     let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
     let _ = LOG_LEVEL.set(handle);
-    let registry = tracing_subscriber::registry().with(filter);
-    if format == "json" {
-        registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .json()
-                    .with_writer(std::io::stderr),
-            )
-            .init();
+    let (provider, traces) = match otlp_tracer(otlp_endpoint) {
+        Ok(Some((provider, tracer))) => (
+            Some(provider),
+            Some(
+                tracing_opentelemetry::layer()
+                    .with_tracer(tracer)
+                    // Only the calls' own spans: the server makes one per
+                    // call, named for its method.
+                    .with_filter(tracing_subscriber::filter::filter_fn(|meta| {
+                        meta.is_span() && meta.name() == phivault::server::CALL_SPAN
+                    })),
+            ),
+        ),
+        Ok(None) => (None, None),
+        Err(e) => {
+            eprintln!("phivault: traces are off: {e}");
+            (None, None)
+        }
+    };
+    let fmt = if format == "json" {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .with_writer(std::io::stderr)
+            .boxed()
     } else {
-        registry
-            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
-            .init();
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .boxed()
+    };
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
+        .with(traces)
+        .init();
+    provider
+}
+
+/// The OTLP exporter and tracer, when an endpoint is configured (the flag,
+/// or OpenTelemetry's own variables).
+fn otlp_tracer(
+    endpoint: Option<&str>,
+) -> anyhow::Result<
+    Option<(
+        opentelemetry_sdk::trace::SdkTracerProvider,
+        opentelemetry_sdk::trace::Tracer,
+    )>,
+> {
+    use opentelemetry::trace::TracerProvider as _;
+    use opentelemetry_otlp::WithExportConfig as _;
+    let configured = endpoint.is_some()
+        || std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some()
+        || std::env::var_os("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_some();
+    if !configured {
+        return Ok(None);
     }
+    let mut exporter = opentelemetry_otlp::SpanExporter::builder().with_tonic();
+    if let Some(endpoint) = endpoint {
+        exporter = exporter.with_endpoint(endpoint);
+    }
+    let exporter = exporter.build()?;
+    let mut resource = opentelemetry_sdk::Resource::builder();
+    if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
+        resource = resource.with_service_name("phivault");
+    }
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(resource.build())
+        .build();
+    let tracer = provider.tracer("phivault");
+    Ok(Some((provider, tracer)))
 }
 
 /// The files the gRPC listener's TLS comes from, read at start and again
@@ -930,8 +1017,6 @@ fn main() -> ExitCode {
     // Nothing secret is read before the process is hardened: arguments
     // name files, and the commands read them later.
     let cli = Cli::parse();
-    init_logging(&cli.log_format);
-    harden_process();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -942,13 +1027,27 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli.command)) {
+    let traces = {
+        let _within = runtime.enter();
+        init_logging(&cli.log_format, cli.otlp_endpoint.as_deref())
+    };
+    harden_process();
+    let trace_calls = traces.is_some();
+    let status = match runtime.block_on(run(cli.command, trace_calls)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("phivault: {e:#}");
             ExitCode::FAILURE
         }
+    };
+    if let Some(provider) = traces {
+        // The spans of the last calls, before the process goes.
+        let _within = runtime.enter();
+        if let Err(e) = provider.shutdown() {
+            eprintln!("phivault: the last traces could not be sent: {e}");
+        }
     }
+    status
 }
 
 /// Before any key is read or any file created: files and directories are
@@ -1007,8 +1106,24 @@ fn check_private(path: &Path, what: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn run(command: Command) -> anyhow::Result<()> {
+async fn run(command: Command, trace_calls: bool) -> anyhow::Result<()> {
     match command {
+        Command::Completions { shell } => {
+            use clap::CommandFactory as _;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "phivault",
+                &mut std::io::stdout(),
+            );
+        }
+        Command::ManPages { dir } => {
+            use clap::CommandFactory as _;
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            clap_mangen::generate_to(Cli::command(), &dir)
+                .with_context(|| format!("cannot write the man pages to {}", dir.display()))?;
+        }
         Command::Init {
             vault,
             admin_key_file,
@@ -1079,7 +1194,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             opened.close()?;
             printed?;
         }
-        Command::Serve(args) => serve(*args).await?,
+        Command::Serve(args) => serve(*args, trace_calls).await?,
         Command::Rekey(args) => rekey(args).await?,
         Command::Backup { data_dir, to } => {
             let info = phivault::backup_offline(&data_dir, &to).await?;
@@ -1265,7 +1380,7 @@ async fn rekey(args: RekeyArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+async fn serve(args: ServeArgs, trace_calls: bool) -> anyhow::Result<()> {
     let args = resolve(args)?;
     if args.check_config {
         print!("{}", render_settings(&args)?);
@@ -1339,6 +1454,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 50051))),
         tls,
         tls_reloads,
+        trace_calls,
         insecure_plaintext: args.insecure_plaintext,
         max_message_bytes: args.max_message_bytes.unwrap_or(4 << 20),
         metrics_listen: args.metrics_listen,

@@ -8,6 +8,7 @@ use std::sync::atomic::AtomicU64;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
+use futures_util::FutureExt as _;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
@@ -285,8 +286,16 @@ impl EncodeMetric for WriterBatches {
 /// counts as the failure it is and its duration is the whole stream's. A
 /// response dropped before its status (the client went away) counts as
 /// `Cancelled`.
+///
+/// With `trace_calls`, each call is also a span ([`CALL_SPAN`]) for the
+/// OpenTelemetry exporter: its parent is the caller's W3C trace context
+/// (`traceparent`, `tracestate`), its fields the method, namespace, item
+/// count, request id and status, and it lasts as long as the call.
 #[derive(Clone)]
-pub(crate) struct RecordLayer(pub(crate) Arc<Metrics>);
+pub(crate) struct RecordLayer {
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) trace_calls: bool,
+}
 
 impl<S> tower::Layer<S> for RecordLayer {
     type Service = Record<S>;
@@ -294,7 +303,8 @@ impl<S> tower::Layer<S> for RecordLayer {
     fn layer(&self, inner: S) -> Self::Service {
         Record {
             inner,
-            metrics: Arc::clone(&self.0),
+            metrics: Arc::clone(&self.metrics),
+            trace_calls: self.trace_calls,
         }
     }
 }
@@ -303,6 +313,53 @@ impl<S> tower::Layer<S> for RecordLayer {
 pub(crate) struct Record<S> {
     inner: S,
     metrics: Arc<Metrics>,
+    trace_calls: bool,
+}
+
+/// The name of the span every call makes when calls are traced. Its fields
+/// name methods, namespaces and counts only: never a value, a token or a
+/// key.
+pub const CALL_SPAN: &str = "phivault.call";
+
+/// Reads the W3C trace context out of a request's headers.
+struct Headers<'a>(&'a http::HeaderMap);
+
+impl opentelemetry::propagation::Extractor for Headers<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
+}
+
+/// The span of a call to `rpc`, a child of the caller's trace when its
+/// headers carry one.
+fn call_span(rpc: &'static str, headers: &http::HeaderMap) -> tracing::Span {
+    use opentelemetry::propagation::TextMapPropagator as _;
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    let (service, method) = rpc
+        .trim_start_matches('/')
+        .split_once('/')
+        .unwrap_or(("other", "other"));
+    let span = tracing::info_span!(
+        "phivault.call",
+        otel.name = rpc.trim_start_matches('/'),
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        rpc.system = "grpc",
+        rpc.service = service,
+        rpc.method = method,
+        rpc.grpc.status_code = tracing::field::Empty,
+        phivault.namespace = tracing::field::Empty,
+        phivault.items = tracing::field::Empty,
+        phivault.request_id = tracing::field::Empty,
+    );
+    let parent =
+        opentelemetry_sdk::propagation::TraceContextPropagator::new().extract(&Headers(headers));
+    let _ = span.set_parent(parent);
+    span
 }
 
 /// A call whose status is not known yet: counted in progress until it is
@@ -314,17 +371,19 @@ struct Pending {
     rpc: &'static str,
     started: Instant,
     finished: bool,
+    /// The call's span, closed when this is dropped.
+    span: Option<tracing::Span>,
 }
 
 impl Pending {
-    fn start(metrics: Arc<Metrics>, path: &str) -> Self {
-        let rpc = known_rpc(path);
+    fn start(metrics: Arc<Metrics>, rpc: &'static str, span: Option<tracing::Span>) -> Self {
         metrics.in_progress.get_or_create(&RpcLabel { rpc }).inc();
         Self {
             metrics,
             rpc,
             started: Instant::now(),
             finished: false,
+            span,
         }
     }
 
@@ -334,6 +393,17 @@ impl Pending {
 
     fn record(&mut self, code: tonic::Code) {
         self.finished = true;
+        if let Some(span) = &self.span {
+            span.record("rpc.grpc.status_code", code as i32);
+            span.record(
+                "otel.status_code",
+                if code == tonic::Code::Ok {
+                    "OK"
+                } else {
+                    "ERROR"
+                },
+            );
+        }
         self.metrics.record(
             self.rpc,
             format!("{code:?}"),
@@ -375,10 +445,23 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let pending = Pending::start(Arc::clone(&self.metrics), request.uri().path());
-        let response = self.inner.call(request);
+        use tracing::Instrument as _;
+        let rpc = known_rpc(request.uri().path());
+        let span = self.trace_calls.then(|| call_span(rpc, request.headers()));
+        let pending = Pending::start(Arc::clone(&self.metrics), rpc, span.clone());
+        // The handler runs in the span, so it can name the namespace and the
+        // item count on it (tracing::Span::current()).
+        let response = match span {
+            Some(span) => self.inner.call(request).instrument(span).left_future(),
+            None => self.inner.call(request).right_future(),
+        };
         Box::pin(async move {
             let response = response.await?;
+            if let (Some(span), Some(id)) = (&pending.span, response.headers().get("x-request-id"))
+                && let Ok(id) = id.to_str()
+            {
+                span.record("phivault.request_id", id);
+            }
             let call = match status_in(response.headers()) {
                 Some(code) => {
                     pending.finish(code);

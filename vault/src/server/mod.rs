@@ -34,7 +34,7 @@ use tonic::transport::Server;
 pub use activity::{LIMITED_SUMMARY_RPC, TOKENIZE_SUMMARY_RPC};
 pub use admin::AdminService;
 pub use alerts::ALERT_RPC;
-pub use metrics::Metrics;
+pub use metrics::{CALL_SPAN, Metrics};
 pub use refusals::{MAX_SUMMARIES, SUMMARY_RPC};
 pub use tls::{TlsError, TlsOptions};
 pub use tokenizer::BREAK_GLASS_OPENED_RPC;
@@ -53,6 +53,9 @@ pub struct ServeOptions {
     /// Replacement TLS material (the files read again on SIGHUP): new
     /// connections use it once it passes its checks, open ones keep theirs.
     pub tls_reloads: Option<tokio::sync::watch::Receiver<TlsOptions>>,
+    /// Makes a span ([`CALL_SPAN`]) for every call, for the process's
+    /// tracing subscriber to export (OpenTelemetry).
+    pub trace_calls: bool,
     /// Allows plaintext gRPC on a non-loopback address. Dangerous: API keys
     /// and PHI cross the network in clear.
     pub insecure_plaintext: bool,
@@ -503,7 +506,10 @@ pub async fn serve(
     };
     // Outermost first: the call is recorded with the status the client sees.
     let layers = tower::ServiceBuilder::new()
-        .layer(metrics::RecordLayer(metrics))
+        .layer(metrics::RecordLayer {
+            metrics,
+            trace_calls: options.trace_calls,
+        })
         .map_request(call::tag_method::<tonic::body::Body>)
         .map_response(oversize_is_resource_exhausted::<tonic::body::Body>)
         .layer(gate);

@@ -151,6 +151,20 @@ impl TokenizerService {
     }
 }
 
+/// Names the call's namespace and item count on its span, when calls are
+/// traced: a namespace the vault has (an administrator's name), never what
+/// a caller typed into the field, which could be anything.
+fn name_on_span(vault: &Vault, namespace: &str, items: usize) {
+    let span = tracing::Span::current();
+    if span.is_disabled() {
+        return;
+    }
+    if vault.namespace(namespace).is_ok() {
+        span.record("phivault.namespace", namespace);
+    }
+    span.record("phivault.items", items);
+}
+
 async fn tokenize(
     plane: &Plane,
     call: &Call,
@@ -169,6 +183,7 @@ async fn tokenize(
         .await?;
     let namespace = &request.namespace;
     let items = request.values.len();
+    name_on_span(vault, namespace, items);
     plane
         .admit(call, &client, Limited::Tokenize, namespace, items, pace)
         .await?;
@@ -244,6 +259,7 @@ async fn detokenize(
     let vault = &*plane.vault;
     let namespace = request.namespace.as_str();
     let items = request.tokens.len();
+    name_on_span(vault, namespace, items);
     let purpose = Purpose::new(&request.purpose, &request.reason);
     let emergency = purpose.as_ref().is_ok_and(Purpose::breaks_glass);
     let action = if emergency {
