@@ -24,6 +24,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures_util::{Stream, StreamExt, TryStreamExt, stream};
+pub use phivault_proto::code_name;
 use phivault_proto::v1 as pb;
 use phivault_proto::v1::admin_client::AdminClient;
 use phivault_proto::v1::tokenizer_client::TokenizerClient;
@@ -380,7 +381,7 @@ pub enum ClientError {
     )]
     PlaintextRefused(String),
     /// The server refused or failed the call.
-    #[error("{:?}: {}", .0.code(), .0.message())]
+    #[error("{}: {}", code_name(.0.code() as i32), .0.message())]
     Status(Status),
 }
 
@@ -1459,35 +1460,6 @@ impl<A: Stream + Unpin> Stream for FreeingSlots<A> {
         }
         next
     }
-}
-
-/// The name of a `google.rpc.Code` (`INVALID_ARGUMENT`), as the errors file
-/// and reports spell it.
-pub fn code_name(code: i32) -> &'static str {
-    const NAMES: [&str; 17] = [
-        "OK",
-        "CANCELLED",
-        "UNKNOWN",
-        "INVALID_ARGUMENT",
-        "DEADLINE_EXCEEDED",
-        "NOT_FOUND",
-        "ALREADY_EXISTS",
-        "PERMISSION_DENIED",
-        "RESOURCE_EXHAUSTED",
-        "FAILED_PRECONDITION",
-        "ABORTED",
-        "OUT_OF_RANGE",
-        "UNIMPLEMENTED",
-        "INTERNAL",
-        "UNAVAILABLE",
-        "DATA_LOSS",
-        "UNAUTHENTICATED",
-    ];
-    usize::try_from(code)
-        .ok()
-        .and_then(|i| NAMES.get(i))
-        .copied()
-        .unwrap_or("UNKNOWN")
 }
 
 fn results(results: Vec<pb::ItemResult>) -> Vec<ItemResult> {

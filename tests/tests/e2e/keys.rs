@@ -401,7 +401,7 @@ async fn the_keys_and_backup_commands_of_the_cli() {
 
     let denied = cli(&server, &key, &["keys", "rotate"], "");
     assert!(!denied.status.success());
-    assert!(String::from_utf8_lossy(&denied.stderr).contains("PermissionDenied"));
+    assert!(String::from_utf8_lossy(&denied.stderr).contains("PERMISSION_DENIED"));
 
     let rotated = cli(
         &server,
@@ -440,7 +440,7 @@ async fn the_keys_and_backup_commands_of_the_cli() {
         "",
     );
     assert!(!again.status.success());
-    assert!(String::from_utf8_lossy(&again.stderr).contains("InvalidArgument"));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("INVALID_ARGUMENT"));
     // What the client shows of the served vault, `phivault status` shows of
     // the stopped one: one rendering for both binaries.
     let served = |args: &[&str]| -> Vec<serde_json::Value> {

@@ -1215,8 +1215,8 @@ async fn metrics_count_calls_by_method_and_status() {
 
     let text = scrape(metrics);
     for (rpc, status) in [
-        ("TokenizeStream", "Ok"),
-        ("TokenizeStream", "PermissionDenied"),
+        ("TokenizeStream", "OK"),
+        ("TokenizeStream", "PERMISSION_DENIED"),
     ] {
         let line = format!(
             r#"phivault_grpc_calls_total{{rpc="/phivault.v1.Tokenizer/{rpc}",code="{status}"}} 1"#
@@ -1226,16 +1226,16 @@ async fn metrics_count_calls_by_method_and_status() {
     assert!(text.contains(r#"phivault_build_info{version=""#), "{text}");
     // Three unary calls and one stream of one value each.
     assert!(
-        text.contains(r#"phivault_items_total{operation="tokenize",outcome="Ok"} 4"#),
+        text.contains(r#"phivault_items_total{operation="tokenize",outcome="OK"} 4"#),
         "{text}"
     );
     assert!(
         text.contains(
-            r#"phivault_grpc_calls_total{rpc="/phivault.v1.Tokenizer/Tokenize",code="Ok"} 3"#
+            r#"phivault_grpc_calls_total{rpc="/phivault.v1.Tokenizer/Tokenize",code="OK"} 3"#
         ),
         "{text}"
     );
-    assert!(text.contains(r#"phivault_grpc_calls_total{rpc="/phivault.v1.Tokenizer/Detokenize",code="PermissionDenied"} 1"#));
+    assert!(text.contains(r#"phivault_grpc_calls_total{rpc="/phivault.v1.Tokenizer/Detokenize",code="PERMISSION_DENIED"} 1"#));
     assert!(
         text.contains(
             r#"phivault_grpc_call_seconds_count{rpc="/phivault.v1.Tokenizer/Tokenize"} 3"#
@@ -1383,7 +1383,7 @@ async fn the_cli_walkthrough() {
     );
     assert!(!denied.status.success());
     let message = String::from_utf8_lossy(&denied.stderr);
-    assert!(message.contains("PermissionDenied"), "{message}");
+    assert!(message.contains("PERMISSION_DENIED"), "{message}");
     assert!(!message.contains("6789"));
 
     // A bad item fails alone and makes the exit status non-zero.

@@ -62,7 +62,7 @@ struct NamespaceLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CallLabels {
     rpc: &'static str,
-    code: String,
+    code: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -77,8 +77,8 @@ struct ItemLabels {
 }
 
 /// Items answered, by operation (`tokenize`, `detokenize`) and outcome
-/// (`Ok`, or the item's status spelt as call statuses are: `NotFound`,
-/// `InvalidArgument`…). A call refused as a whole is counted by
+/// (`OK`, or the item's status spelt as call statuses are: `NOT_FOUND`,
+/// `INVALID_ARGUMENT`…). A call refused as a whole is counted by
 /// `phivault_grpc_calls_total`, not here.
 #[derive(Clone, Default)]
 pub(crate) struct Items(Family<ItemLabels, Counter>);
@@ -88,14 +88,8 @@ impl Items {
         let mut tally: Vec<(&'static str, u64)> = Vec::new();
         for result in results {
             let outcome = match result {
-                Ok(_) => "Ok",
-                Err(e) => match e.code {
-                    crate::ItemCode::InvalidArgument => "InvalidArgument",
-                    crate::ItemCode::NotFound => "NotFound",
-                    crate::ItemCode::ResourceExhausted => "ResourceExhausted",
-                    crate::ItemCode::DataLoss => "DataLoss",
-                    _ => "Internal",
-                },
+                Ok(_) => phivault_proto::code_name(0),
+                Err(e) => phivault_proto::code_name(e.code.grpc_code()),
             };
             match tally.iter_mut().find(|(o, _)| *o == outcome) {
                 Some((_, n)) => *n += 1,
@@ -226,7 +220,7 @@ impl Metrics {
         }
     }
 
-    fn record(&self, rpc: &'static str, code: String, seconds: f64) {
+    fn record(&self, rpc: &'static str, code: &'static str, seconds: f64) {
         self.calls.get_or_create(&CallLabels { rpc, code }).inc();
         self.latency
             .get_or_create(&RpcLabel { rpc })
@@ -406,7 +400,7 @@ impl Pending {
         }
         self.metrics.record(
             self.rpc,
-            format!("{code:?}"),
+            phivault_proto::code_name(code as i32),
             self.started.elapsed().as_secs_f64(),
         );
     }
