@@ -48,6 +48,19 @@ const RETRIES: usize = 5;
 /// The wait before going round the endpoints again, doubled each round.
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// How long a call may take unless [`ClientOptions::deadline`] says
+/// otherwise: far above a healthy call (milliseconds), far below a stuck
+/// one.
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(30);
+/// The least deadline of the calls that walk a whole vault or trail
+/// (`Backup`, `VerifyAudit`).
+const LONG_DEADLINE: Duration = Duration::from_secs(600);
+/// Calls that stream for as long as their input or the trail lasts: no
+/// deadline (a stalled one is found by HTTP/2 keepalive, and a bulk run
+/// has its own `retry_for`).
+const STREAMING: [&str; 3] = ["TokenizeStream", "DetokenizeStream", "ExportAudit"];
+/// Calls that walk a whole vault or trail.
+const LONG: [&str; 2] = ["Backup", "VerifyAudit"];
 /// How long one endpoint may take to accept a connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -64,6 +77,7 @@ pub struct ClientOptions {
     domain: Option<String>,
     insecure_plaintext: bool,
     purpose: Purpose,
+    deadline: Option<Duration>,
 }
 
 /// Why a reveal is made: an HL7 PurposeOfUse code (`TREAT`, `HPAYMT`,
@@ -113,6 +127,7 @@ impl ClientOptions {
             domain: None,
             insecure_plaintext: false,
             purpose: Purpose::default(),
+            deadline: Some(DEFAULT_DEADLINE),
         }
     }
 
@@ -121,6 +136,15 @@ impl ClientOptions {
     /// same checks apply to it as to the others.
     pub fn endpoint(mut self, endpoint: impl Into<String>) -> Self {
         self.endpoints.push(endpoint.into().trim().to_owned());
+        self
+    }
+
+    /// How long each call may take ([`DEFAULT_DEADLINE`] unless set;
+    /// `None`: no deadline). Sent as `grpc-timeout`, so the server stops
+    /// working on a call nobody waits for, and enforced here too. Streams
+    /// have none; backups and trail verification get at least ten minutes.
+    pub fn deadline(mut self, deadline: Option<Duration>) -> Self {
+        self.deadline = deadline;
         self
     }
 
@@ -476,6 +500,18 @@ fn node_down(status: &Status) -> bool {
     }
 }
 
+/// Somewhere between half of `wait` and all of it: clients that lost the
+/// same node at the same moment come back spread out, not all at once.
+fn jittered(wait: Duration) -> Duration {
+    use std::hash::{BuildHasher as _, Hasher as _};
+    // A fresh random state per call: no generator to carry or seed.
+    let random = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    let half = wait / 2;
+    half + half.mul_f64((random % 1_000_000) as f64 / 1_000_000.0)
+}
+
 /// Whether `status` comes from a connection that could not be made (refused,
 /// timed out, TLS handshake failed): then the request never left this
 /// process, and no node can have acted on it. tonic marks those with
@@ -519,13 +555,13 @@ enum Retry {
 
 /// Adds `authorization: Bearer <key>` to every call.
 #[derive(Clone)]
-pub struct Auth(Option<MetadataValue<Ascii>>);
+pub struct Auth(Option<MetadataValue<Ascii>>, Option<Duration>);
 
 impl Auth {
     /// The header for `key`, or none without a key.
     fn bearer(key: Option<&str>) -> Result<Self, ClientError> {
         let Some(key) = key else {
-            return Ok(Self(None));
+            return Ok(Self(None, None));
         };
         let header = Zeroizing::new(format!("Bearer {key}"));
         let mut value = header
@@ -538,7 +574,25 @@ impl Auth {
         // compression table that compression side channels (CRIME-style)
         // probe.
         value.set_sensitive(true);
-        Ok(Self(Some(value)))
+        Ok(Self(Some(value), None))
+    }
+
+    /// Also gives every call `deadline` (see [`ClientOptions::deadline`]).
+    fn with_deadline(mut self, deadline: Option<Duration>) -> Self {
+        self.1 = deadline;
+        self
+    }
+}
+
+/// The deadline of a call to `method`, when calls have `deadline`.
+fn deadline_of(method: &str, deadline: Option<Duration>) -> Option<Duration> {
+    let deadline = deadline?;
+    if STREAMING.contains(&method) {
+        None
+    } else if LONG.contains(&method) {
+        Some(deadline.max(LONG_DEADLINE))
+    } else {
+        Some(deadline)
     }
 }
 
@@ -548,6 +602,13 @@ impl Interceptor for Auth {
             request
                 .metadata_mut()
                 .insert("authorization", value.clone());
+        }
+        let method = request
+            .extensions()
+            .get::<tonic::GrpcMethod>()
+            .map(|m| m.method());
+        if let Some(deadline) = method.and_then(|m| deadline_of(m, self.1)) {
+            request.set_timeout(deadline);
         }
         Ok(request)
     }
@@ -679,7 +740,8 @@ impl Client {
     /// on a new stream.
     pub async fn connect(options: ClientOptions) -> Result<Self, ClientError> {
         let checked = options.check()?;
-        let auth = Auth::bearer(options.api_key.as_deref().map(String::as_str))?;
+        let auth = Auth::bearer(options.api_key.as_deref().map(String::as_str))?
+            .with_deadline(options.deadline);
         let tls = checked
             .iter()
             .any(|c| c.transport == Transport::Tls)
@@ -692,6 +754,12 @@ impl Client {
         } in checked
         {
             let mut endpoint = endpoint.connect_timeout(CONNECT_TIMEOUT).tcp_nodelay(true);
+            // The server ends a call at its grpc-timeout; this is for a node
+            // that stops answering altogether (a stream waits only for its
+            // headers here).
+            if let Some(deadline) = options.deadline {
+                endpoint = endpoint.timeout(deadline.max(LONG_DEADLINE) + Duration::from_secs(5));
+            }
             if let (Transport::Tls, Some(config)) = (transport, &tls) {
                 endpoint = endpoint.tls_config(config.clone())?;
             }
@@ -792,7 +860,7 @@ impl Client {
             }
             retries += 1;
             if tried.get(next % count).copied().unwrap_or(true) {
-                tokio::time::sleep(backoff).await;
+                tokio::time::sleep(jittered(backoff)).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
             // Where the client is now: another call may have moved it on
@@ -1908,8 +1976,9 @@ mod tests {
         })
         .await;
         assert_eq!(tried.len(), 1 + RETRIES);
-        // 0.1 + 0.2 + 0.4 + 0.8 + 1.6 s.
-        assert!(started.elapsed() >= Duration::from_millis(3_000));
+        // 0.1 + 0.2 + 0.4 + 0.8 + 1.6 s, each wait jittered down to as
+        // little as half.
+        assert!(started.elapsed() >= Duration::from_millis(1_550));
     }
 
     #[tokio::test]
@@ -1972,6 +2041,42 @@ mod tests {
         let printed = format!("{:?} {value:?}", request.metadata());
         assert!(!printed.contains("canarysecret"), "{printed}");
         assert!(printed.contains("Sensitive"), "{printed}");
+    }
+
+    #[test]
+    fn unary_calls_carry_a_deadline_and_streams_none() {
+        let thirty = Some(DEFAULT_DEADLINE);
+        assert_eq!(deadline_of("Tokenize", thirty), thirty);
+        assert_eq!(deadline_of("TokenizeStream", thirty), None);
+        assert_eq!(deadline_of("ExportAudit", thirty), None);
+        assert_eq!(deadline_of("Backup", thirty), Some(LONG_DEADLINE));
+        assert_eq!(deadline_of("Tokenize", None), None);
+        let mut auth = Auth::bearer(None).expect("no key").with_deadline(thirty);
+        let mut request = Request::new(());
+        request.extensions_mut().insert(tonic::GrpcMethod::new(
+            "phivault.v1.Tokenizer",
+            "Detokenize",
+        ));
+        let request = auth.call(request).expect("intercepted");
+        assert_eq!(
+            request
+                .metadata()
+                .get("grpc-timeout")
+                .map(|v| v.to_str().ok()),
+            Some(Some("30000000u"))
+        );
+    }
+
+    #[test]
+    fn backoff_waits_are_spread_between_half_and_all_of_the_wait() {
+        let waits: std::collections::HashSet<Duration> =
+            (0..50).map(|_| jittered(Duration::from_secs(2))).collect();
+        assert!(waits.len() > 40, "not spread: {waits:?}");
+        assert!(
+            waits
+                .iter()
+                .all(|w| *w >= Duration::from_secs(1) && *w <= Duration::from_secs(2))
+        );
     }
 
     #[test]

@@ -92,6 +92,17 @@ struct Connection {
         global = true
     )]
     insecure_plaintext: bool,
+    /// How long each call may take before it is given up (`0s`: no limit).
+    /// Streams (bulk runs, audit export) have none; backups and trail
+    /// verification at least 10 minutes.
+    #[arg(
+        long,
+        env = "PHIVAULT_DEADLINE",
+        hide_env_values = true,
+        default_value = "30s",
+        global = true
+    )]
+    deadline: humantime::Duration,
     /// Why reveals are made: an HL7 PurposeOfUse code (TREAT, HPAYMT,
     /// HOPERAT, ETREAT to break the glass…), recorded with each reveal.
     #[arg(long, env = "PHIVAULT_PURPOSE", hide_env_values = true, global = true)]
@@ -228,6 +239,24 @@ struct BulkArgs {
     /// going round the endpoints, before giving up.
     #[arg(long, default_value = "2m")]
     retry_for: humantime::Duration,
+    /// How the run reports progress on standard error: `auto` (a bar on a
+    /// terminal, else `plain`), `bar`, `plain` (a line every
+    /// --progress-every, for logs), `json` (the same as one JSON object per
+    /// line), or `none`.
+    #[arg(long, value_enum, default_value = "auto")]
+    progress: ProgressArg,
+    /// How often `plain` and `json` progress lines are written.
+    #[arg(long, default_value = "10s")]
+    progress_every: humantime::Duration,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ProgressArg {
+    Auto,
+    Bar,
+    Plain,
+    Json,
+    None,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -461,7 +490,10 @@ fn main() -> ExitCode {
 }
 
 async fn connect(c: &Connection) -> anyhow::Result<Client> {
-    let mut options = ClientOptions::new(&c.endpoint).insecure_plaintext(c.insecure_plaintext);
+    let deadline = Some(*c.deadline).filter(|d| !d.is_zero());
+    let mut options = ClientOptions::new(&c.endpoint)
+        .insecure_plaintext(c.insecure_plaintext)
+        .deadline(deadline);
     // Decided before the key and certificates are read and before anything
     // is sent: a refusal is the first and only thing that happens.
     if options.transport()? == Transport::InsecurePlaintext {
@@ -840,7 +872,19 @@ async fn bulk(
     };
 
     let progress = Arc::new(bulk::Progress::default());
-    let bar = ProgressBar::with_draw_target(size, ProgressDrawTarget::stderr());
+    let mode = match args.progress {
+        ProgressArg::Auto if std::io::IsTerminal::is_terminal(&std::io::stderr()) => {
+            ProgressArg::Bar
+        }
+        ProgressArg::Auto => ProgressArg::Plain,
+        other => other,
+    };
+    let target = if mode == ProgressArg::Bar {
+        ProgressDrawTarget::stderr()
+    } else {
+        ProgressDrawTarget::hidden()
+    };
+    let bar = ProgressBar::with_draw_target(size, target);
     let template = if size.is_some() {
         "{spinner} [{bar:30}] {bytes}/{total_bytes} {msg} (ETA {eta})"
     } else {
@@ -855,18 +899,52 @@ async fn bulk(
         let bar = bar.clone();
         let progress = Arc::clone(&progress);
         let started = std::time::Instant::now();
+        let every = match mode {
+            ProgressArg::Bar => std::time::Duration::from_millis(200),
+            _ => (*args.progress_every).max(std::time::Duration::from_millis(100)),
+        };
         tokio::spawn(async move {
-            let mut interval = tokio::time::interval(std::time::Duration::from_millis(200));
+            let mut interval = tokio::time::interval(every);
+            interval.tick().await;
             loop {
                 interval.tick().await;
+                let rows = bulk::Progress::get(&progress.rows);
                 let fields = bulk::Progress::get(&progress.fields);
-                let rate = fields as f64 / started.elapsed().as_secs_f64().max(0.001);
-                bar.set_position(bulk::Progress::get(&progress.bytes_read));
-                bar.set_message(format!(
-                    "{} rows, {fields} fields, {} errors, {rate:.0} fields/s",
-                    bulk::Progress::get(&progress.rows),
-                    bulk::Progress::get(&progress.errors),
-                ));
+                let errors = bulk::Progress::get(&progress.errors);
+                let read = bulk::Progress::get(&progress.bytes_read);
+                let seconds = started.elapsed().as_secs_f64();
+                let rate = fields as f64 / seconds.max(0.001);
+                match mode {
+                    ProgressArg::Plain => {
+                        let mut line = format!(
+                            "progress: {rows} rows, {fields} fields, {errors} errors, {rate:.0} fields/s, {read} bytes read"
+                        );
+                        if let Some(total) = size.filter(|t| *t > 0) {
+                            line.push_str(&format!(
+                                " ({:.1}% of the input)",
+                                read as f64 * 100.0 / total as f64
+                            ));
+                        }
+                        eprintln!("{line}");
+                    }
+                    ProgressArg::Json => eprintln!(
+                        "{}",
+                        serde_json::json!({
+                            "progress": {
+                                "rows": rows, "fields": fields, "errors": errors,
+                                "fields_per_second": rate, "bytes_read": read,
+                                "input_bytes": size, "elapsed_seconds": seconds,
+                            }
+                        })
+                    ),
+                    ProgressArg::Bar => {
+                        bar.set_position(read);
+                        bar.set_message(format!(
+                            "{rows} rows, {fields} fields, {errors} errors, {rate:.0} fields/s"
+                        ));
+                    }
+                    ProgressArg::Auto | ProgressArg::None => {}
+                }
             }
         })
     };

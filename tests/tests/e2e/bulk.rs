@@ -323,11 +323,37 @@ async fn a_100k_row_csv_round_trips_byte_for_byte() {
     let original = patient_csv(100_000);
     std::fs::write(&input, &original).expect("write input");
 
-    let mut args = vec!["bulk", "tokenize", s(&input), "-o", s(&tokenized)];
+    // Progress for a log pipeline, as JSON lines, often enough to see some.
+    let mut args = vec![
+        "bulk",
+        "tokenize",
+        s(&input),
+        "-o",
+        s(&tokenized),
+        "--progress",
+        "json",
+        "--progress-every",
+        "100ms",
+    ];
     args.extend_from_slice(CSV_MAPS);
     let report = succeeded(&client(server, key, &args));
     assert!(report.contains("tokenized 100000 rows"), "{report}");
     assert!(!path(setup.dir.path(), "patients.tok.csv.partial").exists());
+    let progress: Vec<serde_json::Value> = report
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v.get("progress").is_some())
+        .collect();
+    assert!(!progress.is_empty(), "no JSON progress line: {report}");
+    let rows: Vec<u64> = progress
+        .iter()
+        .map(|v| v["progress"]["rows"].as_u64().expect("rows"))
+        .collect();
+    assert!(rows.windows(2).all(|w| w[0] <= w[1]), "{rows:?}");
+    assert_eq!(
+        progress[0]["progress"]["input_bytes"].as_u64(),
+        Some(original.len() as u64)
+    );
 
     let before = records(original.as_bytes());
     let after = records(&std::fs::read(&tokenized).expect("read tokenized"));

@@ -1076,6 +1076,42 @@ async fn sighup_swaps_the_tls_certificate_without_dropping_a_connection() {
     assert!(!log.contains("123-45-6789"), "{log}");
 }
 
+/// Every unary call carries a deadline (grpc-timeout) the server honours:
+/// a call that cannot finish in time is ended, not left running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_past_its_deadline_is_ended() {
+    let vault = VaultDir::init();
+    let server = Server::start(&vault, &[]);
+    let admin = connect(&server, Some(&vault.admin_key)).await;
+    let (_, key) = client_with(&admin, &server, "pipeline", &["tokenize:ssn"]).await;
+    let hurried = Client::connect(
+        ClientOptions::new(server.endpoint())
+            .api_key(&key)
+            .deadline(Some(std::time::Duration::from_millis(1))),
+    )
+    .await
+    .expect("connect");
+    let values: Vec<String> = (0..10_000)
+        .map(|i| format!("{:09}", 300_000_000 + i))
+        .collect();
+    let error = hurried
+        .tokenize("ssn", values.clone())
+        .await
+        .expect_err("10,000 new values in a millisecond");
+    assert!(
+        matches!(code(error), Code::DeadlineExceeded | Code::Cancelled),
+        "ended by its deadline"
+    );
+    // The same call with the default deadline goes through.
+    let patient = Client::connect(ClientOptions::new(server.endpoint()).api_key(&key))
+        .await
+        .expect("connect");
+    assert_eq!(
+        texts(patient.tokenize("ssn", values).await.expect("in time")).len(),
+        10_000
+    );
+}
+
 /// Any valid key learns the server's version, store and limits; no key,
 /// nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
