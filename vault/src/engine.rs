@@ -1010,6 +1010,12 @@ impl Vault {
         Arc::clone(&self.keyring.read().unwrap_or_else(|e| e.into_inner()))
     }
 
+    /// How many bytes the vault takes in storage (see
+    /// [`crate::store::Lifecycle::size_bytes`]).
+    pub async fn store_size(&self) -> Result<u64, Error> {
+        Ok(self.store.size_bytes().await?)
+    }
+
     /// Commit statistics of the single writer.
     pub fn writer_stats(&self) -> crate::store::WriterStats {
         self.store.commit_stats()

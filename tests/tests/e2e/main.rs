@@ -1260,6 +1260,19 @@ async fn metrics_count_calls_by_method_and_status() {
         assert!(text.contains(&line), "{line} not in {text}");
     }
     assert!(text.contains(r#"phivault_build_info{version=""#), "{text}");
+    // What only storage knows, read at the scrape.
+    let gauge = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {text}"))
+    };
+    assert!(gauge("phivault_store_bytes") > 0.0);
+    assert_eq!(gauge("phivault_keyset_active_version"), 1.0);
+    assert_eq!(gauge("phivault_rotation_in_progress"), 0.0);
+    assert_eq!(gauge("phivault_clients_quarantined"), 0.0);
+    let queue = gauge("phivault_writer_queue_depth");
+    assert!(queue >= 0.0);
     // Three unary calls and one stream of one value each.
     assert!(
         text.contains(r#"phivault_items_total{operation="tokenize",outcome="OK"} 4"#),

@@ -115,6 +115,12 @@ struct BuildLabels {
 /// The server's metrics registry.
 pub struct Metrics {
     registry: Registry,
+    /// Read from storage just before each scrape (see [`Metrics::refresh`]).
+    store_bytes: Gauge,
+    rotating: Gauge,
+    rotation_done: Gauge<f64, AtomicU64>,
+    active_keyset: Gauge,
+    quarantined: Gauge,
     calls: Family<CallLabels, Counter>,
     in_progress: Family<RpcLabel, Gauge>,
     latency: Family<RpcLabel, Histogram>,
@@ -194,6 +200,41 @@ impl Metrics {
             fill.clone(),
         );
         registry.register(
+            "writer_queue_depth",
+            "Operations waiting for the embedded store's single writer (0 on PostgreSQL, which has none)",
+            WriterQueue(Arc::clone(&vault)),
+        );
+        let store_bytes = Gauge::default();
+        registry.register(
+            "store_bytes",
+            "Bytes the vault takes in storage: RocksDB's tables, memtables and write-ahead log, or the PostgreSQL database",
+            store_bytes.clone(),
+        );
+        let rotating = Gauge::default();
+        registry.register(
+            "rotation_in_progress",
+            "1 while a key rotation moves mappings to the new keyset",
+            rotating.clone(),
+        );
+        let rotation_done = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "rotation_progress_ratio",
+            "Share of the mappings the rotation in progress has examined (0 when none runs)",
+            rotation_done.clone(),
+        );
+        let active_keyset = Gauge::default();
+        registry.register(
+            "keyset_active_version",
+            "The keyset version new mappings are written under",
+            active_keyset.clone(),
+        );
+        let quarantined = Gauge::default();
+        registry.register(
+            "clients_quarantined",
+            "Clients suspended by reveal-anomaly detection, until an administrator releases them",
+            quarantined.clone(),
+        );
+        registry.register(
             "build",
             "The running version and store; always 1",
             prometheus_client::metrics::info::Info::new(BuildLabels {
@@ -212,6 +253,11 @@ impl Metrics {
         );
         Self {
             registry,
+            store_bytes,
+            rotating,
+            rotation_done,
+            active_keyset,
+            quarantined,
             calls,
             in_progress,
             latency,
@@ -227,8 +273,40 @@ impl Metrics {
             .observe(seconds);
     }
 
+    /// Reads what only storage knows (its size, the rotation's progress),
+    /// each within `SCRAPE_READ`: a slow store leaves the last figures in
+    /// place rather than holding the scrape.
+    pub async fn refresh(&self) {
+        if let Ok(Ok(bytes)) = tokio::time::timeout(SCRAPE_READ, self.vault.store_size()).await {
+            self.store_bytes
+                .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        }
+        if let Ok(Ok(status)) = tokio::time::timeout(SCRAPE_READ, self.vault.key_status()).await {
+            self.active_keyset.set(i64::from(status.active));
+            match &status.rotation {
+                Some(rotation) => {
+                    self.rotating.set(1);
+                    self.rotation_done
+                        .set(rotation.done as f64 / rotation.total.max(1) as f64);
+                }
+                None => {
+                    self.rotating.set(0);
+                    self.rotation_done.set(0.0);
+                }
+            }
+        }
+    }
+
     /// The registry in the Prometheus text format.
     pub fn render(&self) -> String {
+        let quarantined = self
+            .vault
+            .clients()
+            .iter()
+            .filter(|c| c.suspended.is_some() && c.revoked_at.is_none())
+            .count();
+        self.quarantined
+            .set(i64::try_from(quarantined).unwrap_or(i64::MAX));
         for (namespace, ratio) in self.vault.namespace_fill() {
             self.fill
                 .get_or_create(&NamespaceLabel { namespace })
@@ -544,6 +622,7 @@ pub(crate) async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metric
             axum::routing::get(move || {
                 let metrics = Arc::clone(&metrics);
                 async move {
+                    metrics.refresh().await;
                     // What prometheus-client writes is OpenMetrics (an
                     // `info` type, a closing `# EOF`), which Prometheus's
                     // older text parser refuses: say so.
@@ -580,6 +659,29 @@ pub(crate) async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metric
 
 /// Reads the audit trail's counters when scraped: written (`true`) or
 /// failed.
+/// How long a scrape waits for storage before keeping the last figures.
+const SCRAPE_READ: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Reads the writer's queue when scraped.
+struct WriterQueue(Arc<Vault>);
+
+impl std::fmt::Debug for WriterQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WriterQueue")
+    }
+}
+
+impl EncodeMetric for WriterQueue {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let queued = self.0.writer_stats().queued;
+        encoder.encode_gauge(&i64::try_from(queued).unwrap_or(i64::MAX))
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Gauge
+    }
+}
+
 struct CertificateExpiry(Arc<super::tls::Tls>);
 
 impl std::fmt::Debug for CertificateExpiry {

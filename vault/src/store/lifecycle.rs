@@ -24,6 +24,9 @@ pub struct WriterStats {
     pub failed_commits: u64,
     /// Operations that panicked and were discarded.
     pub panicked_jobs: u64,
+    /// Operations waiting for the writer now (the embedded store's queue;
+    /// 0 where there is none).
+    pub queued: u64,
 }
 
 /// Moves a finished backup into place; runs before the backend commits
@@ -54,6 +57,10 @@ pub trait Lifecycle: Send + Sync {
 
     /// Commit figures since the store was opened.
     fn commit_stats(&self) -> WriterStats;
+
+    /// How many bytes the vault takes in storage: RocksDB's files (tables,
+    /// write-ahead log, memtables), or the PostgreSQL database's size.
+    fn size_bytes(&self) -> StoreFuture<'_, u64>;
 
     /// Commits a small durable write, to find out whether storage takes
     /// writes again when nothing else is writing.

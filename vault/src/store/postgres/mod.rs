@@ -889,6 +889,18 @@ impl Lifecycle for PgStore {
         *self.inner.stats.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn size_bytes(&self) -> StoreFuture<'_, u64> {
+        Box::pin(async move {
+            let found = self
+                .inner
+                .query("SELECT pg_database_size(current_database())", &[])
+                .await?;
+            Ok(found
+                .first()
+                .map_or(0, |row| u64::try_from(row.get::<_, i64>(0)).unwrap_or(0)))
+        })
+    }
+
     fn probe_writes(&self) -> StoreFuture<'_, ()> {
         Box::pin(async move {
             let now = crate::clock::now_ms().to_be_bytes();

@@ -1008,6 +1008,36 @@ impl Lifecycle for Store {
         self.writer_stats()
     }
 
+    fn size_bytes(&self) -> StoreFuture<'_, u64> {
+        Box::pin(async move {
+            let mut bytes = 0u64;
+            for cf in Cf::ALL {
+                for property in [
+                    "rocksdb.total-sst-files-size",
+                    "rocksdb.cur-size-all-mem-tables",
+                ] {
+                    bytes += self
+                        .inner
+                        .db
+                        .property_int_value_cf(self.inner.cf(cf), property)?
+                        .unwrap_or(0);
+                }
+            }
+            // The write-ahead log is not a property: the files themselves.
+            let wal: u64 = std::fs::read_dir(self.path())
+                .map(|entries| {
+                    entries
+                        .filter_map(Result::ok)
+                        .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
+                        .filter_map(|e| e.metadata().ok())
+                        .map(|m| m.len())
+                        .sum()
+                })
+                .unwrap_or(0);
+            Ok(bytes + wal)
+        })
+    }
+
     fn probe_writes(&self) -> StoreFuture<'_, ()> {
         let now = crate::clock::now_ms();
         Box::pin(self.write(move |txn| {

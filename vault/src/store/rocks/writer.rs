@@ -141,6 +141,12 @@ impl Writer {
             batches: std::array::from_fn(|i| self.counters.batches[i].load(Ordering::Relaxed)),
             failed_commits: self.counters.failed_commits.load(Ordering::Relaxed),
             panicked_jobs: self.counters.panicked_jobs.load(Ordering::Relaxed),
+            queued: self
+                .sender
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_ref()
+                .map_or(0, |s| (s.max_capacity() - s.capacity()) as u64),
         }
     }
 
