@@ -52,6 +52,39 @@ pub fn embedded_only(test: &str) -> bool {
     skip
 }
 
+/// Runs a checker `program` with `args` in `dir` (standard input closed),
+/// or, where it cannot start, prints `SKIPPED: … ; {install}` and returns
+/// `None`: a test of a file that needs an outside tool says so rather than
+/// passing in silence (`make test` installs every one).
+pub fn run_tool(
+    program: &str,
+    args: &[&str],
+    dir: &Path,
+    install: &str,
+) -> Option<std::process::Output> {
+    match Command::new(program)
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+    {
+        Ok(output) => Some(output),
+        Err(e) => {
+            eprintln!("SKIPPED: {program} cannot run ({e}); {install}");
+            None
+        }
+    }
+}
+
+/// A command's standard output and error, for an assertion's message.
+pub fn said(output: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
 /// A vault with its master key file and admin API key: in a directory, or
 /// in a database of a PostgreSQL server of its own (see [`on_postgres`]).
 pub struct VaultDir {

@@ -4,7 +4,9 @@
 //! change. See COMPATIBILITY.md.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
+
+use phivault_tests::said;
 
 fn proto_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../proto")
@@ -13,22 +15,11 @@ fn proto_dir() -> PathBuf {
 /// `buf` with `args` in `dir`, or `None` (and a SKIPPED line) where it is
 /// not installed.
 fn buf(dir: &Path, args: &[&str]) -> Option<Output> {
-    match Command::new("buf").args(args).current_dir(dir).output() {
-        Ok(output) => Some(output),
-        Err(e) => {
-            eprintln!(
-                "SKIPPED: buf cannot run ({e}); install tools/package.json (`make tools`) and put tools/node_modules/.bin on PATH (`make test` does)"
-            );
-            None
-        }
-    }
-}
-
-fn said(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
+    phivault_tests::run_tool(
+        "buf",
+        args,
+        dir,
+        "install tools/package.json (`make tools`) and put tools/node_modules/.bin on PATH (`make test` does)",
     )
 }
 

@@ -27,14 +27,12 @@ fn unit_for_this_build(dir: &Path) -> std::path::PathBuf {
 }
 
 fn systemd_analyze(args: &[&str]) -> Option<std::process::Output> {
-    match Command::new("systemd-analyze").args(args).output() {
-        Ok(output) => Some(output),
-        Err(e) => {
-            // `make test` installs systemd; a machine without it says so.
-            eprintln!("SKIPPED: systemd-analyze cannot run ({e}); install the `systemd` package");
-            None
-        }
-    }
+    phivault_tests::run_tool(
+        "systemd-analyze",
+        args,
+        Path::new("."),
+        "install the `systemd` package",
+    )
 }
 
 #[test]

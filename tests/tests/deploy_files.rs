@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use phivault_tests::{Server, VaultDir};
+use phivault_tests::{Server, VaultDir, said};
 use serde_json::Value;
 
 /// The Kubernetes version the rendered manifests are validated against: the
@@ -34,28 +34,10 @@ fn read(relative: &str) -> String {
     std::fs::read_to_string(repo().join(relative)).unwrap_or_else(|e| panic!("{relative}: {e}"))
 }
 
-/// Runs `program` with `args`, or says why it cannot and what to install.
+/// Runs `program` with `args` in the repository, or says why it cannot and
+/// what to install.
 fn run(program: &str, args: &[&str], install: &str) -> Option<Output> {
-    match Command::new(program)
-        .args(args)
-        .current_dir(repo())
-        .stdin(Stdio::null())
-        .output()
-    {
-        Ok(output) => Some(output),
-        Err(e) => {
-            eprintln!("SKIPPED: {program} cannot run ({e}); {install}");
-            None
-        }
-    }
-}
-
-fn said(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
+    phivault_tests::run_tool(program, args, &repo(), install)
 }
 
 const PIP_TOOLS: &str =

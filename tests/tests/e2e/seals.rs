@@ -99,6 +99,45 @@ fn private_file(path: &Path, bytes: &[u8]) -> PathBuf {
     path.to_path_buf()
 }
 
+/// Serves `vault`, makes a client that may tokenize and reveal everywhere,
+/// and tokenizes `value` in `namespace`: its tokens and the client's key.
+async fn tokenize_one(vault: &VaultDir, namespace: &str, value: &str) -> (Vec<String>, String) {
+    let server = Server::start(vault, &[]);
+    let admin = connect(&server, Some(&vault.admin_key)).await;
+    let (pipeline, key) =
+        client_with(&admin, &server, "pipeline", &["tokenize:*", "detokenize:*"]).await;
+    let tokens = texts(
+        pipeline
+            .tokenize(namespace, vec![value.to_owned()])
+            .await
+            .expect("tokenize"),
+    );
+    server.stop();
+    (tokens, key)
+}
+
+/// Serves `vault` and checks that `tokens` of `namespace` reveal `value`
+/// to the client holding `key`; the server's log.
+async fn reveals(
+    vault: &VaultDir,
+    key: &str,
+    namespace: &str,
+    tokens: &[String],
+    value: &str,
+) -> String {
+    let server = Server::start(vault, &[]);
+    let client = connect(&server, Some(key)).await;
+    let revealed = texts(
+        client
+            .detokenize(namespace, tokens.to_vec(), false)
+            .await
+            .expect("detokenize"),
+    );
+    assert_eq!(revealed, [value]);
+    drop(client);
+    server.stop()
+}
+
 /// `phivault serve` with `seal`, expected to refuse to start: its stderr.
 fn serve_refused(vault: &VaultDir, seal: &[String]) -> String {
     let output = vault
@@ -129,31 +168,10 @@ async fn an_hsm_unseals_the_vault_unattended_and_refuses_a_wrong_pin_or_key() {
         &env,
     );
 
-    let server = Server::start(&vault, &[]);
-    let admin = connect(&server, Some(&vault.admin_key)).await;
-    let (admin, pipeline_key) =
-        client_with(&admin, &server, "pipeline", &["tokenize:*", "detokenize:*"]).await;
-    let tokens = texts(
-        admin
-            .tokenize("ssn", vec!["123-45-6789".into()])
-            .await
-            .expect("tokenize"),
-    );
-    drop(admin);
-    server.stop();
+    let (tokens, pipeline_key) = tokenize_one(&vault, "ssn", "123-45-6789").await;
 
     // A restart unseals from the HSM again, with nobody typing anything.
-    let server = Server::start(&vault, &[]);
-    let admin = connect(&server, Some(&pipeline_key)).await;
-    let revealed = texts(
-        admin
-            .detokenize("ssn", tokens.clone(), false)
-            .await
-            .expect("detokenize"),
-    );
-    assert_eq!(revealed, ["123-45-6789"]);
-    drop(admin);
-    let log = server.stop();
+    let log = reveals(&vault, &pipeline_key, "ssn", &tokens, "123-45-6789").await;
     assert!(!log.contains(PIN), "{log}");
 
     // A wrong PIN: refused, the PIN never shown. (SoftHSM2 counts wrong
@@ -248,18 +266,7 @@ async fn rekey_moves_a_vault_from_a_passphrase_to_an_hsm_and_back() {
     let mut vault = VaultDir::init_sealed(passphrase_args, Vec::new(), &env);
     let by_passphrase = passphrase_args(vault.root.path());
     vault.reseal(by_passphrase.clone());
-    let server = Server::start(&vault, &[]);
-    let admin = connect(&server, Some(&vault.admin_key)).await;
-    let (admin, pipeline_key) =
-        client_with(&admin, &server, "pipeline", &["tokenize:*", "detokenize:*"]).await;
-    let tokens = texts(
-        admin
-            .tokenize("mrn", vec!["MRN00424242".into()])
-            .await
-            .expect("tokenize"),
-    );
-    drop(admin);
-    server.stop();
+    let (tokens, pipeline_key) = tokenize_one(&vault, "mrn", "MRN00424242").await;
 
     // Passphrase → HSM, the key made on the way.
     let rekeyed = vault
@@ -276,19 +283,7 @@ async fn rekey_moves_a_vault_from_a_passphrase_to_an_hsm_and_back() {
     let refused = serve_refused(&vault, &by_passphrase);
     assert!(refused.contains("sealed with an HSM key"), "{refused}");
     vault.reseal(hsm_args(&uri));
-    let server = Server::start(&vault, &[]);
-    let admin = connect(&server, Some(&pipeline_key)).await;
-    assert_eq!(
-        texts(
-            admin
-                .detokenize("mrn", tokens.clone(), false)
-                .await
-                .expect("detokenize")
-        ),
-        ["MRN00424242"]
-    );
-    drop(admin);
-    server.stop();
+    reveals(&vault, &pipeline_key, "mrn", &tokens, "MRN00424242").await;
 
     // HSM → a new passphrase.
     let new_passphrase = private_file(
@@ -315,17 +310,7 @@ async fn rekey_moves_a_vault_from_a_passphrase_to_an_hsm_and_back() {
         "--passphrase-file".into(),
         new_passphrase.to_str().expect("utf-8").into(),
     ]);
-    let server = Server::start(&vault, &[]);
-    let admin = connect(&server, Some(&pipeline_key)).await;
-    assert_eq!(
-        texts(
-            admin
-                .detokenize("mrn", tokens, false)
-                .await
-                .expect("detokenize")
-        ),
-        ["MRN00424242"]
-    );
+    reveals(&vault, &pipeline_key, "mrn", &tokens, "MRN00424242").await;
 }
 
 /// The share files `init --key-shares` wrote, in order.
@@ -375,18 +360,7 @@ async fn a_key_split_into_shares_unseals_with_any_three_of_five() {
             .mode();
         assert_eq!(mode & 0o777, 0o600, "{file}");
     }
-    let server = Server::start(&vault, &[]);
-    let admin = connect(&server, Some(&vault.admin_key)).await;
-    let (admin, pipeline_key) =
-        client_with(&admin, &server, "pipeline", &["tokenize:*", "detokenize:*"]).await;
-    let tokens = texts(
-        admin
-            .tokenize("ssn", vec!["078-05-1120".into()])
-            .await
-            .expect("tokenize"),
-    );
-    drop(admin);
-    server.stop();
+    let (tokens, pipeline_key) = tokenize_one(&vault, "ssn", "078-05-1120").await;
 
     // Another three of the five.
     let other_three = share_args(&[files[4].clone(), files[1].clone(), files[3].clone()]);
@@ -473,15 +447,5 @@ async fn a_key_split_into_shares_unseals_with_any_three_of_five() {
         "--passphrase-file".into(),
         passphrase.to_str().expect("utf-8").into(),
     ]);
-    let server = Server::start(&vault, &[]);
-    let admin = connect(&server, Some(&pipeline_key)).await;
-    assert_eq!(
-        texts(
-            admin
-                .detokenize("ssn", tokens, false)
-                .await
-                .expect("detokenize")
-        ),
-        ["078-05-1120"]
-    );
+    reveals(&vault, &pipeline_key, "ssn", &tokens, "078-05-1120").await;
 }
