@@ -52,15 +52,21 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// otherwise: far above a healthy call (milliseconds), far below a stuck
 /// one.
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(30);
-/// The least deadline of the calls that walk a whole vault or trail
-/// (`Backup`, `VerifyAudit`).
+/// The least deadline of the calls in [`LONG`].
 const LONG_DEADLINE: Duration = Duration::from_secs(600);
-/// Calls that stream for as long as their input or the trail lasts: no
-/// deadline (a stalled one is found by HTTP/2 keepalive, and a bulk run
-/// has its own `retry_for`).
-const STREAMING: [&str; 3] = ["TokenizeStream", "DetokenizeStream", "ExportAudit"];
-/// Calls that walk a whole vault or trail.
-const LONG: [&str; 2] = ["Backup", "VerifyAudit"];
+/// Calls with no deadline: streams, which last as long as their input or
+/// the trail (a stalled one is found by HTTP/2 keepalive, and a bulk run
+/// has its own `retry_for`), and the walk of the whole audit trail, which
+/// grows with every reveal ever made.
+const STREAMING: [&str; 4] = [
+    "TokenizeStream",
+    "DetokenizeStream",
+    "ExportAudit",
+    "VerifyAudit",
+];
+/// Calls that copy the vault, or whose answer is shown once and lost if the
+/// call is cut after its commit (a new client's key): ten minutes at least.
+const LONG: [&str; 4] = ["Backup", "CreateClient", "RotateClientKey", "RotateKeys"];
 /// How long one endpoint may take to accept a connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -142,7 +148,8 @@ impl ClientOptions {
     /// How long each call may take ([`DEFAULT_DEADLINE`] unless set;
     /// `None`: no deadline). Sent as `grpc-timeout`, so the server stops
     /// working on a call nobody waits for, and enforced here too. Streams
-    /// have none; backups and trail verification get at least ten minutes.
+    /// and trail verification have none; backups, key rotation and the
+    /// calls that hand out a new API key get at least ten minutes.
     pub fn deadline(mut self, deadline: Option<Duration>) -> Self {
         self.deadline = deadline;
         self
@@ -2049,6 +2056,8 @@ mod tests {
         assert_eq!(deadline_of("Tokenize", thirty), thirty);
         assert_eq!(deadline_of("TokenizeStream", thirty), None);
         assert_eq!(deadline_of("ExportAudit", thirty), None);
+        assert_eq!(deadline_of("VerifyAudit", thirty), None);
+        assert_eq!(deadline_of("CreateClient", thirty), Some(LONG_DEADLINE));
         assert_eq!(deadline_of("Backup", thirty), Some(LONG_DEADLINE));
         assert_eq!(deadline_of("Tokenize", None), None);
         let mut auth = Auth::bearer(None).expect("no key").with_deadline(thirty);

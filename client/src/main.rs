@@ -93,8 +93,9 @@ struct Connection {
     )]
     insecure_plaintext: bool,
     /// How long each call may take before it is given up (`0s`: no limit).
-    /// Streams (bulk runs, audit export) have none; backups and trail
-    /// verification at least 10 minutes.
+    /// Streams (bulk runs, audit export) and trail verification have none;
+    /// backups, key rotation and calls that hand out a key at least 10
+    /// minutes.
     #[arg(
         long,
         env = "PHIVAULT_DEADLINE",

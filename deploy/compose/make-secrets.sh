@@ -40,7 +40,7 @@ openssl req -x509 -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -noenc \
     -days "$DAYS" -subj "/CN=phivault evaluation CA" \
     -addext "basicConstraints=critical,CA:TRUE" \
     -addext "keyUsage=critical,keyCertSign,cRLSign" \
-    -keyout "$dir/ca.key" -out "$dir/ca.pem" 2>/dev/null
+    -keyout "$work/ca.key" -out "$dir/ca.pem" 2>/dev/null
 chmod 0444 "$dir/ca.pem"
 
 # certificate NAME SUBJECT_ALT_NAMES: NAME.pem and NAME.key, signed by the CA.
@@ -53,7 +53,7 @@ subjectAltName=$2
 EXT
     openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -noenc \
         -subj "/CN=$1" -keyout "$dir/$1.key" -out "$work/$1.csr" 2>/dev/null
-    openssl x509 -req -in "$work/$1.csr" -CA "$dir/ca.pem" -CAkey "$dir/ca.key" \
+    openssl x509 -req -in "$work/$1.csr" -CA "$dir/ca.pem" -CAkey "$work/ca.key" \
         -CAcreateserial -days "$DAYS" -extfile "$work/$1.ext" -out "$dir/$1.pem" 2>/dev/null
     chmod 0444 "$dir/$1.pem"
 }
@@ -82,4 +82,6 @@ for role in superuser replication; do
     private "$POSTGRES_UID" "$dir/postgres-$role-password"
 done
 
+# The CA's key lived in the temporary directory only and goes with it:
+# nobody can issue another certificate this deployment would trust.
 echo "secrets written to $dir; clients trust $dir/ca.pem"

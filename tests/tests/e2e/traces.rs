@@ -110,12 +110,19 @@ async fn calls_are_spans_in_the_callers_trace_and_name_no_value() {
             .parse()
             .expect("header"),
     );
+    // What a caller may put in its own headers, a record key among them:
+    // none of it reaches a span.
+    metadata.insert("tracestate", "vendor=mrn-00424242".parse().expect("header"));
+    metadata.insert("x-request-id", "MRN-00424242".parse().expect("header"));
     let response = raw.tokenize(request).await.expect("tokenize");
-    let request_id = response
-        .metadata()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+    assert_eq!(
+        response
+            .metadata()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok()),
+        Some("MRN-00424242"),
+        "the caller's request id is echoed to the caller"
+    );
     let tokens: Vec<String> = response
         .into_inner()
         .results
@@ -178,8 +185,19 @@ async fn calls_are_spans_in_the_callers_trace_and_name_no_value() {
         said.get("rpc.grpc.status_code").map(String::as_str),
         Some("0")
     );
-    assert_eq!(said.get("phivault.request_id"), request_id.as_ref());
+    assert_eq!(said.get("phivault.request_id"), None, "the caller's id");
+    assert!(ours.trace_state.is_empty(), "{:?}", ours.trace_state);
+    assert!(ours.events.is_empty(), "{:?}", ours.events);
+    let refused_span = refused.clone();
     let refused = attributes(&refused);
+    // An id the server made names the audit record.
+    assert!(
+        refused
+            .get("phivault.request_id")
+            .is_some_and(|id| id.len() == 32),
+        "{refused:?}"
+    );
+    assert!(refused_span.events.is_empty());
     assert_eq!(
         refused.get("rpc.grpc.status_code").map(String::as_str),
         Some("7"),
@@ -188,9 +206,15 @@ async fn calls_are_spans_in_the_callers_trace_and_name_no_value() {
 
     // Nothing the receiver got holds a value, a token or a key.
     let everything = format!("{:?}", receiver.0.lock().expect("spans"));
-    for secret in ["078-05-1120", "219-09-9999", "123-45-6789", key.as_str()]
-        .into_iter()
-        .chain(tokens.iter().map(String::as_str))
+    for secret in [
+        "078-05-1120",
+        "219-09-9999",
+        "123-45-6789",
+        "00424242",
+        key.as_str(),
+    ]
+    .into_iter()
+    .chain(tokens.iter().map(String::as_str))
     {
         assert!(!everything.contains(secret), "a span holds {secret}");
     }

@@ -892,12 +892,32 @@ fn init_logging(
             .with_writer(std::io::stderr)
             .boxed()
     };
+    // The log level filters the log lines only: traces keep their calls
+    // whatever PHIVAULT_LOG says.
     tracing_subscriber::registry()
-        .with(filter)
-        .with(fmt)
+        .with(fmt.with_filter(filter))
         .with(traces)
         .init();
     provider
+}
+
+/// Whether an `http://host[:port]` URL names this machine.
+fn is_loopback_url(url: &str) -> bool {
+    let host = url
+        .split_once("://")
+        .map_or(url, |(_, rest)| rest)
+        .split(['/', '?'])
+        .next()
+        .unwrap_or("");
+    let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
+    let host = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    };
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// The OTLP exporter and tracer, when an endpoint is configured (the flag,
@@ -918,9 +938,26 @@ fn otlp_tracer(
     if !configured {
         return Ok(None);
     }
+    use opentelemetry_otlp::WithTonicConfig as _;
     let mut exporter = opentelemetry_otlp::SpanExporter::builder().with_tonic();
+    let named = endpoint.map(str::to_owned).or_else(|| {
+        std::env::var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+            .or_else(|_| std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT"))
+            .ok()
+    });
     if let Some(endpoint) = endpoint {
         exporter = exporter.with_endpoint(endpoint);
+    }
+    match named.as_deref() {
+        // A collector over TLS is checked against the system's roots.
+        Some(url) if url.starts_with("https://") => {
+            exporter = exporter
+                .with_tls_config(tonic::transport::ClientTlsConfig::new().with_native_roots());
+        }
+        Some(url) if !is_loopback_url(url) => eprintln!(
+            "phivault: traces go to the collector in plaintext (http://): they name methods, namespaces and counts, never a value; use https:// off the machine"
+        ),
+        _ => {}
     }
     let exporter = exporter.build()?;
     let mut resource = opentelemetry_sdk::Resource::builder();

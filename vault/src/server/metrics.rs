@@ -275,7 +275,9 @@ impl Metrics {
 
     /// Reads what only storage knows (its size, the rotation's progress),
     /// each within `SCRAPE_READ`: a slow store leaves the last figures in
-    /// place rather than holding the scrape.
+    /// place. Run by one task every [`REFRESH_EVERY`], never by a scrape,
+    /// so that scraping (unauthenticated, plain HTTP) costs storage
+    /// nothing.
     pub async fn refresh(&self) {
         if let Ok(Ok(bytes)) = tokio::time::timeout(SCRAPE_READ, self.vault.store_size()).await {
             self.store_bytes
@@ -428,9 +430,25 @@ fn call_span(rpc: &'static str, headers: &http::HeaderMap) -> tracing::Span {
         phivault.items = tracing::field::Empty,
         phivault.request_id = tracing::field::Empty,
     );
-    let parent =
+    // The caller's trace and span ids only: its tracestate is free text the
+    // vault does not pass on.
+    let extracted =
         opentelemetry_sdk::propagation::TraceContextPropagator::new().extract(&Headers(headers));
-    let _ = span.set_parent(parent);
+    let remote = {
+        use opentelemetry::trace::TraceContextExt as _;
+        extracted.span().span_context().clone()
+    };
+    if remote.is_valid() {
+        use opentelemetry::trace::TraceContextExt as _;
+        let parent = opentelemetry::trace::SpanContext::new(
+            remote.trace_id(),
+            remote.span_id(),
+            remote.trace_flags(),
+            true,
+            opentelemetry::trace::TraceState::default(),
+        );
+        let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(parent));
+    }
     span
 }
 
@@ -520,6 +538,9 @@ where
         use tracing::Instrument as _;
         let rpc = known_rpc(request.uri().path());
         let span = self.trace_calls.then(|| call_span(rpc, request.headers()));
+        // A request id the caller chose may be a record key (even a value):
+        // only one the server made goes on the span.
+        let own_request_id = !request.headers().contains_key("x-request-id");
         let pending = Pending::start(Arc::clone(&self.metrics), rpc, span.clone());
         // The handler runs in the span, so it can name the namespace and the
         // item count on it (tracing::Span::current()).
@@ -529,8 +550,11 @@ where
         };
         Box::pin(async move {
             let response = response.await?;
-            if let (Some(span), Some(id)) = (&pending.span, response.headers().get("x-request-id"))
-                && let Ok(id) = id.to_str()
+            if let (true, Some(span), Some(id)) = (
+                own_request_id,
+                &pending.span,
+                response.headers().get("x-request-id"),
+            ) && let Ok(id) = id.to_str()
             {
                 span.record("phivault.request_id", id);
             }
@@ -622,7 +646,6 @@ pub(crate) async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metric
             axum::routing::get(move || {
                 let metrics = Arc::clone(&metrics);
                 async move {
-                    metrics.refresh().await;
                     // What prometheus-client writes is OpenMetrics (an
                     // `info` type, a closing `# EOF`), which Prometheus's
                     // older text parser refuses: say so.
@@ -657,10 +680,10 @@ pub(crate) async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metric
     }
 }
 
-/// Reads the audit trail's counters when scraped: written (`true`) or
-/// failed.
-/// How long a scrape waits for storage before keeping the last figures.
+/// How long a refresh waits for storage before keeping the last figures.
 const SCRAPE_READ: std::time::Duration = std::time::Duration::from_secs(1);
+/// How often the figures read from storage are refreshed.
+pub(crate) const REFRESH_EVERY: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// Reads the writer's queue when scraped.
 struct WriterQueue(Arc<Vault>);
@@ -700,6 +723,8 @@ impl EncodeMetric for CertificateExpiry {
     }
 }
 
+/// Reads the audit trail's counters when scraped: written (`true`) or
+/// failed.
 struct AuditCount(Arc<Vault>, bool);
 
 impl std::fmt::Debug for AuditCount {

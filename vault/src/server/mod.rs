@@ -467,6 +467,17 @@ pub async fn serve(
         &items,
         tls.clone(),
     ));
+    // The figures only storage knows are read here, off the scrape path.
+    let refresh_metrics = options.metrics_listen.map(|_| {
+        let metrics = Arc::clone(&metrics);
+        tokio::spawn(async move {
+            metrics.refresh().await;
+            every(metrics::REFRESH_EVERY, std::future::pending(), || {
+                metrics.refresh()
+            })
+            .await;
+        })
+    });
     let metrics_task = match options.metrics_listen {
         Some(addr) => {
             let listener = tokio::net::TcpListener::bind(addr)
@@ -596,6 +607,9 @@ pub async fn serve(
         .set_not_serving::<TokenizerServer<TokenizerService>>()
         .await;
     if let Some(task) = metrics_task {
+        task.abort();
+    }
+    if let Some(task) = refresh_metrics {
         task.abort();
     }
     // The last window's refusals are written before the vault closes.

@@ -463,10 +463,19 @@ impl Tokenizer for TokenizerService {
         &self,
         request: Request<pb::GetServerInfoRequest>,
     ) -> Result<Response<pb::GetServerInfoResponse>, Status> {
-        // Any client whose key is good: versions and limits reveal nothing,
-        // and a pipeline needs them to size its batches.
+        // Any client whose key is good, and not revoked or suspended on any
+        // node: a pipeline needs the limits to size its batches.
         let call = Call::of(&request);
-        call.authenticate(&self.plane.vault)?;
+        let vault = &self.plane.vault;
+        if let Err(e) = vault.refresh().await {
+            return Err(call.fail(Status::from(e)));
+        }
+        let client = call.authenticate(vault)?;
+        if client.suspended.is_some() {
+            return Err(call.fail(Status::permission_denied(
+                "this client is suspended by anomaly detection; an administrator releases it after review",
+            )));
+        }
         Ok(call.respond(self.plane.info.clone()))
     }
 

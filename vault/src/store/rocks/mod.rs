@@ -1023,17 +1023,23 @@ impl Lifecycle for Store {
                         .unwrap_or(0);
                 }
             }
-            // The write-ahead log is not a property: the files themselves.
-            let wal: u64 = std::fs::read_dir(self.path())
-                .map(|entries| {
-                    entries
-                        .filter_map(Result::ok)
-                        .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
-                        .filter_map(|e| e.metadata().ok())
-                        .map(|m| m.len())
-                        .sum()
-                })
-                .unwrap_or(0);
+            // The write-ahead log is not a property: the files themselves,
+            // listed off the async workers (a stalled disk stalls a listing).
+            let dir = self.path().to_path_buf();
+            let wal: u64 = tokio::task::spawn_blocking(move || {
+                std::fs::read_dir(dir)
+                    .map(|entries| {
+                        entries
+                            .filter_map(Result::ok)
+                            .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
+                            .filter_map(|e| e.metadata().ok())
+                            .map(|m| m.len())
+                            .sum()
+                    })
+                    .unwrap_or(0)
+            })
+            .await
+            .unwrap_or(0);
             Ok(bytes + wal)
         })
     }
