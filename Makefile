@@ -84,6 +84,9 @@ deps:
 	  $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq$$missing >/dev/null; \
 	fi
 
+# The Python checkers need Debian's venv module; buf comes through the
+# machine's Node.js and npm.
+tools: APT_PACKAGES += python3-venv
 tools: $(TOOLS)/installed tools/node_modules/.installed
 
 $(TOOLS)/installed: tools/requirements.txt | deps

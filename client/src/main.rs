@@ -179,7 +179,7 @@ enum Command {
     #[command(subcommand)]
     Alerts(AlertCommand),
     /// Tokenize or reveal the mapped cells of whole CSV, NDJSON and FHIR
-    /// files, streaming. Exit status: 0 when every cell went through, 2 when
+    /// files, streaming. Exit status: 0 when every cell went through, 3 when
     /// some cells failed (the run completed), 1 when the run stopped.
     #[command(subcommand)]
     Bulk(BulkCommand),

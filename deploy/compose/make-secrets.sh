@@ -84,4 +84,7 @@ done
 
 # The CA's key lived in the temporary directory only and goes with it:
 # nobody can issue another certificate this deployment would trust.
+# The directory is traversable, so that a user can reach ca.pem (0444);
+# every secret in it is 0400 for its own reader.
+chmod 0755 "$dir"
 echo "secrets written to $dir; clients trust $dir/ca.pem"

@@ -170,6 +170,11 @@ fn completions_and_man_pages_are_generated_for_both_binaries() {
         assert!(made.status.success());
         let top = pages.join(format!("{binary}.1"));
         let sub = pages.join(format!("{binary}-{subcommand}.1"));
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata(&top).expect("page").permissions().mode() & 0o777;
+            assert_eq!(mode, 0o644, "{binary}'s man pages are for every user");
+        }
         for page in [&top, &sub] {
             let Ok(formatted) = Command::new("groff")
                 .args(["-man", "-Tutf8", "-z"])

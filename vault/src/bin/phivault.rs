@@ -1015,7 +1015,7 @@ async fn reload_on_sighup(tls: Option<(TlsFiles, tokio::sync::watch::Sender<TlsO
                 }
                 Err(e) => tracing::error!(
                     error = %format!("{e:#}"),
-                    "SIGHUP: TLS files unreadable; the certificate in use stays"
+                    "SIGHUP: TLS certificate not reloaded: its files cannot be read; the one in use stays"
                 ),
             }
         }
@@ -1156,10 +1156,20 @@ async fn run(command: Command, trace_calls: bool) -> anyhow::Result<()> {
         }
         Command::ManPages { dir } => {
             use clap::CommandFactory as _;
+            use std::os::unix::fs::PermissionsExt as _;
             std::fs::create_dir_all(&dir)
                 .with_context(|| format!("cannot create {}", dir.display()))?;
             clap_mangen::generate_to(Cli::command(), &dir)
                 .with_context(|| format!("cannot write the man pages to {}", dir.display()))?;
+            // The process's owner-only umask is for secrets; man pages are
+            // for every user of the machine.
+            for entry in std::fs::read_dir(&dir)?.filter_map(Result::ok) {
+                let name = entry.file_name();
+                let name = name.to_string_lossy();
+                if name.starts_with("phivault") && name.ends_with(".1") {
+                    std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(0o644))?;
+                }
+            }
         }
         Command::Init {
             vault,
