@@ -21,6 +21,8 @@ const PIN: &str = "4096-4711";
 struct SoftHsm {
     dir: tempfile::TempDir,
     module: PathBuf,
+    /// Its configuration file, for SOFTHSM2_CONF.
+    conf: String,
 }
 
 impl SoftHsm {
@@ -41,11 +43,17 @@ impl SoftHsm {
             ),
         )
         .expect("conf");
-        let hsm = Self { dir, module };
+        let conf = dir
+            .path()
+            .join("softhsm2.conf")
+            .to_str()
+            .expect("utf-8")
+            .to_owned();
+        let hsm = Self { dir, module, conf };
         let made = Command::new("softhsm2-util")
             .args(["--init-token", "--free", "--label", "phivault"])
             .args(["--pin", PIN, "--so-pin", "so-pin-1234"])
-            .env("SOFTHSM2_CONF", hsm.conf())
+            .env("SOFTHSM2_CONF", &hsm.conf)
             .output()
             .expect("softhsm2-util");
         assert!(
@@ -57,17 +65,9 @@ impl SoftHsm {
         Some(hsm)
     }
 
-    fn conf(&self) -> String {
-        self.dir
-            .path()
-            .join("softhsm2.conf")
-            .to_str()
-            .expect("utf-8")
-            .to_owned()
-    }
-
-    fn env(&self) -> [(&'static str, String); 1] {
-        [("SOFTHSM2_CONF", self.conf())]
+    /// What the vault's processes need to find the token.
+    fn env(&self) -> [(&str, &str); 1] {
+        [("SOFTHSM2_CONF", self.conf.as_str())]
     }
 
     /// Writes `pin` to a 0600 file named `name`.
@@ -161,7 +161,6 @@ async fn an_hsm_unseals_the_vault_unattended_and_refuses_a_wrong_pin_or_key() {
     };
     let uri = hsm.good_uri();
     let env = hsm.env();
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let vault = VaultDir::init_sealed(
         |_| vec!["--hsm".into(), uri.clone(), "--create-hsm-key".into()],
         hsm_args(&uri),
@@ -252,7 +251,6 @@ async fn rekey_moves_a_vault_from_a_passphrase_to_an_hsm_and_back() {
     };
     let uri = hsm.good_uri();
     let env = hsm.env();
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let passphrase_args = |root: &Path| {
         let path = private_file(
             &root.join("passphrase"),

@@ -492,6 +492,13 @@ fn describe(limited: Limited, namespace: &str, allowance: Allowance) -> String {
 mod tests {
     use super::*;
 
+    /// `n` reveals by `client` in `ssn`, refused rather than paced when over.
+    async fn reveal(limiter: &Limiter, client: &Client, n: usize) -> Result<(), Error> {
+        limiter
+            .admit(client, Limited::Detokenize, "ssn", n, Pace::Refuse, || true)
+            .await
+    }
+
     fn client(limits: &[&str]) -> Client {
         Client {
             id: "0123456789abcdef".into(),
@@ -506,16 +513,7 @@ mod tests {
     async fn a_unary_call_over_its_rate_is_refused_with_the_wait() {
         let limiter = Limiter::new(Limits::default());
         let billing = client(&["detokenize=10/s"]);
-        let admit = |n| {
-            limiter.admit(
-                &billing,
-                Limited::Detokenize,
-                "ssn",
-                n,
-                Pace::Refuse,
-                || true,
-            )
-        };
+        let admit = |n| reveal(&limiter, &billing, n);
         admit(10).await.expect("the burst");
         match admit(1).await {
             Err(Error::Limited {
@@ -563,16 +561,7 @@ mod tests {
     async fn what_other_nodes_admitted_is_paid_before_more_is_admitted() {
         let limiter = Limiter::new(Limits::default());
         let billing = client(&["detokenize=10/m"]);
-        let admit = |n| {
-            limiter.admit(
-                &billing,
-                Limited::Detokenize,
-                "ssn",
-                n,
-                Pace::Refuse,
-                || true,
-            )
-        };
+        let admit = |n| reveal(&limiter, &billing, n);
         admit(1).await.expect("a bucket for it");
         // Another node admitted 15 while this one's bucket held 9: 9 are
         // taken at once, 6 are owed.
