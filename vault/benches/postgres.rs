@@ -6,9 +6,12 @@
 //!
 //! * New values tokenized in batches of 1,000 by `WRITERS` concurrent
 //!   callers: the vault on PostgreSQL against (a) a bare client driving the
-//!   vault's own insert statement with the same crypto (blind index, sealed
-//!   row, bound forward entry) over as many connections, the limit the vault
-//!   sits on, and (b) the vault on RocksDB.
+//!   vault's own insert statement with the same crypto (blind index, token
+//!   drawn from the value's keyed stream, sealed row, bound forward entry)
+//!   over as many connections, the limit the vault sits on, and (b) the
+//!   vault on RocksDB. Each also says how many microseconds of CPU a value
+//!   cost PostgreSQL, the vault, the bench process and the rest of the
+//!   machine.
 //! * `Detokenize` of batches of 1,000 tokens by `WRITERS` callers, and
 //!   unary `Detokenize` of one token at 32 callers (requests/s, p50, p99),
 //!   both against the RocksDB vault.
@@ -23,6 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use phivault::crypto::Keyset;
+use phivault::format::{FormatKind, FormatSpec};
 use phivault::store::postgres::INSERT_MAPPINGS;
 use phivault::store::schema::ForwardKey;
 use phivault_client::{Client, ClientOptions};
@@ -60,9 +64,18 @@ impl Fresh {
     }
 }
 
-/// Values/s of `seconds` of `WRITERS` callers, each calling `one` with a
-/// fresh batch in a loop.
-async fn new_values_rate<F, Fut>(seconds: f64, one: F) -> f64
+/// A measurement of new values: values/s, and CPU microseconds per value
+/// spent by PostgreSQL, the vault servers, this process and the rest of
+/// the machine.
+#[derive(Clone, Copy)]
+struct Phase {
+    rate: f64,
+    cpu: [f64; 4],
+}
+
+/// `seconds` of `WRITERS` callers, each calling `one` with a fresh batch in
+/// a loop; `servers` are the vault processes whose CPU is counted apart.
+async fn new_values_rate<F, Fut>(seconds: f64, servers: &[u32], one: F) -> Phase
 where
     F: Fn(usize, Vec<String>) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = ()> + Send,
@@ -75,6 +88,7 @@ where
     let one = Arc::new(one);
     let deadline = Instant::now() + Duration::from_secs_f64(seconds);
     let started = Instant::now();
+    let before = Cpu::now(servers);
     let tasks: Vec<_> = (0..WRITERS)
         .map(|writer| {
             let (fresh, one) = (Arc::clone(&fresh), Arc::clone(&one));
@@ -92,7 +106,101 @@ where
     for task in tasks {
         total += task.await.expect("writer");
     }
-    total as f64 / started.elapsed().as_secs_f64()
+    let cpu = Cpu::now(servers).per_value(before, total as f64);
+    Phase {
+        rate: total as f64 / started.elapsed().as_secs_f64(),
+        cpu,
+    }
+}
+
+/// CPU time, in seconds of one core, spent by each part of the machine: what
+/// a measurement on two shared cores spends per value, and where.
+#[derive(Clone, Copy, Default)]
+struct Cpu {
+    /// Every PostgreSQL process of both members, with the children its
+    /// postmasters have reaped (autovacuum workers come and go).
+    postgres: f64,
+    /// The `phivault serve` processes measured.
+    servers: f64,
+    /// This process: the bench's callers or its bare client.
+    bench: f64,
+    /// The whole machine's busy time.
+    machine: f64,
+}
+
+impl Cpu {
+    /// The counters now; `servers` are the vault processes' ids.
+    fn now(servers: &[u32]) -> Self {
+        let tick = rustix::param::clock_ticks_per_second() as f64;
+        // utime, stime, cutime, cstime of /proc/PID/stat, after the command.
+        let times = |stat: &str| -> Option<(String, [f64; 4])> {
+            let (head, rest) = stat.rsplit_once(')')?;
+            let comm = head.split_once('(')?.1.to_owned();
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let at = |i: usize| {
+                fields
+                    .get(i)
+                    .and_then(|f| f.parse::<f64>().ok())
+                    .unwrap_or(0.0)
+                    / tick
+            };
+            Some((comm, [at(11), at(12), at(13), at(14)]))
+        };
+        let mut cpu = Cpu::default();
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            let Some((comm, [utime, stime, cutime, cstime])) = times(&stat) else {
+                continue;
+            };
+            if comm == "postgres" {
+                cpu.postgres += utime + stime + cutime + cstime;
+            } else if servers.contains(&pid) {
+                cpu.servers += utime + stime;
+            } else if pid == std::process::id() {
+                cpu.bench += utime + stime;
+            }
+        }
+        // user nice system idle iowait irq softirq steal, in ticks.
+        if let Ok(stat) = std::fs::read_to_string("/proc/stat")
+            && let Some(line) = stat.lines().next()
+        {
+            let ticks: Vec<f64> = line
+                .split_whitespace()
+                .skip(1)
+                .filter_map(|f| f.parse().ok())
+                .collect();
+            let busy: f64 = ticks
+                .iter()
+                .take(8)
+                .enumerate()
+                .filter(|(i, _)| *i != 3 && *i != 4)
+                .map(|(_, t)| t)
+                .sum();
+            cpu.machine = busy / tick;
+        }
+        cpu
+    }
+
+    /// Microseconds of CPU per value from `before` to now, for `values`.
+    fn per_value(self, before: Cpu, values: f64) -> [f64; 4] {
+        let us = |now: f64, then: f64| (now - then) * 1e6 / values;
+        let machine = us(self.machine, before.machine);
+        let (pg, vault, bench) = (
+            us(self.postgres, before.postgres),
+            us(self.servers, before.servers),
+            us(self.bench, before.bench),
+        );
+        [pg, vault, bench, (machine - pg - vault - bench).max(0.0)]
+    }
 }
 
 /// Batches of tokens to reveal: `REVEAL_BATCHES` batches of `BATCH` new
@@ -238,11 +346,13 @@ async fn same_key_on(endpoint: &str, admin_key: &str, name: &str) -> Client {
 type BareRow = ([u8; 32], String, Vec<u8>, Vec<u8>);
 
 /// The vault's insert statement driven bare: the same crypto per value as
-/// the vault does (blind index, sealed reverse row, bound forward entry),
-/// the same arrays sorted by blind index, over one connection per writer.
+/// the vault does (blind index, token drawn, sealed reverse row, bound
+/// forward entry), the same arrays sorted by blind index, over one
+/// connection per writer.
 struct Bare {
     clients: Vec<tokio_postgres::Client>,
     keyset: Keyset,
+    ssn: FormatSpec,
     active: Vec<u8>,
 }
 
@@ -267,6 +377,7 @@ impl Bare {
         Self {
             clients,
             keyset: Keyset::generate(1).expect("keyset"),
+            ssn: FormatSpec::new(FormatKind::Ssn),
             active,
         }
     }
@@ -283,15 +394,28 @@ impl Bare {
         let mut rows: Vec<BareRow> = values
             .iter()
             .map(|value| {
-                let index = self.keyset.prf().blind_index(SSN, value.as_bytes());
+                let canonical: String = value.chars().filter(char::is_ascii_digit).collect();
+                let index = self.keyset.prf().blind_index(SSN, canonical.as_bytes());
                 let key = ForwardKey::new(SSN, 1, &index);
-                let token: String = key.0[8..16].iter().map(|b| format!("{b:02x}")).collect();
+                // The token drawn as the vault draws a value's first
+                // candidate: from the keyed stream of the value.
+                let token = self
+                    .ssn
+                    .generate(
+                        &canonical,
+                        &mut self.keyset.prf().token_stream(SSN, canonical.as_bytes(), 0),
+                    )
+                    .expect("an SSN token");
                 let ad = [
                     &SSN.to_be_bytes()[..],
                     token.as_bytes(),
                     &1u32.to_be_bytes(),
                 ];
-                let reverse = self.keyset.enc().seal(&ad, value.as_bytes()).expect("seal");
+                let reverse = self
+                    .keyset
+                    .enc()
+                    .seal(&ad, canonical.as_bytes())
+                    .expect("seal");
                 let forward = key.bind(self.keyset.prf(), token.as_bytes());
                 (index.0, token, reverse, forward)
             })
@@ -355,6 +479,7 @@ fn main() {
     let a = ServeProcess::serve(&["--store", &store], &key_file, admin_key.clone(), &[]);
     let b = ServeProcess::serve(&["--store", &store], &key_file, admin_key.clone(), &[]);
     let rocks = ServeProcess::start(&[]);
+    let servers = [a.child.id(), b.child.id(), rocks.child.id()];
     runtime.block_on(async {
         println!(
             "PostgreSQL benchmark: a Patroni leader with a synchronous standby on this machine; {WRITERS} writers of batches of {BATCH} new values, {CALLERS} unary detokenize callers; {seconds} s each"
@@ -366,7 +491,7 @@ fn main() {
         let on_rocks = pipeline(&rocks.endpoint(), &rocks.admin_key).await;
 
         let bare_run = |bare: Arc<Bare>| {
-            new_values_rate(seconds, move |writer, values| {
+            new_values_rate(seconds, &servers, move |writer, values| {
                 let bare = Arc::clone(&bare);
                 async move { bare.insert(writer, values).await }
             })
@@ -383,7 +508,7 @@ fn main() {
             }
         };
         bare.checkpoint().await;
-        let one_node = new_values_rate(seconds, tokenize(vec![on_a.clone()])).await;
+        let one_node = new_values_rate(seconds, &servers, tokenize(vec![on_a.clone()])).await;
         // The bare statement again, after the vault, into an empty database
         // of its own: a run leaves its rows dirty in shared buffers and its
         // WAL for whoever writes next, so a baseline measured only before
@@ -392,10 +517,10 @@ fn main() {
         // and the ratio is taken against the mean of the two (A-B-A).
         bare.checkpoint().await;
         let bare_after = bare_run(Arc::clone(&bare_again)).await;
-        let bare_rate = (bare_first + bare_after) / 2.0;
+        let bare_rate = (bare_first.rate + bare_after.rate) / 2.0;
         bare.checkpoint().await;
-        let two_nodes = new_values_rate(seconds, tokenize(vec![on_a.clone(), on_b.clone()])).await;
-        let rocks_rate = new_values_rate(seconds, tokenize(vec![on_rocks.clone()])).await;
+        let two_nodes = new_values_rate(seconds, &servers, tokenize(vec![on_a.clone(), on_b.clone()])).await;
+        let rocks_rate = new_values_rate(seconds, &servers, tokenize(vec![on_rocks.clone()])).await;
 
         let token = on_a.tokenize("ssn", vec!["123-45-6789".into()]).await.expect("token")[0]
             .clone()
@@ -412,14 +537,28 @@ fn main() {
         let (rocks_detok, rocks_p50, rocks_p99) = detokenize_latency(on_rocks.clone(), rocks_token, seconds).await;
 
         println!();
-        println!("| new values, batches of {BATCH}, {WRITERS} writers | values/s | / bare statement | / RocksDB vault |");
-        println!("|---|---:|---:|---:|");
-        println!("| bare insert statement, same crypto, before the vault | {bare_first:.0} | | |");
-        println!("| bare insert statement, same crypto, after the vault | {bare_after:.0} | | |");
-        println!("| bare insert statement, mean of the two | {bare_rate:.0} | 1.00 | |");
-        println!("| vault on PostgreSQL, one node | {one_node:.0} | {:.2} | {:.2} |", one_node / bare_rate, one_node / rocks_rate);
-        println!("| vault on PostgreSQL, two nodes | {two_nodes:.0} | {:.2} | {:.2} |", two_nodes / bare_rate, two_nodes / rocks_rate);
-        println!("| vault on RocksDB | {rocks_rate:.0} | | 1.00 |");
+        // CPU per value, by part: on two shared cores, what the vault's
+        // phases spend beyond the bare statement's is what they cannot
+        // hand PostgreSQL.
+        let row = |name: &str, phase: Phase, bare: Option<f64>, rocks: Option<f64>| {
+            let ratio = |of: Option<f64>| of.map_or(String::new(), |of| format!("{:.2}", phase.rate / of));
+            let [pg, vault, bench, rest] = phase.cpu;
+            println!(
+                "| {name} | {:.0} | {} | {} | {pg:.1} | {vault:.1} | {bench:.1} | {rest:.1} | {:.1} |",
+                phase.rate,
+                ratio(bare),
+                ratio(rocks),
+                pg + vault + bench + rest
+            );
+        };
+        println!("| new values, batches of {BATCH}, {WRITERS} writers | values/s | / bare statement | / RocksDB vault | CPU µs per value: PostgreSQL | vault | bench process | rest | total |");
+        println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+        row("bare insert statement, same crypto, before the vault", bare_first, None, None);
+        row("bare insert statement, same crypto, after the vault", bare_after, None, None);
+        println!("| bare insert statement, mean of the two | {bare_rate:.0} | 1.00 | | | | | | |");
+        row("vault on PostgreSQL, one node", one_node, Some(bare_rate), Some(rocks_rate.rate));
+        row("vault on PostgreSQL, two nodes", two_nodes, Some(bare_rate), Some(rocks_rate.rate));
+        row("vault on RocksDB", rocks_rate, None, Some(rocks_rate.rate));
         println!();
         println!("| Detokenize, batches of {BATCH}, {WRITERS} callers | tokens/s | / RocksDB vault |");
         println!("|---|---:|---:|");
@@ -433,7 +572,7 @@ fn main() {
         println!();
         println!(
             "targets: new values on PostgreSQL at least 0.70 of the bare statement ({:.2}); detokenize at least 0.50 of RocksDB's (batches {:.2}, unary {:.2})",
-            one_node / bare_rate,
+            one_node.rate / bare_rate,
             pg_reveal / rocks_reveal,
             pg_rate / rocks_detok
         );

@@ -214,7 +214,7 @@ impl FormatSpec {
     /// Draws the canonical form of a candidate token for `canonical`. `None`
     /// when this draw cannot produce a token (the caller moves on to the next
     /// attempt, as for a collision).
-    pub(crate) fn generate(&self, canonical: &str, rng: &mut impl SlotRng) -> Option<String> {
+    pub fn generate(&self, canonical: &str, rng: &mut impl SlotRng) -> Option<String> {
         let keep = Keep::new(self, self.slots(canonical));
         match self.kind {
             FormatKind::Ssn => Some(digits::generate_ssn(canonical, keep, rng)),
