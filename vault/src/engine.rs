@@ -159,6 +159,8 @@ pub struct Vault {
     cache: Option<Cache<ForwardKey, Arc<str>>>,
     /// Candidate tokens checked and found taken, by namespace.
     fill: Arc<FillStats>,
+    /// How many of each namespace's recent values were new.
+    novelty: Novelty,
     limits: Limits,
     rotation: Rotator,
     audit: AuditLog,
@@ -275,10 +277,18 @@ struct Round {
     mappings: std::sync::Mutex<Vec<NewMapping>>,
     /// Candidates handed to storage.
     offered: std::sync::atomic::AtomicU64,
+    /// See [`NewValues::older_keys_checked`].
+    older_keys_checked: bool,
 }
 
 impl Round {
-    fn new(ns: Arc<Namespace>, ring: Arc<Keyring>, now: u64, mappings: Vec<NewMapping>) -> Self {
+    fn new(
+        ns: Arc<Namespace>,
+        ring: Arc<Keyring>,
+        now: u64,
+        mappings: Vec<NewMapping>,
+        older_keys_checked: bool,
+    ) -> Self {
         Self {
             ns,
             ring,
@@ -286,6 +296,7 @@ impl Round {
             len: mappings.len(),
             mappings: std::sync::Mutex::new(mappings),
             offered: std::sync::atomic::AtomicU64::new(0),
+            older_keys_checked,
         }
     }
 
@@ -373,6 +384,10 @@ impl NewValues for Round {
             .as_ref()
             .map(|l| bound.unwrap_or_else(|| l.active.bind(keyset.prf(), token.as_bytes())));
         Some(MappingRows { reverse, forward })
+    }
+
+    fn older_keys_checked(&self) -> bool {
+        self.older_keys_checked
     }
 }
 
@@ -741,6 +756,7 @@ impl Vault {
             clients: RwLock::new(clients),
             cache,
             fill: Arc::default(),
+            novelty: Novelty::default(),
             limits: options.limits,
             epoch: std::sync::atomic::AtomicU64::new(0),
             epoch_reads: Coalesced::new(),
@@ -1362,6 +1378,37 @@ impl Vault {
             pending.push((slot, parsed, lookup));
         }
 
+        // On storage other nodes share, values of a namespace whose recent
+        // values were nearly all new go straight to the insert, whose
+        // conflict on the forward entry finds the few stored already:
+        // looking each up first as well costs the database one more index
+        // search per value, a fifth of its work on a batch of new values
+        // (BENCHMARKS.md). Only while one keyset is live, so that a stored
+        // value's entry can be under no other key, and only for a call that
+        // may mint without counting first (no quota, not a look-up client).
+        let straight = matches!(mint, Mint::Always)
+            && ns.deterministic
+            && ring.single()
+            && self.store.shared()
+            && self.novelty.mostly_new(ns.id);
+        if straight && !pending.is_empty() {
+            let answered = self.allocate(&ns, &ring, pending, &mut results).await;
+            let (minted, existing) = match answered {
+                Ok(answered) => answered,
+                Err(e) => {
+                    // Values stored already would have been answered by a
+                    // read, which may still work where the insert failed:
+                    // the next calls look first again.
+                    self.novelty.forget(ns.id);
+                    return Err(e);
+                }
+            };
+            counts.minted = minted;
+            counts.hits += existing;
+            self.novelty.record(ns.id, minted + existing, minted);
+            return Ok(finish(&ns, results, counts));
+        }
+
         // One multi_get for every deterministic value the cache missed (under
         // each keyset version while a rotation runs).
         let keys: Vec<ForwardKey> = pending
@@ -1369,8 +1416,16 @@ impl Vault {
             .filter_map(|(_, _, lookup)| lookup.as_ref())
             .flat_map(|lookup| lookup.all().copied())
             .collect();
-        let mut found = self.store.forward_entries(&keys).await?.into_iter();
+        // (A namespace without determinism has nothing to look up, and no
+        // round trip is spent on nothing.)
+        let found = if keys.is_empty() {
+            Vec::new()
+        } else {
+            self.store.forward_entries(&keys).await?
+        };
+        let mut found = found.into_iter();
         let mut new_values: Vec<(usize, Parsed, Option<Lookup>)> = Vec::new();
+        let looked = pending.len();
         for (slot, parsed, lookup) in pending {
             if let Some(lookup) = &lookup {
                 let mut hit = None;
@@ -1389,6 +1444,10 @@ impl Vault {
                 }
             }
             new_values.push((slot, parsed, lookup));
+        }
+        if ns.deterministic {
+            self.novelty
+                .record(ns.id, looked as u64, new_values.len() as u64);
         }
 
         if let Mint::Reserving(reserve) = mint
@@ -1420,18 +1479,7 @@ impl Vault {
             counts.minted = minted;
             counts.hits += existing;
         }
-        let results: Vec<ItemResult> = results
-            .into_iter()
-            .map(|r| r.unwrap_or_else(|| Err(internal(&ns))))
-            .collect();
-        for result in &results {
-            match result {
-                Err(e) if e.code == ItemCode::NotFound => counts.not_found += 1,
-                Err(_) => counts.failed += 1,
-                Ok(_) => {}
-            }
-        }
-        Ok((results, counts))
+        Ok(finish(&ns, results, counts))
     }
 
     fn existing_token(
@@ -1498,10 +1546,20 @@ impl Vault {
         let mut spent = 0u32;
         let mut rounds_left = SEARCH_ROUNDS;
         let mut remakes = 0;
+        // The caller looked every value up under this keyring just now, or
+        // the keyring has one keyset; after the first round, or under
+        // another keyring, storage looks itself.
+        let mut older_keys_checked = true;
         while !round.is_empty() && rounds_left > 0 {
             rounds_left -= 1;
             let (indexes, batch): (Vec<usize>, Vec<NewMapping>) = round.into_iter().unzip();
-            let values = Arc::new(Round::new(Arc::clone(ns), Arc::clone(&ring), now, batch));
+            let values = Arc::new(Round::new(
+                Arc::clone(ns),
+                Arc::clone(&ring),
+                now,
+                batch,
+                std::mem::replace(&mut older_keys_checked, false),
+            ));
             let outcome = self
                 .store
                 .insert_mappings(Arc::clone(&values) as Arc<dyn NewValues>)
@@ -1964,6 +2022,72 @@ type Allocation = Result<Arc<str>, ItemCode>;
 #[derive(Default)]
 pub(crate) struct FillStats(std::sync::Mutex<HashMap<String, (u64, u64)>>);
 
+/// Recent values weigh half as much after this many more of a namespace.
+const NOVELTY_HALF_LIFE: f64 = 1000.0;
+/// The share of recent values that were new above which a call skips its
+/// look-up: at 0.9, at most one value in ten has its first candidate drawn
+/// and sealed for nothing.
+const NOVELTY_STRAIGHT: f64 = 0.9;
+/// Values (decayed) a namespace must have brought before its share counts.
+const NOVELTY_EVIDENCE: f64 = 64.0;
+
+/// How many of each namespace's recent deterministic values were new to
+/// the vault, weighted by recency: whether looking values up before
+/// inserting them is likely to find any (see `tokenize_counted`). A node
+/// knows only the calls it served, which is what its choice is about.
+#[derive(Default)]
+struct Novelty(std::sync::Mutex<HashMap<u32, (f64, f64)>>);
+
+impl Novelty {
+    fn mostly_new(&self, namespace: u32) -> bool {
+        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(&namespace)
+            .is_some_and(|&(seen, new)| seen >= NOVELTY_EVIDENCE && new >= seen * NOVELTY_STRAIGHT)
+    }
+
+    /// `seen` values of a call were looked for (or inserted), `new` of
+    /// them were not stored.
+    fn record(&self, namespace: u32, seen: u64, new: u64) {
+        if seen == 0 {
+            return;
+        }
+        let decay = 0.5f64.powf(seen as f64 / NOVELTY_HALF_LIFE);
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let (weight, fresh) = map.entry(namespace).or_default();
+        *weight = *weight * decay + seen as f64;
+        *fresh = *fresh * decay + new as f64;
+    }
+
+    /// Starts the namespace over: its next calls look first.
+    fn forget(&self, namespace: u32) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&namespace);
+    }
+}
+
+/// A tokenize call's answers, every slot filled, and its counts completed
+/// with the items that failed.
+fn finish(
+    ns: &Namespace,
+    results: Vec<Option<ItemResult>>,
+    mut counts: TokenizeCounts,
+) -> (Vec<ItemResult>, TokenizeCounts) {
+    let results: Vec<ItemResult> = results
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| Err(internal(ns))))
+        .collect();
+    for result in &results {
+        match result {
+            Err(e) if e.code == ItemCode::NotFound => counts.not_found += 1,
+            Err(_) => counts.failed += 1,
+            Ok(_) => {}
+        }
+    }
+    (results, counts)
+}
+
 impl FillStats {
     fn record(&self, namespace: &str, tried: u64, taken: u64) {
         if tried == 0 {
@@ -1985,5 +2109,37 @@ impl FillStats {
         map.iter()
             .map(|(ns, &(tried, taken))| (ns.clone(), taken as f64 / tried as f64))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Novelty;
+
+    #[test]
+    fn a_namespace_goes_straight_only_while_its_values_are_new() {
+        let novelty = Novelty::default();
+        assert!(!novelty.mostly_new(1), "nothing seen: look first");
+        novelty.record(1, 10, 10);
+        assert!(!novelty.mostly_new(1), "too few values to tell");
+        novelty.record(1, 1000, 1000);
+        assert!(novelty.mostly_new(1));
+        assert!(!novelty.mostly_new(2), "namespaces apart");
+        // A batch of values stored already turns it back at once.
+        novelty.record(1, 1000, 0);
+        assert!(!novelty.mostly_new(1));
+        // New values again win it back as the old ones fade.
+        for _ in 0..4 {
+            novelty.record(1, 1000, 1000);
+        }
+        assert!(novelty.mostly_new(1));
+        // One value in five stored keeps every call looking.
+        for _ in 0..10 {
+            novelty.record(1, 1000, 800);
+        }
+        assert!(!novelty.mostly_new(1));
+        novelty.record(1, 1000, 1000);
+        novelty.forget(1);
+        assert!(!novelty.mostly_new(1), "a failed insert starts it over");
     }
 }

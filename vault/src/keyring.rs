@@ -36,6 +36,12 @@ impl Keyring {
         }
     }
 
+    /// Whether the active keyset is the only one: no rotation runs, and a
+    /// value stored has its forward entry under the active keyset's key.
+    pub(crate) fn single(&self) -> bool {
+        self.older.is_empty()
+    }
+
     /// Where a value's forward entry may be: under the active keyset, or
     /// while a rotation runs under an older one.
     pub(crate) fn lookup(&self, namespace_id: u32, canonical: &str) -> Lookup {

@@ -151,6 +151,8 @@ fn random_value(tokens: &[&str]) -> Value {
 struct Batch {
     keyset: u32,
     values: Vec<Value>,
+    /// What the batch tells storage of the caller's own look-up.
+    older_keys_checked: bool,
 }
 
 impl NewValues for Batch {
@@ -182,10 +184,21 @@ impl NewValues for Batch {
             forward: value.deterministic.then(|| entry_of(token)),
         })
     }
+    fn older_keys_checked(&self) -> bool {
+        self.older_keys_checked
+    }
 }
 
 async fn insert(store: &dyn Storage, keyset: u32, values: Vec<Value>) -> InsertOutcome {
-    insert_batch(store, Arc::new(Batch { keyset, values })).await
+    insert_batch(
+        store,
+        Arc::new(Batch {
+            keyset,
+            values,
+            older_keys_checked: false,
+        }),
+    )
+    .await
 }
 
 async fn insert_batch(store: &dyn Storage, batch: Arc<Batch>) -> InsertOutcome {
@@ -404,6 +417,7 @@ async fn candidates_and_rows_are_asked_for_only_as_needed() {
             insert_done(store, 1, vec![value(1, &[1], &["111"])]).await;
             let batch = Arc::new(Batch {
                 keyset: 1,
+                older_keys_checked: false,
                 values: vec![
                     // Stored already: no candidate is needed.
                     value(1, &[1], &["900", "901"]),
@@ -429,6 +443,49 @@ async fn candidates_and_rows_are_asked_for_only_as_needed() {
             assert_eq!(asked[0], (0, 0), "{name}: a stored value offers nothing");
             assert!(asked[1].0 >= 2, "{name}");
             assert!(asked[1].1 >= 1 && asked[1].1 <= asked[1].0, "{name}");
+        })
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_value_stored_since_the_caller_looked_keeps_its_one_token() {
+    each_backend(|name, h| {
+        Box::pin(async move {
+            let store = h.store.as_ref();
+            // Stored by another caller after this one looked and found
+            // nothing: a backend may take the caller's word and not look
+            // again, but the value still has one token, the first.
+            insert_done(store, 1, vec![value(1, &[1], &["111"])]).await;
+            let batch = Arc::new(Batch {
+                keyset: 1,
+                older_keys_checked: true,
+                values: vec![value(1, &[1], &["900"]), value(2, &[1], &["901"])],
+            });
+            let InsertOutcome::Done(done) = insert_batch(store, batch).await else {
+                panic!("{name}: keyset 1 is the active one");
+            };
+            assert_eq!(
+                done,
+                vec![
+                    Inserted::Existing {
+                        key: forward(1, 1),
+                        stored: entry_of("111"),
+                    },
+                    Inserted::New("901".into()),
+                ],
+                "{name}"
+            );
+            let taken = store
+                .tokens_taken(NS, &["111".into(), "900".into(), "901".into()])
+                .await
+                .expect("tokens_taken");
+            assert_eq!(taken, vec![true, false, true], "{name}: no second row");
+            let rows = store
+                .reverse_rows(NS, &["111"])
+                .await
+                .expect("reverse_rows");
+            assert_eq!(rows, vec![Some(row_of(1, "111"))], "{name}");
         })
     })
     .await;

@@ -185,3 +185,65 @@ async fn three_nodes_serve_one_vault_as_one() {
         node.stop();
     }
 }
+
+/// A node whose recent values of a namespace were all new inserts without
+/// looking first (BENCHMARKS.md); values another node stored meanwhile must
+/// still come back with their one token, found by the insert's conflict.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_stored_by_another_node_keep_their_token_when_a_node_inserts_first() {
+    if !on_postgres() {
+        eprintln!(
+            "values_stored_by_another_node_keep_their_token_when_a_node_inserts_first: runs in the PostgreSQL pass"
+        );
+        return;
+    }
+    let server = Arc::new(Postgres::start().expect("PostgreSQL"));
+    let vault = VaultDir::init_postgres(Arc::clone(&server));
+    let nodes = [Server::start(&vault, &[]), Server::start(&vault, &[])];
+    let admin = connect(&nodes[0], Some(&vault.admin_key)).await;
+    let (_, key) = client_with(&admin, &nodes[0], "pipeline", &["tokenize:mrn"]).await;
+    let on_a = connect(&nodes[0], Some(&key)).await;
+    let on_b = connect(&nodes[1], Some(&key)).await;
+
+    // Node A stores 500 values that node B has never seen.
+    let stored = values("A-", 500);
+    let stored_tokens = texts(
+        on_a.tokenize("mrn", stored.clone())
+            .await
+            .expect("tokenize"),
+    );
+    // Node B sees nothing but new values for a while...
+    for batch in 0..3 {
+        let fresh = values(&format!("B{batch}-"), 500);
+        texts(on_b.tokenize("mrn", fresh).await.expect("tokenize"));
+    }
+    // ...then a batch of A's values, new ones, and repeats of both.
+    let new = values("C-", 250);
+    let mut mixed: Vec<String> = stored.iter().step_by(2).cloned().collect();
+    mixed.extend(new.iter().cloned());
+    mixed.extend(stored.iter().take(10).cloned());
+    mixed.extend(new.iter().take(10).cloned());
+    let answers = texts(on_b.tokenize("mrn", mixed.clone()).await.expect("tokenize"));
+    for (value, token) in mixed.iter().zip(&answers) {
+        if let Some(i) = stored.iter().position(|v| v == value) {
+            assert_eq!(
+                token, &stored_tokens[i],
+                "a value A stored got another token on B"
+            );
+        }
+    }
+    let new_tokens: Vec<&String> = answers[250..500].iter().collect();
+    assert_eq!(
+        answers[510..520].iter().collect::<Vec<_>>(),
+        new_tokens[..10]
+    );
+    // And A answers B's new values with B's tokens.
+    let again = texts(on_a.tokenize("mrn", new.clone()).await.expect("tokenize"));
+    assert_eq!(again.iter().collect::<Vec<_>>(), new_tokens);
+    let rows = server.psql("vault", "SELECT count(*) FROM phivault.mappings");
+    assert_eq!(
+        rows.trim(),
+        (500 + 3 * 500 + 250).to_string(),
+        "one row per value"
+    );
+}

@@ -60,6 +60,17 @@ pub trait NewValues: Send + Sync {
     /// candidates; `None` when they cannot be made (the value then fails
     /// alone, and is reported [`Inserted::Taken`]).
     fn rows(&self, item: usize, token: &str) -> Option<MappingRows>;
+    /// Whether no value of the batch is stored under any of its keys but
+    /// the active version's: the caller looked under them all in a read
+    /// that began after [`keyset`](Self::keyset) became active and found
+    /// nothing, or a value has no other key (no rotation runs). A stored
+    /// value can then only be under the key a new forward entry takes, and
+    /// a backend whose insert refuses a second entry there may insert
+    /// before looking, asking a value stored meanwhile for a candidate
+    /// before answering it [`Inserted::Existing`].
+    fn older_keys_checked(&self) -> bool {
+        false
+    }
 }
 
 /// What storage did with one new value. Its `Debug` names the variant only:
