@@ -208,6 +208,8 @@ struct NewMapping {
     failed: bool,
     /// The candidate last handed to storage, with any rows made for it.
     offered: Option<Drawn>,
+    /// Candidates handed to storage in the current round.
+    offers: u64,
 }
 
 impl NewMapping {
@@ -242,6 +244,7 @@ impl NewMapping {
             attempts,
             failed: false,
             offered: None,
+            offers: 0,
         }
     }
 
@@ -275,8 +278,6 @@ struct Round {
     now: u64,
     len: usize,
     mappings: std::sync::Mutex<Vec<NewMapping>>,
-    /// Candidates handed to storage.
-    offered: std::sync::atomic::AtomicU64,
     /// See [`NewValues::older_keys_checked`].
     older_keys_checked: bool,
 }
@@ -286,16 +287,18 @@ impl Round {
         ns: Arc<Namespace>,
         ring: Arc<Keyring>,
         now: u64,
-        mappings: Vec<NewMapping>,
+        mut mappings: Vec<NewMapping>,
         older_keys_checked: bool,
     ) -> Self {
+        for mapping in &mut mappings {
+            mapping.offers = 0;
+        }
         Self {
             ns,
             ring,
             now,
             len: mappings.len(),
             mappings: std::sync::Mutex::new(mappings),
-            offered: std::sync::atomic::AtomicU64::new(0),
             older_keys_checked,
         }
     }
@@ -354,8 +357,7 @@ impl NewValues for Round {
         };
         let token = drawn.token.clone();
         mapping.offered = Some(drawn);
-        self.offered
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        mapping.offers += 1;
         Some(token)
     }
 
@@ -1383,13 +1385,16 @@ impl Vault {
         // conflict on the forward entry finds the few stored already:
         // looking each up first as well costs the database one more index
         // search per value, a fifth of its work on a batch of new values
-        // (BENCHMARKS.md). Only while one keyset is live, so that a stored
-        // value's entry can be under no other key, and only for a call that
-        // may mint without counting first (no quota, not a look-up client).
+        // (BENCHMARKS.md). Only while this node's keyring holds one keyset,
+        // so that a stored value's entry can be under no other key; only
+        // for a call that may mint without counting first (no quota, not a
+        // look-up client); and only while storage takes writes, so that
+        // stored values are answered by a read while it does not.
         let straight = matches!(mint, Mint::Always)
             && ns.deterministic
             && ring.single()
             && self.store.shared()
+            && self.store.writable()
             && self.novelty.mostly_new(ns.id);
         if straight && !pending.is_empty() {
             let answered = self.allocate(&ns, &ring, pending, &mut results).await;
@@ -1445,10 +1450,9 @@ impl Vault {
             }
             new_values.push((slot, parsed, lookup));
         }
-        if ns.deterministic {
-            self.novelty
-                .record(ns.id, looked as u64, new_values.len() as u64);
-        }
+        // Counted once the call has done its writes: a call of new values
+        // that fails to write them must not send the next calls straight.
+        let novel = (looked as u64, new_values.len() as u64);
 
         if let Mint::Reserving(reserve) = mint
             && !new_values.is_empty()
@@ -1475,9 +1479,19 @@ impl Vault {
                 results[slot] = Some(Err(ItemError::new(ItemCode::NotFound, &ns.name, why)));
             }
         } else if !new_values.is_empty() {
-            let (minted, existing) = self.allocate(&ns, &ring, new_values, &mut results).await?;
+            let allocated = self.allocate(&ns, &ring, new_values, &mut results).await;
+            let (minted, existing) = match allocated {
+                Ok(allocated) => allocated,
+                Err(e) => {
+                    self.novelty.forget(ns.id);
+                    return Err(e);
+                }
+            };
             counts.minted = minted;
             counts.hits += existing;
+        }
+        if ns.deterministic {
+            self.novelty.record(ns.id, novel.0, novel.1);
         }
         Ok(finish(&ns, results, counts))
     }
@@ -1592,14 +1606,20 @@ impl Vault {
                     continue;
                 }
             };
-            let offered = values.offered.load(Ordering::Relaxed);
-            let new = written
-                .iter()
-                .filter(|w| matches!(w, Inserted::New(_)))
-                .count() as u64;
+            // How full the space is, from the candidates of values that
+            // were not stored already: one the insert found stored (by its
+            // conflict, having been asked for a candidate) says nothing of
+            // it.
+            let (mut tried, mut new) = (0u64, 0u64);
+            for (mapping, written) in batch.iter().zip(&written) {
+                match written {
+                    Inserted::Existing { .. } => {}
+                    Inserted::New(_) => (tried, new) = (tried + mapping.offers, new + 1),
+                    Inserted::Taken => tried += mapping.offers,
+                }
+            }
             minted += new;
-            self.fill
-                .record(&ns.name, offered, offered.saturating_sub(new));
+            self.fill.record(&ns.name, tried, tried.saturating_sub(new));
             let mut again = Vec::new();
             for ((i, mapping), written) in indexes.into_iter().zip(batch).zip(written) {
                 let stored_under = mapping.forward.as_ref().map(|l| l.active);
@@ -2025,8 +2045,9 @@ pub(crate) struct FillStats(std::sync::Mutex<HashMap<String, (u64, u64)>>);
 /// Recent values weigh half as much after this many more of a namespace.
 const NOVELTY_HALF_LIFE: f64 = 1000.0;
 /// The share of recent values that were new above which a call skips its
-/// look-up: at 0.9, at most one value in ten has its first candidate drawn
-/// and sealed for nothing.
+/// look-up: at 0.9, about one value in ten, on average over recent calls,
+/// has its first candidate drawn and sealed for nothing (a single call of
+/// stored values seals them all, and turns the namespace back).
 const NOVELTY_STRAIGHT: f64 = 0.9;
 /// Values (decayed) a namespace must have brought before its share counts.
 const NOVELTY_EVIDENCE: f64 = 64.0;

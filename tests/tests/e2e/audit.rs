@@ -31,7 +31,8 @@ fn client_id(key: &str) -> String {
     key.split('_').nth(1).expect("pv_<id>_<secret>").to_owned()
 }
 
-async fn wait_for_rotation(admin: &Client) {
+/// Waits until no key rotation runs.
+pub(super) async fn wait_for_rotation(admin: &Client) {
     for _ in 0..2000 {
         if admin.key_status().await.expect("status").rotation.is_none() {
             return;

@@ -68,6 +68,12 @@ pub trait NewValues: Send + Sync {
     /// a backend whose insert refuses a second entry there may insert
     /// before looking, asking a value stored meanwhile for a candidate
     /// before answering it [`Inserted::Existing`].
+    ///
+    /// The caller's word holds because nothing is written under a keyset
+    /// that is no longer active (the insert refuses a stale batch, ordered
+    /// against a rotation's start by a lock on the active keyset), and
+    /// because the caller's read saw every write committed before it began
+    /// (on PostgreSQL: one primary, a snapshot per statement).
     fn older_keys_checked(&self) -> bool {
         false
     }
@@ -142,7 +148,9 @@ pub trait MappingStore: Send + Sync {
     /// token stored for it already under any of its forward keys, or else the
     /// first candidate no other value holds, stored with its rows. A taken
     /// candidate is never overwritten, and two batches bringing one value
-    /// at the same time end with one token for it.
+    /// at the same time end with one token for it. A batch that says
+    /// [`older_keys_checked`](NewValues::older_keys_checked) answers for
+    /// every key but the active one.
     fn insert_mappings(&self, values: Arc<dyn NewValues>) -> StoreFuture<'_, InsertOutcome>;
 
     /// About how many mappings are stored (cheap; for progress figures).
