@@ -18,10 +18,10 @@ use phivault::store::{Durability, Location, StoreOptions};
 use phivault::{MasterKey, Vault, VaultOptions};
 use zeroize::Zeroizing;
 
-/// Every allocation of the server and its commands. A tokenize call of
-/// 1,000 values makes and frees some tens of thousands of small objects
-/// across runtime threads; under glibc's allocator that was a third of the
-/// server's CPU on PostgreSQL (BENCHMARKS.md).
+/// Every allocation of the server and its commands. A tokenize call makes
+/// and frees several small objects per value across the runtime's threads;
+/// under glibc's allocator that was 39% of the server's CPU samples on
+/// batches of new values on PostgreSQL (BENCHMARKS.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
