@@ -1397,19 +1397,9 @@ impl Vault {
             && self.store.writable()
             && self.novelty.mostly_new(ns.id);
         if straight && !pending.is_empty() {
-            let answered = self.allocate(&ns, &ring, pending, &mut results).await;
-            let (minted, existing) = match answered {
-                Ok(answered) => answered,
-                Err(e) => {
-                    // Values stored already would have been answered by a
-                    // read, which may still work where the insert failed:
-                    // the next calls look first again.
-                    self.novelty.forget(ns.id);
-                    return Err(e);
-                }
-            };
-            counts.minted = minted;
-            counts.hits += existing;
+            let (minted, existing) = self
+                .allocate_counted(&ns, &ring, pending, &mut results, &mut counts)
+                .await?;
             self.novelty.record(ns.id, minted + existing, minted);
             return Ok(finish(&ns, results, counts));
         }
@@ -1479,16 +1469,8 @@ impl Vault {
                 results[slot] = Some(Err(ItemError::new(ItemCode::NotFound, &ns.name, why)));
             }
         } else if !new_values.is_empty() {
-            let allocated = self.allocate(&ns, &ring, new_values, &mut results).await;
-            let (minted, existing) = match allocated {
-                Ok(allocated) => allocated,
-                Err(e) => {
-                    self.novelty.forget(ns.id);
-                    return Err(e);
-                }
-            };
-            counts.minted = minted;
-            counts.hits += existing;
+            self.allocate_counted(&ns, &ring, new_values, &mut results, &mut counts)
+                .await?;
         }
         if ns.deterministic {
             self.novelty.record(ns.id, novel.0, novel.1);
@@ -1520,6 +1502,27 @@ impl Vault {
             cache.insert(key, Arc::from(token));
         }
         Ok(ns.format.render(token, shape))
+    }
+
+    /// [`allocate`](Self::allocate), its mappings and slots answered by
+    /// another call's added to `counts`. A failure makes the namespace look
+    /// values up first again: stored ones would have been answered by a
+    /// read, which may still work where the insert failed.
+    async fn allocate_counted(
+        &self,
+        ns: &Arc<Namespace>,
+        ring: &Arc<Keyring>,
+        new_values: Vec<(usize, Parsed, Option<Lookup>)>,
+        results: &mut [Option<ItemResult>],
+        counts: &mut TokenizeCounts,
+    ) -> Result<(u64, u64), Error> {
+        let (minted, existing) = self
+            .allocate(ns, ring, new_values, results)
+            .await
+            .inspect_err(|_| self.novelty.forget(ns.id))?;
+        counts.minted = minted;
+        counts.hits += existing;
+        Ok((minted, existing))
     }
 
     /// Sends values never seen before to storage and fills their slots.
