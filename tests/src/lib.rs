@@ -326,6 +326,8 @@ pub struct Server {
     pub addr: SocketAddr,
     /// Where it serves metrics, when started with `--metrics-listen`.
     pub metrics_addr: Option<SocketAddr>,
+    /// Where it serves the HTTP/JSON API, when started with `--http-listen`.
+    pub http_addr: Option<SocketAddr>,
     /// Everything it wrote to stderr so far is collected here on `stop`.
     stderr: Option<std::thread::JoinHandle<String>>,
     /// What it has written to stderr so far, while it runs.
@@ -364,14 +366,17 @@ impl Server {
         let stderr = child.stderr.take().expect("piped stderr");
         let (ready, wait) = mpsc::channel();
         let stdout = std::thread::spawn(move || {
-            let mut metrics = None;
+            let (mut metrics, mut http) = (None, None);
             let mut all = String::new();
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if let Some(addr) = line.strip_prefix("phivault metrics on ") {
                     metrics = addr.parse::<SocketAddr>().ok();
                 }
+                if let Some(addr) = line.strip_prefix("phivault http on ") {
+                    http = addr.parse::<SocketAddr>().ok();
+                }
                 if let Some(addr) = line.strip_prefix("phivault listening on ") {
-                    let _ = ready.send(addr.parse::<SocketAddr>().ok().map(|a| (a, metrics)));
+                    let _ = ready.send(addr.parse::<SocketAddr>().ok().map(|a| (a, metrics, http)));
                 }
                 all.push_str(&line);
                 all.push('\n');
@@ -394,10 +399,11 @@ impl Server {
             all
         });
         match wait.recv_timeout(READY_TIMEOUT) {
-            Ok(Some((addr, metrics_addr))) => Self {
+            Ok(Some((addr, metrics_addr, http_addr))) => Self {
                 child,
                 addr,
                 metrics_addr,
+                http_addr,
                 stderr: Some(stderr),
                 stderr_so_far,
                 stdout: Some(stdout),

@@ -18,6 +18,7 @@ mod detection;
 mod duties;
 mod failover;
 mod hardening;
+mod json_api;
 mod keys;
 mod limits;
 mod portable;

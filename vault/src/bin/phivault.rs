@@ -430,6 +430,11 @@ struct ServeArgs {
     /// the address is printed as `phivault metrics on IP:PORT`).
     #[arg(long, env = "PHIVAULT_METRICS_LISTEN", hide_env_values = true)]
     metrics_listen: Option<SocketAddr>,
+    /// Serve the HTTP/JSON API on ADDR (port 0 picks one; the address is
+    /// printed as `phivault http on IP:PORT`): the same keys, scopes, limits
+    /// and audit records as gRPC.
+    #[arg(long, env = "PHIVAULT_HTTP_LISTEN", hide_env_values = true)]
+    http_listen: Option<SocketAddr>,
     /// Largest gRPC message accepted, in bytes [default: 4194304].
     #[arg(long, env = "PHIVAULT_MAX_MESSAGE_BYTES", hide_env_values = true)]
     max_message_bytes: Option<usize>,
@@ -528,6 +533,7 @@ fn resolve(args: ServeArgs) -> anyhow::Result<ServeArgs> {
         tls_client_ca: args.tls_client_ca.or(file.tls.client_ca),
         insecure_plaintext: args.insecure_plaintext || file.insecure_plaintext.unwrap_or(false),
         metrics_listen: args.metrics_listen.or(file.metrics_listen),
+        http_listen: args.http_listen.or(file.http_listen),
         max_message_bytes: Some(
             args.max_message_bytes
                 .or(file.limits.max_message_bytes)
@@ -639,6 +645,7 @@ fn render_settings(args: &ServeArgs) -> anyhow::Result<String> {
         hsm: args.hsm.clone(),
         listen: args.listen,
         metrics_listen: args.metrics_listen,
+        http_listen: args.http_listen,
         insecure_plaintext: Some(args.insecure_plaintext),
         durability: args.durability.clone(),
         rotation_max_rate: args.rotation_max_rate,
@@ -1512,6 +1519,7 @@ async fn serve(args: ServeArgs, trace_calls: bool) -> anyhow::Result<()> {
         insecure_plaintext: args.insecure_plaintext,
         max_message_bytes: args.max_message_bytes.unwrap_or(4 << 20),
         metrics_listen: args.metrics_listen,
+        http_listen: args.http_listen,
         backup_dir: args.backup_dir.clone(),
         transport: args.transport.clone(),
         client_limits: phivault::limits::Limits::parse(&args.client_limits)

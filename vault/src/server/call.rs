@@ -57,12 +57,7 @@ impl Call {
         let request_id = metadata
             .get(REQUEST_ID)
             .and_then(|v| v.to_str().ok())
-            .filter(|id| {
-                (1..=MAX_REQUEST_ID).contains(&id.len())
-                    && id
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
-            })
+            .filter(|id| usable_request_id(id))
             .map_or_else(new_request_id, str::to_owned);
         let authorization = metadata
             .get("authorization")
@@ -309,10 +304,19 @@ pub(crate) fn count(items: usize) -> u32 {
     u32::try_from(items).unwrap_or(u32::MAX)
 }
 
+/// Whether a caller's request id is kept as it is: short, and of characters
+/// that are safe in a log line and a header.
+pub(crate) fn usable_request_id(id: &str) -> bool {
+    (1..=MAX_REQUEST_ID).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
+}
+
 /// A request id unique among every call the process serves: a random
 /// per-process prefix and a counter. Uniqueness, not secrecy, is what a
 /// request id needs, so a call costs no trip to the OS RNG.
-fn new_request_id() -> String {
+pub(crate) fn new_request_id() -> String {
     static PREFIX: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let prefix = PREFIX.get_or_init(|| {

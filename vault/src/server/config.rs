@@ -45,6 +45,8 @@ pub struct ConfigFile {
     pub listen: Option<SocketAddr>,
     /// `--metrics-listen`: the Prometheus address.
     pub metrics_listen: Option<SocketAddr>,
+    /// `--http-listen`: the HTTP/JSON API's address.
+    pub http_listen: Option<SocketAddr>,
     /// `--insecure-plaintext`: plaintext gRPC off loopback.
     pub insecure_plaintext: Option<bool>,
     /// `--durability`: `fsync` or `os`.

@@ -50,6 +50,38 @@ pub(crate) struct GateLayer {
     pub(crate) in_progress: Arc<Semaphore>,
 }
 
+impl GateLayer {
+    /// The key check a call gets from its headers alone, for a listener
+    /// that must refuse before it reads a body (the HTTP/JSON API): the
+    /// same authentication, look again for a key another node made, and
+    /// refusal tally as a gRPC call at the gate.
+    pub(crate) async fn check(
+        &self,
+        authorization: Option<&str>,
+        peer: Option<IpAddr>,
+    ) -> Result<(), Status> {
+        let Err(e) = self.vault.authenticate(authorization) else {
+            return Ok(());
+        };
+        let claimed = auth::claimed_client_id(authorization).unwrap_or_default();
+        let e = if self.vault.shares_storage() && e == AuthError::Unknown {
+            if self.vault.refresh_for_unknown_key().await.is_err() {
+                return Err(Status::unavailable(
+                    "the vault cannot reach its storage; retry with backoff",
+                ));
+            }
+            match self.vault.authenticate(authorization) {
+                Ok(_) => return Ok(()),
+                Err(e) => e,
+            }
+        } else {
+            e
+        };
+        self.refusals.count(peer, claimed, e);
+        Err(status::unauthenticated(e))
+    }
+}
+
 impl<S> tower::Layer<S> for GateLayer {
     type Service = Gate<S>;
 

@@ -9,6 +9,7 @@ mod call;
 pub mod config;
 pub mod convert;
 mod gate;
+mod json_api;
 mod limiter;
 mod listener;
 mod metrics;
@@ -63,6 +64,8 @@ pub struct ServeOptions {
     pub max_message_bytes: usize,
     /// Where to serve Prometheus metrics over HTTP (`/metrics`), if at all.
     pub metrics_listen: Option<SocketAddr>,
+    /// Where to serve the HTTP/JSON API, if at all.
+    pub http_listen: Option<SocketAddr>,
     /// The directory `Admin.Backup` writes new directories into (`None`:
     /// the RPC answers `FAILED_PRECONDITION`).
     pub backup_dir: Option<std::path::PathBuf>,
@@ -159,6 +162,12 @@ pub enum ServeError {
         "refusing plaintext gRPC on {0}, which is not a loopback address: give --tls-cert and --tls-key, or --insecure-plaintext if the network is protected otherwise"
     )]
     PlaintextRefused(SocketAddr),
+    /// The HTTP/JSON API in plaintext on a non-loopback address, without
+    /// the override.
+    #[error(
+        "refusing the HTTP/JSON API in plaintext on {0}, which is not a loopback address: give --tls-cert and --tls-key, or --insecure-plaintext if the network is protected otherwise"
+    )]
+    HttpPlaintextRefused(SocketAddr),
     /// The address could not be bound.
     #[error("cannot listen on {0}: {1}")]
     Bind(SocketAddr, std::io::Error),
@@ -181,6 +190,17 @@ pub enum ServeError {
 /// operators should see one status for one cause, so the codec's answer is
 /// rewritten (it is a trailers-only response: the status is in the headers,
 /// the message percent-encoded).
+/// A listener on `addr`, and the address it got (port 0 picks one).
+async fn bind(addr: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr), ServeError> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| ServeError::Bind(addr, e))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| ServeError::Bind(addr, e))?;
+    Ok((listener, bound))
+}
+
 fn oversize_is_resource_exhausted<B>(mut response: http::Response<B>) -> http::Response<B> {
     let headers = response.headers_mut();
     let oversize = headers.get("grpc-status").is_some_and(|s| s == "11")
@@ -343,6 +363,18 @@ pub async fn serve(
             "DANGER: --insecure-plaintext: API keys and PHI cross the network unencrypted"
         );
     }
+    if let Some(http) = options.http_listen
+        && options.tls.is_none()
+        && !http.ip().is_loopback()
+    {
+        if !options.insecure_plaintext {
+            return Err(ServeError::HttpPlaintextRefused(http));
+        }
+        tracing::warn!(
+            listen = %http,
+            "DANGER: --insecure-plaintext: API keys and PHI cross the network unencrypted (HTTP/JSON API)"
+        );
+    }
     install_tls_provider();
     // Refused before anything is bound: a server that cannot present its
     // certificate must not look started.
@@ -352,6 +384,12 @@ pub async fn serve(
         .map(tls::Tls::new)
         .transpose()?
         .map(Arc::new);
+    // The HTTP/JSON API's listener presents the same certificate, offering
+    // HTTP/1.1 by ALPN.
+    let http_tls = match (&options.tls, options.http_listen) {
+        (Some(files), Some(_)) => Some(Arc::new(tls::Tls::for_alpn(files, b"http/1.1")?)),
+        _ => None,
+    };
     if let (Some(dir), Some(data_dir)) = (&options.backup_dir, vault.data_dir()) {
         let (dir_owned, data_dir) = (dir.clone(), data_dir.to_path_buf());
         let removed = tokio::task::spawn_blocking(move || {
@@ -451,6 +489,8 @@ pub async fn serve(
             .await;
         })
     });
+    // The HTTP/JSON API stops taking calls when the gRPC port does.
+    let http_stopping = stopping.clone();
     let tokenizer = TokenizerServer::new(TokenizerService::new(plane, stopping))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
@@ -480,12 +520,7 @@ pub async fn serve(
     });
     let metrics_task = match options.metrics_listen {
         Some(addr) => {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|e| ServeError::Bind(addr, e))?;
-            let bound = listener
-                .local_addr()
-                .map_err(|e| ServeError::Bind(addr, e))?;
+            let (listener, bound) = bind(addr).await?;
             println!("phivault metrics on {bound}");
             Some(tokio::spawn(metrics::serve(listener, Arc::clone(&metrics))))
         }
@@ -523,7 +558,68 @@ pub async fn serve(
         })
         .map_request(call::tag_method::<tonic::body::Body>)
         .map_response(oversize_is_resource_exhausted::<tonic::body::Body>)
-        .layer(gate);
+        .layer(gate.clone());
+    let http_task = match options.http_listen {
+        Some(addr) => {
+            let routes = tonic::service::Routes::new(tokenizer.clone()).add_service(admin.clone());
+            let stack: json_api::GrpcStack = tower::util::BoxCloneSyncService::new(
+                tower::ServiceBuilder::new()
+                    .map_response(|r: http::Response<_>| r.map(tonic::body::Body::new))
+                    .layer(layers.clone())
+                    .service(routes),
+            );
+            let (listener, bound) = bind(addr).await?;
+            println!("phivault http on {bound}");
+            let router = json_api::router(
+                stack,
+                gate.clone(),
+                limits.max_calls_in_progress,
+                max,
+                limits.request_timeout,
+            );
+            let http_limits = json_api::HttpLimits {
+                header_read_timeout: limits.handshake_timeout,
+                max_header_bytes: limits.max_header_list_bytes as usize,
+                drain: limits.request_timeout,
+            };
+            // Connections are capped and must open in time, as on the gRPC
+            // port (each listener has caps of its own).
+            let admitted = listener::admitted(
+                listener,
+                limits.max_connections,
+                limits.max_connections_per_peer,
+                limits.ipv6_peer_prefix,
+                limits.handshake_timeout,
+            );
+            let stopping = http_stopping;
+            Some(match &http_tls {
+                Some(http_tls) => {
+                    let handshaken =
+                        tls::handshaken(admitted, Arc::clone(http_tls), limits.handshake_timeout);
+                    let incoming = futures_util::StreamExt::map(handshaken, |r| {
+                        r.map(|io| {
+                            let peer =
+                                tonic::transport::server::Connected::connect_info(io.get_ref().0)
+                                    .remote_addr();
+                            (io, peer)
+                        })
+                    });
+                    tokio::spawn(json_api::serve(incoming, router, http_limits, stopping))
+                }
+                None => {
+                    let incoming = futures_util::StreamExt::map(admitted, |r| {
+                        r.map(|io| {
+                            let peer = tonic::transport::server::Connected::connect_info(&io)
+                                .remote_addr();
+                            (io, peer)
+                        })
+                    });
+                    tokio::spawn(json_api::serve(incoming, router, http_limits, stopping))
+                }
+            })
+        }
+        None => None,
+    };
     let mut builder = Server::builder()
         .max_concurrent_streams(limits.max_concurrent_streams)
         .http2_max_pending_accept_reset_streams(Some(limits.max_pending_accept_reset_streams))
@@ -565,9 +661,15 @@ pub async fn serve(
         Some(tls) => {
             let reloads = options.tls_reloads.clone().map(|mut updates| {
                 let tls = Arc::clone(&tls);
+                let http_tls = http_tls.clone();
                 tokio::spawn(async move {
                     while updates.changed().await.is_ok() {
                         let next = updates.borrow_and_update().clone();
+                        if let Some(http_tls) = &http_tls
+                            && let Err(e) = http_tls.replace(&next)
+                        {
+                            tracing::error!(error = %e, "TLS certificate not reloaded on the HTTP listener; the one in use stays");
+                        }
                         match tls.replace(&next) {
                             Ok(()) => tracing::info!(
                                 expires_unix = tls.expires(),
@@ -612,7 +714,12 @@ pub async fn serve(
     if let Some(task) = refresh_metrics {
         task.abort();
     }
-    // The last window's refusals are written before the vault closes.
+    // The HTTP API's calls are answered (within the request timeout), then
+    // the last window's refusals and activity are written before the vault
+    // closes.
+    if let Some(task) = http_task {
+        let _ = task.await;
+    }
     let _ = summaries_stop.send(true);
     let _ = summaries.await;
     tracing::info!("stopped accepting calls; in-flight calls finished");

@@ -49,11 +49,15 @@ impl std::fmt::Debug for TlsOptions {
 pub struct TlsError(String);
 
 impl TlsOptions {
-    /// The rustls configuration these files make (HTTP/2 by ALPN, client
+    /// The rustls configuration these files make (`alpn` offered: `h2` for
+    /// gRPC, `http/1.1` for the HTTP/JSON API; client
     /// certificates required when a client CA is given, the process's
     /// crypto provider: see [`super::install_tls_provider`]), and when the
     /// server certificate expires, in seconds since the epoch.
-    pub(crate) fn server_config(&self) -> Result<(Arc<ServerConfig>, u64), TlsError> {
+    pub(crate) fn server_config(
+        &self,
+        alpn: &'static [u8],
+    ) -> Result<(Arc<ServerConfig>, u64), TlsError> {
         let provider = rustls::crypto::CryptoProvider::get_default()
             .cloned()
             .unwrap_or_else(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()));
@@ -103,7 +107,7 @@ impl TlsOptions {
                 "the key does not go with the certificate, or cannot be used: {e}"
             ))
         })?;
-        config.alpn_protocols = vec![b"h2".to_vec()];
+        config.alpn_protocols = vec![alpn.to_vec()];
         Ok((Arc::new(config), expires))
     }
 }
@@ -111,15 +115,23 @@ impl TlsOptions {
 /// The configuration new connections get, replaceable while serving.
 pub(crate) struct Tls {
     current: RwLock<Arc<ServerConfig>>,
+    /// The protocol the listener speaks, offered by ALPN.
+    alpn: &'static [u8],
     /// When the certificate in use expires (seconds since the epoch).
     expires: AtomicU64,
 }
 
 impl Tls {
     pub(crate) fn new(options: &TlsOptions) -> Result<Self, TlsError> {
-        let (config, expires) = options.server_config()?;
+        Self::for_alpn(options, b"h2")
+    }
+
+    /// For a listener speaking `alpn`.
+    pub(crate) fn for_alpn(options: &TlsOptions, alpn: &'static [u8]) -> Result<Self, TlsError> {
+        let (config, expires) = options.server_config(alpn)?;
         Ok(Self {
             current: RwLock::new(config),
+            alpn,
             expires: AtomicU64::new(expires),
         })
     }
@@ -136,7 +148,7 @@ impl Tls {
 
     /// Uses `options` for connections from now on, if they can be used.
     pub(crate) fn replace(&self, options: &TlsOptions) -> Result<(), TlsError> {
-        let (config, expires) = options.server_config()?;
+        let (config, expires) = options.server_config(self.alpn)?;
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = config;
         self.expires.store(expires, Ordering::Relaxed);
         Ok(())

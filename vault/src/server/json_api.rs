@@ -1,0 +1,649 @@
+//! The HTTP/JSON API. Each call is transcoded into the gRPC request it
+//! stands for and sent through the very stack gRPC calls pass (the record
+//! layer, the gate, the service), so that authentication, scopes, limits,
+//! audit records, detection and metrics are one code path: this module only
+//! reads JSON, frames a protobuf message, and turns the gRPC answer into
+//! JSON and an HTTP status.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use http_body_util::BodyExt;
+use phivault_proto::v1 as pb;
+use prost::Message;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tonic::Code;
+use tonic::codegen::http;
+use tonic::transport::server::TcpConnectInfo;
+
+use super::call::{REQUEST_ID, new_request_id, usable_request_id};
+use super::gate::GateLayer;
+
+/// The gRPC methods the API's calls stand for: the names their audit
+/// records, metrics and spans carry.
+const TOKENIZE: &str = "/phivault.v1.Tokenizer/Tokenize";
+const DETOKENIZE: &str = "/phivault.v1.Tokenizer/Detokenize";
+const SERVER_INFO: &str = "/phivault.v1.Tokenizer/GetServerInfo";
+
+/// The gRPC stack an HTTP call is sent through: the same layers and
+/// services the gRPC listener serves.
+pub(crate) type GrpcStack = tower::util::BoxCloneSyncService<
+    http::Request<tonic::body::Body>,
+    http::Response<tonic::body::Body>,
+    Infallible,
+>;
+
+#[derive(Clone)]
+struct Api {
+    grpc: GrpcStack,
+    /// The gRPC port's gate, whose key check runs before a body is read.
+    gate: GateLayer,
+    /// Bodies read and parsed at once: each holds up to `max_body` bytes
+    /// and what they parse into until its call ends, so their number is
+    /// bounded as the gate bounds calls in progress.
+    bodies: Arc<Semaphore>,
+    max_body: usize,
+    /// Longest reading a body, and then the call, may take.
+    timeout: Duration,
+}
+
+/// The routes of the API, answering through `grpc`: a call's key is
+/// checked by `gate` from its headers, then its body is read (at most
+/// `max_body` bytes, within `timeout`, no more than `bodies_at_once` at
+/// once), then the call goes through `grpc` within `timeout`.
+pub(crate) fn router(
+    grpc: GrpcStack,
+    gate: GateLayer,
+    bodies_at_once: usize,
+    max_body: usize,
+    timeout: Duration,
+) -> axum::Router {
+    axum::Router::new()
+        .route("/v1/namespaces/{namespace}/tokenize", post(tokenize))
+        .route("/v1/namespaces/{namespace}/detokenize", post(detokenize))
+        .route("/v1/server-info", get(server_info))
+        .with_state(Api {
+            grpc,
+            gate,
+            bodies: Arc::new(Semaphore::new(bodies_at_once)),
+            max_body,
+            timeout,
+        })
+}
+
+/// `POST /v1/namespaces/{ns}/tokenize`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenizeBody {
+    values: Vec<String>,
+}
+
+/// `POST /v1/namespaces/{ns}/detokenize`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DetokenizeBody {
+    tokens: Vec<String>,
+    #[serde(default)]
+    masked: bool,
+    #[serde(default)]
+    purpose: String,
+    #[serde(default)]
+    reason: String,
+}
+
+/// One item's answer: its text, or why it has none.
+#[derive(Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Item {
+    Text(String),
+    Error { code: &'static str, message: String },
+}
+
+#[derive(Serialize)]
+struct Results {
+    results: Vec<Item>,
+}
+
+/// A whole call refused or failed.
+#[derive(Serialize)]
+struct Failure {
+    error: FailureBody,
+}
+
+#[derive(Serialize)]
+struct FailureBody {
+    code: &'static str,
+    message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retry_after_ms: Option<u64>,
+}
+
+/// What went wrong with a call, as the client sees it.
+struct Refused {
+    code: Code,
+    message: String,
+    /// The server's pushback: -1 for "do not retry as it is".
+    retry_after_ms: Option<i64>,
+    /// An HTTP status more precise than the code's (413, 415).
+    status: Option<StatusCode>,
+}
+
+impl Refused {
+    fn new(code: Code, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            retry_after_ms: None,
+            status: None,
+        }
+    }
+}
+
+/// gRPC status codes as HTTP statuses (the README's table).
+fn http_status(code: Code) -> StatusCode {
+    match code {
+        Code::Ok => StatusCode::OK,
+        Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => {
+            StatusCode::BAD_REQUEST
+        }
+        Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+        Code::PermissionDenied => StatusCode::FORBIDDEN,
+        Code::NotFound => StatusCode::NOT_FOUND,
+        Code::AlreadyExists | Code::Aborted => StatusCode::CONFLICT,
+        Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+        Code::Cancelled => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
+        Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+        Code::Unimplemented => StatusCode::NOT_IMPLEMENTED,
+        Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        Code::Internal | Code::Unknown | Code::DataLoss => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+fn respond(status: StatusCode, request_id: &str, body: impl Serialize) -> Response {
+    // Serialising strings, numbers and enums cannot fail.
+    let json = serde_json::to_vec(&body).unwrap_or_default();
+    let mut response = (
+        status,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        json,
+    )
+        .into_response();
+    // Answers carry values and tokens: no cache on the way keeps them.
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if let Ok(id) = HeaderValue::from_str(request_id) {
+        response.headers_mut().insert(REQUEST_ID, id);
+    }
+    response
+}
+
+fn refused(refused: Refused, request_id: &str) -> Response {
+    let status = refused.status.unwrap_or_else(|| http_status(refused.code));
+    let retry_after_ms = refused.retry_after_ms.and_then(|ms| u64::try_from(ms).ok());
+    let mut response = respond(
+        status,
+        request_id,
+        Failure {
+            error: FailureBody {
+                code: phivault_proto::code_name(refused.code as i32),
+                message: refused.message,
+                retry_after_ms,
+            },
+        },
+    );
+    if let Some(ms) = retry_after_ms {
+        let seconds = ms.div_ceil(1000).max(1);
+        if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
+    }
+    if refused.code == Code::Unauthenticated {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    response
+}
+
+/// Parses a JSON document. An error names where it went wrong, never what
+/// the document held (serde's own messages quote it).
+fn json<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, Refused> {
+    serde_json::from_slice(body).map_err(|e| {
+        let what = match e.classify() {
+            serde_json::error::Category::Io | serde_json::error::Category::Eof => {
+                "the JSON body ends early"
+            }
+            serde_json::error::Category::Syntax => "the body is not valid JSON",
+            serde_json::error::Category::Data => {
+                "the JSON body does not have the fields this call takes, of their types"
+            }
+        };
+        Refused::new(
+            Code::InvalidArgument,
+            format!("{what} (line {}, column {})", e.line(), e.column()),
+        )
+    })
+}
+
+/// The caller's request id when it is one the gRPC side would keep, else
+/// a new one: the id every answer of the call carries, refusals included.
+fn request_id_of(headers: &HeaderMap) -> String {
+    headers
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|id| usable_request_id(id))
+        .map_or_else(new_request_id, str::to_owned)
+}
+
+impl Api {
+    /// Sends `message` to gRPC method `path` as the HTTP caller, and reads
+    /// the answer. Returns the answer and the request id the call ran under.
+    async fn call<Req: Message, Resp: Message + Default>(
+        &self,
+        path: &str,
+        headers: &HeaderMap,
+        request_id: &str,
+        peer: SocketAddr,
+        message: Req,
+    ) -> Result<Resp, Refused> {
+        let encoded = message.encode_to_vec();
+        let mut framed = Vec::with_capacity(encoded.len() + 5);
+        framed.push(0);
+        framed.extend_from_slice(
+            &u32::try_from(encoded.len())
+                .unwrap_or(u32::MAX)
+                .to_be_bytes(),
+        );
+        framed.extend_from_slice(&encoded);
+        let mut request = http::Request::post(path)
+            .header(header::CONTENT_TYPE, "application/grpc")
+            .header("te", "trailers")
+            .body(tonic::body::Body::new(http_body_util::Full::new(
+                Bytes::from(framed),
+            )))
+            .unwrap_or_default();
+        if let Some(auth) = headers.get(header::AUTHORIZATION) {
+            request
+                .headers_mut()
+                .insert(header::AUTHORIZATION, auth.clone());
+        }
+        if let Ok(id) = HeaderValue::from_str(request_id) {
+            request.headers_mut().insert(REQUEST_ID, id);
+        }
+        // The caller's trace, which the call's span joins as on gRPC.
+        if let Some(parent) = headers.get("traceparent") {
+            request.headers_mut().insert("traceparent", parent.clone());
+        }
+        request.extensions_mut().insert(TcpConnectInfo {
+            local_addr: None,
+            remote_addr: Some(peer),
+        });
+        let mut grpc = self.grpc.clone();
+        let answer = tokio::time::timeout(self.timeout, async move {
+            let response = tower::Service::call(&mut grpc, request).await;
+            let Ok(response) = response;
+            let (parts, body) = response.into_parts();
+            let collected = body.collect().await;
+            (parts, collected)
+        })
+        .await;
+        let Ok((parts, collected)) = answer else {
+            return Err(Refused::new(
+                Code::DeadlineExceeded,
+                "the call took longer than the server allows",
+            ));
+        };
+        let Ok(collected) = collected else {
+            return Err(Refused::new(Code::Unavailable, "the call was cut off"));
+        };
+        let trailers = collected.trailers().cloned().unwrap_or_default();
+        let data = collected.to_bytes();
+        let status = tonic::Status::from_header_map(&trailers)
+            .or_else(|| tonic::Status::from_header_map(&parts.headers));
+        if let Some(status) = status
+            && status.code() != Code::Ok
+        {
+            let retry_after_ms = status
+                .metadata()
+                .get("grpc-retry-pushback-ms")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok());
+            return Err(Refused {
+                code: status.code(),
+                message: status.message().to_owned(),
+                retry_after_ms,
+                status: None,
+            });
+        }
+        data.get(5..)
+            .and_then(|m| Resp::decode(m).ok())
+            .ok_or_else(|| Refused::new(Code::Internal, "the vault's answer could not be read"))
+    }
+}
+
+fn items(results: Vec<pb::ItemResult>) -> Results {
+    Results {
+        results: results
+            .into_iter()
+            .map(|r| match r.outcome {
+                Some(pb::item_result::Outcome::Text(text)) => Item::Text(text),
+                Some(pb::item_result::Outcome::Error(e)) => Item::Error {
+                    code: phivault_proto::code_name(e.code),
+                    message: e.message,
+                },
+                None => Item::Error {
+                    code: "INTERNAL",
+                    message: "no answer for this item".into(),
+                },
+            })
+            .collect(),
+    }
+}
+
+impl Api {
+    /// Checks the call's key from its headers, then reads its JSON body:
+    /// at most `max_body` bytes, within the timeout, under a permit held
+    /// until the call ends.
+    async fn admit<T: serde::de::DeserializeOwned>(
+        &self,
+        headers: &HeaderMap,
+        peer: SocketAddr,
+        body: axum::body::Body,
+    ) -> Result<(T, OwnedSemaphorePermit), Refused> {
+        let authorization = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        self.gate
+            .check(authorization, Some(peer.ip()))
+            .await
+            .map_err(|status| Refused::new(status.code(), status.message()))?;
+        let is_json = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+        if !is_json {
+            return Err(Refused {
+                status: Some(StatusCode::UNSUPPORTED_MEDIA_TYPE),
+                ..Refused::new(
+                    Code::InvalidArgument,
+                    "the body must be JSON (Content-Type: application/json)",
+                )
+            });
+        }
+        let too_large = || Refused {
+            status: Some(StatusCode::PAYLOAD_TOO_LARGE),
+            retry_after_ms: Some(-1),
+            ..Refused::new(
+                Code::ResourceExhausted,
+                format!(
+                    "the body is larger than the server takes ({} bytes)",
+                    self.max_body
+                ),
+            )
+        };
+        let declared = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        if declared.is_some_and(|n| n > self.max_body) {
+            return Err(too_large());
+        }
+        let Ok(permit) = Arc::clone(&self.bodies).try_acquire_owned() else {
+            return Err(Refused::new(
+                Code::Unavailable,
+                "the vault is at its limit of calls in progress; retry with backoff",
+            ));
+        };
+        let read = tokio::time::timeout(
+            self.timeout,
+            http_body_util::Limited::new(body, self.max_body).collect(),
+        )
+        .await;
+        let bytes = match read {
+            Err(_) => {
+                return Err(Refused::new(
+                    Code::DeadlineExceeded,
+                    "the body took longer to arrive than the server allows",
+                ));
+            }
+            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
+            Ok(Err(_)) => {
+                return Err(Refused::new(
+                    Code::InvalidArgument,
+                    "the body could not be read",
+                ));
+            }
+            Ok(Ok(collected)) => collected.to_bytes(),
+        };
+        Ok((json(&bytes)?, permit))
+    }
+}
+
+/// The gRPC answers that are one result per item.
+trait Items: Message + Default {
+    fn results(self) -> Vec<pb::ItemResult>;
+}
+
+impl Items for pb::TokenizeResponse {
+    fn results(self) -> Vec<pb::ItemResult> {
+        self.results
+    }
+}
+
+impl Items for pb::DetokenizeResponse {
+    fn results(self) -> Vec<pb::ItemResult> {
+        self.results
+    }
+}
+
+/// One call with a JSON body and per-item results: the key checked, the
+/// body read into `T`, the request `make` builds from it sent to gRPC
+/// method `path`, and its items answered as JSON.
+async fn per_item<T, Req, Resp>(
+    api: &Api,
+    headers: &HeaderMap,
+    peer: SocketAddr,
+    body: axum::body::Body,
+    path: &str,
+    make: impl FnOnce(T) -> Req,
+) -> Response
+where
+    T: serde::de::DeserializeOwned,
+    Req: Message,
+    Resp: Items,
+{
+    let id = request_id_of(headers);
+    let answer = match api.admit::<T>(headers, peer, body).await {
+        Ok((body, _permit)) => {
+            api.call::<_, Resp>(path, headers, &id, peer, make(body))
+                .await
+        }
+        Err(e) => Err(e),
+    };
+    match answer {
+        Ok(answer) => respond(StatusCode::OK, &id, items(answer.results())),
+        Err(e) => refused(e, &id),
+    }
+}
+
+async fn tokenize(
+    State(api): State<Api>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(namespace): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Response {
+    per_item::<_, _, pb::TokenizeResponse>(
+        &api,
+        &headers,
+        peer,
+        body,
+        TOKENIZE,
+        |b: TokenizeBody| pb::TokenizeRequest {
+            namespace,
+            values: b.values,
+        },
+    )
+    .await
+}
+
+async fn detokenize(
+    State(api): State<Api>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(namespace): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Response {
+    per_item::<_, _, pb::DetokenizeResponse>(
+        &api,
+        &headers,
+        peer,
+        body,
+        DETOKENIZE,
+        |b: DetokenizeBody| pb::DetokenizeRequest {
+            namespace,
+            tokens: b.tokens,
+            masked: b.masked,
+            purpose: b.purpose,
+            reason: b.reason,
+        },
+    )
+    .await
+}
+
+#[derive(Serialize)]
+struct ServerInfo {
+    version: String,
+    apis: Vec<String>,
+    store: String,
+    max_message_bytes: u64,
+    max_items: u32,
+    max_value_bytes: u32,
+}
+
+async fn server_info(
+    State(api): State<Api>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    let id = request_id_of(&headers);
+    let answer = api
+        .call::<_, pb::GetServerInfoResponse>(
+            SERVER_INFO,
+            &headers,
+            &id,
+            peer,
+            pb::GetServerInfoRequest {},
+        )
+        .await;
+    match answer {
+        Ok(i) => respond(
+            StatusCode::OK,
+            &id,
+            ServerInfo {
+                version: i.version,
+                apis: i.apis,
+                store: i.store,
+                max_message_bytes: i.max_message_bytes,
+                max_items: i.max_items,
+                max_value_bytes: i.max_value_bytes,
+            },
+        ),
+        Err(e) => refused(e, &id),
+    }
+}
+
+/// What an HTTP connection may make the server hold.
+#[derive(Clone, Copy)]
+pub(crate) struct HttpLimits {
+    /// Longest a request's headers may take to arrive.
+    pub(crate) header_read_timeout: Duration,
+    /// Largest buffer of request headers (hyper takes no less than 8 KiB).
+    pub(crate) max_header_bytes: usize,
+    /// Longest the server waits, once stopping, for calls in progress.
+    pub(crate) drain: Duration,
+}
+
+/// Serves the API on each connection of `incoming` (admitted, and under TLS
+/// handshaken, as the gRPC listener's are) until `stop` turns true; then
+/// answers the requests in progress and returns.
+pub(crate) async fn serve<I>(
+    incoming: impl futures_util::Stream<Item = Result<(I, Option<SocketAddr>), std::io::Error>>
+    + Send
+    + 'static,
+    router: axum::Router,
+    limits: HttpLimits,
+    stop: tokio::sync::watch::Receiver<bool>,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use futures_util::StreamExt as _;
+    // Boxed, so that dropping it closes the listener.
+    let mut incoming = Box::pin(incoming);
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let next = tokio::select! {
+            next = incoming.next() => next,
+            // Finished connections are let go as they end.
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+            () = stopped(stop.clone()) => break,
+        };
+        let Some(next) = next else { break };
+        // A connection that failed its opening or handshake is gone already.
+        let Ok((io, peer)) = next else { continue };
+        let peer = peer.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
+        let router = router.clone();
+        let service = hyper_util::service::TowerToHyperService::new(
+            tower::ServiceBuilder::new()
+                .map_request(move |mut request: http::Request<hyper::body::Incoming>| {
+                    request.extensions_mut().insert(ConnectInfo(peer));
+                    request
+                })
+                .service(router),
+        );
+        let stop = stop.clone();
+        connections.spawn(async move {
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(limits.header_read_timeout)
+                .max_buf_size(limits.max_header_bytes.max(8192))
+                .serve_connection(hyper_util::rt::TokioIo::new(io), service);
+            let mut connection = std::pin::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                () = stopped(stop) => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
+            }
+        });
+    }
+    // No new connection from here; the calls in progress are answered, for
+    // as long as a call may take, and what is left then is cut.
+    drop(incoming);
+    let drained = tokio::time::timeout(limits.drain, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        connections.shutdown().await;
+    }
+}
+
+/// Resolves once `stop` turns true (or its sender is gone).
+async fn stopped(mut stop: tokio::sync::watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stop| *stop).await;
+}
