@@ -1012,9 +1012,11 @@ impl TlsFiles {
 /// certificate, key and client CA from their files, and applies both
 /// without dropping a connection. What cannot be read or used is logged and
 /// the old setting kept.
-async fn reload_on_sighup(tls: Option<(TlsFiles, tokio::sync::watch::Sender<TlsOptions>)>) {
-    let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-    else {
+async fn reload_on_sighup(
+    hangups: std::io::Result<tokio::signal::unix::Signal>,
+    tls: Option<(TlsFiles, tokio::sync::watch::Sender<TlsOptions>)>,
+) {
+    let Ok(mut hangups) = hangups else {
         tracing::warn!(
             "cannot watch SIGHUP: the log level and TLS certificate cannot be changed while serving"
         );
@@ -1558,7 +1560,11 @@ async fn serve(args: ServeArgs, trace_calls: bool) -> anyhow::Result<()> {
         },
     };
     let vault = Arc::new(vault);
-    let reloads = tokio::spawn(reload_on_sighup(tls_files.zip(tls_updates)));
+    // Watched before the server says it is ready: a SIGHUP (systemd's
+    // reload) that came before the handler would end the process, or be
+    // lost where the signal is ignored.
+    let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
+    let reloads = tokio::spawn(reload_on_sighup(hangups, tls_files.zip(tls_updates)));
     vault.resume_background_jobs().await?;
     phivault::server::serve(Arc::clone(&vault), serve_options, shutdown_signal()).await?;
     reloads.abort();
