@@ -321,7 +321,10 @@ fn plaintext_http_off_loopback_is_refused() {
         .expect("phivault serve");
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("0.0.0.0"), "{stderr}");
+    assert!(
+        stderr.contains("refusing the HTTP/JSON API in plaintext on 0.0.0.0"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
