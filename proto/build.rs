@@ -18,6 +18,33 @@ const REDACTED: [&str; 7] = [
     ".phivault.v1.ListDisclosuresRequest",
 ];
 
+/// Messages the HTTP/JSON API answers with, as JSON with the proto's field
+/// names, and described in its OpenAPI document by their proto comments.
+const JSON_ANSWERS: [&str; 14] = [
+    ".phivault.v1.Namespace",
+    ".phivault.v1.ListNamespacesResponse",
+    ".phivault.v1.Client",
+    ".phivault.v1.ListClientsResponse",
+    ".phivault.v1.CreateClientResponse",
+    ".phivault.v1.KeyStatus",
+    ".phivault.v1.KeyVersion",
+    ".phivault.v1.RotationProgress",
+    ".phivault.v1.LastRotation",
+    ".phivault.v1.RotateKeysResponse",
+    ".phivault.v1.VerifyAuditResponse",
+    ".phivault.v1.Disclosure",
+    ".phivault.v1.ListDisclosuresResponse",
+    ".phivault.v1.FormatOptions",
+];
+
+/// Requests the HTTP/JSON API takes whole as its body: a field left out
+/// takes its proto default, and a field the message lacks is refused.
+const JSON_REQUESTS: [&str; 3] = [
+    ".phivault.v1.CreateNamespaceRequest",
+    ".phivault.v1.CreateClientRequest",
+    ".phivault.v1.FormatOptions",
+];
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     for proto in PROTOS {
         println!("cargo:rerun-if-changed={proto}");
@@ -28,8 +55,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out_dir.join("phivault_descriptor.bin"),
         prost::Message::encode_to_vec(&descriptors),
     )?;
-    tonic_prost_build::configure()
-        .skip_debug(REDACTED)
-        .compile_fds(descriptors)?;
+    let mut build = tonic_prost_build::configure().skip_debug(REDACTED);
+    for message in JSON_ANSWERS {
+        build = build.type_attribute(
+            message,
+            r#"#[cfg_attr(feature = "json", derive(serde::Serialize, utoipa::ToSchema))]"#,
+        );
+    }
+    for message in JSON_REQUESTS {
+        build = build.type_attribute(
+            message,
+            r#"#[cfg_attr(feature = "json", derive(serde::Deserialize), serde(default, deny_unknown_fields))]"#,
+        );
+        if !JSON_ANSWERS.contains(&message) {
+            build = build.type_attribute(
+                message,
+                r#"#[cfg_attr(feature = "json", derive(utoipa::ToSchema))]"#,
+            );
+        }
+    }
+    build.compile_fds(descriptors)?;
     Ok(())
 }

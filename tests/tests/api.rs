@@ -1,7 +1,9 @@
 //! The `phivault.v1` API's policy, checked by buf (pinned in tools/): the
 //! protos pass lint, nothing breaks what was released
 //! (`proto/phivault-v1.image.json`), and the check does catch a breaking
-//! change. See COMPATIBILITY.md.
+//! change. See COMPATIBILITY.md. And the HTTP/JSON API's OpenAPI document
+//! (`vault/openapi.json`, kept equal to what the server serves by a test of
+//! its own) is valid OpenAPI 3.1 to an independent validator.
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -85,4 +87,21 @@ fn removing_a_field_or_renaming_an_rpc_is_caught() {
             said(&breaking)
         );
     }
+}
+
+#[test]
+fn the_http_apis_openapi_document_is_valid_openapi_3_1() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../vault");
+    let Some(output) = phivault_tests::run_tool(
+        "openapi-spec-validator",
+        &["openapi.json"],
+        &dir,
+        "install tools/requirements.txt into a virtual environment on PATH (`make test` does)",
+    ) else {
+        return;
+    };
+    assert!(output.status.success(), "{}", said(&output));
+    let text = std::fs::read_to_string(dir.join("openapi.json")).expect("vault/openapi.json");
+    let document: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+    assert_eq!(document["openapi"], "3.1.0");
 }

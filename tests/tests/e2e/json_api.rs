@@ -269,7 +269,7 @@ async fn bad_http_requests_get_a_json_error_that_repeats_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_http_api_speaks_tls_with_the_grpc_certificate() {
+async fn the_http_api_speaks_tls_and_mutual_tls_with_the_grpc_certificates() {
     let pki = super::Pki::new();
     let vault = VaultDir::init();
     let server = Server::start(
@@ -307,6 +307,41 @@ async fn the_http_api_speaks_tls_with_the_grpc_certificate() {
         .is_none(),
         "plaintext answered on the TLS listener"
     );
+    drop(server);
+
+    // Mutual TLS holds on the HTTP listener as on gRPC's: no client
+    // certificate, no answer.
+    let server = Server::start(
+        &vault,
+        &[
+            "--tls-cert",
+            &pki.path("server.pem"),
+            "--tls-key",
+            &pki.path("server.key"),
+            "--tls-client-ca",
+            &ca,
+            "--http-listen",
+            "127.0.0.1:0",
+        ],
+    );
+    let url = format!(
+        "https://{}/v1/server-info",
+        server.http_addr.expect("HTTP listener")
+    );
+    assert!(
+        curl_url(&url, "GET", &key, b"", &["--cacert", &ca]).is_none(),
+        "answered a client without a certificate"
+    );
+    let (cert, cert_key) = (pki.path("client.pem"), pki.path("client.key"));
+    let answer = curl_url(
+        &url,
+        "GET",
+        &key,
+        b"",
+        &["--cacert", &ca, "--cert", &cert, "--key", &cert_key],
+    )
+    .expect("an answer over mutual TLS");
+    assert_eq!(answer.status, 200, "{}", answer.body);
 }
 
 #[test]
@@ -363,4 +398,312 @@ async fn a_client_over_its_rate_gets_429_with_retry_after() {
         .expect("Retry-After in seconds");
     assert!((1..=30).contains(&wait), "{wait}");
     assert!(answer.json()["error"]["retry_after_ms"].as_u64().is_some());
+}
+
+/// `method path` with `key` (none: no Authorization header) and a JSON
+/// body when there is one.
+fn call(server: &Server, key: Option<&str>, method: &str, path: &str, body: &str) -> Answer {
+    let mut headers = Vec::new();
+    if let Some(key) = key {
+        headers.push(format!("Authorization: Bearer {key}"));
+    }
+    if method == "POST" {
+        headers.push("Content-Type: application/json".into());
+    }
+    curl(server, method, path, &headers, body.as_bytes())
+}
+
+fn ok(answer: Answer, what: &str) -> serde_json::Value {
+    assert_eq!(answer.status, 200, "{what}: {}", answer.body);
+    answer.json()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_calls_health_and_the_document_work_over_http() {
+    let vault = VaultDir::init();
+    let server = Server::start(&vault, &["--http-listen", "127.0.0.1:0"]);
+    let admin = Some(vault.admin_key.as_str());
+
+    // The document the server serves is the one checked in, and every
+    // route it names is served: one that needs a key refuses without one.
+    let served = ok(
+        call(&server, None, "GET", "/v1/openapi.json", ""),
+        "the document",
+    );
+    let checked_in: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../vault/openapi.json"
+        ))
+        .expect("vault/openapi.json"),
+    )
+    .expect("JSON");
+    assert_eq!(served, checked_in);
+    let paths = served["paths"].as_object().expect("paths");
+    for (path, item) in paths {
+        let path = path
+            .replace("{namespace}", "ssn")
+            .replace("{client_id}", "0000000000000000");
+        for (method, operation) in item.as_object().expect("a path item") {
+            let keyless = operation["security"].as_array().is_some_and(|s| {
+                s.iter()
+                    .all(|r| r.as_object().is_some_and(|o| o.is_empty()))
+            });
+            let answer = call(&server, None, &method.to_uppercase(), &path, "{}");
+            let expected = if keyless { 200 } else { 401 };
+            assert_eq!(answer.status, expected, "{method} {path}: {}", answer.body);
+        }
+    }
+    assert_eq!(
+        ok(call(&server, None, "GET", "/v1/health", ""), "live")["status"],
+        "SERVING"
+    );
+    assert_eq!(
+        ok(call(&server, None, "GET", "/v1/health/ready", ""), "ready")["status"],
+        "SERVING"
+    );
+
+    // Namespaces.
+    let created = ok(
+        call(
+            &server,
+            admin,
+            "POST",
+            "/v1/namespaces",
+            r#"{"name": "visit", "format": "alnum"}"#,
+        ),
+        "create a namespace",
+    );
+    assert_eq!(created["name"], "visit");
+    assert_eq!(created["deterministic"], true);
+    let listed = ok(call(&server, admin, "GET", "/v1/namespaces", ""), "list");
+    let names: Vec<&str> = listed["namespaces"]
+        .as_array()
+        .expect("namespaces")
+        .iter()
+        .filter_map(|n| n["name"].as_str())
+        .collect();
+    assert!(
+        names.contains(&"visit") && names.contains(&"ssn"),
+        "{names:?}"
+    );
+    let again = call(
+        &server,
+        admin,
+        "POST",
+        "/v1/namespaces",
+        r#"{"name": "visit", "format": "alnum"}"#,
+    );
+    assert_eq!(again.status, 409, "{}", again.body);
+
+    // A client made over HTTP, its key shown once, working over HTTP.
+    let created = ok(
+        call(
+            &server,
+            admin,
+            "POST",
+            "/v1/clients",
+            r#"{"name": "registration", "scopes": ["tokenize:visit", "detokenize:visit"]}"#,
+        ),
+        "create a client",
+    );
+    let id = created["client"]["client_id"]
+        .as_str()
+        .expect("an id")
+        .to_owned();
+    let key = created["api_key"].as_str().expect("a key").to_owned();
+    assert!(key.starts_with("pv_"));
+    let tokenized = ok(
+        call(
+            &server,
+            Some(&key),
+            "POST",
+            "/v1/namespaces/visit/tokenize",
+            r#"{"values": ["MRN0042317"]}"#,
+        ),
+        "tokenize",
+    );
+    let token = tokenized["results"][0]["text"]
+        .as_str()
+        .expect("a token")
+        .to_owned();
+    let clients = call(&server, admin, "GET", "/v1/clients", "");
+    assert!(!clients.body.contains(&key), "a key is shown once");
+    let clients = ok(clients, "list clients");
+    assert!(
+        clients["clients"]
+            .as_array()
+            .expect("clients")
+            .iter()
+            .any(|c| c["client_id"] == id.as_str() && c["revoked"] == false)
+    );
+
+    // Its key rotated with no grace: the old key stops at once.
+    let rotated = ok(
+        call(
+            &server,
+            admin,
+            "POST",
+            &format!("/v1/clients/{id}/rotate-key"),
+            r#"{"grace_secs": 0}"#,
+        ),
+        "rotate a client's key",
+    );
+    let new_key = rotated["api_key"].as_str().expect("a key").to_owned();
+    let reveal = format!(r#"{{"tokens": ["{token}"], "purpose": "TREAT"}}"#);
+    let detokenize = "/v1/namespaces/visit/detokenize";
+    assert_eq!(
+        call(&server, Some(&key), "POST", detokenize, &reveal).status,
+        401
+    );
+    let revealed = ok(
+        call(&server, Some(&new_key), "POST", detokenize, &reveal),
+        "reveal with the new key",
+    );
+    assert_eq!(revealed["results"][0]["text"], "MRN0042317");
+
+    // Released (nothing to re-arm), then revoked: its next call is refused.
+    ok(
+        call(
+            &server,
+            admin,
+            "POST",
+            &format!("/v1/clients/{id}/release"),
+            "",
+        ),
+        "release",
+    );
+    let revoked = ok(
+        call(
+            &server,
+            admin,
+            "POST",
+            &format!("/v1/clients/{id}/revoke"),
+            "",
+        ),
+        "revoke",
+    );
+    assert_eq!(revoked["revoked"], true);
+    assert_eq!(
+        call(&server, Some(&new_key), "POST", detokenize, &reveal).status,
+        401
+    );
+    let unknown = call(
+        &server,
+        admin,
+        "POST",
+        "/v1/clients/0000000000000000/revoke",
+        "",
+    );
+    assert_eq!(unknown.status, 404, "{}", unknown.body);
+
+    // Keys: a rotation starts, and the new version is active.
+    let status = ok(call(&server, admin, "GET", "/v1/keys", ""), "key status");
+    assert_eq!(status["active_version"], 1);
+    let started = ok(
+        call(&server, admin, "POST", "/v1/keys/rotate", ""),
+        "rotate keys",
+    );
+    assert_eq!(started["new_version"], 2);
+    let status = ok(call(&server, admin, "GET", "/v1/keys", ""), "key status");
+    assert_eq!(status["active_version"], 2);
+
+    // The audit trail: the reveal above is found by its token (in the
+    // body, not the URL), and the chain verifies.
+    let found = ok(
+        call(
+            &server,
+            admin,
+            "POST",
+            "/v1/namespaces/visit/disclosures/search",
+            &format!(r#"{{"token": "{token}"}}"#),
+        ),
+        "disclosures",
+    );
+    let disclosures = found["disclosures"].as_array().expect("disclosures");
+    assert_eq!(disclosures.len(), 1, "{found}");
+    assert_eq!(disclosures[0]["client_id"], id.as_str());
+    assert_eq!(disclosures[0]["purpose"], "TREAT");
+    let verified = ok(
+        call(&server, admin, "POST", "/v1/audit/verify", ""),
+        "verify",
+    );
+    assert_eq!(verified["first_bad_seq"], 0, "{verified}");
+    assert!(verified["records"].as_u64().is_some_and(|n| n > 10));
+    let log = server.stop();
+    for secret in [key.as_str(), new_key.as_str(), "MRN0042317", token.as_str()] {
+        assert!(!log.contains(secret), "the log holds a key, value or token");
+    }
+}
+
+/// Each scope opens exactly its calls over HTTP, as over gRPC.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_scope_opens_exactly_its_http_calls() {
+    let vault = VaultDir::init();
+    let server = Server::start(&vault, &["--http-listen", "127.0.0.1:0"]);
+    let admin = connect(&server, Some(&vault.admin_key)).await;
+    let (_, writer) = client_with(&admin, &server, "writer", &["tokenize:ssn"]).await;
+    let tokenized = ok(
+        call(
+            &server,
+            Some(&writer),
+            "POST",
+            "/v1/namespaces/ssn/tokenize",
+            r#"{"values": ["123-45-6789"]}"#,
+        ),
+        "tokenize",
+    );
+    let token = tokenized["results"][0]["text"]
+        .as_str()
+        .expect("a token")
+        .to_owned();
+    let reveal = format!(r#"{{"tokens": ["{token}"]}}"#);
+    let masked = format!(r#"{{"tokens": ["{token}"], "masked": true}}"#);
+    let search = format!(r#"{{"token": "{token}"}}"#);
+    let calls: [(&str, &str, &str); 7] = [
+        (
+            "POST",
+            "/v1/namespaces/ssn/tokenize",
+            r#"{"values": ["123-45-6789"]}"#,
+        ),
+        ("POST", "/v1/namespaces/ssn/detokenize", &reveal),
+        ("POST", "/v1/namespaces/ssn/detokenize", &masked),
+        ("GET", "/v1/clients", ""),
+        ("GET", "/v1/keys", ""),
+        ("POST", "/v1/namespaces/ssn/disclosures/search", &search),
+        ("POST", "/v1/audit/verify", ""),
+    ];
+    // Per scope set, the status of each call above.
+    let matrix: [(&[&str], [u16; 7]); 7] = [
+        (&["tokenize:ssn"], [200, 403, 403, 403, 403, 403, 403]),
+        (&["tokenize:email"], [403, 403, 403, 403, 403, 403, 403]),
+        (&["detokenize:ssn"], [403, 200, 200, 403, 403, 403, 403]),
+        (
+            &["detokenize-masked:ssn"],
+            [403, 403, 200, 403, 403, 403, 403],
+        ),
+        (&["audit"], [403, 403, 403, 403, 403, 200, 200]),
+        // An administrator made as a client does not read the audit trail
+        // it administers (separation of duties), unless also given audit.
+        (&["admin"], [403, 403, 403, 200, 200, 403, 403]),
+        (&["admin", "audit"], [403, 403, 403, 200, 200, 200, 200]),
+    ];
+    for (i, (scopes, expected)) in matrix.iter().enumerate() {
+        let (_, key) = client_with(&admin, &server, &format!("c{i}"), scopes).await;
+        for ((method, path, body), want) in calls.iter().zip(expected) {
+            let answer = call(&server, Some(&key), method, path, body);
+            assert_eq!(
+                answer.status, *want,
+                "{scopes:?}: {method} {path}: {}",
+                answer.body
+            );
+            if answer.status == 403 {
+                assert_eq!(answer.json()["error"]["code"], "PERMISSION_DENIED");
+            }
+            assert!(
+                !answer.body.contains("123-45-6789") || *want == 200,
+                "a refusal repeated the value"
+            );
+        }
+    }
 }

@@ -14,7 +14,6 @@ use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use http_body_util::BodyExt;
 use phivault_proto::v1 as pb;
 use prost::Message;
@@ -23,15 +22,20 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::Code;
 use tonic::codegen::http;
 use tonic::transport::server::TcpConnectInfo;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::call::{REQUEST_ID, new_request_id, usable_request_id};
 use super::gate::GateLayer;
+
+mod admin;
 
 /// The gRPC methods the API's calls stand for: the names their audit
 /// records, metrics and spans carry.
 const TOKENIZE: &str = "/phivault.v1.Tokenizer/Tokenize";
 const DETOKENIZE: &str = "/phivault.v1.Tokenizer/Detokenize";
 const SERVER_INFO: &str = "/phivault.v1.Tokenizer/GetServerInfo";
+const HEALTH_CHECK: &str = "/grpc.health.v1.Health/Check";
 
 /// The gRPC stack an HTTP call is sent through: the same layers and
 /// services the gRPC listener serves.
@@ -53,6 +57,69 @@ struct Api {
     max_body: usize,
     /// Longest reading a body, and then the call, may take.
     timeout: Duration,
+    /// The OpenAPI document, as JSON.
+    document: Bytes,
+}
+
+/// The document's frame: what the paths and schemas the routes bring are
+/// gathered into.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "phivault HTTP/JSON API",
+        description = "Tokenize and reveal PHI, and administer the vault, over HTTP/1.1 and JSON. \
+Every call is transcoded into the gRPC call it stands for and passes the same authentication, \
+scopes, limits and audit records. A whole call that fails answers an HTTP status and an `error` \
+object; a call that ran answers 200 with one result per item, each a `text` or an `error`.",
+        license(name = "Apache-2.0", identifier = "Apache-2.0")
+    ),
+    modifiers(&BearerKey),
+    tags(
+        (name = "tokens", description = "Tokenize values and reveal tokens."),
+        (name = "admin", description = "Namespaces, clients, keys and the audit trail (admin or audit scope)."),
+        (name = "service", description = "Health, server information and this document.")
+    )
+)]
+struct Document;
+
+/// The API key as a bearer token, the one security scheme.
+struct BearerKey;
+
+impl utoipa::Modify for BearerKey {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("pv_<client-id>_<secret>")
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// Every route with its OpenAPI operation: one list, so that the document
+/// cannot name a route the server lacks, or miss one it has.
+fn routes() -> OpenApiRouter<Api> {
+    OpenApiRouter::with_openapi(<Document as utoipa::OpenApi>::openapi())
+        .routes(routes!(tokenize))
+        .routes(routes!(detokenize))
+        .routes(routes!(server_info))
+        .routes(routes!(health))
+        .routes(routes!(ready))
+        .routes(routes!(openapi_json))
+        .merge(admin::routes())
+}
+
+/// The OpenAPI 3.1 document of the API, as served at `/v1/openapi.json`
+/// and checked in as `vault/openapi.json`.
+pub(crate) fn openapi() -> utoipa::openapi::OpenApi {
+    let (_, mut document) = routes().split_for_parts();
+    document.info.version = env!("CARGO_PKG_VERSION").to_owned();
+    document
 }
 
 /// The routes of the API, answering through `grpc`: a call's key is
@@ -66,62 +133,80 @@ pub(crate) fn router(
     max_body: usize,
     timeout: Duration,
 ) -> axum::Router {
-    axum::Router::new()
-        .route("/v1/namespaces/{namespace}/tokenize", post(tokenize))
-        .route("/v1/namespaces/{namespace}/detokenize", post(detokenize))
-        .route("/v1/server-info", get(server_info))
-        .with_state(Api {
-            grpc,
-            gate,
-            bodies: Arc::new(Semaphore::new(bodies_at_once)),
-            max_body,
-            timeout,
-        })
+    let (router, _) = routes().split_for_parts();
+    // Serialising the document's strings and maps cannot fail.
+    let document = Bytes::from(serde_json::to_vec_pretty(&openapi()).unwrap_or_default());
+    router.with_state(Api {
+        grpc,
+        gate,
+        bodies: Arc::new(Semaphore::new(bodies_at_once)),
+        max_body,
+        timeout,
+        document,
+    })
 }
 
-/// `POST /v1/namespaces/{ns}/tokenize`.
-#[derive(Deserialize)]
+/// Values to tokenize.
+#[derive(Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct TokenizeBody {
+    /// The values, in any form the namespace's format accepts.
     values: Vec<String>,
 }
 
-/// `POST /v1/namespaces/{ns}/detokenize`.
-#[derive(Deserialize)]
+/// Tokens to reveal.
+#[derive(Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct DetokenizeBody {
     tokens: Vec<String>,
+    /// Reveal only what the format keeps in clear (e.g. an SSN's last 4
+    /// digits); needs the detokenize-masked scope, or detokenize.
     #[serde(default)]
     masked: bool,
+    /// The purpose of use (an HL7 PurposeOfUse code such as TREAT, HPAYMT or
+    /// ETREAT), recorded with the reveal; required for clients created with
+    /// require_purpose.
     #[serde(default)]
     purpose: String,
+    /// The reason in words, recorded with the reveal.
     #[serde(default)]
     reason: String,
 }
 
 /// One item's answer: its text, or why it has none.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 enum Item {
+    /// The token (tokenize) or the value (detokenize).
     Text(String),
-    Error { code: &'static str, message: String },
+    /// Why this item has no answer; the other items are answered.
+    Error {
+        /// A gRPC status code name, e.g. INVALID_ARGUMENT or NOT_FOUND.
+        code: &'static str,
+        /// What was wrong, never the item itself.
+        message: String,
+    },
 }
 
-#[derive(Serialize)]
+/// One result per item, in the order the items were sent.
+#[derive(Serialize, utoipa::ToSchema)]
 struct Results {
     results: Vec<Item>,
 }
 
 /// A whole call refused or failed.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct Failure {
     error: FailureBody,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct FailureBody {
+    /// A gRPC status code name, e.g. UNAUTHENTICATED or RESOURCE_EXHAUSTED.
     code: &'static str,
+    /// What was wrong, never a value or token.
     message: String,
+    /// How long to wait before a retry (also as Retry-After, in seconds).
     #[serde(skip_serializing_if = "Option::is_none")]
     retry_after_ms: Option<u64>,
 }
@@ -432,53 +517,60 @@ impl Api {
     }
 }
 
-/// The gRPC answers that are one result per item.
-trait Items: Message + Default {
-    fn results(self) -> Vec<pb::ItemResult>;
-}
-
-impl Items for pb::TokenizeResponse {
-    fn results(self) -> Vec<pb::ItemResult> {
-        self.results
-    }
-}
-
-impl Items for pb::DetokenizeResponse {
-    fn results(self) -> Vec<pb::ItemResult> {
-        self.results
-    }
-}
-
-/// One call with a JSON body and per-item results: the key checked, the
-/// body read into `T`, the request `make` builds from it sent to gRPC
-/// method `path`, and its items answered as JSON.
-async fn per_item<T, Req, Resp>(
+/// One call: its key checked and its JSON body read into `T` when it takes
+/// one (`body`), the request `make` builds sent to gRPC method `path`, and
+/// the answer `out` makes of the reply sent back as JSON. A call without a
+/// body leaves its key to the gate on the way.
+async fn unary<T, Req, Resp, Out>(
     api: &Api,
     headers: &HeaderMap,
     peer: SocketAddr,
-    body: axum::body::Body,
+    body: Option<axum::body::Body>,
     path: &str,
     make: impl FnOnce(T) -> Req,
+    out: impl FnOnce(Resp) -> Out,
 ) -> Response
 where
-    T: serde::de::DeserializeOwned,
+    T: serde::de::DeserializeOwned + Default,
     Req: Message,
-    Resp: Items,
+    Resp: Message + Default,
+    Out: Serialize,
 {
     let id = request_id_of(headers);
-    let answer = match api.admit::<T>(headers, peer, body).await {
-        Ok((body, _permit)) => {
-            api.call::<_, Resp>(path, headers, &id, peer, make(body))
-                .await
-        }
-        Err(e) => Err(e),
-    };
+    let answer = async {
+        let (request, _permit) = match body {
+            Some(body) => {
+                let (parsed, permit) = api.admit::<T>(headers, peer, body).await?;
+                (make(parsed), Some(permit))
+            }
+            None => (make(T::default()), None),
+        };
+        api.call::<_, Resp>(path, headers, &id, peer, request).await
+    }
+    .await;
     match answer {
-        Ok(answer) => respond(StatusCode::OK, &id, items(answer.results())),
+        Ok(answer) => respond(StatusCode::OK, &id, out(answer)),
         Err(e) => refused(e, &id),
     }
 }
 
+/// Gives every value a token in `namespace`.
+///
+/// The same value always gets the same token in a deterministic namespace.
+/// Needs the `tokenize:<namespace>` scope.
+#[utoipa::path(
+    post,
+    path = "/v1/namespaces/{namespace}/tokenize",
+    tag = "tokens",
+    params(("namespace" = String, Path, description = "The namespace, e.g. ssn")),
+    request_body = TokenizeBody,
+    responses(
+        (status = 200, description = "One token or item error per value", body = Results),
+        (status = "4XX", description = "The call was refused", body = Failure),
+        (status = "5XX", description = "The call failed", body = Failure),
+    ),
+    security(("api_key" = []))
+)]
 async fn tokenize(
     State(api): State<Api>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -486,20 +578,39 @@ async fn tokenize(
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Response {
-    per_item::<_, _, pb::TokenizeResponse>(
+    unary(
         &api,
         &headers,
         peer,
-        body,
+        Some(body),
         TOKENIZE,
         |b: TokenizeBody| pb::TokenizeRequest {
             namespace,
             values: b.values,
         },
+        |r: pb::TokenizeResponse| items(r.results),
     )
     .await
 }
 
+/// Reveals every token in `namespace`, in full or masked.
+///
+/// Every reveal is recorded in the audit trail before the answer leaves.
+/// Needs `detokenize:<namespace>` (or `detokenize-masked:<namespace>` for a
+/// masked reveal).
+#[utoipa::path(
+    post,
+    path = "/v1/namespaces/{namespace}/detokenize",
+    tag = "tokens",
+    params(("namespace" = String, Path, description = "The namespace, e.g. ssn")),
+    request_body = DetokenizeBody,
+    responses(
+        (status = 200, description = "One value or item error per token", body = Results),
+        (status = "4XX", description = "The call was refused", body = Failure),
+        (status = "5XX", description = "The call failed", body = Failure),
+    ),
+    security(("api_key" = []))
+)]
 async fn detokenize(
     State(api): State<Api>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -507,11 +618,11 @@ async fn detokenize(
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Response {
-    per_item::<_, _, pb::DetokenizeResponse>(
+    unary(
         &api,
         &headers,
         peer,
-        body,
+        Some(body),
         DETOKENIZE,
         |b: DetokenizeBody| pb::DetokenizeRequest {
             namespace,
@@ -520,50 +631,152 @@ async fn detokenize(
             purpose: b.purpose,
             reason: b.reason,
         },
+        |r: pb::DetokenizeResponse| items(r.results),
     )
     .await
 }
 
-#[derive(Serialize)]
+/// What the server runs and the limits it applies to a call.
+#[derive(Serialize, utoipa::ToSchema)]
 struct ServerInfo {
     version: String,
+    /// The gRPC services it serves.
     apis: Vec<String>,
+    /// rocksdb or postgres.
     store: String,
     max_message_bytes: u64,
+    /// Most values or tokens one call takes.
     max_items: u32,
     max_value_bytes: u32,
 }
 
+/// The server's version, storage and limits; any valid key may ask.
+#[utoipa::path(
+    get,
+    path = "/v1/server-info",
+    tag = "service",
+    responses(
+        (status = 200, description = "The server's version, storage and limits", body = ServerInfo),
+        (status = "4XX", description = "The call was refused", body = Failure),
+        (status = "5XX", description = "The call failed", body = Failure),
+    ),
+    security(("api_key" = []))
+)]
 async fn server_info(
     State(api): State<Api>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Response {
-    let id = request_id_of(&headers);
+    unary(
+        &api,
+        &headers,
+        peer,
+        None,
+        SERVER_INFO,
+        |()| pb::GetServerInfoRequest {},
+        |i: pb::GetServerInfoResponse| ServerInfo {
+            version: i.version,
+            apis: i.apis,
+            store: i.store,
+            max_message_bytes: i.max_message_bytes,
+            max_items: i.max_items,
+            max_value_bytes: i.max_value_bytes,
+        },
+    )
+    .await
+}
+
+/// What the health service says.
+#[derive(Serialize, utoipa::ToSchema)]
+struct Health {
+    /// SERVING, or NOT_SERVING (answered with 503).
+    status: &'static str,
+}
+
+/// Asks the gRPC health service about `service`: 200 when it serves, 503
+/// when not. Needs no key, as on gRPC.
+async fn health_of(api: &Api, headers: &HeaderMap, peer: SocketAddr, service: &str) -> Response {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let id = request_id_of(headers);
+    let request = tonic_health::pb::HealthCheckRequest {
+        service: service.to_owned(),
+    };
     let answer = api
-        .call::<_, pb::GetServerInfoResponse>(
-            SERVER_INFO,
-            &headers,
-            &id,
-            peer,
-            pb::GetServerInfoRequest {},
-        )
+        .call::<_, tonic_health::pb::HealthCheckResponse>(HEALTH_CHECK, headers, &id, peer, request)
         .await;
     match answer {
-        Ok(i) => respond(
-            StatusCode::OK,
+        Ok(answer) if answer.status() == ServingStatus::Serving => {
+            respond(StatusCode::OK, &id, Health { status: "SERVING" })
+        }
+        Ok(_) => respond(
+            StatusCode::SERVICE_UNAVAILABLE,
             &id,
-            ServerInfo {
-                version: i.version,
-                apis: i.apis,
-                store: i.store,
-                max_message_bytes: i.max_message_bytes,
-                max_items: i.max_items,
-                max_value_bytes: i.max_value_bytes,
+            Health {
+                status: "NOT_SERVING",
             },
         ),
         Err(e) => refused(e, &id),
     }
+}
+
+/// Liveness: 200 while the process serves at all (restarting it would not
+/// bring a lost disk or database back).
+#[utoipa::path(
+    get,
+    path = "/v1/health",
+    tag = "service",
+    responses(
+        (status = 200, description = "The process serves", body = Health),
+        (status = 503, description = "It does not", body = Health),
+    ),
+    security(())
+)]
+async fn health(
+    State(api): State<Api>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    health_of(&api, &headers, peer, "").await
+}
+
+/// Readiness: 503 while commits fail (every reveal then fails closed), so
+/// that a load balancer sends callers to another node.
+#[utoipa::path(
+    get,
+    path = "/v1/health/ready",
+    tag = "service",
+    responses(
+        (status = 200, description = "Tokenize and detokenize can be answered", body = Health),
+        (status = 503, description = "The write path is down", body = Health),
+    ),
+    security(())
+)]
+async fn ready(
+    State(api): State<Api>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    let service = <pb::tokenizer_server::TokenizerServer<super::tokenizer::TokenizerService> as tonic::server::NamedService>::NAME;
+    health_of(&api, &headers, peer, service).await
+}
+
+/// This document (OpenAPI 3.1); needs no key.
+#[utoipa::path(
+    get,
+    path = "/v1/openapi.json",
+    tag = "service",
+    responses((status = 200, description = "The OpenAPI document", content_type = "application/json")),
+    security(())
+)]
+async fn openapi_json(State(api): State<Api>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        api.document.clone(),
+    )
+        .into_response()
 }
 
 /// What an HTTP connection may make the server hold.
@@ -646,4 +859,46 @@ pub(crate) async fn serve<I>(
 /// Resolves once `stop` turns true (or its sender is gone).
 async fn stopped(mut stop: tokio::sync::watch::Receiver<bool>) {
     let _ = stop.wait_for(|stop| *stop).await;
+}
+
+#[cfg(test)]
+mod tests {
+    /// Where the document is checked in, for readers and generators of
+    /// clients who do not run a server.
+    const CHECKED_IN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/openapi.json");
+
+    #[test]
+    fn the_checked_in_openapi_document_is_the_one_the_server_serves() {
+        let generated = serde_json::to_string_pretty(&super::openapi()).expect("a document") + "\n";
+        if std::env::var_os("PHIVAULT_WRITE_OPENAPI").is_some() {
+            std::fs::write(CHECKED_IN, &generated).expect("write vault/openapi.json");
+            return;
+        }
+        let checked_in = std::fs::read_to_string(CHECKED_IN).unwrap_or_default();
+        assert!(
+            checked_in == generated,
+            "vault/openapi.json is not the API's document; write it again with \
+             `PHIVAULT_WRITE_OPENAPI=1 cargo test -p phivault --lib openapi`"
+        );
+    }
+
+    #[test]
+    fn the_document_is_openapi_3_1_and_every_operation_says_who_may_call_it() {
+        let document = serde_json::to_value(super::openapi()).expect("a document");
+        assert_eq!(document["openapi"], "3.1.0");
+        let paths = document["paths"].as_object().expect("paths");
+        assert!(paths.len() >= 15, "{} paths", paths.len());
+        for (path, item) in paths {
+            for (method, operation) in item.as_object().expect("a path item") {
+                assert!(
+                    operation.get("security").is_some(),
+                    "{method} {path} does not say whether it needs a key"
+                );
+                assert!(
+                    operation["responses"].get("200").is_some(),
+                    "{method} {path} has no 200 answer"
+                );
+            }
+        }
+    }
 }

@@ -561,7 +561,13 @@ pub async fn serve(
         .layer(gate.clone());
     let http_task = match options.http_listen {
         Some(addr) => {
-            let routes = tonic::service::Routes::new(tokenizer.clone()).add_service(admin.clone());
+            let routes = tonic::service::Routes::new(tokenizer.clone())
+                .add_service(admin.clone())
+                .add_service(
+                    health_service
+                        .clone()
+                        .max_decoding_message_size(PUBLIC_MAX_MESSAGE_BYTES),
+                );
             let stack: json_api::GrpcStack = tower::util::BoxCloneSyncService::new(
                 tower::ServiceBuilder::new()
                     .map_response(|r: http::Response<_>| r.map(tonic::body::Body::new))
