@@ -13,7 +13,11 @@
 //! * the same unary `Detokenize` against a vault with reveal-anomaly
 //!   detection turned off (`--detection-window-secs 0`), so the ratio shows
 //!   what watching every call costs (target: at most 5%);
-//! * `TokenizeStream` of repeated values: fields/s.
+//! * `TokenizeStream` of repeated values: fields/s;
+//! * unary detokenize of one token at 32 callers over the HTTP/JSON API
+//!   against the same over gRPC, on the same vault, alternating twice: each
+//!   HTTP caller keeps its own HTTP/1.1 connection (a connection pool's
+//!   way), the gRPC callers share one HTTP/2 connection (the client's way).
 //!
 //! `make bench` (or `cargo bench -p phivault --features bench-switches
 //! --bench grpc`).
@@ -117,6 +121,8 @@ fn echo(items: Vec<String>) -> Vec<pb::ItemResult> {
 }
 
 struct Latency {
+    /// Calls answered (summed over runs by `mean`).
+    calls: usize,
     rate: f64,
     p50: Duration,
     p99: Duration,
@@ -128,6 +134,7 @@ impl Latency {
         let n = runs.len() as f64;
         let mean = |f: fn(&Latency) -> Duration| runs.iter().map(f).sum::<Duration>().div_f64(n);
         Latency {
+            calls: runs.iter().map(|r| r.calls).sum(),
             rate: runs.iter().map(|r| r.rate).sum::<f64>() / n,
             p50: mean(|r| r.p50),
             p99: mean(|r| r.p99),
@@ -165,6 +172,62 @@ async fn unary_detokenize(client: Client, token: String, callers: usize, seconds
     samples.sort();
     let at = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)];
     Latency {
+        calls: samples.len(),
+        rate: samples.len() as f64 / elapsed,
+        p50: at(0.50),
+        p99: at(0.99),
+    }
+}
+
+/// `callers` tasks, each on its own keep-alive HTTP/1.1 connection to
+/// `addr`, revealing one token through the HTTP/JSON API for `seconds`.
+async fn http_detokenize(addr: SocketAddr, key: &str, token: &str, callers: usize, seconds: f64) -> Latency {
+    use http_body_util::{BodyExt, Full};
+    use hyper::body::Bytes;
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    let body = Bytes::from(format!(r#"{{"tokens": ["{token}"]}}"#));
+    let authorization = format!("Bearer {key}");
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..callers)
+        .map(|_| {
+            let (body, authorization) = (body.clone(), authorization.clone());
+            tokio::spawn(async move {
+                let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+                stream.set_nodelay(true).expect("nodelay");
+                let (mut sender, connection) =
+                    hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                        .await
+                        .expect("HTTP/1.1 handshake");
+                tokio::spawn(connection);
+                let mut samples = Vec::new();
+                while Instant::now() < deadline {
+                    let t = Instant::now();
+                    let request = hyper::Request::post("/v1/namespaces/ssn/detokenize")
+                        .header("host", addr.to_string())
+                        .header("authorization", &authorization)
+                        .header("content-type", "application/json")
+                        .body(Full::new(body.clone()))
+                        .expect("request");
+                    let response = sender.send_request(request).await.expect("an answer");
+                    let status = response.status();
+                    let answer = response.into_body().collect().await.expect("a body").to_bytes();
+                    assert!(status.is_success(), "{status}");
+                    assert!(answer.starts_with(br#"{"results":[{"text":"#), "an item error");
+                    samples.push(t.elapsed());
+                }
+                samples
+            })
+        })
+        .collect();
+    let mut samples = Vec::new();
+    for task in tasks {
+        samples.extend(task.await.expect("caller"));
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    samples.sort();
+    let at = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)];
+    Latency {
+        calls: samples.len(),
         rate: samples.len() as f64 / elapsed,
         p50: at(0.50),
         p99: at(0.99),
@@ -229,12 +292,12 @@ fn main() {
         let echo_addr = start_echo();
         let echo = Client::connect(ClientOptions::new(format!("http://{echo_addr}"))).await.expect("echo");
 
-        let vault = ServeProcess::start(&[]);
-        let client = bench_client(&vault).await;
+        let vault = ServeProcess::start(&[("PHIVAULT_HTTP_LISTEN", "127.0.0.1:0")]);
+        let (client, key) = bench_client(&vault).await;
         let unaudited_vault = ServeProcess::start(&[("PHIVAULT_BENCH_SKIP_AUDIT", "1")]);
-        let unaudited = bench_client(&unaudited_vault).await;
+        let (unaudited, _) = bench_client(&unaudited_vault).await;
         let unwatched_vault = ServeProcess::start(&[("PHIVAULT_DETECTION_WINDOW_SECS", "0")]);
-        let unwatched = bench_client(&unwatched_vault).await;
+        let (unwatched, _) = bench_client(&unwatched_vault).await;
         if !cfg!(feature = "bench-switches") {
             eprintln!("built without the bench-switches feature: both vaults write audit records (run `make bench`)");
         }
@@ -262,6 +325,22 @@ fn main() {
             watched_runs.push(unary_detokenize(client.clone(), token.clone(), CALLERS, seconds).await);
         }
         let (watched, unwatched) = (Latency::mean(&watched_runs), Latency::mean(&unwatched_runs));
+        let (mut http_runs, mut grpc_runs) = (Vec::new(), Vec::new());
+        let http_addr = vault.http_addr.expect("the HTTP listener");
+        let records_before = audit_head(&vault).await;
+        for _ in 0..2 {
+            http_runs.push(http_detokenize(http_addr, &key, &token, CALLERS, seconds).await);
+            grpc_runs.push(unary_detokenize(client.clone(), token.clone(), CALLERS, seconds).await);
+        }
+        let (over_http, over_grpc) = (Latency::mean(&http_runs), Latency::mean(&grpc_runs));
+        // Every reveal over either API left its own record.
+        let recorded = audit_head(&vault).await - records_before;
+        assert!(
+            recorded >= (over_http.calls + over_grpc.calls) as u64,
+            "{recorded} records for {} HTTP and {} gRPC reveals",
+            over_http.calls,
+            over_grpc.calls
+        );
         let real = &audit_rows[0].2;
         let audit_records = audit_head(&vault).await;
         let bare_stream = stream_tokenize(echo, Arc::clone(&values), seconds).await;
@@ -299,12 +378,19 @@ fn main() {
             "detection's cost on throughput: {:.1}% (target at most 5%)",
             100.0 * (1.0 - watched.rate / unwatched.rate)
         );
+        println!();
+        println!("| unary detokenize (1 item), {CALLERS} callers, same vault | gRPC | HTTP/JSON | ratio |");
+        println!("|---|---:|---:|---:|");
+        println!("| requests/s | {:.0} | {:.0} | {:.2} |", over_grpc.rate, over_http.rate, over_http.rate / over_grpc.rate);
+        println!("| p50 | {:.2?} | {:.2?} | |", over_grpc.p50, over_http.p50);
+        println!("| p99 | {:.2?} | {:.2?} | |", over_grpc.p99, over_http.p99);
         println!("{audit_records} records in the audited vault's chain, which verifies");
     });
 }
 
-/// A client with `tokenize:ssn` and `detokenize:ssn` on `vault`.
-async fn bench_client(vault: &ServeProcess) -> Client {
+/// A client with `tokenize:ssn` and `detokenize:ssn` on `vault`, and its
+/// API key.
+async fn bench_client(vault: &ServeProcess) -> (Client, String) {
     let endpoint = vault.endpoint();
     let admin = Client::connect(ClientOptions::new(&endpoint).api_key(&vault.admin_key))
         .await
@@ -317,9 +403,10 @@ async fn bench_client(vault: &ServeProcess) -> Client {
         .await
         .expect("client")
         .api_key;
-    Client::connect(ClientOptions::new(&endpoint).api_key(key))
+    let client = Client::connect(ClientOptions::new(&endpoint).api_key(&key))
         .await
-        .expect("connect")
+        .expect("connect");
+    (client, key)
 }
 
 /// The number of records in `vault`'s audit chain, as `VerifyAudit` walks it.

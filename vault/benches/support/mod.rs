@@ -10,6 +10,8 @@ pub(crate) struct ServeProcess {
     pub(crate) child: Child,
     /// Where it listens.
     pub(crate) addr: SocketAddr,
+    /// Where its HTTP/JSON API listens, when `PHIVAULT_HTTP_LISTEN` was set.
+    pub(crate) http_addr: Option<SocketAddr>,
     /// The admin client's API key.
     pub(crate) admin_key: String,
     _dir: Option<tempfile::TempDir>,
@@ -73,17 +75,24 @@ impl ServeProcess {
             .spawn()
             .expect("serve");
         let stdout = child.stdout.take().expect("stdout");
-        let addr = BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-            .find_map(|line| {
-                line.strip_prefix("phivault listening on ")
-                    .and_then(|a| a.parse().ok())
-            })
-            .expect("readiness line");
+        let wants_http = env.iter().any(|(name, _)| *name == "PHIVAULT_HTTP_LISTEN");
+        let (mut addr, mut http_addr) = (None, None);
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(a) = line.strip_prefix("phivault listening on ") {
+                addr = a.parse().ok();
+            }
+            if let Some(a) = line.strip_prefix("phivault http on ") {
+                http_addr = a.parse().ok();
+            }
+            if addr.is_some() && (http_addr.is_some() || !wants_http) {
+                break;
+            }
+        }
+        let addr = addr.expect("readiness line");
         Self {
             child,
             addr,
+            http_addr,
             admin_key,
             _dir: None,
         }
