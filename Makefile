@@ -4,7 +4,8 @@
 # test` also installs PostgreSQL, Patroni and etcd, whose servers the tests
 # start themselves, systemd, whose systemd-analyze checks the unit in
 # deploy/, SoftHSM2, the token the HSM seal is tested against, and curl, the
-# HTTP client the HTTP/JSON API is tested with.
+# HTTP client the HTTP/JSON API is tested with. It also builds the Python
+# package (client/python) with pip and tests it with pytest.
 
 SHELL := /bin/bash
 CARGO ?= cargo
@@ -19,8 +20,11 @@ TEST_PACKAGES := postgresql patroni etcd-server systemd softhsm2 docker-compose 
 TOOLS := $(CURDIR)/target/tools
 TOOLS_PATH := $(TOOLS)/bin:$(CURDIR)/tools/node_modules/.bin
 LISTEN ?= 127.0.0.1:50051
+# The Python package's build and test tools (maturin, pytest, pandas,
+# pyarrow; every version pinned), in a virtual environment of their own.
+PYTHON_ENV := $(CURDIR)/target/python
 
-.PHONY: run test bench eval-detection deps check fmt clippy tools
+.PHONY: run test bench eval-detection deps check fmt clippy tools python-env python-wheel
 
 run: deps
 	$(CARGO) build --locked --bins
@@ -41,9 +45,11 @@ TEST_FEATURES := --features phivault/failpoints
 HA_TEST := the_database_leader_dies_and_nothing_acknowledged_is_lost
 test: APT_PACKAGES += $(TEST_PACKAGES)
 test: export PATH := $(TOOLS_PATH):$(PATH)
-test: deps tools
+test: deps tools python-env
 	$(CARGO) build --locked --workspace --bins $(TEST_FEATURES)
 	$(CARGO) test --locked --workspace $(TEST_FEATURES)
+	MATURIN_PEP517_ARGS="--profile dev" $(PYTHON_INSTALL)
+	PHIVAULT_BIN_DIR=$(CURDIR)/target/debug $(PYTHON_ENV)/bin/pytest -q -p no:cacheprovider client/python/tests
 	PHIVAULT_TEST_STORE=postgres $(CARGO) test --locked -p phivault-tests --test e2e -- --skip $(HA_TEST)
 	PHIVAULT_TEST_STORE=postgres $(CARGO) test --locked -p phivault-tests --test e2e -- --exact failover::$(HA_TEST) --nocapture
 
@@ -84,6 +90,27 @@ deps:
 	  echo "installing:$$missing"; \
 	  $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq$$missing >/dev/null; \
 	fi
+
+# `pip install ./client/python`, as a user would from a checkout: pip asks
+# maturin (pinned in the environment) to build the wheel, in the
+# workspace's target directory; the tests build it with the dev profile
+# (MATURIN_PEP517_ARGS), whose dependencies the workspace's build compiled.
+PYTHON_INSTALL = PATH=$(PYTHON_ENV)/bin:$$PATH $(PYTHON_ENV)/bin/pip install --quiet \
+	--disable-pip-version-check --no-build-isolation --no-deps --force-reinstall ./client/python
+
+python-env: APT_PACKAGES += python3-venv
+python-env: $(PYTHON_ENV)/installed
+
+$(PYTHON_ENV)/installed: client/python/requirements-test.txt | deps
+	python3 -m venv $(PYTHON_ENV)
+	$(PYTHON_ENV)/bin/pip install --quiet --disable-pip-version-check --no-deps -r $<
+	$(PYTHON_ENV)/bin/pip check
+	touch $@
+
+# A wheel to install elsewhere (abi3: one for every CPython from 3.9),
+# tagged with the oldest manylinux this machine's glibc allows.
+python-wheel: python-env
+	$(PYTHON_ENV)/bin/maturin build --release -m client/python/Cargo.toml --out target/wheels
 
 # The Python checkers need Debian's venv module; buf comes through the
 # machine's Node.js and npm.

@@ -1095,6 +1095,96 @@ impl Client {
         ))
     }
 
+    /// Tokenizes `batches` (of any namespaces) over a stream, up to
+    /// `in_flight` outstanding, and answers one result per batch, in order.
+    /// When the stream's node goes out of reach, a new stream is opened (on
+    /// the next endpoint) and the batches not answered yet are sent again,
+    /// with backoff, until a node answers or `retry_for` has passed since
+    /// the last answer: what [`bulk::run`] does for files, for batches held
+    /// in memory (a data frame's columns, say).
+    pub async fn tokenize_all(
+        &self,
+        batches: Vec<Batch>,
+        in_flight: usize,
+        retry_for: Duration,
+    ) -> Result<Vec<Vec<ItemResult>>, ClientError> {
+        self.all(batches, in_flight, retry_for, None).await
+    }
+
+    /// [`Client::tokenize_all`] for reveals, masked when `masked` is set;
+    /// every batch is audited on its own (a batch sent again is on the
+    /// trail twice, as with [`Client::detokenize`]).
+    pub async fn detokenize_all(
+        &self,
+        batches: Vec<Batch>,
+        masked: bool,
+        in_flight: usize,
+        retry_for: Duration,
+    ) -> Result<Vec<Vec<ItemResult>>, ClientError> {
+        self.all(batches, in_flight, retry_for, Some(masked)).await
+    }
+
+    /// The stream behind [`Client::tokenize_all`] (`masked` is `None`) and
+    /// [`Client::detokenize_all`].
+    async fn all(
+        &self,
+        batches: Vec<Batch>,
+        in_flight: usize,
+        retry_for: Duration,
+        masked: Option<bool>,
+    ) -> Result<Vec<Vec<ItemResult>>, ClientError> {
+        const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+        const MAX_BACKOFF: Duration = Duration::from_secs(5);
+        let batches = Arc::new(batches);
+        let mut answered: Vec<Vec<ItemResult>> = Vec::with_capacity(batches.len());
+        let mut last_answer = std::time::Instant::now();
+        let mut backoff = FIRST_BACKOFF;
+        while answered.len() < batches.len() {
+            let from = answered.len();
+            let rest = {
+                let batches = Arc::clone(&batches);
+                stream::iter(from..batches.len()).map(move |i| batches[i].clone())
+            };
+            let opened = match masked {
+                None => self.tokenize_batches(rest, in_flight).await,
+                Some(masked) => self.detokenize_batches(rest, masked, in_flight).await,
+            };
+            let failure = match opened {
+                Ok(mut answers) => loop {
+                    match answers.next().await {
+                        Some(Ok(results)) => {
+                            answered.push(results);
+                            last_answer = std::time::Instant::now();
+                            backoff = FIRST_BACKOFF;
+                        }
+                        Some(Err(e)) => break Some(e),
+                        None => break None,
+                    }
+                },
+                Err(e) => Some(e),
+            };
+            match failure {
+                Some(e) if !transport_failed(&e) || last_answer.elapsed() > retry_for => {
+                    return Err(e);
+                }
+                Some(_) => {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+                // A stream that ends before every batch is answered broke
+                // the protocol; it is not opened again in a loop.
+                None if answered.len() < batches.len() => {
+                    return Err(Status::internal(
+                        "the stream ended before every batch was answered",
+                    )
+                    .into());
+                }
+                None => {}
+            }
+        }
+        Ok(answered)
+    }
+
     /// Creates a namespace. Not sent again after its node went away under
     /// it, unless it never left: the first may have created it, and a second
     /// would fail as `ALREADY_EXISTS`. List the namespaces to see.

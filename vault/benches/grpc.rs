@@ -181,7 +181,13 @@ async fn unary_detokenize(client: Client, token: String, callers: usize, seconds
 
 /// `callers` tasks, each on its own keep-alive HTTP/1.1 connection to
 /// `addr`, revealing one token through the HTTP/JSON API for `seconds`.
-async fn http_detokenize(addr: SocketAddr, key: &str, token: &str, callers: usize, seconds: f64) -> Latency {
+async fn http_detokenize(
+    addr: SocketAddr,
+    key: &str,
+    token: &str,
+    callers: usize,
+    seconds: f64,
+) -> Latency {
     use http_body_util::{BodyExt, Full};
     use hyper::body::Bytes;
     let deadline = Instant::now() + Duration::from_secs_f64(seconds);
@@ -210,9 +216,17 @@ async fn http_detokenize(addr: SocketAddr, key: &str, token: &str, callers: usiz
                         .expect("request");
                     let response = sender.send_request(request).await.expect("an answer");
                     let status = response.status();
-                    let answer = response.into_body().collect().await.expect("a body").to_bytes();
+                    let answer = response
+                        .into_body()
+                        .collect()
+                        .await
+                        .expect("a body")
+                        .to_bytes();
                     assert!(status.is_success(), "{status}");
-                    assert!(answer.starts_with(br#"{"results":[{"text":"#), "an item error");
+                    assert!(
+                        answer.starts_with(br#"{"results":[{"text":"#),
+                        "an item error"
+                    );
                     samples.push(t.elapsed());
                 }
                 samples

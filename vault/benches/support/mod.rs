@@ -11,6 +11,10 @@ pub(crate) struct ServeProcess {
     /// Where it listens.
     pub(crate) addr: SocketAddr,
     /// Where its HTTP/JSON API listens, when `PHIVAULT_HTTP_LISTEN` was set.
+    #[allow(
+        dead_code,
+        reason = "each bench compiles this module; only the gRPC bench serves HTTP"
+    )]
     pub(crate) http_addr: Option<SocketAddr>,
     /// The admin client's API key.
     pub(crate) admin_key: String,
