@@ -56,10 +56,12 @@ test: deps tools python-env
 # `bench-switches` compiles in the switch that lets the audit benchmark run a
 # second vault without audit records, to measure what they cost.
 # The bulk benchmark drives the release `phivault-client` binary, which
-# `cargo bench -p phivault` does not build.
+# `cargo bench -p phivault` does not build, and the Python package, which
+# pip builds (release profile) and installs into target/python.
 bench: APT_PACKAGES += $(TEST_PACKAGES)
-bench: deps
+bench: deps python-env
 	$(CARGO) build --locked --release -p phivault-client
+	$(PYTHON_INSTALL)
 	$(CARGO) bench --locked -p phivault --features bench-switches
 
 # Reveal-anomaly detection on a generated month of traffic with injected

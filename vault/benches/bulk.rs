@@ -5,8 +5,15 @@
 //! of both processes, and of the client on a tenth of the input, which shows
 //! whether its memory grows with the input.
 //!
-//! `make bench` builds `phivault-client` first; `PHIVAULT_BENCH_ROWS`
-//! overrides the row count (default 1,000,000).
+//! Then the Python package on the same file, against a vault of its own as
+//! cold as the CLI's: `phivault.frames.tokenize_dataframe` on the CSV read
+//! into a pandas DataFrame (the read not timed), by
+//! `client/python/bench/tokenize_frame.py`, its rate against the CLI's.
+//!
+//! `make bench` builds `phivault-client` and installs the Python package
+//! (release build) into `target/python` first; `PHIVAULT_BENCH_ROWS`
+//! overrides the row count (default 1,000,000), `PHIVAULT_BENCH_PYTHON` the
+//! interpreter.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -262,6 +269,78 @@ fn bulk(client_bin: &Path, server: &ServeProcess, key: &str, input: &Path, outpu
     }
 }
 
+/// The Python package tokenizing `input` as a DataFrame through `server`,
+/// with both processes' peak RSS sampled as in [`bulk`]; `None` (said) when
+/// the interpreter or the package is missing.
+fn python(interpreter: &Path, server: &ServeProcess, key: &str, input: &Path) -> Option<Run> {
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../client/python/bench/tokenize_frame.py");
+    let mut command = Command::new(interpreter);
+    command.arg(script).arg(input);
+    for (column, namespace) in COLUMNS {
+        command.arg(format!("{column}={namespace}"));
+    }
+    let mut child = match command
+        .env("PHIVAULT_ENDPOINT", server.endpoint())
+        .env("PHIVAULT_API_KEY", key)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    {
+        Ok(child) => child,
+        Err(e) => {
+            println!(
+                "Python package: skipped, {} cannot run ({e}); `make bench` installs it",
+                interpreter.display()
+            );
+            return None;
+        }
+    };
+    let (mut client_kib, mut server_kib) = (0, 0);
+    while child.try_wait().expect("poll").is_none() {
+        client_kib = peak_rss_kib(child.id()).unwrap_or(client_kib);
+        server_kib = peak_rss_kib(server.child.id()).unwrap_or(server_kib);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let output = child.wait_with_output().expect("python");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "the Python run failed: {stderr}");
+    let summary: serde_json::Value = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .expect("the Python run's JSON line");
+    assert_eq!(summary["errors"], 0, "every cell tokenizes");
+    Some(Run {
+        elapsed: Duration::from_secs_f64(summary["seconds"].as_f64().expect("seconds")),
+        fields: summary["fields"].as_u64().expect("fields"),
+        client_kib,
+        server_kib,
+    })
+}
+
+/// A fresh `phivault serve` and the key of a client that may tokenize
+/// every column.
+fn fresh_server(runtime: &tokio::runtime::Runtime) -> (ServeProcess, String) {
+    let server = ServeProcess::start(&[]);
+    let key = runtime.block_on(async {
+        let admin =
+            Client::connect(ClientOptions::new(server.endpoint()).api_key(&server.admin_key))
+                .await
+                .expect("admin");
+        let scopes = COLUMNS
+            .iter()
+            .map(|(_, ns)| format!("tokenize:{ns}"))
+            .collect();
+        admin
+            .create_client("bulk-bench", scopes)
+            .await
+            .expect("client")
+            .api_key
+    });
+    (server, key)
+}
+
 fn main() {
     let rows: usize = std::env::var("PHIVAULT_BENCH_ROWS")
         .ok()
@@ -307,22 +386,7 @@ fn main() {
     // cold as the engine did.
     let mut runs = Vec::new();
     for (run, input) in [&tenth, &full].into_iter().enumerate() {
-        let server = ServeProcess::start(&[]);
-        let key = runtime.block_on(async {
-            let admin =
-                Client::connect(ClientOptions::new(server.endpoint()).api_key(&server.admin_key))
-                    .await
-                    .expect("admin");
-            let scopes = COLUMNS
-                .iter()
-                .map(|(_, ns)| format!("tokenize:{ns}"))
-                .collect();
-            admin
-                .create_client("bulk-bench", scopes)
-                .await
-                .expect("client")
-                .api_key
-        });
+        let (server, key) = fresh_server(&runtime);
         settle();
         runs.push(bulk(
             &client_bin,
@@ -333,6 +397,15 @@ fn main() {
             &dir.path().join(format!("out-{run}.csv")),
         ));
     }
+    let interpreter = std::env::var_os("PHIVAULT_BENCH_PYTHON").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/python/bin/python"),
+        PathBuf::from,
+    );
+    let from_python = {
+        let (server, key) = fresh_server(&runtime);
+        settle();
+        python(&interpreter, &server, &key, &full)
+    };
     let (small, run) = (&runs[0], &runs[1]);
     assert_eq!(run.fields as usize, cells);
     let rate = run.fields as f64 / run.elapsed.as_secs_f64();
@@ -364,6 +437,31 @@ fn main() {
         small.server_kib >> 10,
         run.server_kib >> 10
     );
+    if let Some(py) = &from_python {
+        assert_eq!(py.fields as usize, cells);
+        let py_rate = py.fields as f64 / py.elapsed.as_secs_f64();
+        println!();
+        println!(
+            "| {rows} rows, {} columns, each on a fresh vault | fields/s | vs CLI |",
+            COLUMNS.len()
+        );
+        println!("|---|---:|---:|");
+        println!("| `phivault-client bulk tokenize` (CSV file to CSV file) | {rate:.0} | 1.00 |");
+        println!(
+            "| Python `frames.tokenize_dataframe` (DataFrame in memory, {:.1} s) | {py_rate:.0} | {:.2} |",
+            py.elapsed.as_secs_f64(),
+            py_rate / rate
+        );
+        println!(
+            "peak RSS during the Python run: python {} MiB, phivault serve {} MiB",
+            py.client_kib >> 10,
+            py.server_kib >> 10
+        );
+        println!(
+            "Python package: {:.2} of the CLI's rate (target at least 0.70)",
+            py_rate / rate
+        );
+    }
     println!();
     println!("end to end: {rate:.0} fields/s (target at least 100,000)");
 }

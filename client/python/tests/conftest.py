@@ -48,14 +48,14 @@ class Vault:
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
             [BIN / "phivault", "serve", "--data-dir", self.data, "--master-key-file", self.key_file,
-             "--listen", listen, "--http-listen", http_listen],
+             "--listen", listen, "--http-listen", http_listen, "--metrics-listen", "127.0.0.1:0"],
             stdout=subprocess.PIPE, stderr=log, text=True,
             env={**os.environ, "PHIVAULT_LOG": "debug"},
         )
         log.close()
-        grpc = http = None
+        grpc = http = metrics = None
         assert self.process.stdout is not None
-        while grpc is None or http is None:
+        while grpc is None or http is None or metrics is None:
             line = self.process.stdout.readline()
             if not line:
                 raise RuntimeError(f"the server stopped before it was ready; see {self.log_path}")
@@ -63,12 +63,19 @@ class Vault:
                 grpc = line.split()[-1]
             elif line.startswith("phivault http on "):
                 http = line.split()[-1]
+            elif line.startswith("phivault metrics on "):
+                metrics = line.split()[-1]
         self.endpoint = f"http://{grpc}"
         self.http = f"http://{http}"
+        self.metrics = f"http://{metrics}/metrics"
 
-    def stop(self) -> None:
+    def stop(self, kill: bool = False) -> None:
+        """Stops the server: SIGTERM (it drains its calls), or SIGKILL."""
         if self.process is not None:
-            self.process.terminate()
+            if kill:
+                self.process.kill()
+            else:
+                self.process.terminate()
             try:
                 self.process.wait(timeout=30)
             except subprocess.TimeoutExpired:
@@ -76,11 +83,22 @@ class Vault:
                 self.process.wait()
             self.process = None
 
-    def restart(self) -> None:
+    def restart(self, kill: bool = False) -> None:
         """Stops the server and serves again on the same ports."""
         grpc, http = self.endpoint.removeprefix("http://"), self.http.removeprefix("http://")
-        self.stop()
+        self.stop(kill)
         self.start(grpc, http)
+
+    def metric(self, name: str, rpc: str) -> float:
+        """The sum of metric ``name`` over its series for gRPC method
+        ``rpc``, as the server exports it now."""
+        with urllib.request.urlopen(self.metrics, timeout=10) as answer:
+            text = answer.read().decode()
+        total = 0.0
+        for line in text.splitlines():
+            if line.startswith(name + "{") and f'rpc="{rpc}"' in line:
+                total += float(line.rsplit(" ", 1)[1])
+        return total
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

@@ -4,6 +4,8 @@ settings from the environment, asyncio, and reconnecting."""
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 
 import pytest
 
@@ -154,3 +156,39 @@ def test_the_client_reconnects_across_a_server_restart(own_vault):
         tokens = client.tokenize_column("ssn", values, batch_size=100, in_flight=2)
         own_vault.restart()
         assert client.detokenize_column("ssn", tokens, batch_size=100) == values
+
+
+def test_a_column_call_sends_again_what_a_killed_node_left_unanswered(own_vault):
+    key = own_vault.create_client("py-killed", ["tokenize:ssn"])
+    values = [f"{100 + i % 600:03d}-{10 + i // 600 % 89:02d}-{1000 + i // 53400:04d}" for i in range(60_000)]
+    client = phivault.Client(own_vault.endpoint, api_key=key)
+    outcome = {}
+
+    def run():
+        try:
+            outcome["tokens"] = client.tokenize_column("ssn", values, batch_size=200, in_flight=2)
+        except BaseException as e:  # the assertion below says what it was
+            outcome["error"] = e
+
+    caller = threading.Thread(target=run)
+    caller.start()
+    deadline = time.monotonic() + 60
+    stream = "/phivault.v1.Tokenizer/TokenizeStream"
+    while own_vault.metric("phivault_grpc_calls_in_progress", stream) < 1:
+        assert caller.is_alive() and time.monotonic() < deadline, "the stream never started"
+        time.sleep(0.01)
+    # The node dies mid-stream; a new one comes up where it was.
+    own_vault.restart(kill=True)
+    caller.join(timeout=180)
+    assert not caller.is_alive()
+    assert "error" not in outcome, repr(outcome.get("error"))
+    tokens = outcome["tokens"]
+    assert len(tokens) == len(values) and None not in tokens
+    # The new node answered a stream: what the killed one left was sent again.
+    assert own_vault.metric("phivault_grpc_calls_total", stream) >= 1
+    # Each value has the token a call of its own gives it, in its place.
+    again = []
+    for i in range(0, len(values), 5000):
+        again.extend(client.tokenize("ssn", values[i : i + 5000]))
+    assert tokens == again
+    client.close()
