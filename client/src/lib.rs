@@ -69,6 +69,11 @@ const STREAMING: [&str; 4] = [
 const LONG: [&str; 4] = ["Backup", "CreateClient", "RotateClientKey", "RotateKeys"];
 /// How long one endpoint may take to accept a connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// HTTP/2 pings on a connection with calls under way, so that a node whose
+/// host vanished is found within a minute rather than by TCP, hours later;
+/// a stream has no deadline to find it by.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// How to reach and authenticate to a vault.
 #[derive(Clone)]
@@ -760,7 +765,11 @@ impl Client {
             name,
         } in checked
         {
-            let mut endpoint = endpoint.connect_timeout(CONNECT_TIMEOUT).tcp_nodelay(true);
+            let mut endpoint = endpoint
+                .connect_timeout(CONNECT_TIMEOUT)
+                .tcp_nodelay(true)
+                .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+                .keep_alive_timeout(KEEPALIVE_TIMEOUT);
             // The server ends a call at its grpc-timeout; this is for a node
             // that stops answering altogether (a stream waits only for its
             // headers here).
@@ -1151,14 +1160,34 @@ impl Client {
             };
             let failure = match opened {
                 Ok(mut answers) => loop {
-                    match answers.next().await {
-                        Some(Ok(results)) => {
+                    // A node that stops answering without going away is
+                    // waited for as long as one that went away would be.
+                    let next =
+                        tokio::time::timeout_at((last_answer + retry_for).into(), answers.next())
+                            .await;
+                    match next {
+                        Ok(Some(Ok(results))) => {
+                            let sent = batches[answered.len()].items.len();
+                            if results.len() != sent {
+                                return Err(Status::internal(format!(
+                                    "the vault answered {} results for a batch of {sent} items",
+                                    results.len()
+                                ))
+                                .into());
+                            }
                             answered.push(results);
                             last_answer = std::time::Instant::now();
                             backoff = FIRST_BACKOFF;
                         }
-                        Some(Err(e)) => break Some(e),
-                        None => break None,
+                        Ok(Some(Err(e))) => break Some(e),
+                        Ok(None) => break None,
+                        Err(_) => {
+                            return Err(Status::unavailable(format!(
+                                "no answer for {} (retry_for)",
+                                humantime::format_duration(retry_for)
+                            ))
+                            .into());
+                        }
                     }
                 },
                 Err(e) => Some(e),
@@ -1447,8 +1476,21 @@ impl Client {
 
     /// The standard gRPC health check (`""`) of the node in use, moving on
     /// to the next endpoint while the node is out of reach: whether the vault
-    /// is serving through this client.
+    /// is serving through this client. It stays true while the vault cannot
+    /// commit (the process is alive and heals by itself); see
+    /// [`Client::ready`].
     pub async fn health(&self) -> Result<bool, ClientError> {
+        self.health_of("").await
+    }
+
+    /// Whether the node in use can answer tokenize and detokenize now: the
+    /// gRPC health of `phivault.v1.Tokenizer`, which is `NOT_SERVING` while
+    /// commits fail (every reveal then fails closed).
+    pub async fn ready(&self) -> Result<bool, ClientError> {
+        self.health_of("phivault.v1.Tokenizer").await
+    }
+
+    async fn health_of(&self, service: &str) -> Result<bool, ClientError> {
         use tonic_health::pb::health_check_response::ServingStatus;
         use tonic_health::pb::health_client::HealthClient;
         let response = self
@@ -1456,7 +1498,7 @@ impl Client {
                 let mut health = HealthClient::new(node.channel);
                 health
                     .check(tonic_health::pb::HealthCheckRequest {
-                        service: String::new(),
+                        service: service.to_owned(),
                     })
                     .await
             })

@@ -30,6 +30,9 @@ type Answer = (Vec<Option<String>>, Vec<(usize, &'static str, String)>);
 
 /// How often a blocking call looks for Ctrl-C.
 const SIGNAL_CHECK: Duration = Duration::from_millis(100);
+/// A batch's payload stays well under the server's 4 MiB message limit,
+/// however long its values (as the CLI's bulk runs keep theirs).
+const BATCH_BYTES: usize = 1 << 20;
 
 fn native_error(error: ClientError) -> PyErr {
     let retry_after = error.retry_after().map(|d| d.as_secs_f64());
@@ -47,6 +50,18 @@ fn native_error(error: ClientError) -> PyErr {
         }
         other => NativeError::new_err(("connect", None::<&str>, other.to_string(), None::<f64>)),
     }
+}
+
+/// `seconds` as a duration, or a configuration error naming `what`.
+fn seconds(what: &str, seconds: f64) -> PyResult<Duration> {
+    Duration::try_from_secs_f64(seconds).map_err(|_| {
+        NativeError::new_err((
+            "config",
+            None::<&str>,
+            format!("{what} must be a finite, non-negative number of seconds"),
+            None::<f64>,
+        ))
+    })
 }
 
 fn closed() -> PyErr {
@@ -112,8 +127,9 @@ impl NativeClient {
     }
 }
 
-/// Cells of one column in batches of at most `per_batch`, leaving out the
-/// `None`s; and, per batch, where its answers go in the column.
+/// Cells of one column in batches of at most `per_batch` items and about
+/// [`BATCH_BYTES`], leaving out the `None`s; and, per batch, where its
+/// answers go in the column.
 fn batches_of(
     namespace: &str,
     cells: Vec<Option<String>>,
@@ -122,11 +138,22 @@ fn batches_of(
     let mut batches = Vec::new();
     let mut targets = Vec::new();
     let (mut items, mut at) = (Vec::new(), Vec::new());
+    let mut bytes = 0;
     for (row, cell) in cells.into_iter().enumerate() {
         let Some(cell) = cell else { continue };
+        if !items.is_empty() && bytes + cell.len() > BATCH_BYTES {
+            batches.push(Batch {
+                namespace: namespace.to_owned(),
+                items: std::mem::take(&mut items),
+            });
+            targets.push(std::mem::take(&mut at));
+            bytes = 0;
+        }
+        bytes += cell.len();
         items.push(cell);
         at.push(row);
         if items.len() == per_batch {
+            bytes = 0;
             batches.push(Batch {
                 namespace: namespace.to_owned(),
                 items: std::mem::take(&mut items),
@@ -214,7 +241,7 @@ impl NativeClient {
     ) -> PyResult<Self> {
         let mut options = ClientOptions::new(endpoints)
             .insecure_plaintext(insecure_plaintext)
-            .deadline(deadline.map(Duration::from_secs_f64))
+            .deadline(deadline.map(|d| seconds("the deadline", d)).transpose()?)
             .purpose(Purpose::new(
                 purpose.unwrap_or_default(),
                 reason.unwrap_or_default(),
@@ -318,7 +345,7 @@ impl NativeClient {
         retry_for: f64,
     ) -> PyResult<Vec<Answer>> {
         let client = self.client()?;
-        let retry_for = Duration::from_secs_f64(retry_for.max(0.0));
+        let retry_for = seconds("retry_for", retry_for)?;
         wait(
             py,
             send_columns(client, columns, batch_items, in_flight, retry_for, None),
@@ -337,7 +364,7 @@ impl NativeClient {
         retry_for: f64,
     ) -> PyResult<Vec<Answer>> {
         let client = self.client()?;
-        let retry_for = Duration::from_secs_f64(retry_for.max(0.0));
+        let retry_for = seconds("retry_for", retry_for)?;
         wait(
             py,
             send_columns(
@@ -360,19 +387,52 @@ impl NativeClient {
         retry_for: f64,
     ) -> PyResult<Bound<'py, PyAny>> {
         let client = self.client()?;
-        let retry_for = Duration::from_secs_f64(retry_for.max(0.0));
+        let retry_for = seconds("retry_for", retry_for)?;
         pyo3_async_runtimes::tokio::future_into_py(
             py,
             send_columns(client, columns, batch_items, in_flight, retry_for, None),
         )
     }
 
-    /// Whether the vault answers and serves (gRPC health).
+    fn detokenize_columns_async<'py>(
+        &self,
+        py: Python<'py>,
+        columns: Vec<(String, Vec<Option<String>>)>,
+        masked: bool,
+        batch_items: usize,
+        in_flight: usize,
+        retry_for: f64,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let client = self.client()?;
+        let retry_for = seconds("retry_for", retry_for)?;
+        pyo3_async_runtimes::tokio::future_into_py(
+            py,
+            send_columns(
+                client,
+                columns,
+                batch_items,
+                in_flight,
+                retry_for,
+                Some(masked),
+            ),
+        )
+    }
+
+    /// Whether the vault process answers (gRPC health, overall).
     fn health(&self, py: Python<'_>) -> PyResult<bool> {
         let client = self.client()?;
         wait(
             py,
             async move { client.health().await.map_err(native_error) },
+        )
+    }
+
+    /// Whether the vault can answer tokenize and detokenize now.
+    fn ready(&self, py: Python<'_>) -> PyResult<bool> {
+        let client = self.client()?;
+        wait(
+            py,
+            async move { client.ready().await.map_err(native_error) },
         )
     }
 

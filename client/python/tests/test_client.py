@@ -192,3 +192,57 @@ def test_a_column_call_sends_again_what_a_killed_node_left_unanswered(own_vault)
         again.extend(client.tokenize("ssn", values[i : i + 5000]))
     assert tokens == again
     client.close()
+
+
+def test_no_repr_pickle_or_exception_holds_the_key(vault, keys):
+    import pickle
+
+    key = keys["pipeline"]
+    secret = key.rsplit("_", 1)[1]
+    with phivault.Client(vault.endpoint, api_key=key) as client:
+        assert secret not in repr(client) and "127.0.0.1" not in repr(client)
+        with pytest.raises(TypeError):
+            pickle.dumps(client)
+    lazy = phivault.AsyncClient(vault.endpoint, api_key=key)
+    assert secret not in repr(lazy)
+    with pytest.raises(TypeError):
+        pickle.dumps(lazy)
+    # Exceptions cross process pools whole, with their codes.
+    error = pickle.loads(pickle.dumps(phivault.ResourceExhausted("RESOURCE_EXHAUSTED", "over the rate", 1.5)))
+    assert isinstance(error, phivault.ResourceExhausted) and error.retry_after == 1.5
+    items = pickle.loads(pickle.dumps(phivault.ItemErrors([phivault.ItemError(2, "NOT_FOUND", "no such token")], ["a", None])))
+    assert items.errors[0].index == 2 and items.results == ["a", None]
+
+
+def test_numbers_that_cannot_be_durations_are_refused(vault, keys):
+    with pytest.raises(phivault.ConfigurationError):
+        phivault.Client(vault.endpoint, api_key=keys["pipeline"], deadline=float("inf"))
+    with pytest.raises(phivault.ConfigurationError):
+        phivault.Client(vault.endpoint, api_key=keys["pipeline"], deadline=0)
+    with phivault.Client(vault.endpoint, api_key=keys["pipeline"]) as client:
+        with pytest.raises(phivault.ConfigurationError):
+            client.tokenize_column("ssn", ["123-45-6789"], retry_for=float("nan"))
+
+
+def test_text_that_is_not_unicode_is_refused_by_position(vault, keys):
+    broken = b"123-45-67\xff9".decode("utf-8", "surrogateescape")
+    with phivault.Client(vault.endpoint, api_key=keys["pipeline"]) as client:
+        with pytest.raises(ValueError) as refused:
+            client.tokenize("ssn", ["123-45-6789", broken])
+        assert "1" in str(refused.value) and "67" not in str(refused.value) and refused.value.__cause__ is None
+        with pytest.raises(ValueError):
+            client.tokenize_column("ssn", [None, broken])
+
+
+def test_ready_follows_the_write_path(vault, keys):
+    with phivault.Client(vault.endpoint, api_key=keys["pipeline"]) as client:
+        assert client.ready() and client.health()
+
+    async def main():
+        async with phivault.AsyncClient(vault.endpoint, api_key=keys["pipeline"]) as client:
+            assert await client.ready()
+            assert (await client.server_info())["max_items"] >= 1000
+            [token] = await client.tokenize("ssn", ["123-45-6789"])
+            assert await client.detokenize_column("ssn", [token, None]) == ["123-45-6789", None]
+
+    asyncio.run(main())

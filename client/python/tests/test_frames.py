@@ -133,3 +133,60 @@ def test_the_spark_functions_on_the_batches_spark_hands_them(vault, keys):
     tokenized_batches = list(on_arrow(iter(batches)))
     back = list(spark.detokenize_in_arrow({"ssn": "ssn", "mrn": "mrn"}, **options)(iter(tokenized_batches)))
     assert pa.Table.from_batches(back).equals(pa.Table.from_batches(batches))
+
+
+def test_categorical_and_nullable_string_columns_keep_their_kind(client):
+    frame = pd.DataFrame(
+        {
+            "ssn": pd.Series(["123-45-6789", "987-65-4321", "123-45-6789", None], dtype="category"),
+            "mrn": pd.Series(["MRN1", None, "MRN3", "MRN4"], dtype="string"),
+        }
+    )
+    tokenized = frames.tokenize_dataframe(client, frame, {"ssn": "ssn", "mrn": "mrn"})
+    assert isinstance(tokenized["ssn"].dtype, pd.CategoricalDtype)
+    assert tokenized["ssn"].isna().tolist() == [False, False, False, True]
+    assert tokenized["ssn"][0] == tokenized["ssn"][2] != "123-45-6789"
+    assert tokenized["mrn"].dtype == frame["mrn"].dtype
+    assert tokenized["mrn"].isna().tolist() == [False, True, False, False]
+    back = frames.detokenize_dataframe(client, tokenized, {"ssn": "ssn", "mrn": "mrn"})
+    assert back["ssn"].astype(object).where(back["ssn"].notna(), None).tolist() == ["123-45-6789", "987-65-4321", "123-45-6789", None]
+    pd.testing.assert_series_equal(back["mrn"], frame["mrn"])
+
+
+def test_spark_in_local_mode(vault, keys, tmp_path):
+    """A real Spark (local mode, loopback only): mapInPandas tokenizes,
+    mapInArrow reveals, each executor task opening its own client from a
+    key file."""
+    import os
+    import sys
+
+    os.environ["PYSPARK_PYTHON"] = sys.executable
+    from pyspark.sql import SparkSession
+
+    key_file = tmp_path / "key"
+    key_file.write_text(keys["pipeline"])
+    session = (
+        SparkSession.builder.master("local[2]")
+        .appName("phivault-test")
+        .config("spark.ui.enabled", "false")
+        .config("spark.driver.bindAddress", "127.0.0.1")
+        .config("spark.driver.host", "127.0.0.1")
+        .config("spark.sql.shuffle.partitions", "2")
+        .getOrCreate()
+    )
+    try:
+        original = patients(5000)
+        df = session.createDataFrame(original).repartition(3)
+        options = {"endpoint": vault.endpoint, "api_key_file": str(key_file)}
+        tokenized = df.mapInPandas(spark.tokenize_in_pandas(MAPPING, **options), schema=df.schema)
+        revealed = tokenized.mapInArrow(spark.detokenize_in_arrow(MAPPING, **options), schema=tokenized.schema)
+        tokens = tokenized.toPandas().sort_values("patient_id").reset_index(drop=True)
+        back = revealed.toPandas().sort_values("patient_id").reset_index(drop=True)
+    finally:
+        session.stop()
+    for column in MAPPING:
+        expected = original[column].where(original[column].notna(), None).tolist()
+        assert back[column].where(back[column].notna(), None).tolist() == expected, column
+        present = original[column].notna()
+        assert (tokens[column][present] != original[column][present]).all(), column
+    assert back["visits"].tolist() == original["visits"].tolist()

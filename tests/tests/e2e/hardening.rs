@@ -641,8 +641,17 @@ async fn a_full_disk_fails_closed_and_the_vault_heals_when_space_returns() {
             return;
         }
     };
-    let server = Server::start(&vault, &["--metrics-listen", "127.0.0.1:0"]);
+    let server = Server::start(
+        &vault,
+        &[
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+        ],
+    );
     let ops = server.metrics_addr.expect("the operations listener");
+    let api = server.http_addr.expect("the HTTP/JSON API");
     assert!(super::http_get(ops, "/readyz").starts_with("HTTP/1.1 200"));
     let admin = connect(&server, Some(&vault.admin_key)).await;
     // Free text (opaque tokens) of 2 KiB a value, so that RocksDB soon needs
@@ -716,6 +725,14 @@ async fn a_full_disk_fails_closed_and_the_vault_heals_when_space_returns() {
         "{readyz}"
     );
     assert!(super::http_get(ops, "/healthz").starts_with("HTTP/1.1 200"));
+    // And on the HTTP/JSON API's port, and to the client library.
+    let ready = super::http_get(api, "/v1/health/ready");
+    assert!(
+        ready.starts_with("HTTP/1.1 503") && ready.contains("NOT_SERVING"),
+        "{ready}"
+    );
+    assert!(super::http_get(api, "/v1/health").starts_with("HTTP/1.1 200"));
+    assert!(!admin.ready().await.expect("ready answers"));
 
     std::fs::remove_file(&filler).expect("free the space");
     // RocksDB's recovery polls for space every few seconds.
@@ -741,6 +758,8 @@ async fn a_full_disk_fails_closed_and_the_vault_heals_when_space_returns() {
     }
     assert!(tokenizer_serving(&server).await, "SERVING again");
     assert!(super::http_get(ops, "/readyz").starts_with("HTTP/1.1 200"));
+    assert!(super::http_get(api, "/v1/health/ready").starts_with("HTTP/1.1 200"));
+    assert!(admin.ready().await.expect("ready answers"));
     let values = next_batch();
     let tokens = texts(
         pipeline

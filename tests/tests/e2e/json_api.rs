@@ -495,6 +495,14 @@ async fn the_admin_calls_health_and_the_document_work_over_http() {
         r#"{"name": "visit", "format": "alnum"}"#,
     );
     assert_eq!(again.status, 409, "{}", again.body);
+    // An administrative body is held to the Admin service's own limit
+    // (64 KiB), below the data plane's.
+    let oversize = format!(
+        r#"{{"name": "big", "scopes": ["{}"]}}"#,
+        "tokenize:ssn".repeat(6000)
+    );
+    let refused = call(&server, admin, "POST", "/v1/clients", &oversize);
+    assert_eq!(refused.status, 413, "{}", refused.body);
 
     // A client made over HTTP, its key shown once, working over HTTP.
     let created = ok(

@@ -36,6 +36,8 @@ const TOKENIZE: &str = "/phivault.v1.Tokenizer/Tokenize";
 const DETOKENIZE: &str = "/phivault.v1.Tokenizer/Detokenize";
 const SERVER_INFO: &str = "/phivault.v1.Tokenizer/GetServerInfo";
 const HEALTH_CHECK: &str = "/grpc.health.v1.Health/Check";
+/// The prefix of the Admin service's methods.
+const ADMIN_SERVICE: &str = "/phivault.v1.Admin/";
 
 /// The gRPC stack an HTTP call is sent through: the same layers and
 /// services the gRPC listener serves.
@@ -55,6 +57,8 @@ struct Api {
     /// bounded as the gate bounds calls in progress.
     bodies: Arc<Semaphore>,
     max_body: usize,
+    /// The Admin service takes smaller messages than the Tokenizer's.
+    admin_max_body: usize,
     /// Longest reading a body, and then the call, may take.
     timeout: Duration,
     /// The OpenAPI document, as JSON.
@@ -76,7 +80,7 @@ object; a call that ran answers 200 with one result per item, each a `text` or a
     modifiers(&BearerKey),
     tags(
         (name = "tokens", description = "Tokenize values and reveal tokens."),
-        (name = "admin", description = "Namespaces, clients, keys and the audit trail (admin or audit scope)."),
+        (name = "admin", description = "Namespaces, clients and keys (admin scope; a client that may reveal, grant or read the trail also needs grant), and the audit trail (audit scope)."),
         (name = "service", description = "Health, server information and this document.")
     )
 )]
@@ -124,13 +128,14 @@ pub(crate) fn openapi() -> utoipa::openapi::OpenApi {
 
 /// The routes of the API, answering through `grpc`: a call's key is
 /// checked by `gate` from its headers, then its body is read (at most
-/// `max_body` bytes, within `timeout`, no more than `bodies_at_once` at
-/// once), then the call goes through `grpc` within `timeout`.
+/// `max_body` bytes, or `admin_max_body` for an administrative call,
+/// within `timeout`, no more than `bodies_at_once` at once), then the call
+/// goes through `grpc` within `timeout`.
 pub(crate) fn router(
     grpc: GrpcStack,
     gate: GateLayer,
     bodies_at_once: usize,
-    max_body: usize,
+    (max_body, admin_max_body): (usize, usize),
     timeout: Duration,
 ) -> axum::Router {
     let (router, _) = routes().split_for_parts();
@@ -141,6 +146,7 @@ pub(crate) fn router(
         gate,
         bodies: Arc::new(Semaphore::new(bodies_at_once)),
         max_body,
+        admin_max_body,
         timeout,
         document,
     })
@@ -446,6 +452,7 @@ impl Api {
         headers: &HeaderMap,
         peer: SocketAddr,
         body: axum::body::Body,
+        max_body: usize,
     ) -> Result<(T, OwnedSemaphorePermit), Refused> {
         let authorization = headers
             .get(header::AUTHORIZATION)
@@ -475,7 +482,7 @@ impl Api {
                 Code::ResourceExhausted,
                 format!(
                     "the body is larger than the server takes ({} bytes)",
-                    self.max_body
+                    max_body
                 ),
             )
         };
@@ -483,7 +490,7 @@ impl Api {
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<usize>().ok());
-        if declared.is_some_and(|n| n > self.max_body) {
+        if declared.is_some_and(|n| n > max_body) {
             return Err(too_large());
         }
         let Ok(permit) = Arc::clone(&self.bodies).try_acquire_owned() else {
@@ -494,7 +501,7 @@ impl Api {
         };
         let read = tokio::time::timeout(
             self.timeout,
-            http_body_util::Limited::new(body, self.max_body).collect(),
+            http_body_util::Limited::new(body, max_body).collect(),
         )
         .await;
         let bytes = match read {
@@ -538,9 +545,14 @@ where
 {
     let id = request_id_of(headers);
     let answer = async {
+        let max_body = if path.starts_with(ADMIN_SERVICE) {
+            api.admin_max_body
+        } else {
+            api.max_body
+        };
         let (request, _permit) = match body {
             Some(body) => {
-                let (parsed, permit) = api.admit::<T>(headers, peer, body).await?;
+                let (parsed, permit) = api.admit::<T>(headers, peer, body, max_body).await?;
                 (make(parsed), Some(permit))
             }
             None => (make(T::default()), None),
@@ -557,7 +569,9 @@ where
 /// Gives every value a token in `namespace`.
 ///
 /// The same value always gets the same token in a deterministic namespace.
-/// Needs the `tokenize:<namespace>` scope.
+/// Needs the `tokenize:<namespace>` scope; with `lookup:<namespace>`
+/// instead, only values already in the vault are answered (any other is the
+/// item error NOT_FOUND, and nothing is written).
 #[utoipa::path(
     post,
     path = "/v1/namespaces/{namespace}/tokenize",

@@ -580,7 +580,7 @@ pub async fn serve(
                 stack,
                 gate.clone(),
                 limits.max_calls_in_progress,
-                max,
+                (max, limits.admin_max_message_bytes),
                 limits.request_timeout,
             );
             let http_limits = json_api::HttpLimits {

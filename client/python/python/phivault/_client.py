@@ -93,6 +93,29 @@ def _seconds(name: str, text: str) -> float:
 
 _UNSET: Any = object()
 
+_NO_PICKLE = (
+    "a phivault client cannot be pickled: it holds its API key; create it where it is used "
+    "(phivault.spark's functions do, on each executor)"
+)
+
+
+def _count(endpoints: str) -> str:
+    n = len(endpoints.split(","))
+    return f"{n} endpoint" + ("s" if n > 1 else "")
+
+
+def _unicode_error(items: List[Optional[str]], what: str) -> ValueError:
+    """Names the first item that is not valid Unicode (a lone surrogate,
+    from a file read with ``surrogateescape``, say), never its text."""
+    for i, item in enumerate(items):
+        if item is None:
+            continue
+        try:
+            item.encode("utf-8")
+        except UnicodeEncodeError:
+            return ValueError(f"{what} {i} is not valid Unicode text (it holds a lone surrogate)")
+    return ValueError(f"a {what} is not valid Unicode text")
+
 
 @dataclass(frozen=True)
 class _Settings:
@@ -108,8 +131,12 @@ class _Settings:
     reason: Optional[str]
 
     def __repr__(self) -> str:
-        # Never the key: a settings object may end up in a log line.
-        return f"_Settings(endpoints={self.endpoints!r}, api_key={'set' if self.api_key else 'unset'})"
+        # Never the key, nor an endpoint (it may carry user information): a
+        # settings object may end up in a log line.
+        return f"_Settings({_count(self.endpoints)}, api key {'set' if self.api_key else 'unset'})"
+
+    def __reduce__(self):
+        raise TypeError(_NO_PICKLE)
 
     @classmethod
     def resolve(
@@ -185,6 +212,17 @@ class _Settings:
 
 
 _Answer = Tuple[List[Optional[str]], List[Tuple[int, str, str]]]
+
+
+def _items_of(args: Sequence[Any]) -> List[Optional[str]]:
+    """The items of a native call's arguments: its list of strings, or its
+    columns' cells one after another."""
+    for arg in args:
+        if isinstance(arg, list) and arg and isinstance(arg[0], tuple):
+            return [cell for _, cells in arg for cell in cells]
+        if isinstance(arg, list):
+            return arg
+    return []
 
 
 def _check_errors(errors: str) -> None:
@@ -272,11 +310,14 @@ class Client:
         settings = _Settings.resolve(
             endpoint, api_key, api_key_file, tls, insecure_plaintext, deadline, purpose, reason
         )
-        self._endpoints = settings.endpoints
+        self._endpoints = _count(settings.endpoints)
         self._native = settings.connect()
 
     def __repr__(self) -> str:
-        return f"phivault.Client({self._endpoints!r})"
+        return f"<phivault.Client, {self._endpoints}>"
+
+    def __reduce__(self):
+        raise TypeError(_NO_PICKLE)
 
     def __enter__(self) -> "Client":
         return self
@@ -293,6 +334,9 @@ class Client:
             return getattr(self._native, method)(*args)
         except _native.NativeError as e:
             raise _from_native(e) from None
+        except UnicodeEncodeError:
+            # Its repr would hold the whole item.
+            raise _unicode_error(_items_of(args), "item") from None
 
     def tokenize(self, namespace: str, values: Iterable[str], *, errors: str = "raise") -> list:
         """Tokens for ``values`` in ``namespace``, in order.
@@ -386,8 +430,14 @@ class Client:
         return _finish(answer, errors)
 
     def health(self) -> bool:
-        """Whether the vault answers and serves tokenize and detokenize."""
+        """Whether the vault process answers (gRPC health, overall). It
+        stays true while the vault cannot commit; see :meth:`ready`."""
         return self._call("health")
+
+    def ready(self) -> bool:
+        """Whether the vault can answer tokenize and detokenize now (false
+        while its commits fail: every reveal then fails closed)."""
+        return self._call("ready")
 
     def server_info(self) -> Dict[str, Any]:
         """The server's version, storage and limits (any valid key)."""
@@ -422,14 +472,18 @@ class AsyncClient:
         purpose: Optional[str] = None,
         reason: Optional[str] = None,
     ) -> None:
-        self._settings = _Settings.resolve(
+        self._settings: Optional[_Settings] = _Settings.resolve(
             endpoint, api_key, api_key_file, tls, insecure_plaintext, deadline, purpose, reason
         )
+        self._endpoints = _count(self._settings.endpoints)
         self._native: Optional[_native.NativeClient] = None
         self._connecting: Optional[asyncio.Lock] = None
 
     def __repr__(self) -> str:
-        return f"phivault.AsyncClient({self._settings.endpoints!r})"
+        return f"<phivault.AsyncClient, {self._endpoints}>"
+
+    def __reduce__(self):
+        raise TypeError(_NO_PICKLE)
 
     async def connect(self) -> "AsyncClient":
         """Connects now rather than on the first call."""
@@ -444,6 +498,8 @@ class AsyncClient:
                 if self._native is None:
                     loop = asyncio.get_running_loop()
                     self._native = await loop.run_in_executor(None, self._settings.connect)
+                    # The key is in the native client now, and nowhere else.
+                    self._settings = None
         return self._native
 
     async def __aenter__(self) -> "AsyncClient":
@@ -461,6 +517,17 @@ class AsyncClient:
         native = await self._client()
         try:
             return await getattr(native, method)(*args)
+        except _native.NativeError as e:
+            raise _from_native(e) from None
+        except UnicodeEncodeError:
+            raise _unicode_error(_items_of(args), "item") from None
+
+    async def _blocking(self, method: str) -> Any:
+        """A native call that blocks (with the GIL released), in a thread."""
+        native = await self._client()
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(None, getattr(native, method))
         except _native.NativeError as e:
             raise _from_native(e) from None
 
@@ -507,3 +574,45 @@ class AsyncClient:
             retry_for,
         )
         return _finish(answer, errors)
+
+    async def detokenize_column(
+        self,
+        namespace: str,
+        cells: Iterable[Optional[str]],
+        *,
+        masked: bool = False,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        in_flight: int = DEFAULT_IN_FLIGHT,
+        retry_for: float = DEFAULT_RETRY_FOR,
+        errors: str = "raise",
+    ) -> list:
+        """As :meth:`Client.detokenize_column`."""
+        _check_errors(errors)
+        [answer] = await self._call(
+            "detokenize_columns_async",
+            [(namespace, _cells(cells, "cells"))],
+            masked,
+            batch_size,
+            in_flight,
+            retry_for,
+        )
+        return _finish(answer, errors)
+
+    async def health(self) -> bool:
+        """As :meth:`Client.health`."""
+        return await self._blocking("health")
+
+    async def ready(self) -> bool:
+        """As :meth:`Client.ready`."""
+        return await self._blocking("ready")
+
+    async def server_info(self) -> Dict[str, Any]:
+        """As :meth:`Client.server_info`."""
+        version, store, max_message_bytes, max_items, max_value_bytes = await self._blocking("server_info")
+        return {
+            "version": version,
+            "store": store,
+            "max_message_bytes": max_message_bytes,
+            "max_items": max_items,
+            "max_value_bytes": max_value_bytes,
+        }

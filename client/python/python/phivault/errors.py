@@ -48,6 +48,10 @@ class CallError(PhivaultError):
         self.message = message
         self.retry_after = retry_after
 
+    def __reduce__(self):
+        # So that it crosses process pools (multiprocessing, Spark) whole.
+        return (self.__class__, (self.code, self.message, self.retry_after))
+
 
 class Unauthenticated(CallError):
     """No API key, an unknown, revoked or expired one."""
@@ -128,6 +132,10 @@ class ItemErrors(PhivaultError):
         super().__init__(f"{len(errors)} item(s) failed: {shown}{more}")
         self.errors = list(errors)
         self.results = results
+
+    def __reduce__(self):
+        # ``results`` travels with it: the answers are the caller's own.
+        return (self.__class__, (self.errors, self.results))
 
 
 def _from_native(error: BaseException) -> PhivaultError:

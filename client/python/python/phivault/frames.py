@@ -4,7 +4,8 @@ Each function takes a ``{column: namespace}`` map, sends every mapped
 column's cells over one stream in batches (at most ``in_flight``
 unanswered, reconnecting to the next endpoint when a node goes away), and
 returns a new frame: mapped columns replaced, every other column, the
-index, the schema and its metadata as they were. Null cells (``None``,
+index, the schema and its metadata as they were (a categorical column
+comes back categorical, with the tokens as its categories). Null cells (``None``,
 ``NaN``, ``pd.NA``, Arrow nulls) stay null and are not sent.
 
 A mapped cell that is not a string is refused with a ``TypeError`` naming
@@ -52,6 +53,19 @@ def _send(
             answers = native.detokenize_columns(request, masked, batch_size, in_flight, retry_for)
     except _native.NativeError as e:
         raise _from_native(e) from None
+    except UnicodeEncodeError:
+        # Its repr would hold the whole cell: name the cell instead.
+        for name, _, cells in columns:
+            for row, cell in enumerate(cells):
+                if cell is None:
+                    continue
+                try:
+                    cell.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise ValueError(
+                        f"column {name!r} row {row} is not valid Unicode text (it holds a lone surrogate)"
+                    ) from None
+        raise ValueError("a cell is not valid Unicode text") from None
     texts: Dict[str, List[Optional[str]]] = {}
     errors: List[ItemError] = []
     for (name, _, _), (answered, failures) in zip(columns, answers):
@@ -107,7 +121,10 @@ def _pandas(
     for name, _ in mapping:
         original = frame[name]
         replaced = pd.Series(texts[name], index=frame.index, dtype=object, name=name)
-        if original.dtype != object:
+        if isinstance(original.dtype, pd.CategoricalDtype):
+            # Tokens are none of the column's categories: new ones.
+            replaced = replaced.astype("category")
+        elif original.dtype != object and pd.api.types.is_string_dtype(original.dtype):
             replaced = replaced.astype(original.dtype)
         out[name] = replaced
     if failed:

@@ -17,13 +17,11 @@ use serde::Deserialize;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::{Api, Failure, unary};
-
-const ADMIN: &str = "/phivault.v1.Admin/";
+use super::{ADMIN_SERVICE, Api, Failure, unary};
 
 /// The gRPC method `name` of the Admin service.
 fn method(name: &str) -> String {
-    format!("{ADMIN}{name}")
+    format!("{ADMIN_SERVICE}{name}")
 }
 
 pub(super) fn routes() -> OpenApiRouter<Api> {
@@ -131,7 +129,8 @@ async fn list_clients(
 }
 
 /// Creates a client and answers its API key, shown this once and never
-/// stored. A client that may reveal needs a caller holding the grant scope.
+/// stored. A client that may reveal, grant or read the trail needs a caller
+/// holding the grant scope too.
 #[utoipa::path(
     post,
     path = "/v1/clients",
@@ -194,7 +193,8 @@ async fn revoke_client(
 }
 
 /// Re-arms a client whose break-glass window opened, or lifts a suspension
-/// by anomaly detection, after review.
+/// by anomaly detection, after review. Releasing a client that may reveal,
+/// grant or read the trail also needs the grant scope.
 #[utoipa::path(
     post,
     path = "/v1/clients/{client_id}/release",
@@ -234,7 +234,9 @@ struct RotateClientKeyBody {
 }
 
 /// Gives a client a new API key, shown this once; the old key is still
-/// accepted for the grace period.
+/// accepted for the grace period. The body is JSON, `{}` for the default
+/// grace. Re-keying a client that may reveal, grant or read the trail also
+/// needs the grant scope.
 #[utoipa::path(
     post,
     path = "/v1/clients/{client_id}/rotate-key",
@@ -330,8 +332,8 @@ async fn rotate_keys(
     .await
 }
 
-/// Walks the audit hash chain from its first record to its head (admin or
-/// audit scope). A POST: the walk reads the whole trail.
+/// Walks the audit hash chain from its first record to its head (audit
+/// scope). A POST: the walk reads the whole trail.
 #[utoipa::path(
     post,
     path = "/v1/audit/verify",
@@ -377,7 +379,7 @@ struct DisclosuresBody {
 }
 
 /// Every call that revealed a token, in full or masked, oldest first, on
-/// any node and across key rotations (admin or audit scope).
+/// any node and across key rotations (audit scope).
 #[utoipa::path(
     post,
     path = "/v1/namespaces/{namespace}/disclosures/search",
