@@ -129,6 +129,24 @@ struct Latency {
 }
 
 impl Latency {
+    /// What the callers' `tasks`, started at `started`, measured: each
+    /// answers the latency of every call it made.
+    async fn of(tasks: Vec<tokio::task::JoinHandle<Vec<Duration>>>, started: Instant) -> Latency {
+        let mut samples = Vec::new();
+        for task in tasks {
+            samples.extend(task.await.expect("caller"));
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        samples.sort();
+        let at = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)];
+        Latency {
+            calls: samples.len(),
+            rate: samples.len() as f64 / elapsed,
+            p50: at(0.50),
+            p99: at(0.99),
+        }
+    }
+
     /// The mean of several runs of the same measurement.
     fn mean(runs: &[Latency]) -> Latency {
         let n = runs.len() as f64;
@@ -164,19 +182,7 @@ async fn unary_detokenize(client: Client, token: String, callers: usize, seconds
             })
         })
         .collect();
-    let mut samples = Vec::new();
-    for task in tasks {
-        samples.extend(task.await.expect("caller"));
-    }
-    let elapsed = started.elapsed().as_secs_f64();
-    samples.sort();
-    let at = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)];
-    Latency {
-        calls: samples.len(),
-        rate: samples.len() as f64 / elapsed,
-        p50: at(0.50),
-        p99: at(0.99),
-    }
+    Latency::of(tasks, started).await
 }
 
 /// `callers` tasks, each on its own keep-alive HTTP/1.1 connection to
@@ -233,19 +239,7 @@ async fn http_detokenize(
             })
         })
         .collect();
-    let mut samples = Vec::new();
-    for task in tasks {
-        samples.extend(task.await.expect("caller"));
-    }
-    let elapsed = started.elapsed().as_secs_f64();
-    samples.sort();
-    let at = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)];
-    Latency {
-        calls: samples.len(),
-        rate: samples.len() as f64 / elapsed,
-        p50: at(0.50),
-        p99: at(0.99),
-    }
+    Latency::of(tasks, started).await
 }
 
 /// `TokenizeStream` of repeated values for `seconds`: fields/s.

@@ -288,7 +288,8 @@ class Client:
         purpose: The purpose of use every reveal states unless it gives its
             own (an HL7 PurposeOfUse code: ``TREAT``, ``HPAYMT``…).
         reason: The reason in words that goes with it (never PHI: it is
-            recorded as given).
+            recorded as given). ``PHIVAULT_REASON`` is read only with
+            ``PHIVAULT_PURPOSE``, never to go with a purpose given here.
 
     Raises:
         ConfigurationError: The settings are unusable; nothing was sent.
