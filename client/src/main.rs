@@ -212,11 +212,28 @@ struct BulkArgs {
     /// .jsonl) when absent.
     #[arg(long, value_enum)]
     format: Option<BulkFormat>,
-    /// CSV: COLUMN=NAMESPACE (the header's name, spaces allowed). NDJSON:
+    /// CSV: COLUMN=NAMESPACE (the header's name, spaces allowed; its
+    /// number from 1 with --no-header). NDJSON:
     /// /json/pointer=NAMESPACE (RFC 6901; `*` for every array element).
     /// Repeatable.
     #[arg(long = "map", value_name = "FIELD=NAMESPACE")]
     maps: Vec<String>,
+    /// CSV: the character between fields: `,` (the default; tab for a .tsv
+    /// file), `;`, `tab`, `|`, or another ASCII character.
+    #[arg(long, value_name = "CHAR", value_parser = csv_char)]
+    delimiter: Option<u8>,
+    /// CSV: the character around a field that holds a delimiter, a quote or
+    /// a line break (default `"`).
+    #[arg(long, value_name = "CHAR", value_parser = csv_char)]
+    quote: Option<u8>,
+    /// CSV: the character before a quote inside a quoted field (`\` in many
+    /// database dumps); without it such a quote is written twice (RFC 4180).
+    #[arg(long, value_name = "CHAR", value_parser = csv_char)]
+    escape: Option<u8>,
+    /// CSV: the file has no header row: its first line is data, and --map
+    /// names columns by number from 1 (--map 3=ssn).
+    #[arg(long)]
+    no_header: bool,
     /// FHIR: a TOML profile whose rules extend the built-in Patient profile
     /// (or replace it, with `builtin = false`).
     #[arg(long, value_name = "FILE")]
@@ -713,6 +730,15 @@ async fn wait_for_rotation(client: &Client) -> anyhow::Result<pb::KeyStatus> {
     }
 }
 
+/// A CSV dialect's character: one ASCII character, or `tab`.
+fn csv_char(text: &str) -> Result<u8, String> {
+    match text {
+        "tab" | "\\t" | "\t" => Ok(b'\t'),
+        _ if text.len() == 1 && text.is_ascii() => Ok(text.as_bytes()[0]),
+        _ => Err("expected one ASCII character, or tab".into()),
+    }
+}
+
 /// The layout a bulk run's arguments describe.
 fn bulk_layout(args: &BulkArgs) -> anyhow::Result<bulk::Layout> {
     let format = match args.format {
@@ -725,7 +751,7 @@ fn bulk_layout(args: &BulkArgs) -> anyhow::Result<bulk::Layout> {
                 .and_then(|e| e.to_str())
                 .map(str::to_ascii_lowercase);
             match extension.as_deref() {
-                Some("csv") => BulkFormat::Csv,
+                Some("csv" | "tsv") => BulkFormat::Csv,
                 Some("ndjson" | "jsonl") => BulkFormat::Ndjson,
                 _ => anyhow::bail!(
                     "give --format csv, ndjson, fhir or fhir-bundle (it cannot be guessed from the input's name)"
@@ -734,6 +760,11 @@ fn bulk_layout(args: &BulkArgs) -> anyhow::Result<bulk::Layout> {
         }
     };
     let fhir = matches!(format, BulkFormat::Fhir | BulkFormat::FhirBundle);
+    let dialect_given =
+        args.delimiter.is_some() || args.quote.is_some() || args.escape.is_some() || args.no_header;
+    if format != BulkFormat::Csv && dialect_given {
+        anyhow::bail!("--delimiter, --quote, --escape and --no-header are for CSV input");
+    }
     if fhir && !args.maps.is_empty() {
         anyhow::bail!("--map is for CSV and NDJSON; FHIR input takes its rules from --profile");
     }
@@ -759,7 +790,24 @@ fn bulk_layout(args: &BulkArgs) -> anyhow::Result<bulk::Layout> {
         maps.push((field.to_owned(), namespace.to_owned()));
     }
     Ok(match format {
-        BulkFormat::Csv => bulk::Layout::Csv(bulk::CsvLayout::new(maps)),
+        BulkFormat::Csv => {
+            let tsv = args
+                .input
+                .as_ref()
+                .and_then(|p| p.extension())
+                .is_some_and(|e| e.eq_ignore_ascii_case("tsv"));
+            let defaults = bulk::CsvDialect::default();
+            let dialect = bulk::CsvDialect {
+                delimiter: args
+                    .delimiter
+                    .unwrap_or(if tsv { b'\t' } else { defaults.delimiter }),
+                quote: args.quote.unwrap_or(defaults.quote),
+                escape: args.escape,
+                header: !args.no_header,
+            };
+            dialect.check().map_err(anyhow::Error::msg)?;
+            bulk::Layout::Csv(bulk::CsvLayout::with_dialect(maps, dialect))
+        }
         BulkFormat::Ndjson => {
             let pointers = maps
                 .into_iter()

@@ -8,7 +8,7 @@ use std::io::{BufRead, Read};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::json::{Filter, FindCells, Found, Pointer, Rules};
+use super::json::{Filter, FindCells, Found, Members, Pointer, Rules};
 use super::{BulkError, Names, Unit, UnitReader};
 
 /// The largest Bundle read: a Bundle is one JSON document and is held in
@@ -201,18 +201,18 @@ impl FhirLayout {
     /// entries and of its contained resources.
     fn find_in(&self, resource: &RawValue, found: &mut Found<'_>, path: &mut String) {
         let text = resource.get();
-        let Ok(members) = serde_json::from_str::<HashMap<String, &RawValue>>(text) else {
+        let Some(members) = Members::parse(text) else {
             return;
         };
         let kind = members
-            .get("resourceType")
+            .get("resourceType", found)
             .and_then(|t| serde_json::from_str::<String>(t.get()).ok())
             .unwrap_or_default();
         if let Some(rules) = self.by_type.get(&kind) {
             rules.collect(resource, found, path, "");
         }
         let mut nested = |list: &str, inner: Option<&str>| {
-            let Some(items) = members.get(list) else {
+            let Some(items) = members.get(list, found) else {
                 return;
             };
             let Ok(items) = serde_json::from_str::<Vec<&RawValue>>(items.get()) else {
@@ -223,9 +223,8 @@ impl FhirLayout {
                 path.push_str(&format!("/{list}/{i}"));
                 let item = match inner {
                     None => Some(item),
-                    Some(key) => serde_json::from_str::<HashMap<String, &RawValue>>(item.get())
-                        .ok()
-                        .and_then(|entry| entry.get(key).copied())
+                    Some(key) => Members::parse(item.get())
+                        .and_then(|entry| entry.get(key, found))
                         .inspect(|_| {
                             path.push('/');
                             path.push_str(key);
@@ -301,6 +300,11 @@ impl<R: BufRead + Send> UnitReader for BundleReader<R> {
                 "the input is not one JSON document".into(),
             ));
         }
+        if let Some(problem) = found.problem {
+            return Err(BulkError::Input(format!(
+                "the Bundle is refused: {problem}"
+            )));
+        }
         unit.cells = found.cells;
         Ok(Some(unit))
     }
@@ -342,6 +346,22 @@ mod tests {
         assert!(
             layout.by_type.contains_key("Patient") && layout.by_type.contains_key("Observation")
         );
+    }
+
+    #[test]
+    fn a_bundle_holding_a_key_it_is_read_by_twice_is_refused() {
+        // A JSON map keeps the last `entry`: the Patient's birth date in the
+        // first would pass through unread.
+        let doc = r#"{"resourceType":"Bundle","entry":[{"resource":{"resourceType":"Patient","birthDate":"1980-01-02"}}],"entry":[]}"#;
+        let mut found = Found::new(doc);
+        FhirLayout::new(None).find(doc, &mut found);
+        assert_eq!(found.problem, Some(super::super::json::DUPLICATE_KEY));
+        let mut reader = BundleReader::new(doc.as_bytes(), FhirLayout::new(None));
+        assert!(reader.next_unit().is_err());
+        let ok = r#"{"resourceType":"Patient","birthDate":"1980-01-02","meta":{},"meta":{}}"#;
+        let mut found = Found::new(ok);
+        FhirLayout::new(None).find(ok, &mut found);
+        assert_eq!((found.problem, found.cells.len()), (None, 1));
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! span is rewritten; keys, whitespace, number spellings and the order of
 //! members stay as they were.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::fmt;
 use std::io::BufRead;
 use std::ops::Range;
@@ -141,7 +141,7 @@ impl Rules {
         let text = value.get();
         for leaf in &self.leaves {
             if let Some(filter) = &leaf.when
-                && !matches(parent, filter)
+                && !matches(parent, filter, found)
             {
                 continue;
             }
@@ -153,12 +153,12 @@ impl Rules {
         }
         match text.as_bytes().first() {
             Some(b'{') => {
-                let Ok(members) = serde_json::from_str::<HashMap<String, &RawValue>>(text) else {
+                let Some(members) = Members::parse(text) else {
                     return;
                 };
                 for (step, rules) in &self.children {
                     if let Step::Key(key) = step
-                        && let Some(member) = members.get(key)
+                        && let Some(member) = members.get(key, found)
                     {
                         let len = path.len();
                         path.push('/');
@@ -197,16 +197,16 @@ impl Rules {
 }
 
 /// Whether a string at `filter.path` under `parent` equals `filter.equals`.
-fn matches(parent: &str, filter: &Filter) -> bool {
+fn matches(parent: &str, filter: &Filter, found: &mut Found<'_>) -> bool {
     let Ok(root) = serde_json::from_str::<&RawValue>(parent) else {
         return false;
     };
     let mut strings = Vec::new();
-    strings_at(root, &filter.path.0, &mut strings);
+    strings_at(root, &filter.path.0, &mut strings, found);
     strings.contains(&filter.equals)
 }
 
-fn strings_at(value: &RawValue, steps: &[Step], out: &mut Vec<String>) {
+fn strings_at(value: &RawValue, steps: &[Step], out: &mut Vec<String>, found: &mut Found<'_>) {
     let Some((step, rest)) = steps.split_first() else {
         if let Ok(text) = serde_json::from_str::<String>(value.get()) {
             out.push(text);
@@ -216,10 +216,10 @@ fn strings_at(value: &RawValue, steps: &[Step], out: &mut Vec<String>) {
     let text = value.get();
     match (text.as_bytes().first(), step) {
         (Some(b'{'), Step::Key(key)) => {
-            if let Ok(members) = serde_json::from_str::<HashMap<String, &RawValue>>(text)
-                && let Some(member) = members.get(key)
+            if let Some(members) = Members::parse(text)
+                && let Some(member) = members.get(key, found)
             {
-                strings_at(member, rest, out);
+                strings_at(member, rest, out, found);
             }
         }
         (Some(b'['), _) => {
@@ -228,7 +228,7 @@ fn strings_at(value: &RawValue, steps: &[Step], out: &mut Vec<String>) {
                     if matches!(step, Step::Any)
                         || matches!(step, Step::Key(k) if k.parse() == Ok(i))
                     {
-                        strings_at(element, rest, out);
+                        strings_at(element, rest, out, found);
                     }
                 }
             }
@@ -246,6 +246,9 @@ pub(super) struct Found<'a> {
     /// `/a/0`), which is still one cell. A set, not a scan of `cells`, as a
     /// Bundle can hold millions.
     starts: HashSet<usize>,
+    /// Why the unit cannot be read as the rules mean (a key they read
+    /// given twice): then none of its cells is sent.
+    pub(super) problem: Option<&'static str>,
 }
 
 impl<'a> Found<'a> {
@@ -254,6 +257,7 @@ impl<'a> Found<'a> {
             unit,
             cells: Vec::new(),
             starts: HashSet::new(),
+            problem: None,
         }
     }
 
@@ -284,6 +288,60 @@ impl<'a> Found<'a> {
             location: Location::Path(path.into()),
             encoding: Encoding::Json,
         });
+    }
+}
+
+/// What a unit with an object holding a key twice is refused as, where the
+/// key is one the rules read (mapped, a filter's, a Bundle's or a
+/// resource's): JSON parsers keep one of the two values, and the other
+/// would pass through unread, in clear.
+pub(super) const DUPLICATE_KEY: &str =
+    "an object holds a key the rules read more than once; one of its values would pass unread";
+
+/// An object's members in document order, duplicates kept (a map keeps one
+/// value of a key, so a duplicate would go unseen).
+pub(super) struct Members<'a>(Vec<(String, &'a RawValue)>);
+
+impl<'a> Members<'a> {
+    /// The members of `text`, when it is a JSON object.
+    pub(super) fn parse(text: &'a str) -> Option<Self> {
+        serde_json::from_str(text).ok()
+    }
+
+    /// The value of member `key`; an object holding it more than once
+    /// makes `found`'s unit a problem.
+    pub(super) fn get(&self, key: &str, found: &mut Found<'_>) -> Option<&'a RawValue> {
+        let mut named = self.0.iter().filter(|(k, _)| k == key);
+        let (_, first) = named.next()?;
+        if named.next().is_some() {
+            found.problem = Some(DUPLICATE_KEY);
+        }
+        Some(*first)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Members<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Members<'de>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut members = Vec::new();
+                while let Some((key, value)) = map.next_entry::<String, &'de RawValue>()? {
+                    members.push((key, value));
+                }
+                Ok(Members(members))
+            }
+        }
+        deserializer.deserialize_map(Visit)
     }
 }
 
@@ -394,6 +452,10 @@ where
         let mut found = Found::new(text);
         if !self.find.find(body, &mut found) {
             unit.problem = Some("the line is not one JSON value");
+            return Ok(Some(unit));
+        }
+        if let Some(problem) = found.problem {
+            unit.problem = Some(problem);
             return Ok(Some(unit));
         }
         unit.cells = found.cells;
@@ -511,6 +573,46 @@ mod tests {
                 (0, 2, 0, None),
                 (2, 3, 0, Some("the line is not one JSON value")),
                 (3, 4, 1, None),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_key_the_rules_read_given_twice_refuses_the_line() {
+        let input = concat!(
+            "{\"ssn\":\"078-05-1120\",\"ssn\":\"219-09-9999\"}\n",
+            "{\"note\":\"a\",\"note\":\"b\",\"ssn\":\"078-05-1120\"}\n",
+            "{\"t\":[{\"system\":\"url\",\"system\":\"email\",\"value\":\"j@x.org\"}]}\n",
+            "{\"p\":{\"ssn\":\"1\"},\"p\":{\"ssn\":\"2\"}}\n",
+        );
+        let mut rules = Rules::default();
+        rules.add(&pointer("/ssn"), 0, None);
+        rules.add(&pointer("/p/ssn"), 0, None);
+        rules.add(
+            &pointer("/t/*/value"),
+            1,
+            Some(Filter {
+                path: pointer("/system"),
+                equals: "email".into(),
+            }),
+        );
+        let mut reader = LineReader::new(input.as_bytes(), rules);
+        let mut units = Vec::new();
+        while let Some(unit) = reader.next_unit().expect("unit") {
+            units.push((unit.row, unit.cells.len(), unit.problem));
+        }
+        assert_eq!(
+            units,
+            [
+                // A mapped key twice: neither value is sent, the line is a
+                // problem.
+                (1, 0, Some(DUPLICATE_KEY)),
+                // A key no rule reads may repeat.
+                (2, 1, None),
+                // A filter's key twice: which one decides is ambiguous.
+                (3, 0, Some(DUPLICATE_KEY)),
+                // An object on a mapped path twice.
+                (4, 0, Some(DUPLICATE_KEY)),
             ]
         );
     }

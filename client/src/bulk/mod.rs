@@ -20,7 +20,7 @@ use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-pub use delimited::CsvLayout;
+pub use delimited::{CsvDialect, CsvLayout};
 pub use fhir::{FhirLayout, Profile, ProfileError};
 pub use json::{JsonLayout, Pointer, PointerError};
 pub use pipeline::run;
@@ -202,10 +202,9 @@ impl BulkError {
 /// How a replacement text is written into the unit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Encoding {
-    /// A CSV field without quotes; quoted anyway if the text needs it.
-    CsvBare,
-    /// A CSV field in double quotes.
-    CsvQuoted,
+    /// A field of a delimited file, in its dialect: in quotes if it was
+    /// quoted, and if the text needs them.
+    Csv { quoted: bool, dialect: CsvDialect },
     /// A JSON string.
     Json,
 }
@@ -276,23 +275,7 @@ fn encode(text: &str, encoding: Encoding, out: &mut Vec<u8>) {
             let quoted = serde_json::to_string(text).unwrap_or_default();
             out.extend_from_slice(quoted.as_bytes());
         }
-        Encoding::CsvBare
-            if !text
-                .bytes()
-                .any(|b| matches!(b, b',' | b'"' | b'\r' | b'\n')) =>
-        {
-            out.extend_from_slice(text.as_bytes());
-        }
-        Encoding::CsvBare | Encoding::CsvQuoted => {
-            out.push(b'"');
-            for part in text.split_inclusive('"') {
-                out.extend_from_slice(part.as_bytes());
-                if part.ends_with('"') {
-                    out.push(b'"');
-                }
-            }
-            out.push(b'"');
-        }
+        Encoding::Csv { quoted, dialect } => dialect.encode(text, quoted, out),
     }
 }
 
@@ -337,7 +320,22 @@ mod tests {
     fn splicing_keeps_every_other_byte_and_quotes_what_needs_it() {
         let u = unit(
             "a,\"b\",c\r\n",
-            &[(0..1, Encoding::CsvBare), (2..5, Encoding::CsvQuoted)],
+            &[
+                (
+                    0..1,
+                    Encoding::Csv {
+                        quoted: false,
+                        dialect: CsvDialect::default(),
+                    },
+                ),
+                (
+                    2..5,
+                    Encoding::Csv {
+                        quoted: true,
+                        dialect: CsvDialect::default(),
+                    },
+                ),
+            ],
         );
         let mut out = Vec::new();
         splice(&u, &mut [(1, "x\"y"), (0, "p,q")], &mut out);
