@@ -208,7 +208,7 @@ struct BulkArgs {
     /// removed when it stops.
     #[arg(short, long, value_name = "FILE")]
     output: Option<PathBuf>,
-    /// The input's format; guessed from its extension (.csv, .ndjson,
+    /// The input's format; guessed from its extension (.csv, .tsv, .ndjson,
     /// .jsonl) when absent.
     #[arg(long, value_enum)]
     format: Option<BulkFormat>,
@@ -279,7 +279,8 @@ enum ProgressArg {
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum BulkFormat {
-    /// CSV (RFC 4180) with a header row.
+    /// Delimited text: CSV (RFC 4180) or another dialect (--delimiter,
+    /// --quote, --escape, --no-header).
     Csv,
     /// One JSON value per line.
     Ndjson,

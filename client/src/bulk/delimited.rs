@@ -132,18 +132,26 @@ struct Field {
 }
 
 /// One record as read: its bytes (blank lines before it included, and its
-/// terminator), its fields, and how many line feeds it holds.
+/// terminator) and its fields.
 struct Record {
     raw: Vec<u8>,
     fields: Vec<Field>,
-    /// Bytes of blank lines before the record's first field.
+    /// Bytes before the record's first field: blank lines, a byte-order
+    /// mark.
     skipped: usize,
 }
 
-/// Line feeds in `bytes`: lines are counted by them, so that a record
-/// spanning quoted line breaks counts each.
+/// Line ends in `bytes` (a line feed, or a carriage return not followed by
+/// one, as old Mac files end lines), so that a record spanning quoted line
+/// breaks counts each.
 fn line_feeds(bytes: &[u8]) -> u64 {
-    bytes.iter().filter(|&&b| b == b'\n').count() as u64
+    let mut ends = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        if b == b'\n' || (b == b'\r' && bytes.get(i + 1) != Some(&b'\n')) {
+            ends += 1;
+        }
+    }
+    ends
 }
 
 /// Reads the records of a delimited input.
@@ -162,7 +170,13 @@ pub(super) struct CsvReader<R> {
     next_line: u64,
     /// csv-core's unescaped output, before it is moved into a field.
     scratch: Vec<u8>,
+    /// Bytes read before the first record (a byte-order mark), which go
+    /// with it.
+    prefix: Vec<u8>,
 }
+
+/// UTF-8's byte-order mark, which some writers put first.
+const BOM: &[u8] = b"\xef\xbb\xbf";
 
 impl<R: BufRead + Send> CsvReader<R> {
     /// Reads the header (or the first row, without one) and resolves the
@@ -179,7 +193,19 @@ impl<R: BufRead + Send> CsvReader<R> {
             row: 0,
             next_line: 1,
             scratch: vec![0; 64 << 10],
+            prefix: Vec::new(),
         };
+        // The mark is taken here rather than left to csv-core, which counts
+        // it in the first field's bytes, and which would take a first read
+        // holding only the mark for the end of the input.
+        let buffer = reader
+            .input
+            .fill_buf()
+            .map_err(BulkError::io("cannot read the input"))?;
+        if buffer.starts_with(BOM) {
+            reader.prefix = BOM.to_vec();
+            reader.input.consume(BOM.len());
+        }
         let Some(first) = reader.read_record()? else {
             return Err(BulkError::Input(if layout.dialect.header {
                 "the input is empty: a CSV file needs a header row".into()
@@ -298,11 +324,11 @@ impl<R: BufRead + Send> CsvReader<R> {
     /// included; `None` at the end of the input.
     fn read_record(&mut self) -> Result<Option<Record>, BulkError> {
         let line = self.next_line;
-        let mut raw = Vec::new();
+        let mut raw = std::mem::take(&mut self.prefix);
         let mut fields = Vec::new();
         let mut text = Vec::new();
-        let mut start = 0;
-        let mut skipped = 0;
+        let mut start = raw.len();
+        let mut skipped = start;
         loop {
             let buffer = self
                 .input
@@ -324,11 +350,11 @@ impl<R: BufRead + Send> CsvReader<R> {
                     if fields.is_empty() {
                         // csv-core passes over blank lines before a record;
                         // their bytes stay with it, outside its fields.
-                        skipped = raw[start..]
+                        start += raw[start..]
                             .iter()
                             .take_while(|b| matches!(b, b'\r' | b'\n'))
                             .count();
-                        start += skipped;
+                        skipped = start;
                     }
                     // The field's bytes end before what ended it: the
                     // delimiter, or the record's terminator (none at the
@@ -398,10 +424,17 @@ fn check_field(raw: &[u8], field: &Field, dialect: &CsvDialect) -> Result<(), &'
             && bytes.last() == Some(&dialect.quote)
             && closes(&bytes[1..bytes.len() - 1], dialect);
         if !closed {
-            return Err("a quoted field is not closed, or text follows its closing quote");
+            return Err(
+                "a quoted field is not closed, text follows its closing quote, or an escape character comes before a character that needs none",
+            );
         }
     } else if bytes.contains(&dialect.quote) {
         return Err("a quote inside an unquoted field (the field should be quoted)");
+    } else if dialect.escape.is_some_and(|e| bytes.contains(&e)) {
+        // csv-core takes it literally there; other readers (and the
+        // writers of database dumps) escape the next byte with it, a
+        // delimiter say, and the fields would not be what the file means.
+        return Err("an escape character outside quotes (the field should be quoted)");
     }
     Ok(())
 }
@@ -414,9 +447,13 @@ fn closes(inner: &[u8], dialect: &CsvDialect) -> bool {
     while i < inner.len() {
         let b = inner[i];
         if Some(b) == dialect.escape {
-            // The escape and what it escapes; one at the very end escapes
-            // the closing quote.
-            i += 2;
+            // An escape escapes a quote or itself; before anything else it
+            // would be dropped by the reading, and the text changed. One at
+            // the very end escapes the closing quote.
+            match inner.get(i + 1) {
+                Some(&next) if next == dialect.quote || Some(next) == dialect.escape => i += 2,
+                _ => return false,
+            }
         } else if b == dialect.quote {
             if dialect.escape.is_some() || inner.get(i + 1) != Some(&dialect.quote) {
                 return false;
@@ -628,7 +665,7 @@ mod tests {
                 vec!["123-45-6789", "O'Brien|Jane"],
             ),
             (
-                "ssn,name\n123-45-6789,C:\\temp\n",
+                "ssn,name\n123-45-6789,\"C:\\\\temp\"\n",
                 CsvDialect {
                     escape: Some(b'\\'),
                     ..CsvDialect::default()
@@ -702,6 +739,37 @@ mod tests {
     }
 
     #[test]
+    fn a_byte_order_mark_passes_through_outside_the_first_field() {
+        for input in [
+            "\u{feff}\"ssn\",\"n\"\r\n\"123-45-6789\",1\r\n",
+            "\u{feff}\n\nssn,n\n123-45-6789,1\n",
+        ] {
+            let layout = CsvLayout::new(vec![("ssn".into(), "ssn".into())]);
+            let (units, _) = read_all(input, &layout);
+            assert_eq!(texts(&units[1]), ["123-45-6789"], "{input:?}");
+            assert_eq!(
+                units[1].line,
+                line_feeds(&input.as_bytes()[..input.find("123").unwrap_or(0)]) + 1
+            );
+        }
+        let layout = CsvLayout::with_dialect(
+            vec![("1".into(), "ssn".into())],
+            CsvDialect {
+                header: false,
+                ..CsvDialect::default()
+            },
+        );
+        let input = "\u{feff}123-45-6789,x\n";
+        let (units, _) = read_all(input, &layout);
+        assert_eq!(units[0].cells[0].span, 3..14, "the mark is not in the cell");
+        // A first read holding only the mark is not the end of the input.
+        let reader = std::io::BufReader::with_capacity(3, input.as_bytes());
+        let (mut reader, _) = CsvReader::new(reader, &layout).expect("a first row");
+        let unit = reader.next_unit().expect("unit").expect("a row");
+        assert_eq!(texts(&unit), ["123-45-6789"]);
+    }
+
+    #[test]
     fn blank_lines_and_line_ends_pass_through() {
         let input = "ssn,n\r\n\r\n123-45-6789,1\r\n\n\n987-65-4321,2\r\n\r\n";
         let layout = CsvLayout::new(vec![("ssn".into(), "ssn".into())]);
@@ -739,6 +807,18 @@ mod tests {
                 "{message}"
             );
         }
+        // An escape outside quotes, or before a character that needs none:
+        // readers disagree on what the field holds.
+        let dialect = CsvDialect {
+            escape: Some(b'\\'),
+            ..CsvDialect::default()
+        };
+        let layout = CsvLayout::with_dialect(vec![("a".into(), "n".into())], dialect);
+        for input in ["a,b\nx\\,y,z\n", "a,b\n\"C:\\temp\",z\n"] {
+            let (mut reader, _) = CsvReader::new(input.as_bytes(), &layout).expect("header");
+            reader.next_unit().expect("the header");
+            assert!(reader.next_unit().is_err(), "{input:?} should be refused");
+        }
         // A mistaken dialect: the same delimiter and quote.
         let dialect = CsvDialect {
             quote: b',',
@@ -757,6 +837,7 @@ mod tests {
         fn any_input_passes_through_and_writes_back_as_it_was(
             body in "[ab,;\"'\\\\\r\n ]{0,80}",
             dialect in 0usize..4,
+            chunk in 1usize..9,
         ) {
             let dialect = [
                 CsvDialect::default(),
@@ -764,14 +845,17 @@ mod tests {
                 CsvDialect { escape: Some(b'\\'), ..CsvDialect::default() },
                 CsvDialect { header: false, ..CsvDialect::default() },
             ][dialect];
-            let input = format!("a{}b\n{body}", dialect.delimiter as char);
+            let input = format!("\u{feff}a{}b\n{body}", dialect.delimiter as char);
             let maps = if dialect.header {
                 vec![("a".into(), "x".into()), ("b".into(), "y".into())]
             } else {
                 vec![("1".into(), "x".into()), ("2".into(), "y".into())]
             };
             let layout = CsvLayout::with_dialect(maps, dialect);
-            let Ok((mut reader, _)) = CsvReader::new(input.as_bytes(), &layout) else {
+            // Read a few bytes at a time, so that fields, line ends and
+            // CRLFs fall across the reader's buffer boundaries.
+            let chunked = std::io::BufReader::with_capacity(chunk, input.as_bytes());
+            let Ok((mut reader, _)) = CsvReader::new(chunked, &layout) else {
                 return Ok(());
             };
             let mut passed = Vec::new();
@@ -791,10 +875,7 @@ mod tests {
                     proptest::prop_assert!(cell.span.start >= end && cell.span.end <= unit.raw.len());
                     end = cell.span.end;
                 }
-                // An escape before a character that needs none is dropped by
-                // the reading (the text is the same), so only dialects
-                // without one write back byte for byte.
-                if unit.problem.is_none() && dialect.escape.is_none() {
+                if unit.problem.is_none() {
                     let texts: Vec<(usize, String)> = unit.cells.iter().enumerate()
                         .filter_map(|(i, c)| c.text.as_ref().ok().map(|t| (i, t.clone())))
                         .collect();

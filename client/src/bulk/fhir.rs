@@ -201,7 +201,7 @@ impl FhirLayout {
     /// entries and of its contained resources.
     fn find_in(&self, resource: &RawValue, found: &mut Found<'_>, path: &mut String) {
         let text = resource.get();
-        let Some(members) = Members::parse(text) else {
+        let Some(members) = Members::parse(text, found) else {
             return;
         };
         let kind = members
@@ -223,7 +223,7 @@ impl FhirLayout {
                 path.push_str(&format!("/{list}/{i}"));
                 let item = match inner {
                     None => Some(item),
-                    Some(key) => Members::parse(item.get())
+                    Some(key) => Members::parse(item.get(), found)
                         .and_then(|entry| entry.get(key, found))
                         .inspect(|_| {
                             path.push('/');

@@ -153,7 +153,7 @@ impl Rules {
         }
         match text.as_bytes().first() {
             Some(b'{') => {
-                let Some(members) = Members::parse(text) else {
+                let Some(members) = Members::parse(text, found) else {
                     return;
                 };
                 for (step, rules) in &self.children {
@@ -216,7 +216,7 @@ fn strings_at(value: &RawValue, steps: &[Step], out: &mut Vec<String>, found: &m
     let text = value.get();
     match (text.as_bytes().first(), step) {
         (Some(b'{'), Step::Key(key)) => {
-            if let Some(members) = Members::parse(text)
+            if let Some(members) = Members::parse(text, found)
                 && let Some(member) = members.get(key, found)
             {
                 strings_at(member, rest, out, found);
@@ -302,10 +302,22 @@ pub(super) const DUPLICATE_KEY: &str =
 /// value of a key, so a duplicate would go unseen).
 pub(super) struct Members<'a>(Vec<(String, &'a RawValue)>);
 
+/// What a unit with an object that cannot be read member by member is
+/// refused as: serde_json takes a key with a lone surrogate (`"\ud800"`)
+/// as valid JSON, but no string can hold it, and the object's other
+/// members would pass through unread.
+pub(super) const UNREADABLE_OBJECT: &str =
+    "an object holds a key that is not valid Unicode; its members would pass unread";
+
 impl<'a> Members<'a> {
-    /// The members of `text`, when it is a JSON object.
-    pub(super) fn parse(text: &'a str) -> Option<Self> {
-        serde_json::from_str(text).ok()
+    /// The members of `text`, when it is a JSON object; an object that
+    /// cannot be read makes `found`'s unit a problem.
+    pub(super) fn parse(text: &'a str, found: &mut Found<'_>) -> Option<Self> {
+        let members = serde_json::from_str(text).ok();
+        if members.is_none() && text.starts_with('{') {
+            found.problem = Some(UNREADABLE_OBJECT);
+        }
+        members
     }
 
     /// The value of member `key`; an object holding it more than once
@@ -584,6 +596,7 @@ mod tests {
             "{\"note\":\"a\",\"note\":\"b\",\"ssn\":\"078-05-1120\"}\n",
             "{\"t\":[{\"system\":\"url\",\"system\":\"email\",\"value\":\"j@x.org\"}]}\n",
             "{\"p\":{\"ssn\":\"1\"},\"p\":{\"ssn\":\"2\"}}\n",
+            "{\"ssn\":\"078-05-1120\",\"\\ud800\":0}\n",
         );
         let mut rules = Rules::default();
         rules.add(&pointer("/ssn"), 0, None);
@@ -613,6 +626,8 @@ mod tests {
                 (3, 0, Some(DUPLICATE_KEY)),
                 // An object on a mapped path twice.
                 (4, 0, Some(DUPLICATE_KEY)),
+                // A key no string can hold: the object cannot be read.
+                (5, 0, Some(UNREADABLE_OBJECT)),
             ]
         );
     }

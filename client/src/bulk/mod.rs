@@ -57,7 +57,7 @@ pub enum OnError {
 
 /// How a run cuts its input and which cells it sends where.
 pub enum Layout {
-    /// CSV with a header row.
+    /// Delimited text in a dialect (CSV by default), with or without a header row.
     Csv(CsvLayout),
     /// One JSON value per line.
     Ndjson(JsonLayout),
