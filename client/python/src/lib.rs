@@ -334,12 +334,15 @@ impl NativeClient {
         )
     }
 
-    /// Tokenizes columns, each `(namespace, cells)`, `None` cells left as
-    /// they are.
-    fn tokenize_columns(
+    /// Tokenizes columns (`masked` is `None`) or reveals them (masked or
+    /// not; every batch is audited), each `(namespace, cells)`, `None`
+    /// cells left as they are.
+    #[pyo3(signature = (columns, masked, batch_items, in_flight, retry_for))]
+    fn columns(
         &self,
         py: Python<'_>,
         columns: Vec<(String, Vec<Option<String>>)>,
+        masked: Option<bool>,
         batch_items: usize,
         in_flight: usize,
         retry_for: f64,
@@ -348,40 +351,17 @@ impl NativeClient {
         let retry_for = seconds("retry_for", retry_for)?;
         wait(
             py,
-            send_columns(client, columns, batch_items, in_flight, retry_for, None),
+            send_columns(client, columns, batch_items, in_flight, retry_for, masked),
         )
     }
 
-    /// Reveals columns, each `(namespace, cells)`, `None` cells left as
-    /// they are; every batch is audited.
-    fn detokenize_columns(
-        &self,
-        py: Python<'_>,
-        columns: Vec<(String, Vec<Option<String>>)>,
-        masked: bool,
-        batch_items: usize,
-        in_flight: usize,
-        retry_for: f64,
-    ) -> PyResult<Vec<Answer>> {
-        let client = self.client()?;
-        let retry_for = seconds("retry_for", retry_for)?;
-        wait(
-            py,
-            send_columns(
-                client,
-                columns,
-                batch_items,
-                in_flight,
-                retry_for,
-                Some(masked),
-            ),
-        )
-    }
-
-    fn tokenize_columns_async<'py>(
+    /// [`NativeClient::columns`], awaitable.
+    #[pyo3(signature = (columns, masked, batch_items, in_flight, retry_for))]
+    fn columns_async<'py>(
         &self,
         py: Python<'py>,
         columns: Vec<(String, Vec<Option<String>>)>,
+        masked: Option<bool>,
         batch_items: usize,
         in_flight: usize,
         retry_for: f64,
@@ -390,31 +370,7 @@ impl NativeClient {
         let retry_for = seconds("retry_for", retry_for)?;
         pyo3_async_runtimes::tokio::future_into_py(
             py,
-            send_columns(client, columns, batch_items, in_flight, retry_for, None),
-        )
-    }
-
-    fn detokenize_columns_async<'py>(
-        &self,
-        py: Python<'py>,
-        columns: Vec<(String, Vec<Option<String>>)>,
-        masked: bool,
-        batch_items: usize,
-        in_flight: usize,
-        retry_for: f64,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        let client = self.client()?;
-        let retry_for = seconds("retry_for", retry_for)?;
-        pyo3_async_runtimes::tokio::future_into_py(
-            py,
-            send_columns(
-                client,
-                columns,
-                batch_items,
-                in_flight,
-                retry_for,
-                Some(masked),
-            ),
+            send_columns(client, columns, batch_items, in_flight, retry_for, masked),
         )
     }
 

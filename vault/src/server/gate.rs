@@ -63,8 +63,11 @@ impl GateLayer {
         let Err(e) = self.vault.authenticate(authorization) else {
             return Ok(());
         };
-        let claimed = auth::claimed_client_id(authorization).unwrap_or_default();
         let e = if self.vault.shares_storage() && e == AuthError::Unknown {
+            // A key another node created since this one read the clients:
+            // look again (one small read, no body read) before refusing.
+            // Not logged per call: a flood of made-up keys while the
+            // database is away must not fill the log.
             if self.vault.refresh_for_unknown_key().await.is_err() {
                 return Err(Status::unavailable(
                     "the vault cannot reach its storage; retry with backoff",
@@ -77,8 +80,14 @@ impl GateLayer {
         } else {
             e
         };
+        Err(self.refused(authorization, peer, e))
+    }
+
+    /// Tallies the refusal of a call's key, and the status it gets.
+    fn refused(&self, authorization: Option<&str>, peer: Option<IpAddr>, e: AuthError) -> Status {
+        let claimed = auth::claimed_client_id(authorization).unwrap_or_default();
         self.refusals.count(peer, claimed, e);
-        Err(status::unauthenticated(e))
+        status::unauthenticated(e)
     }
 }
 
@@ -149,19 +158,12 @@ where
         // Authenticate first, so that a refusal is tallied even when the
         // vault is at its limit.
         if let Err(e) = self.layer.vault.authenticate(header) {
-            let claimed = auth::claimed_client_id(header).unwrap_or_default();
             if self.layer.vault.shares_storage() && e == AuthError::Unknown {
-                // A key another node created since this one read the
-                // clients: look again (one small read, no body read) before
-                // refusing.
-                let claimed = claimed.to_owned();
-                return self.call_after_refresh(request, claimed);
+                return self.call_after_refresh(request);
             }
-            self.layer
-                .refusals
-                .count(peer_ip(request.extensions()), claimed, e);
+            let status = self.layer.refused(header, peer_ip(request.extensions()), e);
             // The body is dropped unread: hyper resets the stream.
-            return Box::pin(std::future::ready(Ok(refuse(status::unauthenticated(e)))));
+            return Box::pin(std::future::ready(Ok(refuse(status))));
         }
         self.admit(request)
     }
@@ -176,13 +178,9 @@ where
     S::Future: Send + 'static,
     S::Error: Send + 'static,
 {
-    /// Authenticates again once the registry was read again, then admits
-    /// or refuses.
-    fn call_after_refresh(
-        &mut self,
-        request: http::Request<Body>,
-        claimed: String,
-    ) -> Answer<S::Error> {
+    /// Checks the key again once the registry was read again
+    /// ([`GateLayer::check`]), then admits or refuses.
+    fn call_after_refresh(&mut self, request: http::Request<Body>) -> Answer<S::Error> {
         // The service that was polled ready goes with the call; this gate
         // keeps a fresh clone for the next.
         let ready = self.inner.clone();
@@ -191,28 +189,18 @@ where
             layer: self.layer.clone(),
         };
         Box::pin(async move {
-            let refreshed = gate.layer.vault.refresh_for_unknown_key().await;
             let header = request
                 .headers()
                 .get("authorization")
                 .and_then(|v| v.to_str().ok());
-            let checked = match refreshed {
-                Ok(()) => gate.layer.vault.authenticate(header).map(|_| ()),
-                // Not logged per call: a flood of made-up keys while the
-                // database is away must not fill the log.
-                Err(_) => {
-                    return Ok(refuse(Status::unavailable(
-                        "the vault cannot reach its storage; retry with backoff",
-                    )));
-                }
-            };
-            if let Err(e) = checked {
-                gate.layer
-                    .refusals
-                    .count(peer_ip(request.extensions()), &claimed, e);
-                return Ok(refuse(status::unauthenticated(e)));
+            match gate
+                .layer
+                .check(header, peer_ip(request.extensions()))
+                .await
+            {
+                Ok(()) => gate.admit(request).await,
+                Err(status) => Ok(refuse(status)),
             }
-            gate.admit(request).await
         })
     }
 

@@ -398,8 +398,9 @@ class Client:
         """
         _check_errors(errors)
         [answer] = self._call(
-            "tokenize_columns",
+            "columns",
             [(namespace, _cells(cells, "cells"))],
+            None,
             batch_size,
             in_flight,
             retry_for,
@@ -421,7 +422,7 @@ class Client:
         every batch is audited (stating the client's purpose)."""
         _check_errors(errors)
         [answer] = self._call(
-            "detokenize_columns",
+            "columns",
             [(namespace, _cells(cells, "cells"))],
             masked,
             batch_size,
@@ -568,8 +569,9 @@ class AsyncClient:
         """As :meth:`Client.tokenize_column`."""
         _check_errors(errors)
         [answer] = await self._call(
-            "tokenize_columns_async",
+            "columns_async",
             [(namespace, _cells(cells, "cells"))],
+            None,
             batch_size,
             in_flight,
             retry_for,
@@ -590,7 +592,7 @@ class AsyncClient:
         """As :meth:`Client.detokenize_column`."""
         _check_errors(errors)
         [answer] = await self._call(
-            "detokenize_columns_async",
+            "columns_async",
             [(namespace, _cells(cells, "cells"))],
             masked,
             batch_size,

@@ -31,24 +31,18 @@ class NativeClient:
     def detokenize_async(
         self, namespace: str, tokens: List[str], masked: bool, purpose: Optional[str], reason: Optional[str]
     ) -> Awaitable[_Answer]: ...
-    def tokenize_columns(
-        self, columns: List[Tuple[str, List[Optional[str]]]], batch_items: int, in_flight: int, retry_for: float
-    ) -> List[_Answer]: ...
-    def detokenize_columns(
+    def columns(
         self,
         columns: List[Tuple[str, List[Optional[str]]]],
-        masked: bool,
+        masked: Optional[bool],
         batch_items: int,
         in_flight: int,
         retry_for: float,
     ) -> List[_Answer]: ...
-    def tokenize_columns_async(
-        self, columns: List[Tuple[str, List[Optional[str]]]], batch_items: int, in_flight: int, retry_for: float
-    ) -> Awaitable[List[_Answer]]: ...
-    def detokenize_columns_async(
+    def columns_async(
         self,
         columns: List[Tuple[str, List[Optional[str]]]],
-        masked: bool,
+        masked: Optional[bool],
         batch_items: int,
         in_flight: int,
         retry_for: float,

@@ -47,10 +47,7 @@ def _send(
     request = [(namespace, cells) for _, namespace, cells in columns]
     native = client._native
     try:
-        if masked is None:
-            answers = native.tokenize_columns(request, batch_size, in_flight, retry_for)
-        else:
-            answers = native.detokenize_columns(request, masked, batch_size, in_flight, retry_for)
+        answers = native.columns(request, masked, batch_size, in_flight, retry_for)
     except _native.NativeError as e:
         raise _from_native(e) from None
     except UnicodeEncodeError:
