@@ -178,8 +178,8 @@ enum Command {
     /// for a security team (the audit scope).
     #[command(subcommand)]
     Alerts(AlertCommand),
-    /// Tokenize or reveal the mapped cells of whole CSV, NDJSON and FHIR
-    /// files, streaming. Exit status: 0 when every cell went through, 3 when
+    /// Tokenize or reveal the mapped cells of whole CSV, NDJSON, FHIR and
+    /// HL7 v2 files, streaming. Exit status: 0 when every cell went through, 3 when
     /// some cells failed (the run completed), 1 when the run stopped.
     #[command(subcommand)]
     Bulk(BulkCommand),
@@ -209,13 +209,14 @@ struct BulkArgs {
     #[arg(short, long, value_name = "FILE")]
     output: Option<PathBuf>,
     /// The input's format; guessed from its extension (.csv, .tsv, .ndjson,
-    /// .jsonl) when absent.
+    /// .jsonl, .hl7) when absent.
     #[arg(long, value_enum)]
     format: Option<BulkFormat>,
     /// CSV: COLUMN=NAMESPACE (the header's name, spaces allowed; its
     /// number from 1 with --no-header). NDJSON:
     /// /json/pointer=NAMESPACE (RFC 6901; `*` for every array element).
-    /// Repeatable.
+    /// HL7 v2: SEG-F[.C[.S]]=NAMESPACE (PID-19=ssn, PID-5.1.1=name), in
+    /// every repetition, added before the profile's rules. Repeatable.
     #[arg(long = "map", value_name = "FIELD=NAMESPACE")]
     maps: Vec<String>,
     /// CSV: the character between fields: `,` (the default; tab for a .tsv
@@ -234,8 +235,8 @@ struct BulkArgs {
     /// names columns by number from 1 (--map 3=ssn).
     #[arg(long)]
     no_header: bool,
-    /// FHIR: a TOML profile whose rules extend the built-in Patient profile
-    /// (or replace it, with `builtin = false`).
+    /// FHIR and HL7 v2: a TOML profile whose rules extend the built-in
+    /// profile (or replace it, with `builtin = false`).
     #[arg(long, value_name = "FILE")]
     profile: Option<PathBuf>,
     /// Write every failed cell to FILE (mode 0600; it must not exist) as
@@ -288,6 +289,9 @@ enum BulkFormat {
     Fhir,
     /// One FHIR Bundle (or resource) as a JSON document.
     FhirBundle,
+    /// HL7 v2 messages: a file of messages (segments ended by CR, CRLF or
+    /// LF, with or without batch headers) or MLLP frames.
+    Hl7v2,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -754,13 +758,15 @@ fn bulk_layout(args: &BulkArgs) -> anyhow::Result<bulk::Layout> {
             match extension.as_deref() {
                 Some("csv" | "tsv") => BulkFormat::Csv,
                 Some("ndjson" | "jsonl") => BulkFormat::Ndjson,
+                Some("hl7") => BulkFormat::Hl7v2,
                 _ => anyhow::bail!(
-                    "give --format csv, ndjson, fhir or fhir-bundle (it cannot be guessed from the input's name)"
+                    "give --format csv, ndjson, fhir, fhir-bundle or hl7v2 (it cannot be guessed from the input's name)"
                 ),
             }
         }
     };
     let fhir = matches!(format, BulkFormat::Fhir | BulkFormat::FhirBundle);
+    let hl7 = format == BulkFormat::Hl7v2;
     let dialect_given =
         args.delimiter.is_some() || args.quote.is_some() || args.escape.is_some() || args.no_header;
     if format != BulkFormat::Csv && dialect_given {
@@ -769,15 +775,15 @@ fn bulk_layout(args: &BulkArgs) -> anyhow::Result<bulk::Layout> {
     if fhir && !args.maps.is_empty() {
         anyhow::bail!("--map is for CSV and NDJSON; FHIR input takes its rules from --profile");
     }
-    if !fhir && args.profile.is_some() {
-        anyhow::bail!("--profile is for FHIR input; CSV and NDJSON take --map");
+    if !fhir && !hl7 && args.profile.is_some() {
+        anyhow::bail!("--profile is for FHIR and HL7 v2 input; CSV and NDJSON take --map");
     }
     if format == BulkFormat::FhirBundle && matches!(args.on_error, OnErrorArg::DropRow) {
         anyhow::bail!(
             "--on-error drop-row would drop the whole Bundle, which is one document; use keep or fail"
         );
     }
-    if !fhir && args.maps.is_empty() {
+    if !fhir && !hl7 && args.maps.is_empty() {
         anyhow::bail!("say which cells to send with --map FIELD=NAMESPACE");
     }
     let mut maps = Vec::with_capacity(args.maps.len());
@@ -817,22 +823,34 @@ fn bulk_layout(args: &BulkArgs) -> anyhow::Result<bulk::Layout> {
             bulk::Layout::Ndjson(bulk::JsonLayout::new(pointers))
         }
         BulkFormat::Fhir | BulkFormat::FhirBundle => {
-            let profile = args
-                .profile
-                .as_ref()
-                .map(|path| {
-                    let text = std::fs::read_to_string(path)
-                        .with_context(|| format!("cannot read {}", path.display()))?;
-                    bulk::Profile::parse(&text)
-                        .with_context(|| format!("the profile {}", path.display()))
-                })
-                .transpose()?;
+            let profile = read_profile(args.profile.as_deref(), bulk::Profile::parse)?;
             bulk::Layout::Fhir {
                 layout: bulk::FhirLayout::new(profile.as_ref()),
                 bundle: format == BulkFormat::FhirBundle,
             }
         }
+        BulkFormat::Hl7v2 => {
+            let profile = read_profile(args.profile.as_deref(), bulk::Hl7Profile::parse)?;
+            let maps = maps
+                .into_iter()
+                .map(|(field, namespace)| Ok((field.parse::<bulk::Hl7Address>()?, namespace)))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            bulk::Layout::Hl7(bulk::Hl7Layout::new(profile.as_ref(), &maps))
+        }
     })
+}
+
+/// The TOML profile at `path`, if one is given, read with `parse`.
+fn read_profile<P>(
+    path: Option<&std::path::Path>,
+    parse: impl Fn(&str) -> Result<P, bulk::ProfileError>,
+) -> anyhow::Result<Option<P>> {
+    path.map(|path| {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        parse(&text).with_context(|| format!("the profile {}", path.display()))
+    })
+    .transpose()
 }
 
 /// Runs a bulk job from the command line: files, progress bar, summary,

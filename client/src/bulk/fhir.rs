@@ -122,6 +122,12 @@ struct WhenSpec {
 #[error("{0}")]
 pub struct ProfileError(String);
 
+impl ProfileError {
+    pub(super) fn new(why: String) -> Self {
+        Self(why)
+    }
+}
+
 impl Profile {
     /// Parses a TOML profile.
     pub fn parse(text: &str) -> Result<Self, ProfileError> {

@@ -13,7 +13,9 @@ use super::{Cell, Encoding, Layout, Unit, splice};
 /// - cells lie inside their unit, in order, without overlapping, and name a
 ///   namespace of the layout;
 /// - a unit written back with each CSV cell replaced by its own text is the
-///   unit again, and a JSON unit written back so is still one JSON value.
+///   unit again, a JSON unit written back so is still one JSON value, and
+///   an HL7 cell's text, escaped in its message's delimiters, reads back as
+///   the same text and ends no segment.
 ///
 /// A reader may refuse the input (an unclosed quote, a line that is too
 /// long); it must not panic, loop or lose bytes.
@@ -72,7 +74,32 @@ fn check_write_back(unit: &Unit) {
     let mut out = Vec::with_capacity(unit.raw.len());
     splice(unit, &mut replacements, &mut out);
     let json = unit.cells.iter().any(|c| c.encoding == Encoding::Json);
-    if !json {
+    let hl7 = unit
+        .cells
+        .iter()
+        .any(|c| matches!(c.encoding, Encoding::Hl7 { .. }));
+    if hl7 {
+        for (i, text) in &texts {
+            let Encoding::Hl7 { delimiters, date } = unit.cells[*i].encoding else {
+                continue;
+            };
+            let mut written = Vec::new();
+            super::hl7::encode(text, &delimiters, date, &mut written);
+            assert!(
+                !written.contains(&b'\r') && !written.contains(&b'\n'),
+                "an HL7 cell written back breaks its segment"
+            );
+            let read = delimiters
+                .decode(&written)
+                .expect("an escaped cell reads back");
+            let want = if date {
+                text.replace('-', "")
+            } else {
+                text.clone()
+            };
+            assert_eq!(read, want, "an HL7 cell written back reads differently");
+        }
+    } else if !json {
         assert!(
             out == unit.raw,
             "a CSV unit written back with its own cells differs"

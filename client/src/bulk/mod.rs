@@ -1,8 +1,8 @@
-//! Bulk tokenization of whole files: CSV, NDJSON and FHIR R4 (Bulk Data
-//! NDJSON and Bundles).
+//! Bulk tokenization of whole files: delimited text, NDJSON, FHIR R4 (Bulk
+//! Data NDJSON and Bundles) and HL7 v2 messages.
 //!
 //! A reader thread cuts the input into *units* (a CSV record, an NDJSON line,
-//! a Bundle) and finds the cells to send; [`pipeline`] sends them over one
+//! a Bundle, an HL7 message) and finds the cells to send; [`pipeline`] sends them over one
 //! `TokenizeStream` or `DetokenizeStream` with several batches in flight and
 //! resends what was unanswered when the server goes away; a writer thread
 //! puts every unit back in input order, each cell replaced in place, so that
@@ -13,6 +13,7 @@ mod delimited;
 mod fhir;
 #[cfg(fuzzing)]
 pub mod fuzzing;
+mod hl7;
 mod json;
 mod pipeline;
 
@@ -22,6 +23,7 @@ use std::time::Duration;
 
 pub use delimited::{CsvDialect, CsvLayout};
 pub use fhir::{FhirLayout, Profile, ProfileError};
+pub use hl7::{Address as Hl7Address, AddressError as Hl7AddressError, Hl7Layout, Hl7Profile};
 pub use json::{JsonLayout, Pointer, PointerError};
 pub use pipeline::run;
 
@@ -69,6 +71,8 @@ pub enum Layout {
         /// The whole input is one JSON document.
         bundle: bool,
     },
+    /// HL7 v2 messages, in a file or MLLP-framed.
+    Hl7(Hl7Layout),
 }
 
 /// Settings of a run.
@@ -207,14 +211,22 @@ enum Encoding {
     Csv { quoted: bool, dialect: CsvDialect },
     /// A JSON string.
     Json,
+    /// A part of an HL7 v2 message, escaped in the message's delimiters; a
+    /// date cell's answer is written back as `YYYYMMDD`.
+    Hl7 {
+        delimiters: hl7::Delimiters,
+        date: bool,
+    },
 }
 
 /// Where a cell sits, for the errors file: a CSV column (an index into the
-/// layout's column names) or a concrete JSON path.
+/// layout's column names), a concrete JSON path, or a part of an HL7
+/// message.
 #[derive(Debug, Clone)]
 enum Location {
     Column(usize),
     Path(Box<str>),
+    Hl7(hl7::Place),
 }
 
 /// One value (or token) found in a unit.
@@ -263,6 +275,7 @@ impl Names {
         match location {
             Location::Column(i) => self.columns.get(*i).cloned().unwrap_or_default(),
             Location::Path(path) => path.to_string(),
+            Location::Hl7(place) => place.to_string(),
         }
     }
 }
@@ -276,6 +289,7 @@ fn encode(text: &str, encoding: Encoding, out: &mut Vec<u8>) {
             out.extend_from_slice(quoted.as_bytes());
         }
         Encoding::Csv { quoted, dialect } => dialect.encode(text, quoted, out),
+        Encoding::Hl7 { delimiters, date } => hl7::encode(text, &delimiters, date, out),
     }
 }
 

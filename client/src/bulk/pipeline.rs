@@ -12,6 +12,7 @@ use tonic::Code;
 
 use super::delimited::CsvReader;
 use super::fhir::BundleReader;
+use super::hl7::Hl7Reader;
 use super::json::LineReader;
 use super::{
     BulkError, Direction, Layout, Names, OnError, Options, Progress, Summary, Unit, UnitReader,
@@ -170,6 +171,10 @@ pub(super) fn open_reader(
         } => {
             let names = layout.names();
             Ok((Box::new(BundleReader::new(input, layout)), names))
+        }
+        Layout::Hl7(layout) => {
+            let names = layout.names();
+            Ok((Box::new(Hl7Reader::new(input, layout)), names))
         }
     }
 }

@@ -1,5 +1,5 @@
-//! `phivault-client bulk` against the real server: CSV, NDJSON and FHIR
-//! round trips, failed cells, and a server restarted under a run.
+//! `phivault-client bulk` against the real server: CSV, NDJSON, FHIR and
+//! HL7 v2 round trips, failed cells, and a server restarted under a run.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -8,6 +8,8 @@ use std::process::{Command, Output, Stdio};
 use phivault_tests::{Server, VaultDir};
 
 use super::{client_with, connect, wait_for_growth};
+
+mod hl7;
 
 /// A deterministic generator (SplitMix64), so a failure can be replayed.
 struct Rng(u64);
