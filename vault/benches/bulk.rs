@@ -5,6 +5,10 @@
 //! of both processes, and of the client on a tenth of the input, which shows
 //! whether its memory grows with the input.
 //!
+//! Then the same values as HL7 v2 messages (an MSH and a PID segment each,
+//! the built-in profile), on a vault of its own, their rate against the
+//! CSV's.
+//!
 //! Then the Python package on the same file, against a vault of its own as
 //! cold as the CLI's: `phivault.frames.tokenize_dataframe` on the CSV read
 //! into a pandas DataFrame (the read not timed), by
@@ -144,6 +148,37 @@ fn generate(path: &Path, rows: usize) -> Vec<Vec<String>> {
     columns
 }
 
+/// Writes the rows' values as HL7 v2 messages, an MSH and a PID segment
+/// each, where the built-in profile finds them: SSN in PID-19, MRN in
+/// PID-3 (type MR), the name as surname and given name in PID-5, phone and
+/// e-mail in PID-13, the birth date in PID-7. Returns the cells the profile
+/// sends (the name is two).
+fn generate_hl7(path: &Path, columns: &[Vec<String>]) -> usize {
+    use std::io::Write;
+    let file = std::fs::File::create(path).expect("create HL7 file");
+    let mut out = std::io::BufWriter::new(file);
+    let mut cells = 0;
+    for (row, ssn) in columns[0].iter().enumerate() {
+        let value = |c: usize| columns[c][row].as_str();
+        let (given, family) = value(2).split_once(' ').unwrap_or(("", value(2)));
+        write!(
+            out,
+            "MSH|^~\\&|ADT1|GHH|LAB|GHH|20261204120000||ADT^A08^ADT_A01|M{row}|P|2.5.1\r\
+             PID|1||{}^^^GHH^MR||{family}^{given}^^^^^L||{}|U|||||{}^PRN^PH^{}||||||{}\r",
+            value(1),
+            value(5).replace('-', ""),
+            value(3),
+            value(4),
+            ssn,
+        )
+        .expect("write");
+        cells += 6 + usize::from(!given.is_empty());
+    }
+    out.flush().expect("flush");
+    out.get_ref().sync_all().expect("sync");
+    cells
+}
+
 /// The engine alone: every cell, batched by column and row range as the
 /// bulk client batches them, `CALLERS` requests at once, fsync on.
 fn engine(dir: &Path, columns: &[Vec<String>]) -> Duration {
@@ -222,7 +257,14 @@ struct Run {
 /// `phivault-client bulk tokenize` over `input`, sampling both processes'
 /// peak RSS until the client exits (VmHWM only grows, so the last sample is
 /// the peak up to 50 ms before the end).
-fn bulk(client_bin: &Path, server: &ServeProcess, key: &str, input: &Path, output: &Path) -> Run {
+fn bulk(
+    client_bin: &Path,
+    server: &ServeProcess,
+    key: &str,
+    input: &Path,
+    output: &Path,
+    rules: &[String],
+) -> Run {
     let mut command = Command::new(client_bin);
     command
         .args([
@@ -234,10 +276,8 @@ fn bulk(client_bin: &Path, server: &ServeProcess, key: &str, input: &Path, outpu
         ])
         .arg(input)
         .arg("-o")
-        .arg(output);
-    for (column, namespace) in COLUMNS {
-        command.args(["--map", &format!("{column}={namespace}")]);
-    }
+        .arg(output)
+        .args(rules);
     let start = Instant::now();
     let mut child = command
         .env("PHIVAULT_API_KEY", key)
@@ -371,6 +411,9 @@ fn main() {
         std::fs::metadata(&full).map_or(0, |m| m.len() >> 20)
     );
 
+    let hl7 = dir.path().join("patients.hl7");
+    let hl7_cells = generate_hl7(&hl7, &columns);
+
     let engine_dir = dir.path().join("engine");
     std::fs::create_dir_all(&engine_dir).expect("engine dir");
     settle();
@@ -384,6 +427,10 @@ fn main() {
         .expect("runtime");
     // The small run first, on its own vault, so the large one starts as
     // cold as the engine did.
+    let maps: Vec<String> = COLUMNS
+        .iter()
+        .flat_map(|(column, namespace)| ["--map".to_owned(), format!("{column}={namespace}")])
+        .collect();
     let mut runs = Vec::new();
     for (run, input) in [&tenth, &full].into_iter().enumerate() {
         let (server, key) = fresh_server(&runtime);
@@ -395,8 +442,19 @@ fn main() {
             input,
             // Outputs are never overwritten: one name per run.
             &dir.path().join(format!("out-{run}.csv")),
+            &maps,
         ));
     }
+    let from_hl7 = {
+        let (server, key) = fresh_server(&runtime);
+        settle();
+        let out = dir.path().join("out.hl7");
+        bulk(&client_bin, &server, &key, &hl7, &out, &[])
+    };
+    assert_eq!(
+        from_hl7.fields as usize, hl7_cells,
+        "the profile finds every value"
+    );
     let interpreter = std::env::var_os("PHIVAULT_BENCH_PYTHON").map_or_else(
         || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/python/bin/python"),
         PathBuf::from,
@@ -436,6 +494,22 @@ fn main() {
         "| phivault serve | {} MiB | {} MiB |",
         small.server_kib >> 10,
         run.server_kib >> 10
+    );
+    let hl7_rate = from_hl7.fields as f64 / from_hl7.elapsed.as_secs_f64();
+    println!();
+    println!("| {rows} records, each on a fresh vault | fields/s | vs CSV | client peak RSS |");
+    println!("|---|---:|---:|---:|");
+    println!(
+        "| CSV, {} mapped columns | {rate:.0} | 1.00 | {} MiB |",
+        COLUMNS.len(),
+        run.client_kib >> 10
+    );
+    println!(
+        "| HL7 v2, MSH + PID, built-in profile ({hl7_cells} cells, {} MiB, {:.1} s) | {hl7_rate:.0} | {:.2} | {} MiB |",
+        std::fs::metadata(&hl7).map_or(0, |m| m.len() >> 20),
+        from_hl7.elapsed.as_secs_f64(),
+        hl7_rate / rate,
+        from_hl7.client_kib >> 10
     );
     if let Some(py) = &from_python {
         assert_eq!(py.fields as usize, cells);
