@@ -25,6 +25,10 @@ const START_BLOCK: u8 = 0x0B;
 const END_BLOCK: u8 = 0x1C;
 
 const NOT_UTF8: &str = "the cell is not valid UTF-8";
+/// The most cells one message may hold: a real message holds hundreds, and
+/// a bound keeps a unit of millions of repetitions from taking gigabytes.
+const MAX_CELLS: usize = 100_000;
+const TOO_MANY_CELLS: &str = "the message holds more than 100,000 cells the rules send";
 const BEFORE_HEADER: &str =
     "a segment comes before any MSH segment, so its delimiters are unknown; nothing of it was sent";
 const BAD_DELIMITERS: &str =
@@ -112,7 +116,9 @@ impl Delimiters {
 
     /// Writes `text` as the content of a part: every delimiter as its
     /// escape, and line breaks as hexadecimal escapes so that they cannot
-    /// end the segment.
+    /// end the segment. v2.7's truncation character splits nothing and is
+    /// written as it is: senders leave it so in addresses (`APT #5`), which
+    /// then come back byte for byte.
     pub(super) fn encode(&self, text: &str, out: &mut Vec<u8>) {
         for &b in text.as_bytes() {
             let letter = match b {
@@ -121,7 +127,6 @@ impl Delimiters {
                 _ if b == self.subcomponent => b'T',
                 _ if b == self.repetition => b'R',
                 _ if b == self.escape => b'E',
-                _ if Some(b) == self.truncation => b'P',
                 b'\r' | b'\n' => {
                     out.push(self.escape);
                     out.extend_from_slice(if b == b'\r' { b"X0D" } else { b"X0A" });
@@ -155,7 +160,8 @@ pub(super) fn encode(text: &str, delimiters: &Delimiters, date: bool, out: &mut 
 /// subcomponents, in every repetition of the field and every occurrence of
 /// the segment. Written `SEG-F[.C[.S]]`, numbered from 1 as in the HL7
 /// standard (`PID-5.1.1` is the patient's surname).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(try_from = "String")]
 pub struct Address {
     segment: [u8; 3],
     field: u16,
@@ -221,6 +227,14 @@ impl FromStr for Address {
     }
 }
 
+impl TryFrom<String> for Address {
+    type Error = AddressError;
+
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        text.parse()
+    }
+}
+
 impl fmt::Display for Address {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let segment = String::from_utf8_lossy(&self.segment);
@@ -280,7 +294,8 @@ enum Kind {
     /// CX, an identifier: `.1`, to `ssn` when its type (`.5`) is SS and
     /// to `mrn` otherwise (record, account, member, licence numbers).
     Identifier,
-    /// XPN, a person's name: surname, given name, further given names.
+    /// XPN, a person's name: surname (and own and partner's surnames),
+    /// given name, further given names.
     Name,
     /// XAD, an address: street lines, other designation, city, postal
     /// code, other geographic designation, county. State and country are
@@ -290,62 +305,120 @@ enum Kind {
     /// local number (`.7`; the area code stays, as a ZIP code's first
     /// three digits do) and the e-mail address (`.4`).
     Telecom,
-    /// XCN, a provider: identifier and name.
+    /// XCN, a provider: identifier, surnames, given names.
     Provider,
     /// A date (DT, TS, DTM): `.1` as a date.
     Date,
-    /// A plain identifier in its first component, to a namespace.
-    Plain(&'static str),
+    /// A number in its first component, to `ssn`.
+    Ssn,
+    /// A number in its first component, to `mrn`.
+    Number,
+    /// Text in its first component, to `text`.
+    Text,
+}
+
+/// A part of a data type the built-in profile sends.
+#[derive(Clone, Copy)]
+struct Part {
+    component: u16,
+    subcomponent: Option<u16>,
+    /// (component, code): only in repetitions whose component reads code.
+    when: Option<(u16, &'static str)>,
+    namespace: &'static str,
+    date: bool,
+}
+
+const fn part(component: u16, subcomponent: Option<u16>, namespace: &'static str) -> Part {
+    Part {
+        component,
+        subcomponent,
+        when: None,
+        namespace,
+        date: false,
+    }
 }
 
 impl Kind {
-    /// (component, subcomponent, condition, namespace, date) of each part.
-    #[expect(clippy::type_complexity, reason = "a table of constants")]
-    fn parts(
-        self,
-    ) -> &'static [(
-        u16,
-        Option<u16>,
-        Option<(u16, &'static str)>,
-        &'static str,
-        bool,
-    )] {
+    fn parts(self) -> &'static [Part] {
+        const SURNAME: [Part; 3] = [
+            // FN: surname, own surname, surname from partner.
+            part(1, Some(1), "name"),
+            part(1, Some(3), "name"),
+            part(1, Some(5), "name"),
+        ];
         match self {
-            Kind::Identifier => &[
-                (1, None, Some((5, "SS")), "ssn", false),
-                (1, None, None, "mrn", false),
-            ],
-            Kind::Name => &[
-                (1, Some(1), None, "name", false),
-                (2, None, None, "name", false),
-                (3, None, None, "name", false),
-            ],
-            Kind::Address => &[
-                (1, Some(1), None, "text", false),
-                (1, Some(2), None, "text", false),
-                (1, Some(3), None, "text", false),
-                (2, None, None, "text", false),
-                (3, None, None, "text", false),
-                (5, None, None, "zip", false),
-                (8, None, None, "text", false),
-                (9, None, None, "text", false),
-            ],
-            Kind::Telecom => &[
-                (1, None, None, "phone", false),
-                (4, None, None, "email", false),
-                (7, None, None, "phone", false),
-                (12, None, None, "phone", false),
-            ],
-            Kind::Provider => &[
-                (1, None, None, "mrn", false),
-                (2, Some(1), None, "name", false),
-                (3, None, None, "name", false),
-                (4, None, None, "name", false),
-            ],
-            Kind::Date => &[(1, None, None, "dob", true)],
-            Kind::Plain("ssn") => &[(1, None, None, "ssn", false)],
-            Kind::Plain("mrn") => &[(1, None, None, "mrn", false)],
-            Kind::Plain(_) => &[(1, None, None, "text", false)],
+            Kind::Identifier => {
+                const P: &[Part] = &[
+                    Part {
+                        when: Some((5, "SS")),
+                        ..part(1, None, "ssn")
+                    },
+                    part(1, None, "mrn"),
+                ];
+                P
+            }
+            Kind::Name => {
+                const P: &[Part] = &[
+                    SURNAME[0],
+                    SURNAME[1],
+                    SURNAME[2],
+                    part(2, None, "name"),
+                    part(3, None, "name"),
+                ];
+                P
+            }
+            Kind::Address => {
+                const P: &[Part] = &[
+                    part(1, Some(1), "text"),
+                    part(1, Some(2), "text"),
+                    part(1, Some(3), "text"),
+                    part(2, None, "text"),
+                    part(3, None, "text"),
+                    part(5, None, "zip"),
+                    part(8, None, "text"),
+                    part(9, None, "text"),
+                ];
+                P
+            }
+            Kind::Telecom => {
+                const P: &[Part] = &[
+                    part(1, None, "phone"),
+                    part(4, None, "email"),
+                    part(7, None, "phone"),
+                    part(12, None, "phone"),
+                ];
+                P
+            }
+            Kind::Provider => {
+                const P: &[Part] = &[
+                    part(1, None, "mrn"),
+                    part(2, Some(1), "name"),
+                    part(2, Some(3), "name"),
+                    part(2, Some(5), "name"),
+                    part(3, None, "name"),
+                    part(4, None, "name"),
+                ];
+                P
+            }
+            Kind::Date => {
+                const P: &[Part] = &[Part {
+                    date: true,
+                    ..part(1, None, "dob")
+                }];
+                P
+            }
+            Kind::Ssn => {
+                const P: &[Part] = &[part(1, None, "ssn")];
+                P
+            }
+            Kind::Number => {
+                const P: &[Part] = &[part(1, None, "mrn")];
+                P
+            }
+            Kind::Text => {
+                const P: &[Part] = &[part(1, None, "text")];
+                P
+            }
         }
     }
 }
@@ -363,14 +436,14 @@ const PATIENT: &[(&[u8; 3], u16, Kind)] = &[
     (b"PID", 7, Kind::Date),
     (b"PID", 9, Kind::Name),
     (b"PID", 11, Kind::Address),
-    (b"PID", 12, Kind::Plain("text")),
+    (b"PID", 12, Kind::Text),
     (b"PID", 13, Kind::Telecom),
     (b"PID", 14, Kind::Telecom),
     (b"PID", 18, Kind::Identifier),
-    (b"PID", 19, Kind::Plain("ssn")),
-    (b"PID", 20, Kind::Plain("mrn")),
+    (b"PID", 19, Kind::Ssn),
+    (b"PID", 20, Kind::Number),
     (b"PID", 21, Kind::Identifier),
-    (b"PID", 23, Kind::Plain("text")),
+    (b"PID", 23, Kind::Text),
     (b"PID", 29, Kind::Date),
     (b"NK1", 2, Kind::Name),
     (b"NK1", 4, Kind::Address),
@@ -381,7 +454,7 @@ const PATIENT: &[(&[u8; 3], u16, Kind)] = &[
     (b"NK1", 31, Kind::Telecom),
     (b"NK1", 32, Kind::Address),
     (b"NK1", 33, Kind::Identifier),
-    (b"NK1", 37, Kind::Plain("ssn")),
+    (b"NK1", 37, Kind::Ssn),
     (b"GT1", 2, Kind::Identifier),
     (b"GT1", 3, Kind::Name),
     (b"GT1", 4, Kind::Name),
@@ -389,7 +462,7 @@ const PATIENT: &[(&[u8; 3], u16, Kind)] = &[
     (b"GT1", 6, Kind::Telecom),
     (b"GT1", 7, Kind::Telecom),
     (b"GT1", 8, Kind::Date),
-    (b"GT1", 12, Kind::Plain("ssn")),
+    (b"GT1", 12, Kind::Ssn),
     (b"GT1", 16, Kind::Name),
     (b"GT1", 17, Kind::Address),
     (b"GT1", 18, Kind::Telecom),
@@ -397,12 +470,12 @@ const PATIENT: &[(&[u8; 3], u16, Kind)] = &[
     (b"IN1", 16, Kind::Name),
     (b"IN1", 18, Kind::Date),
     (b"IN1", 19, Kind::Address),
-    (b"IN1", 36, Kind::Plain("mrn")),
+    (b"IN1", 36, Kind::Number),
     (b"IN1", 49, Kind::Identifier),
     (b"IN2", 1, Kind::Identifier),
-    (b"IN2", 2, Kind::Plain("ssn")),
-    (b"IN2", 6, Kind::Plain("mrn")),
-    (b"IN2", 8, Kind::Plain("mrn")),
+    (b"IN2", 2, Kind::Ssn),
+    (b"IN2", 6, Kind::Number),
+    (b"IN2", 8, Kind::Number),
     (b"IN2", 61, Kind::Identifier),
     (b"IN2", 63, Kind::Telecom),
     (b"MRG", 1, Kind::Identifier),
@@ -461,7 +534,8 @@ fn yes() -> bool {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Hl7RuleSpec {
-    field: String,
+    /// Parsed as the profile is, so that a rule cannot be dropped later.
+    field: Address,
     when: Option<Hl7When>,
     namespace: String,
     #[serde(default)]
@@ -481,9 +555,6 @@ impl Hl7Profile {
         let profile: Self = toml::from_str(text).map_err(|e| ProfileError::new(e.to_string()))?;
         for (i, rule) in profile.rules.iter().enumerate() {
             let at = |e: String| ProfileError::new(format!("rule {}: {e}", i + 1));
-            rule.field
-                .parse::<Address>()
-                .map_err(|e| at(e.to_string()))?;
             if rule.namespace.is_empty() {
                 return Err(at("the namespace must not be empty".into()));
             }
@@ -504,7 +575,8 @@ impl Hl7Profile {
 #[derive(Debug, Clone)]
 pub struct Hl7Layout {
     rules: Vec<Rule>,
-    by_segment: HashMap<[u8; 3], Vec<usize>>,
+    /// Rule indices by segment, then by field, in the order they win.
+    by_segment: HashMap<[u8; 3], Vec<(u16, Vec<usize>)>>,
     names: Names,
 }
 
@@ -523,10 +595,8 @@ impl Hl7Layout {
             layout.add(*at, None, namespace, false);
         }
         for rule in profile.map(|p| p.rules.as_slice()).unwrap_or_default() {
-            // Parsed and checked by `Hl7Profile::parse`.
-            let Ok(at) = rule.field.parse() else { continue };
             let when = rule.when.as_ref().map(|w| (w.component, w.equals.as_str()));
-            layout.add(at, when, &rule.namespace, rule.date);
+            layout.add(rule.field, when, &rule.namespace, rule.date);
         }
         let mut tables = Vec::new();
         if profile.is_none_or(|p| p.builtin) {
@@ -536,14 +606,14 @@ impl Hl7Layout {
             tables.push(PROVIDERS);
         }
         for &(segment, field, kind) in tables.into_iter().flatten() {
-            for &(component, subcomponent, when, namespace, date) in kind.parts() {
+            for part in kind.parts() {
                 let at = Address {
                     segment: *segment,
                     field,
-                    component: Some(component),
-                    subcomponent,
+                    component: Some(part.component),
+                    subcomponent: part.subcomponent,
                 };
-                layout.add(at, when, namespace, date);
+                layout.add(at, part.when, part.namespace, part.date);
             }
         }
         layout
@@ -551,10 +621,15 @@ impl Hl7Layout {
 
     fn add(&mut self, at: Address, when: Option<(u16, &str)>, namespace: &str, date: bool) {
         let namespace = self.names.namespace(namespace);
-        self.by_segment
-            .entry(at.segment)
-            .or_default()
-            .push(self.rules.len());
+        let fields = self.by_segment.entry(at.segment).or_default();
+        let index = match fields.iter().position(|(f, _)| *f == at.field) {
+            Some(index) => index,
+            None => {
+                fields.push((at.field, Vec::new()));
+                fields.len() - 1
+            }
+        };
+        fields[index].1.push(self.rules.len());
         self.rules.push(Rule {
             at,
             when: when.map(|(c, v)| (c, v.into())),
@@ -574,7 +649,6 @@ impl Hl7Layout {
         &self,
         raw: &[u8],
         body: Range<usize>,
-        terminator: u8,
         cells: &mut Vec<Cell>,
     ) -> Result<(), &'static str> {
         let mut delimiters = None;
@@ -582,22 +656,25 @@ impl Hl7Layout {
         let mut occurrences: Vec<([u8; 3], u32)> = Vec::new();
         let mut at = body.start;
         while at < body.end {
-            let end = memchr::memchr(terminator, &raw[at..body.end]).map_or(body.end, |i| at + i);
-            let mut start = at;
+            // CR (the standard's), LF and CRLF all end a segment, whatever
+            // the rest of the input uses: a segment read as part of the
+            // one before it would pass through unread.
+            let end =
+                memchr::memchr2(b'\r', b'\n', &raw[at..body.end]).map_or(body.end, |i| at + i);
+            let line = at..end;
             at = end + 1;
-            // CRLF files and messages parted by a blank line: a line feed
-            // after a carriage return begins no segment.
-            while start < end && raw[start] == b'\n' {
-                start += 1;
-            }
-            let segment = &raw[start..end];
-            if segment.iter().all(u8::is_ascii_whitespace) {
+            let Some(start) = raw[line.clone()]
+                .iter()
+                .position(|b| !b.is_ascii_whitespace())
+            else {
                 continue;
-            }
+            };
+            let (start, end) = (line.start + start, line.end);
+            let segment = &raw[start..end];
             // A line shorter than a segment name inside a message is passed
             // over (free text broken across lines); before any header it
             // is refused, as any segment there is.
-            let Some(name) = segment.get(..3) else {
+            let Some(name) = segment.first_chunk::<3>() else {
                 if delimiters.is_none() {
                     return Err(BEFORE_HEADER);
                 }
@@ -609,45 +686,70 @@ impl Hl7Layout {
             let Some(d) = delimiters else {
                 return Err(BEFORE_HEADER);
             };
-            // The name is three bytes; `segment.get(..3)` said so.
-            let name: [u8; 3] = name.try_into().unwrap_or_default();
-            let Some(rules) = self.by_segment.get(&name) else {
+            let Some(by_field) = self.by_segment.get(name) else {
                 continue;
             };
             if segment.len() > 3 && segment[3] != d.field {
                 continue;
             }
-            let occurrence = match occurrences.iter_mut().find(|(n, _)| *n == name) {
+            let occurrence = match occurrences.iter_mut().find(|(n, _)| n == name) {
                 Some((_, count)) => {
                     *count += 1;
                     *count
                 }
                 None => {
-                    occurrences.push((name, 1));
+                    occurrences.push((*name, 1));
                     1
                 }
             };
             fields.clear();
             fields.extend(split(start..end, raw, d.field));
-            let first = cells.len();
-            for &rule in rules {
-                let rule = &self.rules[rule];
+            for (number, rules) in by_field {
                 // MSH-1 is the field separator itself, so MSH's fields
                 // stand one place later than other segments'.
-                let element = usize::from(rule.at.field) - usize::from(&name == b"MSH");
+                let element = usize::from(*number) - usize::from(name == b"MSH");
                 let Some(field) = fields.get(element) else {
                     continue;
                 };
                 for (i, repetition) in split(field.clone(), raw, d.repetition).enumerate() {
-                    let place = Place {
-                        at: rule.at,
-                        occurrence,
-                        repetition: i as u32 + 1,
-                    };
-                    if let Some(cell) = cell(raw, repetition, rule, &d, place)
-                        && !cells[first..].iter().any(|c| overlaps(&c.span, &cell.span))
-                    {
+                    // Parts of one repetition are the only ones that can
+                    // overlap: the earlier rule's cell stands.
+                    let first = cells.len();
+                    for &rule in rules {
+                        let rule = &self.rules[rule];
+                        let place = Place {
+                            at: rule.at,
+                            occurrence,
+                            repetition: i as u32 + 1,
+                        };
+                        let Some(mut cell) = cell(raw, repetition.clone(), rule, &d, place) else {
+                            continue;
+                        };
+                        let taken = cells[first..]
+                            .iter()
+                            .find(|c| overlaps(&c.span, &cell.span));
+                        match taken {
+                            None => {}
+                            // Inside a part an earlier rule sends: sent.
+                            Some(c)
+                                if c.span.start <= cell.span.start
+                                    && cell.span.end <= c.span.end =>
+                            {
+                                continue;
+                            }
+                            // Wider than it: the rest of this part would
+                            // pass unread, so the part fails instead.
+                            Some(_) => {
+                                cell.span = cell.span.start..cell.span.start;
+                                cell.text = Err(
+                                    "an earlier rule sends only part of this part; map the rest of it too",
+                                );
+                            }
+                        }
                         cells.push(cell);
+                        if cells.len() > MAX_CELLS {
+                            return Err(TOO_MANY_CELLS);
+                        }
                     }
                 }
             }
@@ -719,7 +821,7 @@ fn cell(
         (None, _) if bytes.contains(&d.component) => {
             Some("the field holds components; map one of them (SEG-F.C)")
         }
-        (None | Some(_), None) if bytes.contains(&d.subcomponent) => {
+        (_, None) if bytes.contains(&d.subcomponent) => {
             Some("the component holds subcomponents; map one of them (SEG-F.C.S)")
         }
         _ => None,
@@ -765,8 +867,8 @@ fn date(part: Range<usize>, bytes: &[u8]) -> (Range<usize>, Result<String, &'sta
 /// How the input is cut: decided from its first bytes.
 #[derive(Debug, Clone, Copy)]
 enum Framing {
-    /// Messages one after another, segments ended by this byte.
-    Segments(u8),
+    /// Messages one after another.
+    Segments,
     /// MLLP: each message between a start block and an end block.
     Mllp,
 }
@@ -818,28 +920,55 @@ impl<R: BufRead> Hl7Reader<R> {
         }
     }
 
-    /// MLLP when the first byte that is not white space is a start block;
-    /// else segments ended by the first line break seen (CR, the
-    /// standard's, unless the input breaks lines with LF alone).
+    /// MLLP when the first byte that is not white space is a start block,
+    /// read for as long as it takes (a pipe may deliver a line break
+    /// alone first); the white space before it begins the first unit.
     fn framing(&mut self) -> Result<Framing, BulkError> {
         if let Some(framing) = self.framing {
             return Ok(framing);
         }
-        let buffer = self
-            .input
-            .fill_buf()
-            .map_err(BulkError::io("cannot read the input"))?;
-        let first = buffer.iter().find(|b| !b.is_ascii_whitespace());
-        let framing = if first == Some(&START_BLOCK) {
-            Framing::Mllp
-        } else {
-            match memchr::memchr2(b'\r', b'\n', buffer).map(|i| buffer[i]) {
-                Some(b'\n') => Framing::Segments(b'\n'),
-                _ => Framing::Segments(b'\r'),
+        let framing = loop {
+            let buffer = self
+                .input
+                .fill_buf()
+                .map_err(BulkError::io("cannot read the input"))?;
+            if buffer.is_empty() {
+                break Framing::Segments;
+            }
+            match buffer.iter().position(|b| !b.is_ascii_whitespace()) {
+                Some(i) => {
+                    let mllp = buffer[i] == START_BLOCK;
+                    self.carry.extend_from_slice(&buffer[..i]);
+                    self.input.consume(i);
+                    break if mllp {
+                        Framing::Mllp
+                    } else {
+                        Framing::Segments
+                    };
+                }
+                None => {
+                    let n = buffer.len();
+                    self.carry.extend_from_slice(buffer);
+                    self.input.consume(n);
+                    if self.carry.len() > MAX_UNIT_BYTES {
+                        return Err(BulkError::Input(format!(
+                            "the input begins with more than {} MiB of white space; is it HL7 v2?",
+                            MAX_UNIT_BYTES >> 20
+                        )));
+                    }
+                }
             }
         };
         self.framing = Some(framing);
         Ok(framing)
+    }
+
+    fn too_large(&self) -> BulkError {
+        BulkError::Input(format!(
+            "a message starting near line {} is larger than {} MiB; is the input HL7 v2?",
+            self.line + 1,
+            MAX_UNIT_BYTES >> 20
+        ))
     }
 
     /// Appends the input up to and including `end` to `raw`; the bytes
@@ -851,40 +980,62 @@ impl<R: BufRead> Hl7Reader<R> {
             .read_until(end, raw)
             .map_err(BulkError::io("cannot read the input"))?;
         if raw.len() > MAX_UNIT_BYTES {
-            return Err(BulkError::Input(format!(
-                "a message starting near line {} is larger than {} MiB; is the input HL7 v2?",
-                self.line + 1,
-                MAX_UNIT_BYTES >> 20
-            )));
+            return Err(self.too_large());
         }
         Ok(n)
     }
 
-    /// Takes the line feed of a CRLF into the segment it ends.
-    fn take_line_feed(&mut self, raw: &mut Vec<u8>) -> Result<(), BulkError> {
-        let next = self
-            .input
-            .fill_buf()
-            .map_err(BulkError::io("cannot read the input"))?;
-        if next.first() == Some(&b'\n') {
-            raw.push(b'\n');
-            self.input.consume(1);
+    /// Appends one segment and its end (CR, LF or CRLF) to `raw`; the
+    /// bytes appended (0 at the end of the input).
+    fn read_segment(&mut self, raw: &mut Vec<u8>) -> Result<usize, BulkError> {
+        let mut n = 0;
+        loop {
+            let buffer = self
+                .input
+                .fill_buf()
+                .map_err(BulkError::io("cannot read the input"))?;
+            if buffer.is_empty() {
+                return Ok(n);
+            }
+            let (taken, ended) = match memchr::memchr2(b'\r', b'\n', buffer) {
+                Some(i) => (i + 1, Some(buffer[i])),
+                None => (buffer.len(), None),
+            };
+            raw.extend_from_slice(&buffer[..taken]);
+            self.input.consume(taken);
+            n += taken;
+            if raw.len() > MAX_UNIT_BYTES {
+                return Err(self.too_large());
+            }
+            match ended {
+                None => {}
+                // The line feed of a CRLF ends the same segment.
+                Some(b'\r') => {
+                    let next = self
+                        .input
+                        .fill_buf()
+                        .map_err(BulkError::io("cannot read the input"))?;
+                    if next.first() == Some(&b'\n') {
+                        raw.push(b'\n');
+                        self.input.consume(1);
+                        n += 1;
+                    }
+                    return Ok(n);
+                }
+                Some(_) => return Ok(n),
+            }
         }
-        Ok(())
     }
 
-    fn next_message(&mut self, terminator: u8) -> Result<Option<Unit>, BulkError> {
+    fn next_message(&mut self) -> Result<Option<Unit>, BulkError> {
         let mut raw = std::mem::take(&mut self.carry);
-        let mut first = (!raw.is_empty()).then(|| (begins(&raw), self.carry_line));
+        let mut first = Some((begins(&raw), self.carry_line)).filter(|(k, _)| *k != Begins::Blank);
         // A file or batch header or trailer is a unit of its own: nothing
         // after it may pass through with it unread.
         while first.is_none_or(|(k, _)| k != Begins::Batch) {
             let start = raw.len();
-            if self.read_through(terminator, &mut raw)? == 0 {
+            if self.read_segment(&mut raw)? == 0 {
                 break;
-            }
-            if terminator == b'\r' {
-                self.take_line_feed(&mut raw)?;
             }
             self.line += 1;
             let this = begins(&raw[start..]);
@@ -921,13 +1072,13 @@ impl<R: BufRead> Hl7Reader<R> {
             return Ok(Some(unit));
         }
         let body = 0..unit.raw.len();
-        self.fill(&mut unit, body, terminator);
+        self.fill(&mut unit, body);
         Ok(Some(unit))
     }
 
     fn next_frame(&mut self) -> Result<Option<Unit>, BulkError> {
-        let mut raw = Vec::new();
-        if self.read_through(START_BLOCK, &mut raw)? == 0 {
+        let mut raw = std::mem::take(&mut self.carry);
+        if self.read_through(START_BLOCK, &mut raw)? == 0 && raw.is_empty() {
             return Ok(None);
         }
         let outside = &raw[..raw.len() - usize::from(raw.last() == Some(&START_BLOCK))];
@@ -960,8 +1111,8 @@ impl<R: BufRead> Hl7Reader<R> {
         raw.push(b'\r');
         self.row += 1;
         let line = self.line + 1;
-        self.line += memchr::memchr_iter(b'\r', &raw[body..raw.len() - 2]).count() as u64;
         let body = body..raw.len() - 2;
+        self.line += memchr::memchr2_iter(b'\r', b'\n', &raw[body.clone()]).count() as u64;
         let mut unit = Unit {
             row: self.row,
             line,
@@ -969,13 +1120,13 @@ impl<R: BufRead> Hl7Reader<R> {
             cells: Vec::new(),
             problem: None,
         };
-        self.fill(&mut unit, body, b'\r');
+        self.fill(&mut unit, body);
         Ok(Some(unit))
     }
 
-    fn fill(&self, unit: &mut Unit, body: Range<usize>, terminator: u8) {
+    fn fill(&self, unit: &mut Unit, body: Range<usize>) {
         let mut cells = Vec::new();
-        match self.layout.find(&unit.raw, body, terminator, &mut cells) {
+        match self.layout.find(&unit.raw, body, &mut cells) {
             Ok(()) => unit.cells = cells,
             Err(problem) => unit.problem = Some(problem),
         }
@@ -996,7 +1147,7 @@ fn passed(raw: Vec<u8>, line: u64) -> Unit {
 impl<R: BufRead + Send> UnitReader for Hl7Reader<R> {
     fn next_unit(&mut self) -> Result<Option<Unit>, BulkError> {
         match self.framing()? {
-            Framing::Segments(terminator) => self.next_message(terminator),
+            Framing::Segments => self.next_message(),
             Framing::Mllp => self.next_frame(),
         }
     }
@@ -1231,6 +1382,79 @@ ZPI|1|19620320|SECRET\r";
         let mut reader = Hl7Reader::new(junk.as_bytes(), Hl7Layout::new(None, &[]));
         assert!(reader.next_unit().is_ok());
         assert!(reader.next_unit().is_err());
+    }
+
+    #[test]
+    fn mixed_line_ends_leading_space_and_slow_pipes_hide_no_segment() {
+        let layout = || Hl7Layout::new(None, &[]);
+        // Every kind of line end inside one message, a segment indented,
+        // and an MLLP frame whose segments end with LF.
+        for text in [
+            "MSH|^~\\&|A\rEVN|A01\nPID|1||123^^^H^MR||DOE^JOHN\r",
+            "MSH|^~\\&|A\nEVN|A01\rPID|1||123^^^H^MR||DOE^JOHN\n",
+            "MSH|^~\\&|A\r\n  PID|1||123^^^H^MR||DOE^JOHN\r\n",
+            "\x0bMSH|^~\\&|A\nPID|1||123^^^H^MR||DOE^JOHN\n\x1c\r",
+        ] {
+            let units = read_all(text.as_bytes(), layout());
+            assert_eq!(units.len(), 1, "{text:?}");
+            assert_eq!(units[0].cells.len(), 3, "{text:?}");
+        }
+        // A pipe that first delivers white space alone.
+        struct Slow(Vec<&'static [u8]>);
+        impl Read for Slow {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                let Some(next) = self.0.first_mut() else {
+                    return Ok(0);
+                };
+                let n = next.len().min(buf.len());
+                buf[..n].copy_from_slice(&next[..n]);
+                *next = &next[n..];
+                if next.is_empty() {
+                    self.0.remove(0);
+                }
+                Ok(n)
+            }
+        }
+        let slow = std::io::BufReader::new(Slow(vec![
+            b"\n",
+            b"\x0bMSH|^~\\&|A",
+            b"\rPID|1||1^^^H^MR\r\x1c\r",
+        ]));
+        let mut reader = Hl7Reader::new(slow, layout());
+        let unit = reader.next_unit().expect("unit").expect("a frame");
+        assert_eq!((unit.row, unit.cells.len()), (1, 1));
+        assert_eq!(unit.raw.first(), Some(&b'\n'));
+    }
+
+    #[test]
+    fn a_part_wider_than_an_earlier_rule_s_fails_and_truncation_stays() {
+        let maps = [("PID-3.1.1".parse().expect("address"), "mrn".to_owned())];
+        let layout = Hl7Layout::new(None, &maps);
+        let names = layout.names();
+        let units = read_all(b"MSH|^~\\&|A\rPID|1||123&456^^^H^MR\r".as_slice(), layout);
+        let got = cells(&units[0], &names);
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert_eq!(got[0].2.as_deref(), Ok("123"));
+        assert!(
+            got[1].2.is_err(),
+            "the rest of PID-3.1 is reported, not passed"
+        );
+        let d = Delimiters::read(b"MSH|^~\\&#|").expect("delimiters");
+        let mut out = Vec::new();
+        d.encode("APT #5", &mut out);
+        assert_eq!(out, b"APT #5");
+        assert_eq!(d.decode(b"APT \\P\\5").as_deref(), Ok("APT #5"));
+    }
+
+    #[test]
+    fn a_message_of_millions_of_repetitions_is_refused_quickly() {
+        let mut text = b"MSH|^~\\&|A\rPID|||".to_vec();
+        for _ in 0..200_000 {
+            text.extend_from_slice(b"1~");
+        }
+        text.push(b'\r');
+        let units = read_all(&text, Hl7Layout::new(None, &[]));
+        assert_eq!(units[0].problem, Some(TOO_MANY_CELLS));
     }
 
     #[test]

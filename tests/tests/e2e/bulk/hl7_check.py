@@ -15,7 +15,7 @@ import hl7
 
 # Parts of each data type: (component, subcomponent, condition, namespace, date).
 CX = [(1, 1, (5, "SS"), "ssn", False), (1, 1, None, "mrn", False)]
-XPN = [(1, 1, None, "name", False), (2, 1, None, "name", False), (3, 1, None, "name", False)]
+XPN = [(1, s, None, "name", False) for s in (1, 3, 5)] + [(c, 1, None, "name", False) for c in (2, 3)]
 XAD = [(1, s, None, "text", False) for s in (1, 2, 3)] + [
     (c, 1, None, ns, False) for c, ns in ((2, "text"), (3, "text"), (5, "zip"), (8, "text"), (9, "text"))
 ]
