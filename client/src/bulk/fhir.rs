@@ -1,5 +1,5 @@
-//! FHIR R4 resources: a built-in Patient profile and TOML profiles that
-//! replace or extend it. Resources inside a Bundle (`entry[].resource`) and
+//! FHIR R4 resources: a built-in profile of the PHI in US Core resources,
+//! by data type, and TOML profiles that replace or extend it. Resources inside a Bundle (`entry[].resource`) and
 //! contained resources are walked with the rules of their own type.
 
 use std::collections::HashMap;
@@ -8,7 +8,7 @@ use std::io::{BufRead, Read};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::json::{Filter, FindCells, Found, Members, Pointer, Rules};
+use super::json::{Filter, FindCells, Found, Leaf, Members, Pointer, Rules};
 use super::{BulkError, Names, Unit, UnitReader};
 
 /// The largest Bundle read: a Bundle is one JSON document and is held in
@@ -17,66 +17,257 @@ pub(super) const MAX_BUNDLE_BYTES: u64 = 256 << 20;
 
 const SSN_SYSTEM: &str = "http://hl7.org/fhir/sid/us-ssn";
 
-/// The built-in rules: every direct identifier of a Patient (and of the
-/// people in its `contact`) that HIPAA's Safe Harbor list names and the
-/// vault's default namespaces can hold.
-/// A built-in rule: path, optional (sibling path, required text), namespace.
-type BuiltinRule = (
-    &'static str,
-    Option<(&'static str, &'static str)>,
-    &'static str,
-);
+/// The FHIR data types that hold PHI, and which of their elements do.
+#[derive(Debug, Clone, Copy)]
+enum Type {
+    /// A person's name: family, given names and text to `name`, word by
+    /// word.
+    HumanName,
+    /// Street lines, city, district and text to `text`, postal code to
+    /// `zip`; state and country stay, as HIPAA Safe Harbor allows.
+    Address,
+    /// The value, by `system`: phone, fax, SMS and pager numbers to
+    /// `phone`, e-mail to `email`, anything else (a URL, `other`, none) to
+    /// `text`.
+    ContactPoint,
+    /// The value: to `ssn` under the US SSN system or with type code SS,
+    /// else to `mrn` (record, account, member, licence numbers: Safe
+    /// Harbor's "any other unique identifying number").
+    Identifier,
+    /// The display of a reference that may name a person, to `name` word
+    /// by word, so that it gets the tokens of the name itself.
+    Reference,
+    /// A note's text to `text`, its author's name to `name`.
+    Annotation,
+    /// A document's or photo's title to `text`.
+    Attachment,
+    /// A date (`birthDate`) to `dob`.
+    Date,
+    /// A number (`Coverage.subscriberId`) to `mrn`.
+    Number,
+    /// A string (a location's display) to `text`.
+    Text,
+}
 
-const PATIENT: &[BuiltinRule] = &[
-    ("/identifier/*/value", Some(("/system", SSN_SYSTEM)), "ssn"),
-    (
-        "/identifier/*/value",
-        Some(("/type/coding/*/code", "MR")),
-        "mrn",
-    ),
-    ("/name/*/given/*", None, "name"),
-    ("/name/*/family", None, "name"),
-    ("/name/*/text", None, "name"),
-    ("/telecom/*/value", Some(("/system", "phone")), "phone"),
-    ("/telecom/*/value", Some(("/system", "fax")), "phone"),
-    ("/telecom/*/value", Some(("/system", "sms")), "phone"),
-    ("/telecom/*/value", Some(("/system", "email")), "email"),
-    ("/birthDate", None, "dob"),
-    ("/address/*/line/*", None, "text"),
-    ("/address/*/city", None, "text"),
-    ("/address/*/district", None, "text"),
-    ("/address/*/text", None, "text"),
-    ("/address/*/postalCode", None, "zip"),
-    ("/contact/*/name/given/*", None, "name"),
-    ("/contact/*/name/family", None, "name"),
-    ("/contact/*/name/text", None, "name"),
-    (
-        "/contact/*/telecom/*/value",
-        Some(("/system", "phone")),
-        "phone",
-    ),
-    (
-        "/contact/*/telecom/*/value",
-        Some(("/system", "fax")),
-        "phone",
-    ),
-    (
-        "/contact/*/telecom/*/value",
-        Some(("/system", "sms")),
-        "phone",
-    ),
-    (
-        "/contact/*/telecom/*/value",
-        Some(("/system", "email")),
-        "email",
-    ),
-    ("/contact/*/address/line/*", None, "text"),
-    ("/contact/*/address/city", None, "text"),
-    ("/contact/*/address/postalCode", None, "zip"),
-];
+/// A built-in rule: path within its resource, optional (sibling path,
+/// required text) or person-reference test, namespace, word by word.
+struct Part {
+    path: &'static str,
+    when: Option<Test>,
+    namespace: &'static str,
+    words: bool,
+}
+
+#[derive(Clone, Copy)]
+enum Test {
+    Equals(&'static str, &'static str),
+    Person,
+}
+
+const fn part(path: &'static str, when: Option<Test>, namespace: &'static str) -> Part {
+    Part {
+        path,
+        when,
+        namespace,
+        words: false,
+    }
+}
+
+/// A part sent word by word: every word of a name, wherever it is written
+/// (a family name, a name's text, a reference's display), gets the same
+/// token, so that "St. James" in `family` and "Mary St. James" in a display
+/// agree.
+const fn words(path: &'static str, namespace: &'static str) -> Part {
+    Part {
+        path,
+        when: None,
+        namespace,
+        words: true,
+    }
+}
+
+impl Type {
+    fn parts(self) -> &'static [Part] {
+        const fn equals(path: &'static str, value: &'static str) -> Option<Test> {
+            Some(Test::Equals(path, value))
+        }
+        match self {
+            Type::HumanName => {
+                const P: &[Part] = &[
+                    words("/family", "name"),
+                    words("/given/*", "name"),
+                    words("/text", "name"),
+                ];
+                P
+            }
+            Type::Address => {
+                const P: &[Part] = &[
+                    part("/line/*", None, "text"),
+                    part("/city", None, "text"),
+                    part("/district", None, "text"),
+                    part("/text", None, "text"),
+                    part("/postalCode", None, "zip"),
+                ];
+                P
+            }
+            Type::ContactPoint => {
+                const P: &[Part] = &[
+                    part("/value", equals("/system", "phone"), "phone"),
+                    part("/value", equals("/system", "fax"), "phone"),
+                    part("/value", equals("/system", "sms"), "phone"),
+                    part("/value", equals("/system", "pager"), "phone"),
+                    part("/value", equals("/system", "email"), "email"),
+                    part("/value", None, "text"),
+                ];
+                P
+            }
+            Type::Identifier => {
+                const P: &[Part] = &[
+                    part("/value", equals("/system", SSN_SYSTEM), "ssn"),
+                    part("/value", equals("/type/coding/*/code", "SS"), "ssn"),
+                    part("/value", None, "mrn"),
+                ];
+                P
+            }
+            Type::Reference => {
+                const P: &[Part] = &[Part {
+                    when: Some(Test::Person),
+                    ..words("/display", "name")
+                }];
+                P
+            }
+            Type::Annotation => {
+                const P: &[Part] = &[
+                    part("/text", None, "text"),
+                    words("/authorString", "name"),
+                    words("/authorReference/display", "name"),
+                ];
+                P
+            }
+            Type::Attachment => {
+                const P: &[Part] = &[part("/title", None, "text")];
+                P
+            }
+            Type::Date => {
+                const P: &[Part] = &[part("", None, "dob")];
+                P
+            }
+            Type::Number => {
+                const P: &[Part] = &[part("", None, "mrn")];
+                P
+            }
+            Type::Text => {
+                const P: &[Part] = &[part("", None, "text")];
+                P
+            }
+        }
+    }
+}
+
+/// The built-in profile: where the resources of US Core (and the people
+/// resources besides) hold the types above. Bundle entries and contained
+/// resources are walked with their own type's rules.
+const US_CORE: &[(&str, &str, Type)] = {
+    use Type::*;
+    &[
+        ("Patient", "/identifier/*", Identifier),
+        ("Patient", "/name/*", HumanName),
+        ("Patient", "/telecom/*", ContactPoint),
+        ("Patient", "/address/*", Address),
+        ("Patient", "/birthDate", Date),
+        ("Patient", "/photo/*", Attachment),
+        ("Patient", "/contact/*/name", HumanName),
+        ("Patient", "/contact/*/telecom/*", ContactPoint),
+        ("Patient", "/contact/*/address", Address),
+        ("Patient", "/generalPractitioner/*", Reference),
+        ("Patient", "/link/*/other", Reference),
+        ("Practitioner", "/identifier/*", Identifier),
+        ("Practitioner", "/name/*", HumanName),
+        ("Practitioner", "/telecom/*", ContactPoint),
+        ("Practitioner", "/address/*", Address),
+        ("Practitioner", "/birthDate", Date),
+        ("Practitioner", "/photo/*", Attachment),
+        ("Practitioner", "/qualification/*/identifier/*", Identifier),
+        ("PractitionerRole", "/practitioner", Reference),
+        ("PractitionerRole", "/telecom/*", ContactPoint),
+        ("RelatedPerson", "/identifier/*", Identifier),
+        ("RelatedPerson", "/patient", Reference),
+        ("RelatedPerson", "/name/*", HumanName),
+        ("RelatedPerson", "/telecom/*", ContactPoint),
+        ("RelatedPerson", "/address/*", Address),
+        ("RelatedPerson", "/birthDate", Date),
+        ("RelatedPerson", "/photo/*", Attachment),
+        ("Person", "/identifier/*", Identifier),
+        ("Person", "/name/*", HumanName),
+        ("Person", "/telecom/*", ContactPoint),
+        ("Person", "/address/*", Address),
+        ("Person", "/birthDate", Date),
+        ("Person", "/photo", Attachment),
+        ("Person", "/link/*/target", Reference),
+        ("Coverage", "/identifier/*", Identifier),
+        ("Coverage", "/subscriber", Reference),
+        ("Coverage", "/subscriberId", Number),
+        ("Coverage", "/beneficiary", Reference),
+        ("Coverage", "/policyHolder", Reference),
+        ("Encounter", "/identifier/*", Identifier),
+        ("Encounter", "/subject", Reference),
+        ("Encounter", "/participant/*/individual", Reference),
+        ("Encounter", "/location/*/location/display", Text),
+        ("Observation", "/identifier/*", Identifier),
+        ("Observation", "/subject", Reference),
+        ("Observation", "/performer/*", Reference),
+        ("Observation", "/note/*", Annotation),
+        ("Condition", "/identifier/*", Identifier),
+        ("Condition", "/subject", Reference),
+        ("Condition", "/asserter", Reference),
+        ("Condition", "/recorder", Reference),
+        ("Condition", "/note/*", Annotation),
+        ("AllergyIntolerance", "/identifier/*", Identifier),
+        ("AllergyIntolerance", "/patient", Reference),
+        ("AllergyIntolerance", "/recorder", Reference),
+        ("AllergyIntolerance", "/asserter", Reference),
+        ("AllergyIntolerance", "/note/*", Annotation),
+        ("Procedure", "/identifier/*", Identifier),
+        ("Procedure", "/subject", Reference),
+        ("Procedure", "/performer/*/actor", Reference),
+        ("Procedure", "/note/*", Annotation),
+        ("Immunization", "/identifier/*", Identifier),
+        ("Immunization", "/patient", Reference),
+        ("Immunization", "/performer/*/actor", Reference),
+        ("Immunization", "/note/*", Annotation),
+        ("MedicationRequest", "/identifier/*", Identifier),
+        ("MedicationRequest", "/subject", Reference),
+        ("MedicationRequest", "/requester", Reference),
+        ("MedicationRequest", "/note/*", Annotation),
+        ("DiagnosticReport", "/identifier/*", Identifier),
+        ("DiagnosticReport", "/subject", Reference),
+        ("DiagnosticReport", "/performer/*", Reference),
+        ("DiagnosticReport", "/resultsInterpreter/*", Reference),
+        ("DiagnosticReport", "/presentedForm/*", Attachment),
+        ("DocumentReference", "/identifier/*", Identifier),
+        ("DocumentReference", "/subject", Reference),
+        ("DocumentReference", "/author/*", Reference),
+        ("DocumentReference", "/content/*/attachment", Attachment),
+        ("CareTeam", "/subject", Reference),
+        ("CareTeam", "/participant/*/member", Reference),
+        ("CarePlan", "/subject", Reference),
+        ("CarePlan", "/note/*", Annotation),
+        ("Goal", "/subject", Reference),
+        ("Goal", "/note/*", Annotation),
+        ("ServiceRequest", "/identifier/*", Identifier),
+        ("ServiceRequest", "/subject", Reference),
+        ("ServiceRequest", "/requester", Reference),
+        ("ServiceRequest", "/note/*", Annotation),
+        ("Claim", "/identifier/*", Identifier),
+        ("Claim", "/patient", Reference),
+        ("ExplanationOfBenefit", "/identifier/*", Identifier),
+        ("ExplanationOfBenefit", "/patient", Reference),
+        ("Provenance", "/agent/*/who", Reference),
+    ]
+};
 
 /// A profile file: rules added to (or, with `builtin = false`, used instead
-/// of) the built-in Patient rules.
+/// of) the built-in rules.
 ///
 /// ```toml
 /// builtin = true
@@ -90,7 +281,7 @@ const PATIENT: &[BuiltinRule] = &[
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Profile {
-    /// Keep the built-in Patient rules (default).
+    /// Keep the built-in rules (default).
     #[serde(default = "yes")]
     builtin: bool,
     #[serde(default, rename = "rule")]
@@ -162,41 +353,76 @@ pub struct FhirLayout {
 }
 
 impl FhirLayout {
-    /// The built-in Patient profile, replaced or extended by `profile`.
+    /// The built-in profile, replaced or extended by `profile`. Where two
+    /// rules reach the same value, the first wins: the built-in ones, then
+    /// the profile's.
     pub fn new(profile: Option<&Profile>) -> Self {
         let mut layout = Self {
             by_type: HashMap::new(),
             names: Names::default(),
         };
         if profile.is_none_or(|p| p.builtin) {
-            for (path, when, namespace) in PATIENT {
-                let when = when.map(|(path, equals)| (path.to_owned(), equals.to_owned()));
-                layout.add("Patient", path, when, namespace);
+            for &(resource, at, kind) in US_CORE {
+                for part in kind.parts() {
+                    let when = match part.when {
+                        None => None,
+                        Some(Test::Person) => Some(Filter::Person),
+                        // Constants, parsed in a test.
+                        Some(Test::Equals(path, equals)) => {
+                            let Ok(path) = path.parse() else { continue };
+                            Some(Filter::Equals {
+                                path,
+                                equals: equals.to_owned(),
+                            })
+                        }
+                    };
+                    let path = format!("{at}{}", part.path);
+                    layout.add(resource, &path, when, part.namespace, part.words);
+                }
             }
         }
         for rule in profile.map(|p| p.rules.as_slice()).unwrap_or_default() {
-            let when = rule
-                .when
-                .as_ref()
-                .map(|w| (w.path.clone(), w.equals.clone()));
-            layout.add(&rule.resource, &rule.path, when, &rule.namespace);
+            let when = match &rule.when {
+                None => None,
+                // Parsed before, by `Profile::parse`.
+                Some(w) => {
+                    let Ok(path) = w.path.parse() else { continue };
+                    Some(Filter::Equals {
+                        path,
+                        equals: w.equals.clone(),
+                    })
+                }
+            };
+            layout.add(&rule.resource, &rule.path, when, &rule.namespace, false);
         }
         layout
     }
 
-    fn add(&mut self, resource: &str, path: &str, when: Option<(String, String)>, namespace: &str) {
-        // Both were parsed before: built-in ones are constants covered by a
-        // test, a profile's by `Profile::parse`.
+    fn add(
+        &mut self,
+        resource: &str,
+        path: &str,
+        when: Option<Filter>,
+        namespace: &str,
+        words: bool,
+    ) {
+        // Built-in paths are constants covered by a test, a profile's were
+        // parsed by `Profile::parse`.
         let Ok(pointer) = path.parse::<Pointer>() else {
             return;
         };
-        let when =
-            when.and_then(|(path, equals)| path.parse().ok().map(|path| Filter { path, equals }));
         let namespace = self.names.namespace(namespace);
         self.by_type
             .entry(resource.to_owned())
             .or_default()
-            .add(&pointer, namespace, when);
+            .add_leaf(
+                &pointer,
+                Leaf {
+                    namespace,
+                    when,
+                    words,
+                },
+            );
     }
 
     pub(super) fn names(&self) -> Names {
@@ -322,10 +548,14 @@ mod tests {
 
     #[test]
     fn the_builtin_rules_parse() {
-        for (path, when, _) in PATIENT {
-            path.parse::<Pointer>().expect("built-in path");
-            if let Some((path, _)) = when {
-                path.parse::<Pointer>().expect("built-in filter path");
+        for (_, at, kind) in US_CORE {
+            for part in kind.parts() {
+                format!("{at}{}", part.path)
+                    .parse::<Pointer>()
+                    .expect("built-in path");
+                if let Some(Test::Equals(path, _)) = part.when {
+                    path.parse::<Pointer>().expect("built-in filter path");
+                }
             }
         }
     }
@@ -393,6 +623,8 @@ mod tests {
             ("/entry/0/resource/name/0/family", "name"),
             ("/entry/0/resource/birthDate", "dob"),
             ("/entry/1/resource/contained/0/telecom/0/value", "email"),
+            // A URL is a personal web address, Safe Harbor's (N).
+            ("/entry/1/resource/contained/0/telecom/1/value", "text"),
         ];
         let mut got_sorted = got.clone();
         got_sorted.sort();

@@ -73,7 +73,10 @@ fn check_write_back(unit: &Unit) {
         texts.iter().map(|(i, t)| (*i, t.as_str())).collect();
     let mut out = Vec::with_capacity(unit.raw.len());
     splice(unit, &mut replacements, &mut out);
-    let json = unit.cells.iter().any(|c| c.encoding == Encoding::Json);
+    let json = unit
+        .cells
+        .iter()
+        .any(|c| matches!(c.encoding, Encoding::Json | Encoding::JsonFragment));
     let hl7 = unit
         .cells
         .iter()

@@ -87,19 +87,28 @@ fn escape(key: &str) -> String {
     key.replace('~', "~0").replace('/', "~1")
 }
 
-/// A condition on a sibling of the addressed value: a string under the
-/// object that holds it must equal `equals`.
+/// A condition on the object that holds the addressed value.
 #[derive(Debug, Clone)]
-pub(super) struct Filter {
-    pub(super) path: Pointer,
-    pub(super) equals: String,
+pub(super) enum Filter {
+    /// A string at `path` under the object equals `equals`.
+    Equals { path: Pointer, equals: String },
+    /// The object is a FHIR Reference that may name a person: its `type`,
+    /// or the resource type in its `reference`, is Patient, Practitioner,
+    /// RelatedPerson or Person, or says nothing of the target (a
+    /// `urn:uuid:`, a contained `#id`, no reference at all), which is
+    /// taken to be a person so that a name never passes on a guess.
+    Person,
 }
 
 /// What happens to a string found at the end of a path.
 #[derive(Debug, Clone)]
-struct Leaf {
-    namespace: usize,
-    when: Option<Filter>,
+pub(super) struct Leaf {
+    pub(super) namespace: usize,
+    pub(super) when: Option<Filter>,
+    /// Each word goes alone (a name's text, a reference's display), so
+    /// that "Jane Doe" gets the tokens of "Jane" and "Doe", the given and
+    /// family names' own; other characters stay.
+    pub(super) words: bool,
 }
 
 /// Pointers merged into a tree, so that a document is walked once for all
@@ -114,6 +123,18 @@ impl Rules {
     /// Adds a pointer; strings found there go to `namespace` when `when`
     /// holds. Earlier rules win when two reach the same value.
     pub(super) fn add(&mut self, pointer: &Pointer, namespace: usize, when: Option<Filter>) {
+        self.add_leaf(
+            pointer,
+            Leaf {
+                namespace,
+                when,
+                words: false,
+            },
+        );
+    }
+
+    /// Adds a pointer with what to do at its end.
+    pub(super) fn add_leaf(&mut self, pointer: &Pointer, leaf: Leaf) {
         let mut node = self;
         for step in &pointer.0 {
             let at = match node.children.iter().position(|(s, _)| s == step) {
@@ -125,7 +146,7 @@ impl Rules {
             };
             node = &mut node.children[at].1;
         }
-        node.leaves.push(Leaf { namespace, when });
+        node.leaves.push(leaf);
     }
 
     /// Finds the cells under `value`, a slice of `unit` starting at byte
@@ -145,7 +166,7 @@ impl Rules {
             {
                 continue;
             }
-            found.leaf(text, leaf.namespace, path);
+            found.leaf(text, leaf, path);
             break;
         }
         if self.children.is_empty() {
@@ -196,14 +217,44 @@ impl Rules {
     }
 }
 
-/// Whether a string at `filter.path` under `parent` equals `filter.equals`.
+/// Whether `filter` holds for `parent`, the object holding a value.
 fn matches(parent: &str, filter: &Filter, found: &mut Found<'_>) -> bool {
     let Ok(root) = serde_json::from_str::<&RawValue>(parent) else {
         return false;
     };
     let mut strings = Vec::new();
-    strings_at(root, &filter.path.0, &mut strings, found);
-    strings.contains(&filter.equals)
+    match filter {
+        Filter::Equals { path, equals } => {
+            strings_at(root, &path.0, &mut strings, found);
+            strings.contains(equals)
+        }
+        Filter::Person => {
+            strings_at(root, &[Step::Key("type".into())], &mut strings, found);
+            if let Some(kind) = strings.pop() {
+                return PEOPLE.contains(&kind.as_str());
+            }
+            strings_at(root, &[Step::Key("reference".into())], &mut strings, found);
+            strings.pop().is_none_or(|r| may_name_a_person(&r))
+        }
+    }
+}
+
+/// The FHIR resource types that are people.
+const PEOPLE: [&str; 4] = ["Patient", "Practitioner", "RelatedPerson", "Person"];
+
+/// Whether a FHIR reference (`Patient/1`, `https://…/Practitioner/7/_history/2`,
+/// `urn:uuid:…`, `#c1`) may point at a person: it names one of [`PEOPLE`]
+/// as its type, or names no type at all.
+fn may_name_a_person(reference: &str) -> bool {
+    let path = reference.split(['?', '#']).next().unwrap_or_default();
+    let path = path.split("/_history/").next().unwrap_or_default();
+    let mut segments = path.rsplit('/');
+    let (Some(_id), Some(kind)) = (segments.next(), segments.next()) else {
+        return true;
+    };
+    let is_type = kind.starts_with(|c: char| c.is_ascii_uppercase())
+        && kind.chars().all(|c| c.is_ascii_alphanumeric());
+    !is_type || PEOPLE.contains(&kind)
 }
 
 fn strings_at(value: &RawValue, steps: &[Step], out: &mut Vec<String>, found: &mut Found<'_>) {
@@ -267,9 +318,25 @@ impl<'a> Found<'a> {
         start..start + text.len()
     }
 
-    fn leaf(&mut self, text: &str, namespace: usize, path: &str) {
+    fn leaf(&mut self, text: &str, leaf: &Leaf, path: &str) {
         let span = self.span_of(text);
         if text == "null" || !self.starts.insert(span.start) {
+            return;
+        }
+        let namespace = leaf.namespace;
+        // Word by word only where the string's bytes are its text: a
+        // string with escapes goes whole.
+        if leaf.words && text.len() >= 2 && text.starts_with('"') && !text.contains('\\') {
+            for word in words(&text[1..text.len() - 1]) {
+                let start = span.start + 1 + word.start;
+                self.cells.push(Cell {
+                    span: start..start + word.len(),
+                    namespace,
+                    text: Ok(text[1 + word.start..1 + word.end].to_owned()),
+                    location: Location::Path(path.into()),
+                    encoding: Encoding::JsonFragment,
+                });
+            }
             return;
         }
         let text = if text.starts_with('"') {
@@ -289,6 +356,33 @@ impl<'a> Found<'a> {
             encoding: Encoding::Json,
         });
     }
+}
+
+/// The words of a name or a display: runs of letters, with an apostrophe
+/// or a hyphen between two letters (`O'Brien`, `Garcia-Lopez`) inside.
+fn words(text: &str) -> Vec<Range<usize>> {
+    let mut out = Vec::new();
+    let mut chars = text.char_indices().peekable();
+    while let Some((start, c)) = chars.next() {
+        if !c.is_alphabetic() {
+            continue;
+        }
+        let mut end = start + c.len_utf8();
+        while let Some(&(at, c)) = chars.peek() {
+            let joins = matches!(c, '\'' | '-' | '\u{2019}')
+                && text[at + c.len_utf8()..]
+                    .chars()
+                    .next()
+                    .is_some_and(char::is_alphabetic);
+            if !c.is_alphabetic() && !joins {
+                break;
+            }
+            end = at + c.len_utf8();
+            chars.next();
+        }
+        out.push(start..end);
+    }
+    out
 }
 
 /// What a unit with an object holding a key twice is refused as, where the
@@ -604,7 +698,7 @@ mod tests {
         rules.add(
             &pointer("/t/*/value"),
             1,
-            Some(Filter {
+            Some(Filter::Equals {
                 path: pointer("/system"),
                 equals: "email".into(),
             }),
@@ -639,7 +733,7 @@ mod tests {
         rules.add(
             &pointer("/identifier/*/value"),
             0,
-            Some(Filter {
+            Some(Filter::Equals {
                 path: pointer("/system"),
                 equals: "b".into(),
             }),
@@ -647,7 +741,7 @@ mod tests {
         rules.add(
             &pointer("/identifier/*/value"),
             1,
-            Some(Filter {
+            Some(Filter::Equals {
                 path: pointer("/type/coding/*/code"),
                 equals: "MR".into(),
             }),
@@ -660,5 +754,56 @@ mod tests {
             .map(|c| (c.namespace, c.text.clone()))
             .collect();
         assert_eq!(got, [(1, Ok("2".to_owned()))]);
+    }
+
+    #[test]
+    fn words_go_alone_and_references_are_told_apart() {
+        let text = "Dr. Jane O'Brien-Smith, Jr 3rd \u{e9}l\u{e8}ve";
+        let got: Vec<&str> = words(text).into_iter().map(|r| &text[r]).collect();
+        assert_eq!(
+            got,
+            ["Dr", "Jane", "O'Brien-Smith", "Jr", "rd", "\u{e9}l\u{e8}ve"]
+        );
+        for (reference, person) in [
+            ("Patient/1", true),
+            (
+                "https://fhir.example.org/r4/Practitioner/7/_history/2",
+                true,
+            ),
+            ("RelatedPerson/x?_format=json", true),
+            ("Organization/9", false),
+            ("https://fhir.example.org/r4/Location/9", false),
+            ("urn:uuid:2b0c6c1e-8e1f-4a0e-bb5a-0b9f1f3e6a11", true),
+            ("#contained-1", true),
+        ] {
+            assert_eq!(may_name_a_person(reference), person, "{reference}");
+        }
+        let doc = r#"{"a":{"reference":"Organization/1","display":"Good Health"},"b":{"type":"Patient","display":"Jane Doe"},"c":{"display":"J\u00e9 D"}}"#;
+        let mut rules = Rules::default();
+        for key in ["a", "b", "c"] {
+            rules.add_leaf(
+                &pointer(&format!("/{key}/display")),
+                Leaf {
+                    namespace: 0,
+                    when: Some(Filter::Person),
+                    words: true,
+                },
+            );
+        }
+        let mut found = Found::new(doc);
+        rules.find(doc, &mut found);
+        let got: Vec<_> = found
+            .cells
+            .iter()
+            .map(|c| (c.text.clone().unwrap_or_default(), c.encoding))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("Jane".to_owned(), Encoding::JsonFragment),
+                ("Doe".to_owned(), Encoding::JsonFragment),
+                ("J\u{e9} D".to_owned(), Encoding::Json),
+            ]
+        );
     }
 }

@@ -211,6 +211,8 @@ enum Encoding {
     Csv { quoted: bool, dialect: CsvDialect },
     /// A JSON string.
     Json,
+    /// A part of a JSON string's text, written escaped without quotes.
+    JsonFragment,
     /// A part of an HL7 v2 message, escaped in the message's delimiters; a
     /// date cell's answer is written back as `YYYYMMDD`.
     Hl7 {
@@ -287,6 +289,12 @@ fn encode(text: &str, encoding: Encoding, out: &mut Vec<u8>) {
             // Serialising a `str` cannot fail.
             let quoted = serde_json::to_string(text).unwrap_or_default();
             out.extend_from_slice(quoted.as_bytes());
+        }
+        Encoding::JsonFragment => {
+            // Serialising a `str` cannot fail, and gives it in quotes.
+            let quoted = serde_json::to_string(text).unwrap_or_default();
+            let inner = quoted.strip_prefix('"').and_then(|q| q.strip_suffix('"'));
+            out.extend_from_slice(inner.unwrap_or_default().as_bytes());
         }
         Encoding::Csv { quoted, dialect } => dialect.encode(text, quoted, out),
         Encoding::Hl7 { delimiters, date } => hl7::encode(text, &delimiters, date, out),

@@ -9,6 +9,7 @@ use phivault_tests::{Server, VaultDir};
 
 use super::{client_with, connect, wait_for_growth};
 
+mod fhir;
 mod hl7;
 
 /// A deterministic generator (SplitMix64), so a failure can be replayed.
@@ -542,7 +543,8 @@ async fn ndjson_round_trips_and_touches_only_the_mapped_paths() {
     assert!(masked > 10_000, "{masked} masked reveals");
 }
 
-/// A FHIR R4 Patient with every kind of identifier the profile tells apart.
+/// A FHIR R4 Patient with every kind of identifier and telecom the profile
+/// tells apart.
 /// Its ZIP codes are 40 of the 100 in one 3-digit area: the `zip` namespace
 /// keeps the first three digits, and a hundred distinct codes of one area
 /// would leave no token free for the last ones.
@@ -608,7 +610,7 @@ async fn fhir_ndjson_and_bundles_follow_the_patient_profile() {
     let profile = path(dir.path(), "profile.toml");
     std::fs::write(
         &profile,
-        "# Observations name their patient too.\n[[rule]]\nresource = \"Observation\"\npath = \"/subject/display\"\nnamespace = \"name\"\n",
+        "# A path the built-in profile leaves.\n[[rule]]\nresource = \"Observation\"\npath = \"/code/text\"\nnamespace = \"text\"\n",
     )
     .expect("write profile");
 
@@ -687,12 +689,17 @@ async fn fhir_ndjson_and_bundles_follow_the_patient_profile() {
     let mut pairs = Vec::new();
     for (i, (b, a)) in before.iter().zip(&after).enumerate() {
         if b["resourceType"] == "Observation" {
-            assert_eq!(b, a, "the built-in profile leaves Observations alone");
             let patient_family = at(&after[i - 1], "/name/0/family");
             assert_eq!(
-                at(&profiled[i], "/subject/display"),
+                at(a, "/subject/display"),
                 patient_family,
-                "a profile rule: the same name gets the same token in another resource"
+                "a reference's display gets the token of the name it shows"
+            );
+            assert_eq!(at(b, "/code/text"), at(a, "/code/text"));
+            assert_ne!(
+                at(b, "/code/text"),
+                at(&profiled[i], "/code/text"),
+                "a profile rule adds a path"
             );
             continue;
         }
@@ -714,12 +721,13 @@ async fn fhir_ndjson_and_bundles_follow_the_patient_profile() {
             mrn.0 != mrn.1 && mrn.1.len() == mrn.0.len(),
             "the MR identifier is tokenized"
         );
-        for untouched in [
-            "/identifier/2/value",
-            "/telecom/2/value",
-            "/id",
-            "/address/0/state",
+        for (p, changed) in [
+            ("/identifier/2/value", "an insurer's number"),
+            ("/telecom/2/value", "a URL"),
         ] {
+            assert_ne!(at(b, p), at(a, p), "{changed} is tokenized too");
+        }
+        for untouched in ["/id", "/address/0/state", "/gender", "/meta/profile/0"] {
             assert_eq!(
                 at(b, untouched),
                 at(a, untouched),
