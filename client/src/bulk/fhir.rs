@@ -16,6 +16,8 @@ use super::{BulkError, Names, Unit, UnitReader};
 pub(super) const MAX_BUNDLE_BYTES: u64 = 256 << 20;
 
 const SSN_SYSTEM: &str = "http://hl7.org/fhir/sid/us-ssn";
+/// The same, as the OID many exports still use.
+const SSN_OID: &str = "urn:oid:2.16.840.1.113883.4.1";
 
 /// The FHIR data types that hold PHI, and which of their elements do.
 #[derive(Debug, Clone, Copy)]
@@ -35,16 +37,17 @@ enum Type {
     /// Harbor's "any other unique identifying number").
     Identifier,
     /// The display of a reference that may name a person, to `name` word
-    /// by word, so that it gets the tokens of the name itself.
+    /// by word, so that it gets the tokens of the name itself; the value of
+    /// the identifier a logical reference names, as an Identifier's.
     Reference,
     /// A note's text to `text`, its author's name to `name`.
     Annotation,
-    /// A document's or photo's title to `text`.
+    /// A document's or photo's title, URL and content to `text`.
     Attachment,
     /// A date (`birthDate`) to `dob`.
     Date,
-    /// A number (`Coverage.subscriberId`) to `mrn`.
-    Number,
+    /// A member number (`Coverage.subscriberId`) to `mrn`.
+    MemberId,
     /// A string (a location's display) to `text`.
     Text,
 }
@@ -53,18 +56,18 @@ enum Type {
 /// required text) or person-reference test, namespace, word by word.
 struct Part {
     path: &'static str,
-    when: Option<Test>,
+    when: Option<Check>,
     namespace: &'static str,
     words: bool,
 }
 
 #[derive(Clone, Copy)]
-enum Test {
+enum Check {
     Equals(&'static str, &'static str),
     Person,
 }
 
-const fn part(path: &'static str, when: Option<Test>, namespace: &'static str) -> Part {
+const fn part(path: &'static str, when: Option<Check>, namespace: &'static str) -> Part {
     Part {
         path,
         when,
@@ -77,7 +80,7 @@ const fn part(path: &'static str, when: Option<Test>, namespace: &'static str) -
 /// (a family name, a name's text, a reference's display), gets the same
 /// token, so that "St. James" in `family` and "Mary St. James" in a display
 /// agree.
-const fn words(path: &'static str, namespace: &'static str) -> Part {
+const fn by_word(path: &'static str, namespace: &'static str) -> Part {
     Part {
         path,
         when: None,
@@ -88,15 +91,15 @@ const fn words(path: &'static str, namespace: &'static str) -> Part {
 
 impl Type {
     fn parts(self) -> &'static [Part] {
-        const fn equals(path: &'static str, value: &'static str) -> Option<Test> {
-            Some(Test::Equals(path, value))
+        const fn equals(path: &'static str, value: &'static str) -> Option<Check> {
+            Some(Check::Equals(path, value))
         }
         match self {
             Type::HumanName => {
                 const P: &[Part] = &[
-                    words("/family", "name"),
-                    words("/given/*", "name"),
-                    words("/text", "name"),
+                    by_word("/family", "name"),
+                    by_word("/given/*", "name"),
+                    by_word("/text", "name"),
                 ];
                 P
             }
@@ -124,35 +127,57 @@ impl Type {
             Type::Identifier => {
                 const P: &[Part] = &[
                     part("/value", equals("/system", SSN_SYSTEM), "ssn"),
+                    part("/value", equals("/system", SSN_OID), "ssn"),
                     part("/value", equals("/type/coding/*/code", "SS"), "ssn"),
                     part("/value", None, "mrn"),
                 ];
                 P
             }
             Type::Reference => {
-                const P: &[Part] = &[Part {
-                    when: Some(Test::Person),
-                    ..words("/display", "name")
-                }];
+                const P: &[Part] = &[
+                    Part {
+                        when: Some(Check::Person),
+                        ..by_word("/display", "name")
+                    },
+                    // A logical reference: the identifier it names by.
+                    part("/identifier/value", equals("/system", SSN_SYSTEM), "ssn"),
+                    part("/identifier/value", equals("/system", SSN_OID), "ssn"),
+                    part(
+                        "/identifier/value",
+                        equals("/type/coding/*/code", "SS"),
+                        "ssn",
+                    ),
+                    part("/identifier/value", None, "mrn"),
+                ];
                 P
             }
             Type::Annotation => {
                 const P: &[Part] = &[
                     part("/text", None, "text"),
-                    words("/authorString", "name"),
-                    words("/authorReference/display", "name"),
+                    by_word("/authorString", "name"),
+                    Part {
+                        when: Some(Check::Person),
+                        ..by_word("/authorReference/display", "name")
+                    },
                 ];
                 P
             }
             Type::Attachment => {
-                const P: &[Part] = &[part("/title", None, "text")];
+                // The content itself (a photograph, a document) and where
+                // it lies go too: a vault refuses what is too long for a
+                // value, and the cell is reported rather than passed.
+                const P: &[Part] = &[
+                    part("/title", None, "text"),
+                    part("/url", None, "text"),
+                    part("/data", None, "text"),
+                ];
                 P
             }
             Type::Date => {
                 const P: &[Part] = &[part("", None, "dob")];
                 P
             }
-            Type::Number => {
+            Type::MemberId => {
                 const P: &[Part] = &[part("", None, "mrn")];
                 P
             }
@@ -175,6 +200,7 @@ const US_CORE: &[(&str, &str, Type)] = {
         ("Patient", "/telecom/*", ContactPoint),
         ("Patient", "/address/*", Address),
         ("Patient", "/birthDate", Date),
+        ("Patient", "/deceasedDateTime", Date),
         ("Patient", "/photo/*", Attachment),
         ("Patient", "/contact/*/name", HumanName),
         ("Patient", "/contact/*/telecom/*", ContactPoint),
@@ -206,9 +232,10 @@ const US_CORE: &[(&str, &str, Type)] = {
         ("Person", "/link/*/target", Reference),
         ("Coverage", "/identifier/*", Identifier),
         ("Coverage", "/subscriber", Reference),
-        ("Coverage", "/subscriberId", Number),
+        ("Coverage", "/subscriberId", MemberId),
         ("Coverage", "/beneficiary", Reference),
         ("Coverage", "/policyHolder", Reference),
+        ("Coverage", "/payor/*", Reference),
         ("Encounter", "/identifier/*", Identifier),
         ("Encounter", "/subject", Reference),
         ("Encounter", "/participant/*/individual", Reference),
@@ -230,6 +257,8 @@ const US_CORE: &[(&str, &str, Type)] = {
         ("Procedure", "/identifier/*", Identifier),
         ("Procedure", "/subject", Reference),
         ("Procedure", "/performer/*/actor", Reference),
+        ("Procedure", "/recorder", Reference),
+        ("Procedure", "/asserter", Reference),
         ("Procedure", "/note/*", Annotation),
         ("Immunization", "/identifier/*", Identifier),
         ("Immunization", "/patient", Reference),
@@ -238,6 +267,8 @@ const US_CORE: &[(&str, &str, Type)] = {
         ("MedicationRequest", "/identifier/*", Identifier),
         ("MedicationRequest", "/subject", Reference),
         ("MedicationRequest", "/requester", Reference),
+        ("MedicationRequest", "/recorder", Reference),
+        ("MedicationRequest", "/performer", Reference),
         ("MedicationRequest", "/note/*", Annotation),
         ("DiagnosticReport", "/identifier/*", Identifier),
         ("DiagnosticReport", "/subject", Reference),
@@ -247,22 +278,37 @@ const US_CORE: &[(&str, &str, Type)] = {
         ("DocumentReference", "/identifier/*", Identifier),
         ("DocumentReference", "/subject", Reference),
         ("DocumentReference", "/author/*", Reference),
+        ("DocumentReference", "/authenticator", Reference),
         ("DocumentReference", "/content/*/attachment", Attachment),
+        ("CareTeam", "/identifier/*", Identifier),
         ("CareTeam", "/subject", Reference),
         ("CareTeam", "/participant/*/member", Reference),
+        ("CarePlan", "/identifier/*", Identifier),
         ("CarePlan", "/subject", Reference),
+        ("CarePlan", "/author", Reference),
+        ("CarePlan", "/contributor/*", Reference),
         ("CarePlan", "/note/*", Annotation),
+        ("Goal", "/identifier/*", Identifier),
         ("Goal", "/subject", Reference),
+        ("Goal", "/expressedBy", Reference),
         ("Goal", "/note/*", Annotation),
         ("ServiceRequest", "/identifier/*", Identifier),
         ("ServiceRequest", "/subject", Reference),
         ("ServiceRequest", "/requester", Reference),
+        ("ServiceRequest", "/performer/*", Reference),
         ("ServiceRequest", "/note/*", Annotation),
         ("Claim", "/identifier/*", Identifier),
         ("Claim", "/patient", Reference),
+        ("Claim", "/provider", Reference),
+        ("Claim", "/enterer", Reference),
+        ("Claim", "/payee/party", Reference),
         ("ExplanationOfBenefit", "/identifier/*", Identifier),
         ("ExplanationOfBenefit", "/patient", Reference),
+        ("ExplanationOfBenefit", "/provider", Reference),
+        ("ExplanationOfBenefit", "/enterer", Reference),
+        ("ExplanationOfBenefit", "/payee/party", Reference),
         ("Provenance", "/agent/*/who", Reference),
+        ("Provenance", "/agent/*/onBehalfOf", Reference),
     ]
 };
 
@@ -366,15 +412,11 @@ impl FhirLayout {
                 for part in kind.parts() {
                     let when = match part.when {
                         None => None,
-                        Some(Test::Person) => Some(Filter::Person),
-                        // Constants, parsed in a test.
-                        Some(Test::Equals(path, equals)) => {
-                            let Ok(path) = path.parse() else { continue };
-                            Some(Filter::Equals {
-                                path,
-                                equals: equals.to_owned(),
-                            })
-                        }
+                        Some(Check::Person) => Some(Filter::Person),
+                        Some(Check::Equals(path, equals)) => Some(Filter::Equals {
+                            path: path.parse().expect("a built-in path, parsed in a test"),
+                            equals: equals.to_owned(),
+                        }),
                     };
                     let path = format!("{at}{}", part.path);
                     layout.add(resource, &path, when, part.namespace, part.words);
@@ -553,7 +595,7 @@ mod tests {
                 format!("{at}{}", part.path)
                     .parse::<Pointer>()
                     .expect("built-in path");
-                if let Some(Test::Equals(path, _)) = part.when {
+                if let Some(Check::Equals(path, _)) = part.when {
                     path.parse::<Pointer>().expect("built-in filter path");
                 }
             }

@@ -229,32 +229,75 @@ fn matches(parent: &str, filter: &Filter, found: &mut Found<'_>) -> bool {
             strings.contains(equals)
         }
         Filter::Person => {
-            strings_at(root, &[Step::Key("type".into())], &mut strings, found);
-            if let Some(kind) = strings.pop() {
-                return PEOPLE.contains(&kind.as_str());
-            }
-            strings_at(root, &[Step::Key("reference".into())], &mut strings, found);
-            strings.pop().is_none_or(|r| may_name_a_person(&r))
+            let said = |key: &str, found: &mut Found<'_>| {
+                let mut strings = Vec::new();
+                strings_at(root, &[Step::Key(key.into())], &mut strings, found);
+                strings.pop()
+            };
+            let kinds = [
+                said("type", found).map(|t| Target::of_type(&t)),
+                said("reference", found).map(|r| Target::of_reference(&r)),
+            ];
+            // A person if either names one; not a person only when what
+            // they name is known and is not one.
+            kinds.contains(&Some(Target::Person))
+                || !kinds.iter().flatten().any(|k| *k == Target::Other)
         }
     }
 }
 
-/// The FHIR resource types that are people.
-const PEOPLE: [&str; 4] = ["Patient", "Practitioner", "RelatedPerson", "Person"];
+/// The FHIR resource types that are people (a PractitionerRole's display
+/// is its practitioner's name).
+const PEOPLE: [&str; 5] = [
+    "Patient",
+    "Practitioner",
+    "PractitionerRole",
+    "RelatedPerson",
+    "Person",
+];
 
-/// Whether a FHIR reference (`Patient/1`, `https://…/Practitioner/7/_history/2`,
-/// `urn:uuid:…`, `#c1`) may point at a person: it names one of [`PEOPLE`]
-/// as its type, or names no type at all.
-fn may_name_a_person(reference: &str) -> bool {
-    let path = reference.split(['?', '#']).next().unwrap_or_default();
-    let path = path.split("/_history/").next().unwrap_or_default();
-    let mut segments = path.rsplit('/');
-    let (Some(_id), Some(kind)) = (segments.next(), segments.next()) else {
-        return true;
-    };
-    let is_type = kind.starts_with(|c: char| c.is_ascii_uppercase())
-        && kind.chars().all(|c| c.is_ascii_alphanumeric());
-    !is_type || PEOPLE.contains(&kind)
+/// What a reference says it points at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    /// One of [`PEOPLE`].
+    Person,
+    /// Another resource type.
+    Other,
+    /// Nothing: a `urn:uuid:`, a contained `#id`, a word that is not a
+    /// resource type.
+    Unknown,
+}
+
+impl Target {
+    /// From a Reference's `type`: a resource type, or its definition's URL
+    /// (`http://hl7.org/fhir/StructureDefinition/Patient`).
+    fn of_type(kind: &str) -> Self {
+        Self::named(kind.rsplit('/').next().unwrap_or_default())
+    }
+
+    /// From a reference (`Patient/1`, `https://…/Practitioner/7/_history/2`,
+    /// `urn:uuid:…`, `#c1`).
+    fn of_reference(reference: &str) -> Self {
+        let path = reference.split(['?', '#']).next().unwrap_or_default();
+        let path = path.split("/_history/").next().unwrap_or_default();
+        let mut segments = path.rsplit('/');
+        match (segments.next(), segments.next()) {
+            (Some(_id), Some(kind)) => Self::named(kind),
+            _ => Self::Unknown,
+        }
+    }
+
+    fn named(kind: &str) -> Self {
+        let is_type = kind.starts_with(|c: char| c.is_ascii_uppercase())
+            && kind.chars().all(|c| c.is_ascii_alphanumeric());
+        if PEOPLE.contains(&kind) {
+            Self::Person
+        } else if is_type {
+            Self::Other
+        } else {
+            Self::Unknown
+        }
+    }
 }
 
 fn strings_at(value: &RawValue, steps: &[Step], out: &mut Vec<String>, found: &mut Found<'_>) {
@@ -324,15 +367,20 @@ impl<'a> Found<'a> {
             return;
         }
         let namespace = leaf.namespace;
-        // Word by word only where the string's bytes are its text: a
-        // string with escapes goes whole.
-        if leaf.words && text.len() >= 2 && text.starts_with('"') && !text.contains('\\') {
-            for word in words(&text[1..text.len() - 1]) {
-                let start = span.start + 1 + word.start;
+        if leaf.words
+            && let Some(chars) = text
+                .strip_prefix('"')
+                .and_then(|t| t.strip_suffix('"'))
+                .and_then(spelled)
+        {
+            // The string's content starts one byte (the quote) in.
+            let base = span.start + 1;
+            for word in words(&chars) {
+                let (first, last) = (&chars[word.start], &chars[word.end - 1]);
                 self.cells.push(Cell {
-                    span: start..start + word.len(),
+                    span: base + first.1.start..base + last.1.end,
                     namespace,
-                    text: Ok(text[1 + word.start..1 + word.end].to_owned()),
+                    text: Ok(chars[word].iter().map(|(c, _)| c).collect()),
                     location: Location::Path(path.into()),
                     encoding: Encoding::JsonFragment,
                 });
@@ -358,29 +406,83 @@ impl<'a> Found<'a> {
     }
 }
 
-/// The words of a name or a display: runs of letters, with an apostrophe
-/// or a hyphen between two letters (`O'Brien`, `Garcia-Lopez`) inside.
-fn words(text: &str) -> Vec<Range<usize>> {
+/// The characters of a JSON string's content (without its quotes), each
+/// with the bytes it is written in there: one for `a`, two for `\n`, six
+/// for `\u00e9`, twelve for a surrogate pair. `None` when the content is not
+/// a valid JSON string.
+fn spelled(content: &str) -> Option<Vec<(char, Range<usize>)>> {
+    let bytes = content.as_bytes();
+    let hex = |at: usize| {
+        let digits = content.get(at..at + 4)?;
+        u32::from_str_radix(digits, 16).ok()
+    };
+    let mut out = Vec::with_capacity(content.len());
+    let mut at = 0;
+    while at < bytes.len() {
+        let start = at;
+        let c = if bytes[at] == b'\\' {
+            let c = match *bytes.get(at + 1)? {
+                b'"' => '"',
+                b'\\' => '\\',
+                b'/' => '/',
+                b'b' => '\u{8}',
+                b'f' => '\u{c}',
+                b'n' => '\n',
+                b'r' => '\r',
+                b't' => '\t',
+                b'u' => {
+                    let high = hex(at + 2)?;
+                    at += 4;
+                    if (0xd800..0xdc00).contains(&high) {
+                        if content.get(at + 2..at + 4)? != "\\u" {
+                            return None;
+                        }
+                        let low = hex(at + 4).filter(|low| (0xdc00..0xe000).contains(low))?;
+                        at += 6;
+                        char::from_u32(0x10000 + ((high - 0xd800) << 10) + (low - 0xdc00))?
+                    } else {
+                        char::from_u32(high)?
+                    }
+                }
+                _ => return None,
+            };
+            at += 2;
+            c
+        } else {
+            let c = content[at..].chars().next()?;
+            at += c.len_utf8();
+            c
+        };
+        out.push((c, start..at));
+    }
+    Some(out)
+}
+
+/// The words of a name or a display, as ranges of `chars`: runs of
+/// anything but white space and ASCII punctuation, with an apostrophe or a
+/// hyphen between two of them inside (`O'Brien`, `Garcia-Lopez`). Digits
+/// and marks are parts of words, so that the vault sees them and refuses
+/// what is not a name, rather than their passing in clear between words.
+fn words(chars: &[(char, Range<usize>)]) -> Vec<Range<usize>> {
+    let part = |c: char| !c.is_whitespace() && !c.is_ascii_punctuation();
+    let joins = |c: char| matches!(c, '\'' | '-');
     let mut out = Vec::new();
-    let mut chars = text.char_indices().peekable();
-    while let Some((start, c)) = chars.next() {
-        if !c.is_alphabetic() {
+    let mut at = 0;
+    while at < chars.len() {
+        if !part(chars[at].0) {
+            at += 1;
             continue;
         }
-        let mut end = start + c.len_utf8();
-        while let Some(&(at, c)) = chars.peek() {
-            let joins = matches!(c, '\'' | '-' | '\u{2019}')
-                && text[at + c.len_utf8()..]
-                    .chars()
-                    .next()
-                    .is_some_and(char::is_alphabetic);
-            if !c.is_alphabetic() && !joins {
+        let start = at;
+        while at < chars.len() {
+            let c = chars[at].0;
+            let inside = joins(c) && chars.get(at + 1).is_some_and(|n| part(n.0)) && at > start;
+            if !part(c) && !inside {
                 break;
             }
-            end = at + c.len_utf8();
-            chars.next();
+            at += 1;
         }
-        out.push(start..end);
+        out.push(start..at);
     }
     out
 }
@@ -758,29 +860,53 @@ mod tests {
 
     #[test]
     fn words_go_alone_and_references_are_told_apart() {
-        let text = "Dr. Jane O'Brien-Smith, Jr 3rd \u{e9}l\u{e8}ve";
-        let got: Vec<&str> = words(text).into_iter().map(|r| &text[r]).collect();
-        assert_eq!(
-            got,
-            ["Dr", "Jane", "O'Brien-Smith", "Jr", "rd", "\u{e9}l\u{e8}ve"]
-        );
-        for (reference, person) in [
-            ("Patient/1", true),
+        let text = "Dr. Jane O'Brien-Smith, Jr 3rd Jos\\u00e9 \\ud83d\\ude00x (MRN 0012)";
+        let chars = spelled(text).expect("a JSON string");
+        let got: Vec<(String, &str)> = words(&chars)
+            .into_iter()
+            .map(|w| {
+                let raw = chars[w.start].1.start..chars[w.end - 1].1.end;
+                (chars[w].iter().map(|(c, _)| c).collect(), &text[raw])
+            })
+            .collect();
+        let want = [
+            ("Dr", "Dr"),
+            ("Jane", "Jane"),
+            ("O'Brien-Smith", "O'Brien-Smith"),
+            ("Jr", "Jr"),
+            ("3rd", "3rd"),
+            ("Jos\u{e9}", "Jos\\u00e9"),
+            ("\u{1f600}x", "\\ud83d\\ude00x"),
+            ("MRN", "MRN"),
+            ("0012", "0012"),
+        ];
+        let want: Vec<(String, &str)> = want.iter().map(|(w, r)| ((*w).to_owned(), *r)).collect();
+        assert_eq!(got, want);
+        assert!(spelled("\\ud83d").is_none() && spelled("\\x").is_none());
+        for (reference, target) in [
+            ("Patient/1", Target::Person),
             (
                 "https://fhir.example.org/r4/Practitioner/7/_history/2",
-                true,
+                Target::Person,
             ),
-            ("RelatedPerson/x?_format=json", true),
-            ("Organization/9", false),
-            ("https://fhir.example.org/r4/Location/9", false),
-            ("urn:uuid:2b0c6c1e-8e1f-4a0e-bb5a-0b9f1f3e6a11", true),
-            ("#contained-1", true),
+            ("PractitionerRole/x?_format=json", Target::Person),
+            ("Organization/9", Target::Other),
+            ("https://fhir.example.org/r4/Location/9", Target::Other),
+            (
+                "urn:uuid:2b0c6c1e-8e1f-4a0e-bb5a-0b9f1f3e6a11",
+                Target::Unknown,
+            ),
+            ("#contained-1", Target::Unknown),
         ] {
-            assert_eq!(may_name_a_person(reference), person, "{reference}");
+            assert_eq!(Target::of_reference(reference), target, "{reference}");
         }
-        let doc = r#"{"a":{"reference":"Organization/1","display":"Good Health"},"b":{"type":"Patient","display":"Jane Doe"},"c":{"display":"J\u00e9 D"}}"#;
+        assert_eq!(
+            Target::of_type("http://hl7.org/fhir/StructureDefinition/Patient"),
+            Target::Person
+        );
+        let doc = r#"{"a":{"reference":"Organization/1","display":"Good Health"},"b":{"type":"Patient","display":"Jane Doe"},"c":{"display":"J\u00e9 D"},"d":{"type":"Organization","reference":"Patient/1","display":"X"}}"#;
         let mut rules = Rules::default();
-        for key in ["a", "b", "c"] {
+        for key in ["a", "b", "c", "d"] {
             rules.add_leaf(
                 &pointer(&format!("/{key}/display")),
                 Leaf {
@@ -802,8 +928,32 @@ mod tests {
             [
                 ("Jane".to_owned(), Encoding::JsonFragment),
                 ("Doe".to_owned(), Encoding::JsonFragment),
-                ("J\u{e9} D".to_owned(), Encoding::Json),
+                ("J\u{e9}".to_owned(), Encoding::JsonFragment),
+                ("D".to_owned(), Encoding::JsonFragment),
+                ("X".to_owned(), Encoding::JsonFragment),
             ]
         );
+    }
+
+    proptest::proptest! {
+        /// Any string, as serde_json writes it or with every character
+        /// escaped: its characters come back, in spans that tile it.
+        #[test]
+        fn a_json_string_is_spelled_back_character_by_character(text in "\\PC*", escape_all in proptest::bool::ANY) {
+            let written = if escape_all {
+                text.encode_utf16().map(|u| format!("\\u{u:04x}")).collect::<String>()
+            } else {
+                let quoted = serde_json::to_string(&text).expect("a string");
+                quoted[1..quoted.len() - 1].to_owned()
+            };
+            let chars = spelled(&written).expect("valid");
+            proptest::prop_assert_eq!(chars.iter().map(|(c, _)| c).collect::<String>(), text);
+            let mut at = 0;
+            for (_, span) in &chars {
+                proptest::prop_assert_eq!(span.start, at);
+                at = span.end;
+            }
+            proptest::prop_assert_eq!(at, written.len());
+        }
     }
 }

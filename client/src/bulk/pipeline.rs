@@ -354,6 +354,12 @@ impl Driver<'_> {
         let limit = self.options.batch_items.clamp(1, 10_000);
         for cell in chunk.units.iter_mut().flat_map(|u| u.cells.iter_mut()) {
             let target = results.len() as u32;
+            if cell.text.as_ref().is_ok_and(|t| t.len() > BATCH_BYTES) {
+                // One such item would make a message the server refuses,
+                // and the whole stream with it; no vault holds a value
+                // this long (4 KiB by default).
+                cell.text = Err("the value is longer than 1 MiB, more than a vault holds");
+            }
             let text = match &mut cell.text {
                 Ok(text) => std::mem::take(text),
                 Err(why) => {

@@ -1,6 +1,6 @@
 //! A FHIR export of many resource types, as a synthetic-patient generator
-//! writes one (practitioners, patients, related persons, coverage,
-//! encounters, observations, conditions), through the built-in profile:
+//! writes one (practitioners and their roles, patients, related persons,
+//! coverage, encounters, observations, conditions), through the built-in profile:
 //! every PHI element the generator wrote changes, every other string stays,
 //! and the round trip is exact. The PHI paths are the generator's own list,
 //! not the profile's.
@@ -27,8 +27,18 @@ struct Written {
     phi: Vec<&'static str>,
 }
 
-fn practitioner(n: usize) -> Written {
-    Written {
+fn practitioner(n: usize) -> Vec<Written> {
+    let role = Written {
+        resource: json!({
+            "resourceType": "PractitionerRole", "id": format!("role{n}"),
+            "practitioner": { "reference": format!("Practitioner/pr{n}"), "display": doctor(n) },
+            "organization": { "reference": "Organization/ghh", "display": "Good Health Hospital" },
+            "code": [{ "coding": [{ "system": "http://nucc.org/provider-taxonomy", "code": "208D00000X" }] }],
+            "telecom": [{ "system": "phone", "value": format!("(555) 021-{:04}", n) }]
+        }),
+        phi: vec!["/practitioner/display", "/telecom/0/value"],
+    };
+    let person = Written {
         resource: json!({
             "resourceType": "Practitioner", "id": format!("pr{n}"),
             "identifier": [{ "system": "http://hl7.org/fhir/sid/us-npi", "value": format!("{}", 1_234_567_000 + n) }],
@@ -42,7 +52,8 @@ fn practitioner(n: usize) -> Written {
             "/name/0/given/0",
             "/telecom/0/value",
         ],
-    }
+    };
+    vec![person, role]
 }
 
 /// The display a reference to practitioner `n` carries.
@@ -78,7 +89,8 @@ fn records(i: usize) -> Vec<Written> {
                               "district": "Hampden", "state": "MA", "postalCode": zip, "country": "US" }],
                 "maritalStatus": { "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/v3-MaritalStatus", "code": "M" }] },
                 "communication": [{ "language": { "coding": [{ "system": "urn:ietf:bcp:47", "code": "en-US" }] } }],
-                "generalPractitioner": [{ "reference": format!("Practitioner/pr{gp}"), "display": doctor(gp) }],
+                "photo": [{ "contentType": "image/png", "title": format!("{given} {family} ID photo"), "url": format!("https://ghh.example.org/photos/{i}.png") }],
+                "generalPractitioner": [{ "reference": format!("PractitionerRole/role{gp}"), "display": doctor(gp) }],
                 "managingOrganization": { "reference": "Organization/ghh", "display": "Good Health Hospital" }
             }),
             phi: vec![
@@ -95,6 +107,8 @@ fn records(i: usize) -> Vec<Written> {
                 "/address/0/city",
                 "/address/0/district",
                 "/address/0/postalCode",
+                "/photo/0/title",
+                "/photo/0/url",
                 "/generalPractitioner/0/display",
             ],
         },
@@ -123,6 +137,7 @@ fn records(i: usize) -> Vec<Written> {
                 "resourceType": "Coverage", "id": format!("cov{i}"), "status": "active",
                 "identifier": [{ "system": "https://payer.example.org/member", "value": format!("MB{i:08}") }],
                 "subscriberId": format!("SUB{i:06}"),
+                "subscriber": { "identifier": { "system": "http://hl7.org/fhir/sid/us-ssn", "value": format!("{:03}-{:02}-{:04}", 100 + i % 600, 10 + i % 80, 1000 + i) } },
                 "beneficiary": { "reference": pid, "display": format!("{given} {family}") },
                 "relationship": { "coding": [{ "code": "self" }] },
                 "payor": [{ "reference": "Organization/acme", "display": "Acme Health Plan" }],
@@ -131,6 +146,7 @@ fn records(i: usize) -> Vec<Written> {
             phi: vec![
                 "/identifier/0/value",
                 "/subscriberId",
+                "/subscriber/identifier/value",
                 "/beneficiary/display",
             ],
         },
@@ -209,7 +225,7 @@ fn strings(value: &Value, path: String, out: &mut BTreeMap<String, String>) {
 async fn a_many_resource_fhir_export_changes_every_phi_string_and_nothing_else() {
     let setup = Setup::new(&["tokenize:*", "detokenize:*"]).await;
     let (server, key) = (&setup.server, &setup.key);
-    let mut written: Vec<Written> = (0..20).map(practitioner).collect();
+    let mut written: Vec<Written> = (0..20).flat_map(practitioner).collect();
     for i in 0..300 {
         written.extend(records(i));
     }
@@ -306,15 +322,30 @@ async fn a_many_resource_fhir_export_changes_every_phi_string_and_nothing_else()
                         "a non-PHI string changed"
                     }
                 );
+                // Sent word by word or whole, no word of it is left (words
+                // shorter than 4 letters may meet their token by chance; an
+                // e-mail address keeps its domain by the format's design).
+                let words = |t: &str| -> HashSet<String> {
+                    t.split(|c: char| !c.is_alphanumeric())
+                        .filter(|w| w.chars().count() >= 4)
+                        .map(str::to_owned)
+                        .collect()
+                };
+                if phi && !value.contains('@') {
+                    let before = words(value);
+                    let left = before.intersection(&words(&new[path])).count();
+                    assert_eq!(left, 0, "{name} {kind} {path}: words passed in clear");
+                }
             }
         }
-        assert_eq!(kinds.len(), 7, "{name}: {kinds:?}");
+        assert_eq!(kinds.len(), 8, "{name}: {kinds:?}");
         // A display shows the tokens of the name it shows, word by word.
         let tokens: BTreeMap<&str, &Value> = after
             .iter()
             .filter(|r| r["resourceType"] == "Practitioner")
             .map(|r| (r["id"].as_str().unwrap_or_default(), r))
             .collect();
+        let mut shown_checked = 0;
         for r in after.iter().filter(|r| r["resourceType"] == "Encounter") {
             let reference = r["participant"][0]["individual"]["reference"]
                 .as_str()
@@ -335,6 +366,11 @@ async fn a_many_resource_fhir_export_changes_every_phi_string_and_nothing_else()
                 display.ends_with(&shown),
                 "{name}: a display's words are the name's tokens"
             );
+            shown_checked += 1;
         }
+        assert!(
+            shown_checked >= 20,
+            "{name}: {shown_checked} displays checked"
+        );
     }
 }
