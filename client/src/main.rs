@@ -209,14 +209,15 @@ struct BulkArgs {
     #[arg(short, long, value_name = "FILE")]
     output: Option<PathBuf>,
     /// The input's format; guessed from its extension (.csv, .tsv, .ndjson,
-    /// .jsonl, .hl7) when absent.
+    /// .jsonl, .hl7, .parquet) when absent.
     #[arg(long, value_enum)]
     format: Option<BulkFormat>,
     /// CSV: COLUMN=NAMESPACE (the header's name, spaces allowed; its
     /// number from 1 with --no-header). NDJSON:
     /// /json/pointer=NAMESPACE (RFC 6901; `*` for every array element).
     /// HL7 v2: SEG-F[.C[.S]]=NAMESPACE (PID-19=ssn, PID-5.1.1=name), in
-    /// every repetition, added before the profile's rules. Repeatable.
+    /// every repetition, added before the profile's rules. Parquet:
+    /// COLUMN=NAMESPACE (a top-level string column). Repeatable.
     #[arg(long = "map", value_name = "FIELD=NAMESPACE")]
     maps: Vec<String>,
     /// CSV: the character between fields: `,` (the default; tab for a .tsv
@@ -292,6 +293,10 @@ enum BulkFormat {
     /// HL7 v2 messages: a file of messages (segments ended by CR, CRLF or
     /// LF, with or without batch headers) or MLLP frames.
     Hl7v2,
+    /// A Parquet file (not standard input: its footer is read first); the
+    /// mapped top-level string columns are written again, the others
+    /// copied as they are.
+    Parquet,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -759,8 +764,9 @@ fn bulk_layout(args: &BulkArgs) -> anyhow::Result<bulk::Layout> {
                 Some("csv" | "tsv") => BulkFormat::Csv,
                 Some("ndjson" | "jsonl") => BulkFormat::Ndjson,
                 Some("hl7") => BulkFormat::Hl7v2,
+                Some("parquet") => BulkFormat::Parquet,
                 _ => anyhow::bail!(
-                    "give --format csv, ndjson, fhir, fhir-bundle or hl7v2 (it cannot be guessed from the input's name)"
+                    "give --format csv, ndjson, fhir, fhir-bundle, hl7v2 or parquet (it cannot be guessed from the input's name)"
                 ),
             }
         }
@@ -776,7 +782,7 @@ fn bulk_layout(args: &BulkArgs) -> anyhow::Result<bulk::Layout> {
         anyhow::bail!("--map is for CSV and NDJSON; FHIR input takes its rules from --profile");
     }
     if !fhir && !hl7 && args.profile.is_some() {
-        anyhow::bail!("--profile is for FHIR and HL7 v2 input; CSV and NDJSON take --map");
+        anyhow::bail!("--profile is for FHIR and HL7 v2 input; CSV, NDJSON and Parquet take --map");
     }
     if format == BulkFormat::FhirBundle && matches!(args.on_error, OnErrorArg::DropRow) {
         anyhow::bail!(
@@ -828,6 +834,23 @@ fn bulk_layout(args: &BulkArgs) -> anyhow::Result<bulk::Layout> {
                 layout: bulk::FhirLayout::new(profile.as_ref()),
                 bundle: format == BulkFormat::FhirBundle,
             }
+        }
+        BulkFormat::Parquet => {
+            let path = args
+                .input
+                .as_ref()
+                .filter(|p| p.as_os_str() != "-")
+                .context(
+                    "Parquet is read from a file, not standard input: its footer comes first",
+                )?;
+            if matches!(args.on_error, OnErrorArg::DropRow) {
+                anyhow::bail!(
+                    "--on-error drop-row cannot be used on Parquet: the columns that are not mapped are copied as they are, row groups whole; use keep or fail"
+                );
+            }
+            let file = std::fs::File::open(path)
+                .with_context(|| format!("cannot open {}", path.display()))?;
+            bulk::Layout::Parquet(bulk::ParquetLayout::new(file, maps))
         }
         BulkFormat::Hl7v2 => {
             let profile = read_profile(args.profile.as_deref(), bulk::Hl7Profile::parse)?;

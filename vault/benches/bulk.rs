@@ -6,8 +6,9 @@
 //! whether its memory grows with the input.
 //!
 //! Then the same values as HL7 v2 messages (an MSH and a PID segment each,
-//! the built-in profile), on a vault of its own, their rate against the
-//! CSV's.
+//! the built-in profile), and as a Parquet file of 20 columns (the 6 mapped
+//! among 14 others; Snappy, row groups of 131,072 rows), each on a vault of
+//! its own, their rates against the CSV's.
 //!
 //! Then the Python package on the same file, against a vault of its own as
 //! cold as the CLI's: `phivault.frames.tokenize_dataframe` on the CSV read
@@ -177,6 +178,132 @@ fn generate_hl7(path: &Path, columns: &[Vec<String>]) -> usize {
     out.flush().expect("flush");
     out.get_ref().sync_all().expect("sync");
     cells
+}
+
+/// Writes the rows' values as a Parquet file of 20 columns: the six the
+/// CSV maps, as strings, among fourteen others of the kinds an export
+/// holds (integers, decimals, dates, codes, flags, free text).
+fn generate_parquet(path: &Path, columns: &[Vec<String>]) {
+    use arrow_array::{
+        ArrayRef, BooleanArray, Date32Array, Float64Array, Int32Array, Int64Array, RecordBatch,
+        StringArray,
+    };
+    use parquet::arrow::ArrowWriter;
+    use parquet::basic::Compression;
+    use parquet::file::properties::WriterProperties;
+    use std::sync::Arc;
+
+    const GROUP: usize = 131_072;
+    let rows = columns[0].len();
+    let properties = WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .set_max_row_group_row_count(Some(GROUP))
+        .build();
+    let file = std::fs::File::create(path).expect("create Parquet file");
+    let mut writer: Option<ArrowWriter<std::fs::File>> = None;
+    let mut file = Some(file);
+    for start in (0..rows).step_by(GROUP) {
+        let range = start..(start + GROUP).min(rows);
+        let text = |c: usize| -> ArrayRef {
+            Arc::new(StringArray::from_iter_values(
+                columns[c][range.clone()].iter(),
+            ))
+        };
+        let mut fields: Vec<(String, ArrayRef)> = COLUMNS
+            .iter()
+            .enumerate()
+            .map(|(c, (name, _))| ((*name).to_owned(), text(c)))
+            .collect();
+        let r = || range.clone();
+        let others: [(&str, ArrayRef); 14] = [
+            (
+                "patient_id",
+                Arc::new(Int64Array::from_iter_values(r().map(|i| i as i64))),
+            ),
+            (
+                "encounter_id",
+                Arc::new(Int64Array::from_iter_values(r().map(|i| i as i64 * 7 + 3))),
+            ),
+            (
+                "age",
+                Arc::new(Int32Array::from_iter_values(r().map(|i| (i % 97) as i32))),
+            ),
+            (
+                "weight_kg",
+                Arc::new(Float64Array::from_iter_values(
+                    r().map(|i| 40.0 + (i % 600) as f64 / 10.0),
+                )),
+            ),
+            (
+                "height_cm",
+                Arc::new(Float64Array::from_iter_values(
+                    r().map(|i| 140.0 + (i % 500) as f64 / 10.0),
+                )),
+            ),
+            (
+                "admitted",
+                Arc::new(Date32Array::from_iter_values(
+                    r().map(|i| 19_000 + (i % 700) as i32),
+                )),
+            ),
+            (
+                "discharged",
+                Arc::new(Date32Array::from_iter_values(
+                    r().map(|i| 19_003 + (i % 700) as i32),
+                )),
+            ),
+            (
+                "ward",
+                Arc::new(StringArray::from_iter_values(
+                    r().map(|i| format!("W{}", i % 40)),
+                )),
+            ),
+            (
+                "icd10",
+                Arc::new(StringArray::from_iter_values(
+                    r().map(|i| format!("E{:02}.{}", 10 + i % 80, i % 10)),
+                )),
+            ),
+            (
+                "payer",
+                Arc::new(StringArray::from_iter_values(
+                    r().map(|i| ["Medicare", "Medicaid", "Acme", "Self"][i % 4]),
+                )),
+            ),
+            (
+                "readmitted",
+                Arc::new(BooleanArray::from_iter(r().map(|i| Some(i % 9 == 0)))),
+            ),
+            (
+                "charges",
+                Arc::new(Float64Array::from_iter_values(
+                    r().map(|i| (i % 100_000) as f64 * 1.37),
+                )),
+            ),
+            (
+                "visits",
+                Arc::new(Int32Array::from_iter_values(r().map(|i| (i % 23) as i32))),
+            ),
+            (
+                "note",
+                Arc::new(StringArray::from_iter_values(
+                    r().map(|i| format!("follow-up in {} weeks", 1 + i % 12)),
+                )),
+            ),
+        ];
+        fields.extend(
+            others
+                .into_iter()
+                .map(|(name, array)| (name.to_owned(), array)),
+        );
+        let batch = RecordBatch::try_from_iter(fields).expect("batch");
+        let writer = writer.get_or_insert_with(|| {
+            let file = file.take().expect("one file");
+            ArrowWriter::try_new(file, batch.schema(), Some(properties.clone())).expect("writer")
+        });
+        writer.write(&batch).expect("write");
+    }
+    writer.expect("rows").close().expect("close");
 }
 
 /// The engine alone: every cell, batched by column and row range as the
@@ -413,6 +540,8 @@ fn main() {
 
     let hl7 = dir.path().join("patients.hl7");
     let hl7_cells = generate_hl7(&hl7, &columns);
+    let parquet = dir.path().join("patients.parquet");
+    generate_parquet(&parquet, &columns);
 
     let engine_dir = dir.path().join("engine");
     std::fs::create_dir_all(&engine_dir).expect("engine dir");
@@ -454,6 +583,16 @@ fn main() {
     assert_eq!(
         from_hl7.fields as usize, hl7_cells,
         "the profile finds every value"
+    );
+    let from_parquet = {
+        let (server, key) = fresh_server(&runtime);
+        settle();
+        let out = dir.path().join("out.parquet");
+        bulk(&client_bin, &server, &key, &parquet, &out, &maps)
+    };
+    assert_eq!(
+        from_parquet.fields as usize, cells,
+        "every mapped value is sent"
     );
     let interpreter = std::env::var_os("PHIVAULT_BENCH_PYTHON").map_or_else(
         || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/python/bin/python"),
@@ -510,6 +649,14 @@ fn main() {
         from_hl7.elapsed.as_secs_f64(),
         hl7_rate / rate,
         from_hl7.client_kib >> 10
+    );
+    let parquet_rate = from_parquet.fields as f64 / from_parquet.elapsed.as_secs_f64();
+    println!(
+        "| Parquet, 6 mapped of 20 columns ({} MiB, {:.1} s) | {parquet_rate:.0} | {:.2} | {} MiB |",
+        std::fs::metadata(&parquet).map_or(0, |m| m.len() >> 20),
+        from_parquet.elapsed.as_secs_f64(),
+        parquet_rate / rate,
+        from_parquet.client_kib >> 10
     );
     if let Some(py) = &from_python {
         assert_eq!(py.fields as usize, cells);

@@ -15,6 +15,7 @@ mod fhir;
 pub mod fuzzing;
 mod hl7;
 mod json;
+mod parquet;
 mod pipeline;
 
 use std::ops::Range;
@@ -25,6 +26,7 @@ pub use delimited::{CsvDialect, CsvLayout};
 pub use fhir::{FhirLayout, Profile, ProfileError};
 pub use hl7::{Address as Hl7Address, AddressError as Hl7AddressError, Hl7Layout, Hl7Profile};
 pub use json::{JsonLayout, Pointer, PointerError};
+pub use parquet::ParquetLayout;
 pub use pipeline::run;
 
 /// The largest CSV record or NDJSON line read as one unit. A larger one is
@@ -73,6 +75,8 @@ pub enum Layout {
     },
     /// HL7 v2 messages, in a file or MLLP-framed.
     Hl7(Hl7Layout),
+    /// A Parquet file (read from the file itself: its footer comes first).
+    Parquet(ParquetLayout),
 }
 
 /// Settings of a run.

@@ -68,6 +68,9 @@ pub async fn run(
     options: Options,
     progress: Arc<Progress>,
 ) -> Result<Summary, BulkError> {
+    if let Layout::Parquet(layout) = layout {
+        return super::parquet::run(client, layout, output, errors, options, progress).await;
+    }
     let started = Instant::now();
     let input = Counted {
         inner: input,
@@ -176,6 +179,9 @@ pub(super) fn open_reader(
             let names = layout.names();
             Ok((Box::new(Hl7Reader::new(input, layout)), names))
         }
+        Layout::Parquet(_) => Err(BulkError::Input(
+            "a Parquet file is read by its own run, not cut into units".into(),
+        )),
     }
 }
 
@@ -627,7 +633,7 @@ fn write(
     Ok(())
 }
 
-fn csv_error(error: ::csv::Error) -> BulkError {
+pub(super) fn csv_error(error: ::csv::Error) -> BulkError {
     match error.into_kind() {
         ::csv::ErrorKind::Io(source) => BulkError::Io {
             what: "cannot write the errors file",

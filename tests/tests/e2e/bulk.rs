@@ -11,6 +11,7 @@ use super::{client_with, connect, wait_for_growth};
 
 mod fhir;
 mod hl7;
+mod parquet;
 
 /// A deterministic generator (SplitMix64), so a failure can be replayed.
 struct Rng(u64);
