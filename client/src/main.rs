@@ -843,11 +843,6 @@ fn bulk_layout(args: &BulkArgs) -> anyhow::Result<bulk::Layout> {
                 .context(
                     "Parquet is read from a file, not standard input: its footer comes first",
                 )?;
-            if matches!(args.on_error, OnErrorArg::DropRow) {
-                anyhow::bail!(
-                    "--on-error drop-row cannot be used on Parquet: the columns that are not mapped are copied as they are, row groups whole; use keep or fail"
-                );
-            }
             let file = std::fs::File::open(path)
                 .with_context(|| format!("cannot open {}", path.display()))?;
             bulk::Layout::Parquet(bulk::ParquetLayout::new(file, maps))

@@ -17,9 +17,10 @@ use arrow_array::{Array, ArrayRef, LargeStringArray, StringArray, StringViewArra
 use arrow_schema::DataType;
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::{
-    ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder,
+    ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReader,
+    ParquetRecordBatchReaderBuilder,
 };
-use parquet::arrow::arrow_writer::{ArrowRowGroupWriterFactory, compute_leaves};
+use parquet::arrow::arrow_writer::{ArrowColumnWriter, ArrowRowGroupWriterFactory, compute_leaves};
 use parquet::bloom_filter::Sbbf;
 use parquet::column::writer::ColumnCloseResult;
 use parquet::file::metadata::{PageIndexPolicy, ParquetMetaData, ParquetMetaDataReader};
@@ -28,7 +29,7 @@ use parquet::file::writer::SerializedFileWriter;
 use parquet::schema::types::ColumnPath;
 use tonic::Code;
 
-use super::pipeline::csv_error;
+use super::pipeline::{BATCH_BYTES, csv_error};
 use super::{BulkError, Direction, OnError, Options, Progress, Summary};
 use crate::{Batch, Client, ClientError, code_name, v1 as pb};
 
@@ -49,7 +50,18 @@ impl ParquetLayout {
 struct Mapped {
     name: String,
     namespace: String,
+    field: usize,
     leaf: usize,
+}
+
+/// A value the vault refused, or that could not be sent.
+struct Failure {
+    /// Index into the mapped columns.
+    column: usize,
+    /// Row within its batch, from 0.
+    row: usize,
+    code: i32,
+    message: String,
 }
 
 fn input_error(e: impl std::fmt::Display) -> BulkError {
@@ -113,71 +125,73 @@ pub(super) async fn run(
     let factory = ArrowRowGroupWriterFactory::new(&writer, Arc::clone(&arrow_schema));
     let mut first_row = 0u64;
     for (group, row_group) in metadata.row_groups().iter().enumerate() {
-        let rows = row_group.num_rows() as u64;
-        let columns = read_columns(&input, &reader_metadata, group, &mapped)?;
-        let (columns, failures) = send(client, &options, &mapped, columns, &progress).await?;
-        for (column, index, code, message) in &failures {
-            let row = first_row + *index as u64 + 1;
-            if let Some(errors) = &mut errors {
-                errors
-                    .write_record([
-                        row.to_string().as_str(),
-                        "",
-                        &mapped[*column].name,
-                        &mapped[*column].namespace,
-                        code_name(*code),
-                        message,
-                    ])
-                    .map_err(csv_error)?;
-            }
-        }
-        Progress::add(&progress.errors, failures.len() as u64);
-        if options.on_error == OnError::Fail
-            && let Some((column, index, code, _)) = failures.first()
-        {
-            if let Some(errors) = &mut errors {
-                errors
-                    .flush()
-                    .map_err(BulkError::io("cannot write the errors file"))?;
-            }
-            return Err(BulkError::ItemFailed {
-                row: first_row + *index as u64 + 1,
-                line: 0,
-                location: mapped[*column].name.clone(),
-                namespace: mapped[*column].namespace.clone(),
-                code: code_name(*code),
-            });
-        }
-        let mut out = writer.next_row_group().map_err(output_error)?;
-        let mut encoders = factory
+        let rows = row_group.num_rows().max(0) as u64;
+        // Every leaf's encoder, in leaf order; only the mapped ones write.
+        let mut encoders: Vec<Option<ArrowColumnWriter>> = factory
             .create_column_writers(group)
             .map_err(output_error)?
-            .into_iter();
-        let mut replaced = columns.into_iter();
-        for (leaf, chunk) in row_group.columns().iter().enumerate() {
-            let encoder = encoders.next();
-            match mapped.iter().position(|m| m.leaf == leaf) {
-                Some(column) => {
-                    let (array, mut encoder) = replaced
-                        .next()
-                        .zip(encoder)
-                        .ok_or_else(|| input_error("a mapped column has no writer"))?;
-                    let field = arrow_schema.field(mapped_field(&arrow_schema, &mapped[column])?);
-                    for leaf in compute_leaves(field, &array).map_err(output_error)? {
-                        encoder.write(&leaf).map_err(output_error)?;
-                    }
-                    encoder
-                        .close()
-                        .map_err(output_error)?
-                        .append_to_row_group(&mut out)
-                        .map_err(output_error)?;
+            .into_iter()
+            .map(Some)
+            .collect();
+        let mut at = first_row;
+        // A row group is read in bounded batches, each sent and encoded
+        // before the next is read: memory holds a batch, and the encoded
+        // mapped chunks of the row group.
+        for batch in read_batches(&input, &reader_metadata, group, &mapped)? {
+            let batch = batch.map_err(input_error)?;
+            let (columns, failures) =
+                send(client, &options, &mapped, batch.columns(), &progress).await?;
+            report(&mut errors, &mapped, at, &failures)?;
+            Progress::add(&progress.errors, failures.len() as u64);
+            if options.on_error == OnError::Fail
+                && let Some(failure) = failures.first()
+            {
+                if let Some(errors) = &mut errors {
+                    errors
+                        .flush()
+                        .map_err(BulkError::io("cannot write the errors file"))?;
                 }
-                None => {
+                return Err(BulkError::ItemFailed {
+                    row: at + failure.row as u64 + 1,
+                    line: 0,
+                    location: mapped[failure.column].name.clone(),
+                    namespace: mapped[failure.column].namespace.clone(),
+                    code: code_name(failure.code),
+                });
+            }
+            for (m, array) in mapped.iter().zip(&columns) {
+                let encoder = encoders
+                    .get_mut(m.leaf)
+                    .and_then(Option::as_mut)
+                    .ok_or_else(|| input_error("a mapped column has no writer"))?;
+                for leaf in
+                    compute_leaves(arrow_schema.field(m.field), array).map_err(output_error)?
+                {
+                    encoder.write(&leaf).map_err(output_error)?;
+                }
+            }
+            at += batch.num_rows() as u64;
+            Progress::add(&progress.rows, batch.num_rows() as u64);
+        }
+        let mut out = writer.next_row_group().map_err(output_error)?;
+        for (leaf, chunk) in row_group.columns().iter().enumerate() {
+            let encoder = encoders.get_mut(leaf).and_then(Option::take);
+            match (mapped.iter().any(|m| m.leaf == leaf), encoder) {
+                (true, Some(encoder)) => encoder
+                    .close()
+                    .map_err(output_error)?
+                    .append_to_row_group(&mut out)
+                    .map_err(output_error)?,
+                (true, None) => return Err(input_error("a mapped column has no writer")),
+                (false, _) => {
                     let page_index = metadata.page_index();
                     let close = ColumnCloseResult {
-                        bytes_written: chunk.compressed_size() as u64,
+                        bytes_written: chunk.compressed_size().max(0) as u64,
                         rows_written: rows,
                         metadata: chunk.clone(),
+                        // A filter that cannot be read is left out: it only
+                        // lets readers skip row groups, and its absence
+                        // never makes them skip one they need.
                         bloom_filter: Sbbf::read_from_column_chunk(chunk, &input).ok().flatten(),
                         column_index: page_index
                             .and_then(|p| p.column_index(group, leaf))
@@ -192,7 +206,6 @@ pub(super) async fn run(
         }
         out.close().map_err(output_error)?;
         first_row += rows;
-        Progress::add(&progress.rows, rows);
         Progress::add(
             &progress.bytes_read,
             row_group.compressed_size().max(0) as u64,
@@ -222,7 +235,17 @@ fn mapped_columns(
 ) -> Result<Vec<Mapped>, BulkError> {
     let mut mapped = Vec::with_capacity(maps.len());
     for (name, namespace) in maps {
-        let Some((_, field)) = arrow_schema.column_with_name(name) else {
+        let named = arrow_schema
+            .fields()
+            .iter()
+            .filter(|f| f.name() == name)
+            .count();
+        if named > 1 {
+            return Err(BulkError::Input(format!(
+                "--map {name:?}: the file has {named} columns of that name; one would pass unread"
+            )));
+        }
+        let Some((field_index, field)) = arrow_schema.column_with_name(name) else {
             let names: Vec<&str> = arrow_schema
                 .fields()
                 .iter()
@@ -257,6 +280,7 @@ fn mapped_columns(
         mapped.push(Mapped {
             name: name.clone(),
             namespace: namespace.clone(),
+            field: field_index,
             leaf,
         });
     }
@@ -273,18 +297,18 @@ fn is_text(data_type: &DataType) -> bool {
     }
 }
 
-fn mapped_field(schema: &arrow_schema::Schema, mapped: &Mapped) -> Result<usize, BulkError> {
-    schema
-        .index_of(&mapped.name)
-        .map_err(|_| input_error("a mapped column left the schema"))
-}
-
 /// The output's writer settings: the input's key-value metadata (the
 /// Arrow schema, pandas' and Spark's), and each mapped column compressed
 /// as it was.
 fn writer_properties(metadata: &ParquetMetaData, mapped: &[Mapped]) -> WriterProperties {
-    let mut builder = WriterProperties::builder()
-        .set_key_value_metadata(metadata.file_metadata().key_value_metadata().cloned());
+    let file = metadata.file_metadata();
+    let mut builder =
+        WriterProperties::builder().set_key_value_metadata(file.key_value_metadata().cloned());
+    // The copied chunks' statistics were written by the input's writer,
+    // and readers decide by its name whether to trust them (PARQUET-251).
+    if let Some(created_by) = file.created_by() {
+        builder = builder.set_created_by(created_by.to_owned());
+    }
     if let Some(first) = metadata.row_groups().first() {
         for m in mapped {
             let chunk = first.column(m.leaf);
@@ -295,43 +319,53 @@ fn writer_properties(metadata: &ParquetMetaData, mapped: &[Mapped]) -> WriterPro
     builder.build()
 }
 
-/// The mapped columns of one row group, in leaf order.
-fn read_columns(
+/// Rows of a row group read at once.
+const BATCH_ROWS: usize = 65_536;
+
+/// The mapped columns of one row group, in batches, columns in leaf order.
+fn read_batches(
     input: &File,
     metadata: &ArrowReaderMetadata,
     group: usize,
     mapped: &[Mapped],
-) -> Result<Vec<ArrayRef>, BulkError> {
-    let rows = metadata.metadata().row_group(group).num_rows().max(1) as usize;
+) -> Result<ParquetRecordBatchReader, BulkError> {
     let mask = ProjectionMask::leaves(metadata.parquet_schema(), mapped.iter().map(|m| m.leaf));
     let file = input
         .try_clone()
         .map_err(BulkError::io("cannot read the input"))?;
-    let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(file, metadata.clone())
+    ParquetRecordBatchReaderBuilder::new_with_metadata(file, metadata.clone())
         .with_row_groups(vec![group])
         .with_projection(mask)
-        .with_batch_size(rows)
+        .with_batch_size(BATCH_ROWS)
         .build()
-        .map_err(input_error)?;
-    let mut columns: Vec<Vec<ArrayRef>> = vec![Vec::new(); mapped.len()];
-    for batch in reader {
-        let batch = batch.map_err(input_error)?;
-        for (i, column) in batch.columns().iter().enumerate() {
-            if let Some(parts) = columns.get_mut(i) {
-                parts.push(Arc::clone(column));
-            }
-        }
+        .map_err(input_error)
+}
+
+/// Writes `failures` of a batch starting at row `first` (from 0) to the
+/// errors file.
+fn report(
+    errors: &mut Option<::csv::Writer<Box<dyn Write + Send>>>,
+    mapped: &[Mapped],
+    first: u64,
+    failures: &[Failure],
+) -> Result<(), BulkError> {
+    let Some(errors) = errors else {
+        return Ok(());
+    };
+    for failure in failures {
+        let m = &mapped[failure.column];
+        errors
+            .write_record([
+                (first + failure.row as u64 + 1).to_string().as_str(),
+                "",
+                &m.name,
+                &m.namespace,
+                code_name(failure.code),
+                &failure.message,
+            ])
+            .map_err(csv_error)?;
     }
-    columns
-        .into_iter()
-        .map(|parts| match parts.as_slice() {
-            [one] => Ok(Arc::clone(one)),
-            _ => {
-                let parts: Vec<&dyn Array> = parts.iter().map(|a| a.as_ref()).collect();
-                arrow_select::concat::concat(&parts).map_err(input_error)
-            }
-        })
-        .collect()
+    Ok(())
 }
 
 /// The strings of a plain string array, `None` for nulls; `None` for an
@@ -346,12 +380,20 @@ fn texts(array: &dyn Array) -> Option<Vec<Option<&str>>> {
 }
 
 /// A plain string array of `like`'s type holding `values`.
-fn rebuild(like: &DataType, values: Vec<Option<String>>) -> ArrayRef {
-    match like {
+fn rebuild(like: &DataType, values: Vec<Option<String>>) -> Result<ArrayRef, BulkError> {
+    let total: usize = values.iter().flatten().map(String::len).sum();
+    Ok(match like {
         DataType::LargeUtf8 => Arc::new(LargeStringArray::from(values)),
         DataType::Utf8View => Arc::new(StringViewArray::from_iter(values)),
+        // 32-bit offsets: tokens longer than their values could overflow
+        // them, which must stop the run rather than panic.
+        _ if i32::try_from(total).is_err() => {
+            return Err(BulkError::Input(
+                "a batch of a mapped column would hold more than 2 GiB of text; write the file with smaller row groups or as large_string".into(),
+            ));
+        }
         _ => Arc::new(StringArray::from(values)),
-    }
+    })
 }
 
 /// Where one sent value sits: the column, and the rows it stands for
@@ -368,15 +410,18 @@ async fn send(
     client: &Client,
     options: &Options,
     mapped: &[Mapped],
-    columns: Vec<ArrayRef>,
+    columns: &[ArrayRef],
     progress: &Progress,
-) -> Result<(Vec<ArrayRef>, Vec<(usize, usize, i32, String)>), BulkError> {
+) -> Result<(Vec<ArrayRef>, Vec<Failure>), BulkError> {
     let limit = options.batch_items.clamp(1, 10_000);
+    // (column, slot) of each value that failed, with its code and message.
+    let mut failed: Vec<(usize, usize, i32, String)> = Vec::new();
     // Per column: the strings that are sent (a dictionary's values, or the
     // column's own), each `None`, or `Some` of what comes back.
     let mut slots: Vec<Vec<Option<String>>> = Vec::with_capacity(columns.len());
     let mut batches: Vec<Batch> = Vec::new();
     let mut targets: Vec<Vec<Target>> = Vec::new();
+    let mut bytes: Vec<usize> = Vec::new();
     let mut open: HashMap<&str, usize> = HashMap::new();
     for (column, array) in columns.iter().enumerate() {
         let strings = match array.as_any_dictionary_opt() {
@@ -391,18 +436,35 @@ async fn send(
             let Some(text) = text.filter(|t| !t.is_empty()) else {
                 continue;
             };
+            if text.len() > BATCH_BYTES {
+                // One such item would make a message the server refuses,
+                // and the whole stream with it.
+                failed.push((
+                    column,
+                    slot,
+                    Code::InvalidArgument as i32,
+                    "the value is longer than 1 MiB, more than a vault holds".into(),
+                ));
+                continue;
+            }
             let at = match open.get(namespace) {
-                Some(&at) if batches[at].items.len() < limit => at,
+                Some(&at)
+                    if batches[at].items.len() < limit && bytes[at] + text.len() <= BATCH_BYTES =>
+                {
+                    at
+                }
                 _ => {
                     batches.push(Batch {
                         namespace: namespace.to_owned(),
                         items: Vec::new(),
                     });
                     targets.push(Vec::new());
+                    bytes.push(0);
                     open.insert(namespace, batches.len() - 1);
                     batches.len() - 1
                 }
             };
+            bytes[at] += text.len();
             batches[at].items.push(text.to_owned());
             targets[at].push(Target { column, slot });
         }
@@ -428,9 +490,7 @@ async fn send(
         },
         e => BulkError::Unanswered(format!("did not answer: {e}")),
     })?;
-    Progress::add(&progress.fields, sent);
-    // (column, slot) of each failure, with its code and message.
-    let mut failed: Vec<(usize, usize, i32, String)> = Vec::new();
+    Progress::add(&progress.fields, sent + failed.len() as u64);
     for (answers, targets) in answers.into_iter().zip(targets) {
         for (answer, target) in answers.into_iter().zip(targets) {
             match answer {
@@ -444,26 +504,100 @@ async fn send(
     let mut failures = Vec::new();
     let mut out = Vec::with_capacity(columns.len());
     for (column, (array, values)) in columns.iter().zip(slots).enumerate() {
+        let mut by_slot: HashMap<usize, (i32, &str)> = HashMap::new();
+        for (_, slot, code, message) in failed.iter().filter(|f| f.0 == column) {
+            by_slot.insert(*slot, (*code, message));
+        }
+        let failure = |row: usize, (code, message): (i32, &str)| Failure {
+            column,
+            row,
+            code,
+            message: message.to_owned(),
+        };
         match array.as_any_dictionary_opt() {
             Some(dictionary) => {
-                let values_type = dictionary.values().data_type().clone();
                 // Every row that uses a failed dictionary value failed.
-                let keys = dictionary.normalized_keys();
-                for (c, slot, code, message) in failed.iter().filter(|f| f.0 == column) {
+                if !by_slot.is_empty() {
+                    let keys = dictionary.normalized_keys();
                     for (row, key) in keys.iter().enumerate() {
-                        if *key == *slot && !array.is_null(row) {
-                            failures.push((*c, row, *code, message.clone()));
+                        if let Some(f) = by_slot.get(key).filter(|_| !array.is_null(row)) {
+                            failures.push(failure(row, *f));
                         }
                     }
                 }
-                out.push(dictionary.with_values(rebuild(&values_type, values)));
+                let values = rebuild(dictionary.values().data_type(), values)?;
+                out.push(dictionary.with_values(values));
             }
             None => {
-                failures.extend(failed.iter().filter(|f| f.0 == column).cloned());
-                out.push(rebuild(array.data_type(), values));
+                let mut rows: Vec<_> = by_slot.into_iter().collect();
+                rows.sort_by_key(|(row, _)| *row);
+                failures.extend(rows.into_iter().map(|(row, f)| failure(row, f)));
+                out.push(rebuild(array.data_type(), values)?);
             }
         }
     }
-    failures.sort_by_key(|f| (f.1, f.0));
+    failures.sort_by_key(|f| (f.row, f.column));
     Ok((out, failures))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow_schema::{Field, Schema};
+    use parquet::arrow::ArrowSchemaConverter;
+
+    fn mapped(fields: Vec<Field>, maps: &[&str]) -> Result<Vec<Mapped>, BulkError> {
+        let schema = Schema::new(fields);
+        let descriptor = ArrowSchemaConverter::new()
+            .convert(&schema)
+            .expect("schema");
+        let maps: Vec<_> = maps
+            .iter()
+            .map(|m| ((*m).to_owned(), "text".to_owned()))
+            .collect();
+        mapped_columns(&maps, &schema, &descriptor)
+    }
+
+    #[test]
+    fn only_one_top_level_string_column_of_a_name_can_be_mapped() {
+        let text = |n: &str| Field::new(n, DataType::Utf8, true);
+        let nested = Field::new(
+            "visit",
+            DataType::Struct(vec![text("ssn"), Field::new("bed", DataType::Int32, true)].into()),
+            true,
+        );
+        let got = mapped(
+            vec![nested.clone(), text("ssn"), text("name")],
+            &["name", "ssn"],
+        )
+        .expect("mapped");
+        let got: Vec<_> = got
+            .iter()
+            .map(|m| (m.name.as_str(), m.field, m.leaf))
+            .collect();
+        // Leaves: visit.ssn, visit.bed, ssn, name; sorted by leaf.
+        assert_eq!(got, [("ssn", 1, 2), ("name", 2, 3)]);
+        for (fields, map) in [
+            (vec![text("ssn"), text("ssn")], "ssn"),
+            (
+                vec![Field::new("amount", DataType::Float64, true)],
+                "amount",
+            ),
+            (vec![nested], "visit"),
+            (vec![text("ssn")], "nope"),
+        ] {
+            assert!(mapped(fields, &[map]).is_err(), "{map}");
+        }
+        assert!(mapped(vec![text("ssn")], &["ssn", "ssn"]).is_err());
+    }
+
+    #[test]
+    fn strings_are_rebuilt_in_their_own_type() {
+        for kind in [DataType::Utf8, DataType::LargeUtf8, DataType::Utf8View] {
+            let array =
+                rebuild(&kind, vec![Some("a".into()), None, Some(String::new())]).expect("array");
+            assert_eq!(array.data_type(), &kind);
+            assert_eq!(texts(array.as_ref()), Some(vec![Some("a"), None, Some("")]));
+        }
+    }
 }

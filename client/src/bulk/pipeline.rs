@@ -21,7 +21,7 @@ use super::{
 use crate::{Batch, BatchResults, Client, ClientError, ItemResult, code_name, v1 as pb};
 
 /// A batch's payload stays well under the server's 4 MiB message limit.
-const BATCH_BYTES: usize = 1 << 20;
+pub(super) const BATCH_BYTES: usize = 1 << 20;
 /// Input bytes in one chunk.
 const CHUNK_BYTES: usize = 4 << 20;
 /// Chunks read ahead of the stream, and chunks done ahead of the writer.

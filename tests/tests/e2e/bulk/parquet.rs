@@ -52,6 +52,8 @@ async fn parquet_mapped_columns_change_and_the_other_chunks_are_copied_byte_for_
         "name=name",
         "--map",
         "email=email",
+        "--map",
+        "mrn=mrn",
     ];
     let errors = setup.dir.path().join("errors.csv");
     let mut args = vec![
