@@ -178,11 +178,47 @@ enum Command {
     /// for a security team (the audit scope).
     #[command(subcommand)]
     Alerts(AlertCommand),
-    /// Tokenize or reveal the mapped cells of whole CSV, NDJSON, FHIR and
-    /// HL7 v2 files, streaming. Exit status: 0 when every cell went through, 3 when
+    /// Tokenize or reveal the mapped cells of whole CSV, NDJSON, FHIR,
+    /// HL7 v2 and Parquet files, streaming. Exit status: 0 when every cell went through, 3 when
     /// some cells failed (the run completed), 1 when the run stopped.
     #[command(subcommand)]
     Bulk(BulkCommand),
+    /// HL7 v2 feeds.
+    #[command(subcommand)]
+    Hl7(Hl7Command),
+}
+
+#[derive(Subcommand)]
+enum Hl7Command {
+    /// Relay an MLLP feed: tokenize (or detokenize) every message on its
+    /// way to --forward and pass back the receiver's acknowledgement. A
+    /// message that cannot be rewritten whole is not passed on: its sender
+    /// gets `MSA|AE` naming the part and the reason, and sends it again.
+    Proxy {
+        /// Where senders connect (127.0.0.1:2575; port 0 for any free one,
+        /// printed once listening).
+        #[arg(long, value_name = "ADDR")]
+        listen: std::net::SocketAddr,
+        /// The receiver (host:port).
+        #[arg(long, value_name = "ADDR")]
+        forward: String,
+        /// Detokenize instead: for a feed coming back into the network.
+        #[arg(long)]
+        detokenize: bool,
+        /// With --detokenize: reveal all but the last 4 characters masked.
+        #[arg(long, requires = "detokenize")]
+        masked: bool,
+        /// SEG-F[.C[.S]]=NAMESPACE rules added before the profile's.
+        #[arg(long = "map", value_name = "FIELD=NAMESPACE")]
+        maps: Vec<String>,
+        /// A TOML profile extending (or replacing) the built-in one.
+        #[arg(long, value_name = "FILE")]
+        profile: Option<PathBuf>,
+        /// How long to keep trying the vault for one message before
+        /// refusing it.
+        #[arg(long, default_value = "30s")]
+        retry_for: humantime::Duration,
+    },
 }
 
 #[derive(Subcommand)]
@@ -1445,6 +1481,47 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Bulk(BulkCommand::Detokenize { args, masked }) => {
             return bulk(&client, args, bulk::Direction::Detokenize { masked }, json).await;
+        }
+        Command::Hl7(Hl7Command::Proxy {
+            listen,
+            forward,
+            detokenize,
+            masked,
+            maps,
+            profile,
+            retry_for,
+        }) => {
+            let profile = read_profile(profile.as_deref(), bulk::Hl7Profile::parse)?;
+            let maps = maps
+                .iter()
+                .map(|map| {
+                    let (field, namespace) = map
+                        .rsplit_once('=')
+                        .filter(|(f, n)| !f.is_empty() && !n.is_empty())
+                        .with_context(|| format!("--map {map:?}: expected FIELD=NAMESPACE"))?;
+                    Ok((field.parse::<bulk::Hl7Address>()?, namespace.to_owned()))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("cannot listen on {listen}"))?;
+            eprintln!("listening on {}", listener.local_addr()?);
+            let relay = bulk::mllp::Relay {
+                client: client.clone(),
+                layout: std::sync::Arc::new(bulk::Hl7Layout::new(profile.as_ref(), &maps)),
+                direction: if detokenize {
+                    bulk::Direction::Detokenize { masked }
+                } else {
+                    bulk::Direction::Tokenize
+                },
+                forward,
+                retry_for: retry_for.into(),
+            };
+            tokio::select! {
+                served = relay.serve(listener) => served?,
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            true
         }
         Command::Health => {
             let serving = client.health().await?;

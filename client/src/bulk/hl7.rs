@@ -20,9 +20,9 @@ use super::fhir::ProfileError;
 use super::{BulkError, Cell, Encoding, Location, MAX_UNIT_BYTES, Names, Unit, UnitReader};
 
 /// MLLP's start block (VT): every frame begins with it.
-const START_BLOCK: u8 = 0x0B;
+pub(super) const START_BLOCK: u8 = 0x0B;
 /// MLLP's end block (FS), followed by a carriage return.
-const END_BLOCK: u8 = 0x1C;
+pub(super) const END_BLOCK: u8 = 0x1C;
 
 const NOT_UTF8: &str = "the cell is not valid UTF-8";
 /// The most cells one message may hold: a real message holds hundreds, and
@@ -48,7 +48,7 @@ pub(super) struct Delimiters {
 
 impl Delimiters {
     /// Reads MSH-1 and MSH-2 (or FHS's or BHS's) from a header segment.
-    fn read(segment: &[u8]) -> Result<Self, &'static str> {
+    pub(super) fn read(segment: &[u8]) -> Result<Self, &'static str> {
         let field = *segment.get(3).ok_or(BAD_DELIMITERS)?;
         let rest = &segment[4..];
         let chars = &rest[..memchr::memchr(field, rest).unwrap_or(rest.len())];
@@ -70,6 +70,28 @@ impl Delimiters {
             subcomponent: chars[3],
             truncation: chars.get(4).copied(),
         })
+    }
+
+    /// The delimiters a message without a readable MSH is answered in.
+    pub(super) fn standard() -> Self {
+        Self {
+            field: b'|',
+            component: b'^',
+            repetition: b'~',
+            escape: b'\\',
+            subcomponent: b'&',
+            truncation: None,
+        }
+    }
+
+    /// The field separator.
+    pub(super) fn field(&self) -> u8 {
+        self.field
+    }
+
+    /// The component separator.
+    pub(super) fn component(&self) -> u8 {
+        self.component
     }
 
     /// The text of a part, its escape sequences decoded. Formatting,
@@ -645,7 +667,7 @@ impl Hl7Layout {
     /// Finds the cells of the segments in `raw[body]`, reading the
     /// delimiters again at every header segment. `Err` names why the unit
     /// cannot be read at all.
-    fn find(
+    pub(super) fn find(
         &self,
         raw: &[u8],
         body: Range<usize>,

@@ -15,6 +15,7 @@ mod fhir;
 pub mod fuzzing;
 mod hl7;
 mod json;
+pub mod mllp;
 mod parquet;
 mod pipeline;
 

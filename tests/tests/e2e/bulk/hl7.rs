@@ -462,3 +462,131 @@ MSH|^~\\&|A|B|C|D|20240101||ADT^A08|2|P|2.5\rPID|1||X2^^^^MR||BAD\\H\\NAME^ANN\r
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("PID-0"));
 }
+
+/// A process the test started, stopped by its PID when the test ends.
+struct Started(std::process::Child);
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The first line `child` writes on `stream`, waiting for it (the
+/// process says it is ready by writing it).
+fn first_line(stream: impl std::io::Read) -> String {
+    use std::io::BufRead;
+    let mut line = String::new();
+    std::io::BufReader::new(stream)
+        .read_line(&mut line)
+        .expect("a line");
+    line.trim().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mllp_relay_passes_tokenized_messages_and_refuses_what_it_cannot_tokenize() {
+    use std::process::Stdio;
+
+    let probe = Command::new("python3").args(["-c", "import hl7"]).output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        eprintln!(
+            "SKIPPED: the MLLP relay test needs python-hl7; install tools/requirements.txt into a virtual environment on PATH (`make test` does)"
+        );
+        return;
+    }
+    let setup = Setup::new(&["tokenize:*"]).await;
+    let (server, key) = (&setup.server, &setup.key);
+    let dir = setup.dir.path();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/bulk/hl7_mllp.py");
+    let received = dir.join("received.hl7");
+    let mut receiver = Command::new("python3")
+        .arg(&script)
+        .args(["receive", s(&received)])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let port = first_line(receiver.stdout.take().expect("stdout"));
+    let _receiver = Started(receiver);
+    let mut relay = Command::new(phivault_tests::binary("phivault-client"))
+        .args(["--endpoint", &server.endpoint(), "hl7", "proxy"])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--forward",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .env("PHIVAULT_API_KEY", key)
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("phivault-client");
+    let listening = first_line(relay.stderr.take().expect("stderr"));
+    let _relay = Started(relay);
+    let relay_port = listening
+        .rsplit(':')
+        .next()
+        .expect("listening on 127.0.0.1:PORT")
+        .to_owned();
+
+    // 40 messages of the feed, then one whose birth date is no date.
+    let n = 40;
+    let mut sent: String = (0..n).map(|i| format!("{}\n\n", message(i))).collect();
+    sent.push_str(
+        "MSH|^~\\&|A|B|C|D|20260101||ADT^A08|BAD1|P|2.5\rPID|1||X1^^^^MR||DOE^JANE||1980\r\n\n",
+    );
+    let to_send = dir.join("to-send.hl7");
+    std::fs::write(&to_send, &sent).expect("messages");
+    let output = Command::new("python3")
+        .arg(&script)
+        .args(["send", &relay_port, s(&to_send)])
+        .output()
+        .expect("python3");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let acks: Vec<String> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(acks.len(), n + 1);
+    for (i, ack) in acks[..n].iter().enumerate() {
+        assert_eq!(
+            ack,
+            &format!("AA MSG{i:06}"),
+            "the receiver's acknowledgement comes back"
+        );
+    }
+    assert_eq!(
+        acks[n], "AE BAD1",
+        "a message that cannot be tokenized is refused"
+    );
+
+    // What the receiver got: the same messages as a bulk run tokenizes them.
+    let got = std::fs::read(&received).expect("received");
+    let got: Vec<&[u8]> = got
+        .split(|b| *b == b'\n')
+        .filter(|m| !m.is_empty())
+        .collect();
+    assert_eq!(got.len(), n, "the refused message was not passed on");
+    let (input, tokenized, _) = setup.files("relayed", "hl7");
+    let plain: String = (0..n).map(message).collect();
+    std::fs::write(&input, &plain).expect("input");
+    succeeded(&client(
+        server,
+        key,
+        &["bulk", "tokenize", s(&input), "-o", s(&tokenized)],
+    ));
+    let bulk = std::fs::read_to_string(&tokenized).expect("tokenized");
+    let relayed: String = got
+        .iter()
+        .map(|m| String::from_utf8_lossy(m).into_owned())
+        .collect();
+    assert_eq!(
+        relayed, bulk,
+        "the relay and a bulk run give the same tokens"
+    );
+    assert!(!relayed.contains("MRN000007"), "no mapped value passed");
+}
