@@ -283,6 +283,7 @@ const US_CORE: &[(&str, &str, Type)] = {
         ("CareTeam", "/identifier/*", Identifier),
         ("CareTeam", "/subject", Reference),
         ("CareTeam", "/participant/*/member", Reference),
+        ("CareTeam", "/note/*", Annotation),
         ("CarePlan", "/identifier/*", Identifier),
         ("CarePlan", "/subject", Reference),
         ("CarePlan", "/author", Reference),

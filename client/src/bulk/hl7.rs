@@ -31,6 +31,7 @@ const MAX_CELLS: usize = 100_000;
 const TOO_MANY_CELLS: &str = "the message holds more than 100,000 cells the rules send";
 const BEFORE_HEADER: &str =
     "a segment comes before any MSH segment, so its delimiters are unknown; nothing of it was sent";
+const MIXED_LINE_ENDS: &str = "a line end of another kind inside the message (LF in a message of CR-ended segments, or CR in one of LF-ended ones), which receivers read differently; nothing of it was sent";
 const BAD_DELIMITERS: &str =
     "the MSH segment's delimiters (MSH-1 and MSH-2) are not 5 or 6 distinct punctuation characters";
 
@@ -676,15 +677,24 @@ impl Hl7Layout {
         let mut delimiters = None;
         let mut fields = Vec::new();
         let mut occurrences: Vec<([u8; 3], u32)> = Vec::new();
+        // The line end of the message's header line: CR (the standard's,
+        // or CRLF) or LF. A line end of the other kind inside the message
+        // is read one way by a receiver that splits on CR only and another
+        // by one that splits on both, and either way a segment or its tail
+        // could pass unread: the message is refused instead.
+        let mut style = None;
         let mut at = body.start;
         while at < body.end {
-            // CR (the standard's), LF and CRLF all end a segment, whatever
-            // the rest of the input uses: a segment read as part of the
-            // one before it would pass through unread.
             let end =
                 memchr::memchr2(b'\r', b'\n', &raw[at..body.end]).map_or(body.end, |i| at + i);
+            let ended_by = raw.get(end).copied().filter(|_| end < body.end);
             let line = at..end;
             at = end + 1;
+            match (style, ended_by) {
+                (Some(b'\r'), Some(b'\n')) if end > 0 && raw[end - 1] == b'\r' => {}
+                (Some(expected), Some(got)) if expected != got => return Err(MIXED_LINE_ENDS),
+                _ => {}
+            }
             let Some(start) = raw[line.clone()]
                 .iter()
                 .position(|b| !b.is_ascii_whitespace())
@@ -704,6 +714,7 @@ impl Hl7Layout {
             };
             if matches!(name, b"MSH" | b"FHS" | b"BHS") {
                 delimiters = Some(Delimiters::read(segment)?);
+                style = ended_by;
             }
             let Some(d) = delimiters else {
                 return Err(BEFORE_HEADER);
@@ -1409,17 +1420,29 @@ ZPI|1|19620320|SECRET\r";
     #[test]
     fn mixed_line_ends_leading_space_and_slow_pipes_hide_no_segment() {
         let layout = || Hl7Layout::new(None, &[]);
-        // Every kind of line end inside one message, a segment indented,
-        // and an MLLP frame whose segments end with LF.
+        // Each kind of line end, a segment indented, and an MLLP frame
+        // whose segments end with LF: read.
         for text in [
-            "MSH|^~\\&|A\rEVN|A01\nPID|1||123^^^H^MR||DOE^JOHN\r",
-            "MSH|^~\\&|A\nEVN|A01\rPID|1||123^^^H^MR||DOE^JOHN\n",
+            "MSH|^~\\&|A\rEVN|A01\rPID|1||123^^^H^MR||DOE^JOHN\r",
+            "MSH|^~\\&|A\nEVN|A01\nPID|1||123^^^H^MR||DOE^JOHN\n",
             "MSH|^~\\&|A\r\n  PID|1||123^^^H^MR||DOE^JOHN\r\n",
             "\x0bMSH|^~\\&|A\nPID|1||123^^^H^MR||DOE^JOHN\n\x1c\r",
         ] {
             let units = read_all(text.as_bytes(), layout());
             assert_eq!(units.len(), 1, "{text:?}");
             assert_eq!(units[0].cells.len(), 3, "{text:?}");
+        }
+        // A line end of the other kind inside a message: a CR-only reader
+        // would see the street's line go on into the SSN, a lenient one
+        // a segment after EVN. Refused either way, nothing sent.
+        for text in [
+            "MSH|^~\\&|A\rEVN|A01\nPID|1||123^^^H^MR||DOE^JOHN\r",
+            "MSH|^~\\&|A\rPID|1||1^^^H^MR||DOE^JOHN||||||12 ELM\nAPT 4^^CITY^IL^62701|||||||||123456789\r",
+            "MSH|^~\\&|A\nEVN|A01\rPID|1||123^^^H^MR||DOE^JOHN\n",
+        ] {
+            let units = read_all(text.as_bytes(), layout());
+            assert_eq!(units[0].problem, Some(MIXED_LINE_ENDS), "{text:?}");
+            assert!(units.iter().all(|u| u.cells.is_empty()), "{text:?}");
         }
         // A pipe that first delivers white space alone.
         struct Slow(Vec<&'static [u8]>);

@@ -1,23 +1,32 @@
 //! An MLLP relay for HL7 v2 feeds that leave the clinical network: each
 //! message a sender writes is tokenized (or detokenized) with the HL7
 //! rules, passed to the receiver, and the receiver's acknowledgement passed
-//! back. A message that cannot be sent whole is never passed on: the sender
-//! gets a negative acknowledgement (`MSA|AE`) naming the part and the
-//! reason, never a value, and sends it again as MLLP senders do.
+//! back. A message that cannot be rewritten whole is never passed on: the
+//! sender gets a negative acknowledgement naming the part and the reason,
+//! never a value — `MSA|AE` when the message itself is at fault (send it
+//! again and it fails again), `MSA|AR` when the vault or the receiver is
+//! out of reach (send it again later).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 
 use super::hl7::{Delimiters, END_BLOCK, Hl7Layout, START_BLOCK};
+use super::pipeline::BATCH_BYTES;
 use super::{Direction, MAX_UNIT_BYTES, Unit, splice};
 use crate::{Batch, Client, ClientError, code_name};
 
 /// How long the receiver may take to acknowledge a message.
 const ACK_TIMEOUT: Duration = Duration::from_secs(60);
+/// Senders served at once; more wait to be accepted.
+const MAX_CONNECTIONS: usize = 256;
+/// Items of one namespace in one request, as a bulk run sends them.
+const BATCH_ITEMS: usize = 1_000;
 
 /// What the relay does with each message.
 #[derive(Clone)]
@@ -39,17 +48,39 @@ pub struct Relay {
 #[error("{0}")]
 pub struct RelayError(String);
 
+/// Why a message was not passed on.
+enum Refusal {
+    /// The message itself: the same message fails again (`AE`).
+    Content(String),
+    /// The vault or the receiver: the message may go through later (`AR`).
+    Unreachable(String),
+}
+
 impl Relay {
     /// Serves senders on `listener` until the process ends, each
-    /// connection on its own task.
+    /// connection on its own task, at most [`MAX_CONNECTIONS`] at once.
     pub async fn serve(self, listener: TcpListener) -> Result<(), RelayError> {
+        let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
         loop {
-            let (sender, peer) = listener
-                .accept()
+            let slot = Arc::clone(&slots)
+                .acquire_owned()
                 .await
-                .map_err(|e| RelayError(format!("cannot accept a connection: {e}")))?;
+                .map_err(|_| RelayError("the relay is closing".into()))?;
+            let (sender, peer) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                // Out of file descriptors, a connection reset before it was
+                // accepted: the next one may do.
+                Err(e) => {
+                    say(&format!("cannot accept a connection: {e}"));
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
             let relay = self.clone();
-            tokio::spawn(async move { relay.connection(sender, peer).await });
+            tokio::spawn(async move {
+                relay.connection(sender, peer).await;
+                drop(slot);
+            });
         }
     }
 
@@ -63,6 +94,8 @@ impl Relay {
         let mut frame = Vec::new();
         loop {
             frame.clear();
+            // A large frame's buffer is not kept for the connection's life.
+            frame.shrink_to(1 << 20);
             match read_frame(&mut read, &mut frame).await {
                 Ok(true) => {}
                 Ok(false) => return,
@@ -73,7 +106,8 @@ impl Relay {
             }
             let answer = match self.relay(&frame, &mut receiver).await {
                 Ok(ack) => ack,
-                Err(why) => negative_ack(&frame, &why),
+                Err(Refusal::Content(why)) => ack(&frame, "AE", &self.say(&why)),
+                Err(Refusal::Unreachable(why)) => ack(&frame, "AR", &why),
             };
             if write.write_all(&answer).await.is_err() {
                 return;
@@ -81,43 +115,78 @@ impl Relay {
         }
     }
 
+    /// What a refusal tells the sender. Revealing, the sender stands
+    /// outside the network: it learns that the message failed, not which
+    /// token of it was unknown.
+    fn say(&self, why: &str) -> String {
+        match self.direction {
+            Direction::Tokenize => why.to_owned(),
+            Direction::Detokenize { .. } => "the message could not be detokenized".into(),
+        }
+    }
+
     /// The receiver's acknowledgement of `frame` (a whole MLLP frame), once
-    /// it is rewritten and passed on; `Err` says why it was not.
+    /// it is rewritten and passed on.
     async fn relay(
         &self,
         frame: &[u8],
         receiver: &mut Option<BufReader<TcpStream>>,
-    ) -> Result<Vec<u8>, String> {
+    ) -> Result<Vec<u8>, Refusal> {
         let rewritten = self.rewrite(frame).await?;
-        if receiver.is_none() {
-            let stream = TcpStream::connect(&self.forward)
-                .await
-                .map_err(|_| "the receiver cannot be reached".to_owned())?;
-            *receiver = Some(BufReader::new(stream));
+        let control = control_id(frame);
+        // A connection kept from the last message may have been closed by
+        // the receiver since: one fresh connection is tried before giving up.
+        for attempt in 0..2 {
+            if receiver.is_none() {
+                let stream = TcpStream::connect(&self.forward)
+                    .await
+                    .map_err(|_| Refusal::Unreachable("the receiver cannot be reached".into()))?;
+                *receiver = Some(BufReader::new(stream));
+            }
+            let Some(stream) = receiver.as_mut() else {
+                continue;
+            };
+            if stream.get_mut().write_all(&rewritten).await.is_err() {
+                *receiver = None;
+                if attempt == 0 {
+                    continue;
+                }
+                return Err(Refusal::Unreachable(
+                    "the receiver closed the connection".into(),
+                ));
+            }
+            let answered =
+                tokio::time::timeout(ACK_TIMEOUT, acknowledgement(stream, &control)).await;
+            return match answered {
+                Ok(Ok(ack)) => Ok(match self.direction {
+                    Direction::Tokenize => ack,
+                    // The receiver stands inside: its words (MSA-3, ERR)
+                    // may hold what was revealed to it.
+                    Direction::Detokenize { .. } => {
+                        let code = ack_code(&ack);
+                        self::ack(frame, &code, "")
+                    }
+                }),
+                Ok(Err(why)) => {
+                    *receiver = None;
+                    Err(Refusal::Unreachable(why.into()))
+                }
+                Err(_) => {
+                    *receiver = None;
+                    Err(Refusal::Unreachable(
+                        "the receiver did not acknowledge in 60 s; it may hold the message".into(),
+                    ))
+                }
+            };
         }
-        let Some(stream) = receiver.as_mut() else {
-            return Err("the receiver cannot be reached".into());
-        };
-        let mut ack = Vec::new();
-        let answered = match stream.get_mut().write_all(&rewritten).await {
-            Err(_) => Err("the receiver closed the connection"),
-            Ok(()) => match tokio::time::timeout(ACK_TIMEOUT, read_frame(stream, &mut ack)).await {
-                Ok(Ok(true)) => Ok(ack),
-                Ok(_) => Err("the receiver closed the connection before acknowledging"),
-                Err(_) => Err("the receiver did not acknowledge in 60 s"),
-            },
-        };
-        // A receiver that failed mid-message is connected to afresh: what
-        // it holds of the connection is unknown.
-        if answered.is_err() {
-            *receiver = None;
-        }
-        answered.map_err(str::to_owned)
+        Err(Refusal::Unreachable(
+            "the receiver cannot be reached".into(),
+        ))
     }
 
-    /// The frame with its mapped cells replaced; `Err` names the first part
-    /// that could not be, and why.
-    async fn rewrite(&self, frame: &[u8]) -> Result<Vec<u8>, String> {
+    /// The frame with its mapped cells replaced; a refusal names the first
+    /// part that could not be, and why.
+    async fn rewrite(&self, frame: &[u8]) -> Result<Vec<u8>, Refusal> {
         let mut unit = Unit {
             row: 1,
             line: 1,
@@ -128,19 +197,31 @@ impl Relay {
         let body = 1..frame.len().saturating_sub(2);
         self.layout
             .find(&unit.raw, body, &mut unit.cells)
-            .map_err(str::to_owned)?;
+            .map_err(|why| Refusal::Content(why.to_owned()))?;
         let names = self.layout.names();
         let mut batches: Vec<Batch> = Vec::new();
         let mut targets: Vec<Vec<usize>> = Vec::new();
+        let mut bytes: Vec<usize> = Vec::new();
         for (i, cell) in unit.cells.iter_mut().enumerate() {
             let namespace = &names.namespaces[cell.namespace];
             let text = match &mut cell.text {
-                Ok(text) => std::mem::take(text),
+                Ok(text) if text.len() <= BATCH_BYTES => std::mem::take(text),
+                Ok(_) => {
+                    let at = names.location(&cell.location);
+                    return Err(Refusal::Content(format!("{at}: longer than 1 MiB")));
+                }
                 Err(why) => {
-                    return Err(format!("{}: {why}", names.location(&cell.location)));
+                    let at = names.location(&cell.location);
+                    return Err(Refusal::Content(format!("{at}: {why}")));
                 }
             };
-            let at = match batches.iter().position(|b| &b.namespace == namespace) {
+            let open = batches
+                .iter()
+                .rposition(|b| &b.namespace == namespace)
+                .filter(|&at| {
+                    batches[at].items.len() < BATCH_ITEMS && bytes[at] + text.len() <= BATCH_BYTES
+                });
+            let at = match open {
                 Some(at) => at,
                 None => {
                     batches.push(Batch {
@@ -148,9 +229,11 @@ impl Relay {
                         items: Vec::new(),
                     });
                     targets.push(Vec::new());
+                    bytes.push(0);
                     batches.len() - 1
                 }
             };
+            bytes[at] += text.len();
             batches[at].items.push(text);
             targets[at].push(i);
         }
@@ -163,11 +246,13 @@ impl Relay {
             }
         }
         .map_err(|e| match e {
-            ClientError::Status(status) => format!(
-                "the vault refused the message: {}",
-                code_name(status.code() as i32)
-            ),
-            _ => "the vault cannot be reached".into(),
+            ClientError::Status(status) if status.code() != tonic::Code::Unavailable => {
+                Refusal::Unreachable(format!(
+                    "the vault refused the message: {}",
+                    code_name(status.code() as i32)
+                ))
+            }
+            _ => Refusal::Unreachable("the vault cannot be reached".into()),
         })?;
         let mut texts: Vec<(usize, String)> = Vec::with_capacity(unit.cells.len());
         for (answers, targets) in answers.into_iter().zip(targets) {
@@ -176,18 +261,20 @@ impl Relay {
                     Ok(text) => texts.push((cell, text)),
                     Err(e) => {
                         let c = &unit.cells[cell];
-                        return Err(format!(
+                        return Err(Refusal::Content(format!(
                             "{} ({}): {}",
                             names.location(&c.location),
                             names.namespaces[c.namespace],
                             code_name(e.code)
-                        ));
+                        )));
                     }
                 }
             }
         }
         if texts.len() != unit.cells.len() {
-            return Err("the vault answered too few items".into());
+            return Err(Refusal::Unreachable(
+                "the vault answered too few items".into(),
+            ));
         }
         let mut replacements: Vec<(usize, &str)> = texts
             .iter()
@@ -199,6 +286,73 @@ impl Relay {
     }
 }
 
+/// The receiver's acknowledgement of the message whose control ID is
+/// `control`: frames acknowledging another (a duplicate, an enhanced-mode
+/// commit before the application's answer) are passed over.
+async fn acknowledgement(
+    stream: &mut BufReader<TcpStream>,
+    control: &[u8],
+) -> Result<Vec<u8>, &'static str> {
+    loop {
+        let mut ack = Vec::new();
+        if !read_frame(stream, &mut ack).await? {
+            return Err("the receiver closed the connection before acknowledging");
+        }
+        if msa(&ack).get(1).is_some_and(|id| id.as_slice() == control) {
+            return Ok(ack);
+        }
+    }
+}
+
+/// MSA-1 of an acknowledgement, `AE` when it has none.
+fn ack_code(ack: &[u8]) -> String {
+    msa(ack)
+        .first()
+        .map(|code| String::from_utf8_lossy(code).into_owned())
+        .filter(|code| ["AA", "AE", "AR", "CA", "CE", "CR"].contains(&code.as_str()))
+        .unwrap_or_else(|| "AE".into())
+}
+
+/// The fields of an acknowledgement's MSA segment after its name.
+fn msa(ack: &[u8]) -> Vec<Vec<u8>> {
+    let (_, d) = header(ack);
+    segments(ack)
+        .find(|s| s.starts_with(b"MSA"))
+        .map(|s| {
+            s.split(|b| *b == d.field())
+                .skip(1)
+                .map(<[u8]>::to_vec)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// MSH-10 of a frame.
+fn control_id(frame: &[u8]) -> Vec<u8> {
+    let (msh, d) = header(frame);
+    msh.split(|b| *b == d.field())
+        .nth(9)
+        .map(<[u8]>::to_vec)
+        .unwrap_or_default()
+}
+
+/// The segments of a frame's message.
+fn segments(frame: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let body = &frame[1.min(frame.len())..frame.len().saturating_sub(2)];
+    body.split(|b| *b == b'\r' || *b == b'\n')
+        .map(<[u8]>::trim_ascii_start)
+}
+
+/// A frame's MSH segment and its delimiters (the standard ones when it has
+/// none that can be read).
+fn header(frame: &[u8]) -> (&[u8], Delimiters) {
+    let msh = segments(frame)
+        .find(|s| s.starts_with(b"MSH"))
+        .unwrap_or_default();
+    let d = Delimiters::read(msh).unwrap_or_else(|_| Delimiters::standard());
+    (msh, d)
+}
+
 /// Reads one MLLP frame (start block to end block and carriage return)
 /// into `frame`, white space before it passed over; false at the end of the
 /// connection before a frame begins.
@@ -208,6 +362,8 @@ async fn read_frame<R: AsyncBufReadExt + Unpin>(
 ) -> Result<bool, &'static str> {
     let mut before = Vec::new();
     let limit = MAX_UNIT_BYTES as u64 + 1;
+    // White space between frames is passed over; a sender that ends its
+    // connection after some is done, not broken.
     let n = (&mut *read)
         .take(limit)
         .read_until(START_BLOCK, &mut before)
@@ -217,7 +373,11 @@ async fn read_frame<R: AsyncBufReadExt + Unpin>(
         return Ok(false);
     }
     if before.last() != Some(&START_BLOCK) {
-        return Err("the connection ended inside a frame");
+        return if before.iter().all(u8::is_ascii_whitespace) {
+            Ok(false)
+        } else {
+            Err("bytes outside an MLLP frame")
+        };
     }
     if !before[..before.len() - 1]
         .iter()
@@ -245,17 +405,15 @@ async fn read_frame<R: AsyncBufReadExt + Unpin>(
     Ok(true)
 }
 
-/// An HL7 acknowledgement refusing `frame` (`MSA|AE`), in its delimiters,
-/// addressed back to its sender, naming `why` (a part and a reason, never a
-/// value).
-fn negative_ack(frame: &[u8], why: &str) -> Vec<u8> {
-    let body = &frame[1.min(frame.len())..frame.len().saturating_sub(2)];
-    let msh = body
-        .split(|b| *b == b'\r' || *b == b'\n')
-        .map(<[u8]>::trim_ascii_start)
-        .find(|s| s.starts_with(b"MSH"))
-        .unwrap_or_default();
-    let d = Delimiters::read(msh).unwrap_or_else(|_| Delimiters::standard());
+/// Numbers the relay's own acknowledgements within a second.
+static ACKS: AtomicU32 = AtomicU32::new(0);
+
+/// An HL7 acknowledgement of `frame` with `code` (MSA-1) and `text`
+/// (MSA-3: a part and a reason, never a value), in its delimiters and
+/// addressed back to its sender.
+fn ack(frame: &[u8], code: &str, text: &str) -> Vec<u8> {
+    let (msh, d) = header(frame);
+    let standard = Delimiters::read(msh).is_err();
     let fields: Vec<&[u8]> = msh.split(|b| *b == d.field()).collect();
     // MSH-n is element n - 1: MSH-1 is the separator itself.
     let field = |n: usize| fields.get(n - 1).copied().unwrap_or_default();
@@ -265,26 +423,43 @@ fn negative_ack(frame: &[u8], why: &str) -> Vec<u8> {
         .unwrap_or_default();
     let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
     let now: String = now.chars().filter(char::is_ascii_digit).collect();
-    let f = d.field() as char;
-    let c = d.component() as char;
-    let mut ack = vec![START_BLOCK];
-    ack.extend_from_slice(b"MSH");
-    ack.push(d.field());
-    ack.extend_from_slice(fields.get(1).copied().unwrap_or(b"^~\\&"));
+    // At most 20 characters, as MSH-10 is before v2.7: seconds since the
+    // epoch and a counter.
+    let seconds = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let id = format!(
+        "PV{seconds}{:04}",
+        ACKS.fetch_add(1, Ordering::Relaxed) % 10_000
+    );
+    let (f, c) = (d.field() as char, d.component() as char);
+    let mut out = vec![START_BLOCK];
+    out.extend_from_slice(b"MSH");
+    out.push(d.field());
+    out.extend_from_slice(if standard { b"^~\\&" } else { field(2) });
     for part in [field(5), field(6), field(3), field(4)] {
-        ack.push(d.field());
-        ack.extend_from_slice(part);
+        out.push(d.field());
+        out.extend_from_slice(part);
     }
-    ack.extend_from_slice(format!("{f}{now}{f}{f}ACK{c}").as_bytes());
-    ack.extend_from_slice(trigger);
-    ack.extend_from_slice(format!("{f}PHIVAULT{now}{f}P{f}").as_bytes());
-    ack.extend_from_slice(field(12));
-    ack.extend_from_slice(format!("\rMSA{f}AE{f}").as_bytes());
-    ack.extend_from_slice(field(10));
-    ack.push(d.field());
-    d.encode(&format!("phivault: {why}"), &mut ack);
-    ack.extend_from_slice(&[b'\r', END_BLOCK, b'\r']);
-    ack
+    out.extend_from_slice(format!("{f}{now}+0000{f}{f}ACK{c}").as_bytes());
+    out.extend_from_slice(trigger);
+    out.extend_from_slice(format!("{f}{id}{f}").as_bytes());
+    let processing = field(11);
+    out.extend_from_slice(if processing.is_empty() {
+        b"P"
+    } else {
+        processing
+    });
+    out.push(d.field());
+    out.extend_from_slice(field(12));
+    out.extend_from_slice(format!("\rMSA{f}{code}{f}").as_bytes());
+    out.extend_from_slice(field(10));
+    if !text.is_empty() {
+        out.push(d.field());
+        d.encode(&format!("phivault: {text}"), &mut out);
+    }
+    out.extend_from_slice(&[b'\r', END_BLOCK, b'\r']);
+    out
 }
 
 /// The relay's one line per dropped connection, on standard error: it
@@ -300,13 +475,14 @@ mod tests {
     #[test]
     fn a_refusal_answers_the_sender_in_its_delimiters_and_names_no_value() {
         let frame = b"\x0bMSH#*@!$#ADT1#GHH#LAB#GHH2#20260101##ADT*A08#CTRL7#P#2.5\rPID#1##X1***MR##DOE*JANE\r\x1c\r";
-        let ack = negative_ack(frame, "PID-5.1.1 (name): INVALID_ARGUMENT #1");
-        let text = String::from_utf8(ack).expect("utf-8");
+        let refused = ack(frame, "AE", "PID-5.1.1 (name): INVALID_ARGUMENT #1");
+        let text = String::from_utf8(refused).expect("utf-8");
         assert!(
             text.starts_with("\x0bMSH#*@!$#LAB#GHH2#ADT1#GHH#"),
             "{text}"
         );
-        assert!(text.contains("#ACK*A08#PHIVAULT"), "{text}");
+        assert!(text.contains("+0000##ACK*A08#PV"), "{text}");
+        assert!(text.contains("#P#2.5\rMSA#AE#CTRL7#"), "{text}");
         assert!(
             text.contains(
                 "\rMSA#AE#CTRL7#phivault: PID-5.1.1 (name): INVALID_ARGUMENT !F!1\r\x1c\r"
@@ -315,10 +491,11 @@ mod tests {
         );
         assert!(!text.contains("DOE") && !text.contains("X1"));
         // A frame without a readable MSH still gets an answer.
-        let ack = negative_ack(
-            b"\x0bPID|1\r\x1c\r",
-            "a segment comes before any MSH segment",
-        );
-        assert!(ack.starts_with(b"\x0bMSH|^~\\&|") && ack.ends_with(b"\r\x1c\r"));
+        let refused = ack(b"\x0bPID|1\r\x1c\r", "AR", "the vault cannot be reached");
+        assert!(refused.starts_with(b"\x0bMSH|^~\\&|") && refused.ends_with(b"\r\x1c\r"));
+        // The receiver's answer is matched by the control ID it repeats.
+        assert_eq!(control_id(frame), b"CTRL7");
+        assert_eq!(ack_code(&ack(frame, "AA", "")), "AA");
+        assert_eq!(msa(&ack(frame, "AA", ""))[1], b"CTRL7");
     }
 }

@@ -3,9 +3,10 @@
 //! as it lies in the input, its pages, statistics, page index and bloom
 //! filter with it, without being decoded.
 //!
-//! A mapped column's statistics, page index and bloom filter are computed
-//! anew from what is written, never copied: the input's would hold the
-//! values (a minimum and a maximum, a filter that answers for them).
+//! A mapped column's statistics and page index are computed anew from what
+//! is written, and it gets no bloom filter; the input's are never copied:
+//! they would hold the values (a minimum and a maximum, a filter that
+//! answers for them).
 
 use std::collections::HashMap;
 use std::fs::File;

@@ -323,11 +323,12 @@ async fn a_many_resource_fhir_export_changes_every_phi_string_and_nothing_else()
                     }
                 );
                 // Sent word by word or whole, no word of it is left (words
-                // shorter than 4 letters may meet their token by chance; an
-                // e-mail address keeps its domain by the format's design).
+                // shorter than 4 characters, or of digits alone, may meet
+                // their token by chance; an e-mail address keeps its domain
+                // by the format's design).
                 let words = |t: &str| -> HashSet<String> {
                     t.split(|c: char| !c.is_alphanumeric())
-                        .filter(|w| w.chars().count() >= 4)
+                        .filter(|w| w.chars().count() >= 4 && w.chars().any(char::is_alphabetic))
                         .map(str::to_owned)
                         .collect()
                 };

@@ -473,14 +473,15 @@ impl Drop for Started {
     }
 }
 
-/// The first line `child` writes on `stream`, waiting for it (the
-/// process says it is ready by writing it).
-fn first_line(stream: impl std::io::Read) -> String {
+/// The first line a process writes on `stream`, waiting for it (the
+/// process says it is ready by writing it); the rest is read and dropped,
+/// so that the process never writes to a closed pipe.
+fn first_line(stream: impl std::io::Read + Send + 'static) -> String {
     use std::io::BufRead;
+    let mut reader = std::io::BufReader::new(stream);
     let mut line = String::new();
-    std::io::BufReader::new(stream)
-        .read_line(&mut line)
-        .expect("a line");
+    reader.read_line(&mut line).expect("a line");
+    std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
     line.trim().to_owned()
 }
 
@@ -589,4 +590,12 @@ async fn the_mllp_relay_passes_tokenized_messages_and_refuses_what_it_cannot_tok
         "the relay and a bulk run give the same tokens"
     );
     assert!(!relayed.contains("MRN000007"), "no mapped value passed");
+    let relayed_file = dir.join("relayed.tok.hl7");
+    std::fs::write(&relayed_file, &relayed).expect("relayed");
+    if let Some(changed) = python_check(&input, &relayed_file) {
+        assert!(
+            changed > 0,
+            "python-hl7 sees the profile's parts changed, and only them"
+        );
+    }
 }
