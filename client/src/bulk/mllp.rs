@@ -18,8 +18,8 @@ use tokio::sync::Semaphore;
 
 use super::hl7::{Delimiters, END_BLOCK, Hl7Layout, START_BLOCK};
 use super::pipeline::BATCH_BYTES;
-use super::{Direction, MAX_UNIT_BYTES, Unit, splice};
-use crate::{Batch, Client, ClientError, code_name};
+use super::{Batches, Direction, MAX_UNIT_BYTES, Unit, splice};
+use crate::{Client, ClientError, code_name};
 
 /// How long the receiver may take to acknowledge a message.
 const ACK_TIMEOUT: Duration = Duration::from_secs(60);
@@ -106,7 +106,7 @@ impl Relay {
             }
             let answer = match self.relay(&frame, &mut receiver).await {
                 Ok(ack) => ack,
-                Err(Refusal::Content(why)) => ack(&frame, "AE", &self.say(&why)),
+                Err(Refusal::Content(why)) => ack(&frame, "AE", &self.told(&why)),
                 Err(Refusal::Unreachable(why)) => ack(&frame, "AR", &why),
             };
             if write.write_all(&answer).await.is_err() {
@@ -118,7 +118,7 @@ impl Relay {
     /// What a refusal tells the sender. Revealing, the sender stands
     /// outside the network: it learns that the message failed, not which
     /// token of it was unknown.
-    fn say(&self, why: &str) -> String {
+    fn told(&self, why: &str) -> String {
         match self.direction {
             Direction::Tokenize => why.to_owned(),
             Direction::Detokenize { .. } => "the message could not be detokenized".into(),
@@ -199,11 +199,8 @@ impl Relay {
             .find(&unit.raw, body, &mut unit.cells)
             .map_err(|why| Refusal::Content(why.to_owned()))?;
         let names = self.layout.names();
-        let mut batches: Vec<Batch> = Vec::new();
-        let mut targets: Vec<Vec<usize>> = Vec::new();
-        let mut bytes: Vec<usize> = Vec::new();
+        let mut batches = Batches::new(BATCH_ITEMS);
         for (i, cell) in unit.cells.iter_mut().enumerate() {
-            let namespace = &names.namespaces[cell.namespace];
             let text = match &mut cell.text {
                 Ok(text) if text.len() <= BATCH_BYTES => std::mem::take(text),
                 Ok(_) => {
@@ -215,67 +212,36 @@ impl Relay {
                     return Err(Refusal::Content(format!("{at}: {why}")));
                 }
             };
-            let open = batches
-                .iter()
-                .rposition(|b| &b.namespace == namespace)
-                .filter(|&at| {
-                    batches[at].items.len() < BATCH_ITEMS && bytes[at] + text.len() <= BATCH_BYTES
-                });
-            let at = match open {
-                Some(at) => at,
-                None => {
-                    batches.push(Batch {
-                        namespace: namespace.clone(),
-                        items: Vec::new(),
-                    });
-                    targets.push(Vec::new());
-                    bytes.push(0);
-                    batches.len() - 1
+            batches.push(&names.namespaces[cell.namespace], text, i);
+        }
+        let answers = batches
+            .send(&self.client, self.direction, 4, self.retry_for)
+            .await
+            .map_err(|e| match e {
+                ClientError::Status(status) if status.code() != tonic::Code::Unavailable => {
+                    Refusal::Unreachable(format!(
+                        "the vault refused the message: {}",
+                        code_name(status.code() as i32)
+                    ))
                 }
-            };
-            bytes[at] += text.len();
-            batches[at].items.push(text);
-            targets[at].push(i);
-        }
-        let answers = match self.direction {
-            Direction::Tokenize => self.client.tokenize_all(batches, 4, self.retry_for).await,
-            Direction::Detokenize { masked } => {
-                self.client
-                    .detokenize_all(batches, masked, 4, self.retry_for)
-                    .await
-            }
-        }
-        .map_err(|e| match e {
-            ClientError::Status(status) if status.code() != tonic::Code::Unavailable => {
-                Refusal::Unreachable(format!(
-                    "the vault refused the message: {}",
-                    code_name(status.code() as i32)
-                ))
-            }
-            _ => Refusal::Unreachable("the vault cannot be reached".into()),
-        })?;
-        let mut texts: Vec<(usize, String)> = Vec::with_capacity(unit.cells.len());
-        for (answers, targets) in answers.into_iter().zip(targets) {
-            for (answer, cell) in answers.into_iter().zip(targets) {
-                match answer {
-                    Ok(text) => texts.push((cell, text)),
-                    Err(e) => {
-                        let c = &unit.cells[cell];
-                        return Err(Refusal::Content(format!(
-                            "{} ({}): {}",
-                            names.location(&c.location),
-                            names.namespaces[c.namespace],
-                            code_name(e.code)
-                        )));
-                    }
+                _ => Refusal::Unreachable("the vault cannot be reached".into()),
+            })?;
+        let mut texts: Vec<(usize, String)> = Vec::with_capacity(answers.len());
+        for (cell, answer) in answers {
+            match answer {
+                Ok(text) => texts.push((cell, text)),
+                Err(e) => {
+                    let c = &unit.cells[cell];
+                    return Err(Refusal::Content(format!(
+                        "{} ({}): {}",
+                        names.location(&c.location),
+                        names.namespaces[c.namespace],
+                        code_name(e.code)
+                    )));
                 }
             }
         }
-        if texts.len() != unit.cells.len() {
-            return Err(Refusal::Unreachable(
-                "the vault answered too few items".into(),
-            ));
-        }
+        // `tokenize_all` checks that every batch got one answer per item.
         let mut replacements: Vec<(usize, &str)> = texts
             .iter()
             .map(|(cell, text)| (*cell, text.as_str()))

@@ -1,5 +1,7 @@
 //! Bulk tokenization of whole files: delimited text, NDJSON, FHIR R4 (Bulk
-//! Data NDJSON and Bundles) and HL7 v2 messages.
+//! Data NDJSON and Bundles), HL7 v2 messages (and an MLLP relay, [`mllp`]),
+//! and Parquet files ([`ParquetLayout`]), read a row group at a time instead
+//! of cutting into units.
 //!
 //! A reader thread cuts the input into *units* (a CSV record, an NDJSON line,
 //! a Bundle, an HL7 message) and finds the cells to send; [`pipeline`] sends them over one
@@ -284,6 +286,90 @@ impl Names {
             Location::Path(path) => path.to_string(),
             Location::Hl7(place) => place.to_string(),
         }
+    }
+}
+
+/// Values held in memory (a Parquet batch's columns, an MLLP message's
+/// cells) grouped into requests by namespace, each of at most `limit` items
+/// and `pipeline::BATCH_BYTES`, each item with where its answer goes.
+struct Batches<T> {
+    limit: usize,
+    batches: Vec<crate::Batch>,
+    targets: Vec<Vec<T>>,
+    bytes: Vec<usize>,
+    /// The batch of each namespace that still takes items.
+    open: std::collections::HashMap<String, usize>,
+}
+
+impl<T> Batches<T> {
+    fn new(limit: usize) -> Self {
+        Self {
+            limit: limit.clamp(1, 10_000),
+            batches: Vec::new(),
+            targets: Vec::new(),
+            bytes: Vec::new(),
+            open: std::collections::HashMap::new(),
+        }
+    }
+
+    /// Adds `text`, no longer than `pipeline::BATCH_BYTES`, for `namespace`.
+    fn push(&mut self, namespace: &str, text: String, target: T) {
+        let at = match self.open.get(namespace) {
+            Some(&at)
+                if self.batches[at].items.len() < self.limit
+                    && self.bytes[at] + text.len() <= pipeline::BATCH_BYTES =>
+            {
+                at
+            }
+            _ => {
+                self.batches.push(crate::Batch {
+                    namespace: namespace.to_owned(),
+                    items: Vec::new(),
+                });
+                self.targets.push(Vec::new());
+                self.bytes.push(0);
+                self.open
+                    .insert(namespace.to_owned(), self.batches.len() - 1);
+                self.batches.len() - 1
+            }
+        };
+        self.bytes[at] += text.len();
+        self.batches[at].items.push(text);
+        self.targets[at].push(target);
+    }
+
+    /// Items added.
+    fn len(&self) -> usize {
+        self.targets.iter().map(Vec::len).sum()
+    }
+
+    /// Sends every batch over one stream (resent on another node when one
+    /// goes away) and answers each item with its target.
+    async fn send(
+        self,
+        client: &crate::Client,
+        direction: Direction,
+        in_flight: usize,
+        retry_for: Duration,
+    ) -> Result<Vec<(T, crate::ItemResult)>, crate::ClientError> {
+        let answers = match direction {
+            Direction::Tokenize => {
+                client
+                    .tokenize_all(self.batches, in_flight, retry_for)
+                    .await
+            }
+            Direction::Detokenize { masked } => {
+                client
+                    .detokenize_all(self.batches, masked, in_flight, retry_for)
+                    .await
+            }
+        }?;
+        Ok(self
+            .targets
+            .into_iter()
+            .zip(answers)
+            .flat_map(|(targets, answers)| targets.into_iter().zip(answers))
+            .collect())
     }
 }
 

@@ -31,8 +31,8 @@ use parquet::schema::types::ColumnPath;
 use tonic::Code;
 
 use super::pipeline::{BATCH_BYTES, csv_error};
-use super::{BulkError, Direction, OnError, Options, Progress, Summary};
-use crate::{Batch, Client, ClientError, code_name, v1 as pb};
+use super::{Batches, BulkError, OnError, Options, Progress, Summary};
+use crate::{Client, ClientError, code_name, v1 as pb};
 
 /// A Parquet input and the columns it maps.
 pub struct ParquetLayout {
@@ -414,16 +414,12 @@ async fn send(
     columns: &[ArrayRef],
     progress: &Progress,
 ) -> Result<(Vec<ArrayRef>, Vec<Failure>), BulkError> {
-    let limit = options.batch_items.clamp(1, 10_000);
     // (column, slot) of each value that failed, with its code and message.
     let mut failed: Vec<(usize, usize, i32, String)> = Vec::new();
     // Per column: the strings that are sent (a dictionary's values, or the
     // column's own), each `None`, or `Some` of what comes back.
     let mut slots: Vec<Vec<Option<String>>> = Vec::with_capacity(columns.len());
-    let mut batches: Vec<Batch> = Vec::new();
-    let mut targets: Vec<Vec<Target>> = Vec::new();
-    let mut bytes: Vec<usize> = Vec::new();
-    let mut open: HashMap<&str, usize> = HashMap::new();
+    let mut batches = Batches::new(options.batch_items);
     for (column, array) in columns.iter().enumerate() {
         let strings = match array.as_any_dictionary_opt() {
             Some(dictionary) => texts(dictionary.values().as_ref()),
@@ -448,57 +444,34 @@ async fn send(
                 ));
                 continue;
             }
-            let at = match open.get(namespace) {
-                Some(&at)
-                    if batches[at].items.len() < limit && bytes[at] + text.len() <= BATCH_BYTES =>
-                {
-                    at
-                }
-                _ => {
-                    batches.push(Batch {
-                        namespace: namespace.to_owned(),
-                        items: Vec::new(),
-                    });
-                    targets.push(Vec::new());
-                    bytes.push(0);
-                    open.insert(namespace, batches.len() - 1);
-                    batches.len() - 1
-                }
-            };
-            bytes[at] += text.len();
-            batches[at].items.push(text.to_owned());
-            targets[at].push(Target { column, slot });
+            batches.push(namespace, text.to_owned(), Target { column, slot });
         }
         slots.push(own);
     }
-    let sent: u64 = batches.iter().map(|b| b.items.len() as u64).sum();
-    let answers = match options.direction {
-        Direction::Tokenize => {
-            client
-                .tokenize_all(batches, options.in_flight, options.retry_for)
-                .await
-        }
-        Direction::Detokenize { masked } => {
-            client
-                .detokenize_all(batches, masked, options.in_flight, options.retry_for)
-                .await
-        }
-    }
-    .map_err(|e| match e {
-        ClientError::Status(status) if status.code() != Code::Unavailable => BulkError::Refused {
-            code: status.code(),
-            message: status.message().to_owned(),
-        },
-        e => BulkError::Unanswered(format!("did not answer: {e}")),
-    })?;
-    Progress::add(&progress.fields, sent + failed.len() as u64);
-    for (answers, targets) in answers.into_iter().zip(targets) {
-        for (answer, target) in answers.into_iter().zip(targets) {
-            match answer {
-                Ok(text) => slots[target.column][target.slot] = Some(text),
-                Err(pb::ItemError { code, message }) => {
-                    failed.push((target.column, target.slot, code, message))
+    let sent = batches.len() as u64;
+    let answers = batches
+        .send(
+            client,
+            options.direction,
+            options.in_flight,
+            options.retry_for,
+        )
+        .await
+        .map_err(|e| match e {
+            ClientError::Status(status) if status.code() != Code::Unavailable => {
+                BulkError::Refused {
+                    code: status.code(),
+                    message: status.message().to_owned(),
                 }
+            }
+            e => BulkError::Unanswered(format!("did not answer: {e}")),
+        })?;
+    Progress::add(&progress.fields, sent + failed.len() as u64);
+    for (target, answer) in answers {
+        match answer {
+            Ok(text) => slots[target.column][target.slot] = Some(text),
+            Err(pb::ItemError { code, message }) => {
+                failed.push((target.column, target.slot, code, message))
             }
         }
     }
