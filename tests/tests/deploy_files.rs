@@ -641,6 +641,7 @@ fn prometheus_scrapes_the_server_under_the_names_the_rules_use() {
         "phivault_grpc_calls_total",
         "phivault_grpc_call_seconds_bucket",
         "phivault_writer_jobs_per_commit_bucket",
+        "phivault_writer_commit_seconds_bucket",
         "phivault_audit_records_written_total",
         "phivault_audit_records_failed_total",
     ] {

@@ -1304,6 +1304,22 @@ async fn metrics_count_calls_by_method_and_status() {
         )
     );
     assert!(text.contains("phivault_writer_jobs_per_commit_bucket"));
+    // The first tokenize call wrote its mapping: every commit that wrote
+    // was timed, and the buckets add up to the count.
+    let commits = gauge("phivault_writer_commit_seconds_count");
+    assert!(commits >= 1.0, "{text}");
+    assert!(gauge("phivault_writer_commit_seconds_sum") > 0.0, "{text}");
+    let buckets: Vec<f64> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("phivault_writer_commit_seconds_bucket{le=\""))
+        .filter_map(|l| l.split_once("\"} ")?.1.trim().parse().ok())
+        .collect();
+    assert_eq!(buckets.len(), 13, "twelve bounds and +Inf: {text}");
+    assert!(
+        buckets.windows(2).all(|w| w[0] <= w[1]),
+        "cumulative: {text}"
+    );
+    assert_eq!(buckets.last(), Some(&commits), "{text}");
     assert!(!text.contains("123-45-6789"));
 }
 

@@ -19,7 +19,7 @@ use prometheus_client::registry::Registry;
 use tonic::codegen::http;
 
 use crate::Vault;
-use crate::store::BATCH_BUCKETS;
+use crate::store::{BATCH_BUCKETS, COMMIT_MICROS_BUCKETS};
 
 /// The RPCs metrics are kept for. Anything else is counted as `other`, so
 /// that a caller cannot grow the label set by inventing method names.
@@ -184,6 +184,11 @@ impl Metrics {
             WriterBatches(Arc::clone(&vault)),
         );
         registry.register(
+            "writer_commit_seconds",
+            "Time each successful write commit took: on RocksDB the group commit's batch written to the log and (with --durability fsync, the default) fsynced; on PostgreSQL a write statement's or an audit lane append's round trip, with its wait for a connection",
+            CommitDurations(Arc::clone(&vault)),
+        );
+        registry.register(
             "audit_records_written",
             "Audit records durably appended since start",
             AuditCount(Arc::clone(&vault), true),
@@ -342,6 +347,39 @@ impl EncodeMetric for WriterBatches {
         encoder.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
             stats.jobs as f64,
             stats.commits,
+            &buckets,
+            None,
+        )
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
+/// Reads the writer's commit-duration counters when scraped.
+struct CommitDurations(Arc<Vault>);
+
+impl std::fmt::Debug for CommitDurations {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CommitDurations")
+    }
+}
+
+impl EncodeMetric for CommitDurations {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let stats = self.0.writer_stats();
+        // Counts per bucket: the encoder sums them into cumulative ones.
+        let buckets: Vec<(f64, u64)> = COMMIT_MICROS_BUCKETS
+            .iter()
+            .map(|&upper| upper as f64 / 1e6)
+            .chain([f64::INFINITY])
+            .zip(stats.commit_micros)
+            .collect();
+        let count = stats.commit_micros.iter().sum();
+        encoder.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+            stats.commit_micros_sum as f64 / 1e6,
+            count,
             &buckets,
             None,
         )

@@ -9,6 +9,20 @@ use super::{StoreError, StoreFuture};
 /// Upper bounds of the jobs-per-commit histogram: 1, 2, 4, … 1024.
 pub const BATCH_BUCKETS: [u64; 11] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024];
 
+/// Upper bounds, in microseconds, of the commit-duration histogram: 100 µs
+/// to 1 s. A commit's duration is the time its write took to become
+/// durable (the batch written and synced), which is what every request in
+/// it waited for beyond its own work.
+pub const COMMIT_MICROS_BUCKETS: [u64; 12] = [
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000,
+];
+
+/// The bucket of a commit of `micros` in [`COMMIT_MICROS_BUCKETS`], or
+/// `COMMIT_MICROS_BUCKETS.len()` when it took longer than the last bound.
+pub fn commit_bucket(micros: u64) -> usize {
+    COMMIT_MICROS_BUCKETS.partition_point(|&upper| upper < micros)
+}
+
 /// Counters of the group commit, for metrics and tests.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct WriterStats {
@@ -24,6 +38,12 @@ pub struct WriterStats {
     pub failed_commits: u64,
     /// Operations that panicked and were discarded.
     pub panicked_jobs: u64,
+    /// Commits by how long they took to be durable: `commit_micros[i]`
+    /// counts commits of more than `COMMIT_MICROS_BUCKETS[i-1]` µs and at
+    /// most `COMMIT_MICROS_BUCKETS[i]`; the last counts the slower ones.
+    pub commit_micros: [u64; COMMIT_MICROS_BUCKETS.len() + 1],
+    /// The sum of every commit's duration, in microseconds.
+    pub commit_micros_sum: u64,
     /// Operations waiting for the writer now (the embedded store's queue;
     /// 0 where there is none).
     pub queued: u64,
@@ -85,4 +105,20 @@ pub trait Lifecycle: Send + Sync {
     /// Stops taking writes once those under way are committed, and makes
     /// them durable. Later calls do nothing.
     fn close(&self) -> Result<(), StoreError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_commit_falls_in_the_first_bucket_whose_bound_it_does_not_exceed() {
+        assert_eq!(commit_bucket(0), 0);
+        assert_eq!(commit_bucket(100), 0);
+        assert_eq!(commit_bucket(101), 1);
+        assert_eq!(commit_bucket(1_000), 3);
+        assert_eq!(commit_bucket(1_000_000), COMMIT_MICROS_BUCKETS.len() - 1);
+        assert_eq!(commit_bucket(1_000_001), COMMIT_MICROS_BUCKETS.len());
+        assert_eq!(commit_bucket(u64::MAX), COMMIT_MICROS_BUCKETS.len());
+    }
 }

@@ -29,7 +29,10 @@ pub use audit::{
     AuditStore, LANE_SHIFT, PendingRecord, StoredRecord, chain_hash, lane_of, record_id, seq_of,
 };
 pub use lease::{Lease, LeaseStore, SharedUsage, Usage, holder_name};
-pub use lifecycle::{BATCH_BUCKETS, BackupFinish, ForwardRow, Lifecycle, WriterStats};
+pub use lifecycle::{
+    BATCH_BUCKETS, BackupFinish, COMMIT_MICROS_BUCKETS, ForwardRow, Lifecycle, WriterStats,
+    commit_bucket,
+};
 pub use mappings::{InsertOutcome, Inserted, MappingRows, MappingStore, NewValues, StoreFuture};
 pub use meta::{
     Genesis, Location, MasterChange, MasterRecord, MetaStore, RowKey, create, create_empty, exists,

@@ -293,8 +293,12 @@ impl PgStore {
             .iter()
             .flat_map(|job| job.records.iter().cloned())
             .collect();
+        let started = std::time::Instant::now();
         let client = self.inner.client().await?;
         let appended = self.append_on(&client, &lane, &records).await;
+        if appended.is_ok() {
+            self.inner.time_commit(started.elapsed());
+        }
         lane.head = appended.as_ref().ok().map(|(_, head)| *head);
         self.inner.committed_group(jobs.len(), appended.is_ok());
         self.inner.settle(client, appended).map(|(ids, _)| ids)

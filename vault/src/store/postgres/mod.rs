@@ -750,13 +750,26 @@ impl Inner {
         }
     }
 
+    /// Counts how long a commit took to come back from the server (its
+    /// wait for a connection included), for the commit-duration histogram.
+    pub(super) fn time_commit(&self, took: std::time::Duration) {
+        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+        stats.commit_micros[super::commit_bucket(micros)] += 1;
+        stats.commit_micros_sum = stats.commit_micros_sum.saturating_add(micros);
+    }
+
     /// Runs one writing statement and returns its rows.
     pub(super) async fn write(
         &self,
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<Row>, StoreError> {
+        let started = std::time::Instant::now();
         let result = self.query(sql, params).await;
+        if result.is_ok() {
+            self.time_commit(started.elapsed());
+        }
         self.committed(result.is_ok());
         result
     }

@@ -14,7 +14,9 @@ use rocksdb::{WriteBatch, WriteOptions};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Cf, Inner, integrity};
-use crate::store::{BATCH_BUCKETS, Durability, StoreError, WriterStats};
+use crate::store::{
+    BATCH_BUCKETS, COMMIT_MICROS_BUCKETS, Durability, StoreError, WriterStats, commit_bucket,
+};
 
 /// Jobs waiting for the writer before submitters have to wait.
 const QUEUE_DEPTH: usize = 4096;
@@ -44,6 +46,9 @@ struct Counters {
     commits: AtomicU64,
     jobs: AtomicU64,
     batches: [AtomicU64; BATCH_BUCKETS.len()],
+    /// Commits that wrote, by how long the write and its sync took.
+    commit_micros: [AtomicU64; COMMIT_MICROS_BUCKETS.len() + 1],
+    commit_micros_sum: AtomicU64,
     failed_commits: AtomicU64,
     panicked_jobs: AtomicU64,
     /// Whether the latest commit failed: the write path is down until one
@@ -51,6 +56,14 @@ struct Counters {
     failing: AtomicBool,
     /// Whether the writer thread has ended (stopped or died).
     ended: AtomicBool,
+}
+
+impl Counters {
+    fn time_commit(&self, took: std::time::Duration) {
+        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        self.commit_micros[commit_bucket(micros)].fetch_add(1, Ordering::Relaxed);
+        self.commit_micros_sum.fetch_add(micros, Ordering::Relaxed);
+    }
 }
 
 /// Marks the writer ended when its thread leaves `run`, however it leaves.
@@ -139,6 +152,10 @@ impl Writer {
             commits: self.counters.commits.load(Ordering::Relaxed),
             jobs: self.counters.jobs.load(Ordering::Relaxed),
             batches: std::array::from_fn(|i| self.counters.batches[i].load(Ordering::Relaxed)),
+            commit_micros: std::array::from_fn(|i| {
+                self.counters.commit_micros[i].load(Ordering::Relaxed)
+            }),
+            commit_micros_sum: self.counters.commit_micros_sum.load(Ordering::Relaxed),
             failed_commits: self.counters.failed_commits.load(Ordering::Relaxed),
             panicked_jobs: self.counters.panicked_jobs.load(Ordering::Relaxed),
             queued: self
@@ -194,6 +211,10 @@ fn run(
             }
         }
         let (written, after) = txn.commit(&write_options);
+        if let Ok(Some(took)) = written {
+            counters.time_commit(took);
+        }
+        let written = written.map(|took| took.is_some());
         let committed = written.map(|wrote| {
             // Only a batch that reached the store says the store takes
             // writes: an empty one (every job failed, a checkpoint) does not.
@@ -367,13 +388,23 @@ impl<'a> Txn<'a> {
         }
     }
 
-    /// Commits the batch; `Ok(true)` when it held writes.
-    fn commit(self, options: &WriteOptions) -> (Result<bool, StoreError>, Vec<AfterCommit>) {
+    /// Commits the batch; `Ok(Some(how long the write took to be durable))`
+    /// when it held writes.
+    fn commit(
+        self,
+        options: &WriteOptions,
+    ) -> (
+        Result<Option<std::time::Duration>, StoreError>,
+        Vec<AfterCommit>,
+    ) {
         let result = self.write_batch(options);
         (result, self.after)
     }
 
-    fn write_batch(&self, options: &WriteOptions) -> Result<bool, StoreError> {
+    fn write_batch(
+        &self,
+        options: &WriteOptions,
+    ) -> Result<Option<std::time::Duration>, StoreError> {
         let mut batch = WriteBatch::default();
         for (cf, from, to) in &self.ranges {
             batch.delete_range_cf(self.inner.cf(*cf), from, to);
@@ -392,11 +423,12 @@ impl<'a> Txn<'a> {
             }
         }
         if batch.is_empty() {
-            return Ok(false);
+            return Ok(None);
         }
         refuse_while_failpoint_file_exists()?;
+        let started = std::time::Instant::now();
         self.inner.db.write_opt(batch, options)?;
-        Ok(true)
+        Ok(Some(started.elapsed()))
     }
 }
 
@@ -442,7 +474,12 @@ mod tests {
             Some(b"first".to_vec())
         );
         assert!(!txn.contains(Cf::Meta, b"new").expect("get"));
-        assert!(txn.commit(&WriteOptions::default()).0.expect("commit"));
+        assert!(
+            txn.commit(&WriteOptions::default())
+                .0
+                .expect("commit")
+                .is_some()
+        );
         assert_eq!(
             store.get(Cf::Meta, b"k").expect("get"),
             Some(b"first".to_vec())
@@ -505,6 +542,9 @@ mod tests {
         let stats = store.writer_stats();
         assert_eq!((stats.jobs, stats.commits), (2, 2));
         assert_eq!(stats.batches[0], 2, "two commits of one job each");
+        // Only the commit that wrote is timed: the failed job left an empty
+        // batch, which never reached the disk.
+        assert_eq!(stats.commit_micros.iter().sum::<u64>(), 1);
         store.close().expect("close");
     }
 }
