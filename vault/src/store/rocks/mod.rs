@@ -1203,6 +1203,24 @@ fn insert_mappings(txn: &mut Txn<'_>, values: &dyn NewValues) -> Result<InsertOu
     Ok(InsertOutcome::Done(outcomes))
 }
 
+/// Write-ahead log bytes kept at most before the column families holding
+/// the oldest log are flushed: also about what a restart replays at most.
+const MAX_LOG_BYTES: u64 = 256 << 20;
+
+/// Bench-only: RocksDB's own default for the write-ahead log's bound, so
+/// that the benchmark measures what [`rocks_options`] changes in the same
+/// run. Compiled in only with the `bench-switches` feature.
+fn rocksdb_defaults_for_bench() -> bool {
+    #[cfg(feature = "bench-switches")]
+    if std::env::var_os("PHIVAULT_BENCH_ROCKSDB_DEFAULTS").is_some() {
+        tracing::warn!(
+            "BENCHMARK BUILD: PHIVAULT_BENCH_ROCKSDB_DEFAULTS is set; RocksDB's own write-ahead log bound (about 4.5 GiB here) is in use"
+        );
+        return true;
+    }
+    false
+}
+
 fn rocks_options(options: &StoreOptions, create: bool) -> (Options, Vec<ColumnFamilyDescriptor>) {
     let cache = Cache::new_lru_cache(options.block_cache_bytes);
     let mut table = BlockBasedOptions::default();
@@ -1231,6 +1249,23 @@ fn rocks_options(options: &StoreOptions, create: bool) -> (Options, Vec<ColumnFa
     db_options.set_max_background_jobs(2);
     db_options.set_keep_log_file_num(4);
     db_options.set_max_log_file_size(16 << 20);
+    if !rocksdb_defaults_for_bench() {
+        // A log file is done with only once every column family holding a
+        // write from it is flushed. The small ones (the audit head's, a
+        // client's) fill slowly, so by default they kept every log since
+        // the first alive until the logs reached RocksDB's own bound, four
+        // times all memtables together (4.5 GiB here), and a restart
+        // replayed all of them. Past this size RocksDB flushes the column
+        // families that hold the oldest log.
+        db_options.set_max_total_wal_size(MAX_LOG_BYTES);
+        // Measured and left out (BENCHMARKS.md, "Detokenize latency with a
+        // durable audit record"): reusing old log files
+        // (`recycle_log_file_num`) spares each commit's sync an inode write
+        // and halved the median commit, but changed neither throughput nor
+        // the tail, and RocksDB's own crash tests leave it off since a
+        // recovery that lost data; handing tables to the disk in steps
+        // (`bytes_per_sync`) showed no gain either.
+    }
     let descriptors = Cf::ALL
         .iter()
         .map(|cf| ColumnFamilyDescriptor::new(cf.name(), cf_options.clone()))
