@@ -19,6 +19,13 @@
 //!   HTTP caller keeps its own HTTP/1.1 connection (a connection pool's
 //!   way), the gRPC callers share one HTTP/2 connection (the client's way).
 //!
+//! * unary `Detokenize` sent at a fixed rate (`OPEN_LOOP_RATE`, below
+//!   saturation) whatever the answers do, audited against skipped: p50,
+//!   p99, p99.9 and the largest, each call timed from when it was due; and
+//!   what the audited vault's writer did meanwhile (its commit-duration
+//!   histogram from the metrics, RocksDB's flushes, compactions, log files
+//!   and stalls from its LOG).
+//!
 //! `make bench` (or `cargo bench -p phivault --features bench-switches
 //! --bench grpc`).
 //! `PHIVAULT_BENCH_SECONDS` sets each measurement's length (default 10).
@@ -34,7 +41,10 @@ use phivault_proto::v1::tokenizer_server::{Tokenizer, TokenizerServer};
 use tonic::{Request, Response, Status, Streaming};
 
 mod support;
-use support::ServeProcess;
+use support::{
+    Commits, ServeProcess, commit_histogram, commits_between, commits_so_far, open_loop_detokenize,
+    rocksdb_log_summary, tail,
+};
 
 /// Concurrent unary callers: a typical service's connection pool.
 const CALLERS: usize = 32;
@@ -43,6 +53,9 @@ const CALLERS: usize = 32;
 /// the server idle between commits and measure latency, not throughput.
 const SATURATING_CALLERS: usize = 128;
 const STREAM_BATCH: usize = 1000;
+/// Calls a second of the open-loop measurement: well below what either
+/// vault answers at 32 callers, as a service's steady load would be.
+const OPEN_LOOP_RATE: f64 = 5000.0;
 
 /// The bare service: same messages, no vault behind them.
 struct Echo;
@@ -300,32 +313,81 @@ fn main() {
         let echo_addr = start_echo();
         let echo = Client::connect(ClientOptions::new(format!("http://{echo_addr}"))).await.expect("echo");
 
-        let vault = ServeProcess::start(&[("PHIVAULT_HTTP_LISTEN", "127.0.0.1:0")]);
+        let vault = ServeProcess::start(&[
+            ("PHIVAULT_HTTP_LISTEN", "127.0.0.1:0"),
+            ("PHIVAULT_METRICS_LISTEN", "127.0.0.1:0"),
+        ]);
         let (client, key) = bench_client(&vault).await;
         let unaudited_vault = ServeProcess::start(&[("PHIVAULT_BENCH_SKIP_AUDIT", "1")]);
         let (unaudited, _) = bench_client(&unaudited_vault).await;
+        // Audited as well, with RocksDB's own default for the log's bound:
+        // what the store's setting changes, in the same run.
+        let defaults_vault = ServeProcess::start(&[
+            ("PHIVAULT_BENCH_ROCKSDB_DEFAULTS", "1"),
+            ("PHIVAULT_METRICS_LISTEN", "127.0.0.1:0"),
+        ]);
+        let (defaults, _) = bench_client(&defaults_vault).await;
         let unwatched_vault = ServeProcess::start(&[("PHIVAULT_DETECTION_WINDOW_SECS", "0")]);
         let (unwatched, _) = bench_client(&unwatched_vault).await;
         if !cfg!(feature = "bench-switches") {
-            eprintln!("built without the bench-switches feature: both vaults write audit records (run `make bench`)");
+            eprintln!("built without the bench-switches feature: every vault writes audit records with the same options (run `make bench`)");
         }
         let values: Arc<Vec<String>> = Arc::new((0..STREAM_BATCH).map(|i| format!("{:09}", 100_000_000 + i)).collect());
         let tokens = client.tokenize("ssn", values.as_ref().clone()).await.expect("warm-up");
         let token = tokens[0].clone().expect("token");
         let unaudited_token = unaudited.tokenize("ssn", vec![values[0].clone()]).await.expect("warm-up")[0].clone().expect("token");
+        let defaults_token = defaults.tokenize("ssn", vec![values[0].clone()]).await.expect("warm-up")[0].clone().expect("token");
 
-        println!("gRPC benchmark: {CALLERS} and {SATURATING_CALLERS} concurrent unary callers, stream batches of {STREAM_BATCH}, {seconds} s each");
+        println!("gRPC benchmark: {CALLERS} and {SATURATING_CALLERS} concurrent unary callers, stream batches of {STREAM_BATCH}, {OPEN_LOOP_RATE} calls/s open loop, {seconds} s each");
         let bare = unary_detokenize(echo.clone(), token.clone(), CALLERS, seconds).await;
-        let mut audit_rows = Vec::new();
-        for callers in [CALLERS, SATURATING_CALLERS] {
-            let mut audited_runs = Vec::new();
-            let mut unaudited_runs = Vec::new();
-            for _ in 0..2 {
-                unaudited_runs.push(unary_detokenize(unaudited.clone(), unaudited_token.clone(), callers, seconds).await);
-                audited_runs.push(unary_detokenize(client.clone(), token.clone(), callers, seconds).await);
+        // Skipped, audited as built, audited on RocksDB's defaults.
+        let compared = [(&unaudited, &unaudited_token), (&client, &token), (&defaults, &defaults_token)];
+        // A vault that has served for a while has flushed its memtables and
+        // rolled its write-ahead log over, as built up to the log's bound:
+        // records until it has, the same number in each audited vault,
+        // before anything is measured.
+        let data = vault.data_dir().expect("a vault of its own");
+        let mut warm_up = 0;
+        while !std::fs::read_to_string(data.join("LOG")).unwrap_or_default().contains("while max_total_wal_size is") {
+            assert!(warm_up < 24, "the write-ahead log did not reach its bound after {warm_up} rounds of records");
+            for (target, token) in &compared[1..] {
+                unary_detokenize((*target).clone(), (*token).clone(), SATURATING_CALLERS, 5.0).await;
             }
-            audit_rows.push((callers, Latency::mean(&unaudited_runs), Latency::mean(&audited_runs)));
+            warm_up += 1;
         }
+        println!("warm-up: {warm_up} rounds of 5 s at {SATURATING_CALLERS} callers in each audited vault, until the write-ahead log reached its bound");
+        let mut audit_rows = Vec::new();
+        let built_metrics = vault.metrics_addr.expect("the metrics listener");
+        for callers in [CALLERS, SATURATING_CALLERS] {
+            let mut runs: [Vec<Latency>; 3] = Default::default();
+            let mut group = Commits::default();
+            for _ in 0..2 {
+                for (i, ((target, token), runs)) in compared.iter().zip(&mut runs).enumerate() {
+                    let before = commits_so_far(built_metrics);
+                    runs.push(unary_detokenize((*target).clone(), (*token).clone(), callers, seconds).await);
+                    if i == 1 {
+                        group = group + (commits_so_far(built_metrics) - before);
+                    }
+                }
+            }
+            audit_rows.push((callers, runs.map(|r| Latency::mean(&r)), group));
+        }
+        let metrics = [&vault, &defaults_vault].map(|v| v.metrics_addr.expect("the metrics listener"));
+        let commits_before = metrics.map(commit_histogram);
+        let mut open_samples: [Vec<Duration>; 3] = Default::default();
+        for _ in 0..2 {
+            for ((target, token), samples) in compared.iter().zip(&mut open_samples) {
+                let (handle, target, token) = (tokio::runtime::Handle::current(), (*target).clone(), (*token).clone());
+                let (taken, failed) = tokio::task::spawn_blocking(move || {
+                    open_loop_detokenize(&handle, target, token, OPEN_LOOP_RATE, seconds)
+                })
+                .await
+                .expect("open loop");
+                assert_eq!(failed, 0, "calls failed in the open loop");
+                samples.extend(taken);
+            }
+        }
+        let open_commits = [0, 1].map(|i| commits_between(&commits_before[i], &commit_histogram(metrics[i])));
         let unwatched_token = unwatched.tokenize("ssn", vec![values[0].clone()]).await.expect("warm-up")[0].clone().expect("token");
         let (mut watched_runs, mut unwatched_runs) = (Vec::new(), Vec::new());
         for _ in 0..2 {
@@ -349,7 +411,7 @@ fn main() {
             over_http.calls,
             over_grpc.calls
         );
-        let real = &audit_rows[0].2;
+        let real = &audit_rows[0].1[1];
         let audit_records = audit_head(&vault).await;
         let bare_stream = stream_tokenize(echo, Arc::clone(&values), seconds).await;
         let real_stream = stream_tokenize(client, values, seconds).await;
@@ -362,18 +424,22 @@ fn main() {
         println!("| unary Detokenize p99 | {:.2?} | {:.2?} | |", bare.p99, real.p99);
         println!("| TokenizeStream of repeated values, fields/s | {bare_stream:.0} | {real_stream:.0} | {:.2} |", real_stream / bare_stream);
         println!();
-        println!("| unary Detokenize (1 item) | callers | audit records skipped | audited (as built) | ratio |");
-        println!("|---|---:|---:|---:|---:|");
-        for (callers, skipped, audited) in &audit_rows {
-            println!("| requests/s | {callers} | {:.0} | {:.0} | {:.2} |", skipped.rate, audited.rate, audited.rate / skipped.rate);
-            println!("| p50 | {callers} | {:.2?} | {:.2?} | |", skipped.p50, audited.p50);
-            println!("| p99 | {callers} | {:.2?} | {:.2?} | |", skipped.p99, audited.p99);
+        println!("| unary Detokenize (1 item) | callers | audit records skipped | audited (as built) | ratio | audited, RocksDB's defaults | ratio |");
+        println!("|---|---:|---:|---:|---:|---:|---:|");
+        for (callers, [skipped, audited, defaults], _) in &audit_rows {
+            println!("| requests/s | {callers} | {:.0} | {:.0} | {:.2} | {:.0} | {:.2} |", skipped.rate, audited.rate, audited.rate / skipped.rate, defaults.rate, defaults.rate / skipped.rate);
+            println!("| p50 | {callers} | {:.2?} | {:.2?} | | {:.2?} | |", skipped.p50, audited.p50, defaults.p50);
+            println!("| p99 | {callers} | {:.2?} | {:.2?} | | {:.2?} | |", skipped.p99, audited.p99, defaults.p99);
         }
         println!();
-        for (callers, skipped, audited) in &audit_rows {
+        for (callers, [skipped, audited, _], group) in &audit_rows {
             println!(
-                "audit overhead on throughput at {callers} callers: {:.1}% (target at most 20%)",
-                100.0 * (1.0 - audited.rate / skipped.rate)
+                "audited throughput at {callers} callers: {:.2} of the unaudited vault's (target at least 0.60 at {CALLERS}); as built, {:.0} group commits of {:.1} calls on average, each durable in {:.0} µs on average, the writer inside a commit {:.0}% of the time",
+                audited.rate / skipped.rate,
+                group.commits,
+                group.jobs / group.commits.max(1.0),
+                group.seconds * 1e6 / group.timed.max(1.0),
+                100.0 * group.seconds / (2.0 * seconds),
             );
         }
         println!();
@@ -393,6 +459,32 @@ fn main() {
         println!("| p50 | {:.2?} | {:.2?} | |", over_grpc.p50, over_http.p50);
         println!("| p99 | {:.2?} | {:.2?} | |", over_grpc.p99, over_http.p99);
         println!("{audit_records} records in the audited vault's chain, which verifies");
+        println!();
+        println!("| unary Detokenize (1 item), {OPEN_LOOP_RATE} calls/s open loop | calls | p50 | p99 | p99.9 | max |");
+        println!("|---|---:|---:|---:|---:|---:|");
+        for (name, samples) in ["audit records skipped", "audited (as built)", "audited, RocksDB's defaults"].into_iter().zip(&mut open_samples) {
+            let [p50, p99, p999, max] = tail(samples);
+            println!("| {name} | {} | {p50:.2?} | {p99:.2?} | {p999:.2?} | {max:.2?} |", samples.len());
+        }
+        println!();
+        println!("commits of each audited vault during its open-loop runs, by how long each took to be durable (share of its commits):");
+        println!("| at most | as built | RocksDB's defaults |");
+        println!("|---:|---:|---:|");
+        let totals = open_commits.each_ref().map(|c| c.iter().map(|b| b.1).sum::<u64>());
+        for (i, &(le, built)) in open_commits[0].iter().enumerate() {
+            let default = open_commits[1][i].1;
+            if built + default == 0 {
+                continue;
+            }
+            let bound = if le.is_finite() { format!("{:.2?}", Duration::from_secs_f64(le)) } else { "longer".into() };
+            println!("| {bound} | {built} ({:.4}) | {default} ({:.4}) |", built as f64 / totals[0].max(1) as f64, default as f64 / totals[1].max(1) as f64);
+        }
+        println!("| commits | {} | {} |", totals[0], totals[1]);
+        for (name, served) in [("as built", &vault), ("RocksDB's defaults", &defaults_vault)] {
+            if let Some(data) = served.data_dir() {
+                println!("the audited vault's RocksDB ({name}) over the whole run: {}", rocksdb_log_summary(&data));
+            }
+        }
     });
 }
 

@@ -15,8 +15,15 @@
 //! * `Detokenize` of batches of 1,000 tokens by `WRITERS` callers, and
 //!   unary `Detokenize` of one token at 32 callers (requests/s, p50, p99),
 //!   both against the RocksDB vault.
+//! * What the audit trail costs on PostgreSQL: unary `Detokenize` of one
+//!   token at 32 callers and at a fixed rate (`OPEN_LOOP_RATE`, an open
+//!   loop: p50, p99, p99.9, largest), against a node on the same database
+//!   whose audit records are skipped by the bench-only switch
+//!   (`PHIVAULT_BENCH_SKIP_AUDIT`), alternating; and the audited node's
+//!   commit durations meanwhile, from its metrics.
 //!
-//! `make bench` (or `cargo bench -p phivault --bench postgres`).
+//! `make bench` (or `cargo bench -p phivault --features bench-switches
+//! --bench postgres`; without the feature node c records too).
 //! `PHIVAULT_BENCH_SECONDS` sets each measurement's length (default 10).
 
 use std::path::Path;
@@ -32,7 +39,7 @@ use phivault::store::schema::ForwardKey;
 use phivault_client::{Client, ClientOptions};
 
 mod support;
-use support::ServeProcess;
+use support::{ServeProcess, commit_histogram, commits_between, open_loop_detokenize, tail};
 
 /// Concurrent callers writing new values.
 const WRITERS: usize = 4;
@@ -40,6 +47,11 @@ const WRITERS: usize = 4;
 const BATCH: usize = 1000;
 /// Concurrent unary detokenize callers.
 const CALLERS: usize = 32;
+/// Calls a second of the open-loop detokenize measurement: about half what
+/// the audited node answers at 32 callers (the gRPC benchmark's 5,000
+/// would be beyond it, and an open loop beyond saturation measures only
+/// its growing queue).
+const OPEN_LOOP_RATE: f64 = 2000.0;
 /// Batches of tokens the reveal measurement cycles through.
 const REVEAL_BATCHES: usize = 16;
 /// The `ssn` namespace's id in a new vault (the default namespaces in order).
@@ -476,7 +488,12 @@ fn main() {
     init_store(bare_dir.path(), &bare_store);
     init_store(bare_after_dir.path(), &bare_after_store);
     let key_file = dir.path().join("master.key");
-    let a = ServeProcess::serve(&["--store", &store], &key_file, admin_key.clone(), &[]);
+    let a = ServeProcess::serve(
+        &["--store", &store],
+        &key_file,
+        admin_key.clone(),
+        &[("PHIVAULT_METRICS_LISTEN", "127.0.0.1:0")],
+    );
     let b = ServeProcess::serve(&["--store", &store], &key_file, admin_key.clone(), &[]);
     let rocks = ServeProcess::start(&[]);
     let servers = [a.child.id(), b.child.id(), rocks.child.id()];
@@ -536,6 +553,51 @@ fn main() {
         let (pg_rate, pg_p50, pg_p99) = detokenize_latency(on_a.clone(), token, seconds).await;
         let (rocks_detok, rocks_p50, rocks_p99) = detokenize_latency(on_rocks.clone(), rocks_token, seconds).await;
 
+        // The audit trail's cost on PostgreSQL: node a against node c,
+        // which skips its records, on the same database, alternating.
+        // Started only now, so that it takes no CPU from the phases before.
+        let c = ServeProcess::serve(
+            &["--store", &store],
+            &key_file,
+            admin_key.clone(),
+            &[("PHIVAULT_BENCH_SKIP_AUDIT", "1")],
+        );
+        if !cfg!(feature = "bench-switches") {
+            eprintln!("built without the bench-switches feature: node c writes audit records too (run `make bench`)");
+        }
+        let on_c = same_key_on(&c.endpoint(), &admin_key, "bench-c").await;
+        let pg_token = on_a.tokenize("ssn", vec!["123-45-6789".into()]).await.expect("token")[0].clone().expect("token");
+        let mut closed: [Vec<(f64, Duration, Duration)>; 2] = Default::default();
+        let mut open: [Vec<Duration>; 2] = Default::default();
+        let metrics = a.metrics_addr.expect("node a's metrics listener");
+        let mut open_commits = Vec::new();
+        for _ in 0..2 {
+            for (i, node) in [&on_c, &on_a].into_iter().enumerate() {
+                closed[i].push(detokenize_latency(node.clone(), pg_token.clone(), seconds).await);
+            }
+            for (i, node) in [&on_c, &on_a].into_iter().enumerate() {
+                let before = commit_histogram(metrics);
+                let (handle, node, token) = (tokio::runtime::Handle::current(), node.clone(), pg_token.clone());
+                let (taken, failed) = tokio::task::spawn_blocking(move || {
+                    open_loop_detokenize(&handle, node, token, OPEN_LOOP_RATE, seconds)
+                })
+                .await
+                .expect("open loop");
+                assert_eq!(failed, 0, "calls failed in the open loop");
+                open[i].extend(taken);
+                if i == 1 {
+                    let during = commits_between(&before, &commit_histogram(metrics));
+                    if open_commits.is_empty() {
+                        open_commits = during;
+                    } else {
+                        for (sum, (_, n)) in open_commits.iter_mut().zip(during) {
+                            sum.1 += n;
+                        }
+                    }
+                }
+            }
+        }
+
         println!();
         // CPU per value, by part: on two shared cores, what the vault's
         // phases spend beyond the bare statement's is what they cannot
@@ -569,6 +631,29 @@ fn main() {
         println!("|---|---:|---:|---:|---:|");
         println!("| vault on PostgreSQL (one node) | {pg_rate:.0} | {:.2} | {pg_p50:.2?} | {pg_p99:.2?} |", pg_rate / rocks_detok);
         println!("| vault on RocksDB | {rocks_detok:.0} | 1.00 | {rocks_p50:.2?} | {rocks_p99:.2?} |");
+        println!();
+        println!("| unary Detokenize, 1 token, vault on PostgreSQL (one node) | audit records skipped | audited (as built) | ratio |");
+        println!("|---|---:|---:|---:|");
+        let mean = |runs: &[(f64, Duration, Duration)], f: fn(&(f64, Duration, Duration)) -> f64| runs.iter().map(f).sum::<f64>() / runs.len() as f64;
+        let [skipped_rate, audited_rate] = closed.each_ref().map(|r| mean(r, |x| x.0));
+        let [skipped_p50, audited_p50] = closed.each_ref().map(|r| mean(r, |x| x.1.as_secs_f64()));
+        let [skipped_p99, audited_p99] = closed.each_ref().map(|r| mean(r, |x| x.2.as_secs_f64()));
+        println!("| requests/s, {CALLERS} callers | {skipped_rate:.0} | {audited_rate:.0} | {:.2} |", audited_rate / skipped_rate);
+        println!("| p50, {CALLERS} callers | {:.2?} | {:.2?} | |", Duration::from_secs_f64(skipped_p50), Duration::from_secs_f64(audited_p50));
+        println!("| p99, {CALLERS} callers | {:.2?} | {:.2?} | |", Duration::from_secs_f64(skipped_p99), Duration::from_secs_f64(audited_p99));
+        let [skipped_tail, audited_tail] = open.each_mut().map(|samples| tail(samples));
+        for (i, name) in ["p50", "p99", "p99.9", "max"].into_iter().enumerate() {
+            println!("| {name}, {OPEN_LOOP_RATE} calls/s open loop | {:.2?} | {:.2?} | |", skipped_tail[i], audited_tail[i]);
+        }
+        println!();
+        let commits: u64 = open_commits.iter().map(|b| b.1).sum();
+        println!("node a's commits during its open-loop runs: {commits}, by how long each took (statement and connection wait):");
+        println!("| at most | commits | share |");
+        println!("|---:|---:|---:|");
+        for (le, count) in open_commits.iter().filter(|b| b.1 > 0) {
+            let bound = if le.is_finite() { format!("{:.2?}", Duration::from_secs_f64(*le)) } else { "longer".into() };
+            println!("| {bound} | {count} | {:.4} |", *count as f64 / commits.max(1) as f64);
+        }
         println!();
         println!(
             "targets: new values on PostgreSQL at least 0.70 of the bare statement ({:.2}); detokenize at least 0.50 of RocksDB's (batches {:.2}, unary {:.2})",
