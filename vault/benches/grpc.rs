@@ -10,6 +10,13 @@
 //!   audit trail costs: a durable, hash-chained record per call before its
 //!   answer leaves. The two alternate, twice each, to even out a noisy
 //!   machine;
+//! * where the audited vault's cost goes, at 32 callers: the same calls
+//!   against two more audited vaults, one that does not sync its commits
+//!   (`--durability os`) and one that does not sync but whose writer waits
+//!   after each commit as long as the as-built vault's commits took
+//!   (`PHIVAULT_BENCH_SYNC_WAIT_US`, bench-only): requests/s and the CPU
+//!   each call cost the server, the bench's client and the rest of the
+//!   machine;
 //! * the same unary `Detokenize` against a vault with reveal-anomaly
 //!   detection turned off (`--detection-window-secs 0`), so the ratio shows
 //!   what watching every call costs (target: at most 5%);
@@ -42,8 +49,8 @@ use tonic::{Request, Response, Status, Streaming};
 
 mod support;
 use support::{
-    Commits, ServeProcess, commit_histogram, commits_between, commits_so_far, open_loop_detokenize,
-    rocksdb_log_summary, tail,
+    Commits, Cpu, ServeProcess, commit_histogram, commits_between, commits_so_far,
+    open_loop_detokenize, rocksdb_log_summary, tail,
 };
 
 /// Concurrent unary callers: a typical service's connection pool.
@@ -133,6 +140,7 @@ fn echo(items: Vec<String>) -> Vec<pb::ItemResult> {
         .collect()
 }
 
+#[derive(Clone)]
 struct Latency {
     /// Calls answered (summed over runs by `mean`).
     calls: usize,
@@ -372,6 +380,40 @@ fn main() {
             }
             audit_rows.push((callers, runs.map(|r| Latency::mean(&r)), group));
         }
+        // Where the audited vault's cost at 32 callers goes: the same record
+        // path without its sync (`--durability os`), then without its sync
+        // but with the writer waiting after each commit as long as the
+        // as-built vault's commits took on average — a sync's wait without
+        // its work.
+        let synced = audit_rows[0].2;
+        let sync_wait = format!("{:.0}", synced.seconds * 1e6 / synced.timed.max(1.0));
+        let unsynced_vault = ServeProcess::start(&[("PHIVAULT_DURABILITY", "os")]);
+        let waiting_vault = ServeProcess::start(&[("PHIVAULT_DURABILITY", "os"), ("PHIVAULT_BENCH_SYNC_WAIT_US", &sync_wait)]);
+        let (unsynced, _) = bench_client(&unsynced_vault).await;
+        let (waiting, _) = bench_client(&waiting_vault).await;
+        let unsynced_token = unsynced.tokenize("ssn", vec![values[0].clone()]).await.expect("warm-up")[0].clone().expect("token");
+        let waiting_token = waiting.tokenize("ssn", vec![values[0].clone()]).await.expect("warm-up")[0].clone().expect("token");
+        let split = [
+            (&unaudited, &unaudited_token, &unaudited_vault),
+            (&client, &token, &vault),
+            (&unsynced, &unsynced_token, &unsynced_vault),
+            (&waiting, &waiting_token, &waiting_vault),
+        ];
+        let mut split_runs: [Vec<(Latency, [f64; 4])>; 4] = Default::default();
+        for _ in 0..2 {
+            for ((target, token, served), runs) in split.iter().zip(&mut split_runs) {
+                let server = [served.child.id()];
+                let before = Cpu::now(&server);
+                let measured = unary_detokenize((*target).clone(), (*token).clone(), CALLERS, seconds).await;
+                let cpu = Cpu::now(&server).per_value(before, measured.calls as f64);
+                runs.push((measured, cpu));
+            }
+        }
+        let split_rows = split_runs.map(|runs| {
+            let rate = Latency::mean(&runs.iter().map(|(l, _)| l.clone()).collect::<Vec<_>>());
+            let cpu: [f64; 4] = std::array::from_fn(|i| runs.iter().map(|(_, c)| c[i]).sum::<f64>() / runs.len() as f64);
+            (rate, cpu)
+        });
         let metrics = [&vault, &defaults_vault].map(|v| v.metrics_addr.expect("the metrics listener"));
         let commits_before = metrics.map(commit_histogram);
         let mut open_samples: [Vec<Duration>; 3] = Default::default();
@@ -441,6 +483,15 @@ fn main() {
                 group.seconds * 1e6 / group.timed.max(1.0),
                 100.0 * group.seconds / (2.0 * seconds),
             );
+        }
+        println!();
+        let cores = std::thread::available_parallelism().map_or(1, usize::from) as f64;
+        println!("| unary Detokenize (1 item), {CALLERS} callers | requests/s | of skipped | CPU a call: server | bench client | rest of the machine | machine busy |");
+        println!("|---|---:|---:|---:|---:|---:|---:|");
+        let names = ["audit records skipped", "audited (as built)", "audited, not synced (`--durability os`)", &format!("audited, not synced, the writer waiting {sync_wait} µs a commit")];
+        for (name, (rate, [_, server, bench, rest])) in names.iter().zip(&split_rows) {
+            let busy = (server + bench + rest) * rate.rate / 1e6 / cores;
+            println!("| {name} | {:.0} | {:.2} | {server:.1} µs | {bench:.1} µs | {rest:.1} µs | {:.0}% |", rate.rate, rate.rate / split_rows[0].0.rate, 100.0 * busy);
         }
         println!();
         println!("| unary Detokenize (1 item), {CALLERS} callers | detection off | detection on (as served) | ratio |");

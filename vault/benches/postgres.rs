@@ -39,7 +39,7 @@ use phivault::store::schema::ForwardKey;
 use phivault_client::{Client, ClientOptions};
 
 mod support;
-use support::{ServeProcess, commit_histogram, commits_between, open_loop_detokenize, tail};
+use support::{Cpu, ServeProcess, commit_histogram, commits_between, open_loop_detokenize, tail};
 
 /// Concurrent callers writing new values.
 const WRITERS: usize = 4;
@@ -122,96 +122,6 @@ where
     Phase {
         rate: total as f64 / started.elapsed().as_secs_f64(),
         cpu,
-    }
-}
-
-/// CPU time, in seconds of one core, spent by each part of the machine: what
-/// a measurement on two shared cores spends per value, and where.
-#[derive(Clone, Copy, Default)]
-struct Cpu {
-    /// Every PostgreSQL process of both members, with the children its
-    /// postmasters have reaped (autovacuum workers come and go).
-    postgres: f64,
-    /// The `phivault serve` processes measured.
-    servers: f64,
-    /// This process: the bench's callers or its bare client.
-    bench: f64,
-    /// The whole machine's busy time.
-    machine: f64,
-}
-
-impl Cpu {
-    /// The counters now; `servers` are the vault processes' ids.
-    fn now(servers: &[u32]) -> Self {
-        let tick = rustix::param::clock_ticks_per_second() as f64;
-        // utime, stime, cutime, cstime of /proc/PID/stat, after the command.
-        let times = |stat: &str| -> Option<(String, [f64; 4])> {
-            let (head, rest) = stat.rsplit_once(')')?;
-            let comm = head.split_once('(')?.1.to_owned();
-            let fields: Vec<&str> = rest.split_whitespace().collect();
-            let at = |i: usize| {
-                fields
-                    .get(i)
-                    .and_then(|f| f.parse::<f64>().ok())
-                    .unwrap_or(0.0)
-                    / tick
-            };
-            Some((comm, [at(11), at(12), at(13), at(14)]))
-        };
-        let mut cpu = Cpu::default();
-        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-                continue;
-            };
-            let Some((comm, [utime, stime, cutime, cstime])) = times(&stat) else {
-                continue;
-            };
-            if comm == "postgres" {
-                cpu.postgres += utime + stime + cutime + cstime;
-            } else if servers.contains(&pid) {
-                cpu.servers += utime + stime;
-            } else if pid == std::process::id() {
-                cpu.bench += utime + stime;
-            }
-        }
-        // user nice system idle iowait irq softirq steal, in ticks.
-        if let Ok(stat) = std::fs::read_to_string("/proc/stat")
-            && let Some(line) = stat.lines().next()
-        {
-            let ticks: Vec<f64> = line
-                .split_whitespace()
-                .skip(1)
-                .filter_map(|f| f.parse().ok())
-                .collect();
-            let busy: f64 = ticks
-                .iter()
-                .take(8)
-                .enumerate()
-                .filter(|(i, _)| *i != 3 && *i != 4)
-                .map(|(_, t)| t)
-                .sum();
-            cpu.machine = busy / tick;
-        }
-        cpu
-    }
-
-    /// Microseconds of CPU per value from `before` to now, for `values`.
-    fn per_value(self, before: Cpu, values: f64) -> [f64; 4] {
-        let us = |now: f64, then: f64| (now - then) * 1e6 / values;
-        let machine = us(self.machine, before.machine);
-        let (pg, vault, bench) = (
-            us(self.postgres, before.postgres),
-            us(self.servers, before.servers),
-            us(self.bench, before.bench),
-        );
-        [pg, vault, bench, (machine - pg - vault - bench).max(0.0)]
     }
 }
 

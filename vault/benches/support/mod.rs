@@ -332,3 +332,97 @@ pub(crate) fn rocksdb_log_summary(data: &std::path::Path) -> String {
         count("Stopping writes"),
     )
 }
+
+/// CPU time, in seconds of one core, spent by each part of the machine: what
+/// a measurement on two shared cores spends per value, and where.
+#[derive(Clone, Copy, Default)]
+#[allow(dead_code, reason = "each bench compiles this module")]
+pub(crate) struct Cpu {
+    /// Every PostgreSQL process on the machine, with the children its
+    /// postmasters have reaped (autovacuum workers come and go).
+    pub(crate) postgres: f64,
+    /// The `phivault serve` processes measured.
+    pub(crate) servers: f64,
+    /// This process: the bench's callers or its bare client.
+    pub(crate) bench: f64,
+    /// The whole machine's busy time.
+    pub(crate) machine: f64,
+}
+
+#[allow(dead_code, reason = "each bench compiles this module")]
+impl Cpu {
+    /// The counters now; `servers` are the vault processes' ids.
+    pub(crate) fn now(servers: &[u32]) -> Self {
+        let tick = rustix::param::clock_ticks_per_second() as f64;
+        // utime, stime, cutime, cstime of /proc/PID/stat, after the command.
+        let times = |stat: &str| -> Option<(String, [f64; 4])> {
+            let (head, rest) = stat.rsplit_once(')')?;
+            let comm = head.split_once('(')?.1.to_owned();
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let at = |i: usize| {
+                fields
+                    .get(i)
+                    .and_then(|f| f.parse::<f64>().ok())
+                    .unwrap_or(0.0)
+                    / tick
+            };
+            Some((comm, [at(11), at(12), at(13), at(14)]))
+        };
+        let mut cpu = Cpu::default();
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            let Some((comm, [utime, stime, cutime, cstime])) = times(&stat) else {
+                continue;
+            };
+            if comm == "postgres" {
+                cpu.postgres += utime + stime + cutime + cstime;
+            } else if servers.contains(&pid) {
+                cpu.servers += utime + stime;
+            } else if pid == std::process::id() {
+                cpu.bench += utime + stime;
+            }
+        }
+        // user nice system idle iowait irq softirq steal, in ticks.
+        if let Ok(stat) = std::fs::read_to_string("/proc/stat")
+            && let Some(line) = stat.lines().next()
+        {
+            let ticks: Vec<f64> = line
+                .split_whitespace()
+                .skip(1)
+                .filter_map(|f| f.parse().ok())
+                .collect();
+            let busy: f64 = ticks
+                .iter()
+                .take(8)
+                .enumerate()
+                .filter(|(i, _)| *i != 3 && *i != 4)
+                .map(|(_, t)| t)
+                .sum();
+            cpu.machine = busy / tick;
+        }
+        cpu
+    }
+
+    /// Microseconds of CPU per value (or call) from `before` to now, for
+    /// `values`: PostgreSQL, the servers, the bench, and the rest of the
+    /// machine (the kernel's work for no process, other processes).
+    pub(crate) fn per_value(self, before: Cpu, values: f64) -> [f64; 4] {
+        let us = |now: f64, then: f64| (now - then) * 1e6 / values;
+        let machine = us(self.machine, before.machine);
+        let (pg, vault, bench) = (
+            us(self.postgres, before.postgres),
+            us(self.servers, before.servers),
+            us(self.bench, before.bench),
+        );
+        [pg, vault, bench, (machine - pg - vault - bench).max(0.0)]
+    }
+}

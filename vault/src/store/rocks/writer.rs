@@ -194,6 +194,7 @@ fn run(
 ) {
     let mut write_options = WriteOptions::default();
     write_options.set_sync(durability == Durability::Fsync);
+    let sync_wait = sync_wait_for_bench();
     let mut jobs = Vec::with_capacity(MAX_JOBS_PER_COMMIT);
     while let Some(first) = receiver.blocking_recv() {
         let mut txn = Txn::new(inner);
@@ -211,6 +212,9 @@ fn run(
             }
         }
         let (written, after) = txn.commit(&write_options);
+        if let (Some(wait), Ok(Some(_))) = (sync_wait, &written) {
+            std::thread::sleep(wait);
+        }
         if let Ok(Some(took)) = written {
             counters.time_commit(took);
         }
@@ -258,6 +262,25 @@ fn run(
             complete(committed.clone());
         }
     }
+}
+
+/// Bench-only: how long the writer waits after each commit that wrote, as if
+/// its sync had taken that long (`PHIVAULT_BENCH_SYNC_WAIT_US`). With
+/// `--durability os` it separates what waiting for a sync costs the callers
+/// from what the sync itself costs the machine. Compiled in only with the
+/// `bench-switches` feature.
+fn sync_wait_for_bench() -> Option<std::time::Duration> {
+    #[cfg(feature = "bench-switches")]
+    if let Some(micros) = std::env::var("PHIVAULT_BENCH_SYNC_WAIT_US")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        tracing::warn!(
+            "BENCHMARK BUILD: PHIVAULT_BENCH_SYNC_WAIT_US is set; the writer waits {micros} µs after each commit"
+        );
+        return Some(std::time::Duration::from_micros(micros));
+    }
+    None
 }
 
 /// Runs one job against the commit's overlay. A job that panics is undone
