@@ -55,8 +55,9 @@ test: deps tools python-env
 	PHIVAULT_TEST_STORE=postgres $(CARGO) test --locked -p phivault-tests --test e2e -- --exact failover::$(HA_TEST) --nocapture
 
 # `bench-switches` compiles in the switches that let the audit benchmark run a
-# vault without audit records, to measure what they cost, and one on
-# RocksDB's own log bound, to measure what the store's setting changes.
+# vault without audit records, to measure what they cost, one on RocksDB's
+# own log bound, to measure what the store's setting changes, and one whose
+# writer waits as if it had synced (vault/Cargo.toml lists them).
 # The bulk benchmark drives the release `phivault-client` binary, which
 # `cargo bench -p phivault` does not build, and the Python package, which
 # pip builds (release profile) and installs into target/python.
